@@ -1,0 +1,71 @@
+import json
+import math
+
+import pytest
+
+from trainer.config import ConfigError, RunConfig, format_eps, make_config, paper_lambda
+
+
+def test_json_round_trip_is_exact():
+    cfg = make_config({"dataset": "cifar10", "model": "preact_resnet18", "eps": "8/255", "method": "fgsm_rs"})
+    assert RunConfig.model_validate_json(cfg.model_dump_json()) == cfg
+    assert json.loads(cfg.model_dump_json())["eps"] == pytest.approx(8 / 255)
+
+
+def test_defaults_follow_the_paper():
+    resnet = make_config({"model": "preact_resnet18", "dataset": "cifar10"})
+    assert (resnet.optimizer, resnet.lr_schedule, resnet.momentum, resnet.weight_decay) == ("sgd", "cyclic", 0.9, 5e-4)
+    cnn = make_config({})
+    assert (cnn.optimizer, cnn.lr_schedule) == ("adam", "constant")
+    assert make_config({"method": "fgsm"}).alpha == 1.0
+    assert make_config({"method": "fgsm_rs"}).alpha == 1.25
+    assert make_config({"method": "fgsm_rs", "alpha": 0.5}).alpha == 0.5
+
+
+def test_config_is_frozen():
+    with pytest.raises(Exception):  # noqa: B017 - pydantic raises its own ValidationError subclass
+        make_config({}).eps = 0.3
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "hint"),
+    [
+        ({"eps": -0.1}, "eps", "[0.0, 1.0]"),
+        ({"eps": float("nan")}, "eps", "[0.0, 1.0]"),
+        ({"eps": 1.5}, "eps", "[0.0, 1.0]"),
+        ({"eps": "8/0"}, "eps", "8/255"),
+        ({"eps": "lots"}, "eps", "8/255"),
+        ({"dataset": "imagenet"}, "dataset", "digits, mnist, svhn, cifar10"),
+        ({"model": "vit"}, "model", "cnn, lenet, preact_resnet18"),
+        ({"method": "trades"}, "method", "standard, fgsm, fgsm_rs, pgd"),
+        ({"epochs": 0}, "epochs", "[1, 1000]"),
+        ({"batch_size": 0}, "batch_size", "[1, 4096]"),
+        ({"batch_size": -5}, "batch_size", "[1, 4096]"),
+        ({"grad_align_lambda": -1}, "grad_align_lambda", "[0.0, 100.0]"),
+        ({"device": "tpu"}, "device", "cuda:N"),
+        ({"colour": "red"}, "colour", "unknown field"),
+    ],
+)
+def test_bad_values_name_the_field_and_the_allowed_values(data, field, hint):
+    with pytest.raises(ConfigError) as err:
+        make_config(data)
+    message = str(err.value)
+    assert message.startswith(f"{field}:")
+    assert hint in message
+
+
+def test_eps_fraction_and_display():
+    assert make_config({"eps": "16/255"}).eps == pytest.approx(16 / 255)
+    assert format_eps(8 / 255, "cifar10") == "8/255"
+    assert format_eps(0.15, "digits") == "0.15"
+
+
+def test_paper_lambda_is_log_linear():
+    assert paper_lambda(8 / 255) == pytest.approx(0.2)
+    assert paper_lambda(16 / 255) == pytest.approx(2.0)
+    ratios = [paper_lambda((k + 1) / 255) / paper_lambda(k / 255) for k in range(1, 16)]
+    assert all(math.isclose(r, ratios[0], rel_tol=1e-2) for r in ratios)
+
+
+def test_label_describes_the_run():
+    assert make_config({"method": "fgsm", "eps": 0.2, "grad_align_lambda": 2}).label() == "FGSM+GradAlign λ=2 ε=0.2"

@@ -1,0 +1,68 @@
+"""Run directories: config.json, last.pt (everything needed to resume exactly) and best.pt (weights).
+
+Writes are atomic (temp file + rename), so a crash mid-save never leaves a run without a usable checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainer.config import RunConfig
+from trainer.data import DATA_SHAPES
+from trainer.models import build_model
+
+CONFIG_FILE, LAST_FILE, BEST_FILE = "config.json", "last.pt", "best.pt"
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_config(run_dir: Path, config: RunConfig) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / (CONFIG_FILE + ".tmp")
+    tmp.write_text(config.model_dump_json(indent=2))
+    os.replace(tmp, run_dir / CONFIG_FILE)
+
+
+def read_config(run_dir: Path) -> RunConfig:
+    return RunConfig.model_validate_json((Path(run_dir) / CONFIG_FILE).read_text())
+
+
+def load_checkpoint(run_dir: Path, which: str = "last", device: str | torch.device = "cpu") -> dict | None:
+    path = Path(run_dir) / (LAST_FILE if which == "last" else BEST_FILE)
+    if not path.exists():
+        return None
+    return torch.load(path, map_location=device, weights_only=False)
+
+
+def model_for(config: RunConfig) -> nn.Module:
+    channels, size, classes = DATA_SHAPES[config.dataset]
+    return build_model(
+        config.model,
+        in_channels=channels,
+        image_size=size,
+        n_classes=classes,
+        n_layers=config.n_layers,
+        n_filters=config.n_filters,
+    )
+
+
+def load_model(run_dir: str | Path, which: str = "last", device: str | torch.device = "cpu") -> nn.Module:
+    """The trained network of a run, in eval mode, taking inputs in [0,1]."""
+    if which not in ("last", "best"):
+        raise ValueError(f"which: must be 'last' or 'best', got {which!r}")
+    run_dir = Path(run_dir)
+    state = load_checkpoint(run_dir, which, device)
+    if state is None:
+        raise FileNotFoundError(f"no {which} checkpoint in {run_dir}")
+    model = model_for(read_config(run_dir)).to(device)
+    model.load_state_dict(state["model"])
+    return model.eval()

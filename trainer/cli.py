@@ -1,0 +1,124 @@
+"""`codash train`: run one config headless, events as JSONL, a progress bar on stderr.
+
+The flags are generated from RunConfig's fields, so the CLI can never drift from the schema.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from trainer.config import ConfigError, RunConfig, allowed, make_config
+from trainer.data import DatasetMissing
+from trainer.events import Event, JsonlSink
+
+EXPECTED_ERRORS = (ConfigError, DatasetMissing, RuntimeError, OSError)
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One --flag per RunConfig field; values are parsed by RunConfig itself, so errors name the field."""
+    group = parser.add_argument_group("run config")
+    for name, info in RunConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        default = info.get_default(call_default_factory=True)
+        help_text = " ".join(filter(None, [info.description, allowed(name), f"default: {default}"]))
+        if info.annotation is bool:
+            group.add_argument(flag, dest=name, action="store_true", default=None, help=help_text)
+        else:
+            group.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=help_text)
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    values: dict[str, Any] = {
+        name: getattr(args, name) for name in RunConfig.model_fields if getattr(args, name, None) is not None
+    }
+    return make_config(values)
+
+
+class ProgressSink:
+    """Forwards events and keeps a tqdm bar on stderr with the latest robustness figures."""
+
+    def __init__(self, forward, disable: bool = False):
+        self.forward = forward
+        self.bar = tqdm(total=0, unit="it", file=sys.stderr, disable=disable, dynamic_ncols=True)
+
+    def __call__(self, event: Event) -> None:
+        self.forward(event)
+        kind = event["type"]
+        if kind == "config":
+            self.bar.reset(total=event["total_iterations"])
+            self.bar.update(event["start_iteration"])
+        elif kind == "metrics":
+            self.bar.update(event["iteration"] - self.bar.n)
+        elif kind == "eval":
+            self.bar.set_postfix(clean=event["clean_acc"], fgsm=event["fgsm_acc"], pgd=event["pgd_acc"])
+        elif kind == "co":
+            self.bar.write(f"catastrophic overfitting at iteration {event['iteration']}", file=sys.stderr)
+        elif kind == "final":
+            self.bar.close()
+
+
+def add_train_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("train", help="train one run in this process, events as JSONL")
+    add_config_flags(parser)
+    parser.add_argument("--out", type=Path, help="JSONL file for the events (default: stdout)")
+    parser.add_argument("--run-dir", type=Path, help="directory for checkpoints (default: a temporary one)")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --run-dir")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run_train)
+
+
+def truncate_after_last_checkpoint(path: Path) -> None:
+    """A resumed run replays everything after its last checkpoint; drop those events so none is doubled."""
+    lines = path.read_text().splitlines(keepends=True)
+    kinds = [json.loads(line)["type"] for line in lines]
+    keep = len(kinds) - kinds[::-1].index("checkpoint") if "checkpoint" in kinds else len(lines)
+    path.write_text("".join(lines[:keep]))
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from trainer.loop import train  # torch import is slow; keep `codash --help` instant
+
+    config = config_from_args(args)
+    if args.resume and args.run_dir is None:
+        raise ConfigError("--resume needs --run-dir (the directory holding the checkpoint)")
+    if args.resume and args.out and args.out.exists():
+        truncate_after_last_checkpoint(args.out)
+    with ExitStack() as stack:
+        out = stack.enter_context(open(args.out, "a" if args.resume else "w")) if args.out else sys.stdout
+        sink = ProgressSink(JsonlSink(out), disable=args.quiet)
+        train(config, sink, args.run_dir, resume=args.resume)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="codash", description="Watch catastrophic overfitting happen live.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_train_command(commands)
+    return parser
+
+
+def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Parse and dispatch; expected failures become one line on stderr and exit code 2."""
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except EXPECTED_ERRORS as exc:
+        print(f"codash: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

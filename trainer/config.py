@@ -1,0 +1,187 @@
+"""RunConfig: the one schema for the CLI, the job queue and the dashboard.
+
+Every field is resolved at construction (method- and model-dependent defaults are filled in), so the JSON
+of a config is the complete, explicit description of a run and round-trips exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from fractions import Fraction
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Dataset = Literal["digits", "mnist", "svhn", "cifar10"]
+Model = Literal["cnn", "lenet", "preact_resnet18"]
+Method = Literal["standard", "fgsm", "fgsm_rs", "pgd"]
+Optimizer = Literal["sgd", "adam"]
+Schedule = Literal["constant", "cyclic", "piecewise"]
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+# FGSM step size as a multiple of eps: 1.0 is plain FGSM, 1.25 is Wong et al.'s FGSM-RS.
+DEFAULT_ALPHA = {"fgsm": 1.0, "fgsm_rs": 1.25}
+
+
+def parse_eps(value: Any) -> Any:
+    """Accept 0.15, "0.15" or "8/255" (the form in which the papers write eps)."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return float(Fraction(text)) if "/" in text else float(text)
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"not a number or fraction like 8/255: {value!r}") from None
+    return value
+
+
+def paper_lambda(eps: float) -> float:
+    """The paper's GradAlign weight, log-linear in eps: 0.2 at eps=8/255 on CIFAR-10.
+
+    The paper's scripts interpolate log-linearly, lambda = 0.02 * 10 ** (eps_255 / 8): 0.2 at 8/255,
+    2.0 at 16/255 on CIFAR-10. On other data sets it is only a starting point.
+    """
+    return round(0.2 * 10 ** ((eps - 8 / 255) / (8 / 255)), 4)
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names each bad field and its allowed values."""
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    name: str = Field("", max_length=80, description="free label shown in the dashboard")
+    dataset: Dataset = "digits"
+    model: Model = "cnn"
+    n_layers: int = Field(1, ge=1, le=8)
+    n_filters: int = Field(4, ge=1, le=512)
+    method: Method = "fgsm"
+    eps: float = Field(0.2, ge=0.0, le=1.0, description="L-inf radius on [0,1] inputs; '8/255' accepted")
+    alpha: float | None = Field(None, gt=0.0, le=4.0, description="FGSM step as a multiple of eps")
+    pgd_steps: int = Field(10, ge=1, le=100, description="PGD steps of the pgd training method")
+    pgd_alpha: float = Field(0.25, gt=0.0, le=4.0, description="PGD step as a multiple of eps")
+    grad_align_lambda: float = Field(0.0, ge=0.0, le=100.0)
+    epochs: int = Field(30, ge=1, le=1000)
+    max_iters: int | None = Field(None, ge=1, le=10_000_000)
+    batch_size: int = Field(64, ge=1, le=4096)
+    optimizer: Optimizer | None = None
+    lr: float | None = Field(None, gt=0.0, le=10.0)
+    lr_schedule: Schedule | None = None
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float | None = Field(None, ge=0.0, le=1.0)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    eval_every: int = Field(50, ge=1, le=100_000)
+    eval_points: int = Field(256, ge=1, le=10_000)
+    eval_pgd_steps: int = Field(10, ge=1, le=1000)
+    final_eval_points: int = Field(1000, ge=0, le=100_000)
+    final_pgd_steps: int = Field(50, ge=1, le=1000)
+    final_pgd_restarts: int = Field(10, ge=1, le=100)
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    amp: bool = Field(False, description="bf16 autocast on CUDA")
+
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _eps_fraction(cls, value: Any) -> Any:
+        return parse_eps(value)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not _DEVICE.match(value):
+            raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_defaults(cls, data: Any) -> Any:
+        """Fill the method- and model-dependent defaults so the stored config is explicit."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        method = data.get("method", "fgsm")
+        resnet = data.get("model", "cnn") == "preact_resnet18"
+        if data.get("alpha") is None:
+            data["alpha"] = DEFAULT_ALPHA.get(method, 1.0)
+        # The paper: SGD + cyclic lr for ResNets, Adam with a constant lr for the small CNNs.
+        if data.get("optimizer") is None:
+            data["optimizer"] = "sgd" if resnet else "adam"
+        if data.get("lr") is None:
+            data["lr"] = 0.3 if data["optimizer"] == "sgd" else 3e-3
+        if data.get("lr_schedule") is None:
+            data["lr_schedule"] = "cyclic" if resnet else "constant"
+        if data.get("weight_decay") is None:
+            data["weight_decay"] = 5e-4 if data["optimizer"] == "sgd" else 0.0
+        return data
+
+    @property
+    def uses_grad_align(self) -> bool:
+        return self.grad_align_lambda > 0
+
+    def label(self) -> str:
+        """A short human name: 'FGSM+GradAlign λ=2 ε=0.2'."""
+        if self.name:
+            return self.name
+        method = {"standard": "Standard", "fgsm": "FGSM", "fgsm_rs": "FGSM-RS", "pgd": f"PGD-{self.pgd_steps}"}
+        text = method[self.method]
+        if self.uses_grad_align:
+            text += f"+GradAlign λ={self.grad_align_lambda:g}"
+        return f"{text} ε={format_eps(self.eps, self.dataset)}"
+
+
+def format_eps(eps: float, dataset: str) -> str:
+    """Show eps as k/255 on natural-image data sets, where the literature states it that way."""
+    if dataset in ("cifar10", "svhn"):
+        k = eps * 255
+        if math.isclose(k, round(k), abs_tol=1e-6):
+            return f"{round(k)}/255"
+    return f"{eps:g}"
+
+
+def allowed(field: str) -> str:
+    """The allowed values of a field, for error messages: choices or a numeric range."""
+    info = RunConfig.model_fields[field]
+    choices = _literal_choices(info.annotation)
+    if choices:
+        return "one of " + ", ".join(choices)
+    bounds = {}
+    for meta in info.metadata:
+        for key in ("ge", "gt", "le", "lt"):
+            if getattr(meta, key, None) is not None:
+                bounds[key] = getattr(meta, key)
+    if not bounds:
+        return info.description or ""
+    low = f"[{bounds['ge']}" if "ge" in bounds else f"({bounds.get('gt', '-inf')}"
+    high = f"{bounds['le']}]" if "le" in bounds else f"{bounds.get('lt', 'inf')})"
+    return f"range {low}, {high}"
+
+
+def _literal_choices(annotation: Any) -> tuple[str, ...]:
+    for arg in (annotation, *getattr(annotation, "__args__", ())):
+        if getattr(arg, "__origin__", None) is Literal:
+            return tuple(str(a) for a in arg.__args__)
+    return ()
+
+
+def make_config(data: dict[str, Any] | str) -> RunConfig:
+    """Build a RunConfig from a dict or JSON, turning pydantic's errors into one clear ConfigError."""
+    try:
+        if isinstance(data, str):
+            return RunConfig.model_validate_json(data)
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc)) from None
+
+
+def describe_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(part) for part in err["loc"]) or "config"
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown field"
+        hint = allowed(field) if field in RunConfig.model_fields else ""
+        got = f" (got {err['input']!r})" if err["type"] != "missing" else ""
+        lines.append(f"{field}: {message}{got}" + (f"; allowed: {hint}" if hint else ""))
+    return "; ".join(lines)

@@ -1,0 +1,285 @@
+"""The training loop: one readable function that every front end (CLI, worker) runs.
+
+Randomness: the model is initialised from `seed`; batch order is a function of (seed, epoch); attack noise
+and augmentation come from one training generator saved in every checkpoint; evaluation has its own
+generator. So a run resumed from any checkpoint continues exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import trainer
+from trainer.attacks import fgsm, fgsm_rs, input_grad, pgd
+from trainer.checkpoint import BEST_FILE, LAST_FILE, atomic_save, load_checkpoint, model_for, write_config
+from trainer.co import CODetector
+from trainer.config import RunConfig
+from trainer.data import Dataset, augment, load_dataset
+from trainer.evaluate import accuracy, eval_metrics, pgd_accuracy
+from trainer.events import Event, Sink, make_event
+from trainer.gradalign import grad_align_reg
+
+METRICS_FLUSH_S = 0.5  # metrics are read off the device in batches, at most this long after the step
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device: {name!r} requested but CUDA is not available on this machine; use cpu or auto")
+    return torch.device(name)
+
+
+# --- the adversary of each method: (model, x, y, config, generator) -> (delta, gradient at x or None) ---
+
+
+def _standard(model, x, y, cfg, gen):
+    return torch.zeros_like(x), None
+
+
+def _fgsm(model, x, y, cfg, gen):
+    grad = input_grad(model, x, y)  # reused by GradAlign: the paper's code computes it only once
+    return fgsm(model, x, y, cfg.eps, cfg.alpha * cfg.eps, grad=grad), grad
+
+
+def _fgsm_rs(model, x, y, cfg, gen):
+    return fgsm_rs(model, x, y, cfg.eps, cfg.alpha * cfg.eps, gen), None
+
+
+def _pgd(model, x, y, cfg, gen):
+    return pgd(model, x, y, cfg.eps, cfg.pgd_alpha * cfg.eps, cfg.pgd_steps, generator=gen), None
+
+
+ADVERSARY = {"standard": _standard, "fgsm": _fgsm, "fgsm_rs": _fgsm_rs, "pgd": _pgd}
+
+
+def lr_at(cfg: RunConfig, iteration: int, total: int) -> float:
+    """Learning rate for the step that follows `iteration` steps (a pure function: nothing to checkpoint)."""
+    progress = (iteration + 1) / total
+    if cfg.lr_schedule == "cyclic":  # triangle 0 -> lr -> 0, peak at half-way, as in the paper
+        return cfg.lr * (2 * progress if progress <= 0.5 else 2 * (1 - progress))
+    if cfg.lr_schedule == "piecewise":
+        return cfg.lr * (1.0 if progress < 0.5 else 0.1 if progress < 0.75 else 0.01)
+    return cfg.lr
+
+
+def make_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@dataclass
+class RunState:
+    """Everything that evolves during a run besides the model and optimizer."""
+
+    iteration: int = 0
+    detector: CODetector = field(default_factory=CODetector)
+    best_train_pgd_acc: float = -1.0
+    best_iteration: int = 0
+    train_s: float = 0.0
+    train_images: int = 0
+
+
+def train(
+    config: RunConfig,
+    sink: Sink | None = None,
+    run_dir: str | Path | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    resume: bool = False,
+) -> Event | None:
+    """Run `config`, emitting events to `sink`; returns the final event, or None if stopped early."""
+    if run_dir is None:
+        with tempfile.TemporaryDirectory(prefix="codash-run-") as tmp:
+            return train(config, sink, tmp, should_stop, resume)
+    emit = sink or (lambda event: None)
+    run_dir = Path(run_dir)
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    data = load_dataset(config.dataset, device)
+    torch.manual_seed(config.seed)
+    model = model_for(config).to(device)
+    optimizer = make_optimizer(config, model)
+    gen = torch.Generator(device).manual_seed(config.seed)
+    state = RunState()
+    steps_per_epoch = max(1, len(data.train_x) // config.batch_size)
+    total = min(config.epochs * steps_per_epoch, config.max_iters or math.inf)
+    write_config(run_dir, config)
+
+    saved = load_checkpoint(run_dir, "last", device) if resume else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        gen.set_state(saved["generator"].cpu())
+        torch.set_rng_state(saved["torch_rng"].cpu())
+        state = RunState(**{**saved["state"], "detector": CODetector(**saved["state"]["detector"])})
+
+    emit(
+        make_event(
+            "config",
+            config=config.model_dump(mode="json"),
+            device=str(device),
+            torch_version=torch.__version__,
+            codash_version=trainer.__version__,
+            start_iteration=state.iteration,
+            total_iterations=total,
+        )
+    )
+    metrics = MetricsBuffer(emit)
+    eval_x, eval_y = data.test_x[: config.eval_points], data.test_y[: config.eval_points]
+    probe_x, probe_y = data.train_x[: config.eval_points], data.train_y[: config.eval_points]
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if config.amp and device.type == "cuda" else nullcontext()
+    )
+
+    def save_last() -> None:
+        atomic_save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "generator": gen.get_state(),
+                "torch_rng": torch.get_rng_state(),  # unused by the built-in models; kept for user models
+                "state": {**state.__dict__, "detector": state.detector.state_dict()},
+            },
+            run_dir / LAST_FILE,
+        )
+        emit(make_event("checkpoint", iteration=state.iteration, epoch=state.iteration / steps_per_epoch))
+
+    model.train()
+    order = None
+    segment_start = _clock(device)
+    while state.iteration < total:
+        epoch, step = divmod(state.iteration, steps_per_epoch)
+        if order is None or step == 0:
+            order = _epoch_order(len(data.train_x), config.seed, epoch, device)
+        idx = order[step * config.batch_size : (step + 1) * config.batch_size]
+        x, y = augment(config.dataset, data.train_x[idx], gen), data.train_y[idx]
+        lr = lr_at(config, state.iteration, total)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with autocast:
+            loss, acc, reg = _train_step(model, optimizer, config, x, y, gen)
+        state.iteration += 1
+        state.train_images += len(x)
+        metrics.add(state.iteration, state.iteration / steps_per_epoch, lr, loss, acc, reg)
+
+        at_eval = state.iteration % config.eval_every == 0 or state.iteration == total
+        at_epoch_end = state.iteration % steps_per_epoch == 0 or state.iteration == total
+        stopping = should_stop is not None and should_stop()
+        if at_eval or at_epoch_end or stopping:
+            state.train_s += _clock(device) - segment_start
+            metrics.flush()
+            if at_eval:
+                _evaluate(model, config, data, state, run_dir, emit, (eval_x, eval_y), (probe_x, probe_y))
+            if at_epoch_end or stopping:
+                save_last()
+            if stopping and state.iteration < total:
+                return None
+            segment_start = _clock(device)
+
+    return _final(model, config, data, state, run_dir, emit, device, started)
+
+
+def _train_step(model, optimizer, cfg, x, y, gen):
+    delta, grad_at_x = ADVERSARY[cfg.method](model, x, y, cfg, gen)
+    logits = model(x + delta)
+    loss = F.cross_entropy(logits, y)
+    if cfg.uses_grad_align:
+        reg = grad_align_reg(model, x, y, cfg.eps, grad_at_x, gen)
+        objective = loss + cfg.grad_align_lambda * reg
+    else:
+        reg = torch.zeros((), device=x.device)
+        objective = loss
+    optimizer.zero_grad(set_to_none=True)
+    objective.backward()
+    optimizer.step()
+    return loss.detach(), (logits.argmax(1) == y).float().mean(), reg.detach()
+
+
+def _evaluate(model, cfg, data: Dataset, state: RunState, run_dir: Path, emit: Sink, test, probe) -> None:
+    model.eval()
+    values = eval_metrics(model, *test, *probe, cfg.eps, cfg.eval_pgd_steps, seed=cfg.seed + state.iteration)
+    model.train()
+    emit(make_event("eval", iteration=state.iteration, **values))
+    co = state.detector.update(state.iteration, values["pgd_acc"], values["fgsm_acc"])
+    if co is not None:
+        emit(make_event("co", **co))
+    if values["train_pgd_acc"] > state.best_train_pgd_acc:  # the paper's early stopping
+        state.best_train_pgd_acc, state.best_iteration = values["train_pgd_acc"], state.iteration
+        atomic_save({"model": model.state_dict(), "iteration": state.iteration}, run_dir / BEST_FILE)
+
+
+def _final(model, cfg, data: Dataset, state: RunState, run_dir: Path, emit: Sink, device, started) -> Event:
+    """Clean accuracy on the whole test set and PGD-50-10 on the first final_eval_points, last and best."""
+    results = {}
+    best_state = load_checkpoint(run_dir, "best", device)
+    for which in ("last", "best"):
+        if which == "best" and best_state is not None:
+            model.load_state_dict(best_state["model"])
+        model.eval()
+        n = min(cfg.final_eval_points, len(data.test_x))
+        robust = None
+        if n:
+            generator = torch.Generator(device).manual_seed(cfg.seed)
+            xs, ys = data.test_x[:n], data.test_y[:n]
+            robust = pgd_accuracy(model, xs, ys, cfg.eps, cfg.final_pgd_steps, cfg.final_pgd_restarts, generator)
+        results[which] = {"clean_acc": accuracy(model, data.test_x, data.test_y), "pgd_acc": robust}
+    final = make_event(
+        "final",
+        co_detected=state.detector.fired_at is not None,
+        co_iteration=state.detector.fired_at,
+        last=results["last"],
+        best=results["best"],
+        best_iteration=state.best_iteration,
+        train_images_per_s=state.train_images / state.train_s if state.train_s > 0 else None,
+        wall_s=time.perf_counter() - started,
+        iterations=state.iteration,
+    )
+    emit(final)
+    return final
+
+
+def _epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
+    """Batch order of an epoch as a pure function of (seed, epoch), so resuming mid-epoch needs no state."""
+    generator = torch.Generator(device).manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=generator, device=device)
+
+
+def _clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+class MetricsBuffer:
+    """Per-iteration metrics kept on the device and read back in batches: no host sync every step."""
+
+    def __init__(self, emit: Sink):
+        self.emit = emit
+        self.rows: list[tuple] = []
+        self.last_flush = time.monotonic()
+
+    def add(self, iteration, epoch, lr, loss, acc, reg) -> None:
+        self.rows.append((iteration, epoch, lr, torch.stack([loss.float(), acc.float(), reg.float()])))
+        if time.monotonic() - self.last_flush > METRICS_FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            values = torch.stack([row[3] for row in self.rows]).tolist()
+            for (iteration, epoch, lr, _), (loss, acc, reg) in zip(self.rows, values, strict=True):
+                self.emit(
+                    make_event("metrics", iteration=iteration, epoch=epoch, lr=lr, train_loss=loss, train_acc=acc, reg=reg)
+                )
+            self.rows.clear()
+        self.last_flush = time.monotonic()
