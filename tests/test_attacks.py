@@ -65,7 +65,9 @@ def test_pgd_is_at_least_as_strong_as_fgsm_on_a_trained_model(batch):
     with torch.no_grad():
         clean = (model(x).argmax(1) == y).float().mean()
         fgsm_acc = (model(x + fgsm(model, x, y, EPS)).argmax(1) == y).float().mean()
-    pgd_acc = (model(x + pgd(model, x, y, EPS, EPS / 4, 20, restarts=2, generator=g)).argmax(1) == y).float().mean()
+    pgd_acc = (
+        (model(x + pgd(model, x, y, EPS, EPS / 4, 20, restarts=2, generator=g)).argmax(1) == y).float().mean()
+    )
     assert clean > 0.9
     assert pgd_acc <= fgsm_acc
     assert pgd_acc < clean

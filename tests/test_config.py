@@ -14,7 +14,12 @@ def test_json_round_trip_is_exact():
 
 def test_defaults_follow_the_paper():
     resnet = make_config({"model": "preact_resnet18", "dataset": "cifar10"})
-    assert (resnet.optimizer, resnet.lr_schedule, resnet.momentum, resnet.weight_decay) == ("sgd", "cyclic", 0.9, 5e-4)
+    assert (resnet.optimizer, resnet.lr_schedule, resnet.momentum, resnet.weight_decay) == (
+        "sgd",
+        "cyclic",
+        0.9,
+        5e-4,
+    )
     cnn = make_config({})
     assert (cnn.optimizer, cnn.lr_schedule) == ("adam", "constant")
     assert make_config({"method": "fgsm"}).alpha == 1.0
@@ -68,4 +73,7 @@ def test_paper_lambda_is_log_linear():
 
 
 def test_label_describes_the_run():
-    assert make_config({"method": "fgsm", "eps": 0.2, "grad_align_lambda": 2}).label() == "FGSM+GradAlign λ=2 ε=0.2"
+    assert (
+        make_config({"method": "fgsm", "eps": 0.2, "grad_align_lambda": 2}).label()
+        == "FGSM+GradAlign λ=2 ε=0.2"
+    )

@@ -23,7 +23,11 @@ def uniform_noise(x: torch.Tensor, eps: float, generator: torch.Generator | None
 
 
 def input_grad(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor | None = None, create_graph: bool = False
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    delta: torch.Tensor | None = None,
+    create_graph: bool = False,
 ) -> torch.Tensor:
     """Gradient of the mean cross-entropy with respect to the input at x + delta.
 

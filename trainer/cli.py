@@ -69,7 +69,9 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
     add_config_flags(parser)
     parser.add_argument("--out", type=Path, help="JSONL file for the events (default: stdout)")
     parser.add_argument("--run-dir", type=Path, help="directory for checkpoints (default: a temporary one)")
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --run-dir")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the last checkpoint in --run-dir"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run_train)
 

@@ -56,9 +56,9 @@ class RunConfig(BaseModel):
     dataset: Dataset = "digits"
     model: Model = "cnn"
     n_layers: int = Field(1, ge=1, le=8)
-    n_filters: int = Field(4, ge=1, le=512)
+    n_filters: int = Field(16, ge=1, le=512)
     method: Method = "fgsm"
-    eps: float = Field(0.2, ge=0.0, le=1.0, description="L-inf radius on [0,1] inputs; '8/255' accepted")
+    eps: float = Field(0.175, ge=0.0, le=1.0, description="L-inf radius on [0,1] inputs; '8/255' accepted")
     alpha: float | None = Field(None, gt=0.0, le=4.0, description="FGSM step as a multiple of eps")
     pgd_steps: int = Field(10, ge=1, le=100, description="PGD steps of the pgd training method")
     pgd_alpha: float = Field(0.25, gt=0.0, le=4.0, description="PGD step as a multiple of eps")
@@ -123,7 +123,12 @@ class RunConfig(BaseModel):
         """A short human name: 'FGSM+GradAlign λ=2 ε=0.2'."""
         if self.name:
             return self.name
-        method = {"standard": "Standard", "fgsm": "FGSM", "fgsm_rs": "FGSM-RS", "pgd": f"PGD-{self.pgd_steps}"}
+        method = {
+            "standard": "Standard",
+            "fgsm": "FGSM",
+            "fgsm_rs": "FGSM-RS",
+            "pgd": f"PGD-{self.pgd_steps}",
+        }
         text = method[self.method]
         if self.uses_grad_align:
             text += f"+GradAlign λ={self.grad_align_lambda:g}"

@@ -14,7 +14,9 @@ from trainer.attacks import cosine, fgsm, input_grad, pgd, random_point_grad
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1024) -> float:
     with torch.no_grad():
-        correct = sum((model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum() for i in range(0, len(x), batch))
+        correct = sum(
+            (model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum() for i in range(0, len(x), batch)
+        )
     return float(correct) / max(len(x), 1)
 
 

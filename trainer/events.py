@@ -26,7 +26,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
         "cos_grad_random",
         "train_pgd_acc",
     ),
-    "co": ("iteration", "pgd_acc", "best_pgd_acc", "fgsm_acc", "rule"),
+    "co": ("iteration", "pgd_acc", "best_pgd_acc", "fgsm_acc", "confirmed_at", "rule"),
     "checkpoint": ("iteration", "epoch"),
     "final": (
         "co_detected",

@@ -36,7 +36,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device: {name!r} requested but CUDA is not available on this machine; use cpu or auto")
+        raise RuntimeError(
+            f"device: {name!r} requested but CUDA is not available on this machine; use cpu or auto"
+        )
     return torch.device(name)
 
 
@@ -75,7 +77,9 @@ def lr_at(cfg: RunConfig, iteration: int, total: int) -> float:
 
 def make_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
@@ -139,7 +143,9 @@ def train(
     eval_x, eval_y = data.test_x[: config.eval_points], data.test_y[: config.eval_points]
     probe_x, probe_y = data.train_x[: config.eval_points], data.train_y[: config.eval_points]
     autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if config.amp and device.type == "cuda" else nullcontext()
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if config.amp and device.type == "cuda"
+        else nullcontext()
     )
 
     def save_last() -> None:
@@ -232,7 +238,9 @@ def _final(model, cfg, data: Dataset, state: RunState, run_dir: Path, emit: Sink
         if n:
             generator = torch.Generator(device).manual_seed(cfg.seed)
             xs, ys = data.test_x[:n], data.test_y[:n]
-            robust = pgd_accuracy(model, xs, ys, cfg.eps, cfg.final_pgd_steps, cfg.final_pgd_restarts, generator)
+            robust = pgd_accuracy(
+                model, xs, ys, cfg.eps, cfg.final_pgd_steps, cfg.final_pgd_restarts, generator
+            )
         results[which] = {"clean_acc": accuracy(model, data.test_x, data.test_y), "pgd_acc": robust}
     final = make_event(
         "final",
@@ -279,7 +287,15 @@ class MetricsBuffer:
             values = torch.stack([row[3] for row in self.rows]).tolist()
             for (iteration, epoch, lr, _), (loss, acc, reg) in zip(self.rows, values, strict=True):
                 self.emit(
-                    make_event("metrics", iteration=iteration, epoch=epoch, lr=lr, train_loss=loss, train_acc=acc, reg=reg)
+                    make_event(
+                        "metrics",
+                        iteration=iteration,
+                        epoch=epoch,
+                        lr=lr,
+                        train_loss=loss,
+                        train_acc=acc,
+                        reg=reg,
+                    )
                 )
             self.rows.clear()
         self.last_flush = time.monotonic()
