@@ -90,7 +90,7 @@ class RunConfig(BaseModel):
     @classmethod
     def _device(cls, value: str) -> str:
         if not _DEVICE.match(value):
-            raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
         return value
 
     @model_validator(mode="before")

@@ -1,0 +1,54 @@
+"""The job system's public API: what the dashboard and the CLI call, and nothing else needs.
+
+    r = api.connect()                      # REDIS_URL, else the embedded server under CODASH_HOME
+    run_id = api.submit(r, config)         # 12 hex characters
+    events, last = api.read_events(r, run_id)              # everything so far
+    events, last = api.read_events(r, run_id, after=last)  # only what came since
+
+The client returns bytes (RQ needs that); every function here decodes, so callers only see str and dicts.
+Status changes are atomic; reading a run (get_run, list_runs, sweep_runs) also marks a `running` run whose
+worker stopped beating as `interrupted`. A resumed run's stream loses the entries after its last checkpoint
+(they are recomputed); rows keyed by iteration make a reader's cache of them harmless.
+Importing this module does not import torch.
+"""
+
+from jobs.connection import connect
+from jobs.keys import DEFAULT_QUEUE
+from jobs.paths import run_dir
+from jobs.queue import cancel, delete, queued_count, resume, submit
+from jobs.registry import (
+    RESUMABLE,
+    STATUSES,
+    InvalidTransition,
+    Run,
+    RunNotFound,
+    WorkerInfo,
+    get_run,
+    list_runs,
+    sweep_runs,
+    workers,
+)
+from jobs.stream import all_events, read_events
+
+__all__ = [
+    "DEFAULT_QUEUE",
+    "RESUMABLE",
+    "STATUSES",
+    "InvalidTransition",
+    "Run",
+    "RunNotFound",
+    "WorkerInfo",
+    "all_events",
+    "cancel",
+    "connect",
+    "delete",
+    "get_run",
+    "list_runs",
+    "queued_count",
+    "read_events",
+    "resume",
+    "run_dir",
+    "submit",
+    "sweep_runs",
+    "workers",
+]

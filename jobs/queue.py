@@ -1,0 +1,190 @@
+"""Submitting runs to RQ, and the user's controls: cancel, resume, delete.
+
+A job is an RQ job serialised with RQ's JSONSerializer (nothing is unpickled from Redis) whose only
+arguments are the run id and the attempt number: the config is read from the run's record when the job
+starts. Each attempt of a run is its own RQ job, `<run id>-<attempt>`, so a failure RQ reports can always be
+traced back to the run.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shutil
+import time
+from typing import Any
+
+import redis
+from redis.client import Pipeline
+from rq import Queue
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from jobs import keys
+from jobs.paths import run_dir
+from jobs.registry import RESUMABLE, InvalidTransition, Record, RunNotFound, read, transition
+from trainer.config import ConfigError, RunConfig
+
+RUN_JOB = "jobs.worker.run_job"
+JOB_ID = re.compile(r"^([0-9a-f]{12})-([1-9][0-9]*)$")
+STOP_TTL_S = 86_400  # a pending cancel outlives any plausible wait for the worker to see it
+RESULT_TTL_S = 7 * 86_400  # RQ's own records of finished and failed jobs; the run registry keeps the rest
+
+
+class RunJob(Job):
+    """An RQ job that can only call run_job: a payload naming any other function fails, unimported."""
+
+    @property
+    def func(self):
+        if self.func_name != RUN_JOB or self.instance is not None:
+            raise ValueError(f"malformed job payload: not a codash job ({self.func_name!r})")
+        return super().func
+
+
+def rq_queue(r: redis.Redis, name: str) -> Queue:
+    return Queue(name, connection=r, serializer=JSONSerializer, job_class=RunJob)
+
+
+def job_id(run_id: str, attempt: int) -> str:
+    return f"{run_id}-{attempt}"
+
+
+def run_of_job(rq_job_id: str) -> tuple[str, int] | None:
+    """(run id, attempt) of an RQ job id, None for a job that is not codash's."""
+    match = JOB_ID.match(rq_job_id)
+    return (match[1], int(match[2])) if match else None
+
+
+def check_name(field: str, value: str) -> str:
+    if not isinstance(value, str) or not keys.NAME.match(value):
+        raise ConfigError(f"{field}: must be 1-64 letters, digits or _ . : - (got {value!r})")
+    return value
+
+
+def submit(
+    r: redis.Redis, config: RunConfig, sweep_id: str | None = None, *, queue: str = keys.DEFAULT_QUEUE
+) -> str:
+    """Record the run and enqueue its first attempt in one transaction; returns the run id (12 hex chars)."""
+    if not isinstance(config, RunConfig):
+        raise TypeError(f"config must be a RunConfig, got {type(config).__name__}")
+    if sweep_id is not None:
+        check_name("sweep_id", sweep_id)
+    check_name("queue", queue)
+    run_id, now = secrets.token_hex(6), time.time()
+    record = {
+        "id": run_id,
+        "status": "queued",
+        "config": config.model_dump_json(),
+        "created_at": now,
+        "attempt": 1,
+        "queue": queue,
+        "sweep_id": sweep_id or "",
+        "iteration": 0,
+    }
+    with r.pipeline() as pipe:  # MULTI: no run is ever visible without its job, nor a job without its run
+        pipe.multi()  # explicitly, as RQ expects of a pipeline it is handed
+        pipe.hset(keys.run(run_id), mapping=record)
+        pipe.zadd(keys.RUNS, {run_id: now})
+        if sweep_id:
+            pipe.zadd(keys.sweep(sweep_id), {run_id: now})
+        _enqueue(r, pipe, queue, run_id, 1)
+        pipe.execute()
+    return run_id
+
+
+def cancel(r: redis.Redis, run_id: str) -> None:
+    """A queued run leaves the queue and never starts; a running one stops at its next iteration.
+
+    The worker saves a checkpoint and marks the run `cancelled` (within a second or two on CPU), so it can be
+    resumed. Cancelling a cancelled run does nothing; a finished or failed one cannot be cancelled.
+    """
+    fields = {"status": "cancelled", "finished_at": time.time()}
+    dequeue = lambda pipe, record: _dequeue(pipe, run_id, record)
+    if transition(r, run_id, {"queued", "interrupted"}, fields, also=dequeue) is not None:
+        return
+    record = _existing(r, run_id)
+    if record["status"] == "running":
+        r.set(keys.stop(run_id), 1, ex=STOP_TTL_S)
+    elif record["status"] != "cancelled":
+        raise InvalidTransition(f"run {run_id} is {record['status']}: there is nothing to cancel")
+
+
+def resume(r: redis.Redis, run_id: str) -> None:
+    """Queue a new attempt of an interrupted, cancelled or failed run, continuing from its last checkpoint."""
+
+    def requeued(record: Record) -> dict[str, Any]:
+        attempt = int(record.get("attempt") or 1) + 1
+        return {"status": "queued", "attempt": attempt, "error": "", "finished_at": "", "worker": ""}
+
+    def enqueue_next(pipe: Pipeline, record: Record) -> None:
+        attempt = int(record.get("attempt") or 1) + 1
+        _enqueue(r, pipe, record.get("queue") or keys.DEFAULT_QUEUE, run_id, attempt)
+
+    if transition(r, run_id, RESUMABLE, requeued, also=enqueue_next) is None:
+        status = _existing(r, run_id)["status"]
+        raise InvalidTransition(
+            f"run {run_id} is {status}: only interrupted, cancelled or failed runs can be resumed"
+        )
+
+
+def delete(r: redis.Redis, run_id: str) -> None:
+    """Remove the run's record, stream and checkpoints, whatever its status.
+
+    A worker still running it finds the record gone at its next check (within 0.2 s) and stops without
+    writing anything more.
+    """
+    record = _existing(r, run_id)
+    attempts = int(record.get("attempt") or 1)
+    with r.pipeline() as pipe:
+        for key in (keys.run, keys.stream, keys.stop, keys.heartbeat):
+            pipe.delete(key(run_id))
+        pipe.zrem(keys.RUNS, run_id)
+        pipe.srem(keys.RUNNING, run_id)
+        if record.get("sweep_id"):
+            pipe.zrem(keys.sweep(record["sweep_id"]), run_id)
+        _dequeue(pipe, run_id, record)
+        for attempt in range(1, attempts + 1):
+            pipe.delete(RunJob.key_for(job_id(run_id, attempt)))
+        pipe.execute()
+    shutil.rmtree(run_dir(run_id), ignore_errors=True)
+
+
+def queued_count(r: redis.Redis) -> int:
+    """Jobs waiting in any queue codash submitted to (not yet taken by a worker)."""
+    names = sorted(name.decode() for name in r.smembers(keys.QUEUES))
+    with r.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.llen(rq_queue(r, name).key)
+        return sum(pipe.execute())
+
+
+def _existing(r: redis.Redis, run_id: str) -> Record:
+    record = read(r, run_id)
+    if record is None:
+        raise RunNotFound(run_id)
+    return record
+
+
+def _enqueue(r: redis.Redis, pipe: Pipeline, queue_name: str, run_id: str, attempt: int) -> None:
+    queue = rq_queue(r, queue_name)
+    job = queue.create_job(
+        RUN_JOB,
+        args=(run_id, attempt),
+        job_id=job_id(run_id, attempt),
+        timeout=-1,  # a training run takes as long as it takes; cancel() is how to stop one
+        result_ttl=RESULT_TTL_S,
+        failure_ttl=RESULT_TTL_S,
+        description=f"codash run {run_id} attempt {attempt}",
+    )
+    queue.enqueue_job(job, pipeline=pipe)
+    pipe.sadd(keys.QUEUES, queue_name)
+
+
+def _dequeue(pipe: Pipeline, run_id: str, record: Record) -> None:
+    """Take the run's current job out of its queue (a no-op if a worker already took it: its claim fails).
+
+    RQ's record of the job is left to expire rather than deleted, as a worker may be reading it right now.
+    """
+    current = job_id(run_id, int(record.get("attempt") or 1))
+    pipe.lrem(Queue.redis_queue_namespace_prefix + (record.get("queue") or keys.DEFAULT_QUEUE), 0, current)
+    pipe.expire(RunJob.key_for(current), RESULT_TTL_S)

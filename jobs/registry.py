@@ -1,0 +1,277 @@
+"""The run and worker registry: one Redis hash per run, which the dashboard and the CLI read.
+
+RQ's own job registries describe attempts at executing a function; this registry describes runs as a user
+sees them (status, config, progress, results) and outlives any number of attempts. Every status change goes
+through `transition`, an optimistic WATCH/MULTI transaction, so a worker, a reaper and a user acting on the
+same run at the same moment can never both win.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from redis.client import Pipeline
+
+from jobs import keys
+from trainer.config import ConfigError, RunConfig, make_config
+
+STATUSES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
+RESUMABLE = frozenset({"interrupted", "cancelled", "failed"})
+LOST = "its worker stopped sending heartbeats (killed, crashed or cut off from Redis)"
+
+Record = dict[str, str]  # a run's hash, decoded; "" stands for None
+
+
+class RunNotFound(KeyError):
+    def __init__(self, run_id: str):
+        super().__init__(run_id)
+        self.run_id = run_id
+
+    def __str__(self) -> str:  # KeyError would print the repr of its argument
+        return f"no run with id {self.run_id!r}"
+
+
+class InvalidTransition(ValueError):
+    """An action the run's current status does not allow, e.g. resuming a finished run."""
+
+
+class Fenced(Exception):
+    """This worker's attempt no longer owns the run: it was reaped, resumed elsewhere or deleted."""
+
+
+@dataclass(frozen=True)
+class Run:
+    id: str
+    status: str
+    config: RunConfig
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    worker: str | None
+    device: str | None
+    iteration: int
+    total_iterations: int | None
+    co_iteration: int | None
+    final: dict | None
+    error: str | None
+    sweep_id: str | None
+    attempt: int = 1  # 1 + the number of resumes
+    queue: str = keys.DEFAULT_QUEUE
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values (what `codash status` prints)."""
+        data = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        return {**data, "config": self.config.model_dump(mode="json")}
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    name: str
+    device: str
+    host: str
+    state: str  # idle | busy
+    current_run: str | None
+    queues: tuple[str, ...] = ()
+    pid: int | None = None
+
+
+def read(r: redis.Redis, run_id: str) -> Record | None:
+    if not keys.RUN_ID.match(run_id):
+        return None
+    return _decode(r.hgetall(keys.run(run_id))) or None
+
+
+def get_run(r: redis.Redis, run_id: str) -> Run | None:
+    record = read(r, run_id)
+    if record and record.get("status") == "running" and not r.exists(keys.heartbeat(run_id)):
+        reap_one(r, run_id)
+        record = read(r, run_id)
+    return parse(record) if record else None
+
+
+def list_runs(r: redis.Redis, limit: int | None = None) -> list[Run]:
+    """Newest first, in two round trips however many runs there are: ZREVRANGE, then pipelined HGETALLs."""
+    if limit is not None and limit <= 0:
+        return []
+    reap(r)
+    ids = r.zrevrange(keys.RUNS, 0, -1 if limit is None else limit - 1)
+    return load_many(r, (run_id.decode() for run_id in ids))
+
+
+def sweep_runs(r: redis.Redis, sweep_id: str) -> list[Run]:
+    """The runs of a sweep in the order they were submitted (the order of its eps grid)."""
+    reap(r)
+    return load_many(r, (run_id.decode() for run_id in r.zrange(keys.sweep(sweep_id), 0, -1)))
+
+
+def load_many(r: redis.Redis, run_ids: Iterable[str]) -> list[Run]:
+    with r.pipeline(transaction=False) as pipe:
+        for run_id in run_ids:
+            pipe.hgetall(keys.run(run_id))
+        records = pipe.execute()
+    return [parse(_decode(record)) for record in records if record]
+
+
+def parse(record: Record) -> Run:
+    def number(name: str, kind: Callable = int) -> Any:
+        return kind(record[name]) if record.get(name) else None
+
+    return Run(
+        id=record.get("id", ""),
+        status=record.get("status", "failed"),
+        config=_config(record.get("config", "{}")),
+        created_at=number("created_at", float) or 0.0,
+        started_at=number("started_at", float),
+        finished_at=number("finished_at", float),
+        worker=record.get("worker") or None,
+        device=record.get("device") or None,
+        iteration=number("iteration") or 0,
+        total_iterations=number("total_iterations"),
+        co_iteration=number("co_iteration"),
+        final=json.loads(record["final"]) if record.get("final") else None,
+        error=record.get("error") or None,
+        sweep_id=record.get("sweep_id") or None,
+        attempt=number("attempt") or 1,
+        queue=record.get("queue") or keys.DEFAULT_QUEUE,
+    )
+
+
+def _config(text: str) -> RunConfig:
+    """The stored config; a corrupted one (its run failed, saying why) keeps its valid fields for lists."""
+    try:
+        return make_config(text)
+    except ConfigError:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = {}
+        data = data if isinstance(data, dict) else {}
+        return make_config({k: v for k, v in data.items() if k in RunConfig.model_fields and _valid(k, v)})
+
+
+def _valid(field: str, value: Any) -> bool:
+    try:
+        make_config({field: value})
+    except ConfigError:
+        return False
+    return True
+
+
+def transition(
+    r: redis.Redis,
+    run_id: str,
+    allowed: Iterable[str],
+    fields: dict[str, Any] | Callable[[Record], dict[str, Any]],
+    *,
+    attempt: int | None = None,
+    heartbeat: tuple[str, int] | None = None,
+    unless_alive: bool = False,
+    also: Callable[[Pipeline, Record], None] | None = None,
+) -> Record | None:
+    """Set `fields` (a new status among them) if the run's status is in `allowed`; returns the old record.
+
+    `attempt` fences off a stale worker; `unless_alive` lets the reaper act only once the run's heartbeat
+    has expired; a run entering `running` gets its first heartbeat `(worker, ttl_ms)` in the same step, so
+    no reader can see it running without one; a run leaving it loses its heartbeat and any pending cancel.
+    `also` adds commands to the same transaction.
+    Returns None (and changes nothing) when the run is missing or not in an allowed state.
+    """
+    key, beat = keys.run(run_id), keys.heartbeat(run_id)
+    allowed = frozenset(allowed)
+
+    def apply(pipe: Pipeline) -> Record | None:
+        record = _decode(pipe.hgetall(key))
+        if record.get("status") not in allowed:
+            return None
+        if attempt is not None and record.get("attempt") != str(attempt):
+            return None
+        if unless_alive and pipe.exists(beat):
+            return None
+        new = fields(record) if callable(fields) else fields
+        pipe.multi()
+        pipe.hset(key, mapping=new)
+        if new["status"] == "running":
+            pipe.sadd(keys.RUNNING, run_id)
+            pipe.set(beat, heartbeat[0], px=heartbeat[1])
+        else:
+            pipe.srem(keys.RUNNING, run_id)
+            pipe.delete(beat, keys.stop(run_id))  # a pending cancel is spent once the run stops
+        if also is not None:
+            also(pipe, record)
+        return record
+
+    return r.transaction(apply, key, beat, value_from_callable=True)
+
+
+def write_if_owner(r: redis.Redis, run_id: str, attempt: int, write: Callable[[Pipeline], None]) -> None:
+    """Run `write`'s commands atomically, only while `attempt` is the running attempt of the run.
+
+    A worker that lost its run (reaped while frozen, then resumed elsewhere, or deleted) raises Fenced
+    instead of appending to a stream that now belongs to another attempt.
+    """
+    key = keys.run(run_id)
+
+    def apply(pipe: Pipeline) -> None:
+        status, current = pipe.hmget(key, "status", "attempt")
+        if status != b"running" or current != str(attempt).encode():
+            raise Fenced(f"run {run_id} attempt {attempt} is no longer running here")
+        pipe.multi()
+        write(pipe)
+
+    r.transaction(apply, key)
+
+
+def reap(r: redis.Redis) -> list[str]:
+    """Mark running runs whose heartbeat expired `interrupted` (or `cancelled` if a cancel was pending)."""
+    run_ids = sorted(run_id.decode() for run_id in r.smembers(keys.RUNNING))
+    with r.pipeline(transaction=False) as pipe:
+        for run_id in run_ids:
+            pipe.exists(keys.heartbeat(run_id))
+        alive = pipe.execute()
+    dead = [run_id for run_id, beating in zip(run_ids, alive, strict=True) if not beating]
+    return [run_id for run_id in dead if reap_one(r, run_id)]
+
+
+def reap_one(r: redis.Redis, run_id: str) -> bool:
+    cancelled = bool(r.exists(keys.stop(run_id)))
+    fields = {
+        "status": "cancelled" if cancelled else "interrupted",
+        "finished_at": time.time(),
+        "error": "" if cancelled else LOST,
+    }
+    return transition(r, run_id, {"running"}, fields, unless_alive=True) is not None
+
+
+def workers(r: redis.Redis) -> list[WorkerInfo]:
+    """Live workers (their hash expires a heartbeat timeout after their last beat), by name."""
+    names = sorted(name.decode() for name in r.smembers(keys.WORKERS))
+    with r.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.hgetall(keys.worker(name))
+        records = [_decode(record) for record in pipe.execute()]
+    gone = [name for name, record in zip(names, records, strict=True) if not record]
+    if gone:
+        r.srem(keys.WORKERS, *gone)
+    return [
+        WorkerInfo(
+            name=name,
+            device=record.get("device", ""),
+            host=record.get("host", ""),
+            state=record.get("state", "idle"),
+            current_run=record.get("current_run") or None,
+            queues=tuple(filter(None, record.get("queues", "").split(","))),
+            pid=int(record["pid"]) if record.get("pid") else None,
+        )
+        for name, record in zip(names, records, strict=True)
+        if record
+    ]
+
+
+def _decode(raw: dict[bytes, bytes]) -> Record:
+    return {key.decode(errors="replace"): value.decode(errors="replace") for key, value in raw.items()}

@@ -1,0 +1,212 @@
+"""Real workers (`python -m jobs.worker`) training real digits runs against a real redis-server.
+
+Two workers serve the module; tests that kill workers start their own on a queue of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from unittest.mock import ANY
+
+import pytest
+from conftest import TINY, Workers, embedded_redis, wait_for
+from rq.job import Job
+
+from jobs import api, keys, queue
+from jobs.server import ensure_server, ping, server_pid, stored_url
+from trainer.checkpoint import load_model
+from trainer.config import make_config
+from trainer.events import read_jsonl, without_timing
+
+LONG = {**TINY, "epochs": 1000, "max_iters": None}  # about 23,000 iterations: runs until cancelled
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    with embedded_redis(tmp_path_factory.mktemp("jobs") / "home") as home:
+        yield home
+
+
+@pytest.fixture(scope="module")
+def pool(home: Path) -> Workers:
+    """Two workers; an empty CODASH_DATA_DIR makes a run on mnist fail as a missing data set."""
+    empty = home.parent / "no-data"
+    empty.mkdir()
+    workers = Workers(home.parent / "logs")
+    workers.spawn("w1", "w2", env={"CODASH_DATA_DIR": str(empty)})
+    yield workers
+    workers.close()
+
+
+@pytest.fixture
+def r(home: Path):
+    client = api.connect()
+    yield client
+    client.close()
+
+
+def wait_status(r, run_id: str, statuses: set[str], timeout: float) -> api.Run:
+    def ended():
+        run = api.get_run(r, run_id)
+        return run if run.status in statuses else None
+
+    return wait_for(ended, timeout, f"run {run_id} to become {statuses}: {api.get_run(r, run_id)}")
+
+
+def codash_train(config: dict, tmp_path: Path) -> list[dict]:
+    """The same config run by `codash train --out F --run-dir D`, with the workers' one torch thread (on CPU,
+    the thread count changes the order of float reductions, and so the last bits of every loss)."""
+    out = tmp_path / "train.jsonl"
+    command = [sys.executable, "-m", "jobs.cli", "train", "--quiet", "--out", out, "--run-dir", tmp_path]
+    command += [part for key, value in config.items() for part in ("--" + key.replace("_", "-"), str(value))]
+    subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True, timeout=300)
+    with open(out) as file:
+        return read_jsonl(file)
+
+
+def test_a_submitted_run_streams_exactly_what_codash_train_writes(r, pool, tmp_path):
+    run_id = api.submit(r, make_config(TINY))
+    run = wait_status(r, run_id, {"finished"}, 120)
+    events = api.all_events(r, run_id)
+    assert [without_timing(e) for e in events] == [without_timing(e) for e in codash_train(TINY, tmp_path)]
+    assert run.final == events[-1] and run.error is None
+    assert (run.iteration, run.total_iterations, run.device, run.attempt) == (60, 60, "cpu", 1)
+    assert run.worker in {"w1", "w2"} and run.started_at < run.finished_at
+    assert load_model(api.run_dir(run_id), "best") is not None
+
+
+def test_two_workers_train_two_runs_at_once(r, pool):
+    configs = [{**TINY, "max_iters": 300, "seed": 1}, {**TINY, "max_iters": 300, "device": "auto"}]
+    ids = [api.submit(r, make_config(config)) for config in configs]
+    first, second = (wait_status(r, run_id, {"finished"}, 120) for run_id in ids)
+    assert {first.worker, second.worker} == {"w1", "w2"}
+    assert first.started_at < second.finished_at and second.started_at < first.finished_at
+    assert second.config.device == "auto" and second.device == "cpu"  # the worker's --device decides
+
+
+def test_cancel_stops_a_running_run_within_2s_and_a_queued_run_never_starts(r, pool):
+    running = [api.submit(r, make_config({**LONG, "seed": seed})) for seed in (1, 2)]  # every worker busy
+    for run_id in running:
+        wait_for(lambda run_id=run_id: api.get_run(r, run_id).iteration > 0, 60, "training to start")
+    waiting = api.submit(r, make_config(LONG))
+    api.cancel(r, waiting)
+    assert api.get_run(r, waiting).status == "cancelled" and api.queued_count(r) == 0
+
+    requested = time.monotonic()
+    api.cancel(r, running[0])
+    cancelled = wait_status(r, running[0], {"cancelled", "failed", "finished"}, 10)
+    latency = time.monotonic() - requested
+    assert cancelled.status == "cancelled" and latency <= 2.0, f"{cancelled.status} after {latency:.2f} s"
+    api.delete(r, running[1])  # deleting a running run stops it too, and leaves nothing behind
+    wait_for(lambda: {w.state for w in api.workers(r)} == {"idle"}, 10, "the deleted run's worker to stop")
+    assert api.get_run(r, running[1]) is None and not api.run_dir(running[1]).exists()
+    assert not r.exists(keys.stream(running[1]))
+
+    time.sleep(1.0)  # both workers are idle now: a run still in the queue would have started
+    never = api.get_run(r, waiting)
+    assert (never.status, never.started_at, never.worker) == ("cancelled", None, None)
+    assert api.read_events(r, waiting) == ([], "0-0")
+    events = api.all_events(r, running[0])  # stopped on a checkpoint, so it can be resumed
+    assert (events[-1]["type"], events[-1]["iteration"]) == ("checkpoint", cancelled.iteration)
+
+
+def test_failing_runs_say_why_and_the_workers_keep_serving(r, pool, tmp_path):
+    """Malformed configs and job payloads written into Redis, a missing data set: each fails in one line."""
+    config = make_config(TINY)
+    held = {name: api.submit(r, config, queue="held") for name in ("config", "payload", "foreign", "record")}
+    marker = tmp_path / "pwned"
+
+    def job_key(name: str) -> str:
+        return Job.key_for(queue.job_id(held[name], 1))
+
+    r.hset(keys.run(held["config"]), "config", json.dumps({**TINY, "eps": 7}))
+    r.hset(job_key("payload"), "data", b"\x00 not json")
+    r.hset(job_key("foreign"), "data", json.dumps(["os.system", None, [f"touch {marker}"], {}]))
+    r.hset(job_key("record"), "status", "no-such-status")
+    missing = api.submit(r, make_config({**TINY, "dataset": "mnist"}))
+    while r.lmove("rq:queue:held", "rq:queue:" + keys.DEFAULT_QUEUE):  # now the workers see them
+        pass
+
+    errors = {name: wait_status(r, run_id, {"failed"}, 60).error for name, run_id in held.items()}
+    assert errors["config"].startswith("ConfigError: eps:")
+    assert "allowed: range [0.0, 1.0]" in errors["config"]
+    assert errors["payload"].startswith("malformed job payload: JSONDecodeError")
+    assert "not a codash job ('os.system')" in errors["foreign"] and not marker.exists()
+    assert errors["record"].startswith("malformed job record: ValueError")
+    error = wait_status(r, missing, {"failed"}, 60).error
+    assert error.startswith("DatasetMissing: data set 'mnist' not found") and "\n" not in error
+
+    good = api.submit(r, config)
+    assert wait_status(r, good, {"finished"}, 60).final is not None
+    assert all(worker.alive() for worker in pool.started)
+    assert {worker.name for worker in api.workers(r)} == {"w1", "w2"}
+
+
+def test_a_second_worker_under_a_live_name_is_refused(pool):
+    command = [sys.executable, "-m", "jobs.worker", "--device", "cpu", "--name", "w1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "codash: error: name: a live worker is called 'w1'" in result.stderr
+
+
+def test_a_killed_workers_run_is_interrupted_and_resumes_without_gaps(r, worker_pool, tmp_path):
+    """kill -9 mid-run: `interrupted` within the heartbeat timeout; resumed, it equals an unbroken run."""
+    timeout = 2.0
+    worker_pool.spawn("k1", "k2", queue="kill", env={"CODASH_HEARTBEAT_TIMEOUT": str(timeout)})
+    config = {**TINY, "max_iters": 400}
+    run_id = api.submit(r, make_config(config), queue="kill")
+
+    def checkpointed():
+        return any(event["type"] == "checkpoint" for event in api.read_events(r, run_id)[0])
+
+    wait_for(checkpointed, 60, "a first checkpoint")
+    run = api.get_run(r, run_id)
+    assert run.status == "running", run
+    victim = next(worker for worker in worker_pool.started if worker.name == run.worker)
+    victim.kill(signal.SIGKILL)
+    killed = time.monotonic()
+    interrupted = wait_status(r, run_id, {"interrupted"}, timeout + 5)
+    assert time.monotonic() - killed <= timeout + 1.0  # + slack for this poll and the scheduler
+    assert "heartbeat" in interrupted.error
+
+    api.resume(r, run_id)
+    done = wait_status(r, run_id, {"finished"}, 120)
+    assert (done.attempt, done.iteration) == (2, 400) and done.worker != victim.name
+    events = api.all_events(r, run_id)
+    assert [e["iteration"] for e in events if e["type"] == "metrics"] == list(range(1, 401))
+    assert [e["type"] for e in events].count("config") == 1
+    assert [without_timing(e) for e in events] == [without_timing(e) for e in codash_train(config, tmp_path)]
+
+    # SIGTERM is a graceful shutdown: the run stops on a checkpoint, `interrupted` and resumable
+    survivor = next(worker for worker in worker_pool.started if worker.alive())
+    run_id = api.submit(r, make_config(LONG), queue="kill")
+    wait_for(lambda: api.get_run(r, run_id).iteration > 0, 60, "training to start")
+    survivor.kill(signal.SIGTERM)
+    assert survivor.process.returncode == 0
+    stopped = api.get_run(r, run_id)
+    assert stopped.status == "interrupted" and "shut down" in stopped.error
+    last = api.all_events(r, run_id)[-1]
+    assert last == {"type": "checkpoint", "iteration": stopped.iteration, "epoch": ANY}
+
+
+def test_everything_survives_a_redis_restart(r, pool, home):
+    """SIGTERM the server, start it again on the same data dir: every run, status and event is there."""
+    wait_for(lambda: all(run.status != "running" for run in api.list_runs(r)), 30, "no run to be running")
+    api.submit(r, make_config(TINY), queue="nobody-serves-this")  # a queued run too
+    before = {run.id: (run, api.all_events(r, run.id)) for run in api.list_runs(r)}
+    assert {run.status for run, _ in before.values()} >= {"queued", "finished", "cancelled", "failed"}
+
+    url = stored_url(home)
+    os.kill(server_pid(home), signal.SIGTERM)
+    wait_for(lambda: not ping(url), 10, "the server to stop")
+    assert ensure_server(home) == url  # same port, same password, same data dir
+
+    after = {run.id: (run, api.all_events(r, run.id)) for run in api.list_runs(r)}
+    assert after == before
+    good = api.submit(r, make_config(TINY))  # and the workers reconnected
+    assert wait_status(r, good, {"finished"}, 60).final is not None
