@@ -1,0 +1,109 @@
+"""A Plotly chart that updates in place, for charts that refresh while a run trains.
+
+st.plotly_chart identifies a chart by a hash of its figure, so every refresh with new points mounts a new
+chart: the plot is rebuilt and the user's zoom is lost, whatever layout.uirevision says. This component
+keeps one plot per key and feeds each new figure to Plotly.react, which honours uirevision.
+The frontend is the page below plus the plotly.min.js that ships with the plotly package (same version as
+the Python side), served together from a per-version cache directory. The page lives in this module, not in
+a data file, so every way of installing the package (editable, wheel, Docker image) carries it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import plotly
+import plotly.graph_objects as go
+import streamlit.components.v1 as components
+
+PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+FRONTEND = """<!doctype html>
+<!-- codash's live Plotly chart: one persistent plot updated with Plotly.react, so layout.uirevision keeps the
+     user's zoom and legend choices across refreshes and nothing is torn down (no flicker).
+     Speaks Streamlit's custom-component protocol (v1) directly: no build step, no npm. -->
+<html>
+<head>
+<meta charset="utf-8">
+<script src="plotly.min.js"></script>
+<style>
+  html, body { margin: 0; padding: 0; background: transparent; overflow: hidden; }
+  #chart { width: 100%; }
+</style>
+</head>
+<body>
+<div id="chart"></div>
+<script>
+  const chart = document.getElementById("chart");
+  let lastSpec = null;
+  let clickBound = false;
+
+  function send(type, payload) {
+    window.parent.postMessage(Object.assign({ isStreamlitMessage: true, type: type }, payload), "*");
+  }
+
+  function onClick(event) {
+    const point = event.points && event.points[0];
+    if (!point || point.customdata === undefined) return;
+    const data = Array.isArray(point.customdata) ? point.customdata : [point.customdata];
+    // a fresh value on every click, so clicking the same point twice still reaches Python
+    send("streamlit:setComponentValue", { value: { customdata: data, at: Date.now() }, dataType: "json" });
+  }
+
+  function render(args) {
+    if (args.spec === lastSpec) return;
+    lastSpec = args.spec;
+    const figure = JSON.parse(args.spec);
+    const layout = Object.assign({}, figure.layout, { autosize: true });
+    const config = Object.assign({ responsive: true, displaylogo: false }, args.config || {});
+    Plotly.react(chart, figure.data, layout, config).then(function () {
+      chart.dataset.revision = String(args.revision);
+      if (!clickBound) {
+        chart.on("plotly_click", onClick);
+        clickBound = true;
+      }
+    });
+    send("streamlit:setFrameHeight", { height: layout.height || 450 });
+  }
+
+  window.addEventListener("message", function (event) {
+    if (event.data && event.data.type === "streamlit:render") render(event.data.args);
+  });
+  send("streamlit:componentReady", { apiVersion: 1 });
+</script>
+</body>
+</html>
+"""
+
+
+@functools.cache
+def _component() -> Any:
+    """Assemble the frontend directory once per process (atomically: servers may start side by side)."""
+    digest = hashlib.sha256(FRONTEND.encode()).hexdigest()[:12]
+    user = getattr(os, "getuid", lambda: "")()  # per user: mkdtemp makes 0700 directories
+    name = f"codash-chart-{user}-{plotly.__version__}-{digest}"
+    directory = Path(tempfile.gettempdir()) / name
+    if not (directory / "index.html").exists():
+        staging = Path(tempfile.mkdtemp(prefix="codash-chart-"))
+        shutil.copy(PLOTLY_JS, staging / "plotly.min.js")
+        (staging / "index.html").write_text(FRONTEND)
+        try:
+            os.replace(staging, directory)
+        except OSError:  # another process got there first
+            shutil.rmtree(staging, ignore_errors=True)
+    return components.declare_component("live_plotly", path=str(directory))
+
+
+def live_chart(fig: go.Figure, key: str, revision: int = 0) -> list | None:
+    """Show `fig`, updating the chart already on screen under `key`; returns the clicked point's customdata.
+
+    `revision` (e.g. the number of events drawn) is written on the chart element, so a browser test can
+    tell which data the chart is showing.
+    """
+    clicked = _component()(spec=fig.to_json(), revision=revision, key=key, default=None)
+    return clicked["customdata"] if clicked else None

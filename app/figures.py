@@ -1,0 +1,545 @@
+"""Pure functions from a run's events to Plotly figures and tables.
+
+No Streamlit and no Redis here, so every chart and table the dashboard shows is unit-testable from a list of
+event dicts. One figure builder (`run_figure`) serves the live view, the compare overlay and the small
+multiples, so the three can never drift apart.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from trainer.config import RunConfig, format_eps
+
+if TYPE_CHECKING:
+    from jobs.api import Run
+
+TERMINAL = frozenset({"finished", "failed", "cancelled", "interrupted"})
+NATURAL_IMAGES = ("cifar10", "svhn")  # data sets on which ε is stated in 1/255 (as format_eps shows it)
+MAX_LINE_POINTS = 600  # per-iteration series are averaged into at most this many bins: SVG stays fast
+SMOOTH_ITERS = 10  # per-batch training numbers are noisy: drawn as a trailing moving average
+RUN_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+CO_COLOR = "#b30000"
+
+
+# --- a run's history, accumulated incrementally from its event stream ---
+
+
+@dataclass
+class RunHistory:
+    """Everything the charts need from one run's events, fed in stream order by `extend`.
+
+    Rows are keyed by iteration: a resumed run replays the iterations after its last checkpoint, and the
+    replayed row simply replaces the one from the interrupted attempt.
+    """
+
+    config: dict[str, Any] | None = None
+    total_iterations: int | None = None
+    device: str | None = None
+    metrics: dict[int, dict[str, Any]] = field(default_factory=dict)
+    evals: dict[int, dict[str, Any]] = field(default_factory=dict)
+    co: dict[str, Any] | None = None
+    final: dict[str, Any] | None = None
+    last_id: str = "0-0"
+    n_events: int = 0
+    attempt: int = 1  # the run's attempt these events belong to (a resume rewinds the stream)
+
+    def extend(self, events: Iterable[dict[str, Any]], last_id: str | None = None) -> None:
+        for event in events:
+            self.n_events += 1
+            kind = event.get("type")
+            if kind == "config":
+                self._restart(event)
+            elif kind == "metrics":
+                self.metrics[event["iteration"]] = event
+            elif kind == "eval":
+                self.evals[event["iteration"]] = event
+            elif kind == "co":
+                self.co = event
+            elif kind == "final":
+                self.final = event
+        if last_id is not None:
+            self.last_id = last_id
+
+    def _restart(self, event: dict[str, Any]) -> None:
+        """A config event opens an attempt at `start_iteration`: later rows will be recomputed."""
+        self.config = event["config"]
+        self.total_iterations = event["total_iterations"]
+        self.device = event["device"]
+        start = event["start_iteration"]
+        self.metrics = {it: row for it, row in self.metrics.items() if it <= start}
+        self.evals = {it: row for it, row in self.evals.items() if it <= start}
+        if self.co is not None and self.co["iteration"] > start:
+            self.co = None
+        self.final = None
+
+    @property
+    def iteration(self) -> int:
+        return max(self.metrics, default=0)
+
+    @property
+    def co_iteration(self) -> int | None:
+        return self.co["iteration"] if self.co else None
+
+    def metrics_frame(self, max_points: int = MAX_LINE_POINTS) -> pd.DataFrame:
+        """Per-iteration training numbers, smoothed over SMOOTH_ITERS and averaged into max_points bins."""
+        frame = _frame(self.metrics.values())
+        if not frame.empty:
+            columns = ["train_loss", "train_acc", "reg"]
+            frame[columns] = frame[columns].rolling(SMOOTH_ITERS, min_periods=1).mean()
+        return downsample(frame, max_points)
+
+    def evals_frame(self) -> pd.DataFrame:
+        return _frame(self.evals.values())
+
+    def latest_eval(self) -> dict[str, Any] | None:
+        return self.evals[max(self.evals)] if self.evals else None
+
+
+def _frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    frame = pd.DataFrame(list(rows))
+    return frame.sort_values("iteration", ignore_index=True) if not frame.empty else frame
+
+
+def downsample(frame: pd.DataFrame, max_points: int) -> pd.DataFrame:
+    """Average consecutive iterations into at most `max_points` bins (a smoothed curve, never a subsample)."""
+    if len(frame) <= max_points:
+        return frame
+    bins = pd.Series(range(len(frame))) * max_points // len(frame)
+    numeric = frame.select_dtypes("number")
+    grouped = numeric.groupby(bins.values)
+    averaged = grouped.mean()
+    averaged["iteration"] = grouped["iteration"].max()  # a bin is plotted where it ends
+    return averaged.reset_index(drop=True)
+
+
+# --- the three-panel figure ---
+
+
+@dataclass(frozen=True)
+class Metric:
+    column: str
+    name: str
+    row: int  # 1 accuracy, 2 alignment, 3 loss
+    source: str  # "evals" (sparse: drawn with markers) or "metrics" (every iteration)
+    color: str
+    dash: str = "solid"  # the line style that tells metrics apart when colour tells runs apart
+    overlay: bool = True  # drawn when several runs share the panels
+    zero_is_absent: bool = False  # an all-zero series means "not used" (the GradAlign term without GradAlign)
+
+
+METRICS = (
+    Metric("pgd_acc", "PGD", 1, "evals", "#d62728"),  # first: it stands for its run in an overlay's legend
+    Metric("fgsm_acc", "FGSM", 1, "evals", "#ff7f0e", "dash"),
+    Metric("clean_acc", "clean", 1, "evals", "#1f77b4", "dot"),
+    Metric("train_acc", "train (adversarial batches)", 1, "metrics", "#9e9e9e", "dashdot", overlay=False),
+    Metric("cos_fgsm_pgd", "cos(δ FGSM, δ PGD)", 2, "evals", "#9467bd"),
+    Metric("cos_grad_random", "cos(∇x, ∇x+η)", 2, "evals", "#2ca02c", "dot"),
+    Metric("train_loss", "train loss", 3, "metrics", "#37474f"),
+    Metric("reg", "GradAlign term", 3, "metrics", "#17becf", "dot", zero_is_absent=True),
+)
+PANELS = (
+    ("Robust accuracy on the eval subset", "accuracy"),
+    ("Gradient alignment", "cosine"),
+    ("Training loss", "loss"),
+)
+
+
+@dataclass(frozen=True)
+class Series:
+    """One run as drawn: its legend label and its history."""
+
+    label: str
+    history: RunHistory
+
+
+def run_figure(
+    series: Sequence[Series], uirevision: str, height: int = 760, compact: bool = False
+) -> go.Figure:
+    """Accuracy, alignment and loss panels on a shared iteration axis, with a CO marker on every panel.
+
+    One run: a colour per metric, each panel with its own legend. Several runs: a colour per run and a
+    line style per metric, one legend of runs (clicking a run hides all its lines) and a style key per panel.
+    """
+    overlay = len(series) > 1
+    titles = [title for title, _ in PANELS] if not compact else [axis.capitalize() for _, axis in PANELS]
+    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.07, subplot_titles=titles)
+    drawn: set[Metric] = set()
+    for index, run in enumerate(series):
+        color = RUN_COLORS[index % len(RUN_COLORS)]
+        frames = {"evals": run.history.evals_frame(), "metrics": run.history.metrics_frame()}
+        first = True
+        for metric in METRICS:
+            if overlay and not metric.overlay:
+                continue
+            frame = frames[metric.source]
+            if not _has_values(frame, metric):
+                continue
+            fig.add_trace(
+                _trace(frame, metric, run.label, color if overlay else None, not overlay or first, compact),
+                row=metric.row,
+                col=1,
+            )
+            first = False
+            drawn.add(metric)
+        if run.history.co_iteration is not None:
+            _co_marker(fig, run.history.co_iteration, color if overlay else CO_COLOR, run.label, overlay)
+    if overlay:
+        _style_key(fig, [metric for metric in METRICS if metric in drawn])
+    _layout(fig, uirevision, height, overlay, compact)
+    return fig
+
+
+def _has_values(frame: pd.DataFrame, metric: Metric) -> bool:
+    if frame.empty or metric.column not in frame:
+        return False
+    values = frame[metric.column].dropna()
+    return not values.empty and not (metric.zero_is_absent and (values == 0).all())
+
+
+def _trace(
+    frame: pd.DataFrame, metric: Metric, label: str, run_color: str | None, show: bool, compact: bool
+) -> go.Scatter:
+    sparse = metric.source == "evals"
+    name = html.escape(label) if run_color else metric.name
+    return go.Scatter(
+        x=frame["iteration"],
+        y=frame[metric.column],
+        name=name,
+        legendgroup=name,
+        legend="legend" if run_color or compact else _legend_of(metric.row),
+        showlegend=show,
+        mode="lines+markers" if sparse else "lines",
+        marker={"size": 5},
+        line={
+            "color": run_color or metric.color,
+            "dash": metric.dash if run_color else "solid",
+            "width": 2.2 if sparse else 1.4,
+        },
+        hovertemplate=(f"{html.escape(label)} · " if run_color else "")
+        + f"{metric.name}: %{{y:.3f}}<extra></extra>",
+    )
+
+
+def _legend_of(row: int) -> str:
+    return "legend" if row == 1 else f"legend{row}"
+
+
+def _co_marker(fig: go.Figure, iteration: int, color: str, label: str, overlay: bool) -> None:
+    """A dashed vertical line at the CO iteration on each panel, labelled on each panel."""
+    text = (
+        f"CO · {html.escape(label)} @ {iteration:,}"
+        if overlay
+        else f"catastrophic overfitting @ {iteration:,}"
+    )
+    for row in (1, 2, 3):
+        fig.add_vline(
+            x=iteration,
+            row=row,
+            col=1,
+            line={"color": color, "dash": "dash", "width": 2},
+            annotation={
+                "text": text if row == 1 else f"CO @ {iteration:,}",
+                "font": {"color": color, "size": 12},
+                "bgcolor": "rgba(255,255,255,0.8)",
+            },
+            annotation_position="top right",
+        )
+
+
+def _style_key(fig: go.Figure, metrics: list[Metric]) -> None:
+    """Grey legend-only entries that say which line style is which of the metrics drawn."""
+    for metric in metrics:
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                name=metric.name,
+                mode="lines",
+                line={"color": "#616161", "dash": metric.dash},
+                legend=_legend_of(metric.row) if metric.row > 1 else "legend4",
+                hoverinfo="skip",
+            ),
+            row=metric.row,
+            col=1,
+        )
+
+
+def _layout(fig: go.Figure, uirevision: str, height: int, overlay: bool, compact: bool) -> None:
+    fig.update_layout(
+        template="plotly_white",
+        height=height,
+        uirevision=uirevision,
+        hovermode="x unified",
+        margin={"l": 60, "r": 10 if compact else 210, "t": 40, "b": 90 if compact else 50},
+        font={"size": 12 if compact else 13},
+    )
+    if compact:  # a small multiple: one horizontal legend under the panels
+        fig.update_layout(legend={"orientation": "h", "x": 0, "y": -0.1, "yanchor": "top"})
+    else:  # each panel's legend beside it; with several runs, the runs on top and the accuracy key below
+        domains = [fig.layout[f"yaxis{'' if row == 1 else row}"].domain for row in (1, 2, 3)]
+        style = {"x": 1.01, "xanchor": "left", "yanchor": "top", "bgcolor": "rgba(255,255,255,0)"}
+        for row, domain in enumerate(domains, start=1):
+            fig.update_layout({_legend_of(row): {**style, "y": domain[1]}})
+        if overlay:
+            fig.update_layout(legend_title_text="runs", legend4={**style, "y": domains[0][0] + 0.12})
+    fig.update_yaxes(title_text="accuracy", range=[0, 1.02], row=1, col=1)
+    fig.update_yaxes(title_text="cosine", row=2, col=1)
+    fig.update_yaxes(title_text="loss", row=3, col=1)
+    fig.update_xaxes(title_text="iteration", row=3, col=1)
+    fig.update_xaxes(showspikes=True, spikemode="across", spikethickness=1)
+    fig.update_annotations(selector={"xref": "paper"}, x=0, xanchor="left", font_size=14)  # panel titles
+
+
+# --- naming runs by what differs between them ---
+
+_SHORT = {
+    "eps": "ε",
+    "grad_align_lambda": "λ",
+    "batch_size": "batch",
+    "n_filters": "filters",
+    "n_layers": "layers",
+}
+_METHOD_FIELDS = ("method", "grad_align_lambda", "pgd_steps")
+_IGNORED = frozenset({"name"})
+
+
+def method_label(config: RunConfig) -> str:
+    """'FGSM', 'FGSM+GradAlign λ=2', 'PGD-10': the trainer's own label without ε."""
+    return config.model_copy(update={"name": ""}).label().rsplit(" ε=", 1)[0]
+
+
+def distinguishing_labels(configs: Sequence[RunConfig], ids: Sequence[str] | None = None) -> list[str]:
+    """Legend labels from only the fields in which the configs differ: 'FGSM ε=0.1' vs 'FGSM ε=0.2'.
+
+    The method (with its GradAlign λ) always leads, since it is the story's main contrast. User names are
+    kept when they are distinct; identical configs are told apart by run id.
+    """
+    if len(configs) == 1:
+        return [configs[0].label()]
+    names = [config.name for config in configs]
+    if all(names) and len(set(names)) == len(names):
+        return names
+    dumps = [config.model_dump() for config in configs]
+    differing = [
+        key
+        for key in RunConfig.model_fields
+        if key not in _IGNORED and key not in _METHOD_FIELDS and len({json.dumps(d[key]) for d in dumps}) > 1
+    ]
+    labels = []
+    for config, dump in zip(configs, dumps, strict=True):
+        parts = [method_label(config)] + [
+            f"{_SHORT.get(key, key)}={_format_value(key, dump[key], config)}" for key in differing
+        ]
+        labels.append(" ".join(parts))
+    if ids is not None and len(set(labels)) < len(labels):
+        labels = [f"{label} [{run_id[:8]}]" for label, run_id in zip(labels, ids, strict=True)]
+    return labels
+
+
+def _format_value(key: str, value: Any, config: RunConfig) -> str:
+    if key == "eps":
+        return format_eps(value, config.dataset)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+# --- tables ---
+
+
+def runs_frame(runs: Sequence[Run], now: float | None = None) -> pd.DataFrame:
+    """One row per run for the Runs table: what was run, how far it got, and what it achieved."""
+    now = time.time() if now is None else now
+    rows = []
+    for run in runs:
+        config, final = run.config, run.final or {}
+        last = final.get("last") or {}
+        total = run.total_iterations or 0
+        rows.append(
+            {
+                "id": run.id,
+                "label": config.label(),
+                "status": run.status,
+                "method": config.method,
+                "ε": format_eps(config.eps, config.dataset),
+                "λ": config.grad_align_lambda,
+                "dataset": config.dataset,
+                "model": model_name(config),
+                "progress": min(run.iteration / total, 1.0) if total else 0.0,
+                "iteration": run.iteration,
+                "CO iteration": run.co_iteration,
+                "clean acc": last.get("clean_acc"),
+                "PGD acc": last.get("pgd_acc"),
+                "device": run.device,
+                "created": pd.Timestamp(run.created_at, unit="s", tz="UTC"),
+                "elapsed": format_duration(elapsed_s(run, now)),
+                "sweep": run.sweep_id,
+            }
+        )
+    columns = ["id", "label", "status", "method", "ε", "λ", "dataset", "model", "progress", "iteration"]
+    columns += ["CO iteration", "clean acc", "PGD acc", "device", "created", "elapsed", "sweep"]
+    frame = pd.DataFrame(rows, columns=columns)
+    return frame.astype({"CO iteration": "Int64", "clean acc": "float64", "PGD acc": "float64"})
+
+
+def model_name(config: RunConfig) -> str:
+    if config.model == "cnn":
+        return f"cnn {config.n_layers}×{config.n_filters}"
+    return config.model
+
+
+def elapsed_s(run: Run, now: float) -> float | None:
+    if run.started_at is None:
+        return None
+    return (run.finished_at or now) - run.started_at
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def events_csv(events: Sequence[dict[str, Any]]) -> str:
+    """All events as one CSV: nested fields flattened to dotted columns (config.eps, last.pgd_acc)."""
+    return pd.json_normalize(list(events)).to_csv(index=False)
+
+
+def events_jsonl(events: Sequence[dict[str, Any]]) -> str:
+    """JSON Lines, the format `codash train --out` writes, so the same tools read both."""
+    return "".join(json.dumps(event, separators=(",", ":")) + "\n" for event in events)
+
+
+# --- the sweep: final PGD accuracy against ε per method (the paper's Fig. 1) ---
+
+
+def sweep_frame(runs: Sequence[Run], histories: dict[str, RunHistory]) -> pd.DataFrame:
+    """A point per run with a robust accuracy: its final PGD accuracy, or its latest eval while running."""
+    rows = []
+    for run in runs:
+        config, history = run.config, histories.get(run.id)
+        final = run.final or (history.final if history else None)
+        if final is not None:
+            pgd = (final.get("last") or {}).get("pgd_acc")
+            clean = (final.get("last") or {}).get("clean_acc")
+            co = bool(final.get("co_detected"))
+        else:
+            latest = history.latest_eval() if history else None
+            pgd = latest["pgd_acc"] if latest else None
+            clean = latest["clean_acc"] if latest else None
+            co = bool(history and history.co) or run.co_iteration is not None
+        if pgd is None:
+            continue
+        natural = config.dataset in NATURAL_IMAGES
+        rows.append(
+            {
+                "run_id": run.id,
+                "method": method_label(config).split(" λ=")[0],
+                "eps": config.eps,
+                "x": config.eps * 255 if natural else config.eps,
+                "pgd_acc": pgd,
+                "clean_acc": clean,
+                "co": co,
+                "done": final is not None,
+                "status": run.status,
+                "label": config.label(),
+                "lambda": config.grad_align_lambda,
+            }
+        )
+    columns = [
+        "run_id",
+        "method",
+        "eps",
+        "x",
+        "pgd_acc",
+        "clean_acc",
+        "co",
+        "done",
+        "status",
+        "label",
+        "lambda",
+    ]
+    return pd.DataFrame(rows, columns=columns).sort_values(["method", "x"], ignore_index=True)
+
+
+def sweep_figure(points: pd.DataFrame, natural_units: bool, uirevision: str) -> go.Figure:
+    """Lines of PGD accuracy against ε per method; ✕ marks a run that hit CO, hollow marks one still running.
+
+    Each point carries its run id as customdata, so a click (selection event) can open that run.
+    """
+    fig = go.Figure()
+    for index, (method, group) in enumerate(points.groupby("method", sort=True)):
+        color = RUN_COLORS[index % len(RUN_COLORS)]
+        symbols = [
+            ("x" if co else "circle") + ("" if done else "-open")
+            for co, done in zip(group["co"], group["done"], strict=True)
+        ]
+        fig.add_trace(
+            go.Scatter(
+                x=group["x"],
+                y=group["pgd_acc"],
+                name=html.escape(method),
+                mode="lines+markers",
+                line={"color": color, "width": 2},
+                marker={"symbol": symbols, "size": 13, "color": color, "line": {"width": 2, "color": color}},
+                customdata=group[["run_id", "status", "lambda"]].to_numpy(),
+                text=[html.escape(label) for label in group["label"]],
+                hovertemplate="%{text}<br>PGD acc %{y:.3f}<br>λ=%{customdata[2]:g}<br>%{customdata[1]}"
+                "<extra></extra>",
+            )
+        )
+    for name, symbol in (
+        ("✕ catastrophic overfitting", "x"),
+        ("○ hollow: still running (latest eval)", "circle-open"),
+    ):
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                name=name,
+                mode="markers",
+                marker={"symbol": symbol, "color": "#616161", "size": 11},
+            )
+        )
+    fig.update_layout(
+        template="plotly_white",
+        height=480,
+        uirevision=uirevision,
+        title="Final PGD accuracy against ε",
+        xaxis_title="ε (×1/255)" if natural_units else "ε",
+        yaxis_title="PGD accuracy",
+        yaxis_range=[0, 1.02],
+        clickmode="event",
+        legend={"title": {"text": "method"}},
+        margin={"t": 60, "b": 50},
+    )
+    return fig
+
+
+# --- text ---
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|~$:])")
+
+
+def md_escape(text: str) -> str:
+    """User text inside Markdown-rendering elements, shown literally (no links, no emphasis, no HTML)."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
+def percent(value: float | None) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1%}"

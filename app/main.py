@@ -1,0 +1,13 @@
+"""codash dashboard: `streamlit run app/main.py`.
+
+Reads and writes only through jobs.api; never touches Redis keys or torch directly.
+"""
+
+import streamlit as st
+
+from app import nav
+
+st.set_page_config(page_title="codash · catastrophic overfitting, live", page_icon="📉", layout="wide")
+current = st.navigation(nav.pages(), position="top")
+nav.follow_shared_link(current, st.query_params)
+current.run()

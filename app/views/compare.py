@@ -1,0 +1,83 @@
+"""Compare (`?compare=ID,ID`): runs overlaid on the same three panels, then side by side as small multiples.
+
+Legend labels name each run by only the config fields in which the runs differ. While any run can still
+change, the charts refresh like the live view.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import state
+from app.chart import live_chart
+from app.figures import TERMINAL, Series, distinguishing_labels, md_escape, run_figure, runs_frame
+from app.views.runs import COLUMNS, ORDER
+from jobs import api
+
+REFRESH_S = 2.0
+SMALL_MULTIPLES_PER_ROW = 3
+KEY = "compare.ids"
+
+
+def render() -> None:
+    r = state.connection()
+    st.title("Compare runs")
+    runs = {run.id: run for run in api.list_runs(r)}
+    wanted = [run_id for run_id in st.query_params.get("compare", "").split(",") if run_id]
+    missing = [run_id for run_id in wanted if run_id not in runs]
+    if missing:
+        st.warning(f"Not found (deleted?): {md_escape(', '.join(missing))}")
+    state.follow_url(KEY, [run_id for run_id in wanted if run_id in runs])
+    chosen = st.multiselect(
+        "Runs to compare",
+        list(runs),
+        key=KEY,
+        format_func=lambda run_id: f"{runs[run_id].config.label()} · {runs[run_id].status} · {run_id}",
+        placeholder="Pick two or more runs (or select them on the Runs page)",
+    )
+    if chosen:  # the URL always shares what is shown
+        st.query_params["compare"] = ",".join(chosen)
+    else:
+        st.query_params.pop("compare", None)
+    state.shown_in_url(KEY, chosen)
+    if len(chosen) < 2:
+        st.info("Pick at least two runs to compare.")
+        return
+    live = any(runs[run_id].status not in TERMINAL for run_id in chosen)
+    st.fragment(_charts, run_every=REFRESH_S if live else None)(chosen, live)
+
+
+def _charts(run_ids: list[str], was_live: bool) -> None:
+    r = state.connection()
+    runs = [run for run in (api.get_run(r, run_id) for run_id in run_ids) if run is not None]
+    labels = distinguishing_labels([run.config for run in runs], [run.id for run in runs])
+    series = [Series(label, state.history(r, run)) for label, run in zip(labels, runs, strict=True)]
+    revision = sum(one.history.n_events for one in series)
+    live_chart(run_figure(series, uirevision="compare:" + ",".join(run_ids)), "compare.overlay", revision)
+    table = runs_frame(runs)
+    table.insert(1, "legend", labels)
+    st.dataframe(
+        table,
+        hide_index=True,
+        column_config=COLUMNS,
+        column_order=["legend", *(c for c in ORDER if c not in ("label", "open"))],
+    )
+
+    st.subheader("Side by side", anchor=False)
+    pairs = list(zip(series, runs, strict=True))
+    for start in range(0, len(pairs), SMALL_MULTIPLES_PER_ROW):
+        row = pairs[start : start + SMALL_MULTIPLES_PER_ROW]
+        for column, (one, run) in zip(st.columns(SMALL_MULTIPLES_PER_ROW), row, strict=False):
+            with column:
+                st.markdown(f"**{md_escape(one.label)}** · {run.status}")
+                if not one.history.n_events:
+                    st.caption("No events yet.")
+                    continue
+                figure = run_figure([one], uirevision=f"small:{run.id}", height=560, compact=True)
+                live_chart(figure, f"compare.small.{run.id}", one.history.n_events)
+    if any(run.status not in TERMINAL for run in runs) != was_live:
+        st.rerun()  # start or stop the timer
+
+
+if __name__ == "__main__":  # run by st.navigation as a page script
+    render()

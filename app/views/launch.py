@@ -1,0 +1,314 @@
+"""Launch: pick a preset, edit any RunConfig field, see problems next to the field; submit opens the run.
+
+The form is generated from RunConfig's fields (like the CLI's flags), with three hand-made widgets: ε in the
+units the literature uses for the data set, GradAlign as a toggle with the paper's λ(ε), and the device.
+A None-able field left empty means "the paper's default for this method and model", as in RunConfig.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal, get_args, get_origin
+
+import streamlit as st
+
+from app import nav, state
+from app.figures import NATURAL_IMAGES, md_escape, model_name
+from app.presets import DEFAULT_PRESET, PRESETS
+from jobs import api
+from trainer.config import ConfigError, RunConfig, allowed, format_eps, make_config, paper_lambda
+
+GROUPS = (
+    ("Data and model", ("dataset", "model", "name", "n_layers", "n_filters")),
+    ("Attack and defence", ("method", "eps", "grad_align_lambda")),
+    ("Training", ("epochs", "max_iters", "batch_size", "lr", "seed")),
+    ("Monitoring and hardware", ("eval_every", "eval_points", "device")),
+)
+ADVANCED = (
+    "alpha",
+    "pgd_steps",
+    "pgd_alpha",
+    "optimizer",
+    "lr_schedule",
+    "momentum",
+    "weight_decay",
+    "eval_pgd_steps",
+    "final_eval_points",
+    "final_pgd_steps",
+    "final_pgd_restarts",
+    "amp",
+)
+LABELS = {
+    "name": "Name (optional)",
+    "n_layers": "conv layers",
+    "n_filters": "filters per layer",
+    "alpha": "FGSM step (× ε)",
+    "pgd_steps": "PGD steps (pgd training)",
+    "pgd_alpha": "PGD step (× ε)",
+    "grad_align_lambda": "GradAlign λ",
+    "max_iters": "max iterations (optional)",
+    "batch_size": "batch size",
+    "lr": "learning rate",
+    "lr_schedule": "lr schedule",
+    "weight_decay": "weight decay",
+    "eval_every": "eval every (iterations)",
+    "eval_points": "eval subset size",
+    "eval_pgd_steps": "eval PGD steps",
+    "final_eval_points": "final eval points (PGD)",
+    "final_pgd_steps": "final PGD steps",
+    "final_pgd_restarts": "final PGD restarts",
+    "amp": "bf16 autocast (CUDA)",
+}
+FORMATS = {"eps": "%.3f", "momentum": "%.2f"}
+KEY = "launch."
+SAVED = "launch.saved"  # widget state is dropped when the page is left; this copy brings the form back
+WIDGET_KEYS = [KEY + name for name in (*RunConfig.model_fields, "eps255", "grad_align", "preset")]
+
+
+def render() -> None:
+    r = state.connection()
+    st.title("Launch a run")
+    _workers(r)
+    if SAVED not in st.session_state:
+        _apply_preset(DEFAULT_PRESET)
+    for key, value in st.session_state[SAVED].items():
+        st.session_state.setdefault(key, value)
+
+    st.selectbox(
+        "Preset",
+        list(PRESETS),
+        key=KEY + "preset",
+        on_change=lambda: _apply_preset(st.session_state[KEY + "preset"]),
+        help="Fills every field below; edit any of them before launching.",
+    )
+    values = _form_values()
+    problems = _problems(values)
+    for row in (GROUPS[:2], GROUPS[2:]):
+        for column, (title, names) in zip(st.columns(2), row, strict=True):
+            with column.container(border=True):
+                _group(title, names, 3, problems)
+    with st.expander("Advanced: attack steps, optimizer, final evaluation"):
+        _group("", ADVANCED, 4, problems)
+
+    st.divider()
+    if problems:
+        unplaced = [
+            md_escape(f"{field}: {text}")
+            for field, text in problems.items()
+            if field not in RunConfig.model_fields
+        ]
+        st.error("  \n".join([f"Fix {len(problems)} problem(s) before launching."] + unplaced))
+    else:
+        config = make_config(values)
+        st.markdown(f"**Will run:** {md_escape(config.label())} on {config.dataset}, {model_name(config)}")
+        with st.expander("The complete config that will be queued"):
+            st.json(config.model_dump(mode="json"))
+    if st.button("Launch run", type="primary", disabled=bool(problems), key=KEY + "submit"):
+        run_id = api.submit(r, make_config(values))
+        nav.go("live", run=run_id)
+    st.session_state[SAVED] = {key: st.session_state[key] for key in WIDGET_KEYS if key in st.session_state}
+
+
+def _workers(r) -> None:
+    workers = api.workers(r)
+    queued = api.queued_count(r)
+    if not workers:
+        st.warning(
+            "**No worker is running**, so a launched run will wait in the queue. "
+            "Start one in a terminal (add `--device cuda` on a GPU machine):",
+            icon=":material/warning:",
+        )
+        st.code("codash worker", language="bash")
+        return
+    described = ", ".join(f"{md_escape(w.name)} ({w.device}, {w.state})" for w in workers)
+    st.success(f"{len(workers)} worker(s) alive: {described} · {queued} run(s) queued", icon=":material/dns:")
+
+
+# --- the form's state ---
+
+
+def _apply_preset(name: str) -> None:
+    """Put a preset's values (RunConfig defaults elsewhere, None = automatic) into every widget."""
+    values = {field: info.get_default() for field, info in RunConfig.model_fields.items()} | PRESETS[name]
+    for field, value in values.items():
+        st.session_state[KEY + field] = value
+    st.session_state[KEY + "eps255"] = round(values["eps"] * 255, 3)
+    st.session_state[KEY + "grad_align"] = values["grad_align_lambda"] > 0
+    st.session_state[KEY + "grad_align_lambda"] = values["grad_align_lambda"] or 1.0
+    st.session_state[KEY + "preset"] = name
+    st.session_state[SAVED] = {key: st.session_state[key] for key in WIDGET_KEYS}
+
+
+def _form_values() -> dict[str, Any]:
+    """The RunConfig fields as the form holds them now (not yet validated)."""
+    values = {name: st.session_state.get(KEY + name) for name in RunConfig.model_fields}
+    if values["dataset"] in NATURAL_IMAGES:
+        eps255 = st.session_state.get(KEY + "eps255")
+        values["eps"] = None if eps255 is None else eps255 / 255
+    if not st.session_state.get(KEY + "grad_align"):
+        values["grad_align_lambda"] = 0.0
+    return values
+
+
+def _problems(values: dict[str, Any]) -> dict[str, str]:
+    """Each invalid field's message from RunConfig's own validation, keyed by field."""
+    try:
+        make_config(values)
+    except ConfigError as exc:
+        fields = "|".join(RunConfig.model_fields)
+        problems: dict[str, str] = {}
+        for message in re.split(rf"; (?=(?:{fields}): )", str(exc)):
+            field, _, text = message.partition(": ")
+            problems[field] = text
+        return problems
+    return {}
+
+
+# --- widgets ---
+
+
+def _group(title: str, names: tuple[str, ...], per_row: int, problems: dict[str, str]) -> None:
+    if title:
+        st.markdown(f"**{title}**")
+    for start in range(0, len(names), per_row):
+        for column, name in zip(st.columns(per_row), names[start : start + per_row], strict=False):
+            with column:
+                _field(name, problems)
+
+
+def _field(name: str, problems: dict[str, str]) -> None:
+    special = {"eps": _eps, "grad_align_lambda": _grad_align, "device": _device}
+    if name in special:
+        special[name]()
+    else:
+        _generic(name)
+    if name in problems:
+        st.error(md_escape(problems[name]), icon=":material/error:")
+
+
+def _generic(name: str) -> None:
+    info = RunConfig.model_fields[name]
+    args = [arg for arg in get_args(info.annotation) if arg is not type(None)]
+    optional = type(None) in get_args(info.annotation)
+    base = args[0] if optional else info.annotation
+    label, key = LABELS.get(name, name), KEY + name
+    auto = "Empty: the paper's default for this method and model." if optional else ""
+    help_text = " ".join(
+        filter(None, [info.description and info.description.capitalize() + ".", allowed(name), auto])
+    )
+    if get_origin(base) is Literal:
+        st.selectbox(
+            label, get_args(base), key=key, index=None if optional else 0, placeholder="auto", help=help_text
+        )
+    elif base is bool:
+        st.toggle(label, key=key, help=help_text)
+    elif base is str:
+        st.text_input(label, key=key, help=help_text, max_chars=80)
+    else:
+        bounds = _bounds(name)
+        numeric = int if base is int else float
+        st.number_input(
+            label,
+            key=key,
+            min_value=numeric(bounds["ge"]) if "ge" in bounds else None,
+            max_value=numeric(bounds["le"]) if "le" in bounds else None,
+            step=1 if base is int else None,
+            format=FORMATS.get(name, "%d" if base is int else "%g"),
+            value=None if optional else "min",
+            placeholder="auto" if optional else None,
+            help=help_text,
+        )
+
+
+def _bounds(name: str) -> dict[str, float]:
+    """The inclusive bounds RunConfig declares for a field (exclusive ones are left to validation)."""
+    metadata = RunConfig.model_fields[name].metadata
+    return {
+        bound: getattr(meta, bound) for meta in metadata for bound in ("ge", "le") if hasattr(meta, bound)
+    }
+
+
+def _eps() -> None:
+    """ε in /255 on CIFAR-10/SVHN, as a fraction on digits/MNIST; the two boxes are kept in sync."""
+    if st.session_state.get(KEY + "dataset") in NATURAL_IMAGES:
+        st.number_input(
+            "ε (× 1/255)",
+            key=KEY + "eps255",
+            min_value=0.0,
+            max_value=255.0,
+            step=1.0,
+            format="%g",
+            on_change=_sync_eps,
+            args=("eps255",),
+            help="L∞ radius in pixel levels: 8 means 8/255.",
+        )
+    else:
+        st.number_input(
+            "ε",
+            key=KEY + "eps",
+            min_value=0.0,
+            max_value=1.0,
+            step=0.01,
+            format=FORMATS["eps"],
+            on_change=_sync_eps,
+            args=("eps",),
+            help="L∞ radius on [0, 1] inputs.",
+        )
+
+
+def _sync_eps(changed: str) -> None:
+    value = st.session_state[KEY + changed]
+    if value is None:
+        return
+    if changed == "eps255":
+        st.session_state[KEY + "eps"] = value / 255
+    else:
+        st.session_state[KEY + "eps255"] = round(value * 255, 3)
+
+
+def _grad_align() -> None:
+    """A toggle and λ, with the paper's λ(ε) offered when it is in range."""
+    on = st.toggle("GradAlign", key=KEY + "grad_align", help="Add λ·(1 − cos(∇x, ∇x+η)) to the loss.")
+    st.number_input(
+        LABELS["grad_align_lambda"],
+        key=KEY + "grad_align_lambda",
+        min_value=_bounds("grad_align_lambda")["ge"],
+        max_value=_bounds("grad_align_lambda")["le"],
+        format="%g",
+        disabled=not on,
+        help=allowed("grad_align_lambda"),
+    )
+    eps = _form_values()["eps"]
+    if eps is None:
+        return
+    suggestion = paper_lambda(eps)
+    dataset = st.session_state.get(KEY + "dataset")
+    in_range = suggestion <= _bounds("grad_align_lambda")["le"]
+    if in_range:
+        note = "" if dataset == "cifar10" else " (tuned on CIFAR-10; a starting point here)"
+        st.caption(f"Paper's λ(ε) at ε={format_eps(eps, dataset)}: **{suggestion:g}**{note}")
+    else:
+        st.caption(
+            f"Paper's λ(ε) gives {suggestion:,.0f} at ε={format_eps(eps, dataset)}: out of range (it is "
+            "calibrated for CIFAR-10, ε ≤ 16/255); the digits GradAlign preset uses λ=2."
+        )
+    st.button(
+        "Use paper λ(ε)",
+        key=KEY + "paper_lambda",
+        disabled=not on or not in_range,
+        on_click=lambda: st.session_state.update({KEY + "grad_align_lambda": suggestion}),
+    )
+
+
+def _device() -> None:
+    st.selectbox(
+        "device",
+        ["auto", "cpu", "cuda"],
+        key=KEY + "device",
+        accept_new_options=True,
+        help="auto picks CUDA when the worker has it; type cuda:N for a specific GPU. " + allowed("device"),
+    )
+
+
+if __name__ == "__main__":  # run by st.navigation as a page script
+    render()

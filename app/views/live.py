@@ -1,0 +1,148 @@
+"""Live view of one run (`?run=ID`): status, progress, the three panels with the CO marker, final results.
+
+The panel is a fragment that reruns every REFRESH_S seconds while the run can still change, reading only the
+events after the last one it has shown; the chart updates in place (app.chart) and keeps its zoom because
+its uirevision is the run id.
+When the run reaches a terminal state the whole page reruns once, redefining the fragment without a timer.
+"""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from app import nav, state
+from app.chart import live_chart
+from app.figures import (
+    TERMINAL,
+    RunHistory,
+    Series,
+    elapsed_s,
+    format_duration,
+    md_escape,
+    model_name,
+    percent,
+    run_figure,
+)
+from jobs import api
+
+REFRESH_S = 1.0
+CANCELLABLE = frozenset({"queued", "running"})
+STATUS_ICONS = {
+    "queued": ":material/hourglass_empty:",
+    "running": ":material/directions_run:",
+    "finished": ":material/check_circle:",
+    "failed": ":material/error:",
+    "cancelled": ":material/cancel:",
+    "interrupted": ":material/pause_circle:",
+}
+
+
+def render() -> None:
+    r = state.connection()
+    run_id = st.query_params.get("run")
+    if not run_id:
+        _pick_run(r)
+        return
+    run = api.get_run(r, run_id)
+    if run is None:
+        st.error(f"No run with id {md_escape(run_id)}: it may have been deleted.")
+        _pick_run(r)
+        return
+    terminal = run.status in TERMINAL
+    st.fragment(_panel, run_every=None if terminal else REFRESH_S)(run_id, terminal)
+
+
+def _pick_run(r) -> None:
+    runs = api.list_runs(r, limit=200)
+    if not runs:
+        st.info("No runs yet: launch one on the Launch page.")
+        return
+    labels = {run.id: f"{run.config.label()} · {run.status} · {run.id}" for run in runs}
+    choice = st.selectbox("Run", list(labels), format_func=labels.get, index=None, placeholder="Pick a run")
+    if choice:
+        nav.go("live", run=choice)
+
+
+def _panel(run_id: str, was_terminal: bool) -> None:
+    r = state.connection()
+    run = api.get_run(r, run_id)
+    if run is None:
+        st.error("This run was deleted.")
+        return
+    history = state.history(r, run)
+    st.header(md_escape(run.config.label()), anchor=False)
+    _status(r, run, history)
+    figure = run_figure([Series(run.config.label(), history)], uirevision=run_id)
+    live_chart(figure, key="live.chart", revision=history.n_events)
+    if run.final:
+        _final(run.final)
+    with st.expander("Config"):
+        st.json(run.config.model_dump(mode="json"))
+    if (run.status in TERMINAL) != was_terminal:
+        st.rerun()  # start or stop the timer
+
+
+def _status(r, run, history: RunHistory) -> None:
+    total = run.total_iterations or history.total_iterations
+    iteration = max(run.iteration, history.iteration)
+    left, middle, right = st.columns([2, 5, 2], vertical_alignment="center")
+    with left:
+        st.markdown(f"{STATUS_ICONS.get(run.status, '')} **{run.status}**")
+        parts = [run.config.dataset, model_name(run.config)]
+        parts += [f"elapsed {format_duration(elapsed_s(run, time.time()))}"]
+        parts += [f"device {md_escape(run.device or history.device or '–')}"]
+        parts += [f"worker {md_escape(run.worker)}"] if run.worker else []
+        st.caption(" · ".join(parts))
+    with middle:
+        fraction = min(iteration / total, 1.0) if total else 0.0
+        text = f"iteration {iteration:,} of {total:,}" if total else "waiting for the first event"
+        if history.co_iteration is not None:
+            text += f" · catastrophic overfitting at iteration {history.co_iteration:,}"
+        st.progress(fraction, text=text)
+    with right:
+        _controls(r, run)
+    if run.status == "queued" and not api.workers(r):
+        st.warning("No worker is alive to pick this run up. Start one with `codash worker`.")
+    if run.status == "failed" and run.error:
+        st.error(md_escape(run.error))
+
+
+def _controls(r, run) -> None:
+    """Cancel while it can still run; resume from its last checkpoint once it stopped."""
+    try:
+        if run.status in CANCELLABLE and st.button("Cancel", icon=":material/stop:", key="live.cancel"):
+            api.cancel(r, run.id)
+            st.rerun()
+        if run.status in api.RESUMABLE and st.button(
+            "Resume", icon=":material/play_arrow:", key="live.resume"
+        ):
+            api.resume(r, run.id)
+            st.rerun()
+    except (api.InvalidTransition, api.RunNotFound) as exc:
+        st.error(md_escape(str(exc)))
+
+
+def _final(final: dict) -> None:
+    st.subheader("Final evaluation", anchor=False)
+    last, best = final.get("last") or {}, final.get("best") or {}
+    columns = st.columns(5)
+    columns[0].metric("clean accuracy (last)", percent(last.get("clean_acc")))
+    columns[1].metric("PGD accuracy (last)", percent(last.get("pgd_acc")))
+    columns[2].metric(
+        f"PGD accuracy (early-stopped, it {final.get('best_iteration', 0):,})", percent(best.get("pgd_acc"))
+    )
+    co = final.get("co_iteration")
+    columns[3].metric("catastrophic overfitting", f"at {co:,}" if final.get("co_detected") else "none")
+    speed = final.get("train_images_per_s")
+    columns[4].metric("training speed", f"{speed:,.0f} img/s" if speed else "–")
+    st.caption(
+        "Final PGD: the run's final-evaluation attack (steps and restarts as configured) on the first "
+        "final-eval points of the test set; early-stopped: the checkpoint with the best PGD accuracy on a "
+        f"training subset. Wall time {format_duration(final.get('wall_s'))}."
+    )
+
+
+if __name__ == "__main__":  # run by st.navigation as a page script
+    render()

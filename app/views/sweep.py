@@ -1,0 +1,142 @@
+"""Sweep ε (the paper's Fig. 1): methods × a list of ε as one sweep, then final PGD accuracy against ε.
+
+Runs that hit catastrophic overfitting are drawn as ✕; runs still training show their latest eval as hollow
+points, so the plot fills in live. Clicking a point opens that run.
+"""
+
+from __future__ import annotations
+
+import uuid
+from fractions import Fraction
+
+import streamlit as st
+
+from app import nav, state
+from app.chart import live_chart
+from app.figures import NATURAL_IMAGES, TERMINAL, md_escape, sweep_figure, sweep_frame
+from app.presets import PRESETS
+from jobs import api
+from trainer.config import ConfigError, RunConfig, format_eps, make_config, paper_lambda
+
+REFRESH_S = 2.0
+METHODS = {  # name -> the fields it sets; "GradAlign" runs get their λ from the form
+    "FGSM": {"method": "fgsm"},
+    "FGSM + GradAlign": {"method": "fgsm"},
+    "FGSM-RS": {"method": "fgsm_rs"},
+    "PGD": {"method": "pgd"},
+    "Standard": {"method": "standard"},
+}
+DEFAULT_EPS = {"natural": "2, 4, 6, 8, 10, 12, 14, 16", "fraction": "0.05, 0.1, 0.15, 0.2, 0.25, 0.3"}
+KEY = "sweep."
+
+
+def render() -> None:
+    r = state.connection()
+    st.title("Sweep ε: robustness against attack size")
+    with st.expander("New sweep", expanded=not st.query_params.get("sweep")):
+        _new_sweep(r)
+    sweeps = list(dict.fromkeys(run.sweep_id for run in api.list_runs(r) if run.sweep_id))
+    if not sweeps:
+        st.info("No sweeps yet.")
+        return
+    wanted = st.query_params.get("sweep")
+    state.follow_url(KEY + "shown", wanted if wanted in sweeps else sweeps[0])
+    sweep_id = st.selectbox("Sweep", sweeps, key=KEY + "shown")
+    st.query_params["sweep"] = sweep_id
+    state.shown_in_url(KEY + "shown", sweep_id)
+    runs = api.sweep_runs(r, sweep_id)
+    live = any(run.status not in TERMINAL for run in runs)
+    st.fragment(_results, run_every=REFRESH_S if live else None)(sweep_id, live)
+
+
+def parse_eps_list(text: str, natural: bool) -> list[float]:
+    """'2, 4, 8/3' in /255 units on natural images, '0.1, 0.2' elsewhere; raises ValueError on junk."""
+    values = [float(Fraction(part.strip())) for part in text.replace(";", ",").split(",") if part.strip()]
+    if not values:
+        raise ValueError("give at least one ε")
+    return [value / 255 for value in values] if natural else values
+
+
+def sweep_configs(
+    base: dict, methods: list[str], eps_values: list[float], paper_lambdas: bool, fixed_lambda: float
+) -> list[RunConfig]:
+    """One config per (method, ε); raises ConfigError naming the first combination that cannot run."""
+    configs = []
+    for method in methods:
+        for eps in eps_values:
+            grad_align = method == "FGSM + GradAlign"
+            lam = (paper_lambda(eps) if paper_lambdas else fixed_lambda) if grad_align else 0.0
+            values = {**base, **METHODS[method], "eps": eps, "grad_align_lambda": lam, "name": ""}
+            try:
+                configs.append(make_config(values))
+            except ConfigError as exc:
+                raise ConfigError(f"{method} at ε={format_eps(eps, base['dataset'])}: {exc}") from None
+    return configs
+
+
+def _new_sweep(r) -> None:
+    base_name = st.selectbox("Based on preset", list(PRESETS), key=KEY + "base")
+    base = PRESETS[base_name]
+    natural = base["dataset"] in NATURAL_IMAGES
+    columns = st.columns([3, 3, 2, 2])
+    methods = columns[0].multiselect(
+        "Methods", list(METHODS), default=["FGSM", "FGSM + GradAlign", "PGD"], key=KEY + "methods"
+    )
+    eps_text = columns[1].text_input(
+        "ε values (× 1/255)" if natural else "ε values",
+        value=DEFAULT_EPS["natural" if natural else "fraction"],
+        key=KEY + ("eps255" if natural else "eps"),
+        help="Comma-separated; fractions like 8/3 are fine.",
+    )
+    paper = columns[2].toggle(
+        "GradAlign: paper λ(ε)", value=natural, key=KEY + "paper", help="λ = 0.2·10^((ε − 8/255)/(8/255))"
+    )
+    fixed = columns[3].number_input(
+        "GradAlign: fixed λ",
+        min_value=0.0,
+        max_value=100.0,
+        value=2.0,
+        format="%g",
+        disabled=paper,
+        key=KEY + "lambda",
+    )
+    try:
+        configs = sweep_configs(base, methods, parse_eps_list(eps_text, natural), paper, fixed)
+    except (ValueError, ZeroDivisionError) as exc:  # ConfigError is a ValueError
+        st.error(md_escape(str(exc)))
+        return
+    st.caption(f"{len(configs)} run(s), based on “{md_escape(base_name)}”.")
+    if st.button(f"Launch {len(configs)} runs", type="primary", disabled=not configs, key=KEY + "submit"):
+        sweep_id = uuid.uuid4().hex[:8]
+        for config in configs:
+            api.submit(r, config, sweep_id=sweep_id)
+        nav.go("sweep", sweep=sweep_id)
+
+
+def _results(sweep_id: str, was_live: bool) -> None:
+    r = state.connection()
+    runs = api.sweep_runs(r, sweep_id)
+    # finished runs are drawn from their final results; only runs in progress need their events
+    histories = {run.id: state.history(r, run) for run in runs if run.status == "running"}
+    points = sweep_frame(runs, histories)
+    done = sum(run.status in TERMINAL for run in runs)
+    st.progress(done / len(runs) if runs else 0.0, text=f"{done} of {len(runs)} runs done")
+    natural = bool(runs) and runs[0].config.dataset in NATURAL_IMAGES
+    figure = sweep_figure(points, natural, uirevision=f"sweep:{sweep_id}")
+    clicked = live_chart(figure, key=f"sweep.chart.{sweep_id}")
+    if clicked:
+        nav.go("live", run=clicked[0])
+    with st.expander("Click a point to open its run, or pick it here"):
+        for run in runs:
+            st.page_link(
+                nav.page("live"),
+                label=md_escape(f"{run.config.label()} · {run.status}"),
+                query_params={"run": run.id},
+                icon=":material/open_in_new:",
+            )
+    if any(run.status not in TERMINAL for run in runs) != was_live:
+        st.rerun()  # start or stop the timer
+
+
+if __name__ == "__main__":  # run by st.navigation as a page script
+    render()

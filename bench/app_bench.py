@@ -1,0 +1,195 @@
+"""Dashboard benchmark (not a test): page render time with 200 runs stored, and event-to-chart latency.
+
+    .venv/bin/python bench/app_bench.py [--runs 200] [--renders 20] [--events 20] [--no-browser]
+
+1. Render time: each page rendered by Streamlit's AppTest (the server-side script run that produces
+   everything the browser is sent), against an embedded Redis holding `--runs` runs with full event streams
+   (a digits-sized run each: ~700 metrics events, 14 evals, a CO event, a final event). A cold render is a
+   new session (it reads every event it shows); a warm render is the same session's next rerun (only new
+   stream entries are read). Target: p95 < 1 s.
+2. Event-to-chart latency: a real `streamlit run` server and headless Chromium on the live view of a
+   running run; each sample writes one eval event through the worker's own writer and times until the
+   chart in the browser holds that point. Writes are spaced randomly so they land anywhere in the refresh
+   cycle. Target: p95 < 2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' builders of realistic runs: one definition of each
+
+from streamlit.testing.v1 import AppTest  # noqa: E402
+from test_app_figures import co_run_events, config_event, eval_event, final_event, metrics_event  # noqa: E402
+from test_app_pages import append, store_run  # noqa: E402
+
+from jobs import api  # noqa: E402
+from jobs.server import ensure_server, stop_server  # noqa: E402
+
+MAIN = ROOT / "app" / "main.py"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+CHROMIUM_ARGS += ["--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def percentiles(samples: list[float]) -> str:
+    ordered = sorted(samples)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    median = statistics.median(ordered)
+    return f"p50 {median:.3f} s  p95 {p95:.3f} s  max {ordered[-1]:.3f} s  (n={len(ordered)})"
+
+
+def populate(r, n_runs: int) -> dict[str, str]:
+    """n_runs digits-sized runs (a tenth of them running, the rest finished, the last 15 a sweep)."""
+    started, ids, stored = time.perf_counter(), [], 0
+    for index in range(n_runs):
+        events = co_run_events(total=690, co_at=150) if index % 2 else _healthy_events(690)
+        status = "running" if index % 10 == 0 else "finished"
+        events = events if status == "finished" else events[:-1]
+        sweep = "bench" if index >= n_runs - 15 else None
+        ids.append(store_run(r, events, status=status, sweep_id=sweep))
+        stored += len(events)
+    print(f"stored {n_runs} runs with {stored:,} events in {time.perf_counter() - started:.1f} s")
+    return {"finished": ids[1], "running": ids[0], "compare": f"{ids[1]},{ids[2]},{ids[3]}"}
+
+
+def _healthy_events(total: int) -> list[dict]:
+    events = [config_event(total=total, grad_align_lambda=2.0)]
+    for it in range(1, total + 1):
+        events.append(metrics_event(it, reg=0.05))
+        if it % 50 == 0 or it == total:
+            events.append(eval_event(it, pgd=0.4))
+    return [*events, final_event(None, pgd=0.4)]
+
+
+def time_renders(label: str, make: Callable[[], AppTest], renders: int) -> None:
+    cold, warm = [], []
+    for _ in range(renders):
+        at = make()
+        started = time.perf_counter()
+        at.run()
+        cold.append(time.perf_counter() - started)
+        assert not at.exception, [e.value for e in at.exception]
+        started = time.perf_counter()
+        at.run()
+        warm.append(time.perf_counter() - started)
+    print(f"  {label:<34} cold {percentiles(cold)}")
+    print(f"  {'':<34} warm {percentiles(warm)}")
+
+
+def bench_renders(ids: dict[str, str], renders: int) -> None:
+    def page(path: str | None = None, **query: str) -> Callable[[], AppTest]:
+        def make() -> AppTest:
+            at = AppTest.from_file(str(MAIN), default_timeout=60)
+            at.query_params.update(query)
+            if path:  # AppTest switches pages only after a first run
+                at.run()
+                at.switch_page(path)
+            return at
+
+        return make
+
+    print("render time (AppTest, server side):")
+    time_renders("launch", page(), renders)
+    time_renders("runs (table of all runs)", page("views/runs.py"), renders)
+    time_renders("live (finished run, 720 events)", page(run=ids["finished"]), renders)
+    time_renders("live (running run)", page(run=ids["running"]), renders)
+    time_renders("compare (3 runs)", page(compare=ids["compare"]), renders)
+    time_renders("sweep (15 runs)", page(sweep="bench"), renders)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def bench_latency(r, n_events: int) -> None:
+    from playwright.sync_api import sync_playwright
+
+    run_id = store_run(
+        r, [config_event(total=100_000)] + [metrics_event(it) for it in range(1, 101)], "running"
+    )
+    port = free_port()
+    command = [sys.executable, "-m", "streamlit", "run", str(MAIN), "--server.port", str(port)]
+    command += ["--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait(lambda: _healthy(url), 60)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1200})
+            page.goto(f"{url}/live?run={run_id}")
+            page.frame_locator('iframe[title="app.chart.live_plotly"]').locator(
+                ".legendtext"
+            ).first.wait_for()
+            frame = next(frame for frame in page.frames if "live_plotly" in frame.url)
+            shows = "it => (document.getElementById('chart')._fullData || []).some(t => t.name === 'PGD' && "
+            shows += "Array.from(t.x).includes(it))"  # _fullData: the arrays as plotted (decoded)
+            latencies = []
+            for index in range(n_events):
+                time.sleep(random.uniform(0.2, 1.3))
+                iteration = 100 + 10 * (index + 1)
+                started = time.perf_counter()
+                append(r, run_id, [metrics_event(iteration), eval_event(iteration, pgd=0.4)])
+                frame.wait_for_function(shows, arg=iteration, polling="raf", timeout=30_000)
+                latencies.append(time.perf_counter() - started)
+            browser.close()
+        print(f"event-to-chart latency (browser): {percentiles(latencies)}")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+            return response.read() == b"ok"
+    except OSError:
+        return False
+
+
+def _wait(predicate: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the dashboard did not start")
+        time.sleep(0.1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--renders", type=int, default=20)
+    parser.add_argument("--events", type=int, default=20)
+    parser.add_argument("--no-browser", action="store_true", help="skip the latency part (needs Chromium)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="codash-bench-") as home:
+        os.environ["CODASH_HOME"] = home
+        os.environ.pop("REDIS_URL", None)
+        ensure_server(Path(home))
+        try:
+            r = api.connect()
+            ids = populate(r, args.runs)
+            bench_renders(ids, args.renders)
+            if not args.no_browser:
+                bench_latency(r, args.events)
+        finally:
+            stop_server(Path(home))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""The dashboard in a real browser: redis, one CPU worker and `streamlit run` on free ports, Chromium driving.
+
+Launches the FGSM digits preset from the form and waits until the live chart shows the PGD line and the
+catastrophic-overfitting marker, then saves a screenshot to test-artifacts/screenshot.png (kept after the
+run) and, with CODASH_UPDATE_SCREENSHOT=1, to docs/screenshot.png (the README's). Needs Debian's Chromium
+at /usr/bin/chromium: skipped without it, except on CI (CI=true),
+where a missing browser fails the test.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, wait_for
+
+from jobs import api
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+BUDGET_S = 180  # the whole browser session, worker start to screenshot
+ARTIFACT = ROOT / "test-artifacts" / "screenshot.png"
+README_SCREENSHOT = ROOT / "docs" / "screenshot.png"
+PRESET = "Digits: FGSM catastrophic overfitting"
+SHOW_UNTIL_ITERATION = 400  # let the collapse develop a little past the marker before the screenshot
+
+pytestmark = pytest.mark.timeout(BUDGET_S + 90)
+
+
+@pytest.fixture
+def chromium() -> Path:
+    if not CHROMIUM.exists():
+        message = f"Debian Chromium not found at {CHROMIUM} (install it with: apt-get install -y chromium)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{message}; the browser test is required on CI")
+        pytest.skip(f"{message}; skipping the browser test")
+    return CHROMIUM
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+            return response.read() == b"ok"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def dashboard(redis_home: Path, tmp_path: Path) -> Iterator[str]:
+    """`streamlit run app/main.py` on a free port, against the test's embedded Redis (via CODASH_HOME)."""
+    port = free_port()
+    log = tmp_path / "streamlit.log"
+    command = [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port)]
+    command += ["--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    command += ["--server.fileWatcherType", "none"]
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: healthy(url) or process.poll() is not None, 60, "the dashboard to start")
+        assert process.poll() is None, log.read_text()
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        print("--- streamlit ---", *log.read_text().splitlines()[-20:], sep="\n")
+
+
+def test_launch_the_fgsm_preset_and_watch_catastrophic_overfitting(
+    chromium, dashboard, worker_pool, tmp_path
+):
+    from playwright.sync_api import sync_playwright
+
+    worker_pool.spawn("e2e-worker")
+    deadline = time.monotonic() + BUDGET_S
+
+    def left_ms() -> float:
+        return max(1.0, deadline - time.monotonic()) * 1000
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1250})
+        page.goto(dashboard)
+        preset = page.get_by_test_id("stSelectbox").filter(has_text="Preset")
+        preset.click(timeout=left_ms())
+        page.get_by_role("option", name=PRESET).click()
+        page.get_by_role("button", name="Launch run").click()
+        page.wait_for_url(re.compile(r"/live\?run=[0-9a-f]{12}$"), timeout=left_ms())
+        run_id = page.url.rsplit("=", 1)[1]
+
+        chart = page.frame_locator('iframe[title="app.chart.live_plotly"]')
+        chart.locator(".legendtext", has_text=re.compile(r"^PGD$")).wait_for(timeout=left_ms())
+        plot = chart.locator("#chart")
+        plot.evaluate("element => { element.dataset.mark = 'mounted once' }")
+        chart.locator(".annotation-text", has_text="catastrophic overfitting").first.wait_for(
+            timeout=left_ms()
+        )
+
+        r = api.connect()
+        run = api.get_run(r, run_id)
+        assert run.co_iteration is not None and run.config.method == "fgsm"
+        # the chart was updated in place all along, not rebuilt: what keeps zoom and avoids flicker
+        assert plot.get_attribute("data-mark") == "mounted once"
+        wait_for(
+            lambda: (
+                api.get_run(r, run_id).iteration >= SHOW_UNTIL_ITERATION or time.monotonic() > deadline - 20
+            ),
+            BUDGET_S,
+            "the run to train a little past the collapse",
+            interval=0.5,
+        )
+        page.wait_for_timeout(1500)  # one more refresh reaches the browser
+        ARTIFACT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACT))
+        if os.environ.get("CODASH_UPDATE_SCREENSHOT") == "1":
+            page.screenshot(path=str(README_SCREENSHOT))
+        browser.close()
+        r.close()

@@ -1,0 +1,345 @@
+"""app/figures.py: events in, figures and tables out; no Streamlit, no Redis."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+
+import pandas as pd
+import pytest
+
+from app.figures import (
+    MAX_LINE_POINTS,
+    RunHistory,
+    Series,
+    distinguishing_labels,
+    downsample,
+    events_csv,
+    events_jsonl,
+    format_duration,
+    md_escape,
+    method_label,
+    run_figure,
+    runs_frame,
+    sweep_figure,
+    sweep_frame,
+)
+from trainer.config import make_config
+from trainer.events import make_event, read_jsonl
+
+
+def config_event(start: int = 0, total: int = 100, **config) -> dict:
+    return make_event(
+        "config",
+        config=make_config(config).model_dump(mode="json"),
+        device="cpu",
+        torch_version="x",
+        codash_version="x",
+        start_iteration=start,
+        total_iterations=total,
+    )
+
+
+def metrics_event(it: int, reg: float = 0.0) -> dict:
+    return make_event(
+        "metrics", iteration=it, epoch=it / 10, lr=1e-3, train_loss=2.0 - it / 100, train_acc=0.5, reg=reg
+    )
+
+
+def eval_event(it: int, pgd: float, fgsm: float = 0.5) -> dict:
+    return make_event(
+        "eval",
+        iteration=it,
+        clean_acc=0.9,
+        fgsm_acc=fgsm,
+        pgd_acc=pgd,
+        cos_fgsm_pgd=0.8,
+        cos_grad_random=0.9,
+        train_pgd_acc=pgd,
+    )
+
+
+def co_event(it: int) -> dict:
+    return make_event(
+        "co", iteration=it, pgd_acc=0.01, best_pgd_acc=0.4, fgsm_acc=0.9, confirmed_at=it + 20, rule="r"
+    )
+
+
+def final_event(co: int | None, pgd: float = 0.01) -> dict:
+    return make_event(
+        "final",
+        co_detected=co is not None,
+        co_iteration=co,
+        last={"clean_acc": 0.8, "pgd_acc": pgd},
+        best={"clean_acc": 0.7, "pgd_acc": 0.4},
+        best_iteration=40,
+        train_images_per_s=1000.0,
+        wall_s=12.0,
+        iterations=100,
+    )
+
+
+def co_run_events(total: int = 100, co_at: int = 60) -> list[dict]:
+    events = [config_event(total=total)]
+    for it in range(1, total + 1):
+        events.append(metrics_event(it))
+        if it % 20 == 0:
+            collapsed = it >= co_at
+            events.append(eval_event(it, pgd=0.01 if collapsed else 0.4, fgsm=0.9 if collapsed else 0.45))
+            if it == co_at:
+                events.append(co_event(it))
+    return [*events, final_event(co_at)]
+
+
+def history_of(events: list[dict]) -> RunHistory:
+    history = RunHistory()
+    history.extend(events, "1-1")
+    return history
+
+
+def traces_by_name(fig) -> dict:
+    return {trace.name: trace for trace in fig.data}
+
+
+def test_history_collects_each_kind_and_the_stream_position():
+    history = history_of(co_run_events())
+    assert (history.total_iterations, history.device, history.last_id) == (100, "cpu", "1-1")
+    assert history.iteration == 100
+    assert sorted(history.evals) == [20, 40, 60, 80, 100]
+    assert history.co_iteration == 60
+    assert history.final["co_iteration"] == 60
+    assert history.latest_eval()["iteration"] == 100
+
+
+def test_history_extends_incrementally_like_one_read():
+    events = co_run_events()
+    whole, pieces = history_of(events), RunHistory()
+    for start in range(0, len(events), 7):
+        pieces.extend(events[start : start + 7], f"0-{start}")
+    assert (pieces.metrics, pieces.evals, pieces.co, pieces.final) == (
+        whole.metrics,
+        whole.evals,
+        whole.co,
+        whole.final,
+    )
+    assert pieces.n_events == len(events)
+
+
+def test_resumed_run_replaces_the_replayed_iterations():
+    """An attempt stopped at 70 with CO at 60; resumed from the checkpoint at 50, it recomputes 51..."""
+    first = [config_event(total=100)] + [metrics_event(it) for it in range(1, 71)]
+    first += [eval_event(40, 0.4), eval_event(60, 0.01, 0.9), co_event(60)]
+    history = history_of(first)
+    history.extend([config_event(start=50, total=100), metrics_event(51, reg=0.5)])
+    assert history.iteration == 51
+    assert history.metrics[51]["reg"] == 0.5
+    assert sorted(history.evals) == [40]
+    assert history.co is None
+
+
+def test_downsample_bins_means_and_keeps_the_last_iteration():
+    frame = pd.DataFrame({"iteration": range(1, 1001), "train_loss": [float(i % 2) for i in range(1000)]})
+    small = downsample(frame, 100)
+    assert len(small) == 100
+    assert small["train_loss"].tolist() == pytest.approx([0.5] * 100)
+    assert small["iteration"].iloc[-1] == 1000
+    assert downsample(frame, 5000) is frame
+
+
+def test_long_runs_are_drawn_with_a_bounded_number_of_points():
+    history = history_of([config_event(total=20_000)] + [metrics_event(it) for it in range(1, 20_001)])
+    fig = run_figure([Series("long", history)], uirevision="u")
+    assert len(traces_by_name(fig)["train loss"].x) <= MAX_LINE_POINTS
+
+
+def test_single_run_figure_has_three_panels_colours_per_metric_and_a_co_marker_on_each():
+    fig = run_figure([Series("FGSM ε=0.2", history_of(co_run_events()))], uirevision="run-1")
+    traces = traces_by_name(fig)
+    assert {"clean", "FGSM", "PGD", "train (adversarial batches)", "train loss"} <= set(traces)
+    assert "GradAlign term" not in traces  # all zero: the run has no GradAlign
+    assert traces["PGD"].line.color == "#d62728" and traces["FGSM"].line.color == "#ff7f0e"
+    assert traces["clean"].line.color == "#1f77b4"
+    assert list(traces["PGD"].x) == [20, 40, 60, 80, 100]
+    assert {traces["PGD"].yaxis, traces["cos(∇x, ∇x+η)"].yaxis, traces["train loss"].yaxis} == {
+        "y",
+        "y2",
+        "y3",
+    }
+    assert fig.layout.xaxis.matches == fig.layout.xaxis2.matches == "x3"  # one shared iteration axis
+    lines = [shape for shape in fig.layout.shapes if shape.type == "line"]
+    assert sorted(shape.yref for shape in lines) == ["y domain", "y2 domain", "y3 domain"]
+    assert all(shape.x0 == shape.x1 == 60 for shape in lines)
+    labels = [a.text for a in fig.layout.annotations if "@ 60" in (a.text or "")]
+    assert len(labels) == 3 and any("catastrophic overfitting" in text for text in labels)
+    assert fig.layout.uirevision == "run-1"
+
+
+def test_no_co_no_marker_and_the_grad_align_term_is_drawn_when_used():
+    events = [config_event(grad_align_lambda=2.0)] + [metrics_event(it, reg=0.1) for it in range(1, 41)]
+    fig = run_figure([Series("GA", history_of([*events, eval_event(20, 0.4)]))], uirevision="u")
+    assert not fig.layout.shapes
+    assert "GradAlign term" in traces_by_name(fig)
+
+
+def test_empty_history_gives_an_empty_but_valid_figure():
+    fig = run_figure([Series("queued", RunHistory())], uirevision="u")
+    assert len(fig.data) == 0 and fig.layout.yaxis.title.text == "accuracy"
+
+
+def test_overlay_colours_runs_styles_metrics_and_lists_each_run_once():
+    co, rescued = history_of(co_run_events()), history_of([config_event(), eval_event(20, 0.4)])
+    fig = run_figure([Series("FGSM", co), Series("FGSM+GradAlign λ=2", rescued)], uirevision="c")
+    run_traces = [trace for trace in fig.data if trace.legend == "legend" and trace.x[0] is not None]
+    by_run = {}
+    for trace in run_traces:
+        by_run.setdefault(trace.legendgroup, set()).add(trace.line.color)
+    assert set(by_run) == {"FGSM", "FGSM+GradAlign λ=2"} and all(
+        len(colors) == 1 for colors in by_run.values()
+    )
+    assert by_run["FGSM"] != by_run["FGSM+GradAlign λ=2"]
+    shown = [trace.name for trace in run_traces if trace.showlegend]
+    assert sorted(shown) == ["FGSM", "FGSM+GradAlign λ=2"]
+    pgd = [t for t in run_traces if "· PGD:" in t.hovertemplate]
+    assert {t.line.dash for t in pgd} == {"solid"}
+    assert all("train (adv" not in t.hovertemplate for t in run_traces)  # too noisy to overlay
+    assert len([s for s in fig.layout.shapes if s.type == "line"]) == 3  # only the CO run has markers
+    key = [trace.name for trace in fig.data if trace.hoverinfo == "skip"]
+    assert key == [
+        "PGD",
+        "FGSM",
+        "clean",
+        "cos(δ FGSM, δ PGD)",
+        "cos(∇x, ∇x+η)",
+        "train loss",
+    ]  # no GradAlign
+
+
+def test_user_labels_are_html_escaped_in_figures():
+    fig = run_figure(
+        [Series("<b>x</b>", history_of(co_run_events())), Series("y", history_of([config_event()]))], "u"
+    )
+    assert any(trace.name == "&lt;b&gt;x&lt;/b&gt;" for trace in fig.data)
+    assert not any("<b>" in (a.text or "") for a in fig.layout.annotations)
+
+
+def test_distinguishing_labels_name_only_what_differs():
+    fgsm = make_config({"eps": 0.15})
+    rescued = make_config({"eps": 0.15, "grad_align_lambda": 2})
+    assert distinguishing_labels([fgsm, rescued]) == ["FGSM", "FGSM+GradAlign λ=2"]
+    assert distinguishing_labels([fgsm, make_config({"eps": 0.2})]) == ["FGSM ε=0.15", "FGSM ε=0.2"]
+    cifar = [make_config({"dataset": "cifar10", "eps": f"{k}/255", "seed": k}) for k in (4, 8)]
+    assert distinguishing_labels(cifar) == ["FGSM ε=4/255 seed=4", "FGSM ε=8/255 seed=8"]
+    assert distinguishing_labels([make_config({"method": "pgd", "eps": 0.2}), fgsm]) == [
+        "PGD-10 ε=0.2",
+        "FGSM ε=0.15",
+    ]
+    assert distinguishing_labels([fgsm, fgsm], ["aaaaaaaaaa", "bbbbbbbbbb"]) == [
+        "FGSM [aaaaaaaa]",
+        "FGSM [bbbbbbbb]",
+    ]
+    named = [make_config({"name": "mine"}), make_config({"name": "yours", "seed": 1})]
+    assert distinguishing_labels(named) == ["mine", "yours"]
+    assert distinguishing_labels([fgsm]) == ["FGSM ε=0.15"]
+
+
+def test_method_label_drops_eps_and_name():
+    assert method_label(make_config({"name": "x", "grad_align_lambda": 0.5})) == "FGSM+GradAlign λ=0.5"
+
+
+@dataclass(frozen=True)
+class FakeRun:
+    """The fields of jobs.api.Run that the tables read (figures.py duck-types runs)."""
+
+    id: str
+    status: str
+    config: object
+    created_at: float = 1_700_000_000.0
+    started_at: float | None = 1_700_000_010.0
+    finished_at: float | None = None
+    worker: str | None = "w"
+    device: str | None = "cpu"
+    iteration: int = 50
+    total_iterations: int | None = 100
+    co_iteration: int | None = None
+    final: dict | None = None
+    error: str | None = None
+    sweep_id: str | None = None
+
+
+def test_runs_frame_has_one_row_per_run_with_progress_and_results():
+    finished = FakeRun(
+        "a",
+        "finished",
+        make_config({"grad_align_lambda": 2, "eps": 0.2, "n_filters": 4}),
+        iteration=100,
+        finished_at=1_700_000_100.0,
+        co_iteration=None,
+        final={"last": {"clean_acc": 0.8, "pgd_acc": 0.4}},
+    )
+    running = FakeRun("b", "running", make_config({"dataset": "cifar10", "eps": "8/255"}), co_iteration=40)
+    queued = FakeRun(
+        "c", "queued", make_config({"eps": 0.2}), started_at=None, iteration=0, total_iterations=None
+    )
+    frame = runs_frame([finished, running, queued], now=1_700_000_070.0)
+    assert frame["id"].tolist() == ["a", "b", "c"]
+    assert frame["progress"].tolist() == [1.0, 0.5, 0.0]
+    assert frame["ε"].tolist() == ["0.2", "8/255", "0.2"]
+    assert frame["λ"].tolist() == [2.0, 0.0, 0.0]
+    assert frame["CO iteration"].tolist()[1] == 40 and pd.isna(frame["CO iteration"].iloc[0])
+    assert frame["PGD acc"].iloc[0] == 0.4 and pd.isna(frame["PGD acc"].iloc[1])
+    assert frame["elapsed"].tolist() == ["1:30", "1:00", "–"]
+    assert frame["model"].iloc[0] == "cnn 1×4"
+    assert runs_frame([]).empty
+
+
+def test_sweep_frame_uses_final_pgd_or_the_latest_eval_and_marks_co():
+    base = {"dataset": "cifar10"}
+    runs = [
+        FakeRun(
+            "a",
+            "finished",
+            make_config({**base, "eps": "8/255"}),
+            final=json.loads(json.dumps(final_event(60))),
+        ),
+        FakeRun("b", "running", make_config({**base, "eps": "4/255"})),
+        FakeRun("c", "queued", make_config({**base, "eps": "2/255"})),
+        FakeRun(
+            "d",
+            "finished",
+            make_config({**base, "eps": "8/255", "grad_align_lambda": 0.2}),
+            final=final_event(None, pgd=0.45),
+        ),
+    ]
+    running = history_of([config_event(), eval_event(20, 0.3), eval_event(40, 0.35)])
+    points = sweep_frame(runs, {"b": running})
+    assert set(points["run_id"]) == {"a", "b", "d"}
+    row = points.set_index("run_id")
+    assert row.loc["a", "pgd_acc"] == 0.01 and row.loc["a", "co"] and row.loc["a", "done"]
+    assert row.loc["b", "pgd_acc"] == 0.35 and not row.loc["b", "done"] and not row.loc["b", "co"]
+    assert row.loc["a", "x"] == pytest.approx(8) and row.loc["b", "x"] == pytest.approx(4)
+    assert row.loc["d", "method"] == "FGSM+GradAlign" and row.loc["a", "method"] == "FGSM"
+
+    fig = sweep_figure(points, natural_units=True, uirevision="s")
+    fgsm = next(trace for trace in fig.data if trace.name == "FGSM")
+    assert list(fgsm.x) == pytest.approx([4, 8])
+    assert list(fgsm.marker.symbol) == ["circle-open", "x"]
+    assert [row[0] for row in fgsm.customdata] == ["b", "a"]
+    assert fig.layout.xaxis.title.text == "ε (×1/255)"
+
+
+def test_exports_round_trip():
+    events = co_run_events(total=20, co_at=20)
+    assert read_jsonl(io.StringIO(events_jsonl(events))) == events
+    frame = pd.read_csv(io.StringIO(events_csv(events)))
+    assert len(frame) == len(events)
+    assert {"type", "iteration", "pgd_acc", "config.eps", "last.pgd_acc"} <= set(frame.columns)
+
+
+def test_md_escape_neutralises_markdown_and_html():
+    assert md_escape("[x](javascript:y) **b** <img>") == r"\[x\]\(javascript\:y\) \*\*b\*\* \<img\>"
+    assert md_escape("plain words 42") == "plain words 42"
+
+
+def test_format_duration():
+    assert [format_duration(s) for s in (None, 5, 65, 3725)] == ["–", "0:05", "1:05", "1:02:05"]

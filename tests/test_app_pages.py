@@ -1,0 +1,373 @@
+"""Every dashboard page through Streamlit's AppTest, against a real Redis (conftest's embedded server).
+
+Runs are either real (a worker process trains them) or stored as a worker leaves them, written through the
+worker's own writers (registry.transition and stream.StreamSink), so what the pages read is what they
+would read in production.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+from test_app_figures import co_run_events, config_event, eval_event, final_event, metrics_event
+
+from app.figures import distinguishing_labels, md_escape
+from app.presets import PRESETS
+from app.views.launch import ADVANCED, GROUPS
+from jobs import api
+from jobs.queue import job_id, rq_queue
+from jobs.registry import transition
+from jobs.stream import StreamSink
+from trainer.config import RunConfig, make_config
+
+MAIN = Path(__file__).resolve().parent.parent / "app" / "main.py"
+HEARTBEAT_MS = 600_000  # a stored "running" run stays running for the whole test
+
+
+def app(**query: str) -> AppTest:
+    at = AppTest.from_file(str(MAIN), default_timeout=30)
+    at.query_params.update(query)
+    return at
+
+
+def store_run(r, events: list[dict], status: str = "finished", sweep_id: str | None = None) -> str:
+    """Submit the run of `events`' config, then do what a worker does: claim it, stream events, finish."""
+    run_id = api.submit(r, make_config(events[0]["config"]), sweep_id=sweep_id)
+    rq_queue(r, api.DEFAULT_QUEUE).remove(job_id(run_id, 1))  # no worker will take it
+    claim = {"status": "running", "started_at": time.time() - 30, "worker": "test-worker", "device": "cpu"}
+    transition(r, run_id, {"queued"}, claim, attempt=1, heartbeat=("test-worker", HEARTBEAT_MS))
+    append(r, run_id, events)
+    if status != "running":
+        transition(
+            r, run_id, {"running"}, {"status": status, "finished_at": time.time(), "error": ""}, attempt=1
+        )
+    return run_id
+
+
+def append(r, run_id: str, events: list[dict]) -> None:
+    sink = StreamSink(r, run_id, attempt=1)
+    for event in events:
+        sink(event)
+    sink.close()
+
+
+def running_events(total: int = 100, until: int = 40, **config) -> list[dict]:
+    events = [config_event(total=total, **config)]
+    for it in range(1, until + 1):
+        events.append(metrics_event(it, reg=0.1 if config.get("grad_align_lambda") else 0.0))
+        if it % 20 == 0:
+            events.append(eval_event(it, pgd=0.4))
+    return events
+
+
+def charts(at: AppTest) -> dict[str, dict]:
+    """The live charts on the page by key, each as the Plotly figure it was given."""
+    found = {}
+    for element in at.get("component_instance"):
+        args = json.loads(element.proto.json_args)
+        found[args["key"]] = {**json.loads(args["spec"]), "revision": args["revision"]}
+    return found
+
+
+def numbers(array) -> list[float]:
+    """A figure's data array as a list, whether plotly wrote it plainly or base64-packed."""
+    if isinstance(array, dict):
+        return np.frombuffer(base64.b64decode(array["bdata"]), dtype=array["dtype"]).tolist()
+    return list(array)
+
+
+def legend_names(figure: dict) -> set[str]:
+    return {trace["name"] for trace in figure["data"] if trace.get("showlegend", True)}
+
+
+def co_lines(figure: dict) -> list[float]:
+    return [shape["x0"] for shape in figure["layout"].get("shapes", []) if shape["type"] == "line"]
+
+
+def test_the_app_never_imports_torch():
+    """The dashboard talks to jobs.api only; torch (seconds to import, GBs on GPU hosts) stays in workers."""
+    views = ", ".join(f"app.views.{name}" for name in ("launch", "live", "runs", "compare", "sweep"))
+    code = f"import sys, app.chart, app.state, {views}; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=MAIN.parent.parent)
+
+
+# --- launch ---
+
+
+def test_launch_enqueues_exactly_the_validated_config_and_opens_its_live_view(r):
+    at = app().run()
+    assert not at.exception
+    at.selectbox(key="launch.preset").set_value("Digits: GradAlign rescue").run()
+    at.number_input(key="launch.eps").set_value(0.15)
+    at.number_input(key="launch.seed").set_value(3)
+    at.number_input(key="launch.max_iters").set_value(300)
+    at.selectbox(key="launch.device").set_value("cpu")
+    at.text_input(key="launch.name").set_value("my run")
+    at.run()
+    at.button(key="launch.submit").click().run()
+
+    [run] = api.list_runs(r)
+    changes = {"eps": 0.15, "seed": 3, "max_iters": 300, "device": "cpu", "name": "my run"}
+    assert run.config == make_config({**PRESETS["Digits: GradAlign rescue"], **changes})
+    assert at.query_params["run"] == run.id
+    assert [header.value for header in at.header] == ["my run"]
+
+
+def test_the_form_has_a_widget_for_every_config_field_exactly_once():
+    fields = [name for _, names in GROUPS for name in names] + list(ADVANCED)
+    assert sorted(fields) == sorted(RunConfig.model_fields)
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_each_preset_enqueues_its_own_config(r, preset):
+    at = app().run()
+    at.selectbox(key="launch.preset").set_value(preset).run()
+    at.button(key="launch.submit").click().run()
+    assert [run.config for run in api.list_runs(r)] == [make_config(PRESETS[preset])]
+
+
+def test_eps_is_entered_in_255ths_on_cifar_and_the_paper_lambda_can_be_taken(r):
+    at = app().run()
+    at.selectbox(key="launch.preset").set_value("CIFAR-10 ResNet-18 ε=8/255 (paper)").run()
+    assert at.number_input(key="launch.eps255").value == 8
+    at.number_input(key="launch.eps255").set_value(16).run()
+    assert any("**2**" in caption.value for caption in at.caption)  # λ(16/255) = 2
+    at.button(key="launch.paper_lambda").click().run()
+    at.button(key="launch.submit").click().run()
+    [run] = api.list_runs(r)
+    assert run.config.eps == pytest.approx(16 / 255)
+    assert run.config.grad_align_lambda == 2.0
+
+
+def test_an_invalid_field_is_reported_next_to_it_and_nothing_is_queued(r):
+    at = app().run()
+    at.number_input(key="launch.lr").set_value(0.0).run()
+    assert any(error.value.startswith("Input should be greater than 0") for error in at.error)
+    assert at.button(key="launch.submit").disabled  # a browser cannot click it either
+    assert api.list_runs(r) == []
+
+
+def test_launch_warns_when_no_worker_is_alive_and_names_the_command(r):
+    at = app().run()
+    assert "No worker is running" in at.warning[0].value
+    assert [code.value for code in at.code] == ["codash worker"]
+
+
+def test_a_real_worker_run_launched_from_the_form_shows_up_live(r, worker_pool):
+    """The whole path with nothing stored by hand: form -> queue -> worker -> stream -> figure."""
+    worker_pool.spawn("app-worker")
+    at = app().run()
+    assert "1 worker(s) alive: app\\-worker (cpu, idle)" in at.success[0].value
+    for key, value in {"eps": 0.2, "max_iters": 40, "eval_every": 10, "eval_points": 32}.items():
+        at.number_input(key=f"launch.{key}").set_value(value)
+    at.number_input(key="launch.final_eval_points").set_value(16)
+    at.number_input(key="launch.final_pgd_steps").set_value(2)
+    at.number_input(key="launch.final_pgd_restarts").set_value(1)
+    at.run()
+    at.button(key="launch.submit").click().run()
+    run_id = at.query_params["run"]
+
+    deadline = time.monotonic() + 90
+    while api.get_run(r, run_id).status != "finished":
+        assert time.monotonic() < deadline, worker_pool.started[0].output()
+        time.sleep(0.2)
+    at.run()
+    figure = charts(at)["live.chart"]
+    pgd = next(trace for trace in figure["data"] if trace["name"] == "PGD")
+    assert numbers(pgd["x"]) == [10, 20, 30, 40]
+    assert "PGD accuracy (last)" in [metric.label for metric in at.metric]
+
+
+# --- live view ---
+
+
+def test_live_view_draws_stored_events_with_the_co_marker_and_final_results(r):
+    run_id = store_run(r, co_run_events(total=100, co_at=60))
+    at = app(run=run_id).run()
+    assert not at.exception
+    figure = charts(at)["live.chart"]
+    assert {"PGD", "FGSM", "clean", "cos(∇x, ∇x+η)", "train loss"} <= legend_names(figure)
+    assert co_lines(figure) == [60, 60, 60]
+    assert any("catastrophic overfitting @ 60" in a["text"] for a in figure["layout"]["annotations"])
+    assert figure["layout"]["uirevision"] == run_id
+    metrics = {metric.label: metric.value for metric in at.metric}
+    assert metrics["catastrophic overfitting"] == "at 60"
+    assert metrics["PGD accuracy (last)"] == "1.0%"
+    assert "finished" in at.markdown[0].value
+    assert not [button for button in at.button if button.label in ("Cancel", "Resume")]
+
+
+def test_live_view_reads_only_the_events_written_since_it_last_looked(r):
+    events = running_events(total=100, until=40)
+    run_id = store_run(r, events, status="running")
+    at = app(run=run_id).run()
+    assert charts(at)["live.chart"]["revision"] == len(events)
+    assert co_lines(charts(at)["live.chart"]) == []
+
+    more = [metrics_event(it) for it in range(41, 61)] + [eval_event(60, 0.01, 0.9)]
+    append(r, run_id, more)
+    at.run()
+    history = at.session_state["histories"][run_id]
+    assert history.n_events == len(events) + len(more)  # nothing read twice
+    assert history.last_id == r.xrevrange(f"codash:stream:{run_id}", count=1)[0][0].decode()
+    assert sorted(history.evals) == [20, 40, 60]
+    assert charts(at)["live.chart"]["revision"] == len(events) + len(more)
+    assert "iteration 60 of 100" in at.get("progress")[0].proto.text
+
+
+def test_cancel_and_resume_from_the_live_view(r):
+    run_id = api.submit(r, make_config({"eps": 0.2}))
+    at = app(run=run_id).run()
+    assert "No worker is alive" in at.warning[0].value
+    at.button(key="live.cancel").click().run()
+    assert api.get_run(r, run_id).status == "cancelled"
+    at.button(key="live.resume").click().run()
+    run = api.get_run(r, run_id)
+    assert (run.status, run.attempt) == ("queued", 2)
+
+
+def test_a_shared_root_link_opens_the_run_and_user_text_is_escaped(r):
+    name = "**bold** <b>x</b> [link](javascript:alert(1))"
+    events = co_run_events(total=40, co_at=40)
+    events[0] = config_event(total=40, name=name)
+    run_id = store_run(r, events)
+    at = app(run=run_id).run()  # the root URL, as a shared link would be
+    assert [header.value for header in at.header] == [md_escape(name)]
+    figure = charts(at)["live.chart"]
+    assert all("<b>" not in a["text"] for a in figure["layout"]["annotations"])
+
+
+def test_unknown_run_says_so(r):
+    at = app(run="0123456789ab").run()
+    assert "No run with id" in at.error[0].value
+
+
+# --- runs ---
+
+
+def test_runs_table_filters_selects_exports_and_deletes(r):
+    finished = store_run(r, co_run_events())
+    running = store_run(r, running_events(grad_align_lambda=2.0), status="running")
+    queued = api.submit(r, make_config({"method": "pgd", "eps": 0.2}))
+    at = app().run()
+    at.switch_page("views/runs.py").run()
+    table = at.dataframe[0].value
+    assert table["id"].tolist() == [queued, running, finished]
+    assert table["CO iteration"].tolist()[2] == 60
+
+    at.multiselect(key="runs.filter.status").set_value(["finished", "running"]).run()
+    assert at.dataframe[0].value["id"].tolist() == [running, finished]
+
+    key = [k for k in at.session_state if k.startswith("runs.table")][0]
+    at.session_state[key] = {"selection": {"rows": [1], "columns": [], "cells": []}}
+    at.run()
+    assert [button.label for button in at.get("download_button")] == ["Events as CSV", "Events as JSON Lines"]
+    assert at.button(key="runs.compare").disabled
+    at.button(key="runs.delete").click().run()
+    assert [run.id for run in api.list_runs(r)] == [queued, running]
+    assert api.read_events(r, finished) == ([], "0-0")
+
+
+def test_runs_selection_opens_compare_with_a_shareable_url(r):
+    first, second = store_run(r, co_run_events()), store_run(r, running_events(), status="running")
+    at = app().run()
+    at.switch_page("views/runs.py").run()
+    key = [k for k in at.session_state if k.startswith("runs.table")][0]
+    at.session_state[key] = {"selection": {"rows": [0, 1], "columns": [], "cells": []}}
+    at.run()
+    at.button(key="runs.compare").click().run()
+    assert at.query_params["compare"] == f"{second},{first}"
+    assert len(charts(at)) == 3  # the overlay and two small multiples
+
+
+# --- compare ---
+
+
+def test_compare_overlays_a_finished_and_a_running_run_named_by_their_differences(r):
+    co = store_run(r, co_run_events())
+    rescued = store_run(r, running_events(grad_align_lambda=2.0), status="running")
+    at = app(compare=f"{co},{rescued}").run()
+    assert not at.exception
+    figures = charts(at)
+    overlay = figures["compare.overlay"]
+    labels = distinguishing_labels([api.get_run(r, co).config, api.get_run(r, rescued).config])
+    assert labels == ["FGSM", "FGSM+GradAlign λ=2"]
+    runs_legend = {
+        t["name"] for t in overlay["data"] if t.get("legend", "legend") == "legend" and t.get("showlegend")
+    }
+    assert runs_legend == set(labels)
+    assert co_lines(overlay) == [60, 60, 60]
+    assert set(figures) == {"compare.overlay", f"compare.small.{co}", f"compare.small.{rescued}"}
+    assert co_lines(figures[f"compare.small.{rescued}"]) == []
+    assert at.dataframe[0].value["legend"].tolist() == labels
+
+
+def test_compare_asks_for_two_runs(r):
+    only = store_run(r, co_run_events())
+    at = app(compare=only).run()
+    assert "at least two runs" in at.info[0].value
+    assert charts(at) == {}
+
+
+# --- sweep ---
+
+
+def test_sweep_submits_methods_times_eps_as_one_sweep(r):
+    at = app().run()
+    at.switch_page("views/sweep.py").run()
+    at.multiselect(key="sweep.methods").set_value(["FGSM", "FGSM + GradAlign"])
+    at.text_input(key="sweep.eps").set_value("0.1, 0.2")
+    at.number_input(key="sweep.lambda").set_value(1.5)
+    at.run()
+    at.button(key="sweep.submit").click().run()
+    sweep_id = at.query_params["sweep"]
+    runs = api.sweep_runs(r, sweep_id)
+    base = PRESETS["Digits: FGSM catastrophic overfitting"]
+    expected = [
+        make_config({**base, "eps": eps, "grad_align_lambda": lam}) for lam in (0, 1.5) for eps in (0.1, 0.2)
+    ]
+    assert [run.config for run in runs] == expected
+    assert at.selectbox(key="sweep.shown").value == sweep_id
+
+
+def test_sweep_rejects_an_invalid_eps_list(r):
+    at = app().run()
+    at.switch_page("views/sweep.py").run()
+    at.text_input(key="sweep.eps").set_value("0.1, lots").run()
+    assert at.error and api.list_runs(r) == []
+
+
+def test_sweep_plot_shows_finished_co_and_running_runs_and_a_click_opens_one(r):
+    def events(eps, lam=0.0, co=None, pgd=0.3):
+        return [
+            config_event(total=100, eps=eps, grad_align_lambda=lam),
+            eval_event(50, pgd),
+            final_event(co, pgd),
+        ]
+
+    collapsed = store_run(r, events(0.2, co=60, pgd=0.01), sweep_id="s1")
+    fine = store_run(r, events(0.1, pgd=0.5), sweep_id="s1")
+    rescued = store_run(r, events(0.2, lam=2.0, pgd=0.35), sweep_id="s1")
+    running = store_run(r, events(0.1, lam=2.0)[:2], status="running", sweep_id="s1")
+    at = app(sweep="s1").run()
+    assert not at.exception
+    figure = charts(at)["sweep.chart.s1"]
+    traces = {trace["name"]: trace for trace in figure["data"] if trace["x"] != [None]}
+    assert traces["FGSM"]["marker"]["symbol"] == ["circle", "x"]
+    assert [row[0] for row in traces["FGSM"]["customdata"]] == [fine, collapsed]
+    assert traces["FGSM+GradAlign"]["marker"]["symbol"] == ["circle-open", "circle"]
+    assert [row[0] for row in traces["FGSM+GradAlign"]["customdata"]] == [running, rescued]
+    assert len(at.get("page_link")) == 4
+
+    at.session_state["sweep.chart.s1"] = {"customdata": [rescued, "finished", 2.0], "at": 1}
+    at.run()
+    assert at.query_params["run"] == rescued
+    assert charts(at)["live.chart"]["layout"]["uirevision"] == rescued
