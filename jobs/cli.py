@@ -23,7 +23,7 @@ from jobs.server import ensure_server, public_url, run_in_foreground, stop_serve
 from trainer.cli import add_config_flags, add_train_command, config_from_args, run
 from trainer.events import Event
 
-JOB_ERRORS = (api.RunNotFound, api.InvalidTransition, redis.RedisError)
+JOB_ERRORS = (api.RunNotFound, api.InvalidTransition, redis.RedisError, ValueError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--foreground", action="store_true", help="run it in the foreground instead")
     mode.add_argument("--stop", action="store_true", help="shut it down (it saves its data first)")
     server.set_defaults(handler=run_redis)
+
+    stack = commands.add_parser("up", help="Redis, workers and the dashboard together; Ctrl-C stops them all")
+    stack.add_argument("--host", default="127.0.0.1", help="dashboard address (default: %(default)s)")
+    stack.add_argument("--port", type=int, default=8501, help="dashboard port (default: %(default)s)")
+    stack.add_argument("--workers", type=int, help="worker processes (default: one per visible GPU, else 1)")
+    stack.add_argument("--no-worker", action="store_true", help="start no worker (they run on other hosts)")
+    stack.set_defaults(handler=run_up)
     return parser
 
 
@@ -192,6 +199,20 @@ def run_redis(args: argparse.Namespace) -> int:
     else:
         print(public_url(ensure_server()))
     return 0
+
+
+def run_up(args: argparse.Namespace) -> int:
+    from jobs.up import AlreadyRunning, up
+
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port: must be in 1..65535, got {args.port}")
+    if args.workers is not None and not 0 <= args.workers <= 64:
+        raise ValueError(f"--workers: must be in 0..64, got {args.workers}")
+    try:
+        return up(args.host, args.port, args.workers, args.no_worker)
+    except AlreadyRunning as exc:
+        print(exc)
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,190 @@
+"""`codash up`: the whole stack on one machine — Redis, workers and the dashboard — under one supervisor.
+
+It starts what is missing (the embedded Redis unless REDIS_URL is set; one worker per visible GPU, or one
+CPU worker; the Streamlit app), restarts a child that dies, and on Ctrl-C or SIGTERM stops everything it
+started: workers first (their runs checkpoint and become resumable), then the app, then the Redis it
+started. A lock file in CODASH_HOME makes a second `codash up` find the first and say where it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jobs.paths import codash_home
+from jobs.server import ensure_server, ping, public_url, stop_server, stored_url
+
+APP_SCRIPT = Path(__file__).resolve().parent.parent / "app" / "main.py"
+UP_FILE = "up.json"
+HEALTH_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 20.0
+RESTART_LIMIT = 5  # restarts per child; past it the child is left down and the fault reported
+
+
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    process: subprocess.Popen | None = None
+    restarts: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+
+    def start(self) -> None:
+        # A session of its own: a Ctrl-C in the terminal reaches only the supervisor, which stops the
+        # children in order (workers must checkpoint before Redis goes away).
+        self.process = subprocess.Popen(self.argv, env={**os.environ, **self.env}, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except socket.gaierror:
+        return False
+    return all(address.startswith("127.") or address == "::1" for address in addresses)
+
+
+def visible_gpus() -> int:
+    import torch  # only the supervisor's GPU count needs it
+
+    return torch.cuda.device_count()
+
+
+def plan_workers(count: int | None) -> list[str]:
+    """Devices for the workers: one per visible GPU by default, else one CPU worker."""
+    gpus = visible_gpus()
+    if count is None:
+        count = gpus or 1
+    return [f"cuda:{i % gpus}" if gpus else "cpu" for i in range(count)]
+
+
+def app_argv(host: str, port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "streamlit", "run", str(APP_SCRIPT),
+        "--server.address", host,
+        "--server.port", str(port),
+        "--server.headless", "true",
+        "--server.enableXsrfProtection", "true",
+        "--browser.gatherUsageStats", "false",
+        "--global.developmentMode", "false",
+        "--client.toolbarMode", "viewer",
+    ]  # fmt: skip
+
+
+def wait_healthy(url: str, app: Child, timeout: float = HEALTH_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not app.alive():
+            raise RuntimeError("the dashboard exited while starting; see its output above")
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as ok:
+            if ok.status == 200:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"the dashboard did not answer at {url} within {timeout:g} s")
+
+
+@contextlib.contextmanager
+def single_instance(home: Path):
+    """Hold CODASH_HOME/up.lock for the life of the stack; a second `codash up` gets AlreadyRunning."""
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(home / "up.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            info = home / UP_FILE
+            where = json.loads(info.read_text()) if info.exists() else {}
+            raise AlreadyRunning(
+                f"codash is already running at {where.get('url', '?')} (pid {where.get('pid', '?')}); "
+                "stop it with Ctrl-C in its terminal or `kill` that pid"
+            ) from None
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                (home / UP_FILE).unlink()
+
+
+def up(host: str, port: int, workers: int | None, no_worker: bool) -> int:
+    if not is_loopback(host) and not os.environ.get("CODASH_PASSWORD"):
+        raise RuntimeError(
+            f"--host {host} would expose the dashboard to the network without a password: "
+            "set CODASH_PASSWORD first (or keep the default --host 127.0.0.1)"
+        )
+    home = codash_home()
+    with single_instance(home):
+        started_redis = False
+        redis_url = os.environ.get("REDIS_URL")
+        if not redis_url:
+            previous = stored_url(home)
+            started_redis = not (previous and ping(previous))
+            redis_url = ensure_server(home)
+        env = {"REDIS_URL": redis_url}
+        worker_argv = [sys.executable, "-m", "jobs.cli", "worker", "--device"]
+        children = [
+            Child(f"worker {i} ({device})", [*worker_argv, device], env=env)
+            for i, device in enumerate([] if no_worker else plan_workers(workers))
+        ]
+        app = Child("dashboard", app_argv(host, port), env=env)
+        url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+        stopping = []
+
+        def request_stop(signum, frame):
+            stopping.append(signum)
+
+        previous_handlers = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for child in (*children, app):
+                child.start()
+            wait_healthy(url, app)
+            (home / UP_FILE).write_text(json.dumps({"url": url, "pid": os.getpid()}))
+            print(f"codash is up: {url}", flush=True)
+            print(f"  redis   {public_url(redis_url)}{' (embedded)' if started_redis else ''}", flush=True)
+            print(f"  workers {len(children) or 'none (--no-worker)'}", flush=True)
+            print("Press Ctrl-C to stop.", flush=True)
+            while not stopping:
+                for child in (*children, app):
+                    if not child.alive() and child.restarts < RESTART_LIMIT:
+                        child.restarts += 1
+                        print(f"codash up: {child.name} exited; restarting it", file=sys.stderr, flush=True)
+                        child.start()
+                time.sleep(0.5)
+        finally:
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
+            stop_children(children)
+            stop_children([app])
+            if started_redis:
+                stop_server(home)
+    return 0
+
+
+def stop_children(children: list[Child]) -> None:
+    """SIGTERM, then SIGKILL whatever has not exited after STOP_TIMEOUT_S: nothing is left behind."""
+    running = [child for child in children if child.alive()]
+    for child in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for child in running:
+        try:
+            child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.process.pid, signal.SIGKILL)
+            child.process.wait()

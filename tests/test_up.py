@@ -1,0 +1,110 @@
+"""`codash up`: the whole stack from one command, one instance per CODASH_HOME, nothing left behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, TINY, wait_for
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def codash(*args: str, env: dict[str, str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "jobs.cli", *args], env=env, cwd=ROOT, capture_output=True, text=True, **kwargs
+    )
+
+
+def children_of(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found.add(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def healthy(port: int) -> bool:
+    url = f"http://127.0.0.1:{port}/_stcore/health"
+    with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as reply:
+        return reply.status == 200
+    return False
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    environment = {**os.environ, "CODASH_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
+    for name in ("REDIS_URL", "CODASH_PASSWORD", "CODASH_RUNS_DIR"):
+        environment.pop(name, None)
+    return environment
+
+
+def test_up_serves_the_dashboard_runs_jobs_and_stops_everything(env, tmp_path):
+    port = free_port()
+    log = (tmp_path / "up.log").open("w")
+    argv = [sys.executable, "-m", "jobs.cli", "up", "--port", str(port)]
+    up = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=log)
+    try:
+        wait_for(lambda: healthy(port), 60, "the dashboard to answer /_stcore/health")
+        wait_for(lambda: "codash is up" in (tmp_path / "up.log").read_text(), 10, "the URL to be printed")
+
+        second = codash("up", "--port", str(free_port()), env=env, timeout=60)
+        assert second.returncode == 0 and "already running" in second.stdout
+        assert f"127.0.0.1:{port}" in second.stdout
+
+        from jobs import api
+        from jobs.server import server_pid, stored_url
+        from trainer.config import make_config
+
+        home = Path(env["CODASH_HOME"])
+        r = api.connect(stored_url(home))
+        run_id = api.submit(r, make_config(TINY))
+        wait_for(lambda: api.get_run(r, run_id).status == "finished", 90, "up's worker to finish a run")
+        r.close()
+
+        started = children_of(up.pid) | {server_pid(home)}
+        assert len(started) == 3  # redis (daemonised, so found by pid file), one CPU worker, the app
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(timeout=60) == 0
+        wait_for(lambda: not any(alive(pid) for pid in started), 10, "every started process to exit")
+        assert not healthy(port)
+    finally:
+        if up.poll() is None:
+            up.kill()
+        log.close()
+
+
+def test_up_refuses_to_expose_the_dashboard_without_a_password(env):
+    result = codash("up", "--host", "0.0.0.0", "--port", str(free_port()), env=env, timeout=60)
+    assert result.returncode == 2
+    assert "CODASH_PASSWORD" in result.stderr
+    assert not (Path(env["CODASH_HOME"]) / "up.json").exists()
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--port", "0"), ("--port", "70000"), ("--workers", "-1")])
+def test_up_rejects_bad_flags_naming_them(env, flag, value):
+    result = codash("up", flag, value, env=env, timeout=60)
+    assert result.returncode == 2 and flag in result.stderr
