@@ -11,7 +11,7 @@ from fractions import Fraction
 
 import streamlit as st
 
-from app import nav, state
+from app import limits, nav, state
 from app.chart import live_chart
 from app.figures import NATURAL_IMAGES, TERMINAL, md_escape, sweep_figure, sweep_frame
 from app.presets import PRESETS
@@ -106,7 +106,15 @@ def _new_sweep(r) -> None:
         st.error(md_escape(str(exc)))
         return
     st.caption(f"{len(configs)} run(s), based on “{md_escape(base_name)}”.")
-    if st.button(f"Launch {len(configs)} runs", type="primary", disabled=not configs, key=KEY + "submit"):
+    refused = limits.violations(configs, api.queued_count(r))
+    for field, text in refused.items():
+        st.error(md_escape(f"{field}: {text}"))
+    if st.button(
+        f"Launch {len(configs)} runs",
+        type="primary",
+        disabled=not configs or bool(refused),
+        key=KEY + "submit",
+    ):
         sweep_id = uuid.uuid4().hex[:8]
         for config in configs:
             api.submit(r, config, sweep_id=sweep_id)

@@ -1,0 +1,87 @@
+"""Access control and per-dashboard limits: the password gate, XSRF on, escaped text, bounded queueing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app.auth import password_ok
+from app.limits import Limits, violations
+from jobs import api
+from jobs.up import app_argv
+from trainer.config import make_config
+
+MAIN = Path(__file__).resolve().parent.parent / "app" / "main.py"
+
+
+def test_the_password_gate_keeps_every_page_closed_until_signed_in(r, monkeypatch):
+    monkeypatch.setenv("CODASH_PASSWORD", "correct horse")
+    at = AppTest.from_file(str(MAIN), default_timeout=30).run()
+    assert [t.value for t in at.title] == ["codash"]
+    assert [b.label for b in at.button] == ["Sign in"]  # no launch button, no page content
+    at.text_input(key="auth.password").set_value("wrong")
+    at.button[0].click().run()
+    assert [e.value for e in at.error] == ["Wrong password."]
+    assert [t.value for t in at.title] == ["codash"]
+    at.text_input(key="auth.password").set_value("correct horse")
+    at.button[0].click().run()
+    assert "Launch a run" in [t.value for t in at.title]
+    at.run()  # the session stays signed in on the next rerun
+    assert "Launch a run" in [t.value for t in at.title]
+
+
+def test_no_password_configured_means_an_open_local_dashboard(r, monkeypatch):
+    monkeypatch.delenv("CODASH_PASSWORD", raising=False)
+    at = AppTest.from_file(str(MAIN), default_timeout=30).run()
+    assert "Launch a run" in [t.value for t in at.title]
+
+
+def test_password_comparison():
+    assert password_ok("s3cret", "s3cret")
+    assert not password_ok("s3cre", "s3cret") and not password_ok("", "s3cret")
+    assert password_ok("pässwörd", "pässwörd")
+
+
+def test_up_runs_the_dashboard_with_xsrf_protection():
+    argv = app_argv("127.0.0.1", 8501)
+    assert argv[argv.index("--server.enableXsrfProtection") + 1] == "true"
+
+
+def test_limits_name_the_field_and_the_variable(monkeypatch):
+    monkeypatch.setenv("CODASH_MAX_EPOCHS", "10")
+    monkeypatch.setenv("CODASH_MAX_BATCH_SIZE", "128")
+    monkeypatch.setenv("CODASH_MAX_QUEUED", "3")
+    limits = Limits.from_env()
+    assert limits == Limits(max_epochs=10, max_batch_size=128, max_queued=3)
+    found = violations([make_config({"epochs": 11, "batch_size": 256})] * 2, queued=2, limits=limits)
+    assert set(found) == {"epochs", "batch_size", "queue"}
+    assert "CODASH_MAX_EPOCHS" in found["epochs"] and "at most 10" in found["epochs"]
+    assert violations([make_config({"epochs": 10})], queued=2, limits=limits) == {}
+
+
+@pytest.mark.parametrize("value", ["many", "0", "-4"])
+def test_a_bad_limit_setting_is_a_clear_error(monkeypatch, value):
+    monkeypatch.setenv("CODASH_MAX_QUEUED", value)
+    with pytest.raises(ValueError, match="CODASH_MAX_QUEUED"):
+        Limits.from_env()
+
+
+def test_the_form_refuses_runs_past_the_limits_and_queues_nothing(r, monkeypatch):
+    monkeypatch.setenv("CODASH_MAX_EPOCHS", "20")
+    at = AppTest.from_file(str(MAIN), default_timeout=30).run()
+    at.number_input(key="launch.epochs").set_value(30).run()
+    assert any("at most 20 epochs" in error.value for error in at.error)
+    assert at.button(key="launch.submit").disabled
+    assert api.list_runs(r) == []
+
+
+def test_a_full_queue_disables_launching(r, monkeypatch):
+    monkeypatch.setenv("CODASH_MAX_QUEUED", "2")
+    for _ in range(2):
+        api.submit(r, make_config({"max_iters": 5}))
+    at = AppTest.from_file(str(MAIN), default_timeout=30).run()
+    assert any("already queued" in error.value for error in at.error)
+    assert at.button(key="launch.submit").disabled
+    assert len(api.list_runs(r)) == 2
