@@ -38,6 +38,11 @@ class RunJob(Job):
     def func(self):
         if self.func_name != RUN_JOB or self.instance is not None:
             raise ValueError(f"malformed job payload: not a codash job ({self.func_name!r})")
+        if len(self.args) != 2 or self.kwargs:
+            raise ValueError(
+                f"malformed job payload: run_job takes (run id, attempt), got {len(self.args)} argument(s)"
+                f" and keywords {sorted(self.kwargs)}"
+            )
         return super().func
 
 

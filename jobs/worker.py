@@ -38,7 +38,7 @@ from jobs.paths import run_dir
 from jobs.queue import RunJob, run_of_job
 from jobs.registry import Fenced, Record, read, reap, transition
 from jobs.stream import StreamSink
-from trainer.checkpoint import BEST_FILE, LAST_FILE, load_checkpoint
+from trainer.checkpoint import BEST_FILE, LAST_FILE, PREVIOUS_FILE, load_checkpoint
 from trainer.config import ConfigError, make_config
 from trainer.loop import resolve_device, train
 
@@ -69,6 +69,20 @@ def one_line(exc: BaseException) -> str:
     """An exception as the single line a run list can show: type and message, whitespace collapsed."""
     message = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {message}"[:1000] if message else type(exc).__name__
+
+
+def failure_reason(exc: BaseException) -> str:
+    """What a failed run's record says; running out of memory (CUDA or host) also says what to change."""
+    text = one_line(exc)
+    out_of_memory = isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError) or any(
+        sign in text for sign in ("out of memory", "can't allocate memory", "not enough memory")
+    )
+    if out_of_memory:
+        text = (
+            f"out of memory on {'the GPU' if 'CUDA' in text else 'the host'}: lower batch_size (or use a "
+            f"smaller model); {text}"
+        )
+    return text[:1000]
 
 
 def run_job(run_id: str, attempt: int) -> str:
@@ -197,7 +211,7 @@ class CodashWorker(SimpleWorker):
                 shutil.rmtree(run_dir(run_id), ignore_errors=True)
             return "fenced"
         except Exception as exc:
-            self._finish(run_id, attempt, "failed", one_line(exc))
+            self._finish(run_id, attempt, "failed", failure_reason(exc))
             raise
         except BaseException:  # SystemExit from a second Ctrl-C, KeyboardInterrupt
             self._finish(run_id, attempt, "interrupted", "the worker was killed mid-iteration")
@@ -233,16 +247,20 @@ class CodashWorker(SimpleWorker):
     def _rewind(self, run_id: str, attempt: int, directory: Path) -> bool:
         """Make stream and last.pt agree before a resumed attempt; False means start the run over.
 
-        The stream is cut after its last checkpoint event. If that is not the iteration in last.pt (no
-        checkpoint yet, or the worker died between saving last.pt and writing its event), the stream could
-        not continue without a gap, so the run starts over: it is deterministic, so the results are the same.
+        The stream is cut after its last checkpoint event. That is the iteration of last.pt, or of
+        previous.pt when the worker died (or lost Redis) between saving last.pt and writing its event. With
+        no matching checkpoint (none saved yet) the stream could not continue without a gap, so the run
+        starts over: it is deterministic, so the results are the same.
         """
-        saved = load_checkpoint(directory, "last")
         kept = stream.rewind_to_checkpoint(self.connection, run_id, attempt)
-        if saved is not None and kept == saved["state"]["iteration"]:
-            return True
+        for which in ("last", "previous"):  # previous: last.pt was saved but its event never reached Redis
+            saved = load_checkpoint(directory, which)
+            if saved is not None and kept == saved["state"]["iteration"]:
+                if which == "previous":
+                    os.replace(directory / PREVIOUS_FILE, directory / LAST_FILE)
+                return True
         stream.clear(self.connection, run_id, attempt)
-        for name in (LAST_FILE, BEST_FILE):
+        for name in (LAST_FILE, PREVIOUS_FILE, BEST_FILE):
             (directory / name).unlink(missing_ok=True)
         return False
 

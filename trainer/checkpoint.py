@@ -1,4 +1,5 @@
-"""Run directories: config.json, last.pt (everything needed to resume exactly) and best.pt (weights).
+"""Run directories: config.json, last.pt (everything needed to resume exactly), previous.pt (the last.pt it
+replaced) and best.pt (weights).
 
 Writes are atomic (temp file + rename), so a crash mid-save never leaves a run without a usable checkpoint.
 """
@@ -6,6 +7,7 @@ Writes are atomic (temp file + rename), so a crash mid-save never leaves a run w
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +18,33 @@ from trainer.config import RunConfig
 from trainer.data import DATA_SHAPES
 from trainer.models import build_model
 
-CONFIG_FILE, LAST_FILE, BEST_FILE = "config.json", "last.pt", "best.pt"
+CONFIG_FILE, LAST_FILE, PREVIOUS_FILE, BEST_FILE = "config.json", "last.pt", "previous.pt", "best.pt"
+CHECKPOINT_FILES = {"last": LAST_FILE, "previous": PREVIOUS_FILE, "best": BEST_FILE}
 
 
 def atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def save_last(obj: Any, run_dir: Path) -> None:
+    """Write last.pt, keeping the one it replaces as previous.pt.
+
+    A reader of the events (the worker's Redis stream) may have missed the newest checkpoint event, when
+    the writer died between saving and reporting it; the run then continues from previous.pt without a gap.
+    last.pt exists at every moment: previous.pt is made by a hard link (a copy where links are unsupported).
+    """
+    last, previous = run_dir / LAST_FILE, run_dir / PREVIOUS_FILE
+    if last.exists():
+        tmp = previous.with_name(previous.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(last, tmp)
+        except OSError:
+            shutil.copyfile(last, tmp)
+        os.replace(tmp, previous)
+    atomic_save(obj, last)
 
 
 def write_config(run_dir: Path, config: RunConfig) -> None:
@@ -37,7 +59,7 @@ def read_config(run_dir: Path) -> RunConfig:
 
 
 def load_checkpoint(run_dir: Path, which: str = "last", device: str | torch.device = "cpu") -> dict | None:
-    path = Path(run_dir) / (LAST_FILE if which == "last" else BEST_FILE)
+    path = Path(run_dir) / CHECKPOINT_FILES[which]
     if not path.exists():
         return None
     return torch.load(path, map_location=device, weights_only=False)
