@@ -16,11 +16,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from trainer.config import RunConfig, format_eps
+from trainer.events import tabular
 
 if TYPE_CHECKING:
     from jobs.api import Run
@@ -49,6 +51,7 @@ class RunHistory:
     device: str | None = None
     metrics: dict[int, dict[str, Any]] = field(default_factory=dict)
     evals: dict[int, dict[str, Any]] = field(default_factory=dict)
+    snapshots: dict[int, dict[str, Any]] = field(default_factory=dict)  # arrays as float32 numpy arrays
     co: dict[str, Any] | None = None
     final: dict[str, Any] | None = None
     last_id: str = "0-0"
@@ -65,6 +68,8 @@ class RunHistory:
                 self.metrics[event["iteration"]] = event
             elif kind == "eval":
                 self.evals[event["iteration"]] = event
+            elif kind == "snapshot":
+                self.snapshots[event["iteration"]] = compact_snapshot(event)
             elif kind == "co":
                 self.co = event
             elif kind == "final":
@@ -80,6 +85,7 @@ class RunHistory:
         start = event["start_iteration"]
         self.metrics = {it: row for it, row in self.metrics.items() if it <= start}
         self.evals = {it: row for it, row in self.evals.items() if it <= start}
+        self.snapshots = {it: row for it, row in self.snapshots.items() if it <= start}
         if self.co is not None and self.co["iteration"] > start:
             self.co = None
         self.final = None
@@ -302,6 +308,159 @@ def _layout(fig: go.Figure, uirevision: str, height: int, overlay: bool, compact
     fig.update_annotations(selector={"xref": "paper"}, x=0, xanchor="left", font_size=14)  # panel titles
 
 
+# --- inside the model: first-layer filters and one image's perturbations and gradients (snapshot events) ---
+
+SNAPSHOT_ARRAYS = ("image", "fgsm_delta", "pgd_delta", "grad_x", "grad_random", "filters")
+CLASS_NAMES = {
+    "cifar10": ("airplane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+}
+SIGNED_SCALE = "RdBu_r"  # negative blue, zero white, positive red
+GAP = 255  # the white line between filters in an RGB mosaic
+
+
+def compact_snapshot(event: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot event with its nested lists as float32 arrays: a tenth of the memory, ready to draw."""
+    arrays = {key: np.asarray(event[key], dtype=np.float32) for key in SNAPSHOT_ARRAYS if event.get(key)}
+    return {**event, **arrays}
+
+
+def filter_mosaic(filters: np.ndarray, columns: int) -> np.ndarray:
+    """Filters [F][C][k][k] tiled `columns` to a row with a one-pixel gap, each scaled by its own max |w|.
+
+    One or any number of channels but three: their mean, in [-1, 1] with NaN gaps (shape rows·(k+1)−1 ×
+    columns·(k+1)−1). Three channels: an RGB image (… × 3, uint8), 0 as mid-grey, white gaps.
+    """
+    n, channels, k, _ = filters.shape
+    scale = np.abs(filters).reshape(n, -1).max(axis=1)
+    unit = filters / np.where(scale > 0, scale, 1)[:, None, None, None]
+    rows = -(-n // columns)
+    height, width = rows * (k + 1) - 1, columns * (k + 1) - 1
+    if channels == 3:
+        mosaic = np.full((height, width, 3), GAP, dtype=np.uint8)
+        tiles = _rgb(unit.transpose(0, 2, 3, 1))
+    else:
+        mosaic = np.full((height, width), np.nan, dtype=np.float32)
+        tiles = unit.mean(axis=1)
+    for index in range(n):
+        row, column = divmod(index, columns)
+        top, left = row * (k + 1), column * (k + 1)
+        mosaic[top : top + k, left : left + k] = tiles[index]
+    return mosaic
+
+
+def filter_columns(n: int) -> int:
+    return min(n, 8 if n <= 32 else 16)
+
+
+def _rgb(signed: np.ndarray) -> np.ndarray:
+    """Values in [-1, 1] as 0..255 colour intensities, 0 as mid-grey."""
+    return np.clip(np.rint((signed + 1) * 127.5), 0, 255).astype(np.uint8)
+
+
+def filters_figure(snapshot: dict[str, Any], uirevision: str) -> go.Figure:
+    """The first layer's filters as one tiled image (the paper's Fig. 4), each filter on its own scale."""
+    filters = snapshot["filters"]
+    n, channels, k, _ = filters.shape
+    columns = filter_columns(n)
+    mosaic = filter_mosaic(filters, columns)
+    if channels == 3:
+        trace: go.BaseTraceType = go.Image(z=mosaic, hoverinfo="skip")
+    else:
+        trace = go.Heatmap(
+            z=mosaic,
+            colorscale=SIGNED_SCALE,
+            zmin=-1,
+            zmax=1,
+            showscale=False,
+            hoverongaps=False,
+            hovertemplate="w / max|w| of its filter: %{z:.2f}<extra></extra>",
+        )
+    fig = go.Figure(trace)
+    rows = -(-n // columns)
+    what = "RGB, 0 as grey" if channels == 3 else ("red > 0 > blue" if channels == 1 else "channel mean")
+    fig.update_layout(
+        template="plotly_white",
+        height=70 + rows * 110,
+        uirevision=uirevision,
+        title={"text": f"First-layer filters: {n} × {k}×{k} ({what}; each on its own scale)", "x": 0},
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+    )
+    _image_axes(fig)
+    return fig
+
+
+def inside_figure(snapshot: dict[str, Any], dataset: str, uirevision: str) -> go.Figure:
+    """One eval image, its FGSM and PGD perturbations and the input gradients at x and x+η, side by side.
+
+    Perturbations are drawn as δ/ε and gradients divided by their largest |entry|, all on one diverging
+    scale (red > 0 > blue; RGB with 0 as grey on colour images); titles carry the predictions.
+    """
+    names = CLASS_NAMES.get(dataset)
+    label = snapshot["label"]
+    predictions = snapshot.get("predictions") or {}
+
+    def predicted(which: str) -> str:
+        guess = predictions.get(which)
+        if guess is None:
+            return ""
+        mark = "✓" if guess == label else "✗"
+        return f"<br>predicted {names[guess] if names else guess} {mark}"
+
+    cos = snapshot.get("cos_grad_random")
+    panels = (
+        ("image", f"image · label {names[label] if names else label}{predicted('clean')}"),
+        ("fgsm_delta", f"FGSM δ/ε{predicted('fgsm')}"),
+        ("pgd_delta", f"PGD δ/ε{predicted('pgd')}"),
+        ("grad_x", "∇ℓ at x"),
+        ("grad_random", "∇ℓ at x+η" + (f"<br>cos with ∇ℓ at x: {cos:.2f}" if cos is not None else "")),
+    )
+    fig = make_subplots(
+        rows=1, cols=len(panels), subplot_titles=[title for _, title in panels], horizontal_spacing=0.03
+    )
+    for column, (key, _) in enumerate(panels, start=1):
+        fig.add_trace(_array_trace(snapshot[key], signed=key != "image"), row=1, col=column)
+    fig.update_layout(
+        template="plotly_white",
+        height=330,
+        uirevision=uirevision,
+        margin={"l": 10, "r": 10, "t": 70, "b": 10},
+        coloraxis={"colorscale": SIGNED_SCALE, "cmin": -1, "cmax": 1, "colorbar": {"thickness": 12}},
+        coloraxis2={"colorscale": "gray", "cmin": 0, "cmax": 1, "showscale": False},
+    )
+    fig.update_annotations(font_size=13)
+    _image_axes(fig)
+    return fig
+
+
+def _array_trace(array: np.ndarray, signed: bool) -> go.BaseTraceType:
+    """[C][H][W] as a heatmap (one channel: signed on the diverging scale, else grey) or an RGB image."""
+    if array.shape[0] == 3:
+        rgb = _rgb(array) if signed else np.clip(np.rint(array * 255), 0, 255).astype(np.uint8)
+        return go.Image(z=rgb.transpose(1, 2, 0), hoverinfo="skip")
+    return go.Heatmap(
+        z=array.mean(axis=0),
+        coloraxis="coloraxis" if signed else "coloraxis2",
+        hovertemplate="%{z:.2f}<extra></extra>",
+    )
+
+
+def _image_axes(fig: go.Figure) -> None:
+    """Square pixels, row 0 on top, no ticks."""
+    fig.update_xaxes(visible=False, constrain="domain")
+    fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x", constrain="domain")
+    for axis in range(2, len(fig.data) + 1):
+        fig.update_yaxes(scaleanchor=f"x{axis}", selector={"anchor": f"x{axis}"})
+
+
+def snapshot_label(iteration: int, co_iteration: int | None) -> str:
+    """The snapshot slider's text: the iteration, and where catastrophic overfitting set in."""
+    if co_iteration is None:
+        return f"{iteration:,}"
+    if iteration == co_iteration:
+        return f"{iteration:,} · CO"
+    return f"{iteration:,}" + (" · after CO" if iteration > co_iteration else "")
+
+
 # --- naming runs by what differs between them ---
 
 _SHORT = {
@@ -311,7 +470,7 @@ _SHORT = {
     "n_filters": "filters",
     "n_layers": "layers",
 }
-_METHOD_FIELDS = ("method", "grad_align_lambda", "pgd_steps")
+_METHOD_FIELDS = ("method", "grad_align_lambda", "pgd_steps", "free_replays", "nfgsm_k")
 _IGNORED = frozenset({"name"})
 
 
@@ -382,6 +541,7 @@ def runs_frame(runs: Sequence[Run], now: float | None = None) -> pd.DataFrame:
                 "CO iteration": run.co_iteration,
                 "clean acc": last.get("clean_acc"),
                 "PGD acc": last.get("pgd_acc"),
+                "AA acc": last.get("autoattack_acc"),
                 "device": run.device,
                 "created": pd.Timestamp(run.created_at, unit="s", tz="UTC"),
                 "elapsed": format_duration(elapsed_s(run, now)),
@@ -389,9 +549,10 @@ def runs_frame(runs: Sequence[Run], now: float | None = None) -> pd.DataFrame:
             }
         )
     columns = ["id", "label", "status", "method", "ε", "λ", "dataset", "model", "progress", "iteration"]
-    columns += ["CO iteration", "clean acc", "PGD acc", "device", "created", "elapsed", "sweep"]
+    columns += ["CO iteration", "clean acc", "PGD acc", "AA acc", "device", "created", "elapsed", "sweep"]
     frame = pd.DataFrame(rows, columns=columns)
-    return frame.astype({"CO iteration": "Int64", "clean acc": "float64", "PGD acc": "float64"})
+    accuracies = {name: "float64" for name in ("clean acc", "PGD acc", "AA acc")}
+    return frame.astype({"CO iteration": "Int64", **accuracies})
 
 
 def model_name(config: RunConfig) -> str:
@@ -416,8 +577,9 @@ def format_duration(seconds: float | None) -> str:
 
 
 def events_csv(events: Sequence[dict[str, Any]]) -> str:
-    """All events as one CSV: nested fields flattened to dotted columns (config.eps, last.pgd_acc)."""
-    return pd.json_normalize(list(events)).to_csv(index=False)
+    """All events but snapshots (arrays) as one CSV: nested fields flattened to dotted columns (config.eps,
+    last.pgd_acc)."""
+    return pd.json_normalize(tabular(list(events))).to_csv(index=False)
 
 
 def events_jsonl(events: Sequence[dict[str, Any]]) -> str:

@@ -7,6 +7,7 @@ generated from RunConfig). Bad input is one line on stderr naming the field, and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import sys
@@ -21,7 +22,7 @@ from jobs import api, keys
 from jobs.queue import check_name
 from jobs.server import ensure_server, public_url, run_in_foreground, stop_server
 from trainer.cli import add_config_flags, add_train_command, config_from_args, run
-from trainer.events import Event
+from trainer.events import Event, tabular
 
 JOB_ERRORS = (api.RunNotFound, api.InvalidTransition, redis.RedisError, ValueError)
 
@@ -82,7 +83,30 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("--workers", type=int, help="worker processes (default: one per visible GPU, else 1)")
     stack.add_argument("--no-worker", action="store_true", help="start no worker (they run on other hosts)")
     stack.set_defaults(handler=run_up)
+
+    bench = commands.add_parser("bench", help="speed benchmark against a plain PyTorch loop (checkout only)")
+    bench.set_defaults(handler=run_bench)
+    _add_bench_arguments(bench)
     return parser
+
+
+def _bench_module():
+    """bench/ lives in the checkout next to jobs/, not in the installed package."""
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    import bench.__main__
+
+    return bench.__main__
+
+
+def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    with contextlib.suppress(ImportError):  # an installed codash without its checkout
+        _bench_module().add_arguments(parser)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    return _bench_module().run_and_report(args)
 
 
 def run_submit(args: argparse.Namespace) -> int:
@@ -163,8 +187,9 @@ def write_jsonl(events: list[Event], out: IO[str]) -> None:
 
 def write_csv(events: list[Event], out: IO[str]) -> None:
     """One row per event; the columns are the union over all events (first-seen order), nested objects
-    flattened with dots (`config.eps`, `last.pgd_acc`); a field an event lacks is an empty cell."""
-    rows = [flatten(event) for event in events]
+    flattened with dots (`config.eps`, `last.pgd_acc`); a field an event lacks is an empty cell. Snapshot
+    events (images and filters) are left out: the JSONL export has them."""
+    rows = [flatten(event) for event in tabular(events)]
     columns = list(dict.fromkeys(column for row in rows for column in row))
     writer = csv.DictWriter(out, fieldnames=columns)
     writer.writeheader()

@@ -16,8 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY
 from streamlit.testing.v1 import AppTest
-from test_app_figures import co_run_events, config_event, eval_event, final_event, metrics_event
+from test_app_figures import (
+    co_run_events,
+    config_event,
+    eval_event,
+    final_event,
+    metrics_event,
+    snapshot_event,
+)
 
 from app.figures import distinguishing_labels, md_escape
 from app.presets import PRESETS
@@ -26,7 +34,7 @@ from jobs import api
 from jobs.queue import job_id, rq_queue
 from jobs.registry import transition
 from jobs.stream import StreamSink
-from trainer.config import RunConfig, make_config
+from trainer.config import RunConfig, make_config, paper_lambda
 
 MAIN = Path(__file__).resolve().parent.parent / "app" / "main.py"
 HEARTBEAT_MS = 600_000  # a stored "running" run stays running for the whole test
@@ -82,6 +90,14 @@ def numbers(array) -> list[float]:
     if isinstance(array, dict):
         return np.frombuffer(base64.b64decode(array["bdata"]), dtype=array["dtype"]).tolist()
     return list(array)
+
+
+def array(data) -> np.ndarray:
+    """A figure's n-dimensional data (a heatmap's z) as an array, whether plain or base64-packed."""
+    if isinstance(data, dict):
+        shape = [int(n) for n in str(data.get("shape", "-1")).split(",")]
+        return np.frombuffer(base64.b64decode(data["bdata"]), dtype=data["dtype"]).reshape(shape)
+    return np.asarray(data, dtype=float)
 
 
 def legend_names(figure: dict) -> set[str]:
@@ -245,6 +261,59 @@ def test_a_shared_root_link_opens_the_run_and_user_text_is_escaped(r):
     assert all("<b>" not in a["text"] for a in figure["layout"]["annotations"])
 
 
+def test_live_view_shows_the_filters_and_perturbations_of_a_real_digits_run(r, tmp_path):
+    from trainer.loop import train
+
+    events = []
+    train(make_config({**TINY, "n_filters": 4}), events.append, tmp_path)  # snapshots at 20, 40, 60
+    run_id = store_run(r, events)
+    at = app(run=run_id).run()
+    assert not at.exception
+    assert "Inside the model" in [subheader.value for subheader in at.subheader]
+    slider = at.select_slider(key=f"live.snapshot.{run_id}")
+    assert (slider.options, slider.value) == (["20", "40", "60"], 60)  # the latest evaluation
+    figures = charts(at)
+    filters, inside = figures["live.filters"], figures["live.inside"]
+    assert (filters["revision"], inside["revision"]) == (60, 60)
+    assert "4 × 3×3" in filters["layout"]["title"]["text"]
+    assert array(filters["data"][0]["z"]).shape == (3, 4 * 4 - 1)  # four 3×3 filters in a row
+    assert [trace["type"] for trace in inside["data"]] == ["heatmap"] * 5
+    assert all(array(trace["z"]).shape == (16, 16) for trace in inside["data"])
+    image = array(inside["data"][0]["z"])
+    assert image.min() >= 0 and image.max() <= 1 and image.max() > 0.5  # a digit, not noise or blank
+    assert inside["layout"]["annotations"][0]["text"].startswith("image · label")
+
+    at.select_slider(key=f"live.snapshot.{run_id}").set_value(20).run()
+    assert charts(at)["live.inside"]["revision"] == 20
+    assert charts(at)["live.filters"]["revision"] == 20
+
+
+def test_the_snapshot_slider_follows_new_evaluations_until_moved(r):
+    events = running_events(total=100, until=40)
+    events.insert(events.index(events[-1]) + 1, snapshot_event(40))
+    events.insert(22, snapshot_event(20))
+    run_id = store_run(r, events, status="running")
+    key = f"live.snapshot.{run_id}"
+    at = app(run=run_id).run()
+    assert at.select_slider(key=key).value == 40
+    append(r, run_id, [eval_event(60, 0.3), snapshot_event(60)])
+    at.run()
+    assert at.select_slider(key=key).value == 60  # followed the new evaluation
+    at.select_slider(key=key).set_value(20).run()
+    append(r, run_id, [eval_event(80, 0.3), snapshot_event(80)])
+    at.run()
+    assert at.select_slider(key=key).options == ["20", "40", "60", "80"]
+    assert at.select_slider(key=key).value == 20  # stays where the user put it
+    assert charts(at)["live.inside"]["revision"] == 20
+
+
+def test_a_run_without_snapshots_says_when_they_come(r):
+    run_id = store_run(r, running_events(total=100, until=10), status="running")
+    at = app(run=run_id).run()
+    assert any("appear with the first evaluation" in caption.value for caption in at.caption)
+    assert set(charts(at)) == {"live.chart"}
+
+
 def test_unknown_run_says_so(r):
     at = app(run="0123456789ab").run()
     assert "No run with id" in at.error[0].value
@@ -336,6 +405,37 @@ def test_sweep_submits_methods_times_eps_as_one_sweep(r):
     ]
     assert [run.config for run in runs] == expected
     assert at.selectbox(key="sweep.shown").value == sweep_id
+
+
+def test_the_paper_fig1_sweep_preset_queues_the_papers_grid_with_lambda_of_eps(r):
+    name = "Paper Fig. 1: CIFAR-10 ε sweep"
+    at = app().run()
+    at.switch_page("views/sweep.py").run()
+    at.selectbox(key="sweep.base").set_value(name).run()
+    assert not at.exception
+    methods = ["FGSM", "FGSM-RS", "FGSM + GradAlign", "PGD-2", "PGD-10"]
+    assert at.multiselect(key="sweep.methods").value == methods
+    assert at.text_input(key="sweep.eps255").value == "2, 4, 6, 8, 10, 12, 14, 16"
+    assert at.toggle(key="sweep.paper").value
+    at.button(key="sweep.submit").click().run()
+    runs = api.sweep_runs(r, at.query_params["sweep"])
+    labels = [run.config.label() for run in runs]
+    assert len(labels) == len(set(labels)) == 5 * 8
+    base = {"dataset": "cifar10", "model": "preact_resnet18", "epochs": 30, "batch_size": 128}
+    for run in runs:
+        config = run.config
+        assert {key: getattr(config, key) for key in base} == base
+        assert (config.optimizer, config.lr_schedule) == ("sgd", "cyclic")
+        assert round(config.eps * 255) in range(2, 17, 2)
+        grad_align = config.grad_align_lambda > 0
+        assert config.grad_align_lambda == (paper_lambda(config.eps) if grad_align else 0.0)
+        assert config.lr == (0.3 if grad_align else 0.2)  # as the paper's scripts
+    by_label = {run.config.label(): run.config for run in runs}
+    assert by_label["FGSM+GradAlign λ=2 ε=16/255"].grad_align_lambda == 2.0
+    assert by_label["FGSM+GradAlign λ=0.2 ε=8/255"].method == "fgsm"
+    assert by_label["FGSM-RS ε=8/255"].alpha == 1.25
+    assert (by_label["PGD-2 ε=8/255"].pgd_steps, by_label["PGD-2 ε=8/255"].pgd_alpha) == (2, 0.5)
+    assert (by_label["PGD-10 ε=8/255"].pgd_steps, by_label["PGD-10 ε=8/255"].pgd_alpha) == (10, 0.2)
 
 
 def test_sweep_rejects_an_invalid_eps_list(r):

@@ -25,6 +25,10 @@ def test_defaults_follow_the_paper():
     assert make_config({"method": "fgsm"}).alpha == 1.0
     assert make_config({"method": "fgsm_rs"}).alpha == 1.25
     assert make_config({"method": "fgsm_rs", "alpha": 0.5}).alpha == 0.5
+    # N-FGSM: k = 2, step eps (de Jorge et al. 2022); Free AT: m = 4, step eps (Shafahi et al. 2019)
+    nfgsm, free = make_config({"method": "nfgsm"}), make_config({"method": "free"})
+    assert (nfgsm.nfgsm_k, nfgsm.alpha, free.free_replays, free.alpha) == (2.0, 1.0, 4, 1.0)
+    assert make_config({}).autoattack is False
 
 
 def test_config_is_frozen():
@@ -42,7 +46,12 @@ def test_config_is_frozen():
         ({"eps": "lots"}, "eps", "8/255"),
         ({"dataset": "imagenet"}, "dataset", "digits, mnist, svhn, cifar10"),
         ({"model": "vit"}, "model", "cnn, lenet, preact_resnet18"),
-        ({"method": "trades"}, "method", "standard, fgsm, fgsm_rs, pgd"),
+        ({"method": "trades"}, "method", "fgsm_rs, pgd, free, nfgsm, pgd_corner, random_corner"),
+        ({"free_replays": 0}, "free_replays", "[1, 32]"),
+        ({"free_replays": 33}, "free_replays", "[1, 32]"),
+        ({"nfgsm_k": -1}, "nfgsm_k", "[0.0, 8.0]"),
+        ({"nfgsm_k": 9}, "nfgsm_k", "[0.0, 8.0]"),
+        ({"autoattack": "maybe"}, "autoattack", "AutoAttack"),
         ({"epochs": 0}, "epochs", "[1, 1000]"),
         ({"batch_size": 0}, "batch_size", "[1, 4096]"),
         ({"batch_size": -5}, "batch_size", "[1, 4096]"),
@@ -77,3 +86,16 @@ def test_label_describes_the_run():
         make_config({"method": "fgsm", "eps": 0.2, "grad_align_lambda": 2}).label()
         == "FGSM+GradAlign λ=2 ε=0.2"
     )
+
+
+@pytest.mark.parametrize(
+    ("data", "label"),
+    [
+        ({"method": "nfgsm"}, "N-FGSM k=2 ε=0.175"),
+        ({"method": "free", "free_replays": 8}, "Free m=8 ε=0.175"),
+        ({"method": "pgd_corner", "pgd_steps": 5}, "PGD-5-corner ε=0.175"),
+        ({"method": "random_corner"}, "Random-corner ε=0.175"),
+    ],
+)
+def test_label_names_the_new_methods_and_their_parameter(data, label):
+    assert make_config(data).label() == label

@@ -5,6 +5,7 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,8 +14,8 @@ from trainer.cli import build_parser, config_from_args
 from trainer.cli import main as cli_main
 from trainer.config import make_config
 from trainer.data import load_dataset
-from trainer.evaluate import accuracy, eval_metrics
-from trainer.events import FIELDS, JsonlSink, read_jsonl
+from trainer.evaluate import SNAPSHOT_FILTERS, accuracy, eval_metrics, snapshot
+from trainer.events import FIELDS, JsonlSink, make_event, read_jsonl
 from trainer.loop import train
 
 TINY = {
@@ -228,3 +229,42 @@ def test_cli_resume_drops_replayed_events(tmp_path):
     assert [e["iteration"] for e in events if e["type"] == "metrics"] == list(range(1, 41))
     assert [e["type"] for e in events].count("final") == 1
     assert math.isfinite(events[-1]["wall_s"])
+
+
+def test_a_snapshot_follows_each_eval_and_is_deterministic_and_small(tmp_path):
+    cfg = make_config(TINY)  # digits, a single-layer CNN with 16 filters
+    events, _ = run(cfg, run_dir=tmp_path / "a")
+    again, _ = run(cfg, run_dir=tmp_path / "b")
+    kinds = [e["type"] for e in events]
+    assert [kinds[i + 1] for i, kind in enumerate(kinds) if kind == "eval"] == ["snapshot"] * 3
+    snapshots = [e for e in events if e["type"] == "snapshot"]
+    assert [e["iteration"] for e in snapshots] == [20, 40, 60]
+    assert snapshots == [e for e in again if e["type"] == "snapshot"]  # same seed, same pictures
+
+    data = load_dataset("digits")
+    for snap in snapshots:
+        assert len(json.dumps(snap, separators=(",", ":"))) < 12_000
+        assert np.shape(snap["filters"]) == (16, 1, 3, 3)
+        for key in ("image", "fgsm_delta", "pgd_delta", "grad_x", "grad_random"):
+            assert np.shape(snap[key]) == (1, 16, 16), key
+        np.testing.assert_allclose(snap["image"], data.test_x[0].numpy(), atol=0.005)  # the first eval image
+        for key in ("fgsm_delta", "pgd_delta", "grad_x", "grad_random"):
+            assert np.abs(snap[key]).max() <= 1, key  # δ/ε and ∇/max|∇|
+        assert np.abs(snap["grad_x"]).max() == 1
+        assert snap["label"] == int(data.test_y[0])
+        assert set(snap["predictions"]) == {"clean", "fgsm", "pgd"}
+        assert -1 <= snap["cos_grad_random"] <= 1
+
+
+def test_snapshots_stay_bounded_on_cifar_sized_inputs_and_without_a_first_conv():
+    torch.manual_seed(0)
+    wide = model_for(make_config({"dataset": "cifar10", "model": "cnn", "n_filters": 100})).eval()
+    x, y = torch.rand(1, 3, 32, 32), torch.tensor([3])
+    snap = snapshot(wide, x, y, 8 / 255, 3, seed=0)
+    assert np.shape(snap["filters"]) == (SNAPSHOT_FILTERS, 3, 3, 3)  # at most 64 filters
+    assert np.shape(snap["pgd_delta"]) == (3, 32, 32)
+    size = len(json.dumps(make_event("snapshot", iteration=1, **snap), separators=(",", ":")))
+    assert size < 100_000, size  # the largest image and first layer the built-in models see
+
+    flat = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    assert snapshot(flat, x, y, 8 / 255, 3, seed=0)["filters"] is None

@@ -1,7 +1,8 @@
 """L-inf attacks as small functions of (model, x, y, eps, ...), returning the perturbation delta.
 
-Every delta satisfies |delta| <= eps and 0 <= x + delta <= 1. Randomness comes only from the optional
-`generator`, so that evaluation can use its own stream and never shift the training run's random numbers.
+Every delta satisfies |delta| <= eps and 0 <= x + delta <= 1, except N-FGSM's (a training perturbation
+that leaves the eps-ball by design). Randomness comes only from the optional `generator`, so that evaluation
+can use its own stream and never shift the training run's random numbers.
 """
 
 from __future__ import annotations
@@ -92,14 +93,72 @@ def pgd(
         delta = uniform_noise(x, eps, generator) if random_start else torch.zeros_like(x)
         for _ in range(steps):
             delta = project(delta + alpha * input_grad(model, x, y, delta).sign(), x, eps)
+        if restarts == 1:  # nothing to choose between: skip the scoring forward pass (training's case)
+            return delta.detach()
         with torch.no_grad():
             logits = model(x + delta)
             # Misclassified examples outrank any loss value, so a successful restart is never replaced.
             score = F.cross_entropy(logits, y, reduction="none") + (logits.argmax(1) != y) * 1e6
             better = score > best_loss
-            best[better] = delta[better]
+            best = torch.where(better.view(-1, *[1] * (x.dim() - 1)), delta, best)  # no host sync
             best_loss = torch.where(better, score, best_loss)
     return best.detach()
+
+
+def box(delta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Keep x + delta in [0,1] only (no eps-ball): for the perturbations that may leave the ball."""
+    return torch.clamp(delta, -x, 1 - x)
+
+
+def nfgsm(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    k: float,
+    alpha: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """N-FGSM (de Jorge et al. 2022, "Make some noise"): delta = eta + alpha * sign(grad at x + eta).
+
+    eta ~ U[-k eps, k eps] (k = 2 and alpha = eps in the paper). Unlike FGSM-RS the result is NOT projected
+    to the eps-ball: |delta| can reach (k + 1) eps. As in the authors' code, only x + eta and x + delta are
+    kept in the [0,1] box.
+    """
+    eta = box((torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1) * k * eps, x)
+    return box(eta + alpha * input_grad(model, x, y, eta).sign(), x).detach()
+
+
+def to_corner(delta: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """eps * sign(delta): the vertex of the eps-ball in delta's orthant, then kept in the [0,1] box."""
+    return box(eps * delta.sign(), x)
+
+
+def pgd_corner(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    alpha: float,
+    steps: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """PGD pushed to a corner of the eps-ball: eps * sign(delta_pgd), then kept in the [0,1] box.
+
+    An analysis variant of Andriushchenko & Flammarion (2020), as in their code (tml-epfl/understanding-fast-
+    adv-training, train.py, `--attack pgd_corner`): PGD's direction at FGSM's magnitude, which separates
+    "the perturbation sits on a vertex of the ball" from "the perturbation is a poor (linearised) maximiser".
+    """
+    return to_corner(pgd(model, x, y, eps, alpha, steps, generator=generator), x, eps)
+
+
+def random_corner(x: torch.Tensor, eps: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A uniformly random vertex of the eps-ball, independent of the model (the paper's `random_corner`).
+
+    As in the paper's code: eps * sign(eta) with eta ~ U[-eps, eps]; here x + delta is also kept in [0,1].
+    """
+    eta = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
+    return to_corner(eta, x, eps)
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

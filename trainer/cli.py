@@ -27,7 +27,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     for name, info in RunConfig.model_fields.items():
         flag = "--" + name.replace("_", "-")
         default = info.get_default(call_default_factory=True)
-        help_text = " ".join(filter(None, [info.description, allowed(name), f"default: {default}"]))
+        parts = dict.fromkeys([info.description, allowed(name), f"default: {default}"])  # no repeated text
+        help_text = " ".join(filter(None, parts))
         if info.annotation is bool:
             group.add_argument(flag, dest=name, action="store_true", default=None, help=help_text)
         else:

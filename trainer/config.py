@@ -15,14 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 Dataset = Literal["digits", "mnist", "svhn", "cifar10"]
 Model = Literal["cnn", "lenet", "preact_resnet18"]
-Method = Literal["standard", "fgsm", "fgsm_rs", "pgd"]
+Method = Literal["standard", "fgsm", "fgsm_rs", "pgd", "free", "nfgsm", "pgd_corner", "random_corner"]
 Optimizer = Literal["sgd", "adam"]
 Schedule = Literal["constant", "cyclic", "piecewise"]
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
-# FGSM step size as a multiple of eps: 1.0 is plain FGSM, 1.25 is Wong et al.'s FGSM-RS.
-DEFAULT_ALPHA = {"fgsm": 1.0, "fgsm_rs": 1.25}
+# FGSM step size as a multiple of eps: 1.0 is plain FGSM, 1.25 is Wong et al.'s FGSM-RS; N-FGSM (de Jorge
+# et al. 2022) and Free AT (Shafahi et al. 2019) step by eps.
+DEFAULT_ALPHA = {"fgsm": 1.0, "fgsm_rs": 1.25, "nfgsm": 1.0, "free": 1.0}
 
 
 def parse_eps(value: Any) -> Any:
@@ -60,9 +61,11 @@ class RunConfig(BaseModel):
     method: Method = "fgsm"
     eps: float = Field(0.175, ge=0.0, le=1.0, description="L-inf radius on [0,1] inputs; '8/255' accepted")
     alpha: float | None = Field(None, gt=0.0, le=4.0, description="FGSM step as a multiple of eps")
-    pgd_steps: int = Field(10, ge=1, le=100, description="PGD steps of the pgd training method")
+    pgd_steps: int = Field(10, ge=1, le=100, description="PGD steps of the pgd and pgd_corner methods")
     pgd_alpha: float = Field(0.25, gt=0.0, le=4.0, description="PGD step as a multiple of eps")
     grad_align_lambda: float = Field(0.0, ge=0.0, le=100.0)
+    free_replays: int = Field(4, ge=1, le=32, description="Free AT: iterations on each minibatch (m)")
+    nfgsm_k: float = Field(2.0, ge=0.0, le=8.0, description="N-FGSM: noise size as a multiple of eps (k)")
     epochs: int = Field(30, ge=1, le=1000)
     max_iters: int | None = Field(None, ge=1, le=10_000_000)
     batch_size: int = Field(64, ge=1, le=4096)
@@ -78,6 +81,7 @@ class RunConfig(BaseModel):
     final_eval_points: int = Field(1000, ge=0, le=100_000)
     final_pgd_steps: int = Field(50, ge=1, le=1000)
     final_pgd_restarts: int = Field(10, ge=1, le=100)
+    autoattack: bool = Field(False, description="final evaluation also with AutoAttack (standard, L-inf)")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     amp: bool = Field(False, description="bf16 autocast on CUDA")
 
@@ -103,7 +107,7 @@ class RunConfig(BaseModel):
         method = data.get("method", "fgsm")
         resnet = data.get("model", "cnn") == "preact_resnet18"
         if data.get("alpha") is None:
-            data["alpha"] = DEFAULT_ALPHA.get(method, 1.0)
+            data["alpha"] = DEFAULT_ALPHA.get(method, 1.0) if isinstance(method, str) else 1.0
         # The paper: SGD + cyclic lr for ResNets, Adam with a constant lr for the small CNNs.
         if data.get("optimizer") is None:
             data["optimizer"] = "sgd" if resnet else "adam"
@@ -128,6 +132,10 @@ class RunConfig(BaseModel):
             "fgsm": "FGSM",
             "fgsm_rs": "FGSM-RS",
             "pgd": f"PGD-{self.pgd_steps}",
+            "free": f"Free m={self.free_replays}",
+            "nfgsm": f"N-FGSM k={self.nfgsm_k:g}",
+            "pgd_corner": f"PGD-{self.pgd_steps}-corner",
+            "random_corner": "Random-corner",
         }
         text = method[self.method]
         if self.uses_grad_align:
@@ -182,7 +190,7 @@ def make_config(data: dict[str, Any] | str) -> RunConfig:
 def describe_errors(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        field = ".".join(str(part) for part in err["loc"]) or "config"
+        field = (".".join(str(part) for part in err["loc"]) or "''") if err["loc"] else "config"
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown field"

@@ -6,6 +6,8 @@ often never changes the training run itself.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -74,3 +76,57 @@ def eval_metrics(
 
 def _mean(values: torch.Tensor) -> float:
     return float(values.mean()) if values.numel() else float("nan")
+
+
+SNAPSHOT_FILTERS = 64  # first-layer filters kept at most (PreAct ResNet-18 has exactly 64, 3×3×3)
+
+
+def snapshot(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, pgd_steps: int, seed: int
+) -> dict[str, Any]:
+    """The snapshot event's fields: the model's first-layer filters, and for one fixed image (x, y: a
+    batch of one) its FGSM and PGD perturbations and the input gradients at x and at a random x + η.
+
+    Arrays are nested lists [C][H][W] in display units, rounded to 2 decimals, so a snapshot stays small:
+    the image in [0, 1], perturbations as δ/ε and gradients divided by their largest |entry| (all in
+    [-1, 1]; a gradient's direction is what FGSM uses), filters as raw weights [F][C][k][k] (3 decimals, at
+    most SNAPSHOT_FILTERS). As JSON: ~8 KB for a 16×16 digit with 16 filters, ~26 KB for MNIST with
+    LeNet's 32 5×5 filters, ~90 KB for a 32×32 CIFAR-10 image with ResNet-18's 64 3×3×3 filters (the
+    largest images and first layer of the supported data sets and models). `filters` is None for a model
+    without a `first_conv` Conv2d.
+    Random numbers come from a generator seeded with `seed`, as in eval_metrics.
+    """
+    generator = torch.Generator(x.device).manual_seed(seed)
+    grad = input_grad(model, x, y)
+    grad_random = random_point_grad(model, x, y, eps, generator)
+    delta_fgsm = fgsm(model, x, y, eps, grad=grad)
+    delta_pgd = pgd(model, x, y, eps, eps / 4, pgd_steps, generator=generator)
+    with torch.no_grad():
+        predictions = {
+            name: int(model(x + delta).argmax(1)[0])
+            for name, delta in (("clean", 0), ("fgsm", delta_fgsm), ("pgd", delta_pgd))
+        }
+    conv = getattr(model, "first_conv", None)
+    scale = eps if eps > 0 else 1.0
+    return {
+        "label": int(y[0]),
+        "predictions": predictions,
+        "cos_grad_random": _mean(cosine(grad, grad_random)),
+        "image": _rounded(x[0], 2),
+        "fgsm_delta": _rounded(delta_fgsm[0] / scale, 2),
+        "pgd_delta": _rounded(delta_pgd[0] / scale, 2),
+        "grad_x": _rounded(_unit_max(grad[0]), 2),
+        "grad_random": _rounded(_unit_max(grad_random[0]), 2),
+        "filters": _rounded(conv.weight[:SNAPSHOT_FILTERS], 3) if isinstance(conv, nn.Conv2d) else None,
+    }
+
+
+def _unit_max(values: torch.Tensor) -> torch.Tensor:
+    largest = values.abs().max()
+    return values / largest if largest > 0 else values
+
+
+def _rounded(values: torch.Tensor, decimals: int) -> list:
+    """Nested lists of floats with `decimals` decimals (in float64, so 0.1 prints as 0.1; no -0.0)."""
+    rounded = values.detach().double().cpu().round(decimals=decimals) + 0.0
+    return rounded.tolist()

@@ -26,6 +26,20 @@ FIELDS: dict[str, tuple[str, ...]] = {
         "cos_grad_random",
         "train_pgd_acc",
     ),
+    # What the run view draws inside the model at each eval (trainer.evaluate.snapshot): arrays as nested
+    # lists, bounded (digits ~8 KB, CIFAR-10 ResNet-18 ~90 KB); emitted right after its eval event.
+    "snapshot": (
+        "iteration",
+        "label",
+        "predictions",
+        "cos_grad_random",
+        "image",
+        "fgsm_delta",
+        "pgd_delta",
+        "grad_x",
+        "grad_random",
+        "filters",
+    ),
     "co": ("iteration", "pgd_acc", "best_pgd_acc", "fgsm_acc", "confirmed_at", "rule"),
     "checkpoint": ("iteration", "epoch"),
     "final": (
@@ -42,6 +56,8 @@ FIELDS: dict[str, tuple[str, ...]] = {
 
 # Fields that depend on the machine's speed, not on the computation: left out when comparing runs.
 TIMING_FIELDS = frozenset({"train_images_per_s", "wall_s"})
+# Events that carry arrays (images, filters): in the JSONL and the stream like any other, left out of tables.
+ARRAY_EVENTS = frozenset({"snapshot"})
 
 
 def make_event(kind: str, **fields: Any) -> Event:
@@ -57,6 +73,11 @@ def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def tabular(events: list[Event]) -> list[Event]:
+    """The events a table (CSV export) holds: one row each, no arrays."""
+    return [event for event in events if event["type"] not in ARRAY_EVENTS]
 
 
 def without_timing(event: Event) -> Event:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainer.attacks import cosine, input_grad, random_point_grad
+from trainer.attacks import input_grad, random_point_grad
 
 
 def grad_align_reg(
@@ -25,7 +25,18 @@ def grad_align_reg(
     """The unweighted regulariser (multiply by lambda); pass grad_at_x to reuse FGSM's gradient at x."""
     grad_x = input_grad(model, x, y) if grad_at_x is None else grad_at_x.detach()
     grad_random = random_point_grad(model, x, y, eps, generator, create_graph=True)
-    cos = cosine(grad_x, grad_random)
-    if cos.numel() == 0:
-        return grad_random.sum() * 0  # keeps the graph (and the return type) without a 0/0
-    return 1 - cos.mean()
+    return 1 - mean_cosine(grad_x, grad_random)
+
+
+def mean_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """attacks.cosine(a, b).mean() (0 where every row is zero), without reading anything off the device.
+
+    Zero rows are masked rather than dropped: a boolean index would make the host wait for the device at
+    every training step. A masked row's denominator is 1 and its weight 0, so no 0/0 enters the graph.
+    """
+    a, b = a.flatten(1), b.flatten(1)
+    norms = a.norm(dim=1) * b.norm(dim=1)
+    keep = norms > 0
+    cos = (a * b).sum(1) / torch.where(keep, norms, torch.ones_like(norms))
+    kept = keep.sum()
+    return torch.where(kept > 0, (cos * keep).sum() / kept.clamp(min=1), 1.0)

@@ -20,13 +20,15 @@ import torch.nn.functional as F
 from torch import nn
 
 import trainer
-from trainer.attacks import fgsm, fgsm_rs, input_grad, pgd
-from trainer.checkpoint import BEST_FILE, LAST_FILE, atomic_save, load_checkpoint, model_for, write_config
+from trainer.attacks import fgsm, fgsm_rs, input_grad, nfgsm, pgd, pgd_corner, random_corner
+from trainer.autoattack import autoattack_accuracy
+from trainer.checkpoint import BEST_FILE, atomic_save, load_checkpoint, model_for, save_last, write_config
 from trainer.co import CODetector
 from trainer.config import RunConfig
-from trainer.data import Dataset, augment, load_dataset
-from trainer.evaluate import accuracy, eval_metrics, pgd_accuracy
+from trainer.data import DATA_SHAPES, Dataset, augment, load_dataset
+from trainer.evaluate import accuracy, eval_metrics, pgd_accuracy, snapshot
 from trainer.events import Event, Sink, make_event
+from trainer.free import FreeAT
 from trainer.gradalign import grad_align_reg
 
 METRICS_FLUSH_S = 0.5  # metrics are read off the device in batches, at most this long after the step
@@ -62,7 +64,28 @@ def _pgd(model, x, y, cfg, gen):
     return pgd(model, x, y, cfg.eps, cfg.pgd_alpha * cfg.eps, cfg.pgd_steps, generator=gen), None
 
 
-ADVERSARY = {"standard": _standard, "fgsm": _fgsm, "fgsm_rs": _fgsm_rs, "pgd": _pgd}
+def _nfgsm(model, x, y, cfg, gen):
+    return nfgsm(model, x, y, cfg.eps, cfg.nfgsm_k, cfg.alpha * cfg.eps, gen), None
+
+
+def _pgd_corner(model, x, y, cfg, gen):
+    return pgd_corner(model, x, y, cfg.eps, cfg.pgd_alpha * cfg.eps, cfg.pgd_steps, gen), None
+
+
+def _random_corner(model, x, y, cfg, gen):
+    return random_corner(x, cfg.eps, gen), None
+
+
+# Free AT is stateful (a replayed batch, a persistent delta): trainer.free.FreeAT, one per run.
+ADVERSARY = {
+    "standard": _standard,
+    "fgsm": _fgsm,
+    "fgsm_rs": _fgsm_rs,
+    "pgd": _pgd,
+    "nfgsm": _nfgsm,
+    "pgd_corner": _pgd_corner,
+    "random_corner": _random_corner,
+}
 
 
 def lr_at(cfg: RunConfig, iteration: int, total: int) -> float:
@@ -116,6 +139,7 @@ def train(
     optimizer = make_optimizer(config, model)
     gen = torch.Generator(device).manual_seed(config.seed)
     state = RunState()
+    free = FreeAT(config) if config.method == "free" else None
     steps_per_epoch = max(1, len(data.train_x) // config.batch_size)
     total = min(config.epochs * steps_per_epoch, config.max_iters or math.inf)
     write_config(run_dir, config)
@@ -127,6 +151,8 @@ def train(
         gen.set_state(saved["generator"].cpu())
         torch.set_rng_state(saved["torch_rng"].cpu())
         state = RunState(**{**saved["state"], "detector": CODetector(**saved["state"]["detector"])})
+        if free is not None and saved.get("free") is not None:
+            free.load_state_dict(saved["free"])
 
     emit(
         make_event(
@@ -148,16 +174,17 @@ def train(
         else nullcontext()
     )
 
-    def save_last() -> None:
-        atomic_save(
+    def save_checkpoint() -> None:
+        save_last(
             {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "generator": gen.get_state(),
                 "torch_rng": torch.get_rng_state(),  # unused by the built-in models; kept for user models
                 "state": {**state.__dict__, "detector": state.detector.state_dict()},
+                "free": free.state_dict() if free is not None else None,
             },
-            run_dir / LAST_FILE,
+            run_dir,
         )
         emit(make_event("checkpoint", iteration=state.iteration, epoch=state.iteration / steps_per_epoch))
 
@@ -170,11 +197,13 @@ def train(
             order = _epoch_order(len(data.train_x), config.seed, epoch, device)
         idx = order[step * config.batch_size : (step + 1) * config.batch_size]
         x, y = augment(config.dataset, data.train_x[idx], gen), data.train_y[idx]
+        if free is not None:  # Free AT replays each minibatch for free_replays iterations
+            x, y = free.batch(state.iteration, x, y)
         lr = lr_at(config, state.iteration, total)
         for group in optimizer.param_groups:
             group["lr"] = lr
         with autocast:
-            loss, acc, reg = _train_step(model, optimizer, config, x, y, gen)
+            loss, acc, reg = _train_step(model, optimizer, config, x, y, gen, free)
         state.iteration += 1
         state.train_images += len(x)
         metrics.add(state.iteration, state.iteration / steps_per_epoch, lr, loss, acc, reg)
@@ -188,7 +217,7 @@ def train(
             if at_eval:
                 _evaluate(model, config, data, state, run_dir, emit, (eval_x, eval_y), (probe_x, probe_y))
             if at_epoch_end or stopping:
-                save_last()
+                save_checkpoint()
             if stopping and state.iteration < total:
                 return None
             segment_start = _clock(device)
@@ -196,8 +225,8 @@ def train(
     return _final(model, config, data, state, run_dir, emit, device, started)
 
 
-def _train_step(model, optimizer, cfg, x, y, gen):
-    delta, grad_at_x = ADVERSARY[cfg.method](model, x, y, cfg, gen)
+def _train_step(model, optimizer, cfg, x, y, gen, free: FreeAT | None = None):
+    delta, grad_at_x = (free or ADVERSARY[cfg.method])(model, x, y, cfg, gen)
     logits = model(x + delta)
     loss = F.cross_entropy(logits, y)
     if cfg.uses_grad_align:
@@ -209,14 +238,19 @@ def _train_step(model, optimizer, cfg, x, y, gen):
     optimizer.zero_grad(set_to_none=True)
     objective.backward()
     optimizer.step()
+    if free is not None:  # the same backward pass left the input gradient in delta.grad
+        free.update(delta, x)
     return loss.detach(), (logits.argmax(1) == y).float().mean(), reg.detach()
 
 
 def _evaluate(model, cfg, data: Dataset, state: RunState, run_dir: Path, emit: Sink, test, probe) -> None:
     model.eval()
-    values = eval_metrics(model, *test, *probe, cfg.eps, cfg.eval_pgd_steps, seed=cfg.seed + state.iteration)
+    seed = cfg.seed + state.iteration
+    values = eval_metrics(model, *test, *probe, cfg.eps, cfg.eval_pgd_steps, seed=seed)
+    inside = snapshot(model, test[0][:1], test[1][:1], cfg.eps, cfg.eval_pgd_steps, seed=seed)
     model.train()
     emit(make_event("eval", iteration=state.iteration, **values))
+    emit(make_event("snapshot", iteration=state.iteration, **inside))
     co = state.detector.update(state.iteration, values["pgd_acc"], values["fgsm_acc"])
     if co is not None:
         emit(make_event("co", **co))
@@ -226,22 +260,31 @@ def _evaluate(model, cfg, data: Dataset, state: RunState, run_dir: Path, emit: S
 
 
 def _final(model, cfg, data: Dataset, state: RunState, run_dir: Path, emit: Sink, device, started) -> Event:
-    """Clean accuracy on the whole test set and PGD-50-10 on the first final_eval_points, last and best."""
+    """Clean accuracy on the whole test set and PGD-50-10 on the first final_eval_points, last and best.
+
+    With `autoattack` on, AutoAttack (standard, L-inf) also runs on the same points (None when off).
+    """
     results = {}
     best_state = load_checkpoint(run_dir, "best", device)
     for which in ("last", "best"):
-        if which == "best" and best_state is not None:
+        if which == "best" and (best_state is None or best_state["iteration"] == state.iteration):
+            results["best"] = dict(results["last"])  # the same weights: no need to attack them again
+            break
+        if which == "best":
             model.load_state_dict(best_state["model"])
         model.eval()
         n = min(cfg.final_eval_points, len(data.test_x))
-        robust = None
+        robust = auto = None
         if n:
             generator = torch.Generator(device).manual_seed(cfg.seed)
             xs, ys = data.test_x[:n], data.test_y[:n]
             robust = pgd_accuracy(
                 model, xs, ys, cfg.eps, cfg.final_pgd_steps, cfg.final_pgd_restarts, generator
             )
-        results[which] = {"clean_acc": accuracy(model, data.test_x, data.test_y), "pgd_acc": robust}
+            if cfg.autoattack:
+                auto = autoattack_accuracy(model, xs, ys, cfg.eps, DATA_SHAPES[cfg.dataset][2], cfg.seed)
+        clean = accuracy(model, data.test_x, data.test_y)
+        results[which] = {"clean_acc": clean, "pgd_acc": robust, "autoattack_acc": auto}
     final = make_event(
         "final",
         co_detected=state.detector.fired_at is not None,

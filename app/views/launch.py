@@ -20,7 +20,7 @@ from trainer.config import ConfigError, RunConfig, allowed, format_eps, make_con
 
 GROUPS = (
     ("Data and model", ("dataset", "model", "name", "n_layers", "n_filters")),
-    ("Attack and defence", ("method", "eps", "grad_align_lambda")),
+    ("Attack and defence", ("method", "eps", "grad_align_lambda", "free_replays", "nfgsm_k")),
     ("Training", ("epochs", "max_iters", "batch_size", "lr", "seed")),
     ("Monitoring and hardware", ("eval_every", "eval_points", "device")),
 )
@@ -36,6 +36,7 @@ ADVANCED = (
     "final_eval_points",
     "final_pgd_steps",
     "final_pgd_restarts",
+    "autoattack",
     "amp",
 )
 LABELS = {
@@ -57,6 +58,9 @@ LABELS = {
     "final_eval_points": "final eval points (PGD)",
     "final_pgd_steps": "final PGD steps",
     "final_pgd_restarts": "final PGD restarts",
+    "autoattack": "AutoAttack final eval (slow)",
+    "free_replays": "Free AT replays m",
+    "nfgsm_k": "N-FGSM noise k (× ε)",
     "amp": "bf16 autocast (CUDA)",
 }
 FORMATS = {"eps": "%.3f", "momentum": "%.2f"}

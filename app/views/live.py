@@ -1,4 +1,5 @@
-"""Live view of one run (`?run=ID`): status, progress, the three panels with the CO marker, final results.
+"""Live view of one run (`?run=ID`): status, progress, the three panels with the CO marker, the model's
+first-layer filters and one image's perturbations at any evaluation, final results.
 
 The panel is a fragment that reruns every REFRESH_S seconds while the run can still change, reading only the
 events after the last one it has shown; the chart updates in place (app.chart) and keeps its zoom because
@@ -19,11 +20,14 @@ from app.figures import (
     RunHistory,
     Series,
     elapsed_s,
+    filters_figure,
     format_duration,
+    inside_figure,
     md_escape,
     model_name,
     percent,
     run_figure,
+    snapshot_label,
 )
 from jobs import api
 
@@ -76,6 +80,7 @@ def _panel(run_id: str, was_terminal: bool) -> None:
     _status(r, run, history)
     figure = run_figure([Series(run.config.label(), history)], uirevision=run_id)
     live_chart(figure, key="live.chart", revision=history.n_events)
+    _inside(run, history)
     if run.final:
         _final(run.final)
     with st.expander("Config"):
@@ -124,6 +129,45 @@ def _controls(r, run) -> None:
         st.error(md_escape(str(exc)))
 
 
+def _inside(run, history: RunHistory) -> None:
+    """The first-layer filters and one eval image's perturbations and gradients, at a chosen evaluation.
+
+    The slider follows the latest evaluation until the user moves it, and stays where they put it after.
+    """
+    st.subheader("Inside the model", anchor=False)
+    if not history.snapshots:
+        st.caption("The first-layer filters and one image's perturbations appear with the first evaluation.")
+        return
+    iterations = sorted(history.snapshots)
+    key, latest = f"live.snapshot.{run.id}", iterations[-1]
+    followed = st.session_state.get(key + ".latest")
+    if st.session_state.get(key) not in iterations or st.session_state.get(key) == followed:
+        st.session_state[key] = latest
+    st.session_state[key + ".latest"] = latest
+    if len(iterations) > 1:
+        st.select_slider(
+            "Evaluation (iteration)",
+            options=iterations,
+            key=key,
+            format_func=lambda it: snapshot_label(it, history.co_iteration),
+            help="Scrub through training: compare the filters before and after catastrophic overfitting.",
+        )
+    iteration = st.session_state[key]
+    snapshot = history.snapshots[iteration]
+    revision = iteration  # which snapshot a chart shows, for the browser test
+    if snapshot.get("filters") is not None:
+        live_chart(filters_figure(snapshot, uirevision=run.id), key="live.filters", revision=revision)
+    live_chart(
+        inside_figure(snapshot, run.config.dataset, uirevision=run.id), key="live.inside", revision=revision
+    )
+    st.caption(
+        f"Iteration {iteration:,}: test image 0 of the eval subset, its FGSM and PGD perturbations (in units "
+        "of ε) and the input gradients of the loss at x and at a random point x+η of the ε-ball (each "
+        "divided by its largest entry). After catastrophic overfitting the gradient turns noisy and "
+        "points elsewhere at x+η: FGSM's one step then no longer finds the PGD perturbation."
+    )
+
+
 def _final(final: dict) -> None:
     st.subheader("Final evaluation", anchor=False)
     last, best = final.get("last") or {}, final.get("best") or {}
@@ -133,6 +177,9 @@ def _final(final: dict) -> None:
     columns[2].metric(
         f"PGD accuracy (early-stopped, it {final.get('best_iteration', 0):,})", percent(best.get("pgd_acc"))
     )
+    for column, result in ((columns[1], last), (columns[2], best)):  # an independent check, when it ran
+        if result.get("autoattack_acc") is not None:
+            column.caption(f"AutoAttack: **{percent(result['autoattack_acc'])}**")
     co = final.get("co_iteration")
     columns[3].metric("catastrophic overfitting", f"at {co:,}" if final.get("co_detected") else "none")
     speed = final.get("train_images_per_s")

@@ -18,11 +18,14 @@ COLUMNS = {
     "CO iteration": st.column_config.NumberColumn("CO at", format="%d", help="catastrophic overfitting"),
     "clean acc": st.column_config.NumberColumn("clean acc", format="percent", help="final, whole test set"),
     "PGD acc": st.column_config.NumberColumn("PGD acc", format="percent", help="final PGD evaluation"),
+    "AA acc": st.column_config.NumberColumn(
+        "AA acc", format="percent", help="final AutoAttack evaluation (when enabled)"
+    ),
     "created": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm:ss"),
     "open": st.column_config.LinkColumn("open", display_text="live view ↗"),
 }
-ORDER = ["label", "status", "progress", "CO iteration", "clean acc", "PGD acc", "method", "ε", "λ", "dataset"]
-ORDER += ["model", "iteration", "elapsed", "device", "created", "sweep", "id", "open"]
+ORDER = ["label", "status", "progress", "CO iteration", "clean acc", "PGD acc", "AA acc", "method", "ε"]
+ORDER += ["λ", "dataset", "model", "iteration", "elapsed", "device", "created", "sweep", "id", "open"]
 FILTERS = ("status", "method", "dataset", "model")
 
 

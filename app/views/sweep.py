@@ -14,7 +14,7 @@ import streamlit as st
 from app import limits, nav, state
 from app.chart import live_chart
 from app.figures import NATURAL_IMAGES, TERMINAL, md_escape, sweep_figure, sweep_frame
-from app.presets import PRESETS
+from app.presets import PRESETS, SWEEP_PRESETS
 from jobs import api
 from trainer.config import ConfigError, RunConfig, format_eps, make_config, paper_lambda
 
@@ -23,9 +23,13 @@ METHODS = {  # name -> the fields it sets; "GradAlign" runs get their λ from th
     "FGSM": {"method": "fgsm"},
     "FGSM + GradAlign": {"method": "fgsm"},
     "FGSM-RS": {"method": "fgsm_rs"},
-    "PGD": {"method": "pgd"},
+    "PGD-2": {"method": "pgd", "pgd_steps": 2, "pgd_alpha": 0.5},  # α = ε/2, as in the paper
+    "PGD-10": {"method": "pgd", "pgd_steps": 10, "pgd_alpha": 0.25},
+    "N-FGSM": {"method": "nfgsm"},  # k = 2, step ε (de Jorge et al. 2022)
+    "Free AT": {"method": "free"},  # m = 4 (Shafahi et al. 2019)
     "Standard": {"method": "standard"},
 }
+DEFAULT_METHODS = ["FGSM", "FGSM + GradAlign", "PGD-10"]
 DEFAULT_EPS = {"natural": "2, 4, 6, 8, 10, 12, 14, 16", "fraction": "0.05, 0.1, 0.15, 0.2, 0.25, 0.3"}
 KEY = "sweep."
 
@@ -58,15 +62,24 @@ def parse_eps_list(text: str, natural: bool) -> list[float]:
 
 
 def sweep_configs(
-    base: dict, methods: list[str], eps_values: list[float], paper_lambdas: bool, fixed_lambda: float
+    base: dict,
+    methods: list[str],
+    eps_values: list[float],
+    paper_lambdas: bool,
+    fixed_lambda: float,
+    method_fields: dict[str, dict] | None = None,
 ) -> list[RunConfig]:
-    """One config per (method, ε); raises ConfigError naming the first combination that cannot run."""
+    """One config per (method, ε); raises ConfigError naming the first combination that cannot run.
+
+    `method_fields` (a sweep preset's) adds fields per method, e.g. the paper's larger lr for GradAlign.
+    """
     configs = []
     for method in methods:
         for eps in eps_values:
             grad_align = method == "FGSM + GradAlign"
             lam = (paper_lambda(eps) if paper_lambdas else fixed_lambda) if grad_align else 0.0
-            values = {**base, **METHODS[method], "eps": eps, "grad_align_lambda": lam, "name": ""}
+            extra = (method_fields or {}).get(method, {})
+            values = {**base, **METHODS[method], **extra, "eps": eps, "grad_align_lambda": lam, "name": ""}
             try:
                 configs.append(make_config(values))
             except ConfigError as exc:
@@ -74,22 +87,46 @@ def sweep_configs(
     return configs
 
 
+def _base(name: str) -> dict:
+    return SWEEP_PRESETS[name]["base"] if name in SWEEP_PRESETS else PRESETS[name]
+
+
+def _apply_base(name: str) -> None:
+    """A sweep preset fills the whole form; a run preset is only the base (and the λ toggle's default)."""
+    natural = _base(name)["dataset"] in NATURAL_IMAGES
+    preset = SWEEP_PRESETS.get(name)
+    st.session_state[KEY + "paper"] = preset["paper_lambda"] if preset else natural
+    if preset:
+        st.session_state[KEY + "methods"] = list(preset["methods"])
+        st.session_state[KEY + ("eps255" if natural else "eps")] = preset["eps"]
+
+
 def _new_sweep(r) -> None:
-    base_name = st.selectbox("Based on preset", list(PRESETS), key=KEY + "base")
-    base = PRESETS[base_name]
-    natural = base["dataset"] in NATURAL_IMAGES
-    columns = st.columns([3, 3, 2, 2])
-    methods = columns[0].multiselect(
-        "Methods", list(METHODS), default=["FGSM", "FGSM + GradAlign", "PGD"], key=KEY + "methods"
+    base_name = st.selectbox(
+        "Based on preset",
+        [*PRESETS, *SWEEP_PRESETS],
+        key=KEY + "base",
+        on_change=lambda: _apply_base(st.session_state[KEY + "base"]),
+        help="A run preset is the config every run starts from; a sweep preset also picks methods and ε.",
     )
+    base = _base(base_name)
+    natural = base["dataset"] in NATURAL_IMAGES
+    eps_key = KEY + ("eps255" if natural else "eps")
+    for key, default in {
+        KEY + "methods": DEFAULT_METHODS,
+        eps_key: DEFAULT_EPS["natural" if natural else "fraction"],
+        KEY + "paper": natural,
+    }.items():
+        st.session_state.setdefault(key, default)
+    columns = st.columns([3, 3, 2, 2])
+    methods = columns[0].multiselect("Methods", list(METHODS), key=KEY + "methods")
     eps_text = columns[1].text_input(
         "ε values (× 1/255)" if natural else "ε values",
-        value=DEFAULT_EPS["natural" if natural else "fraction"],
-        key=KEY + ("eps255" if natural else "eps"),
+        key=eps_key,
         help="Comma-separated; fractions like 8/3 are fine.",
     )
     paper = columns[2].toggle(
-        "GradAlign: paper λ(ε)", value=natural, key=KEY + "paper", help="λ = 0.2·10^((ε − 8/255)/(8/255))"
+        "GradAlign: paper λ(ε)", key=KEY + "paper", help="λ = 0.2·10^((ε − 8/255)/(8/255))"
     )
     fixed = columns[3].number_input(
         "GradAlign: fixed λ",
@@ -100,8 +137,9 @@ def _new_sweep(r) -> None:
         disabled=paper,
         key=KEY + "lambda",
     )
+    method_fields = SWEEP_PRESETS.get(base_name, {}).get("method_fields")
     try:
-        configs = sweep_configs(base, methods, parse_eps_list(eps_text, natural), paper, fixed)
+        configs = sweep_configs(base, methods, parse_eps_list(eps_text, natural), paper, fixed, method_fields)
     except (ValueError, ZeroDivisionError) as exc:  # ConfigError is a ValueError
         st.error(md_escape(str(exc)))
         return

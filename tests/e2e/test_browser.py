@@ -2,7 +2,9 @@
 
 Launches the FGSM digits preset from the form and waits until the live chart shows the PGD line and the
 catastrophic-overfitting marker, then saves a screenshot to test-artifacts/screenshot.png (kept after the
-run) and, with CODASH_UPDATE_SCREENSHOT=1, to docs/screenshot.png (the README's). Needs Debian's Chromium
+run) and, with CODASH_UPDATE_SCREENSHOT=1, to docs/screenshot.png (the README's); then scrolls to "Inside
+the model" (first-layer filters and one image's perturbations, after CO) for test-artifacts/inside.png and
+docs/inside.png. Needs Debian's Chromium
 at /usr/bin/chromium: skipped without it, except on CI (CI=true),
 where a missing browser fails the test.
 """
@@ -37,6 +39,9 @@ CHROMIUM_ARGS = [
 BUDGET_S = 180  # the whole browser session, worker start to screenshot
 ARTIFACT = ROOT / "test-artifacts" / "screenshot.png"
 README_SCREENSHOT = ROOT / "docs" / "screenshot.png"
+INSIDE_ARTIFACT = ROOT / "test-artifacts" / "inside.png"
+README_INSIDE = ROOT / "docs" / "inside.png"
+CHARTS = 'iframe[title="app.chart.live_plotly"]'  # in page order: the panels, the filters, the perturbations
 PRESET = "Digits: FGSM catastrophic overfitting"
 SHOW_UNTIL_ITERATION = 400  # let the collapse develop a little past the marker before the screenshot
 
@@ -113,7 +118,7 @@ def test_launch_the_fgsm_preset_and_watch_catastrophic_overfitting(
         page.wait_for_url(re.compile(r"/live\?run=[0-9a-f]{12}$"), timeout=left_ms())
         run_id = page.url.rsplit("=", 1)[1]
 
-        chart = page.frame_locator('iframe[title="app.chart.live_plotly"]')
+        chart = page.frame_locator(CHARTS).first
         chart.locator(".legendtext", has_text=re.compile(r"^PGD$")).wait_for(timeout=left_ms())
         plot = chart.locator("#chart")
         plot.evaluate("element => { element.dataset.mark = 'mounted once' }")
@@ -139,5 +144,31 @@ def test_launch_the_fgsm_preset_and_watch_catastrophic_overfitting(
         page.screenshot(path=str(ARTIFACT))
         if os.environ.get("CODASH_UPDATE_SCREENSHOT") == "1":
             page.screenshot(path=str(README_SCREENSHOT))
+
+        # inside the model, once the run is done (the page stops refreshing): the filters and the
+        # perturbations at the last evaluation, well after the collapse
+        wait_for(
+            lambda: api.get_run(r, run_id).status == "finished",
+            left_ms() / 1000,
+            "the run to finish",
+            interval=0.5,
+        )
+        total = api.get_run(r, run_id).total_iterations
+        inside = page.frame_locator(CHARTS).nth(2).locator("#chart")
+        wait_for(
+            lambda: inside.get_attribute("data-revision") == str(total),
+            30,
+            "the perturbation images of the last evaluation",
+            interval=0.5,
+        )
+        filters = page.frame_locator(CHARTS).nth(1).locator("#chart")
+        assert filters.locator(".gtitle", has_text="First-layer filters").count() == 1
+        assert inside.locator(".annotation-text", has_text="PGD δ/ε").count() == 1
+        heading = page.get_by_role("heading", name="Inside the model")
+        heading.evaluate("element => element.scrollIntoView({block: 'start'})")
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(INSIDE_ARTIFACT))
+        if os.environ.get("CODASH_UPDATE_SCREENSHOT") == "1":
+            page.screenshot(path=str(README_INSIDE))
         browser.close()
         r.close()

@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): `python -m bench` is the speed benchmark; see bench/__main__.py."""

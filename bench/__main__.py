@@ -1,0 +1,342 @@
+"""Speed benchmark (not a test): codash against a plain PyTorch loop, and time to CO through the job system.
+
+    python -m bench [--device cpu|cuda] [--quick] [--out bench-results.json]     (or: codash bench ...)
+
+For each model × method (cnn on digits, PreAct ResNet-18 on CIFAR-shaped synthetic data; standard, fgsm,
+fgsm_rs, pgd-10, fgsm+GradAlign): training images/s and ms/iteration of trainer.train() and of the plain
+loop in bench/plain_loop.py (alternating in this process, median of repeats), their ratio, the
+GradAlign/FGSM time ratio, evaluation's share of wall time at the default eval_every, and time to CO for
+the digits FGSM preset through the embedded Redis and a worker process. Prints a table, writes JSON, and
+says which targets (docs/benchmarks.md) were met. Performance targets live here, never in the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.workloads import METHODS, workloads  # noqa: E402  (torch is imported only to run)
+
+CIFAR_TRAIN = 50_000  # images in a CIFAR-10 epoch, for the GPU epoch-time targets
+TARGETS = {
+    "codash_over_plain_min": 0.95,
+    "gradalign_over_fgsm_max": 2.0,
+    "cpu_digits_time_to_co_s": 20.0,
+    "cuda_resnet_fgsm_epoch_s": 3.0,
+    "cuda_resnet_gradalign_epoch_s": 6.0,
+    "cuda_cifar_time_to_co_s": 60.0,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available, else cpu")
+    parser.add_argument("--quick", action="store_true", help="few steps, one repeat: a smoke run")
+    parser.add_argument("--out", type=Path, default=Path("bench-results.json"), help="JSON file to write")
+    parser.add_argument("--models", nargs="+", choices=("cnn", "preact_resnet18"), help="default: both")
+    parser.add_argument("--methods", nargs="+", choices=tuple(METHODS), help="default: all five")
+    parser.add_argument("--no-co", action="store_true", help="skip time to CO (it starts Redis and a worker)")
+    parser.add_argument("--no-extras", action="store_true", help="skip the GradAlign trade-off and variants")
+    parser.add_argument("--threads", type=int, help="torch threads in this process (default: torch's choice)")
+
+
+def device_info(device: str) -> dict[str, Any]:
+    import torch
+
+    info = {
+        "device": device,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(0)
+    else:
+        info["cpu"] = cpu_model()
+    return info
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def data_for(workload, device: str):
+    from bench.workloads import synthetic_cifar
+    from trainer.data import load_dataset
+
+    if workload.config["dataset"] == "digits":
+        return load_dataset("digits", device)
+    return synthetic_cifar(device, workload.train_points)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from bench import throughput
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench: --device cuda but CUDA is not available on this machine")
+    started = time.perf_counter()
+    results: dict[str, Any] = {
+        "date": datetime.date.today().isoformat(),
+        "command": "python -m bench " + " ".join(sys.argv[1:]),
+        "quick": args.quick,
+        "machine": device_info(device),
+        "load_average_start": _load(),
+        "throughput": [],
+        "gradalign_over_fgsm": {},
+        "eval_overhead": {},
+    }
+    methods = args.methods or list(METHODS)
+    chosen = [
+        w for w in workloads(device, args.quick) if args.models is None or w.config["model"] in args.models
+    ]
+    for workload in chosen:
+        data = data_for(workload, device)
+        for method in methods:
+            row = throughput.compare(workload, method, data, device)
+            row.update(workload=workload.name, method=method)
+            if device == "cuda" and workload.config["model"] == "preact_resnet18":
+                row["cifar_epoch_s"] = CIFAR_TRAIN / row["codash"]["images_per_s"]
+            results["throughput"].append(row)
+            print(_row_line(row), flush=True)
+        rows = {row["method"]: row for row in results["throughput"] if row["workload"] == workload.name}
+        if "fgsm" in rows and "fgsm+gradalign" in rows:
+            results["gradalign_over_fgsm"][workload.name] = {
+                who: rows["fgsm+gradalign"][who]["ms_per_iter"] / rows["fgsm"][who]["ms_per_iter"]
+                for who in ("codash", "plain")
+            }
+        if "fgsm" in rows:
+            points = 32 if device == "cpu" and workload.config["model"] == "preact_resnet18" else None
+            results["eval_overhead"][workload.name] = throughput.eval_overhead(
+                workload, data, device, rows["fgsm"]["codash"]["ms_per_iter"], points=points
+            )
+        del data
+    if not args.no_co:
+        from bench.time_to_co import time_to_co
+
+        results["time_to_co"] = time_to_co(device, runs=1 if args.quick else 2)
+    if not args.no_extras and not args.quick:
+        results["gradalign_tradeoff"] = gradalign_tradeoff(device)
+        results["variants"] = variants(device)
+    results["load_average_end"] = _load()
+    results["targets"] = judge(results, device)
+    results["bench_s"] = time.perf_counter() - started
+    return results
+
+
+def gradalign_tradeoff(device: str) -> dict[str, Any]:
+    from bench.gradalign_cost import tradeoff
+
+    return tradeoff(device)
+
+
+def variants(device: str) -> dict[str, Any]:
+    """Fast paths measured on the plain loop: torch.compile (cnn, fgsm) and channels_last (ResNet, fgsm)."""
+    from bench import plain_loop
+    from bench.workloads import synthetic_cifar
+    from trainer.data import load_dataset
+
+    out: dict[str, Any] = {}
+    digits = load_dataset("digits", device)
+    common = {"batch_size": 64, "eps": 0.175, "amp": device == "cuda"}
+    t0 = time.perf_counter()
+    plain_loop.time_training(
+        "cnn", "fgsm", digits.train_x, digits.train_y, iters=3, compile_model=True, **common
+    )
+    compile_s = time.perf_counter() - t0
+    rates: dict[str, list[float]] = {"eager": [], "compiled": []}
+    for _ in range(3):
+        for mode in rates:
+            result = plain_loop.time_training(
+                "cnn",
+                "fgsm",
+                digits.train_x,
+                digits.train_y,
+                iters=100,
+                compile_model=mode == "compiled",
+                **common,
+            )
+            rates[mode].append(result["images_per_s"])
+    out["compile_cnn_fgsm"] = {
+        "first_call_s": compile_s,
+        **{f"{mode}_images_per_s": statistics.median(v) for mode, v in rates.items()},
+    }
+    cifar = synthetic_cifar(device, 512 if device == "cpu" else 10_000)
+    batch, iters = (16, 3) if device == "cpu" else (128, 40)
+    resnet = {
+        "batch_size": batch,
+        "eps": 8 / 255,
+        "optimizer": "sgd",
+        "lr": 0.3,
+        "cyclic": True,
+        "augment": True,
+    }
+    layouts: dict[str, list[float]] = {"contiguous": [], "channels_last": []}
+    for _ in range(3):
+        for layout in layouts:
+            result = plain_loop.time_training(
+                "preact_resnet18",
+                "fgsm",
+                cifar.train_x,
+                cifar.train_y,
+                iters=iters,
+                channels_last=layout == "channels_last",
+                amp=device == "cuda",
+                **resnet,
+            )
+            layouts[layout].append(result["images_per_s"])
+    out["channels_last_resnet_fgsm"] = {f"{k}_images_per_s": statistics.median(v) for k, v in layouts.items()}
+    return out
+
+
+def judge(results: dict[str, Any], device: str) -> dict[str, Any]:
+    """Each target: its value, the limit, and met / missed / open (not measurable on this device)."""
+    verdicts: dict[str, Any] = {}
+    if results["throughput"]:
+        worst = min(results["throughput"], key=lambda row: row["ratio"])
+        verdicts["codash_over_plain"] = _verdict(
+            worst["ratio"],
+            TARGETS["codash_over_plain_min"],
+            at_least=True,
+            where=f"{worst['workload']} {worst['method']}",
+        )
+    for name, ratios in results["gradalign_over_fgsm"].items():
+        verdicts[f"gradalign_over_fgsm {name}"] = _verdict(
+            ratios["codash"], TARGETS["gradalign_over_fgsm_max"]
+        )
+    co = results.get("time_to_co")
+    if co:
+        seconds = co["runs"][0]["co_s"]
+        limit = TARGETS["cpu_digits_time_to_co_s"]
+        verdicts["digits_time_to_co_s"] = _verdict(seconds, limit) if device == "cpu" else {"value": seconds}
+    if device == "cuda":
+        for row in results["throughput"]:
+            if "cifar_epoch_s" in row and row["method"] in ("fgsm", "fgsm+gradalign"):
+                key = (
+                    "cuda_resnet_fgsm_epoch_s" if row["method"] == "fgsm" else "cuda_resnet_gradalign_epoch_s"
+                )
+                verdicts[key] = _verdict(row["cifar_epoch_s"], TARGETS[key])
+    else:
+        for key in ("cuda_resnet_fgsm_epoch_s", "cuda_resnet_gradalign_epoch_s"):
+            verdicts[key] = {
+                "status": "open",
+                "why": "needs a CUDA device: run python -m bench --device cuda",
+            }
+    verdicts["cuda_cifar_time_to_co_s"] = {"status": "open", "why": "needs a GPU and the real CIFAR-10 files"}
+    return verdicts
+
+
+def _verdict(value: float | None, limit: float, at_least: bool = False, where: str | None = None) -> dict:
+    if value is None:
+        return {"value": None, "limit": limit, "status": "missed"}
+    met = value >= limit if at_least else value <= limit
+    return {
+        "value": value,
+        "limit": limit,
+        "status": "met" if met else "missed",
+        **({"where": where} if where else {}),
+    }
+
+
+def _load() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+HEADER = (
+    f"{'model/data':30s} {'method':15s} {'batch':>5s} {'codash img/s':>12s} {'ms/it':>9s} "
+    f"{'plain img/s':>12s} {'ms/it':>9s} {'codash/plain':>12s}"
+)
+
+
+def _row_line(row: dict[str, Any]) -> str:
+    c, p = row["codash"], row["plain"]
+    return (
+        f"{row['workload']:30s} {row['method']:15s} {row['batch_size']:5d} {c['images_per_s']:12.1f} "
+        f"{c['ms_per_iter']:9.2f} {p['images_per_s']:12.1f} {p['ms_per_iter']:9.2f} {row['ratio']:12.3f}"
+    )
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = [f"device: {results['machine']}", HEADER, *(_row_line(row) for row in results["throughput"])]
+    for name, ratios in results["gradalign_over_fgsm"].items():
+        lines.append(
+            f"GradAlign/FGSM time, {name}: codash {ratios['codash']:.2f}x, plain {ratios['plain']:.2f}x"
+        )
+    for name, value in results["eval_overhead"].items():
+        lines.append(
+            f"eval overhead, {name}: {value['eval_s'] * 1000:.0f} ms per eval of "
+            f"{value['eval_points']} points every {value['eval_every']} steps = "
+            f"{value['percent_of_wall']:.1f} % of wall time"
+        )
+    for index, run in enumerate((results.get("time_to_co") or {}).get("runs", [])):
+        lines.append(
+            f"time to CO, digits FGSM preset, run {index + 1}: submit -> co event {_s(run['co_s'])} "
+            f"(run started {_s(run.get('start_s'))}; CO at iteration {run['co_iteration']}, "
+            f"confirmed at {run['confirmed_at']})"
+        )
+    for fraction, row in (results.get("gradalign_tradeoff") or {}).get("summary", {}).items():
+        lines.append(
+            f"GradAlign random-point batch x{fraction}: {row['train_images_per_s']:.0f} img/s, mean reg "
+            f"{row['mean_reg']:.4f}, CO in {row['co_runs']}/{row['runs']} runs, "
+            f"final PGD acc {row['final_pgd_acc']:.3f}"
+        )
+    for name, values in (results.get("variants") or {}).items():
+        lines.append(f"variant {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in values.items()))
+    lines.append("targets:")
+    for name, verdict in results["targets"].items():
+        lines.append(f"  {name}: {json.dumps(verdict)}")
+    return "\n".join(lines)
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} s"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_and_report(args)
+
+
+def run_and_report(args: argparse.Namespace) -> int:
+    print(HEADER, flush=True)
+    results = run(args)
+    print(report(results))
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

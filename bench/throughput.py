@@ -1,0 +1,155 @@
+"""Training speed of codash's train() against the plain loop, and what evaluation costs on top.
+
+codash is timed through trainer.train() itself: a run capped at `iters` steps with evaluation pushed past
+the end, whose final event's train_images_per_s is the loop's own clock over its training segments (the
+steps, the batch lookup and augmentation, lr setting, metrics buffering: all of it, eval and checkpoints
+not). The plain loop (bench/plain_loop.py) trains the same model with the same algorithm on the same
+tensors for the same number of steps. The two alternate in one process (the order flips every repeat).
+Each side's figure is its best repeat (the least disturbed by other processes, as timeit reports), and the
+ratio is best codash / best plain; the median of the paired ratios and every repeat are kept in the JSON.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from bench import plain_loop
+from bench.workloads import Workload, codash_data
+
+NO_EVAL = {"eval_every": 100_000, "eval_points": 16, "eval_pgd_steps": 1, "final_eval_points": 0}
+
+
+def codash_rate(config: dict[str, Any]) -> dict[str, float]:
+    """images/s and ms/iteration of train() as its final event reports them (evaluation excluded)."""
+    from trainer.config import make_config
+    from trainer.loop import train
+
+    cfg = make_config({**config, **NO_EVAL})
+    final = train(cfg)
+    rate = final["train_images_per_s"]
+    return {"images_per_s": rate, "ms_per_iter": 1000 * cfg.batch_size / rate}
+
+
+def plain_rate(config: dict[str, Any], data, **options) -> dict[str, float]:
+    """The plain loop on the same data with the same resolved hyper-parameters."""
+    from trainer.config import make_config
+
+    cfg = make_config(config)
+    result = plain_loop.time_training(
+        cfg.model,
+        cfg.method,
+        data.train_x,
+        data.train_y,
+        iters=cfg.max_iters,
+        batch_size=cfg.batch_size,
+        eps=cfg.eps,
+        alpha=cfg.alpha,
+        pgd_steps=cfg.pgd_steps,
+        pgd_alpha=cfg.pgd_alpha,
+        grad_align_lambda=cfg.grad_align_lambda,
+        optimizer=cfg.optimizer,
+        lr=cfg.lr,
+        cyclic=cfg.lr_schedule == "cyclic",
+        augment=cfg.dataset in ("cifar10", "svhn"),
+        n_filters=cfg.n_filters,
+        n_classes=data.n_classes,
+        amp=cfg.amp,
+        seed=cfg.seed,
+        **options,
+    )
+    return {"images_per_s": result["images_per_s"], "ms_per_iter": result["ms_per_iter"]}
+
+
+def compare(workload: Workload, method: str, data, device: str, repeats: int | None = None) -> dict:
+    """codash and plain, alternating, after one warm-up of each; best of the repeats, and their ratio."""
+    iters = workload.iters_for(method)
+    config = workload.run_config(method, device, iters)
+    repeats = repeats or workload.repeats
+    runs: dict[str, list[dict]] = {"codash": [], "plain": []}
+    with codash_data(data):
+        codash_rate(workload.run_config(method, device, 1))  # warm-up: kernels, allocator, data set
+        plain_rate(workload.run_config(method, device, 1), data)
+        for repeat in range(repeats):
+            order = ("codash", "plain") if repeat % 2 == 0 else ("plain", "codash")
+            for who in order:
+                result = codash_rate(config) if who == "codash" else plain_rate(config, data)
+                runs[who].append(result)
+    ratios = [
+        c["images_per_s"] / p["images_per_s"] for c, p in zip(runs["codash"], runs["plain"], strict=True)
+    ]
+    row = {"iters": iters, "repeats": repeats, "batch_size": config["batch_size"]}
+    for who, results in runs.items():
+        best = max(results, key=lambda r: r["images_per_s"])
+        row[who] = {
+            "images_per_s": best["images_per_s"],
+            "ms_per_iter": best["ms_per_iter"],
+            "median_images_per_s": statistics.median(r["images_per_s"] for r in results),
+            "all_images_per_s": [round(r["images_per_s"], 2) for r in results],
+        }
+    row["ratio"] = row["codash"]["images_per_s"] / row["plain"]["images_per_s"]
+    row["median_paired_ratio"] = statistics.median(ratios)
+    row["all_ratios"] = [round(r, 3) for r in ratios]
+    return row
+
+
+def eval_overhead(
+    workload: Workload, data, device: str, ms_per_iter: float, points: int | None = None
+) -> dict:
+    """Share of wall time that evaluation takes at the default eval_every, with the fgsm method.
+
+    One periodic evaluation is timed inside train() (trainer.loop._evaluate, wrapped), then set against
+    eval_every training steps at the measured ms/iteration: eval / (eval + eval_every × step). `points`
+    evaluates fewer than the default eval_points and scales linearly (evaluation is batched, so its cost
+    is proportional to the points), for models too slow on this device to evaluate 256 points quickly.
+    """
+    import trainer.loop
+    from trainer.config import RunConfig, make_config
+
+    defaults = RunConfig()
+    every, default_points = defaults.eval_every, defaults.eval_points
+    measured_points = points or default_points
+    cfg = make_config(
+        {
+            **workload.run_config("fgsm", device, 2),
+            "eval_every": 1,
+            "eval_points": measured_points,
+            "final_eval_points": 0,
+        }
+    )
+    seconds: list[float] = []
+    original = trainer.loop._evaluate
+
+    def timed(*args, **kwargs):
+        _sync()
+        started = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            _sync()
+            seconds.append(time.perf_counter() - started)
+
+    trainer.loop._evaluate = timed
+    try:
+        with codash_data(data):
+            trainer.loop.train(cfg)
+    finally:
+        trainer.loop._evaluate = original
+    eval_s = min(seconds) * default_points / measured_points  # the first one also warms up
+    train_s = every * ms_per_iter / 1000
+    return {
+        "eval_every": every,
+        "eval_points": default_points,
+        "measured_points": measured_points,
+        "eval_s": eval_s,
+        "train_s_between_evals": train_s,
+        "percent_of_wall": 100 * eval_s / (eval_s + train_s),
+    }
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()

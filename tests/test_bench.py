@@ -1,0 +1,127 @@
+"""The speed benchmark's harness: it runs, its JSON has every figure, its plain loop is the same algorithm.
+
+No timing is asserted here (performance targets live in bench/, never in the tests): only that both sides
+produce finite positive rates, and that the plain loop computes what codash computes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import __main__ as bench_main  # noqa: E402
+from bench import plain_loop  # noqa: E402
+from bench.time_to_co import measure  # noqa: E402
+from trainer.config import make_config  # noqa: E402
+from trainer.gradalign import grad_align_reg  # noqa: E402
+from trainer.loop import ADVERSARY  # noqa: E402
+from trainer.models import build_model  # noqa: E402
+
+
+def positive(value) -> bool:
+    return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+def test_bench_quick_run_writes_every_figure(tmp_path):
+    out = tmp_path / "bench.json"
+    argv = ["--device", "cpu", "--quick", "--models", "cnn", "--methods", "fgsm", "fgsm+gradalign"]
+    assert bench_main.main([*argv, "--no-co", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["machine"]["device"] == "cpu"
+    rows = {row["method"]: row for row in results["throughput"]}
+    assert set(rows) == {"fgsm", "fgsm+gradalign"}
+    for row in rows.values():
+        assert row["workload"] == "cnn/digits"
+        for who in ("codash", "plain"):
+            assert positive(row[who]["images_per_s"]) and positive(row[who]["ms_per_iter"])
+        assert positive(row["ratio"])
+    ratios = results["gradalign_over_fgsm"]["cnn/digits"]
+    assert positive(ratios["codash"]) and positive(ratios["plain"])
+    overhead = results["eval_overhead"]["cnn/digits"]
+    assert 0 < overhead["percent_of_wall"] < 100 and overhead["eval_every"] == 50
+    assert results["targets"]["codash_over_plain"]["status"] in ("met", "missed")
+    assert results["targets"]["cuda_resnet_fgsm_epoch_s"]["status"] == "open"
+
+
+def test_time_to_co_measures_a_run_through_redis_and_a_worker(r, worker_pool):
+    worker_pool.spawn("bench-test")
+    result = measure(r, TINY, timeout=120)
+    assert positive(result["start_s"])
+    # TINY may or may not overfit in 60 steps: either the co event or the end of the run stops the clock.
+    if result["co_s"] is None:
+        assert positive(result["finished_s"])
+    else:
+        assert result["co_s"] >= result["start_s"] and result["co_iteration"] > 0
+
+
+def twin_models(name: str, in_channels: int, image_size: int):
+    """codash's model and the plain loop's copy of it, with the same weights."""
+    torch.manual_seed(0)
+    ours = build_model(name, in_channels=in_channels, image_size=image_size, n_classes=10, n_filters=16)
+    theirs = plain_loop.build(name, in_channels, image_size, 10, n_filters=16)
+    theirs.load_state_dict(ours.state_dict())  # strict: the architectures must match name for name
+    return ours.eval(), theirs.eval()
+
+
+@pytest.mark.parametrize(
+    ("method", "fields"),
+    [
+        ("fgsm", {}),
+        ("fgsm_rs", {}),
+        ("pgd", {"pgd_steps": 3}),
+    ],
+)
+def test_plain_loop_attacks_match_codash(method, fields):
+    ours, theirs = twin_models("cnn", 1, 16)
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.rand(32, 1, 16, 16, generator=gen), torch.randint(0, 10, (32,), generator=gen)
+    x[:, :, :3] = 0.0  # where the [0, 1] box binds
+    cfg = make_config({"method": method, "eps": 0.175, **fields})
+    delta, grad = ADVERSARY[method](ours, x, y, cfg, torch.Generator().manual_seed(7))
+    plain_delta, plain_grad = plain_loop.adversary(
+        method,
+        theirs,
+        x,
+        y,
+        cfg.eps,
+        cfg.alpha * cfg.eps,
+        cfg.pgd_steps,
+        cfg.pgd_alpha * cfg.eps,
+        torch.Generator().manual_seed(7),
+    )
+    assert delta.abs().max() > 0
+    assert torch.equal(delta, plain_delta)
+    assert (grad is None) == (plain_grad is None)
+    if grad is not None:
+        assert torch.equal(grad, plain_grad)
+
+
+def test_plain_loop_grad_align_matches_codash():
+    ours, theirs = twin_models("cnn", 1, 16)
+    gen = torch.Generator().manual_seed(2)
+    x, y = torch.rand(32, 1, 16, 16, generator=gen), torch.randint(0, 10, (32,), generator=gen)
+    grad_x = plain_loop.grad_at(theirs, x, y)
+    reg = grad_align_reg(ours, x, y, 0.175, grad_x, torch.Generator().manual_seed(3))
+    plain_reg = plain_loop.grad_align(theirs, x, y, 0.175, grad_x, torch.Generator().manual_seed(3))
+    assert reg.item() == pytest.approx(plain_reg.item(), abs=1e-6)
+    reg.backward()
+    plain_reg.backward()
+    for (name, p), q in zip(ours.named_parameters(), theirs.parameters(), strict=True):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6), name
+
+
+def test_plain_resnet_is_codash_resnet():
+    ours, theirs = twin_models("preact_resnet18", 3, 32)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(ours(x), theirs(x), atol=1e-5)

@@ -1,0 +1,177 @@
+"""The defining property of each training method added after the paper's three (issue 7).
+
+N-FGSM leaves the eps-ball; PGD-corner and random-corner sit on its vertices; Free AT replays each minibatch
+and updates its persistent delta with the gradient of the very backward pass that trains the weights.
+"""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainer.attacks import input_grad, nfgsm, pgd, pgd_corner, project, random_corner
+from trainer.config import make_config
+from trainer.free import FreeAT
+from trainer.loop import ADVERSARY, _train_step, make_optimizer, train
+
+EPS = 0.1
+
+
+def small_cnn(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(32, 1, 8, 8, generator=g)
+    x[:, :, :2] = 0.0  # pixels at the box edges, where the box constraint binds
+    x[:, :, -2:] = 1.0
+    return x, torch.randint(0, 10, (32,), generator=g)
+
+
+def interior(x, delta):
+    """Coordinates where the [0,1] box did not bind."""
+    return ((x + delta) > 0) & ((x + delta) < 1)
+
+
+def test_nfgsm_is_noise_plus_an_unclipped_signed_step(batch):
+    x, y = batch
+    model, k = small_cnn(), 2.0
+    delta = nfgsm(model, x, y, EPS, k, EPS, torch.Generator().manual_seed(0))
+    # the same noise, drawn again: delta - eta is exactly one signed-gradient step of size alpha at x + eta
+    noise = (torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1) * k * EPS
+    eta = torch.clamp(noise, -x, 1 - x)
+    step = EPS * input_grad(model, x, y, eta).sign()
+    assert torch.equal(delta, torch.clamp(eta + step, -x, 1 - x))
+    # no projection to the eps-ball: it goes well beyond eps, up to (k + 1) eps, and stays in the box
+    assert delta.abs().max() > 2 * EPS
+    assert delta.abs().max() <= (k + 1) * EPS + 1e-6
+    assert (x + delta).min() >= 0 and (x + delta).max() <= 1
+    inside = interior(x, delta)
+    assert (delta[inside].abs() > EPS + 1e-6).float().mean() > 0.3  # a third of the coordinates are out
+
+
+def test_nfgsm_with_k_zero_is_fgsm(batch):
+    x, y = batch
+    x = x.clamp(0.2, 0.8)
+    model = small_cnn()
+    assert torch.equal(nfgsm(model, x, y, EPS, 0.0, EPS), EPS * input_grad(model, x, y).sign())
+
+
+def test_random_corner_is_a_vertex_independent_of_the_model(batch):
+    x, y = batch
+    delta = random_corner(x, EPS, torch.Generator().manual_seed(4))
+    inside = interior(x, delta)
+    assert torch.allclose(delta[inside].abs(), torch.full_like(delta[inside], EPS))  # free coordinates: ±eps
+    assert (x + delta).min() >= 0 and (x + delta).max() <= 1
+    # no model enters: the method's adversary gives the same delta for two different networks
+    cfg = make_config({"method": "random_corner", "eps": EPS})
+    a, _ = ADVERSARY["random_corner"](small_cnn(0), x, y, cfg, torch.Generator().manual_seed(4))
+    b, _ = ADVERSARY["random_corner"](small_cnn(1), x, y, cfg, torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and torch.equal(a, delta)
+    signs = delta[x.clamp(0.2, 0.8) == x].sign()  # both signs, about equally often
+    assert 0.4 < (signs > 0).float().mean() < 0.6
+
+
+def test_pgd_corner_is_eps_times_the_sign_of_pgd(batch):
+    x, y = batch
+    model = small_cnn()
+    corner = pgd_corner(model, x, y, EPS, EPS / 4, 5, torch.Generator().manual_seed(2))
+    plain = pgd(model, x, y, EPS, EPS / 4, 5, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(corner, torch.clamp(EPS * plain.sign(), -x, 1 - x))
+    inside = interior(x, corner) & (plain != 0)
+    assert torch.allclose(corner[inside].abs(), torch.full_like(corner[inside], EPS))
+    assert inside.float().mean() > 0.5
+
+
+# --- Free AT ---
+
+
+def test_free_replays_each_minibatch_m_times():
+    free = FreeAT(make_config({"method": "free", "free_replays": 3}))
+    fresh = [(torch.full((2, 1, 8, 8), float(i)), torch.tensor([i, i])) for i in range(7)]
+    used = [free.batch(i, *fresh[i])[0][0, 0, 0, 0].item() for i in range(7)]
+    assert used == [0, 0, 0, 3, 3, 3, 6]
+
+
+def test_free_step_uses_one_backward_for_weights_and_delta(batch):
+    """One iteration: weights trained at x + delta; delta <- project(delta + eps sign(grad)), same pass."""
+    x, y = batch
+    sgd = {"optimizer": "sgd", "lr": 0.1, "momentum": 0, "weight_decay": 0}
+    cfg = make_config({"method": "free", "eps": EPS, **sgd})
+    model, free = small_cnn(), FreeAT(cfg)
+    free.delta = project(torch.rand(x.shape, generator=torch.Generator().manual_seed(3)) * EPS, x, EPS)
+    before, delta0 = copy.deepcopy(model), free.delta.clone()
+
+    # the reference: gradients of the loss at x + delta0 with the weights before the step
+    point = (x + delta0).requires_grad_(True)
+    F.cross_entropy(before(point), y).backward()
+    expected_delta = project(delta0 + EPS * point.grad.sign(), x, EPS)
+    expected_weights = [p - 0.1 * p.grad for p in before.parameters()]
+
+    optimizer = make_optimizer(cfg, model)
+    passes = []
+    model.register_forward_hook(lambda *_: passes.append(1))
+    _train_step(model, optimizer, cfg, x, y, None, free)
+    assert len(passes) == 1  # one forward (and so one backward) pass in all: training "for free"
+    assert torch.equal(free.delta, expected_delta)
+    for got, want in zip(model.parameters(), expected_weights, strict=True):
+        assert torch.allclose(got, want, atol=1e-6)
+    assert free.delta.abs().max() <= EPS + 1e-7
+
+
+def test_free_delta_persists_across_minibatches_and_resets_on_a_new_shape(batch):
+    x, y = batch
+    free = FreeAT(make_config({"method": "free", "eps": EPS}))
+    free.delta = torch.full_like(x, EPS)
+    delta, _ = free(small_cnn(), x.clamp(0.2, 0.8), y, None, None)
+    assert delta.requires_grad and torch.equal(delta.detach(), torch.full_like(x, EPS))
+    delta, _ = free(small_cnn(), x[:5], y[:5], None, None)
+    assert torch.equal(delta.detach(), torch.zeros_like(x[:5]))
+
+
+TINY = {
+    "dataset": "digits",
+    "method": "free",
+    "free_replays": 4,
+    "pgd_steps": 2,
+    "eps": 0.2,
+    "max_iters": 50,
+    "eval_every": 25,
+    "eval_points": 32,
+    "final_eval_points": 32,
+    "final_pgd_steps": 3,
+    "final_pgd_restarts": 1,
+    "device": "cpu",
+}
+
+
+@pytest.mark.parametrize("stop_at", [23, 30])  # both in the middle of a replay (m = 4)
+def test_free_resume_continues_exactly(tmp_path, stop_at):
+    cfg = make_config(TINY)
+    reference = []
+    train(cfg, reference.append, tmp_path / "a")
+    calls = iter(range(1, 10**9))
+    assert train(cfg, None, tmp_path / "b", should_stop=lambda: next(calls) >= stop_at) is None
+    resumed = []
+    final = train(cfg, resumed.append, tmp_path / "b", resume=True)
+    after = [e for e in reference if e["type"] in ("metrics", "eval") and e["iteration"] > stop_at]
+    got = [e for e in resumed if e["type"] in ("metrics", "eval") and e["iteration"] > stop_at]
+    assert [e["iteration"] for e in got] == [e["iteration"] for e in after] != []
+    for a, b in zip(after, got, strict=True):
+        for key, value in a.items():
+            if isinstance(value, float):
+                assert b[key] == pytest.approx(value, abs=1e-5), (a["type"], a["iteration"], key)
+    assert final["last"] == pytest.approx(reference[-1]["last"])
+
+
+@pytest.mark.parametrize("method", ["nfgsm", "pgd_corner", "random_corner", "free"])
+def test_new_methods_train_end_to_end(method):
+    events = []
+    final = train(make_config({**TINY, "method": method, "max_iters": 10, "eval_every": 10}), events.append)
+    assert final["iterations"] == 10 and final["last"]["autoattack_acc"] is None
+    assert 0 <= final["last"]["pgd_acc"] <= 1
