@@ -10,30 +10,10 @@ the training speed, the mean regulariser value, CO and the final PGD accuracy ar
 
 from __future__ import annotations
 
-import contextlib
 import statistics
-from collections.abc import Iterator
 from typing import Any
 
 RESCUE_PRESET = "Digits: GradAlign rescue"
-
-
-@contextlib.contextmanager
-def reg_fraction(fraction: float) -> Iterator[None]:
-    """trainer.train() computes GradAlign on the first `fraction` of each batch (1.0: unchanged)."""
-    import trainer.loop
-
-    original = trainer.loop.grad_align_reg
-
-    def reduced(model, x, y, eps, grad_at_x=None, generator=None):
-        n = max(1, round(len(x) * fraction))
-        return original(model, x[:n], y[:n], eps, None if grad_at_x is None else grad_at_x[:n], generator)
-
-    trainer.loop.grad_align_reg = reduced if fraction < 1 else original
-    try:
-        yield
-    finally:
-        trainer.loop.grad_align_reg = original
 
 
 def run_preset(fraction: float, seed: int, device: str, max_iters: int | None = None) -> dict[str, Any]:
@@ -42,9 +22,8 @@ def run_preset(fraction: float, seed: int, device: str, max_iters: int | None = 
     from trainer.loop import train
 
     events: list[dict] = []
-    cfg = make_config({**PRESETS[RESCUE_PRESET], "seed": seed, "device": device, "max_iters": max_iters})
-    with reg_fraction(fraction):
-        final = train(cfg, events.append)
+    changes = {"seed": seed, "device": device, "max_iters": max_iters, "grad_align_fraction": fraction}
+    final = train(make_config({**PRESETS[RESCUE_PRESET], **changes}), events.append)
     regs = [e["reg"] for e in events if e["type"] == "metrics"]
     evals = [e for e in events if e["type"] == "eval"]
     return {

@@ -18,6 +18,7 @@ iteration with a checkpoint (status `interrupted`, resumable), then the worker e
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import socket
@@ -29,6 +30,8 @@ from typing import ClassVar
 
 import redis
 import torch
+from redis.backoff import ConstantBackoff
+from redis.retry import Retry
 from rq.exceptions import AbandonedJobError, DeserializationError
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
@@ -44,6 +47,7 @@ from trainer.loop import resolve_device, train
 
 HEARTBEAT_TIMEOUT_ENV = "CODASH_HEARTBEAT_TIMEOUT"
 STOP_POLL_S = 0.2  # how often should_stop asks Redis whether the run was cancelled
+REDIS_RETRY_S = 0.25  # between reconnection attempts while Redis is away
 RQ_HEARTBEAT_S = 60.0  # keeps RQ's own record of a long job alive (RQ would call it abandoned after 7 min)
 
 
@@ -136,6 +140,9 @@ class CodashWorker(SimpleWorker):
         )
         self.device = device
         timeout = heartbeat_timeout()
+        # Ride out a Redis restart for as long as the heartbeats would have kept the run alive; after that
+        # the run is interrupted anyway, and the worker exits (status 2) for its supervisor to restart it.
+        connection.set_retry(Retry(ConstantBackoff(REDIS_RETRY_S), math.ceil(timeout / REDIS_RETRY_S)))
         self.timeout_ms = int(timeout * 1000)
         self.beat_s = min(1.0, timeout / 4)
         self.current_run: str | None = None

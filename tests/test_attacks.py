@@ -106,6 +106,20 @@ def test_grad_align_equals_an_independent_computation(batch):
     assert 0 <= reg.item() <= 2
 
 
+def test_grad_align_on_a_fraction_of_the_batch_is_grad_align_on_its_first_rows(batch):
+    """fraction=0.25 of 32 points: exactly the regulariser (and weight gradients) of the first 8 points."""
+    x, y = batch
+    model = small_cnn()
+    grad_at_x = input_grad(model, x, y)
+    part = grad_align_reg(model, x, y, EPS, grad_at_x, torch.Generator().manual_seed(3), fraction=0.25)
+    part_grads = torch.autograd.grad(part, list(model.parameters()))
+    first = grad_align_reg(model, x[:8], y[:8], EPS, grad_at_x[:8], torch.Generator().manual_seed(3))
+    first_grads = torch.autograd.grad(first, list(model.parameters()))
+    assert part.item() == pytest.approx(first.item(), abs=1e-6) and part.item() > 0
+    for a, b in zip(part_grads, first_grads, strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_grad_align_gradient_reaches_the_weights_through_double_backprop(batch):
     x, y = batch
     model = small_cnn()

@@ -64,6 +64,9 @@ class RunConfig(BaseModel):
     pgd_steps: int = Field(10, ge=1, le=100, description="PGD steps of the pgd and pgd_corner methods")
     pgd_alpha: float = Field(0.25, gt=0.0, le=4.0, description="PGD step as a multiple of eps")
     grad_align_lambda: float = Field(0.0, ge=0.0, le=100.0)
+    grad_align_fraction: float = Field(
+        1.0, gt=0.0, le=1.0, description="share of each batch GradAlign's random-point gradient is taken on"
+    )
     free_replays: int = Field(4, ge=1, le=32, description="Free AT: iterations on each minibatch (m)")
     nfgsm_k: float = Field(2.0, ge=0.0, le=8.0, description="N-FGSM: noise size as a multiple of eps (k)")
     epochs: int = Field(30, ge=1, le=1000)
@@ -140,6 +143,8 @@ class RunConfig(BaseModel):
         text = method[self.method]
         if self.uses_grad_align:
             text += f"+GradAlign λ={self.grad_align_lambda:g}"
+            if self.grad_align_fraction < 1:
+                text += f" ({self.grad_align_fraction:.0%} batch)"
         return f"{text} ε={format_eps(self.eps, self.dataset)}"
 
 

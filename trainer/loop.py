@@ -230,7 +230,7 @@ def _train_step(model, optimizer, cfg, x, y, gen, free: FreeAT | None = None):
     logits = model(x + delta)
     loss = F.cross_entropy(logits, y)
     if cfg.uses_grad_align:
-        reg = grad_align_reg(model, x, y, cfg.eps, grad_at_x, gen)
+        reg = grad_align_reg(model, x, y, cfg.eps, grad_at_x, gen, cfg.grad_align_fraction)
         objective = loss + cfg.grad_align_lambda * reg
     else:
         reg = torch.zeros((), device=x.device)

@@ -26,6 +26,7 @@ GROUPS = (
 )
 ADVANCED = (
     "alpha",
+    "grad_align_fraction",
     "pgd_steps",
     "pgd_alpha",
     "optimizer",
@@ -47,6 +48,7 @@ LABELS = {
     "pgd_steps": "PGD steps (pgd training)",
     "pgd_alpha": "PGD step (× ε)",
     "grad_align_lambda": "GradAlign λ",
+    "grad_align_fraction": "GradAlign batch share",
     "max_iters": "max iterations (optional)",
     "batch_size": "batch size",
     "lr": "learning rate",

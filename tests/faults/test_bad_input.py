@@ -14,22 +14,29 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rq.job import Job
 from streamlit.testing.v1 import AppTest
+from test_app_pages import store_run
 
 from jobs import api, keys, queue
 from jobs.cli import main
 from trainer.config import ConfigError, RunConfig, make_config
+from trainer.loop import train
 
 from .conftest import ROOT, TINY, snapshot, wait_status
 
 pytestmark = pytest.mark.timeout(180)
 
 
+@pytest.fixture(scope="module")
+def tiny_events() -> list[dict]:
+    events: list[dict] = []
+    train(make_config(TINY), events.append)
+    return events
+
+
 @pytest.fixture
-def stored(r) -> str:
-    """A finished run already in the store: every bad input below must leave it exactly as it is."""
-    run_id = api.submit(r, make_config(TINY), queue="held")
-    api.cancel(r, run_id)
-    return run_id
+def stored(r, tiny_events) -> str:
+    """A finished run with its events in the store: every bad input below must leave it exactly as it is."""
+    return store_run(r, tiny_events)
 
 
 # --- the launch form ---
