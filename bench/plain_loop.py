@@ -123,9 +123,12 @@ def adversary(method, model, x, y, eps, alpha, pgd_steps, pgd_alpha, gen):
     raise ValueError(method)
 
 
-def grad_align(model, x, y, eps, grad_x, gen):
-    """1 - mean cosine between the gradient at x and at a random point of the ball (double backprop)."""
-    grad_x = grad_at(model, x, y) if grad_x is None else grad_x.detach()
+def grad_align(model, x, y, eps, grad_x, gen, fraction=1.0):
+    """1 - mean cosine between the gradient at x and at a random point of the ball (double backprop),
+    on the first `fraction` of the batch."""
+    n = max(1, round(len(x) * fraction))
+    x, y = x[:n], y[:n]
+    grad_x = grad_at(model, x, y) if grad_x is None else grad_x[:n].detach()
     grad_random = grad_at(model, x, y, noise(x, eps, gen), create_graph=True)
     return 1 - F.cosine_similarity(grad_x.flatten(1), grad_random.flatten(1), dim=1).mean()
 
@@ -168,6 +171,7 @@ def time_training(
     pgd_steps: int = 10,
     pgd_alpha: float = 0.25,
     grad_align_lambda: float = 0.0,
+    grad_align_fraction: float = 1.0,
     optimizer: str = "adam",
     lr: float = 3e-3,
     cyclic: bool = False,
@@ -220,7 +224,8 @@ def time_training(
             loss = F.cross_entropy(logits, y)
             objective = loss
             if grad_align_lambda > 0:
-                objective = loss + grad_align_lambda * grad_align(net, x, y, eps, grad_x, gen)
+                reg = grad_align(net, x, y, eps, grad_x, gen, grad_align_fraction)
+                objective = loss + grad_align_lambda * reg
         opt.zero_grad(set_to_none=True)
         objective.backward()
         opt.step()

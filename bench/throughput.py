@@ -51,6 +51,7 @@ def plain_rate(config: dict[str, Any], data, **options) -> dict[str, float]:
         pgd_steps=cfg.pgd_steps,
         pgd_alpha=cfg.pgd_alpha,
         grad_align_lambda=cfg.grad_align_lambda,
+        grad_align_fraction=cfg.grad_align_fraction,
         optimizer=cfg.optimizer,
         lr=cfg.lr,
         cyclic=cfg.lr_schedule == "cyclic",

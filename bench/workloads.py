@@ -12,13 +12,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-# The five methods of the issue: name in the table -> RunConfig fields (lambda filled in per model).
+# The five methods of the issue, and GradAlign on half the batch (grad_align_fraction, docs/benchmarks.md):
+# name in the table -> RunConfig fields (lambda filled in per model).
 METHODS: dict[str, dict[str, Any]] = {
     "standard": {"method": "standard"},
     "fgsm": {"method": "fgsm"},
     "fgsm_rs": {"method": "fgsm_rs"},
     "pgd-10": {"method": "pgd", "pgd_steps": 10, "pgd_alpha": 0.25},
     "fgsm+gradalign": {"method": "fgsm", "grad_align_lambda": None},
+    "fgsm+gradalign/2": {"method": "fgsm", "grad_align_lambda": None, "grad_align_fraction": 0.5},
 }
 
 

@@ -1,11 +1,13 @@
-"""The dashboard in a real browser: redis, one CPU worker and `streamlit run` on free ports, Chromium driving.
+"""The dashboard in a real browser: `codash up` (what `make up` runs) on a free port, Chromium driving.
+
+`codash up` starts the worker and the dashboard against the test's embedded Redis (in a temporary
+CODASH_HOME) and must answer /_stcore/health within 60 s.
 
 Launches the FGSM digits preset from the form and waits until the live chart shows the PGD line and the
 catastrophic-overfitting marker, then saves a screenshot to test-artifacts/screenshot.png (kept after the
 run) and, with CODASH_UPDATE_SCREENSHOT=1, to docs/screenshot.png (the README's); then scrolls to "Inside
 the model" (first-layer filters and one image's perturbations, after CO) for test-artifacts/inside.png and
-docs/inside.png. Needs Debian's Chromium
-at /usr/bin/chromium: skipped without it, except on CI (CI=true),
+docs/inside.png. Needs Debian's Chromium at /usr/bin/chromium: skipped without it, except on CI (CI=true),
 where a missing browser fails the test.
 """
 
@@ -74,34 +76,30 @@ def healthy(url: str) -> bool:
 
 @pytest.fixture
 def dashboard(redis_home: Path, tmp_path: Path) -> Iterator[str]:
-    """`streamlit run app/main.py` on a free port, against the test's embedded Redis (via CODASH_HOME)."""
+    """`codash up --port P`: one CPU worker and the dashboard, against the test's embedded Redis."""
     port = free_port()
-    log = tmp_path / "streamlit.log"
-    command = [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port)]
-    command += ["--server.headless", "true", "--browser.gatherUsageStats", "false"]
-    command += ["--server.fileWatcherType", "none"]
+    log = tmp_path / "up.log"
+    command = [sys.executable, "-m", "jobs.cli", "up", "--port", str(port)]
+    env = {**os.environ, "CODASH_HOME": str(redis_home)}
     with open(log, "w") as out:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: healthy(url) or process.poll() is not None, 60, "the dashboard to start")
+        wait_for(lambda: healthy(url) or process.poll() is not None, 60, "codash up to serve the dashboard")
         assert process.poll() is None, log.read_text()
         yield url
     finally:
-        process.terminate()
+        process.terminate()  # SIGTERM: codash up stops its worker and the dashboard
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
-        print("--- streamlit ---", *log.read_text().splitlines()[-20:], sep="\n")
+        print("--- codash up ---", *log.read_text().splitlines()[-20:], sep="\n")
 
 
-def test_launch_the_fgsm_preset_and_watch_catastrophic_overfitting(
-    chromium, dashboard, worker_pool, tmp_path
-):
+def test_launch_the_fgsm_preset_and_watch_catastrophic_overfitting(chromium, dashboard, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    worker_pool.spawn("e2e-worker")
     deadline = time.monotonic() + BUDGET_S
 
     def left_ms() -> float:
