@@ -36,6 +36,18 @@ TINY: dict[str, Any] = {
 }
 
 
+@pytest.fixture
+def batch():
+    """32 random 8x8 one-channel images for attack tests, some pixels at the box edges (where it binds)."""
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(32, 1, 8, 8, generator=g)
+    x[:, :, :2] = 0.0
+    x[:, :, -2:] = 1.0
+    return x, torch.randint(0, 10, (32,), generator=g)
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, message: str, interval: float = 0.02) -> Any:
     """Poll until `predicate` returns something truthy; fail the test with `message` after `timeout` s."""
     deadline = time.monotonic() + timeout

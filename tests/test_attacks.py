@@ -16,15 +16,6 @@ def small_cnn(seed=0):
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
 
 
-@pytest.fixture
-def batch():
-    g = torch.Generator().manual_seed(1)
-    x = torch.rand(32, 1, 8, 8, generator=g)
-    x[:, :, :2] = 0.0  # pixels at the box edges, where the box constraint binds
-    x[:, :, -2:] = 1.0
-    return x, torch.randint(0, 10, (32,), generator=g)
-
-
 def assert_feasible(delta, x, eps):
     assert delta.abs().max() <= eps + 1e-7
     assert (x + delta).min() >= 0 and (x + delta).max() <= 1

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 
 from trainer.checkpoint import load_model, model_for
 from trainer.cli import build_parser, config_from_args
@@ -17,19 +18,6 @@ from trainer.data import load_dataset
 from trainer.evaluate import SNAPSHOT_FILTERS, accuracy, eval_metrics, snapshot
 from trainer.events import FIELDS, JsonlSink, make_event, read_jsonl
 from trainer.loop import train
-
-TINY = {
-    "dataset": "digits",
-    "method": "fgsm",
-    "eps": 0.2,
-    "max_iters": 60,
-    "eval_every": 20,
-    "eval_points": 64,
-    "final_eval_points": 64,
-    "final_pgd_steps": 5,
-    "final_pgd_restarts": 1,
-    "device": "cpu",
-}
 
 
 def run(config, **kwargs):

@@ -9,28 +9,12 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from test_attacks import EPS, small_cnn
 
 from trainer.attacks import input_grad, nfgsm, pgd, pgd_corner, project, random_corner
 from trainer.config import make_config
 from trainer.free import FreeAT
 from trainer.loop import ADVERSARY, _train_step, make_optimizer, train
-
-EPS = 0.1
-
-
-def small_cnn(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
-
-
-@pytest.fixture
-def batch():
-    g = torch.Generator().manual_seed(1)
-    x = torch.rand(32, 1, 8, 8, generator=g)
-    x[:, :, :2] = 0.0  # pixels at the box edges, where the box constraint binds
-    x[:, :, -2:] = 1.0
-    return x, torch.randint(0, 10, (32,), generator=g)
 
 
 def interior(x, delta):
