@@ -471,3 +471,16 @@ def test_sweep_plot_shows_finished_co_and_running_runs_and_a_click_opens_one(r):
     at.run()
     assert at.query_params["run"] == rescued
     assert charts(at)["live.chart"]["layout"]["uirevision"] == rescued
+
+
+def test_fields_the_chosen_method_does_not_read_are_disabled_and_say_why(r):
+    at = app().run()  # the FGSM preset
+    inputs = {key: at.number_input(key="launch." + key) for key in ("free_replays", "nfgsm_k", "pgd_steps")}
+    assert all(widget.disabled and "only" in widget.help for widget in inputs.values())
+    assert not at.number_input(key="launch.alpha").disabled
+    assert at.number_input(key="launch.grad_align_fraction").disabled  # GradAlign is off
+    at.selectbox(key="launch.method").set_value("nfgsm").run()
+    at.toggle(key="launch.grad_align").set_value(True).run()
+    assert not at.number_input(key="launch.nfgsm_k").disabled
+    assert at.number_input(key="launch.free_replays").disabled
+    assert not at.number_input(key="launch.grad_align_fraction").disabled

@@ -26,6 +26,16 @@ _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 DEFAULT_ALPHA = {"fgsm": 1.0, "fgsm_rs": 1.25, "nfgsm": 1.0, "free": 1.0}
 
 
+# The fields that only some methods read (every other field applies to every method).
+USED_BY = {
+    "alpha": ("fgsm", "fgsm_rs", "nfgsm", "free"),
+    "pgd_steps": ("pgd", "pgd_corner"),
+    "pgd_alpha": ("pgd", "pgd_corner"),
+    "free_replays": ("free",),
+    "nfgsm_k": ("nfgsm",),
+}
+
+
 def parse_eps(value: Any) -> Any:
     """Accept 0.15, "0.15" or "8/255" (the form in which the papers write eps)."""
     if isinstance(value, str):

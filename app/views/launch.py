@@ -16,7 +16,7 @@ from app import limits, nav, state
 from app.figures import NATURAL_IMAGES, md_escape, model_name
 from app.presets import DEFAULT_PRESET, PRESETS
 from jobs import api
-from trainer.config import ConfigError, RunConfig, allowed, format_eps, make_config, paper_lambda
+from trainer.config import USED_BY, ConfigError, RunConfig, allowed, format_eps, make_config, paper_lambda
 
 GROUPS = (
     ("Data and model", ("dataset", "model", "name", "n_layers", "n_filters")),
@@ -199,17 +199,25 @@ def _generic(name: str) -> None:
     base = args[0] if optional else info.annotation
     label, key = LABELS.get(name, name), KEY + name
     auto = "Empty: the paper's default for this method and model." if optional else ""
+    unused = _unused_by_this_run(name)
     help_text = " ".join(
-        filter(None, [info.description and info.description.capitalize() + ".", allowed(name), auto])
+        filter(None, [info.description and info.description.capitalize() + ".", allowed(name), auto, unused])
     )
+    disabled = bool(unused)
     if get_origin(base) is Literal:
         st.selectbox(
-            label, get_args(base), key=key, index=None if optional else 0, placeholder="auto", help=help_text
+            label,
+            get_args(base),
+            key=key,
+            index=None if optional else 0,
+            placeholder="auto",
+            help=help_text,
+            disabled=disabled,
         )
     elif base is bool:
-        st.toggle(label, key=key, help=help_text)
+        st.toggle(label, key=key, help=help_text, disabled=disabled)
     elif base is str:
-        st.text_input(label, key=key, help=help_text, max_chars=80)
+        st.text_input(label, key=key, help=help_text, max_chars=80, disabled=disabled)
     else:
         bounds = _bounds(name)
         numeric = int if base is int else float
@@ -223,7 +231,18 @@ def _generic(name: str) -> None:
             value=None if optional else "min",
             placeholder="auto" if optional else None,
             help=help_text,
+            disabled=disabled,
         )
+
+
+def _unused_by_this_run(name: str) -> str:
+    """Why a field does nothing with the form's current method / GradAlign choice ('' if it is used)."""
+    methods = USED_BY.get(name)
+    if methods and st.session_state.get(KEY + "method") not in methods:
+        return f"Used by {', '.join(methods)} only."
+    if name == "grad_align_fraction" and not st.session_state.get(KEY + "grad_align"):
+        return "Used with GradAlign only."
+    return ""
 
 
 def _bounds(name: str) -> dict[str, float]:

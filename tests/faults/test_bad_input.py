@@ -44,7 +44,7 @@ def stored(r, tiny_events) -> str:
 FORM = [
     ("lr", 0.0, "greater than 0"),
     ("alpha", 0.0, "greater than 0"),
-    ("pgd_alpha", 0.0, "greater than 0"),
+    ("momentum", 1.5, "less than 1"),
     ("epochs", 500, "at most 200 epochs"),  # the dashboard's limit, not RunConfig's (1000)
     ("batch_size", 2048, "at most 1024"),  # the dashboard's limit
     ("momentum", 1.0, "less than 1"),
