@@ -22,7 +22,6 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from trainer.config import RunConfig, format_eps
-from trainer.events import tabular
 
 if TYPE_CHECKING:
     from jobs.api import Run
@@ -574,17 +573,6 @@ def format_duration(seconds: float | None) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-def events_csv(events: Sequence[dict[str, Any]]) -> str:
-    """All events but snapshots (arrays) as one CSV: nested fields flattened to dotted columns (config.eps,
-    last.pgd_acc)."""
-    return pd.json_normalize(tabular(list(events))).to_csv(index=False)
-
-
-def events_jsonl(events: Sequence[dict[str, Any]]) -> str:
-    """JSON Lines, the format `codash train --out` writes, so the same tools read both."""
-    return "".join(json.dumps(event, separators=(",", ":")) + "\n" for event in events)
 
 
 # --- the sweep: final PGD accuracy against ε per method (the paper's Fig. 1) ---

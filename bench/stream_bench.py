@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from jobs import api, keys, registry  # noqa: E402
 from jobs.server import ensure_server, stop_server  # noqa: E402
-from jobs.stream import FIELD, StreamSink, encode  # noqa: E402
+from jobs.stream import FIELD, StreamSink  # noqa: E402
+from trainer.events import encode  # noqa: E402
 
 CONFIG = {
     "dataset": "digits",

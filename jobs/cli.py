@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import IO, Any
 
 import redis
 
@@ -22,7 +20,7 @@ from jobs import api, keys
 from jobs.queue import check_name
 from jobs.server import ensure_server, public_url, run_in_foreground, stop_server
 from trainer.cli import add_config_flags, add_train_command, config_from_args, run
-from trainer.events import Event, tabular
+from trainer.events import events_csv, events_jsonl
 
 JOB_ERRORS = (api.RunNotFound, api.InvalidTransition, redis.RedisError, ValueError)
 
@@ -176,34 +174,8 @@ def run_export(args: argparse.Namespace) -> int:
     events = api.all_events(r, args.run_id)
     with ExitStack() as stack:
         out = stack.enter_context(open(args.out, "w", newline="")) if args.out else sys.stdout
-        (write_csv if args.format == "csv" else write_jsonl)(events, out)
+        out.write(events_csv(events) if args.format == "csv" else events_jsonl(events))
     return 0
-
-
-def write_jsonl(events: list[Event], out: IO[str]) -> None:
-    for event in events:
-        out.write(json.dumps(event, separators=(",", ":")) + "\n")
-
-
-def write_csv(events: list[Event], out: IO[str]) -> None:
-    """One row per event; the columns are the union over all events (first-seen order), nested objects
-    flattened with dots (`config.eps`, `last.pgd_acc`); a field an event lacks is an empty cell. Snapshot
-    events (images and filters) are left out: the JSONL export has them."""
-    rows = [flatten(event) for event in tabular(events)]
-    columns = list(dict.fromkeys(column for row in rows for column in row))
-    writer = csv.DictWriter(out, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-
-
-def flatten(event: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in event.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
 
 
 def run_worker(args: argparse.Namespace) -> int:

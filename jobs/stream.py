@@ -15,17 +15,13 @@ from redis.client import Pipeline
 
 from jobs import keys
 from jobs.registry import write_if_owner
-from trainer.events import Event
+from trainer.events import Event, encode
 
 FIELD = "event"
 FIELD_KEY = FIELD.encode()  # replies are bytes
 FLUSH_S = 0.25  # metrics reach Redis at most this long after the trainer hands them over
 MAX_BATCH = 2000  # events per transaction, so one flush never holds Redis for long
 PAGE = 500
-
-
-def encode(event: Event) -> str:
-    return json.dumps(event, separators=(",", ":"))
 
 
 class StreamSink:

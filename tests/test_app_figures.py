@@ -16,8 +16,6 @@ from app.figures import (
     Series,
     distinguishing_labels,
     downsample,
-    events_csv,
-    events_jsonl,
     filter_mosaic,
     filters_figure,
     format_duration,
@@ -31,7 +29,7 @@ from app.figures import (
     sweep_frame,
 )
 from trainer.config import make_config
-from trainer.events import make_event, read_jsonl
+from trainer.events import events_csv, events_jsonl, make_event, read_jsonl
 
 
 def config_event(start: int = 0, total: int = 100, **config) -> dict:

@@ -5,9 +5,11 @@ A run's history is its events in order; every consumer (charts, exports, tests) 
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import IO, Any
 
 Event = dict[str, Any]
@@ -75,9 +77,36 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def tabular(events: list[Event]) -> list[Event]:
-    """The events a table (CSV export) holds: one row each, no arrays."""
-    return [event for event in events if event["type"] not in ARRAY_EVENTS]
+def encode(event: Event) -> str:
+    """An event as one compact JSON line's text: the JSONL file and the Redis stream hold exactly this."""
+    return json.dumps(event, separators=(",", ":"))
+
+
+def events_jsonl(events: Iterable[Event]) -> str:
+    return "".join(encode(event) + "\n" for event in events)
+
+
+def events_csv(events: Iterable[Event]) -> str:
+    """One row per event; the columns are the union over all events (first-seen order), nested objects
+    flattened with dots (`config.eps`, `last.pgd_acc`); a field an event lacks is an empty cell. Snapshot
+    events (images and filters) are left out: the JSONL export has them."""
+    rows = [_flatten(event) for event in events if event["type"] not in ARRAY_EVENTS]
+    columns = list(dict.fromkeys(column for row in rows for column in row))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def _flatten(event: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in event.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
 
 
 def without_timing(event: Event) -> Event:
@@ -91,7 +120,7 @@ class JsonlSink:
         self.stream = stream
 
     def __call__(self, event: Event) -> None:
-        self.stream.write(json.dumps(event, separators=(",", ":")) + "\n")
+        self.stream.write(encode(event) + "\n")
         if event["type"] != "metrics":
             self.stream.flush()
 

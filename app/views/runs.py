@@ -7,8 +7,9 @@ import contextlib
 import streamlit as st
 
 from app import nav, state
-from app.figures import events_csv, events_jsonl, runs_frame
+from app.figures import runs_frame
 from jobs import api
+from trainer.events import events_csv, events_jsonl
 
 COLUMNS = {
     "id": st.column_config.TextColumn("id", width="small"),
@@ -75,14 +76,14 @@ def _actions(r, selected: list[str]) -> None:
         run_id = selected[0]
         columns[2].download_button(
             "Events as CSV",
-            data=lambda: events_csv(api.read_events(r, run_id)[0]),
+            data=lambda: events_csv(api.all_events(r, run_id)),
             file_name=f"codash-{run_id}.csv",
             mime="text/csv",
             key="runs.csv",
         )
         columns[3].download_button(
             "Events as JSON Lines",
-            data=lambda: events_jsonl(api.read_events(r, run_id)[0]),
+            data=lambda: events_jsonl(api.all_events(r, run_id)),
             file_name=f"codash-{run_id}.jsonl",
             mime="application/jsonl",
             key="runs.jsonl",
