@@ -18,13 +18,11 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,7 +34,8 @@ from test_app_figures import co_run_events, config_event, eval_event, final_even
 from test_app_pages import append, store_run  # noqa: E402
 
 from jobs import api  # noqa: E402
-from jobs.server import ensure_server, stop_server  # noqa: E402
+from jobs.server import ensure_server, free_port, stop_server  # noqa: E402
+from jobs.up import dashboard_healthy  # noqa: E402
 
 MAIN = ROOT / "app" / "main.py"
 CHROMIUM = "/usr/bin/chromium"
@@ -110,12 +109,6 @@ def bench_renders(ids: dict[str, str], renders: int) -> None:
     time_renders("sweep (15 runs)", page(sweep="bench"), renders)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def bench_latency(r, n_events: int) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -128,7 +121,7 @@ def bench_latency(r, n_events: int) -> None:
     server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait(lambda: _healthy(url), 60)
+        _wait(lambda: dashboard_healthy(url), 60)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1200})
@@ -152,14 +145,6 @@ def bench_latency(r, n_events: int) -> None:
     finally:
         server.terminate()
         server.wait(timeout=10)
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-            return response.read() == b"ok"
-    except OSError:
-        return False
 
 
 def _wait(predicate: Callable[[], bool], timeout: float) -> None:

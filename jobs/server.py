@@ -137,7 +137,7 @@ def _configure(home: Path, previous_url: str | None, daemonize: bool) -> tuple[s
         _write_private(password_file, secrets.token_hex(24) + "\n")
     password = password_file.read_text().strip()
     previous_port = urlsplit(previous_url).port if previous_url else None
-    port = previous_port if previous_port and _port_is_free(previous_port) else _free_port()
+    port = previous_port if previous_port and _port_is_free(previous_port) else free_port()
     data = home / DATA_DIR
     data.mkdir(exist_ok=True, mode=0o700)
     lines = [
@@ -188,7 +188,8 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

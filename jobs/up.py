@@ -87,14 +87,20 @@ def app_argv(host: str, port: int) -> list[str]:
     ]  # fmt: skip
 
 
+def dashboard_healthy(url: str) -> bool:
+    """Whether the Streamlit server at `url` answers its health check (HTTP 200 on /_stcore/health)."""
+    with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
+        return reply.status == 200
+    return False
+
+
 def wait_healthy(url: str, app: Child, timeout: float = HEALTH_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not app.alive():
             raise RuntimeError("the dashboard exited while starting; see its output above")
-        with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as ok:
-            if ok.status == 200:
-                return
+        if dashboard_healthy(url):
+            return
         time.sleep(0.2)
     raise RuntimeError(f"the dashboard did not answer at {url} within {timeout:g} s")
 

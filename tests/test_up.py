@@ -5,22 +5,17 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, TINY, wait_for
 
+from jobs.server import free_port
+from jobs.up import dashboard_healthy
+
 pytestmark = pytest.mark.timeout(180)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def codash(*args: str, env: dict[str, str], **kwargs) -> subprocess.CompletedProcess:
@@ -48,10 +43,7 @@ def alive(pid: int) -> bool:
 
 
 def healthy(port: int) -> bool:
-    url = f"http://127.0.0.1:{port}/_stcore/health"
-    with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as reply:
-        return reply.status == 200
-    return False
+    return dashboard_healthy(f"http://127.0.0.1:{port}")
 
 
 @pytest.fixture

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +25,8 @@ import pytest
 from conftest import ROOT, wait_for
 
 from jobs import api
+from jobs.server import free_port
+from jobs.up import dashboard_healthy
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -60,20 +60,6 @@ def chromium() -> Path:
     return CHROMIUM
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-            return response.read() == b"ok"
-    except OSError:
-        return False
-
-
 @pytest.fixture
 def dashboard(redis_home: Path, tmp_path: Path) -> Iterator[str]:
     """`codash up --port P`: one CPU worker and the dashboard, against the test's embedded Redis."""
@@ -85,7 +71,11 @@ def dashboard(redis_home: Path, tmp_path: Path) -> Iterator[str]:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: healthy(url) or process.poll() is not None, 60, "codash up to serve the dashboard")
+        wait_for(
+            lambda: dashboard_healthy(url) or process.poll() is not None,
+            60,
+            "codash up to serve the dashboard",
+        )
         assert process.poll() is None, log.read_text()
         yield url
     finally:

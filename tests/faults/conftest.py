@@ -16,11 +16,9 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +28,8 @@ import pytest
 from conftest import ROOT, TINY, wait_for
 
 from jobs import api, keys
+from jobs.server import free_port
+from jobs.up import dashboard_healthy
 
 FIGURES: list[dict[str, Any]] = []
 ARTIFACT = ROOT / "test-artifacts" / "fault-figures.json"
@@ -185,12 +185,6 @@ def wait_status(r, run_id: str, statuses: set[str], timeout: float) -> api.Run:
 # --- the dashboard as a real process ---
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class Dashboard:
     """`streamlit run app/main.py` on 127.0.0.1:port, against the Redis at redis_url."""
@@ -228,11 +222,7 @@ class Dashboard:
 
     def health(self) -> int | None:
         """The HTTP status of /_stcore/health, None when nothing answers."""
-        try:
-            with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=5) as response:
-                return response.status if response.read() == b"ok" else None
-        except OSError:
-            return None
+        return 200 if dashboard_healthy(self.url) else None
 
     def render(self, page: str = "", query: str = "", timeout: float = 30) -> list:
         """Open a session over the websocket, as a browser does, and run one page to its end.
