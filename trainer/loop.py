@@ -264,27 +264,13 @@ def _final(model, cfg, data: Dataset, state: RunState, run_dir: Path, emit: Sink
 
     With `autoattack` on, AutoAttack (standard, L-inf) also runs on the same points (None when off).
     """
-    results = {}
+    results = {"last": _final_metrics(model, cfg, data, device)}
     best_state = load_checkpoint(run_dir, "best", device)
-    for which in ("last", "best"):
-        if which == "best" and (best_state is None or best_state["iteration"] == state.iteration):
-            results["best"] = dict(results["last"])  # the same weights: no need to attack them again
-            break
-        if which == "best":
-            model.load_state_dict(best_state["model"])
-        model.eval()
-        n = min(cfg.final_eval_points, len(data.test_x))
-        robust = auto = None
-        if n:
-            generator = torch.Generator(device).manual_seed(cfg.seed)
-            xs, ys = data.test_x[:n], data.test_y[:n]
-            robust = pgd_accuracy(
-                model, xs, ys, cfg.eps, cfg.final_pgd_steps, cfg.final_pgd_restarts, generator
-            )
-            if cfg.autoattack:
-                auto = autoattack_accuracy(model, xs, ys, cfg.eps, DATA_SHAPES[cfg.dataset][2], cfg.seed)
-        clean = accuracy(model, data.test_x, data.test_y)
-        results[which] = {"clean_acc": clean, "pgd_acc": robust, "autoattack_acc": auto}
+    if best_state is None or best_state["iteration"] == state.iteration:
+        results["best"] = dict(results["last"])  # the same weights: no need to attack them again
+    else:
+        model.load_state_dict(best_state["model"])
+        results["best"] = _final_metrics(model, cfg, data, device)
     final = make_event(
         "final",
         co_detected=state.detector.fired_at is not None,
@@ -298,6 +284,19 @@ def _final(model, cfg, data: Dataset, state: RunState, run_dir: Path, emit: Sink
     )
     emit(final)
     return final
+
+
+def _final_metrics(model, cfg, data: Dataset, device) -> dict[str, float | None]:
+    model.eval()
+    n = min(cfg.final_eval_points, len(data.test_x))
+    robust = auto = None
+    if n:
+        generator = torch.Generator(device).manual_seed(cfg.seed)
+        xs, ys = data.test_x[:n], data.test_y[:n]
+        robust = pgd_accuracy(model, xs, ys, cfg.eps, cfg.final_pgd_steps, cfg.final_pgd_restarts, generator)
+        if cfg.autoattack:
+            auto = autoattack_accuracy(model, xs, ys, cfg.eps, DATA_SHAPES[cfg.dataset][2], cfg.seed)
+    return {"clean_acc": accuracy(model, data.test_x, data.test_y), "pgd_acc": robust, "autoattack_acc": auto}
 
 
 def _epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
