@@ -14,6 +14,7 @@ from test_attacks import EPS, small_cnn
 from trainer.attacks import input_grad, nfgsm, pgd, pgd_corner, project, random_corner
 from trainer.config import make_config
 from trainer.free import FreeAT
+from trainer.gradalign import grad_align_reg
 from trainer.loop import ADVERSARY, _train_step, make_optimizer, train
 
 
@@ -106,6 +107,31 @@ def test_free_step_uses_one_backward_for_weights_and_delta(batch):
     for got, want in zip(model.parameters(), expected_weights, strict=True):
         assert torch.allclose(got, want, atol=1e-6)
     assert free.delta.abs().max() <= EPS + 1e-7
+
+
+@pytest.mark.parametrize("method", ["fgsm", "free"])
+def test_grad_align_step_equals_the_full_backward_of_its_objective(batch, method):
+    """_train_step backpropagates GradAlign only into what needs a gradient (the weights, Free AT's delta);
+    the update must equal the plain full backward of loss(x + delta) + lambda * reg."""
+    x, y = batch
+    sgd = {"optimizer": "sgd", "lr": 0.1, "momentum": 0, "weight_decay": 0}
+    cfg = make_config({"method": method, "eps": EPS, "grad_align_lambda": 2.0, **sgd})
+    model, free = small_cnn(), (FreeAT(cfg) if method == "free" else None)
+    before = copy.deepcopy(model)
+
+    # the reference, with the same random numbers: everything that requires a gradient gets one
+    reference_free = copy.deepcopy(free)
+    delta, grad_at_x = (reference_free or ADVERSARY[method])(before, x, y, cfg, None)
+    reg = grad_align_reg(before, x, y, EPS, grad_at_x, torch.Generator().manual_seed(5))
+    (F.cross_entropy(before(x + delta), y) + 2.0 * reg).backward()
+    expected_weights = [p - 0.1 * p.grad for p in before.parameters()]
+
+    _train_step(model, make_optimizer(cfg, model), cfg, x, y, torch.Generator().manual_seed(5), free)
+    for got, want in zip(model.parameters(), expected_weights, strict=True):
+        assert torch.allclose(got, want, atol=1e-6)
+    if free is not None:
+        reference_free.update(delta, x)
+        assert torch.equal(free.delta, reference_free.delta)
 
 
 def test_free_delta_persists_across_minibatches_and_resets_on_a_new_shape(batch):

@@ -229,14 +229,18 @@ def _train_step(model, optimizer, cfg, x, y, gen, free: FreeAT | None = None):
     delta, grad_at_x = (free or ADVERSARY[cfg.method])(model, x, y, cfg, gen)
     logits = model(x + delta)
     loss = F.cross_entropy(logits, y)
+    inputs = None  # everything that requires a gradient
     if cfg.uses_grad_align:
         reg = grad_align_reg(model, x, y, cfg.eps, grad_at_x, gen, cfg.grad_align_fraction)
         objective = loss + cfg.grad_align_lambda * reg
+        # Name what needs a gradient, or autograd also differentiates the double-backprop graph with
+        # respect to its random input point: ~10% of a GradAlign step on CPU (docs/benchmarks.md).
+        inputs = [*model.parameters(), *([delta] if free is not None else [])]
     else:
         reg = torch.zeros((), device=x.device)
         objective = loss
     optimizer.zero_grad(set_to_none=True)
-    objective.backward()
+    objective.backward(inputs=inputs)
     optimizer.step()
     if free is not None:  # the same backward pass left the input gradient in delta.grad
         free.update(delta, x)
