@@ -227,7 +227,7 @@ def time_training(
                 reg = grad_align(net, x, y, eps, grad_x, gen, grad_align_fraction)
                 objective = loss + grad_align_lambda * reg
         opt.zero_grad(set_to_none=True)
-        objective.backward()
+        objective.backward()  # into every leaf, GradAlign's random point too, as the paper's code does
         opt.step()
         loss_sum += loss.detach().float()
         correct += (logits.argmax(1) == y).sum()
