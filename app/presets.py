@@ -12,7 +12,7 @@ from trainer.config import paper_lambda
 
 # The setting tests/test_science.py checks and the README documents (5/5 seeds: FGSM collapses, GradAlign
 # with lambda=4 and PGD-5 do not).
-_DIGITS_CNN = {"dataset": "digits", "model": "cnn", "n_layers": 1, "n_filters": 16, "eps": 0.175}
+DIGITS_CNN = {"dataset": "digits", "model": "cnn", "n_layers": 1, "n_filters": 16, "eps": 0.175}
 # The paper's CIFAR-10 training (its scripts: 30 epochs, batch 128, SGD with a cyclic lr peaking at 0.2,
 # 0.3 for GradAlign).
 _CIFAR_RESNET = {
@@ -24,10 +24,12 @@ _CIFAR_RESNET = {
     "lr_schedule": "cyclic",
 }
 
+DEFAULT_PRESET = "Digits: FGSM catastrophic overfitting"
+DIGITS_GRAD_ALIGN = "Digits: GradAlign rescue"
 PRESETS: dict[str, dict[str, Any]] = {
-    "Digits: FGSM catastrophic overfitting": {**_DIGITS_CNN, "method": "fgsm"},
-    "Digits: GradAlign rescue": {**_DIGITS_CNN, "method": "fgsm", "grad_align_lambda": 4.0},
-    "Digits: PGD baseline": {**_DIGITS_CNN, "method": "pgd", "pgd_steps": 5, "pgd_alpha": 0.5},
+    DEFAULT_PRESET: {**DIGITS_CNN, "method": "fgsm"},
+    DIGITS_GRAD_ALIGN: {**DIGITS_CNN, "method": "fgsm", "grad_align_lambda": 4.0},
+    "Digits: PGD baseline": {**DIGITS_CNN, "method": "pgd", "pgd_steps": 5, "pgd_alpha": 0.5},
     "CIFAR-10 ResNet-18 ε=8/255 (paper)": {
         **_CIFAR_RESNET,
         "method": "fgsm",
@@ -51,7 +53,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eps": 10 / 255,
     },
 }
-DEFAULT_PRESET = "Digits: FGSM catastrophic overfitting"
 
 # The sweep page's presets: a base config, the methods (names in app.views.sweep.METHODS), the ε list as
 # typed in the form, and per-method fields that differ from the base.

@@ -13,17 +13,16 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-RESCUE_PRESET = "Digits: GradAlign rescue"
+from app.presets import DIGITS_GRAD_ALIGN, PRESETS
 
 
 def run_preset(fraction: float, seed: int, device: str, max_iters: int | None = None) -> dict[str, Any]:
-    from app.presets import PRESETS
     from trainer.config import make_config
     from trainer.loop import train
 
     events: list[dict] = []
     changes = {"seed": seed, "device": device, "max_iters": max_iters, "grad_align_fraction": fraction}
-    final = train(make_config({**PRESETS[RESCUE_PRESET], **changes}), events.append)
+    final = train(make_config({**PRESETS[DIGITS_GRAD_ALIGN], **changes}), events.append)
     regs = [e["reg"] for e in events if e["type"] == "metrics"]
     evals = [e for e in events if e["type"] == "eval"]
     return {
@@ -60,4 +59,4 @@ def tradeoff(device: str, seeds=(0, 1), fractions=(1.0, 0.5), max_iters: int | N
                 r["final_pgd_acc"] for r in mine if r["final_pgd_acc"] is not None
             ),
         }
-    return {"preset": RESCUE_PRESET, "runs": runs, "summary": summary}
+    return {"preset": DIGITS_GRAD_ALIGN, "runs": runs, "summary": summary}

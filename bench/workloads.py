@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.presets import DIGITS_CNN, DIGITS_GRAD_ALIGN, PRESETS
+
 # The five methods of the issue, and GradAlign on half the batch (grad_align_fraction, docs/benchmarks.md):
 # name in the table -> RunConfig fields (lambda filled in per model).
 METHODS: dict[str, dict[str, Any]] = {
@@ -47,7 +49,6 @@ class Workload:
         return self.pgd_iters if method.startswith("pgd") else self.iters
 
 
-DIGITS_CNN = {"dataset": "digits", "model": "cnn", "n_layers": 1, "n_filters": 16, "eps": 0.175}
 CIFAR_RESNET = {
     "dataset": "cifar10",
     "model": "preact_resnet18",
@@ -64,7 +65,7 @@ def workloads(device: str, quick: bool) -> list[Workload]:
     digits = Workload(
         "cnn/digits",
         {**DIGITS_CNN, "batch_size": 64, "amp": cuda},
-        grad_align_lambda=4.0,  # the "Digits: GradAlign rescue" preset
+        grad_align_lambda=PRESETS[DIGITS_GRAD_ALIGN]["grad_align_lambda"],
         iters=20 if quick else 150,
         pgd_iters=10 if quick else 40,
         repeats=1 if quick else 5,

@@ -28,7 +28,7 @@ from test_app_figures import (
 )
 
 from app.figures import distinguishing_labels, md_escape
-from app.presets import PRESETS
+from app.presets import DIGITS_GRAD_ALIGN, PRESETS
 from app.views.launch import ADVANCED, GROUPS
 from jobs import api
 from jobs.queue import job_id, rq_queue
@@ -161,6 +161,14 @@ def test_eps_is_entered_in_255ths_on_cifar_and_the_paper_lambda_can_be_taken(r):
     [run] = api.list_runs(r)
     assert run.config.eps == pytest.approx(16 / 255)
     assert run.config.grad_align_lambda == 2.0
+
+
+def test_out_of_range_paper_lambda_points_to_the_digits_preset_and_its_lambda(r):
+    at = app().run()  # digits at eps = 0.175: lambda(eps) is far beyond the allowed range
+    [note] = [caption.value for caption in at.caption if "out of range" in caption.value]
+    lam = PRESETS[DIGITS_GRAD_ALIGN]["grad_align_lambda"]
+    assert f"“{DIGITS_GRAD_ALIGN}” uses λ={lam:g}" in note
+    assert at.button(key="launch.paper_lambda").disabled
 
 
 def test_an_invalid_field_is_reported_next_to_it_and_nothing_is_queued(r):

@@ -14,7 +14,7 @@ import streamlit as st
 
 from app import limits, nav, state
 from app.figures import NATURAL_IMAGES, md_escape, model_name
-from app.presets import DEFAULT_PRESET, PRESETS
+from app.presets import DEFAULT_PRESET, DIGITS_GRAD_ALIGN, PRESETS
 from jobs import api
 from trainer.config import USED_BY, ConfigError, RunConfig, allowed, format_eps, make_config, paper_lambda
 
@@ -315,7 +315,8 @@ def _grad_align() -> None:
     else:
         st.caption(
             f"Paper's λ(ε) gives {suggestion:,.0f} at ε={format_eps(eps, dataset)}: out of range (it is "
-            "calibrated for CIFAR-10, ε ≤ 16/255); the digits GradAlign preset uses λ=2."
+            f"calibrated for CIFAR-10, ε ≤ 16/255); the preset “{DIGITS_GRAD_ALIGN}” uses "
+            f"λ={PRESETS[DIGITS_GRAD_ALIGN]['grad_align_lambda']:g}."
         )
     st.button(
         "Use paper λ(ε)",
