@@ -1,64 +1,16 @@
-"""The launch form's presets: the runs that tell the paper's story, in one dict, tuned in one place.
-
-Each preset lists only what differs from RunConfig's defaults; RunConfig fills in the paper's
-method- and model-dependent defaults (optimizer, lr, schedule, FGSM step).
-"""
+"""The sweep page's presets (run presets, shared with the CLI, are in trainer.presets)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from trainer.config import paper_lambda
-
-# The setting tests/test_science.py checks and the README documents (5/5 seeds: FGSM collapses, GradAlign
-# with lambda=4 and PGD-5 do not).
-DIGITS_CNN = {"dataset": "digits", "model": "cnn", "n_layers": 1, "n_filters": 16, "eps": 0.175}
-# The paper's CIFAR-10 training (its scripts: 30 epochs, batch 128, SGD with a cyclic lr peaking at 0.2,
-# 0.3 for GradAlign).
-_CIFAR_RESNET = {
-    "dataset": "cifar10",
-    "model": "preact_resnet18",
-    "epochs": 30,
-    "batch_size": 128,
-    "optimizer": "sgd",
-    "lr_schedule": "cyclic",
-}
-
-DEFAULT_PRESET = "Digits: FGSM catastrophic overfitting"
-DIGITS_GRAD_ALIGN = "Digits: GradAlign rescue"
-PRESETS: dict[str, dict[str, Any]] = {
-    DEFAULT_PRESET: {**DIGITS_CNN, "method": "fgsm"},
-    DIGITS_GRAD_ALIGN: {**DIGITS_CNN, "method": "fgsm", "grad_align_lambda": 4.0},
-    "Digits: PGD baseline": {**DIGITS_CNN, "method": "pgd", "pgd_steps": 5, "pgd_alpha": 0.5},
-    "CIFAR-10 ResNet-18 ε=8/255 (paper)": {
-        **_CIFAR_RESNET,
-        "method": "fgsm",
-        "eps": 8 / 255,
-        "grad_align_lambda": 0.2,
-        "lr": 0.3,
-    },
-    "CIFAR-10 GradAlign rescue ε=16/255 (paper)": {  # FGSM alone collapses at 16/255; λ(16/255) = 2
-        **_CIFAR_RESNET,
-        "method": "fgsm",
-        "eps": 16 / 255,
-        "grad_align_lambda": paper_lambda(16 / 255),
-        "lr": 0.3,
-    },
-    "CIFAR-10 single-layer CNN, 4 filters, ε=10/255 (paper)": {  # its filters: the paper's Fig. 4
-        "dataset": "cifar10",
-        "model": "cnn",
-        "n_layers": 1,
-        "n_filters": 4,
-        "method": "fgsm",
-        "eps": 10 / 255,
-    },
-}
+from trainer.presets import CIFAR_RESNET
 
 # The sweep page's presets: a base config, the methods (names in app.views.sweep.METHODS), the ε list as
 # typed in the form, and per-method fields that differ from the base.
 SWEEP_PRESETS: dict[str, dict[str, Any]] = {
     "Paper Fig. 1: CIFAR-10 ε sweep": {  # the paper's sh/exps_diff_eps_cifar10.sh, every other ε
-        "base": {**_CIFAR_RESNET, "method": "fgsm", "lr": 0.2},
+        "base": {**CIFAR_RESNET, "method": "fgsm", "lr": 0.2},
         "methods": ["FGSM", "FGSM-RS", "FGSM + GradAlign", "PGD-2", "PGD-10"],
         "eps": "2, 4, 6, 8, 10, 12, 14, 16",
         "paper_lambda": True,  # GradAlign's λ follows ε: paper_lambda

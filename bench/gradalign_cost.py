@@ -13,7 +13,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from app.presets import DIGITS_GRAD_ALIGN, PRESETS
+from trainer.presets import DIGITS_GRAD_ALIGN, PRESETS
 
 
 def run_preset(fraction: float, seed: int, device: str, max_iters: int | None = None) -> dict[str, Any]:

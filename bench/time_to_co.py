@@ -109,7 +109,7 @@ def measure(r, config: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]
 
 
 def digits_preset(device: str) -> dict[str, Any]:
-    from app.presets import PRESETS
+    from trainer.presets import PRESETS
 
     return {**PRESETS[DIGITS_PRESET], "device": device}
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.presets import DIGITS_CNN, DIGITS_GRAD_ALIGN, PRESETS
+from trainer.presets import DIGITS_CNN, DIGITS_GRAD_ALIGN, PRESETS
 
 # The five methods of the issue, and GradAlign on half the batch (grad_align_fraction, docs/benchmarks.md):
 # name in the table -> RunConfig fields (lambda filled in per model).

@@ -28,13 +28,13 @@ from test_app_figures import (
 )
 
 from app.figures import distinguishing_labels, md_escape
-from app.presets import DIGITS_GRAD_ALIGN, PRESETS
 from app.views.launch import ADVANCED, GROUPS
 from jobs import api
 from jobs.queue import job_id, rq_queue
 from jobs.registry import transition
 from jobs.stream import StreamSink
 from trainer.config import RunConfig, make_config, paper_lambda
+from trainer.presets import DIGITS_GRAD_ALIGN, PRESETS
 
 MAIN = Path(__file__).resolve().parent.parent / "app" / "main.py"
 HEARTBEAT_MS = 600_000  # a stored "running" run stays running for the whole test

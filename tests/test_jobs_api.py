@@ -14,6 +14,7 @@ from jobs.cli import main
 from jobs.stream import StreamSink
 from trainer.config import make_config
 from trainer.events import FIELDS, make_event
+from trainer.presets import DIGITS_GRAD_ALIGN, PRESETS
 
 CONFIG = make_config(TINY)
 
@@ -274,6 +275,22 @@ def test_cli_submit_status_runs_and_export(r, capsys, tmp_path):
     header = rows[0].split(",")
     assert header[:3] == ["type", "config.name", "config.dataset"] and "train_loss" in header
     assert [row.split(",")[0] for row in rows[1:]] == ["config", "metrics", "checkpoint"]
+
+
+def test_cli_submit_starts_from_a_preset_and_flags_override_it(r, capsys):
+    assert main(["submit", "--preset", DIGITS_GRAD_ALIGN, "--seed", "3", "--eps", "0.15"]) == 0
+    run_id = capsys.readouterr().out.strip()
+    expected = make_config({**PRESETS[DIGITS_GRAD_ALIGN], "seed": 3, "eps": 0.15})
+    assert api.get_run(r, run_id).config == expected and expected.grad_align_lambda == 4.0
+
+
+def test_cli_unknown_preset_lists_the_presets_and_queues_nothing(r, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["submit", "--preset", "Digits"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--preset" in err and DIGITS_GRAD_ALIGN in err
+    assert api.list_runs(r) == []
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from trainer.config import ConfigError, RunConfig, allowed, make_config
 from trainer.events import Event, JsonlSink
+from trainer.presets import PRESETS
 
 # OSError covers trainer.data.DatasetMissing (a FileNotFoundError) without importing torch here.
 EXPECTED_ERRORS = (ConfigError, RuntimeError, OSError)
@@ -24,6 +25,13 @@ EXPECTED_ERRORS = (ConfigError, RuntimeError, OSError)
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One --flag per RunConfig field; values are parsed by RunConfig itself, so errors name the field."""
     group = parser.add_argument_group("run config")
+    group.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        metavar="NAME",
+        help="start from a preset (the launch form's); the flags below override it. "
+        f"One of: {'; '.join(PRESETS)}",
+    )
     for name, info in RunConfig.model_fields.items():
         flag = "--" + name.replace("_", "-")
         default = info.get_default(call_default_factory=True)
@@ -39,7 +47,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     values: dict[str, Any] = {
         name: getattr(args, name) for name in RunConfig.model_fields if getattr(args, name, None) is not None
     }
-    return make_config(values)
+    preset = getattr(args, "preset", None)
+    return make_config({**(PRESETS[preset] if preset else {}), **values})
 
 
 class ProgressSink:

@@ -14,9 +14,9 @@ import streamlit as st
 
 from app import limits, nav, state
 from app.figures import NATURAL_IMAGES, md_escape, model_name
-from app.presets import DEFAULT_PRESET, DIGITS_GRAD_ALIGN, PRESETS
 from jobs import api
 from trainer.config import USED_BY, ConfigError, RunConfig, allowed, format_eps, make_config, paper_lambda
+from trainer.presets import DEFAULT_PRESET, DIGITS_GRAD_ALIGN, PRESETS
 
 GROUPS = (
     ("Data and model", ("dataset", "model", "name", "n_layers", "n_filters")),

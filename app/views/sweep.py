@@ -14,9 +14,10 @@ import streamlit as st
 from app import limits, nav, state
 from app.chart import live_chart
 from app.figures import NATURAL_IMAGES, TERMINAL, md_escape, sweep_figure, sweep_frame
-from app.presets import PRESETS, SWEEP_PRESETS
+from app.presets import SWEEP_PRESETS
 from jobs import api
 from trainer.config import ConfigError, RunConfig, format_eps, make_config, paper_lambda
+from trainer.presets import PRESETS
 
 REFRESH_S = 2.0
 METHODS = {  # name -> the fields it sets; "GradAlign" runs get their λ from the form
