@@ -15,7 +15,7 @@ from trainer.cli import build_parser, config_from_args
 from trainer.cli import main as cli_main
 from trainer.config import make_config
 from trainer.data import load_dataset
-from trainer.evaluate import SNAPSHOT_FILTERS, accuracy, eval_metrics, snapshot
+from trainer.evaluate import SNAPSHOT_FILTERS, accuracy, eval_metrics
 from trainer.events import FIELDS, JsonlSink, make_event, read_jsonl
 from trainer.loop import train
 
@@ -119,7 +119,7 @@ def test_alignment_is_high_at_initialisation_for_a_single_layer_cnn():
         torch.manual_seed(seed)
         model = model_for(make_config({"model": "cnn", "n_layers": 1, "n_filters": 4})).eval()
         cosines.append(
-            eval_metrics(model, x, y, x[:8], y[:8], eps=0.2, pgd_steps=5, seed=seed)["cos_grad_random"]
+            eval_metrics(model, x, y, x[:8], y[:8], eps=0.2, pgd_steps=5, seed=seed)[0]["cos_grad_random"]
         )
     assert sorted(cosines)[2] > 0.9, cosines
 
@@ -248,11 +248,11 @@ def test_snapshots_stay_bounded_on_cifar_sized_inputs_and_without_a_first_conv()
     torch.manual_seed(0)
     wide = model_for(make_config({"dataset": "cifar10", "model": "cnn", "n_filters": 100})).eval()
     x, y = torch.rand(1, 3, 32, 32), torch.tensor([3])
-    snap = snapshot(wide, x, y, 8 / 255, 3, seed=0)
+    _, snap = eval_metrics(wide, x, y, x, y, 8 / 255, 3, seed=0)
     assert np.shape(snap["filters"]) == (SNAPSHOT_FILTERS, 3, 3, 3)  # at most 64 filters
     assert np.shape(snap["pgd_delta"]) == (3, 32, 32)
     size = len(json.dumps(make_event("snapshot", iteration=1, **snap), separators=(",", ":")))
     assert size < 100_000, size  # the largest image and first layer the built-in models see
 
     flat = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
-    assert snapshot(flat, x, y, 8 / 255, 3, seed=0)["filters"] is None
+    assert eval_metrics(flat, x, y, x, y, 8 / 255, 3, seed=0)[1]["filters"] is None

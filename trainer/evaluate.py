@@ -52,26 +52,40 @@ def eval_metrics(
     pgd_steps: int,
     seed: int,
     batch: int = 1024,
-) -> dict[str, float]:
-    """The eval event's numbers on a fixed test subset (x, y) and a fixed train subset."""
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """The eval event's numbers on a fixed test subset (x, y) and a fixed train subset, and the snapshot
+    event's fields for the subset's first image, cut from the same attacks (no attack is run twice)."""
     generator = torch.Generator(x.device).manual_seed(seed)
-    correct = {"clean_acc": 0, "fgsm_acc": 0, "pgd_acc": 0}
+    correct = {"clean": 0, "fgsm": 0, "pgd": 0}
     cos_fgsm_pgd, cos_grad_random = [], []
+    inside: dict[str, Any] = {}
     for i in range(0, len(x), batch):
         xb, yb = x[i : i + batch], y[i : i + batch]
-        grad = input_grad(model, xb, yb)
-        delta_fgsm = fgsm(model, xb, yb, eps, grad=grad)
-        delta_pgd = pgd(model, xb, yb, eps, eps / 4, pgd_steps, generator=generator)
-        cos_fgsm_pgd.append(cosine(delta_fgsm, delta_pgd))
-        cos_grad_random.append(cosine(grad, random_point_grad(model, xb, yb, eps, generator)))
-        with torch.no_grad():
-            for key, delta in (("clean_acc", 0), ("fgsm_acc", delta_fgsm), ("pgd_acc", delta_pgd)):
-                correct[key] += int((model(xb + delta).argmax(1) == yb).sum())
-    metrics = {key: value / len(x) for key, value in correct.items()}
+        attacked = _attack(model, xb, yb, eps, pgd_steps, generator)
+        cos_fgsm_pgd.append(cosine(attacked["fgsm_delta"], attacked["pgd_delta"]))
+        cos_grad_random.append(cosine(attacked["grad"], attacked["grad_random"]))
+        for key in correct:
+            correct[key] += int((attacked[key] == yb).sum())
+        if i == 0:
+            inside = _snapshot(model, xb[0], int(yb[0]), {k: v[0] for k, v in attacked.items()}, eps)
+    metrics = {f"{key}_acc": value / len(x) for key, value in correct.items()}
     metrics["cos_fgsm_pgd"] = _mean(torch.cat(cos_fgsm_pgd))
     metrics["cos_grad_random"] = _mean(torch.cat(cos_grad_random))
     metrics["train_pgd_acc"] = pgd_accuracy(model, train_x, train_y, eps, pgd_steps, 1, generator, batch)
-    return metrics
+    return metrics, inside
+
+
+def _attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, pgd_steps: int, generator):
+    """Input gradients at x and at a random x + η, the FGSM and PGD perturbations, and the predictions on
+    x, x + δ_FGSM and x + δ_PGD (keys clean, fgsm, pgd)."""
+    grad = input_grad(model, x, y)
+    out = {"grad": grad, "fgsm_delta": fgsm(model, x, y, eps, grad=grad)}
+    out["pgd_delta"] = pgd(model, x, y, eps, eps / 4, pgd_steps, generator=generator)
+    out["grad_random"] = random_point_grad(model, x, y, eps, generator)
+    with torch.no_grad():
+        for name, delta in (("clean", 0), ("fgsm", out["fgsm_delta"]), ("pgd", out["pgd_delta"])):
+            out[name] = model(x + delta).argmax(1)
+    return out
 
 
 def _mean(values: torch.Tensor) -> float:
@@ -81,11 +95,9 @@ def _mean(values: torch.Tensor) -> float:
 SNAPSHOT_FILTERS = 64  # first-layer filters kept at most (PreAct ResNet-18 has exactly 64, 3×3×3)
 
 
-def snapshot(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, pgd_steps: int, seed: int
-) -> dict[str, Any]:
-    """The snapshot event's fields: the model's first-layer filters, and for one fixed image (x, y: a
-    batch of one) its FGSM and PGD perturbations and the input gradients at x and at a random x + η.
+def _snapshot(model: nn.Module, image: torch.Tensor, label: int, one: dict[str, torch.Tensor], eps: float):
+    """The snapshot event's fields: the model's first-layer filters, and for one image (its `_attack`
+    results in `one`) its FGSM and PGD perturbations and the input gradients at x and at a random x + η.
 
     Arrays are nested lists [C][H][W] in display units, rounded to 2 decimals, so a snapshot stays small:
     the image in [0, 1], perturbations as δ/ε and gradients divided by their largest |entry| (all in
@@ -94,29 +106,18 @@ def snapshot(
     LeNet's 32 5×5 filters, ~90 KB for a 32×32 CIFAR-10 image with ResNet-18's 64 3×3×3 filters (the
     largest images and first layer of the supported data sets and models). `filters` is None for a model
     without a `first_conv` Conv2d.
-    Random numbers come from a generator seeded with `seed`, as in eval_metrics.
     """
-    generator = torch.Generator(x.device).manual_seed(seed)
-    grad = input_grad(model, x, y)
-    grad_random = random_point_grad(model, x, y, eps, generator)
-    delta_fgsm = fgsm(model, x, y, eps, grad=grad)
-    delta_pgd = pgd(model, x, y, eps, eps / 4, pgd_steps, generator=generator)
-    with torch.no_grad():
-        predictions = {
-            name: int(model(x + delta).argmax(1)[0])
-            for name, delta in (("clean", 0), ("fgsm", delta_fgsm), ("pgd", delta_pgd))
-        }
     conv = getattr(model, "first_conv", None)
     scale = eps if eps > 0 else 1.0
     return {
-        "label": int(y[0]),
-        "predictions": predictions,
-        "cos_grad_random": _mean(cosine(grad, grad_random)),
-        "image": _rounded(x[0], 2),
-        "fgsm_delta": _rounded(delta_fgsm[0] / scale, 2),
-        "pgd_delta": _rounded(delta_pgd[0] / scale, 2),
-        "grad_x": _rounded(_unit_max(grad[0]), 2),
-        "grad_random": _rounded(_unit_max(grad_random[0]), 2),
+        "label": label,
+        "predictions": {name: int(one[name]) for name in ("clean", "fgsm", "pgd")},
+        "cos_grad_random": _mean(cosine(one["grad"][None], one["grad_random"][None])),
+        "image": _rounded(image, 2),
+        "fgsm_delta": _rounded(one["fgsm_delta"] / scale, 2),
+        "pgd_delta": _rounded(one["pgd_delta"] / scale, 2),
+        "grad_x": _rounded(_unit_max(one["grad"]), 2),
+        "grad_random": _rounded(_unit_max(one["grad_random"]), 2),
         "filters": _rounded(conv.weight[:SNAPSHOT_FILTERS], 3) if isinstance(conv, nn.Conv2d) else None,
     }
 

@@ -26,7 +26,7 @@ from trainer.checkpoint import BEST_FILE, atomic_save, load_checkpoint, model_fo
 from trainer.co import CODetector
 from trainer.config import RunConfig
 from trainer.data import DATA_SHAPES, Dataset, augment, load_dataset
-from trainer.evaluate import accuracy, eval_metrics, pgd_accuracy, snapshot
+from trainer.evaluate import accuracy, eval_metrics, pgd_accuracy
 from trainer.events import Event, Sink, make_event
 from trainer.free import FreeAT
 from trainer.gradalign import grad_align_reg
@@ -250,8 +250,7 @@ def _train_step(model, optimizer, cfg, x, y, gen, free: FreeAT | None = None):
 def _evaluate(model, cfg, data: Dataset, state: RunState, run_dir: Path, emit: Sink, test, probe) -> None:
     model.eval()
     seed = cfg.seed + state.iteration
-    values = eval_metrics(model, *test, *probe, cfg.eps, cfg.eval_pgd_steps, seed=seed)
-    inside = snapshot(model, test[0][:1], test[1][:1], cfg.eps, cfg.eval_pgd_steps, seed=seed)
+    values, inside = eval_metrics(model, *test, *probe, cfg.eps, cfg.eval_pgd_steps, seed=seed)
     model.train()
     emit(make_event("eval", iteration=state.iteration, **values))
     emit(make_event("snapshot", iteration=state.iteration, **inside))
