@@ -102,8 +102,9 @@ def eval_overhead(
 ) -> dict:
     """Share of wall time that evaluation takes at the default eval_every, with the fgsm method.
 
-    One periodic evaluation is timed inside train() (trainer.loop._evaluate, wrapped), then set against
-    eval_every training steps at the measured ms/iteration: eval / (eval + eval_every × step). `points`
+    The periodic evaluation is timed inside train() (trainer.loop._evaluate, wrapped), once per step for
+    the workload's repeats + 1 steps; the fastest is set against eval_every training steps at the measured
+    ms/iteration: eval / (eval + eval_every × step). `points`
     evaluates fewer than the default eval_points and scales linearly (evaluation is batched, so its cost
     is proportional to the points), for models too slow on this device to evaluate 256 points quickly.
     """
@@ -115,7 +116,7 @@ def eval_overhead(
     measured_points = points or default_points
     cfg = make_config(
         {
-            **workload.run_config("fgsm", device, 2),
+            **workload.run_config("fgsm", device, workload.repeats + 1),
             "eval_every": 1,
             "eval_points": measured_points,
             "final_eval_points": 0,

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from trainer.attacks import project
+from trainer.evaluate import batches
 
 
 def autoattack_accuracy(
@@ -20,7 +21,7 @@ def autoattack_accuracy(
     eps: float,
     n_classes: int,
     seed: int = 0,
-    batch: int = 256,
+    batch: int | None = None,
 ) -> float:
     """Accuracy on (x, y) under AutoAttack (standard, L-inf, radius eps); inputs in [0,1], model in eval mode.
 
@@ -35,8 +36,7 @@ def autoattack_accuracy(
     cuda = [x.device] if x.device.type == "cuda" else []
     correct = 0
     with torch.random.fork_rng(devices=cuda):
-        for i in range(0, len(x), batch):
-            xb, yb = x[i : i + batch], y[i : i + batch]
+        for xb, yb in batches(x, y, batch):
             adv = attack(xb, yb)
             adv = xb + project(adv - xb, xb, eps)  # never credit a point outside the threat model
             with torch.no_grad():
