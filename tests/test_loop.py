@@ -15,7 +15,7 @@ from trainer.cli import build_parser, config_from_args
 from trainer.cli import main as cli_main
 from trainer.config import make_config
 from trainer.data import load_dataset
-from trainer.evaluate import SNAPSHOT_FILTERS, accuracy, eval_metrics
+from trainer.evaluate import SNAPSHOT_FILTERS, accuracy, batches, eval_metrics
 from trainer.events import FIELDS, JsonlSink, make_event, read_jsonl
 from trainer.loop import train
 
@@ -217,6 +217,13 @@ def test_cli_resume_drops_replayed_events(tmp_path):
     assert [e["iteration"] for e in events if e["type"] == "metrics"] == list(range(1, 41))
     assert [e["type"] for e in events].count("final") == 1
     assert math.isfinite(events[-1]["wall_s"])
+
+
+def test_evaluation_batches_cover_every_point_once_in_order():
+    x, y = torch.arange(300.0)[:, None], torch.arange(300)
+    sizes = [len(xb) for xb, _ in batches(x, y)]
+    assert sizes == [128, 128, 44]  # the CPU's default (docs/benchmarks.md); a GPU uses 1024
+    assert torch.equal(torch.cat([yb for _, yb in batches(x, y, 7)]), y)
 
 
 def test_a_snapshot_follows_each_eval_and_is_deterministic_and_small(tmp_path):
