@@ -221,8 +221,7 @@ def test_cli_resume_drops_replayed_events(tmp_path):
 
 def test_evaluation_batches_cover_every_point_once_in_order():
     x, y = torch.arange(300.0)[:, None], torch.arange(300)
-    sizes = [len(xb) for xb, _ in batches(x, y)]
-    assert sizes == [128, 128, 44]  # the CPU's default (docs/benchmarks.md); a GPU uses 1024
+    assert [len(xb) for xb, _ in batches(x, y, 128)] == [128, 128, 44]
     assert torch.equal(torch.cat([yb for _, yb in batches(x, y, 7)]), y)
 
 

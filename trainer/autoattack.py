@@ -21,7 +21,7 @@ def autoattack_accuracy(
     eps: float,
     n_classes: int,
     seed: int = 0,
-    batch: int | None = None,
+    batch: int = 256,
 ) -> float:
     """Accuracy on (x, y) under AutoAttack (standard, L-inf, radius eps); inputs in [0,1], model in eval mode.
 

@@ -15,19 +15,13 @@ from torch import nn
 from trainer.attacks import cosine, fgsm, input_grad, pgd, random_point_grad
 
 
-def batches(x: torch.Tensor, y: torch.Tensor, batch: int | None = None) -> Iterator[tuple]:
-    """(x, y) in slices of `batch` points, by default as many as the device handles best at once.
-
-    On a CPU that is 128: larger batches of even small images fall out of the cache (digits CNN,
-    evaluation of 256 + 256 points: 247 ms in batches of 256 against 153 ms in batches of 128, one
-    thread; docs/benchmarks.md). A GPU wants them large.
-    """
-    step = batch or (128 if x.device.type == "cpu" else 1024)
-    for i in range(0, len(x), step):
-        yield x[i : i + step], y[i : i + step]
+def batches(x: torch.Tensor, y: torch.Tensor, batch: int = 1024) -> Iterator[tuple]:
+    """(x, y) in slices of `batch` points: every evaluation attacks its points a batch at a time."""
+    for i in range(0, len(x), batch):
+        yield x[i : i + batch], y[i : i + batch]
 
 
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int | None = None) -> float:
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1024) -> float:
     with torch.no_grad():
         correct = sum((model(xb).argmax(1) == yb).sum() for xb, yb in batches(x, y, batch))
     return float(correct) / max(len(x), 1)
@@ -41,7 +35,7 @@ def pgd_accuracy(
     steps: int,
     restarts: int,
     generator: torch.Generator,
-    batch: int | None = None,
+    batch: int = 1024,
 ) -> float:
     """Accuracy under PGD with step eps/4 (the paper's evaluation attack), batched."""
     correct = 0
@@ -61,7 +55,7 @@ def eval_metrics(
     eps: float,
     pgd_steps: int,
     seed: int,
-    batch: int | None = None,
+    batch: int = 1024,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """The eval event's numbers on a fixed test subset (x, y) and a fixed train subset, and the snapshot
     event's fields for the subset's first image, cut from the same attacks (no attack is run twice)."""
