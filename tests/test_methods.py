@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_attacks import EPS, small_cnn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from trainer.attacks import input_grad, nfgsm, pgd, pgd_corner, project, random_corner
 from trainer.config import make_config
@@ -132,6 +133,35 @@ def test_grad_align_step_equals_the_full_backward_of_its_objective(batch, method
     if free is not None:
         reference_free.update(delta, x)
         assert torch.equal(free.delta, reference_free.delta)
+
+
+def test_grad_align_backward_skips_the_input_gradient_at_the_random_point(batch, monkeypatch):
+    """The pruned backward's point: no convolution backward computes an input gradient (nothing reads it)."""
+    x, y = batch
+    cfg = make_config({"method": "fgsm", "eps": EPS, "grad_align_lambda": 2.0})
+    model = small_cnn()
+    log, backward = ConvolutionBackwardMasks(), torch.Tensor.backward
+
+    def logged_backward(self, *args, **kwargs):
+        with log:
+            return backward(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "backward", logged_backward)
+    _train_step(model, make_optimizer(cfg, model), cfg, x, y, torch.Generator().manual_seed(5))
+    assert log.masks and not any(computes_input for computes_input, *_ in log.masks), log.masks
+
+
+class ConvolutionBackwardMasks(TorchDispatchMode):
+    """Records which gradients (input, weight, bias) each convolution backward computes."""
+
+    def __init__(self):
+        super().__init__()
+        self.masks: list[tuple[bool, ...]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.convolution_backward.default:
+            self.masks.append(tuple(args[-1]))
+        return func(*args, **(kwargs or {}))
 
 
 def test_free_delta_persists_across_minibatches_and_resets_on_a_new_shape(batch):
