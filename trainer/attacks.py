@@ -17,10 +17,14 @@ def project(delta: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.clamp(torch.clamp(delta, -eps, eps), -x, 1 - x)
 
 
+def unit_noise(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """U[-1, 1] per coordinate, shaped like x: every random start and random vertex is scaled from it."""
+    return torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
+
+
 def uniform_noise(x: torch.Tensor, eps: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """eta ~ U[-eps, eps] per coordinate, projected to the box."""
-    eta = (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1) * eps
-    return project(eta, x, eps)
+    return project(unit_noise(x, generator) * eps, x, eps)
 
 
 def input_grad(
@@ -125,7 +129,7 @@ def nfgsm(
     to the eps-ball: |delta| can reach (k + 1) eps. As in the authors' code, only x + eta and x + delta are
     kept in the [0,1] box.
     """
-    eta = box((torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1) * k * eps, x)
+    eta = box(unit_noise(x, generator) * k * eps, x)
     return box(eta + alpha * input_grad(model, x, y, eta).sign(), x).detach()
 
 
@@ -157,8 +161,7 @@ def random_corner(x: torch.Tensor, eps: float, generator: torch.Generator | None
 
     As in the paper's code: eps * sign(eta) with eta ~ U[-eps, eps]; here x + delta is also kept in [0,1].
     """
-    eta = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
-    return to_corner(eta, x, eps)
+    return to_corner(unit_noise(x, generator), x, eps)
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
