@@ -175,23 +175,15 @@ def variants(device: str) -> dict[str, Any]:
         "cnn", "fgsm", digits.train_x, digits.train_y, iters=3, compile_model=True, **common
     )
     compile_s = time.perf_counter() - t0
-    rates: dict[str, list[float]] = {"eager": [], "compiled": []}
-    for _ in range(3):
-        for mode in rates:
-            result = plain_loop.time_training(
-                "cnn",
-                "fgsm",
-                digits.train_x,
-                digits.train_y,
-                iters=100,
-                compile_model=mode == "compiled",
-                **common,
-            )
-            rates[mode].append(result["images_per_s"])
-    out["compile_cnn_fgsm"] = {
-        "first_call_s": compile_s,
-        **{f"{mode}_images_per_s": statistics.median(v) for mode, v in rates.items()},
-    }
+    medians = _alternating(
+        {"eager": {}, "compiled": {"compile_model": True}},
+        "cnn",
+        digits.train_x,
+        digits.train_y,
+        iters=100,
+        **common,
+    )
+    out["compile_cnn_fgsm"] = {"first_call_s": compile_s, **medians}
     cifar = synthetic_cifar(device, 512 if device == "cpu" else 10_000)
     batch, iters = (16, 3) if device == "cpu" else (128, 40)
     resnet = {
@@ -201,23 +193,30 @@ def variants(device: str) -> dict[str, Any]:
         "lr": 0.3,
         "cyclic": True,
         "augment": True,
+        "amp": device == "cuda",
     }
-    layouts: dict[str, list[float]] = {"contiguous": [], "channels_last": []}
-    for _ in range(3):
-        for layout in layouts:
-            result = plain_loop.time_training(
-                "preact_resnet18",
-                "fgsm",
-                cifar.train_x,
-                cifar.train_y,
-                iters=iters,
-                channels_last=layout == "channels_last",
-                amp=device == "cuda",
-                **resnet,
-            )
-            layouts[layout].append(result["images_per_s"])
-    out["channels_last_resnet_fgsm"] = {f"{k}_images_per_s": statistics.median(v) for k, v in layouts.items()}
+    out["channels_last_resnet_fgsm"] = _alternating(
+        {"contiguous": {}, "channels_last": {"channels_last": True}},
+        "preact_resnet18",
+        cifar.train_x,
+        cifar.train_y,
+        iters=iters,
+        **resnet,
+    )
     return out
+
+
+def _alternating(options: dict[str, dict[str, Any]], model: str, *data, **common) -> dict[str, float]:
+    """Median images/s of the plain loop's FGSM under each named set of options, 3 alternating rounds."""
+    from bench import plain_loop
+
+    rates: dict[str, list[float]] = {name: [] for name in options}
+    for _ in range(3):
+        for name, extra in options.items():
+            rates[name].append(
+                plain_loop.time_training(model, "fgsm", *data, **common, **extra)["images_per_s"]
+            )
+    return {f"{name}_images_per_s": statistics.median(values) for name, values in rates.items()}
 
 
 def judge(results: dict[str, Any], device: str) -> dict[str, Any]:
