@@ -247,6 +247,17 @@ def test_live_view_reads_only_the_events_written_since_it_last_looked(r):
     assert "iteration 60 of 100" in at.get("progress")[0].proto.text
 
 
+def test_a_run_past_its_last_iteration_says_it_is_in_its_final_evaluation(r):
+    run_id = store_run(r, running_events(total=40, until=40, autoattack=True), status="running")
+    text = app(run=run_id).run().get("progress")[0].proto.text
+    assert "iteration 40 of 40 · final evaluation: clean accuracy, PGD-50-10, AutoAttack" in text
+
+    still_training = store_run(r, running_events(total=100, until=40), status="running")
+    assert "final evaluation" not in app(run=still_training).run().get("progress")[0].proto.text
+    finished = store_run(r, co_run_events(total=100, co_at=60))
+    assert "final evaluation" not in app(run=finished).run().get("progress")[0].proto.text
+
+
 def test_cancel_and_resume_from_the_live_view(r):
     run_id = api.submit(r, make_config({"eps": 0.2}))
     at = app(run=run_id).run()
