@@ -350,6 +350,7 @@ def test_runs_table_filters_selects_exports_and_deletes(r):
     table = at.dataframe[0].value
     assert table["id"].tolist() == [queued, running, finished]
     assert table["CO iteration"].tolist()[2] == 60
+    assert at.dataframe[0].proto.placeholder == "—"  # not "None" where a run has no value (yet)
 
     at.multiselect(key="runs.filter.status").set_value(["finished", "running"]).run()
     assert at.dataframe[0].value["id"].tolist() == [running, finished]
@@ -396,6 +397,7 @@ def test_compare_overlays_a_finished_and_a_running_run_named_by_their_difference
     assert set(figures) == {"compare.overlay", f"compare.small.{co}", f"compare.small.{rescued}"}
     assert co_lines(figures[f"compare.small.{rescued}"]) == []
     assert at.dataframe[0].value["legend"].tolist() == labels
+    assert at.dataframe[0].proto.placeholder == "—"
 
 
 def test_compare_asks_for_two_runs(r):

@@ -11,7 +11,7 @@ import streamlit as st
 from app import state
 from app.chart import live_chart
 from app.figures import TERMINAL, Series, distinguishing_labels, md_escape, run_figure, runs_frame
-from app.views.runs import COLUMNS, ORDER
+from app.views.runs import COLUMNS, MISSING, ORDER
 from jobs import api
 
 REFRESH_S = 2.0
@@ -61,6 +61,7 @@ def _charts(run_ids: list[str], was_live: bool) -> None:
         hide_index=True,
         column_config=COLUMNS,
         column_order=["legend", *(c for c in ORDER if c not in ("label", "open"))],
+        placeholder=MISSING,
     )
 
     st.subheader("Side by side", anchor=False)

@@ -25,6 +25,8 @@ COLUMNS = {
     "created": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm:ss"),
     "open": st.column_config.LinkColumn("open", display_text="live view ↗"),
 }
+# What a table shows where a run has no value (no CO, AutoAttack off, not finished yet).
+MISSING = "—"
 ORDER = ["label", "status", "progress", "CO iteration", "clean acc", "PGD acc", "AA acc", "method", "ε"]
 ORDER += ["λ", "dataset", "model", "iteration", "elapsed", "device", "created", "sweep", "id", "open"]
 FILTERS = ("status", "method", "dataset", "model")
@@ -58,6 +60,7 @@ def render() -> None:
         hide_index=True,
         column_config=COLUMNS,
         column_order=ORDER,
+        placeholder=MISSING,
         width="stretch",
     )
     st.caption(f"{len(frame)} run(s). Click a column header to sort; tick rows to act on them.")
