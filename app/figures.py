@@ -21,7 +21,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from trainer.config import RunConfig, format_eps
+from trainer.config import RunConfig, format_eps, reads
 
 if TYPE_CHECKING:
     from jobs.api import Run
@@ -469,7 +469,14 @@ _SHORT = {
     "n_filters": "filters",
     "n_layers": "layers",
 }
-_METHOD_FIELDS = ("method", "grad_align_lambda", "pgd_steps", "free_replays", "nfgsm_k")
+_METHOD_FIELDS = (
+    "method",
+    "grad_align_lambda",
+    "grad_align_fraction",
+    "pgd_steps",
+    "free_replays",
+    "nfgsm_k",
+)
 _IGNORED = frozenset({"name"})
 
 
@@ -490,15 +497,23 @@ def distinguishing_labels(configs: Sequence[RunConfig], ids: Sequence[str] | Non
     if all(names) and len(set(names)) == len(names):
         return names
     dumps = [config.model_dump() for config in configs]
+
+    def read(key: str, config: RunConfig) -> bool:
+        return reads(key, config.method, config.uses_grad_align)
+
     differing = [
         key
         for key in RunConfig.model_fields
-        if key not in _IGNORED and key not in _METHOD_FIELDS and len({json.dumps(d[key]) for d in dumps}) > 1
+        if key not in _IGNORED
+        and key not in _METHOD_FIELDS
+        and len({json.dumps(d[key]) for c, d in zip(configs, dumps, strict=True) if read(key, c)}) > 1
     ]
     labels = []
     for config, dump in zip(configs, dumps, strict=True):
         parts = [method_label(config)] + [
-            f"{_SHORT.get(key, key)}={_format_value(key, dump[key], config)}" for key in differing
+            f"{_SHORT.get(key, key)}={_format_value(key, dump[key], config)}"
+            for key in differing
+            if read(key, config)  # an FGSM run's PGD step size is no difference worth naming
         ]
         labels.append(" ".join(parts))
     if ids is not None and len(set(labels)) < len(labels):

@@ -30,6 +30,7 @@ from app.figures import (
 )
 from trainer.config import make_config
 from trainer.events import events_csv, events_jsonl, make_event, read_jsonl
+from trainer.presets import DEFAULT_PRESET, DIGITS_GRAD_ALIGN, PRESETS
 
 
 def config_event(start: int = 0, total: int = 100, **config) -> dict:
@@ -269,6 +270,21 @@ def test_distinguishing_labels_name_only_what_differs():
     named = [make_config({"name": "mine"}), make_config({"name": "yours", "seed": 1})]
     assert distinguishing_labels(named) == ["mine", "yours"]
     assert distinguishing_labels([fgsm]) == ["FGSM ε=0.15"]
+
+
+def test_distinguishing_labels_skip_fields_a_run_does_not_read():
+    presets = [
+        make_config(PRESETS[name]) for name in (DEFAULT_PRESET, DIGITS_GRAD_ALIGN, "Digits: PGD baseline")
+    ]
+    assert distinguishing_labels(presets) == ["FGSM", "FGSM+GradAlign λ=4", "PGD-5"]  # pgd_alpha: PGD's only
+    steps = [make_config({"method": m, "alpha": a}) for m, a in (("fgsm", 1.0), ("fgsm_rs", 1.25))]
+    assert distinguishing_labels([*steps, make_config({"method": "pgd"})]) == [
+        "FGSM alpha=1",
+        "FGSM-RS alpha=1.25",
+        "PGD-10",
+    ]
+    half = make_config({"grad_align_lambda": 2, "grad_align_fraction": 0.5})
+    assert distinguishing_labels([make_config({}), half]) == ["FGSM", "FGSM+GradAlign λ=2 (50% batch)"]
 
 
 def test_method_label_drops_eps_and_name():

@@ -36,6 +36,13 @@ USED_BY = {
 }
 
 
+def reads(field: str, method: str, grad_align: bool) -> bool:
+    """Whether a run of `method`, with or without GradAlign, uses `field` at all."""
+    if field == "grad_align_fraction":
+        return grad_align
+    return method in USED_BY.get(field, (method,))
+
+
 def parse_eps(value: Any) -> Any:
     """Accept 0.15, "0.15" or "8/255" (the form in which the papers write eps)."""
     if isinstance(value, str):

@@ -15,7 +15,16 @@ import streamlit as st
 from app import limits, nav, state
 from app.figures import NATURAL_IMAGES, md_escape, model_name
 from jobs import api
-from trainer.config import USED_BY, ConfigError, RunConfig, allowed, format_eps, make_config, paper_lambda
+from trainer.config import (
+    USED_BY,
+    ConfigError,
+    RunConfig,
+    allowed,
+    format_eps,
+    make_config,
+    paper_lambda,
+    reads,
+)
 from trainer.presets import DEFAULT_PRESET, DIGITS_GRAD_ALIGN, PRESETS
 
 GROUPS = (
@@ -237,12 +246,11 @@ def _generic(name: str) -> None:
 
 def _unused_by_this_run(name: str) -> str:
     """Why a field does nothing with the form's current method / GradAlign choice ('' if it is used)."""
-    methods = USED_BY.get(name)
-    if methods and st.session_state.get(KEY + "method") not in methods:
-        return f"Used by {', '.join(methods)} only."
-    if name == "grad_align_fraction" and not st.session_state.get(KEY + "grad_align"):
+    if reads(name, st.session_state.get(KEY + "method"), bool(st.session_state.get(KEY + "grad_align"))):
+        return ""
+    if name == "grad_align_fraction":
         return "Used with GradAlign only."
-    return ""
+    return f"Used by {', '.join(USED_BY[name])} only."
 
 
 def _bounds(name: str) -> dict[str, float]:
