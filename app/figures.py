@@ -170,12 +170,17 @@ class Series:
 
 
 def run_figure(
-    series: Sequence[Series], uirevision: str, height: int = 760, compact: bool = False
+    series: Sequence[Series],
+    uirevision: str,
+    height: int = 760,
+    compact: bool = False,
+    axes: dict[str, list[float]] | None = None,
 ) -> go.Figure:
     """Accuracy, alignment and loss panels on a shared iteration axis, with a CO marker on every panel.
 
     One run: a colour per metric, each panel with its own legend. Several runs: a colour per run and a
     line style per metric, one legend of runs (clicking a run hides all its lines) and a style key per panel.
+    `axes` fixes ranges (shared_axes) so that small multiples side by side are drawn to one scale.
     """
     overlay = len(series) > 1
     titles = [title for title, _ in PANELS] if not compact else [axis.capitalize() for _, axis in PANELS]
@@ -203,7 +208,40 @@ def run_figure(
     if overlay:
         _style_key(fig, [metric for metric in METRICS if metric in drawn])
     _layout(fig, uirevision, height, overlay, compact)
+    for name, value in (axes or {}).items():
+        fig.update_layout({name: {"range": value}})
     return fig
+
+
+def shared_axes(series: Sequence[Series]) -> dict[str, list[float]]:
+    """Ranges that hold every run: the iterations each will reach, the cosines and losses any run took.
+
+    Drawn each to its own scale, a PGD run's alignment easing from 0.98 to 0.91 would fill its panel as
+    fully as an FGSM run's collapse from 0.95 to 0.25.
+    """
+    last = [
+        max(one.history.total_iterations or 0, *one.history.metrics, *one.history.evals, 1) for one in series
+    ]
+    axes = {"xaxis3": [0, max(last)]}
+    for row in (2, 3):
+        values = [
+            value
+            for one in series
+            for metric in METRICS
+            if metric.row == row
+            for value in _values(one, metric)
+        ]
+        if values:
+            low, high = min(values), max(values)
+            pad = 0.05 * (high - low or 1.0)
+            axes[f"yaxis{row}"] = [low - pad, high + pad]
+    return axes
+
+
+def _values(one: Series, metric: Metric) -> list[float]:
+    """What the panel draws of this metric for this run (nothing for a series it leaves out)."""
+    frame = one.history.evals_frame() if metric.source == "evals" else one.history.metrics_frame()
+    return frame[metric.column].dropna().tolist() if _has_values(frame, metric) else []
 
 
 def _has_values(frame: pd.DataFrame, metric: Metric) -> bool:

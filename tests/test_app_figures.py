@@ -24,6 +24,7 @@ from app.figures import (
     method_label,
     run_figure,
     runs_frame,
+    shared_axes,
     snapshot_label,
     sweep_figure,
     sweep_frame,
@@ -250,6 +251,22 @@ def test_user_labels_are_html_escaped_in_figures():
     )
     assert any(trace.name == "&lt;b&gt;x&lt;/b&gt;" for trace in fig.data)
     assert not any("<b>" in (a.text or "") for a in fig.layout.annotations)
+
+
+def test_small_multiples_share_one_scale_for_iterations_cosines_and_losses():
+    collapsed = [
+        {**event, "cos_grad_random": 0.2} if event["type"] == "eval" and event["iteration"] >= 60 else event
+        for event in co_run_events(total=100, co_at=60)
+    ]
+    early = [config_event(total=200), *(metrics_event(it) for it in range(1, 41)), eval_event(20, pgd=0.4)]
+    series = [Series("FGSM", history_of(collapsed)), Series("PGD-10", history_of(early))]
+    axes = shared_axes(series)
+    assert axes["xaxis3"] == [0, 200]  # where the longer run will end, not where it is
+    low, high = axes["yaxis2"]
+    assert low < 0.2 < 0.9 < high < 1.0  # the collapse and the steady cosines on one scale
+    figures = [run_figure([one], "u", compact=True, axes=axes).layout for one in series]
+    assert [list(f.yaxis2.range) for f in figures] == [axes["yaxis2"]] * 2
+    assert [list(f.xaxis3.range) for f in figures] == [[0, 200]] * 2
 
 
 def test_distinguishing_labels_name_only_what_differs():

@@ -10,7 +10,15 @@ import streamlit as st
 
 from app import state
 from app.chart import live_chart
-from app.figures import TERMINAL, Series, distinguishing_labels, md_escape, run_figure, runs_frame
+from app.figures import (
+    TERMINAL,
+    Series,
+    distinguishing_labels,
+    md_escape,
+    run_figure,
+    runs_frame,
+    shared_axes,
+)
 from app.views.runs import COLUMNS, MISSING, ORDER
 from jobs import api
 
@@ -66,6 +74,7 @@ def _charts(run_ids: list[str], was_live: bool) -> None:
 
     st.subheader("Side by side", anchor=False)
     pairs = list(zip(series, runs, strict=True))
+    axes = shared_axes(series)
     for start in range(0, len(pairs), SMALL_MULTIPLES_PER_ROW):
         row = pairs[start : start + SMALL_MULTIPLES_PER_ROW]
         for column, (one, run) in zip(st.columns(SMALL_MULTIPLES_PER_ROW), row, strict=False):
@@ -74,7 +83,7 @@ def _charts(run_ids: list[str], was_live: bool) -> None:
                 if not one.history.n_events:
                     st.caption("No events yet.")
                     continue
-                figure = run_figure([one], uirevision=f"small:{run.id}", height=560, compact=True)
+                figure = run_figure([one], uirevision=f"small:{run.id}", height=560, compact=True, axes=axes)
                 live_chart(figure, f"compare.small.{run.id}", one.history.n_events)
     if any(run.status not in TERMINAL for run in runs) != was_live:
         st.rerun()  # start or stop the timer
