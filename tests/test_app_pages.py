@@ -415,6 +415,7 @@ def test_sweep_submits_methods_times_eps_as_one_sweep(r):
     at.switch_page("views/sweep.py").run()
     at.multiselect(key="sweep.methods").set_value(["FGSM", "FGSM + GradAlign"])
     at.text_input(key="sweep.eps").set_value("0.1, 0.2")
+    assert at.number_input(key="sweep.lambda").value == PRESETS[DIGITS_GRAD_ALIGN]["grad_align_lambda"]
     at.number_input(key="sweep.lambda").set_value(1.5)
     at.run()
     at.button(key="sweep.submit").click().run()

@@ -17,7 +17,7 @@ from app.figures import NATURAL_IMAGES, TERMINAL, md_escape, sweep_figure, sweep
 from app.presets import SWEEP_PRESETS
 from jobs import api
 from trainer.config import ConfigError, RunConfig, format_eps, make_config, paper_lambda
-from trainer.presets import PRESETS
+from trainer.presets import DIGITS_GRAD_ALIGN, PRESETS
 
 REFRESH_S = 2.0
 METHODS = {  # name -> the fields it sets; "GradAlign" runs get their λ from the form
@@ -133,10 +133,11 @@ def _new_sweep(r) -> None:
         "GradAlign: fixed λ",
         min_value=0.0,
         max_value=100.0,
-        value=2.0,
+        value=PRESETS[DIGITS_GRAD_ALIGN]["grad_align_lambda"],
         format="%g",
         disabled=paper,
         key=KEY + "lambda",
+        help=f"Starts at the λ of “{DIGITS_GRAD_ALIGN}”; the paper's λ(ε) is calibrated for CIFAR-10.",
     )
     method_fields = SWEEP_PRESETS.get(base_name, {}).get("method_fields")
     try:
