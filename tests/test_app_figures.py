@@ -79,6 +79,7 @@ def final_event(co: int | None, pgd: float = 0.01) -> dict:
         last={"clean_acc": 0.8, "pgd_acc": pgd},
         best={"clean_acc": 0.7, "pgd_acc": 0.4},
         best_iteration=40,
+        attack_points=297,
         train_images_per_s=1000.0,
         wall_s=12.0,
         iterations=100,

@@ -225,6 +225,9 @@ def test_live_view_draws_stored_events_with_the_co_marker_and_final_results(r):
     metrics = {metric.label: metric.value for metric in at.metric}
     assert metrics["catastrophic overfitting"] == "at 60"
     assert metrics["PGD accuracy (last)"] == "1.0%"
+    captions = " ".join(caption.value for caption in at.caption)
+    assert "PGD-50-10 (step ε/4) on the first 297 test images" in captions
+    assert "the best PGD-10 accuracy on 256 training images" in captions
     assert "finished" in at.markdown[0].value
     assert not [button for button in at.button if button.label in ("Cancel", "Resume")]
 

@@ -48,8 +48,15 @@ def test_event_stream_follows_the_vocabulary(tmp_path):
     assert all(e["reg"] > 0 for e in events if e["type"] == "metrics")
     assert final == events[-1]
     assert final["iterations"] == 60 and final["train_images_per_s"] > 0
+    assert final["attack_points"] == cfg.final_eval_points == 64
     assert 0 <= final["last"]["pgd_acc"] <= final["last"]["clean_acc"] + 0.2
     json.dumps(events)  # plain JSON, no tensors or NaN
+
+
+def test_the_final_event_says_how_many_test_images_the_final_attack_saw():
+    capped = {"max_iters": 1, "final_eval_points": 10_000, "final_pgd_steps": 1, "final_pgd_restarts": 1}
+    _, final = run(make_config({**TINY, **capped}))
+    assert final["attack_points"] == 297  # the whole digits test split, not the 10,000 asked for
 
 
 def test_checkpoints_every_epoch_and_load_model(tmp_path):

@@ -50,6 +50,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
         "last",
         "best",
         "best_iteration",
+        "attack_points",
         "train_images_per_s",
         "wall_s",
         "iterations",

@@ -265,15 +265,18 @@ def _evaluate(model, cfg, data: Dataset, state: RunState, run_dir: Path, emit: S
 def _final(model, cfg, data: Dataset, state: RunState, run_dir: Path, emit: Sink, device, started) -> Event:
     """Clean accuracy on the whole test set and PGD-50-10 on the first final_eval_points, last and best.
 
+    attack_points says how many test images the attacks saw (final_eval_points caps it at the test set).
+
     With `autoattack` on, AutoAttack (standard, L-inf) also runs on the same points (None when off).
     """
-    results = {"last": _final_metrics(model, cfg, data, device)}
+    points = min(cfg.final_eval_points, len(data.test_x))
+    results = {"last": _final_metrics(model, cfg, data, device, points)}
     best_state = load_checkpoint(run_dir, "best", device)
     if best_state is None or best_state["iteration"] == state.iteration:
         results["best"] = dict(results["last"])  # the same weights: no need to attack them again
     else:
         model.load_state_dict(best_state["model"])
-        results["best"] = _final_metrics(model, cfg, data, device)
+        results["best"] = _final_metrics(model, cfg, data, device, points)
     final = make_event(
         "final",
         co_detected=state.detector.fired_at is not None,
@@ -281,6 +284,7 @@ def _final(model, cfg, data: Dataset, state: RunState, run_dir: Path, emit: Sink
         last=results["last"],
         best=results["best"],
         best_iteration=state.best_iteration,
+        attack_points=points,
         train_images_per_s=state.train_images / state.train_s if state.train_s > 0 else None,
         wall_s=time.perf_counter() - started,
         iterations=state.iteration,
@@ -289,9 +293,8 @@ def _final(model, cfg, data: Dataset, state: RunState, run_dir: Path, emit: Sink
     return final
 
 
-def _final_metrics(model, cfg, data: Dataset, device) -> dict[str, float | None]:
+def _final_metrics(model, cfg, data: Dataset, device, n: int) -> dict[str, float | None]:
     model.eval()
-    n = min(cfg.final_eval_points, len(data.test_x))
     robust = auto = None
     if n:
         generator = torch.Generator(device).manual_seed(cfg.seed)

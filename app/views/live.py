@@ -82,7 +82,7 @@ def _panel(run_id: str, was_terminal: bool) -> None:
     live_chart(figure, key="live.chart", revision=history.n_events)
     _inside(run, history)
     if run.final:
-        _final(run.final)
+        _final(run.final, run.config)
     with st.expander("Config"):
         st.json(run.config.model_dump(mode="json"))
     if (run.status in TERMINAL) != was_terminal:
@@ -179,7 +179,7 @@ def _inside(run, history: RunHistory) -> None:
     )
 
 
-def _final(final: dict) -> None:
+def _final(final: dict, config) -> None:
     st.subheader("Final evaluation", anchor=False)
     last, best = final.get("last") or {}, final.get("best") or {}
     columns = st.columns(5)
@@ -195,10 +195,19 @@ def _final(final: dict) -> None:
     columns[3].metric("catastrophic overfitting", f"at {co:,}" if final.get("co_detected") else "none")
     speed = final.get("train_images_per_s")
     columns[4].metric("training speed", f"{speed:,.0f} img/s" if speed else "–")
-    st.caption(
-        "Final PGD: the run's final-evaluation attack (steps and restarts as configured) on the first "
-        "final-eval points of the test set; early-stopped: the checkpoint with the best PGD accuracy on a "
-        f"training subset. Wall time {format_duration(final.get('wall_s'))}."
+    st.caption(_final_caption(final, config))
+
+
+def _final_caption(final: dict, config) -> str:
+    """Which attack, on how many images, and what "early-stopped" picked: what the numbers above mean."""
+    points = final.get("attack_points")  # absent from runs stored before the final event carried it
+    images = f"the first {points:,} test images" if points is not None else "the first test images"
+    attack = f"PGD-{config.final_pgd_steps}-{config.final_pgd_restarts} (step ε/4)"
+    attack += " and AutoAttack" if config.autoattack else ""
+    return (
+        f"Clean accuracy: the whole test set. {attack} on {images}. Early-stopped: the checkpoint with "
+        f"the best PGD-{config.eval_pgd_steps} accuracy on {config.eval_points:,} training images. "
+        f"Wall time {format_duration(final.get('wall_s'))}."
     )
 
 
