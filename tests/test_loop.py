@@ -131,7 +131,7 @@ def test_alignment_is_high_at_initialisation_for_a_single_layer_cnn():
     assert sorted(cosines)[2] > 0.9, cosines
 
 
-def test_cli_writes_jsonl_and_checkpoints(tmp_path):
+def test_cli_writes_jsonl_and_checkpoints_and_says_what_the_run_achieved(tmp_path, capsys):
     out = tmp_path / "run.jsonl"
     args = [
         "train",
@@ -161,6 +161,11 @@ def test_cli_writes_jsonl_and_checkpoints(tmp_path):
     events = read_jsonl(out.open())
     assert events[0]["config"]["eps"] == 0.1 and events[-1]["type"] == "final"
     assert (tmp_path / "run" / "last.pt").exists() and (tmp_path / "run" / "config.json").exists()
+    final, stderr = events[-1], capsys.readouterr().err.splitlines()
+    assert "final evaluation: clean accuracy, PGD-2-1 of the last and the best model…" in stderr
+    summary = f"final: clean {final['last']['clean_acc']:.1%} · PGD-2-1 on 16 test images "
+    summary += f"{final['last']['pgd_acc']:.1%} (early-stopped at iteration {final['best_iteration']}: "
+    assert stderr[-1].startswith(summary), stderr[-1]
 
 
 @pytest.mark.parametrize(

@@ -54,24 +54,50 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 class ProgressSink:
     """Forwards events and keeps a tqdm bar on stderr with the latest robustness figures."""
 
-    def __init__(self, forward, disable: bool = False):
+    def __init__(self, forward, config: RunConfig, disable: bool = False):
         self.forward = forward
+        self.config = config
+        self.total = 0
         self.bar = tqdm(total=0, unit="it", file=sys.stderr, disable=disable, dynamic_ncols=True)
 
     def __call__(self, event: Event) -> None:
         self.forward(event)
         kind = event["type"]
         if kind == "config":
-            self.bar.reset(total=event["total_iterations"])
+            self.total = event["total_iterations"]
+            self.bar.reset(total=self.total)
             self.bar.update(event["start_iteration"])
         elif kind == "metrics":
             self.bar.update(event["iteration"] - self.bar.n)
         elif kind == "eval":
             self.bar.set_postfix(clean=event["clean_acc"], fgsm=event["fgsm_acc"], pgd=event["pgd_acc"])
+            if event["iteration"] == self.total:  # the final evaluation comes next, and takes a while
+                measures = self.config.final_measures()
+                self.bar.write(
+                    f"final evaluation: {measures} of the last and the best model…", file=sys.stderr
+                )
         elif kind == "co":
             self.bar.write(f"catastrophic overfitting at iteration {event['iteration']}", file=sys.stderr)
         elif kind == "final":
             self.bar.close()
+            self.bar.write(final_summary(event, self.config), file=sys.stderr)
+
+
+def final_summary(final: Event, config: RunConfig) -> str:
+    """One line of what the run achieved, for a reader of the terminal rather than of the JSONL."""
+    last, best = final["last"], final["best"]
+    parts = [f"clean {last['clean_acc']:.1%}"]
+    if last["pgd_acc"] is not None:
+        attack = f"PGD-{config.final_pgd_steps}-{config.final_pgd_restarts}"
+        parts.append(
+            f"{attack} on {final['attack_points']:,} test images {last['pgd_acc']:.1%} "
+            f"(early-stopped at iteration {final['best_iteration']:,}: {best['pgd_acc']:.1%})"
+        )
+    if last["autoattack_acc"] is not None:
+        parts.append(f"AutoAttack {last['autoattack_acc']:.1%}")
+    co = final["co_iteration"]
+    parts.append(f"catastrophic overfitting at iteration {co:,}" if final["co_detected"] else "no CO")
+    return "final: " + " · ".join(parts)
 
 
 def add_train_command(commands: argparse._SubParsersAction) -> None:
@@ -104,7 +130,7 @@ def run_train(args: argparse.Namespace) -> int:
         truncate_after_last_checkpoint(args.out)
     with ExitStack() as stack:
         out = stack.enter_context(open(args.out, "a" if args.resume else "w")) if args.out else sys.stdout
-        sink = ProgressSink(JsonlSink(out), disable=args.quiet)
+        sink = ProgressSink(JsonlSink(out), config, disable=args.quiet)
         train(config, sink, args.run_dir, resume=args.resume)
     return 0
 

@@ -143,6 +143,14 @@ class RunConfig(BaseModel):
     def uses_grad_align(self) -> bool:
         return self.grad_align_lambda > 0
 
+    def final_measures(self) -> str:
+        """What the final evaluation computes, in words: 'clean accuracy, PGD-50-10, AutoAttack'."""
+        measures = ["clean accuracy"]
+        if self.final_eval_points:
+            measures += [f"PGD-{self.final_pgd_steps}-{self.final_pgd_restarts}"]
+            measures += ["AutoAttack"] if self.autoattack else []
+        return ", ".join(measures)
+
     def label(self) -> str:
         """A short human name: 'FGSM+GradAlign λ=2 ε=0.2'."""
         if self.name:

@@ -105,8 +105,8 @@ def _status(r, run, history: RunHistory) -> None:
         text = f"iteration {iteration:,} of {total:,}" if total else "waiting for the first event"
         if history.co_iteration is not None:
             text += f" · catastrophic overfitting at iteration {history.co_iteration:,}"
-        if run.status == "running" and total and iteration >= total:
-            text += f" · {_final_evaluation(run.config)}…"
+        if run.status == "running" and total in history.evals:  # the last live eval is in: the final runs
+            text += f" · final evaluation: {run.config.final_measures()} of the last and the best model…"
         st.progress(fraction, text=text)
     with right:
         _controls(r, run)
@@ -114,15 +114,6 @@ def _status(r, run, history: RunHistory) -> None:
         st.warning("No worker is alive to pick this run up. Start one with `codash worker`.")
     if run.status == "failed" and run.error:
         st.error(md_escape(run.error))
-
-
-def _final_evaluation(config) -> str:
-    """What a run does between its last iteration and its final event (seconds to minutes, so say it)."""
-    measures = ["clean accuracy"]
-    if config.final_eval_points:
-        measures += [f"PGD-{config.final_pgd_steps}-{config.final_pgd_restarts}"]
-        measures += ["AutoAttack"] if config.autoattack else []
-    return f"final evaluation: {', '.join(measures)} of the last and the best model"
 
 
 def _controls(r, run) -> None:
