@@ -88,9 +88,8 @@ def final_summary(final: Event, config: RunConfig) -> str:
     last, best = final["last"], final["best"]
     parts = [f"clean {last['clean_acc']:.1%}"]
     if last["pgd_acc"] is not None:
-        attack = f"PGD-{config.final_pgd_steps}-{config.final_pgd_restarts}"
         parts.append(
-            f"{attack} on {final['attack_points']:,} test images {last['pgd_acc']:.1%} "
+            f"{config.final_pgd} on {final['attack_points']:,} test images {last['pgd_acc']:.1%} "
             f"(early-stopped at iteration {final['best_iteration']:,}: {best['pgd_acc']:.1%})"
         )
     if last["autoattack_acc"] is not None:

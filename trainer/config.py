@@ -143,11 +143,16 @@ class RunConfig(BaseModel):
     def uses_grad_align(self) -> bool:
         return self.grad_align_lambda > 0
 
+    @property
+    def final_pgd(self) -> str:
+        """The final evaluation's PGD as the papers name it: 'PGD-50-10' (steps, restarts)."""
+        return f"PGD-{self.final_pgd_steps}-{self.final_pgd_restarts}"
+
     def final_measures(self) -> str:
         """What the final evaluation computes, in words: 'clean accuracy, PGD-50-10, AutoAttack'."""
         measures = ["clean accuracy"]
         if self.final_eval_points:
-            measures += [f"PGD-{self.final_pgd_steps}-{self.final_pgd_restarts}"]
+            measures += [self.final_pgd]
             measures += ["AutoAttack"] if self.autoattack else []
         return ", ".join(measures)
 

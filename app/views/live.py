@@ -193,7 +193,7 @@ def _final_caption(final: dict, config) -> str:
     """Which attack, on how many images, and what "early-stopped" picked: what the numbers above mean."""
     points = final.get("attack_points")  # absent from runs stored before the final event carried it
     images = f"the first {points:,} test images" if points is not None else "the first test images"
-    attack = f"PGD-{config.final_pgd_steps}-{config.final_pgd_restarts} (step ε/4)"
+    attack = f"{config.final_pgd} (step ε/4)"
     attack += " and AutoAttack" if config.autoattack else ""
     return (
         f"Clean accuracy: the whole test set. {attack} on {images}. Early-stopped: the checkpoint with "
