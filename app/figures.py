@@ -188,7 +188,7 @@ def run_figure(
     drawn: set[Metric] = set()
     for index, run in enumerate(series):
         color = RUN_COLORS[index % len(RUN_COLORS)]
-        frames = {"evals": run.history.evals_frame(), "metrics": run.history.metrics_frame()}
+        frames = _frames(run.history)
         first = True
         for metric in METRICS:
             if overlay and not metric.overlay:
@@ -223,14 +223,14 @@ def shared_axes(series: Sequence[Series]) -> dict[str, list[float]]:
         max(one.history.total_iterations or 0, *one.history.metrics, *one.history.evals, 1) for one in series
     ]
     axes = {"xaxis3": [0, max(last)]}
-    for row in (2, 3):
-        values = [
-            value
-            for one in series
-            for metric in METRICS
-            if metric.row == row
-            for value in _values(one, metric)
-        ]
+    drawn: dict[int, list[float]] = {2: [], 3: []}
+    for one in series:
+        frames = _frames(one.history)
+        for metric in METRICS:
+            frame = frames[metric.source]
+            if metric.row in drawn and _has_values(frame, metric):
+                drawn[metric.row] += frame[metric.column].dropna().tolist()
+    for row, values in drawn.items():
         if values:
             low, high = min(values), max(values)
             pad = 0.05 * (high - low or 1.0)
@@ -238,10 +238,9 @@ def shared_axes(series: Sequence[Series]) -> dict[str, list[float]]:
     return axes
 
 
-def _values(one: Series, metric: Metric) -> list[float]:
-    """What the panel draws of this metric for this run (nothing for a series it leaves out)."""
-    frame = one.history.evals_frame() if metric.source == "evals" else one.history.metrics_frame()
-    return frame[metric.column].dropna().tolist() if _has_values(frame, metric) else []
+def _frames(history: RunHistory) -> dict[str, pd.DataFrame]:
+    """A run's rows as drawn, by Metric.source: each built once per figure (metrics are smoothed)."""
+    return {"evals": history.evals_frame(), "metrics": history.metrics_frame()}
 
 
 def _has_values(frame: pd.DataFrame, metric: Metric) -> bool:
