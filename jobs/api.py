@@ -2,6 +2,7 @@
 
     r = api.connect()                      # REDIS_URL, else the embedded server under CODASH_HOME
     run_id = api.submit(r, config)         # 12 hex characters
+    child = api.fork(r, run_id, at=150, grad_align_lambda=4.0)  # continue it from an evaluation
     events, last = api.read_events(r, run_id)              # everything so far
     events, last = api.read_events(r, run_id, after=last)  # only what came since
 
@@ -15,7 +16,7 @@ Importing this module does not import torch.
 from jobs.connection import connect
 from jobs.keys import DEFAULT_QUEUE
 from jobs.paths import run_dir
-from jobs.queue import cancel, delete, queued_count, resume, submit
+from jobs.queue import cancel, delete, fork, fork_points, queued_count, resume, submit
 from jobs.registry import (
     RESUMABLE,
     STATUSES,
@@ -24,6 +25,7 @@ from jobs.registry import (
     RunNotFound,
     WorkerInfo,
     get_run,
+    lineage,
     list_runs,
     sweep_runs,
     workers,
@@ -42,7 +44,10 @@ __all__ = [
     "cancel",
     "connect",
     "delete",
+    "fork",
+    "fork_points",
     "get_run",
+    "lineage",
     "list_runs",
     "queued_count",
     "read_events",

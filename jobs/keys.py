@@ -43,6 +43,11 @@ def sweep(sweep_id: str) -> str:
     return f"{PREFIX}:sweep:{sweep_id}"
 
 
+def children(run_id: str) -> str:
+    """Sorted set: the ids of the runs forked from run_id -> created_at (kept while it has any)."""
+    return f"{PREFIX}:children:{run_id}"
+
+
 def worker(name: str) -> str:
     """Hash with a TTL: a live worker's device, host, state and current run."""
     return f"{PREFIX}:worker:{name}"

@@ -22,8 +22,9 @@ from rq.serializers import JSONSerializer
 
 from jobs import keys
 from jobs.paths import run_dir
-from jobs.registry import RESUMABLE, InvalidTransition, Record, RunNotFound, read, transition
-from trainer.config import ConfigError, RunConfig
+from jobs.registry import RESUMABLE, InvalidTransition, Record, RunNotFound, parse, read, transition
+from trainer.config import ConfigError, RunConfig, make_config
+from trainer.fork import check_fork, eval_iterations, seed_fork
 
 RUN_JOB = "jobs.worker.run_job"
 JOB_ID = re.compile(r"^([0-9a-f]{12})-([1-9][0-9]*)$")
@@ -76,6 +77,8 @@ def submit(
         check_name("sweep_id", sweep_id)
     check_name("queue", queue)
     run_id, now = secrets.token_hex(6), time.time()
+    if config.parent is not None:
+        _prepare_fork(r, config, run_id)
     record = {
         "id": run_id,
         "status": "queued",
@@ -92,9 +95,40 @@ def submit(
         pipe.zadd(keys.RUNS, {run_id: now})
         if sweep_id:
             pipe.zadd(keys.sweep(sweep_id), {run_id: now})
+        if config.parent is not None:
+            pipe.zadd(keys.children(config.parent), {run_id: now})
         _enqueue(r, pipe, queue, run_id, 1)
-        pipe.execute()
+        try:
+            pipe.execute()
+        except BaseException:
+            shutil.rmtree(run_dir(run_id), ignore_errors=True)  # a fork's copy of its starting point
+            raise
     return run_id
+
+
+def fork(r: redis.Redis, run_id: str, at: int, *, queue: str | None = None, **changes: Any) -> str:
+    """Queue a run that continues run `run_id` from its evaluation at iteration `at`, with `changes` to
+    its config (e.g. grad_align_lambda=4); returns the fork's id. The name is not inherited."""
+    parent = read(r, run_id)
+    if parent is None:
+        raise RunNotFound(run_id)
+    base = parse(parent).config.model_dump(exclude={"name"})
+    config = make_config({**base, **changes, "parent": run_id, "fork_iteration": at})
+    return submit(r, config, queue=queue or parent.get("queue") or keys.DEFAULT_QUEUE)
+
+
+def fork_points(run_id: str) -> list[int]:
+    """The iterations of run `run_id` a fork can start from (its kept evaluation checkpoints)."""
+    return eval_iterations(run_dir(run_id))
+
+
+def _prepare_fork(r: redis.Redis, config: RunConfig, run_id: str) -> None:
+    """Check the fork against its parent and give it its own copy of the parent's checkpoint."""
+    parent = read(r, config.parent)
+    if parent is None:
+        raise ConfigError(f"parent: no run with id {config.parent!r} (deleted?)")
+    check_fork(parse(parent).config, config)
+    seed_fork(run_dir(config.parent), config.fork_iteration, run_dir(run_id))
 
 
 def cancel(r: redis.Redis, run_id: str) -> None:
@@ -147,6 +181,9 @@ def delete(r: redis.Redis, run_id: str) -> None:
         pipe.srem(keys.RUNNING, run_id)
         if record.get("sweep_id"):
             pipe.zrem(keys.sweep(record["sweep_id"]), run_id)
+        parent = parse(record).config.parent
+        if parent is not None:  # its own forks keep their link to it, and their copies of its state
+            pipe.zrem(keys.children(parent), run_id)
         _dequeue(pipe, run_id, record)
         for attempt in range(1, attempts + 1):
             pipe.delete(RunJob.key_for(job_id(run_id, attempt)))

@@ -110,6 +110,29 @@ def sweep_runs(r: redis.Redis, sweep_id: str) -> list[Run]:
     return load_many(r, (run_id.decode() for run_id in r.zrange(keys.sweep(sweep_id), 0, -1)))
 
 
+def lineage(r: redis.Redis, run_id: str) -> list[Run]:
+    """The run's family, oldest first: its first known ancestor and every run forked from it, transitively.
+
+    A deleted ancestor's forks stay one family while its children set lasts (until the last one is deleted).
+    """
+    root, seen = run_id, {run_id}
+    while (record := read(r, root)) is not None:
+        parent = parse(record).config.parent
+        if parent is None or parent in seen or not (r.exists(keys.run(parent), keys.children(parent))):
+            break
+        root = parent
+        seen.add(parent)
+    family, frontier = [root], [root]
+    while frontier:
+        with r.pipeline(transaction=False) as pipe:
+            for parent in frontier:
+                pipe.zrange(keys.children(parent), 0, -1)
+            found = [child.decode() for children in pipe.execute() for child in children]
+        frontier = [child for child in dict.fromkeys(found) if child not in family]
+        family += frontier
+    return sorted(load_many(r, family), key=lambda run: run.created_at)
+
+
 def load_many(r: redis.Redis, run_ids: Iterable[str]) -> list[Run]:
     with r.pipeline(transaction=False) as pipe:
         for run_id in run_ids:

@@ -1,25 +1,30 @@
 """Run directories: config.json, last.pt (everything needed to resume exactly), previous.pt (the last.pt it
-replaced) and best.pt (weights).
+replaced), best.pt (weights), evals/<iteration>.pt (the state at each live evaluation, for forks) and, in a
+fork's directory, fork.pt (its parent's evaluation checkpoint it starts from).
 
 Writes are atomic (temp file + rename), so a crash mid-save never leaves a run without a usable checkpoint.
+Every load is torch.load(weights_only=True): a checkpoint is tensors and plain containers, never code.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from trainer.config import RunConfig
+from trainer.co import PATIENCE
+from trainer.config import ConfigError, RunConfig
 from trainer.data import DATA_SHAPES
+from trainer.fork import FORK_FILE, eval_iterations, eval_path, link_or_copy
 from trainer.models import build_model
 
 CONFIG_FILE, LAST_FILE, PREVIOUS_FILE, BEST_FILE = "config.json", "last.pt", "previous.pt", "best.pt"
-CHECKPOINT_FILES = {"last": LAST_FILE, "previous": PREVIOUS_FILE, "best": BEST_FILE}
+CHECKPOINT_FILES = {"last": LAST_FILE, "previous": PREVIOUS_FILE, "best": BEST_FILE, "fork": FORK_FILE}
+BUDGET_ENV = "CODASH_CHECKPOINT_BUDGET_MB"
+DEFAULT_BUDGET_MB = 1024  # every evaluation of a digits run (~0.5 MB each); ~11 of a ResNet-18's (~90 MB)
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -37,13 +42,7 @@ def save_last(obj: Any, run_dir: Path) -> None:
     """
     last, previous = run_dir / LAST_FILE, run_dir / PREVIOUS_FILE
     if last.exists():
-        tmp = previous.with_name(previous.name + ".tmp")
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(last, tmp)
-        except OSError:
-            shutil.copyfile(last, tmp)
-        os.replace(tmp, previous)
+        link_or_copy(last, previous)
     atomic_save(obj, last)
 
 
@@ -62,7 +61,86 @@ def load_checkpoint(run_dir: Path, which: str = "last", device: str | torch.devi
     path = Path(run_dir) / CHECKPOINT_FILES[which]
     if not path.exists():
         return None
-    return torch.load(path, map_location=device, weights_only=False)
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+# --- evaluation checkpoints: where a fork can start ---
+
+
+def budget_bytes() -> int:
+    """The disk one run's evaluation checkpoints may take ($CODASH_CHECKPOINT_BUDGET_MB; 0 keeps none)."""
+    text = os.environ.get(BUDGET_ENV, str(DEFAULT_BUDGET_MB))
+    try:
+        megabytes = float(text)
+    except ValueError:
+        megabytes = -1.0
+    if not 0 <= megabytes <= 10_000_000:
+        raise ConfigError(f"{BUDGET_ENV}: must be megabytes in [0, 10000000] (got {text!r})")
+    return int(megabytes * 2**20)
+
+
+def save_eval(obj: dict, run_dir: Path, iteration: int, co_onset: int | None) -> None:
+    """Keep the run's state at this evaluation, then thin the older ones to the disk budget.
+
+    Always kept: the newest PATIENCE + 1 (a CO onset can still be declared among them, and the evaluation
+    before it is the one to fork from) and, once CO is declared, its onset and the evaluation before it.
+    """
+    budget = budget_bytes()
+    if budget == 0:
+        return
+    path = eval_path(run_dir, iteration)
+    path.parent.mkdir(exist_ok=True)
+    atomic_save(obj, path)
+    sizes = {it: eval_path(run_dir, it).stat().st_size for it in eval_iterations(run_dir)}
+    kept = sorted(sizes)
+    protected = set(kept[-(PATIENCE + 1) :])
+    if co_onset is not None:
+        protected |= {co_onset, *[it for it in kept if it < co_onset][-1:]}
+    for dropped in thin(sizes, protected, budget):
+        eval_path(run_dir, dropped).unlink(missing_ok=True)
+
+
+def thin(sizes: dict[int, int], protected: set[int], budget: int) -> list[int]:
+    """Which checkpoints to drop so the rest fit `budget` bytes, spread evenly over the run.
+
+    Each step drops the unprotected checkpoint whose neighbours are closest together (the smallest hole
+    it would leave), the earliest of equals; protected ones stay even over budget.
+    """
+    kept, dropped = sorted(sizes), []
+    while sum(sizes[it] for it in kept) > budget:
+        candidates = [i for i, it in enumerate(kept) if it not in protected]
+        if not candidates:
+            break
+
+        def hole(i: int) -> tuple[int, int]:
+            left = kept[i - 1] if i > 0 else 0
+            right = kept[i + 1] if i + 1 < len(kept) else kept[i]
+            return right - left, kept[i]
+
+        dropped.append(kept.pop(min(candidates, key=hole)))
+    return dropped
+
+
+def fork_state(run_dir: Path, config: RunConfig, device: str | torch.device) -> dict:
+    """A fork's starting point: its parent's state at fork_iteration (fork.pt); also seeds its best.pt.
+
+    The parent's best weights up to that iteration become the fork's, so its early-stopped model is the
+    same as the parent's until the fork does better.
+    """
+    saved = load_checkpoint(run_dir, "fork", device)
+    if saved is None:
+        raise ConfigError(
+            f"parent: no fork.pt in {run_dir}: a fork starts from its parent's checkpoint at iteration "
+            f"{config.fork_iteration}; queue forks with `codash fork` (or jobs.api.fork)"
+        )
+    if saved["state"]["iteration"] != config.fork_iteration:
+        raise ConfigError(
+            f"fork_iteration: fork.pt holds iteration {saved['state']['iteration']}, "
+            f"not {config.fork_iteration}"
+        )
+    best = saved["best_model"] if saved["best_model"] is not None else saved["model"]
+    atomic_save({"model": best, "iteration": saved["state"]["best_iteration"]}, Path(run_dir) / BEST_FILE)
+    return saved
 
 
 def model_for(config: RunConfig) -> nn.Module:

@@ -104,6 +104,14 @@ class RunConfig(BaseModel):
     autoattack: bool = Field(False, description="final evaluation also with AutoAttack (standard, L-inf)")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     amp: bool = Field(False, description="bf16 autocast on CUDA")
+    # A fork continues another run from one of its evaluations (its checkpoint there: fork.pt in the run
+    # directory, copied when the fork is queued), so its iterations start at fork_iteration + 1.
+    parent: str | None = Field(
+        None, pattern=r"^[0-9a-f]{12}$", description="fork: id of the run this one continues"
+    )
+    fork_iteration: int | None = Field(
+        None, ge=1, le=10_000_000, description="fork: the parent's evaluation (iteration) it starts from"
+    )
 
     @field_validator("eps", mode="before")
     @classmethod
@@ -138,6 +146,12 @@ class RunConfig(BaseModel):
         if data.get("weight_decay") is None:
             data["weight_decay"] = 5e-4 if data["optimizer"] == "sgd" else 0.0
         return data
+
+    @model_validator(mode="after")
+    def _fork_link(self) -> RunConfig:
+        if (self.parent is None) != (self.fork_iteration is None):
+            raise ValueError("parent and fork_iteration: a fork needs both (or neither, for a fresh run)")
+        return self
 
     @property
     def uses_grad_align(self) -> bool:

@@ -22,9 +22,18 @@ from torch import nn
 import trainer
 from trainer.attacks import fgsm, fgsm_rs, input_grad, nfgsm, pgd, pgd_corner, random_corner
 from trainer.autoattack import autoattack_accuracy
-from trainer.checkpoint import BEST_FILE, atomic_save, load_checkpoint, model_for, save_last, write_config
+from trainer.checkpoint import (
+    BEST_FILE,
+    atomic_save,
+    fork_state,
+    load_checkpoint,
+    model_for,
+    save_eval,
+    save_last,
+    write_config,
+)
 from trainer.co import CODetector
-from trainer.config import RunConfig
+from trainer.config import ConfigError, RunConfig
 from trainer.data import DATA_SHAPES, Dataset, augment, load_dataset
 from trainer.evaluate import accuracy, eval_metrics, pgd_accuracy
 from trainer.events import Event, Sink, make_event
@@ -144,7 +153,13 @@ def train(
     total = min(config.epochs * steps_per_epoch, config.max_iters or math.inf)
     write_config(run_dir, config)
 
+    if config.fork_iteration is not None and config.fork_iteration >= total:
+        raise ConfigError(
+            f"fork_iteration: {config.fork_iteration} is not before this run's last iteration {total}"
+        )
     saved = load_checkpoint(run_dir, "last", device) if resume else None
+    if saved is None and config.fork_iteration is not None:  # a fork's first start (or start over)
+        saved = fork_state(run_dir, config, device)
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -174,19 +189,26 @@ def train(
         else nullcontext()
     )
 
+    def resumable() -> dict:
+        """Everything a run continues from exactly: in last.pt, and at each evaluation for forks."""
+        return {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "generator": gen.get_state(),
+            "torch_rng": torch.get_rng_state(),  # unused by the built-in models; kept for user models
+            "state": {**state.__dict__, "detector": state.detector.state_dict()},
+            "free": free.state_dict() if free is not None else None,
+        }
+
     def save_checkpoint() -> None:
-        save_last(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "generator": gen.get_state(),
-                "torch_rng": torch.get_rng_state(),  # unused by the built-in models; kept for user models
-                "state": {**state.__dict__, "detector": state.detector.state_dict()},
-                "free": free.state_dict() if free is not None else None,
-            },
-            run_dir,
-        )
+        save_last(resumable(), run_dir)
         emit(make_event("checkpoint", iteration=state.iteration, epoch=state.iteration / steps_per_epoch))
+
+    def save_fork_point() -> None:
+        """The state at this evaluation, with the best weights so far, for a fork to start from."""
+        best = None if state.best_iteration == state.iteration else load_checkpoint(run_dir, "best")
+        point = {**resumable(), "best_model": best and best["model"]}
+        save_eval(point, run_dir, state.iteration, state.detector.fired_at)
 
     model.train()
     order = None
@@ -216,6 +238,7 @@ def train(
             metrics.flush()
             if at_eval:
                 _evaluate(model, config, data, state, run_dir, emit, (eval_x, eval_y), (probe_x, probe_y))
+                save_fork_point()
             if at_epoch_end or stopping:
                 save_checkpoint()
             if stopping and state.iteration < total:
