@@ -20,7 +20,9 @@ from jobs import api, keys
 from jobs.queue import check_name
 from jobs.server import ensure_server, public_url, run_in_foreground, stop_server
 from trainer.cli import add_config_flags, add_train_command, config_from_args, run
+from trainer.config import RunConfig
 from trainer.events import events_csv, events_jsonl
+from trainer.fork import LINK_FIELDS
 
 JOB_ERRORS = (api.RunNotFound, api.InvalidTransition, redis.RedisError, ValueError)
 
@@ -36,9 +38,24 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--queue", default=keys.DEFAULT_QUEUE, help="RQ queue (default: %(default)s)")
     submit.set_defaults(handler=run_submit)
 
+    fork = commands.add_parser(
+        "fork",
+        help="queue a run that continues RUN from its evaluation at iteration K; prints its id",
+        description="The fork starts from RUN's weights, optimizer state and data order at K, with RUN's "
+        "config changed by the flags given (a --preset replaces RUN's config, then flags apply). Dataset, "
+        "model, layers, filters and optimizer stay RUN's.",
+    )
+    fork.add_argument("run_id", metavar="RUN")
+    fork.add_argument("--at", type=int, required=True, metavar="K", help="an evaluation of RUN (iteration)")
+    add_config_flags(fork, exclude=LINK_FIELDS)
+    fork.add_argument("--queue", help="RQ queue (default: RUN's)")
+    fork.set_defaults(handler=run_fork)
+
     runs = commands.add_parser("runs", help="table of runs, newest first")
     runs.add_argument("--limit", type=int, default=50, help="at most this many (default: %(default)s)")
-    runs.add_argument("--sweep", metavar="ID", help="only the runs of sweep ID")
+    only = runs.add_mutually_exclusive_group()
+    only.add_argument("--sweep", metavar="ID", help="only the runs of sweep ID")
+    only.add_argument("--lineage", metavar="ID", help="only run ID's family: its ancestors and forks")
     runs.set_defaults(handler=run_runs)
 
     for name, help_text, handler in (
@@ -113,15 +130,28 @@ def run_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_fork(args: argparse.Namespace) -> int:
+    changes = {
+        name: getattr(args, name) for name in RunConfig.model_fields if getattr(args, name, None) is not None
+    }
+    if args.preset:
+        changes = config_from_args(args).model_dump(exclude=set(LINK_FIELDS))
+    print(api.fork(api.connect(), args.run_id, at=args.at, queue=args.queue, **changes))
+    return 0
+
+
 def run_runs(args: argparse.Namespace) -> int:
     r = api.connect()
-    runs = api.sweep_runs(r, args.sweep) if args.sweep else api.list_runs(r, limit=args.limit)
+    if args.lineage:
+        runs = api.lineage(r, args.lineage)
+    else:
+        runs = api.sweep_runs(r, args.sweep) if args.sweep else api.list_runs(r, limit=args.limit)
     print(format_table(runs))
     return 0
 
 
 def format_table(runs: list[api.Run]) -> str:
-    header = ("ID", "STATUS", "PROGRESS", "CO AT", "PGD ACC", "WORKER", "CREATED", "RUN")
+    header = ("ID", "STATUS", "PROGRESS", "CO AT", "PGD ACC", "FORK OF", "WORKER", "CREATED", "RUN")
     rows = [header]
     for item in runs:
         pgd = ((item.final or {}).get("last") or {}).get("pgd_acc")
@@ -132,6 +162,7 @@ def format_table(runs: list[api.Run]) -> str:
                 f"{item.iteration}/{item.total_iterations or '?'}",
                 "-" if item.co_iteration is None else str(item.co_iteration),
                 "-" if pgd is None else f"{pgd:.3f}",
+                f"{item.config.parent}@{item.config.fork_iteration}" if item.config.parent else "-",
                 item.worker or "-",
                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(item.created_at)),
                 item.config.label(),

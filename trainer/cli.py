@@ -22,8 +22,9 @@ from trainer.presets import PRESETS
 EXPECTED_ERRORS = (ConfigError, RuntimeError, OSError)
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One --flag per RunConfig field; values are parsed by RunConfig itself, so errors name the field."""
+def add_config_flags(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
+    """One --flag per RunConfig field but `exclude`; values are parsed by RunConfig itself, so errors name
+    the field."""
     group = parser.add_argument_group("run config")
     group.add_argument(
         "--preset",
@@ -33,6 +34,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         f"One of: {'; '.join(PRESETS)}",
     )
     for name, info in RunConfig.model_fields.items():
+        if name in exclude:
+            continue
         flag = "--" + name.replace("_", "-")
         default = info.get_default(call_default_factory=True)
         parts = dict.fromkeys([info.description, allowed(name), f"default: {default}"])  # no repeated text

@@ -15,6 +15,7 @@ from trainer.config import ConfigError, RunConfig, paper_lambda
 from trainer.presets import DIGITS_GRAD_ALIGN, PRESETS
 
 FORK_FILE, EVALS_DIR = "fork.pt", "evals"
+LINK_FIELDS = ("parent", "fork_iteration")  # the RunConfig fields that make a run a fork
 # The parent's weights and optimizer state must fit the fork's network and optimizer.
 FIXED = ("dataset", "model", "n_layers", "n_filters", "optimizer")
 
