@@ -20,7 +20,7 @@ TITLES = {
     "sweep": ("Sweep ε", ":material/scatter_plot:"),
 }
 # the page a shared link's query parameter asks for, when the link points at the root URL
-PARAM_PAGES = {"run": "live", "compare": "compare", "sweep": "sweep"}
+PARAM_PAGES = {"run": "live", "compare": "compare", "sweep": "sweep", "lineage": "runs"}
 
 
 VIEWS = Path(__file__).parent / "views"

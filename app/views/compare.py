@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import state
+from app import forks, state
 from app.chart import live_chart
 from app.figures import (
     TERMINAL,
@@ -61,7 +61,9 @@ def _charts(run_ids: list[str], was_live: bool) -> None:
     labels = distinguishing_labels([run.config for run in runs], [run.id for run in runs])
     series = [Series(label, state.history(r, run)) for label, run in zip(labels, runs, strict=True)]
     revision = sum(one.history.n_events for one in series)
-    live_chart(run_figure(series, uirevision="compare:" + ",".join(run_ids)), "compare.overlay", revision)
+    overlay = run_figure(series, uirevision="compare:" + ",".join(run_ids))
+    forks.mark_forks(overlay, runs, labels)
+    live_chart(overlay, "compare.overlay", revision)
     table = runs_frame(runs)
     table.insert(1, "legend", labels)
     st.dataframe(

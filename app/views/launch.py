@@ -12,7 +12,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import streamlit as st
 
-from app import limits, nav, state
+from app import forks, limits, nav, state
 from app.figures import NATURAL_IMAGES, md_escape, model_name
 from jobs import api
 from trainer.config import (
@@ -25,6 +25,7 @@ from trainer.config import (
     paper_lambda,
     reads,
 )
+from trainer.fork import LINK_FIELDS, check_fork
 from trainer.presets import DEFAULT_PRESET, DIGITS_GRAD_ALIGN, PRESETS
 
 GROUPS = (
@@ -88,6 +89,7 @@ def render() -> None:
         _apply_preset(DEFAULT_PRESET)
     for key, value in st.session_state[SAVED].items():
         st.session_state.setdefault(key, value)
+    _follow_fork_link(r)
 
     st.selectbox(
         "Preset",
@@ -97,7 +99,12 @@ def render() -> None:
         help="Fills every field below; edit any of them before launching.",
     )
     values = _form_values()
-    problems = _problems(values) or limits.violations([make_config(values)], api.queued_count(r))
+    parent = _fork_banner(r, values)
+    problems = (
+        _problems(values)
+        or _fork_problems(parent, values)
+        or limits.violations([make_config(values)], api.queued_count(r))
+    )
     for row in (GROUPS[:2], GROUPS[2:]):
         for column, (title, names) in zip(st.columns(2), row, strict=True):
             with column.container(border=True):
@@ -144,14 +151,87 @@ def _workers(r) -> None:
 
 def _apply_preset(name: str) -> None:
     """Put a preset's values (RunConfig defaults elsewhere, None = automatic) into every widget."""
-    values = {field: info.get_default() for field, info in RunConfig.model_fields.items()} | PRESETS[name]
+    _apply(PRESETS[name], name)
+
+
+def _apply(config: dict[str, Any], preset: str) -> None:
+    values = {field: info.get_default() for field, info in RunConfig.model_fields.items()} | config
     for field, value in values.items():
         st.session_state[KEY + field] = value
     st.session_state[KEY + "eps255"] = round(values["eps"] * 255, 3)
     st.session_state[KEY + "grad_align"] = values["grad_align_lambda"] > 0
     st.session_state[KEY + "grad_align_lambda"] = values["grad_align_lambda"] or 1.0
-    st.session_state[KEY + "preset"] = name
+    st.session_state[KEY + "preset"] = preset
     st.session_state[SAVED] = {key: st.session_state[key] for key in WIDGET_KEYS}
+
+
+# --- fork mode: the form holds a run's config and the fork's starting point ---
+
+
+def _follow_fork_link(r) -> None:
+    """`?fork=RUN&at=K` (the live view's "Fork from iteration k", or a shared link) fills the form in from
+    RUN's config, once per link: edits made after that stay."""
+    wanted = forks.requested(st.query_params)
+    if wanted is None or st.session_state.get(KEY + "fork.url") == wanted:
+        return
+    st.session_state[KEY + "fork.url"] = wanted
+    parent = api.get_run(r, wanted[0])
+    if parent is None:
+        st.error(f"No run with id {md_escape(wanted[0])} to fork: it may have been deleted.")
+        return
+    config = parent.config.model_dump(exclude={"name"})
+    _apply({**config, "parent": parent.id, "fork_iteration": wanted[1]}, st.session_state[KEY + "preset"])
+
+
+def _fork_banner(r, values: dict[str, Any]) -> api.Run | None:
+    """In fork mode: the parent, the iteration to start from (any kept evaluation) and a way out."""
+    if not values["parent"]:
+        return None
+    parent = api.get_run(r, values["parent"])
+    with st.container(border=True):
+        if parent is None:
+            st.error(f"The run to fork ({md_escape(values['parent'])}) was deleted.")
+        else:
+            st.markdown(
+                f":material/call_split: **Fork of {md_escape(parent.config.label())}** "
+                f"([{parent.id}](live?run={parent.id}), {parent.status}): starts from its weights, optimizer "
+                "state and data order at the iteration below, with the config in this form. Data set, model, "
+                "layers, filters and optimizer stay the parent's."
+            )
+            points = api.fork_points(parent.id)
+            st.selectbox(
+                "fork from iteration",
+                points,
+                key=KEY + "fork_iteration",
+                index=None,
+                placeholder="no checkpoint kept at this iteration: pick one",
+                format_func=lambda it: f"{it:,}",
+                help="The evaluations whose checkpoints the parent kept.",
+            )
+            if values["fork_iteration"] in points:
+                st.query_params.update({forks.FORK: parent.id, forks.AT: str(values["fork_iteration"])})
+        if st.button("Start from scratch instead", key=KEY + "unfork"):
+            st.session_state.update({KEY + field: None for field in LINK_FIELDS})
+            st.session_state.pop(KEY + "fork.url", None)
+            for param in (forks.FORK, forks.AT):
+                st.query_params.pop(param, None)
+            st.rerun()
+    return parent
+
+
+def _fork_problems(parent: api.Run | None, values: dict[str, Any]) -> dict[str, str]:
+    """What keeps this fork from starting, by field: a deleted parent, no checkpoint, a changed model."""
+    if not values["parent"]:
+        return {}
+    if parent is None:
+        return {"parent": "the run to fork was deleted; start from scratch instead"}
+    if values["fork_iteration"] not in api.fork_points(parent.id):
+        return {"fork_iteration": "pick an iteration at which the parent kept a checkpoint"}
+    try:
+        check_fork(parent.config, make_config(values))
+    except ConfigError as exc:
+        return _by_field(str(exc))
+    return {}
 
 
 def _form_values() -> dict[str, Any]:
@@ -170,13 +250,18 @@ def _problems(values: dict[str, Any]) -> dict[str, str]:
     try:
         make_config(values)
     except ConfigError as exc:
-        fields = "|".join(RunConfig.model_fields)
-        problems: dict[str, str] = {}
-        for message in re.split(rf"; (?=(?:{fields}): )", str(exc)):
-            field, _, text = message.partition(": ")
-            problems[field] = text
-        return problems
+        return _by_field(str(exc))
     return {}
+
+
+def _by_field(error: str) -> dict[str, str]:
+    """A ConfigError's message split into its fields' messages."""
+    fields = "|".join(RunConfig.model_fields)
+    problems: dict[str, str] = {}
+    for message in re.split(rf"; (?=(?:{fields}): )", error):
+        field, _, text = message.partition(": ")
+        problems[field] = text
+    return problems
 
 
 # --- widgets ---

@@ -13,7 +13,7 @@ import time
 
 import streamlit as st
 
-from app import nav, state
+from app import forks, nav, state
 from app.chart import live_chart
 from app.figures import (
     TERMINAL,
@@ -77,7 +77,9 @@ def _panel(run_id: str, was_terminal: bool) -> None:
         return
     history = state.history(r, run)
     st.header(md_escape(run.config.label()), anchor=False)
+    forks.lineage_caption(r, run)
     _status(r, run, history)
+    forks.rescue_action(r, run, history.co_iteration)
     figure = run_figure([Series(run.config.label(), history)], uirevision=run_id)
     live_chart(figure, key="live.chart", revision=history.n_events)
     _inside(run, history)
@@ -155,6 +157,7 @@ def _inside(run, history: RunHistory) -> None:
             help="Scrub through training: compare the filters before and after catastrophic overfitting.",
         )
     iteration = st.session_state[key]
+    forks.fork_action(run, iteration)
     snapshot = history.snapshots[iteration]
     revision = iteration  # which snapshot a chart shows, for the browser test
     if snapshot.get("filters") is not None:

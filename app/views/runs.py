@@ -6,7 +6,7 @@ import contextlib
 
 import streamlit as st
 
-from app import nav, state
+from app import forks, nav, state
 from app.figures import runs_frame
 from jobs import api
 from trainer.events import events_csv, events_jsonl
@@ -28,19 +28,23 @@ COLUMNS = {
 # What a table shows where a run has no value (no CO, AutoAttack off, not finished yet).
 MISSING = "—"
 ORDER = ["label", "status", "progress", "CO iteration", "clean acc", "PGD acc", "AA acc", "method", "ε"]
-ORDER += ["λ", "dataset", "model", "iteration", "elapsed", "device", "created", "sweep", "id", "open"]
+ORDER += ["λ", "fork of", "forks", "dataset", "model", "iteration", "elapsed", "device", "created", "sweep"]
+ORDER += ["id", "open"]
 FILTERS = ("status", "method", "dataset", "model")
 
 
 def render() -> None:
     r = state.connection()
     st.title("Runs")
-    frame = runs_frame(api.list_runs(r))
+    runs = api.list_runs(r)
+    frame = runs_frame(runs)
     if frame.empty:
         st.info("No runs yet: launch one on the Launch page.")
         return
+    frame = forks.lineage_columns(frame, runs)
     frame["open"] = "live?run=" + frame["id"]
-    columns = st.columns([*[2] * len(FILTERS), 3, 1.2], vertical_alignment="bottom")
+    columns = st.columns([*[2] * len(FILTERS), 2, 3, 1.2], vertical_alignment="bottom")
+    frame = forks.lineage_filter(r, frame, runs, columns[len(FILTERS)])
     for column, name in zip(columns, FILTERS, strict=False):
         chosen = column.multiselect(name, sorted(frame[name].dropna().unique()), key=f"runs.filter.{name}")
         if chosen:

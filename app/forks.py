@@ -1,0 +1,175 @@
+"""Forking from the dashboard: the live view's actions, the launch form's fork mode, lineage on Runs and
+Compare.
+
+"Fork from iteration k" opens the launch form at `?fork=RUN&at=K` (a shareable link), filled in with the
+run's config; "Rescue" queues, in one click, a fork from the last evaluation before catastrophic
+overfitting with GradAlign on, and opens the comparison of the two futures.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping, Sequence
+from typing import NoReturn
+
+import pandas as pd
+import plotly.graph_objects as go
+import redis
+import streamlit as st
+
+from app import nav
+from app.figures import md_escape
+from jobs import api
+from trainer.fork import last_before, rescue_lambda
+
+FORK, AT, LINEAGE = "fork", "at", "lineage"  # query parameters: the launch form's, the Runs page's
+FORK_COLOR = "#5e35b1"
+
+
+def requested(query_params: Mapping[str, str]) -> tuple[str, int] | None:
+    """The (run id, iteration) a `?fork=RUN&at=K` link asks to fork, None without (or with a bad) one.
+
+    The values come from the browser: K must be an iteration; whether the run exists (api.get_run checks
+    the id's form) and has a checkpoint at K is the form's to say.
+    """
+    run_id, at = query_params.get(FORK), query_params.get(AT, "")
+    if not run_id or not at.isdigit() or len(at) > 9:
+        return None
+    return run_id, int(at)
+
+
+def rescue_point(run: api.Run, co_iteration: int | None) -> int | None:
+    """The evaluation to rescue a collapsed run from: the last one with a checkpoint before the CO onset."""
+    if co_iteration is None or run.config.uses_grad_align:
+        return None
+    return last_before(api.fork_points(run.id), co_iteration)
+
+
+def rescue_label(run: api.Run, at: int) -> str:
+    return f"Rescue: fork from iteration {at:,} with GradAlign λ={rescue_lambda(run.config):g}"
+
+
+# --- the live view ---
+
+
+def rescue_action(r: redis.Redis, run: api.Run, co_iteration: int | None) -> None:
+    """After CO: one click queues the rescue fork and opens the comparison of parent and fork."""
+    at = rescue_point(run, co_iteration)
+    if at is None:
+        return
+    if st.button(rescue_label(run, at), type="primary", icon=":material/call_split:", key="live.rescue"):
+        child = api.fork(r, run.id, at=at, grad_align_lambda=rescue_lambda(run.config))
+        nav.go("compare", compare=f"{run.id},{child}")
+
+
+def fork_action(run: api.Run, iteration: int) -> None:
+    """Below the snapshot slider: fork from the evaluation shown, in the launch form."""
+    points = api.fork_points(run.id)
+    reason = "" if iteration in points else f"No checkpoint kept at iteration {iteration:,}. "
+    if st.button(
+        f"Fork from iteration {iteration:,}",
+        icon=":material/call_split:",
+        key="live.fork",
+        disabled=bool(reason),
+        help=reason + "Opens the launch form with this run's config: change anything (GradAlign, λ, ε, lr) "
+        "and the fork continues from this evaluation's weights, optimizer state and data order.",
+    ):
+        open_form(run.id, iteration)
+
+
+def open_form(run_id: str, at: int) -> NoReturn:
+    nav.go("launch", **{FORK: run_id, AT: str(at)})
+
+
+def lineage_caption(r: redis.Redis, run: api.Run) -> None:
+    """Where a run comes from and what was forked from it, with links to their live views."""
+    parts = []
+    if run.config.parent is not None:
+        parent = api.get_run(r, run.config.parent)
+        name = md_escape(parent.config.label()) if parent else "a deleted run"
+        link = f"[{name}](live?run={run.config.parent})" if parent else name
+        parts.append(f"Fork of {link} at iteration {run.config.fork_iteration:,}")
+        if parent:
+            parts.append(f"[compare with it](compare?compare={run.config.parent},{run.id})")
+    children = [one for one in api.lineage(r, run.id) if one.config.parent == run.id]
+    if children:
+        links = ", ".join(
+            f"[{md_escape(one.config.label())} @ {one.config.fork_iteration:,}](live?run={one.id})"
+            for one in children
+        )
+        ids = ",".join([run.id, *(one.id for one in children)])
+        parts.append(f"forks: {links} · [compare all](compare?compare={ids})")
+    if parts:
+        st.markdown(":material/call_split: " + " · ".join(parts))
+
+
+# --- Compare ---
+
+
+def mark_forks(fig: go.Figure, runs: Sequence[api.Run], labels: Sequence[str]) -> None:
+    """A dotted line at each fork's starting iteration, on every panel, naming the fork and its parent."""
+    names = {run.id: label for run, label in zip(runs, labels, strict=True)}
+    for run in runs:
+        if run.config.parent is None:
+            continue
+        parent = html.escape(names.get(run.config.parent, "its parent"))
+        text = f"fork: {html.escape(names[run.id])} from {parent} @ {run.config.fork_iteration:,}"
+        for row in (1, 2, 3):
+            fig.add_vline(
+                x=run.config.fork_iteration,
+                row=row,
+                col=1,
+                line={"color": FORK_COLOR, "dash": "dot", "width": 2},
+                annotation={
+                    "text": text if row == 1 else f"fork @ {run.config.fork_iteration:,}",
+                    "font": {"color": FORK_COLOR, "size": 12},
+                    "bgcolor": "rgba(255,255,255,0.8)",
+                },
+                annotation_position="bottom left" if row == 1 else "top left",
+            )
+
+
+# --- Runs ---
+
+
+def lineage_columns(frame: pd.DataFrame, runs: Sequence[api.Run]) -> pd.DataFrame:
+    """'fork of' (parent id @ iteration) and 'forks' (how many runs were forked from it) columns."""
+    forks = pd.Series([run.config.parent for run in runs if run.config.parent]).value_counts()
+    by_id = {run.id: run for run in runs}
+    frame["fork of"] = [
+        f"{by_id[run_id].config.parent} @ {by_id[run_id].config.fork_iteration}"
+        if by_id[run_id].config.parent
+        else None
+        for run_id in frame["id"]
+    ]
+    frame["forks"] = [int(forks.get(run_id, 0)) for run_id in frame["id"]]
+    return frame
+
+
+def _family_name(by_id: Mapping[str, api.Run], run_id: str) -> str:
+    return f"{by_id[run_id].config.label()} · {run_id}" if run_id in by_id else f"deleted run {run_id}"
+
+
+def lineage_filter(r: redis.Redis, frame: pd.DataFrame, runs: Sequence[api.Run], column) -> pd.DataFrame:
+    """Only one run's family (its ancestors and forks), chosen here or by `?lineage=ID`."""
+    families = sorted({run.id for run in runs if run.config.parent} | {run.config.parent for run in runs})
+    families = [run_id for run_id in families if run_id]
+    by_id = {run.id: run for run in runs}
+    wanted = st.query_params.get(LINEAGE)
+    if wanted in by_id and st.session_state.get("runs.lineage.url") != wanted:
+        st.session_state["runs.lineage"] = st.session_state["runs.lineage.url"] = wanted
+    choice = column.selectbox(
+        "lineage",
+        families,
+        key="runs.lineage",
+        index=None,
+        placeholder="all runs",
+        format_func=lambda run_id: _family_name(by_id, run_id),
+        help="Only this run's family: the run it was forked from and every run forked from it.",
+    )
+    if choice is None:
+        st.query_params.pop(LINEAGE, None)
+        return frame
+    st.query_params[LINEAGE] = choice
+    family = {run.id for run in api.lineage(r, choice)}
+    return frame[frame["id"].isin(family)]

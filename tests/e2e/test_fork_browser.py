@@ -1,0 +1,112 @@
+"""Fork in a real browser: launch the FGSM digits preset, press "Rescue" once catastrophic overfitting is
+detected, and watch the fork (GradAlign on, from the evaluation before the CO onset) hold while its parent
+collapses, on Compare with the fork point marked.
+
+`codash up --workers 2` (parent and fork train at once) against the test's embedded Redis; Chromium at
+/usr/bin/chromium as in test_browser.py. Saves test-artifacts/fork.png and, with CODASH_UPDATE_SCREENSHOT=1,
+docs/fork.png (the README's first screenshot). Slow: two full digits runs (about 2 minutes on an idle
+laptop CPU, several on a busy one).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, wait_for
+from test_browser import CHARTS, CHROMIUM_ARGS, PRESET, chromium  # noqa: F401 (a fixture)
+
+from jobs import api
+from jobs.server import free_port
+from jobs.up import dashboard_healthy
+
+BUDGET_S = 1200  # both runs, on a CPU shared with other work
+ARTIFACT = ROOT / "test-artifacts" / "fork.png"
+README_FORK = ROOT / "docs" / "fork.png"
+
+pytestmark = pytest.mark.timeout(BUDGET_S + 120)
+
+
+@pytest.fixture
+def dashboard(redis_home: Path, tmp_path: Path) -> Iterator[str]:
+    """`codash up --port P --workers 2`: two CPU workers and the dashboard."""
+    port = free_port()
+    log = tmp_path / "up.log"
+    command = [sys.executable, "-m", "jobs.cli", "up", "--port", str(port), "--workers", "2"]
+    env = {**os.environ, "CODASH_HOME": str(redis_home), "OMP_NUM_THREADS": "1"}
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: dashboard_healthy(url) or process.poll() is not None, 60, "codash up to serve")
+        assert process.poll() is None, log.read_text()
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        print("--- codash up ---", *log.read_text().splitlines()[-20:], sep="\n")
+
+
+def test_rescue_a_collapsing_fgsm_run_with_a_gradalign_fork(chromium, dashboard):  # noqa: F811
+    from playwright.sync_api import sync_playwright
+
+    deadline = time.monotonic() + BUDGET_S
+
+    def left_ms() -> float:
+        return max(1.0, deadline - time.monotonic()) * 1000
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1250})
+        page.goto(dashboard)
+        assert page.get_by_test_id("stSelectbox").filter(has_text="Preset").inner_text().endswith(PRESET)
+        page.get_by_role("button", name="Launch run").click()
+        page.wait_for_url(re.compile(r"/live\?run=[0-9a-f]{12}$"), timeout=left_ms())
+        parent = page.url.rsplit("=", 1)[1]
+
+        rescue = page.get_by_role("button", name=re.compile(r"^Rescue: fork from iteration"))
+        rescue.wait_for(timeout=left_ms())
+        r = api.connect()
+        co = api.get_run(r, parent).co_iteration
+        assert co is not None
+        at = max(it for it in api.fork_points(parent) if it < co)
+        assert rescue.inner_text().strip() == f"Rescue: fork from iteration {at:,} with GradAlign λ=4"
+        rescue.click()
+        page.wait_for_url(re.compile(rf"/compare\?compare={parent}(%2C|,)[0-9a-f]{{12}}$"), timeout=left_ms())
+        child = re.split("%2C|,", page.url)[-1]
+        overlay = page.frame_locator(CHARTS).first
+        overlay.locator(".annotation-text", has_text="fork:").first.wait_for(timeout=left_ms())
+
+        def finished() -> bool:
+            return all(api.get_run(r, run_id).status == "finished" for run_id in (parent, child))
+
+        wait_for(finished, left_ms() / 1000, "parent and fork to finish", interval=1.0)
+        parent_run, child_run = api.get_run(r, parent), api.get_run(r, child)
+        # the parent collapsed; the fork, from the same weights at `at` with GradAlign, held
+        assert parent_run.final["co_detected"] and parent_run.final["last"]["pgd_acc"] < 0.05
+        assert not child_run.final["co_detected"] and child_run.final["last"]["pgd_acc"] > 0.05
+        assert (child_run.config.parent, child_run.config.fork_iteration) == (parent, at)
+        child_evals = [e for e in api.all_events(r, child) if e["type"] == "eval"]
+        assert child_evals[0]["iteration"] > at and child_evals[-1]["pgd_acc"] > 0.05
+
+        # the page redraws once the runs are done: one CO marker (the parent's, on each panel) and the fork's
+        page.wait_for_timeout(3000)
+        notes = overlay.locator(".annotation-text")
+        texts = [notes.nth(i).inner_text() for i in range(notes.count())]
+        assert sum(text.startswith("CO") for text in texts) == 3, texts
+        assert sum(text.startswith("fork") for text in texts) == 3, texts
+        ARTIFACT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACT))
+        if os.environ.get("CODASH_UPDATE_SCREENSHOT") == "1":
+            page.screenshot(path=str(README_FORK))
+        browser.close()
+        r.close()
