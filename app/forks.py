@@ -152,8 +152,9 @@ def _family_name(by_id: Mapping[str, api.Run], run_id: str) -> str:
 
 def lineage_filter(r: redis.Redis, frame: pd.DataFrame, runs: Sequence[api.Run], column) -> pd.DataFrame:
     """Only one run's family (its ancestors and forks), chosen here or by `?lineage=ID`."""
-    families = sorted({run.id for run in runs if run.config.parent} | {run.config.parent for run in runs})
-    families = [run_id for run_id in families if run_id]
+    families = sorted(
+        {run.id for run in runs if run.config.parent} | {run.config.parent for run in runs} - {None}
+    )
     by_id = {run.id: run for run in runs}
     wanted = st.query_params.get(LINEAGE)
     if wanted in by_id and st.session_state.get("runs.lineage.url") != wanted:

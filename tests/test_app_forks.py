@@ -80,7 +80,7 @@ def test_fork_from_the_slider_opens_the_form_filled_in_and_queues_the_edited_for
 
     child = next(run for run in api.list_runs(r) if run.id != parent)
     expected = {**CO_RUN, "grad_align_lambda": 4.0, "parent": parent, "fork_iteration": 150}
-    assert child.config == make_config(expected)
+    assert child.config.model_dump() == make_config(expected).model_dump()
     assert at.query_params["run"] == child.id
     assert any("Fork of" in block.value and parent in block.value for block in at.markdown)
 

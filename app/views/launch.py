@@ -101,8 +101,8 @@ def render() -> None:
     values = _form_values()
     parent = _fork_banner(r, values)
     problems = (
-        _problems(values)
-        or _fork_problems(parent, values)
+        _fork_problems(parent, values)
+        or _problems(values)
         or limits.violations([make_config(values)], api.queued_count(r))
     )
     for row in (GROUPS[:2], GROUPS[2:]):
@@ -230,7 +230,7 @@ def _fork_problems(parent: api.Run | None, values: dict[str, Any]) -> dict[str, 
     try:
         check_fork(parent.config, make_config(values))
     except ConfigError as exc:
-        return _by_field(str(exc))
+        return _by_field(str(exc))  # a config error of any field is the form's own check's to report
     return {}
 
 
