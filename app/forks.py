@@ -18,7 +18,7 @@ import redis
 import streamlit as st
 
 from app import nav
-from app.figures import md_escape
+from app.text import md_escape
 from jobs import api
 from trainer.fork import last_before, rescue_lambda
 
@@ -130,20 +130,6 @@ def mark_forks(fig: go.Figure, runs: Sequence[api.Run], labels: Sequence[str]) -
 
 
 # --- Runs ---
-
-
-def lineage_columns(frame: pd.DataFrame, runs: Sequence[api.Run]) -> pd.DataFrame:
-    """'fork of' (parent id @ iteration) and 'forks' (how many runs were forked from it) columns."""
-    forks = pd.Series([run.config.parent for run in runs if run.config.parent]).value_counts()
-    by_id = {run.id: run for run in runs}
-    frame["fork of"] = [
-        f"{by_id[run_id].config.parent} @ {by_id[run_id].config.fork_iteration}"
-        if by_id[run_id].config.parent
-        else None
-        for run_id in frame["id"]
-    ]
-    frame["forks"] = [int(forks.get(run_id, 0)) for run_id in frame["id"]]
-    return frame
 
 
 def _family_name(by_id: Mapping[str, api.Run], run_id: str) -> str:

@@ -81,7 +81,7 @@ def test_a_fork_without_its_parents_checkpoint_or_past_its_end_says_which_field(
         run(fork.model_copy(update={"fork_iteration": 60}), tmp_path / "child")
     with pytest.raises(ConfigError, match="fork_iteration: the parent has no checkpoint at iteration 30"):
         seed_fork(tmp_path / "nothing", 30, tmp_path / "child")
-    with pytest.raises(ConfigError, match="parent and fork_iteration"):
+    with pytest.raises(ConfigError, match="a fork needs both parent and fork_iteration"):
         make_config({"parent": PARENT})
     with pytest.raises(ConfigError, match="parent"):
         make_config({"parent": "../../etc", "fork_iteration": 3})

@@ -11,8 +11,8 @@ import signal
 import pytest
 from conftest import TINY, wait_for
 
+from codash.cli import main as cli_main
 from jobs import api, keys
-from jobs.cli import main as cli_main
 from trainer.checkpoint import load_model
 from trainer.config import ConfigError, make_config
 from trainer.events import without_timing

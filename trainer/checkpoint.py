@@ -75,7 +75,7 @@ def budget_bytes() -> int:
     except ValueError:
         megabytes = -1.0
     if not 0 <= megabytes <= 10_000_000:
-        raise ConfigError(f"{BUDGET_ENV}: must be megabytes in [0, 10000000] (got {text!r})")
+        raise ConfigError({BUDGET_ENV: f"must be megabytes in [0, 10000000] (got {text!r})"})
     return int(megabytes * 2**20)
 
 
@@ -130,14 +130,14 @@ def fork_state(run_dir: Path, config: RunConfig, device: str | torch.device) -> 
     saved = load_checkpoint(run_dir, "fork", device)
     if saved is None:
         raise ConfigError(
-            f"parent: no fork.pt in {run_dir}: a fork starts from its parent's checkpoint at iteration "
-            f"{config.fork_iteration}; queue forks with `codash fork` (or jobs.api.fork)"
+            {
+                "parent": f"no fork.pt in {run_dir}: a fork starts from its parent's checkpoint at iteration "
+                f"{config.fork_iteration}; queue forks with `codash fork` (or jobs.api.fork)"
+            }
         )
     if saved["state"]["iteration"] != config.fork_iteration:
-        raise ConfigError(
-            f"fork_iteration: fork.pt holds iteration {saved['state']['iteration']}, "
-            f"not {config.fork_iteration}"
-        )
+        held = saved["state"]["iteration"]
+        raise ConfigError({"fork_iteration": f"fork.pt holds iteration {held}, not {config.fork_iteration}"})
     best = saved["best_model"] if saved["best_model"] is not None else saved["model"]
     atomic_save({"model": best, "iteration": saved["state"]["best_iteration"]}, Path(run_dir) / BEST_FILE)
     return saved

@@ -47,11 +47,15 @@ def add_config_flags(parser: argparse.ArgumentParser, exclude: tuple[str, ...] =
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    values: dict[str, Any] = {
+    preset = getattr(args, "preset", None)
+    return make_config({**(PRESETS[preset] if preset else {}), **flag_values(args)})
+
+
+def flag_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The config fields given as flags (not yet validated)."""
+    return {
         name: getattr(args, name) for name in RunConfig.model_fields if getattr(args, name, None) is not None
     }
-    preset = getattr(args, "preset", None)
-    return make_config({**(PRESETS[preset] if preset else {}), **values})
 
 
 class ProgressSink:
@@ -144,12 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
-    """Parse and dispatch; expected failures become one line on stderr and exit code 2."""
+def run(
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None = None,
+    expected: tuple[type[BaseException], ...] = EXPECTED_ERRORS,
+) -> int:
+    """Parse and dispatch; `expected` failures become one line on stderr and exit code 2."""
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except EXPECTED_ERRORS as exc:
+    except expected as exc:
         print(f"codash: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -54,9 +54,8 @@ def seed_fork(parent_dir: Path, iteration: int, child_dir: Path) -> None:
     source = eval_path(parent_dir, iteration)
     if not source.exists():
         available = ", ".join(map(str, eval_iterations(parent_dir))) or "none"
-        raise ConfigError(
-            f"fork_iteration: the parent has no checkpoint at iteration {iteration}; available: {available}"
-        )
+        message = f"the parent has no checkpoint at iteration {iteration}; available: {available}"
+        raise ConfigError({"fork_iteration": message})
     Path(child_dir).mkdir(parents=True, exist_ok=True)
     link_or_copy(source, Path(child_dir) / FORK_FILE)
 

@@ -154,9 +154,8 @@ def train(
     write_config(run_dir, config)
 
     if config.fork_iteration is not None and config.fork_iteration >= total:
-        raise ConfigError(
-            f"fork_iteration: {config.fork_iteration} is not before this run's last iteration {total}"
-        )
+        last = f"{config.fork_iteration} is not before this run's last iteration {total}"
+        raise ConfigError({"fork_iteration": last})
     saved = load_checkpoint(run_dir, "last", device) if resume else None
     if saved is None and config.fork_iteration is not None:  # a fork's first start (or start over)
         saved = fork_state(run_dir, config, device)

@@ -22,9 +22,9 @@ import pytest
 from conftest import ROOT, wait_for
 from test_browser import CHARTS, CHROMIUM_ARGS, PRESET, chromium  # noqa: F401 (a fixture)
 
+from codash.up import dashboard_healthy
 from jobs import api
 from jobs.server import free_port
-from jobs.up import dashboard_healthy
 
 BUDGET_S = 1200  # both runs, on a CPU shared with other work
 ARTIFACT = ROOT / "test-artifacts" / "fork.png"
@@ -38,7 +38,7 @@ def dashboard(redis_home: Path, tmp_path: Path) -> Iterator[str]:
     """`codash up --port P --workers 2`: two CPU workers and the dashboard."""
     port = free_port()
     log = tmp_path / "up.log"
-    command = [sys.executable, "-m", "jobs.cli", "up", "--port", str(port), "--workers", "2"]
+    command = [sys.executable, "-m", "codash", "up", "--port", str(port), "--workers", "2"]
     env = {**os.environ, "CODASH_HOME": str(redis_home), "OMP_NUM_THREADS": "1"}
     with open(log, "w") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
