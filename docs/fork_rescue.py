@@ -34,8 +34,8 @@ def rescue(seed: int, root: Path) -> None:
     fork_final = train(config.model_copy(update=link), fork.append, root / "fork")
     for name, events, final in (("parent", parent, parent_final), ("fork", fork, fork_final)):
         live = [(e["iteration"], round(e["pgd_acc"], 2)) for e in events if e["type"] == "eval"]
-        robust = final["last"]["pgd_acc"]
-        print(f"seed {seed} {name}: CO {final['co_iteration']}, final PGD-50-10 {robust:.3f}, live PGD-10 {live}")
+        co, robust = final["co_iteration"], final["last"]["pgd_acc"]
+        print(f"seed {seed} {name}: CO {co}, final PGD-50-10 {robust:.3f}, live PGD-10 {live}")
     print(f"seed {seed}: CO onset {onset}, forked at {at} with GradAlign λ={link['grad_align_lambda']:g}")
 
 
