@@ -7,7 +7,8 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from test_app_pages import app, charts, store_run
+from conftest import store_run
+from test_app_pages import app, charts
 
 from app.forks import FORK_COLOR
 from jobs import api

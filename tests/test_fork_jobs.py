@@ -9,13 +9,12 @@ from __future__ import annotations
 import signal
 
 import pytest
-from conftest import TINY, wait_for
+from conftest import TINY, wait_for, without_timing
 
 from codash.cli import main as cli_main
 from jobs import api, keys
 from trainer.checkpoint import load_model
 from trainer.config import ConfigError, make_config
-from trainer.events import without_timing
 from trainer.fork import FORK_FILE, eval_iterations
 from trainer.loop import train
 
