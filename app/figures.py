@@ -179,18 +179,25 @@ def _co_marker(fig: go.Figure, iteration: int, color: str, label: str, overlay: 
         if overlay
         else f"catastrophic overfitting @ {iteration:,}"
     )
+    vertical_marker(fig, iteration, color, "dash", (text, f"CO @ {iteration:,}"), "top right")
+
+
+def vertical_marker(
+    fig: go.Figure, x: float, color: str, dash: str, texts: tuple[str, str], position: str
+) -> None:
+    """A vertical line at `x` on each of the three panels, the first text on the top one, the second below."""
     for row in (1, 2, 3):
         fig.add_vline(
-            x=iteration,
+            x=x,
             row=row,
             col=1,
-            line={"color": color, "dash": "dash", "width": 2},
+            line={"color": color, "dash": dash, "width": 2},
             annotation={
-                "text": text if row == 1 else f"CO @ {iteration:,}",
+                "text": texts[0] if row == 1 else texts[1],
                 "font": {"color": color, "size": 12},
                 "bgcolor": "rgba(255,255,255,0.8)",
             },
-            annotation_position="top right",
+            annotation_position=position,
         )
 
 

@@ -18,6 +18,7 @@ import redis
 import streamlit as st
 
 from app import nav
+from app.figures import vertical_marker
 from app.text import md_escape
 from jobs import api
 from trainer.fork import last_before, rescue_lambda
@@ -114,19 +115,8 @@ def mark_forks(fig: go.Figure, runs: Sequence[api.Run], labels: Sequence[str]) -
             continue
         parent = html.escape(names.get(run.config.parent, "its parent"))
         text = f"fork: {html.escape(names[run.id])} from {parent} @ {run.config.fork_iteration:,}"
-        for row in (1, 2, 3):
-            fig.add_vline(
-                x=run.config.fork_iteration,
-                row=row,
-                col=1,
-                line={"color": FORK_COLOR, "dash": "dot", "width": 2},
-                annotation={
-                    "text": text if row == 1 else f"fork @ {run.config.fork_iteration:,}",
-                    "font": {"color": FORK_COLOR, "size": 12},
-                    "bgcolor": "rgba(255,255,255,0.8)",
-                },
-                annotation_position="bottom left" if row == 1 else "top left",
-            )
+        texts = (text, f"fork @ {run.config.fork_iteration:,}")
+        vertical_marker(fig, run.config.fork_iteration, FORK_COLOR, "dot", texts, "bottom left")
 
 
 # --- Runs ---

@@ -13,12 +13,13 @@ where a missing browser fails the test.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -60,12 +61,12 @@ def chromium() -> Path:
     return CHROMIUM
 
 
-@pytest.fixture
-def dashboard(redis_home: Path, tmp_path: Path) -> Iterator[str]:
-    """`codash up --port P`: one CPU worker and the dashboard, against the test's embedded Redis."""
+@contextlib.contextmanager
+def codash_up(redis_home: Path, tmp_path: Path, *flags: str) -> Iterator[str]:
+    """`codash up --port P [flags]` against the test's embedded Redis; yields the dashboard's URL."""
     port = free_port()
     log = tmp_path / "up.log"
-    command = [sys.executable, "-m", "codash", "up", "--port", str(port)]
+    command = [sys.executable, "-m", "codash", "up", "--port", str(port), *flags]
     env = {**os.environ, "CODASH_HOME": str(redis_home)}
     with open(log, "w") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -87,17 +88,33 @@ def dashboard(redis_home: Path, tmp_path: Path) -> Iterator[str]:
         print("--- codash up ---", *log.read_text().splitlines()[-20:], sep="\n")
 
 
+@pytest.fixture
+def dashboard(redis_home: Path, tmp_path: Path) -> Iterator[str]:
+    """`codash up --port P`: one CPU worker and the dashboard."""
+    with codash_up(redis_home, tmp_path) as url:
+        yield url
+
+
+def time_left(budget_s: float) -> Callable[[], float]:
+    """Milliseconds left of a budget that starts now (at least 1), for Playwright's timeouts."""
+    deadline = time.monotonic() + budget_s
+    return lambda: max(1.0, deadline - time.monotonic()) * 1000
+
+
+def open_page(playwright, chromium: Path):
+    """Debian's Chromium, headless, with one page at the size of the README's screenshots."""
+    browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+    return browser, browser.new_page(viewport={"width": 1400, "height": 1250})
+
+
 def test_launch_the_fgsm_preset_and_watch_catastrophic_overfitting(chromium, dashboard, tmp_path):
     from playwright.sync_api import sync_playwright
 
     deadline = time.monotonic() + BUDGET_S
-
-    def left_ms() -> float:
-        return max(1.0, deadline - time.monotonic()) * 1000
+    left_ms = time_left(BUDGET_S)
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1250})
+        browser, page = open_page(playwright, chromium)
         page.goto(dashboard)
         preset = page.get_by_test_id("stSelectbox").filter(has_text="Preset")
         preset.click(timeout=left_ms())

@@ -12,19 +12,14 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, wait_for
-from test_browser import CHARTS, CHROMIUM_ARGS, PRESET, chromium  # noqa: F401 (a fixture)
+from test_browser import CHARTS, PRESET, chromium, codash_up, open_page, time_left  # noqa: F401 (a fixture)
 
-from codash.up import dashboard_healthy
 from jobs import api
-from jobs.server import free_port
 
 BUDGET_S = 1200  # both runs, on a CPU shared with other work
 ARTIFACT = ROOT / "test-artifacts" / "fork.png"
@@ -35,38 +30,18 @@ pytestmark = pytest.mark.timeout(BUDGET_S + 120)
 
 @pytest.fixture
 def dashboard(redis_home: Path, tmp_path: Path) -> Iterator[str]:
-    """`codash up --port P --workers 2`: two CPU workers and the dashboard."""
-    port = free_port()
-    log = tmp_path / "up.log"
-    command = [sys.executable, "-m", "codash", "up", "--port", str(port), "--workers", "2"]
-    env = {**os.environ, "CODASH_HOME": str(redis_home), "OMP_NUM_THREADS": "1"}
-    with open(log, "w") as out:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: dashboard_healthy(url) or process.poll() is not None, 60, "codash up to serve")
-        assert process.poll() is None, log.read_text()
+    """`codash up --port P --workers 2`: parent and fork train at once."""
+    with codash_up(redis_home, tmp_path, "--workers", "2") as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        print("--- codash up ---", *log.read_text().splitlines()[-20:], sep="\n")
 
 
 def test_rescue_a_collapsing_fgsm_run_with_a_gradalign_fork(chromium, dashboard):  # noqa: F811
     from playwright.sync_api import sync_playwright
 
-    deadline = time.monotonic() + BUDGET_S
-
-    def left_ms() -> float:
-        return max(1.0, deadline - time.monotonic()) * 1000
+    left_ms = time_left(BUDGET_S)
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1250})
+        browser, page = open_page(playwright, chromium)
         page.goto(dashboard)
         assert page.get_by_test_id("stSelectbox").filter(has_text="Preset").inner_text().endswith(PRESET)
         page.get_by_role("button", name="Launch run").click()
