@@ -21,6 +21,7 @@ from app import nav
 from app.figures import vertical_marker
 from app.text import md_escape
 from jobs import api
+from trainer.config import ConfigError
 from trainer.fork import last_before, rescue_lambda
 
 FORK, AT, LINEAGE = "fork", "at", "lineage"  # query parameters: the launch form's, the Runs page's
@@ -59,7 +60,11 @@ def rescue_action(r: redis.Redis, run: api.Run, co_iteration: int | None) -> Non
     if at is None:
         return
     if st.button(rescue_label(run, at), type="primary", icon=":material/call_split:", key="live.rescue"):
-        child = api.fork(r, run.id, at=at, grad_align_lambda=rescue_lambda(run.config))
+        try:
+            child = api.fork(r, run.id, at=at, grad_align_lambda=rescue_lambda(run.config))
+        except (ConfigError, api.RunNotFound) as exc:  # deleted, or its checkpoint thinned away meanwhile
+            st.error(md_escape(str(exc)))
+            return
         nav.go("compare", compare=f"{run.id},{child}")
 
 
