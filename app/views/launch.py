@@ -98,7 +98,7 @@ def render() -> None:
         help="Fills every field below; edit any of them before launching.",
     )
     values = _form_values()
-    parent = _fork_banner(r, values)
+    parent = api.get_run(r, values["parent"]) if values["parent"] else None
     try:
         config = make_config(values)  # the one validation of this render
     except ConfigError as exc:
@@ -106,6 +106,7 @@ def render() -> None:
     else:
         problems = limits.violations([config], api.queued_count(r))
     problems = _fork_problems(parent, values, config) | problems
+    _fork_banner(values, parent, problems)
     for row in (GROUPS[:2], GROUPS[2:]):
         for column, (title, names) in zip(st.columns(2), row, strict=True):
             with column.container(border=True):
@@ -183,40 +184,40 @@ def _follow_fork_link(r) -> None:
     _apply({**config, "parent": parent.id, "fork_iteration": wanted[1]}, st.session_state[KEY + "preset"])
 
 
-def _fork_banner(r, values: dict[str, Any]) -> api.Run | None:
+def _fork_banner(values: dict[str, Any], parent: api.Run | None, problems: dict[str, str]) -> None:
     """In fork mode: the parent, the iteration to start from (any kept evaluation) and a way out."""
     if not values["parent"]:
-        return None
-    parent = api.get_run(r, values["parent"])
+        return
     with st.container(border=True):
-        if parent is None:
-            st.error(f"The run to fork ({md_escape(values['parent'])}) was deleted.")
-        else:
+        if parent is not None:
             st.markdown(
                 f":material/call_split: **Fork of {md_escape(parent.config.label())}** "
                 f"([{parent.id}](live?run={parent.id}), {parent.status}): starts from its weights, optimizer "
                 "state and data order at the iteration below, with the config in this form. Data set, model, "
                 "layers, filters and optimizer stay the parent's."
             )
-            points = api.fork_points(parent.id)
             st.selectbox(
                 "fork from iteration",
-                points,
+                api.fork_points(parent.id),
                 key=KEY + "fork_iteration",
                 index=None,
-                placeholder="no checkpoint kept at this iteration: pick one",
+                placeholder="pick an evaluation",
                 format_func=lambda it: f"{it:,}",
                 help="The evaluations whose checkpoints the parent kept.",
             )
-            if values["fork_iteration"] in points:
-                st.query_params.update({forks.FORK: parent.id, forks.AT: str(values["fork_iteration"])})
+        for field in LINK_FIELDS:
+            if field in problems:
+                st.error(md_escape(problems[field]), icon=":material/error:")
+        if "fork_iteration" not in problems and "parent" not in problems:  # the link shares what is shown
+            link = (parent.id, values["fork_iteration"])
+            st.session_state[KEY + "fork.url"] = link  # not a new link to fill the form in from
+            st.query_params.update({forks.FORK: link[0], forks.AT: str(link[1])})
         if st.button("Start from scratch instead", key=KEY + "unfork"):
             st.session_state.update({KEY + field: None for field in LINK_FIELDS})
             st.session_state.pop(KEY + "fork.url", None)
             for param in (forks.FORK, forks.AT):
                 st.query_params.pop(param, None)
             st.rerun()
-    return parent
 
 
 def _fork_problems(parent: api.Run | None, values: dict, config: RunConfig | None) -> dict[str, str]:
