@@ -212,12 +212,15 @@ def _fork_banner(values: dict[str, Any], parent: api.Run | None, problems: dict[
             link = (parent.id, values["fork_iteration"])
             st.session_state[KEY + "fork.url"] = link  # not a new link to fill the form in from
             st.query_params.update({forks.FORK: link[0], forks.AT: str(link[1])})
-        if st.button("Start from scratch instead", key=KEY + "unfork"):
-            st.session_state.update({KEY + field: None for field in LINK_FIELDS})
-            st.session_state.pop(KEY + "fork.url", None)
-            for param in (forks.FORK, forks.AT):
-                st.query_params.pop(param, None)
-            st.rerun()
+        st.button("Start from scratch instead", key=KEY + "unfork", on_click=_unfork)
+
+
+def _unfork() -> None:
+    """Leave fork mode: the form keeps its values, as a fresh run's."""
+    st.session_state.update({KEY + field: None for field in LINK_FIELDS})
+    st.session_state.pop(KEY + "fork.url", None)
+    for param in (forks.FORK, forks.AT):
+        st.query_params.pop(param, None)
 
 
 def _fork_problems(parent: api.Run | None, values: dict, config: RunConfig | None) -> dict[str, str]:
