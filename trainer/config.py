@@ -18,6 +18,7 @@ Model = Literal["cnn", "lenet", "preact_resnet18"]
 Method = Literal["standard", "fgsm", "fgsm_rs", "pgd", "free", "nfgsm", "pgd_corner", "random_corner"]
 Optimizer = Literal["sgd", "adam"]
 Schedule = Literal["constant", "cyclic", "piecewise"]
+Switch = Literal["auto", "on", "off"]  # auto: on where it pays (CUDA), off elsewhere; resolved at run start
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -103,12 +104,21 @@ class RunConfig(BaseModel):
     final_pgd_restarts: int = Field(10, ge=1, le=100)
     autoattack: bool = Field(False, description="final evaluation also with AutoAttack (standard, L-inf)")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    amp: bool = Field(False, description="bf16 autocast on CUDA")
+    amp: Switch = Field("auto", description="bf16 autocast on CUDA (auto: on for CUDA)")
+    fast_path: bool = Field(
+        True, description="on CUDA: channels_last, cudnn.benchmark, the training step as one CUDA graph"
+    )
 
     @field_validator("eps", mode="before")
     @classmethod
     def _eps_fraction(cls, value: Any) -> Any:
         return parse_eps(value)
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp_switch(cls, value: Any) -> Any:
+        """Configs stored before amp had an "auto" said true or false: they keep meaning on and off."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("device")
     @classmethod
@@ -142,6 +152,10 @@ class RunConfig(BaseModel):
     @property
     def uses_grad_align(self) -> bool:
         return self.grad_align_lambda > 0
+
+    def bf16(self, device_type: str) -> bool:
+        """Whether a run on this kind of device trains and evaluates under bf16 autocast (amp resolved)."""
+        return device_type == "cuda" and self.amp != "off"
 
     @property
     def final_pgd(self) -> str:

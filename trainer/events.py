@@ -17,7 +17,19 @@ Sink = Callable[[Event], None]
 
 FIELDS: dict[str, tuple[str, ...]] = {
     # config also carries every RunConfig field; these are the extra ones.
-    "config": ("config", "device", "torch_version", "codash_version", "start_iteration", "total_iterations"),
+    # step: "cuda_graph" (captured, replayed) or "eager"; step_reason: why not captured (null when it is);
+    # precision: "bf16" (autocast) or "fp32", the resolved `amp`.
+    "config": (
+        "config",
+        "device",
+        "torch_version",
+        "codash_version",
+        "start_iteration",
+        "total_iterations",
+        "step",
+        "step_reason",
+        "precision",
+    ),
     "metrics": ("iteration", "epoch", "lr", "train_loss", "train_acc", "reg"),
     "eval": (
         "iteration",
