@@ -78,7 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     stack = commands.add_parser("up", help="Redis, workers and the dashboard together; Ctrl-C stops them all")
     stack.add_argument("--host", default="127.0.0.1", help="dashboard address (default: %(default)s)")
     stack.add_argument("--port", type=int, default=8501, help="dashboard port (default: %(default)s)")
-    stack.add_argument("--workers", type=int, help="worker processes (default: one per visible GPU, else 1)")
+    stack.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes, spread over the GPUs (default: 2 per visible GPU, else 1)",
+    )
     stack.add_argument("--no-worker", action="store_true", help="start no worker (they run on other hosts)")
     stack.set_defaults(handler=run_up)
 

@@ -1,6 +1,6 @@
 """`codash up`: the whole stack on one machine — Redis, workers and the dashboard — under one supervisor.
 
-It starts what is missing (the embedded Redis unless REDIS_URL is set; one worker per visible GPU, or one
+It starts what is missing (the embedded Redis unless REDIS_URL is set; two workers per visible GPU, or one
 CPU worker; the Streamlit app), restarts a child that dies, and on Ctrl-C or SIGTERM stops everything it
 started: workers first (their runs checkpoint and become resumable), then the app, then the Redis it
 started. A lock file in CODASH_HOME makes a second `codash up` find the first and say where it is.
@@ -28,6 +28,9 @@ APP_SCRIPT = Path(__file__).resolve().parent.parent / "app" / "main.py"
 UP_FILE = "up.json"
 HEALTH_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
+# Two captured ResNet-18 FGSM runs on one H200 train 1.32x as many images per second as one; four, no more
+# than two (docs/benchmarks.md, shared notes): a sweep's runs go two to a GPU.
+WORKERS_PER_GPU = 2
 RESTART_LIMIT = 5  # restarts per child; past it the child is left down and the fault reported
 
 
@@ -67,10 +70,11 @@ def visible_gpus() -> int:
 
 
 def plan_workers(count: int | None) -> list[str]:
-    """Devices for the workers: one per visible GPU by default, else one CPU worker."""
+    """Devices for the workers, spread over the visible GPUs in turn: WORKERS_PER_GPU per GPU by default,
+    else one CPU worker."""
     gpus = visible_gpus()
     if count is None:
-        count = gpus or 1
+        count = WORKERS_PER_GPU * gpus or 1
     return [f"cuda:{i % gpus}" if gpus else "cpu" for i in range(count)]
 
 
