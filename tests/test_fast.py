@@ -138,6 +138,10 @@ def test_the_lr_schedule_tensor_is_lr_at_for_every_step(schedule):
 def test_amp_is_auto_on_or_off_and_configs_stored_with_true_or_false_still_load():
     assert make_config({}).amp == "auto"
     assert make_config({"amp": True}).amp == "on" and make_config({"amp": False}).amp == "off"
+    stored = make_config({"method": "fgsm"}).model_dump(mode="json")
+    stored.pop("fast_path")
+    old = make_config({**stored, "amp": False})  # a config.json written before the fast path existed
+    assert (old.amp, old.fast_path) == ("off", False)  # so a resumed old run trains as it did
     cfg = make_config({"amp": "auto"})
     assert make_config(cfg.model_dump_json()) == cfg
     assert cfg.bf16("cuda") and not cfg.bf16("cpu")

@@ -117,7 +117,8 @@ class RunConfig(BaseModel):
     @field_validator("amp", mode="before")
     @classmethod
     def _amp_switch(cls, value: Any) -> Any:
-        """Configs stored before amp had an "auto" said true or false: they keep meaning on and off."""
+        """Configs stored before amp had an "auto" said true or false: they keep meaning on and off (and,
+        without a fast_path field, run without it: _resolve_defaults)."""
         return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("device")
@@ -134,6 +135,8 @@ class RunConfig(BaseModel):
         if not isinstance(data, dict):
             return data
         data = dict(data)
+        if isinstance(data.get("amp"), bool):  # stored before the fast path: resumed as it was trained
+            data.setdefault("fast_path", False)
         method = data.get("method", "fgsm")
         resnet = data.get("model", "cnn") == "preact_resnet18"
         if data.get("alpha") is None:
