@@ -170,11 +170,11 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def final_eval_time(device: str, points: int = 1000) -> dict[str, Any]:
+def final_eval_time(device: str, points: int = 1000, test_images: int = 10_000) -> dict[str, Any]:
     """The final evaluation of a PreAct ResNet-18 (PGD-50-10 on `points` test images, clean accuracy on
-    10,000), timed for one model as train() runs it on this device, and with every restart on every
-    point: the work for a model that no restart breaks (the bound: a fresh model on random labels is
-    broken by the first restart). A run evaluates two models, its last and its best."""
+    `test_images`, CIFAR-10's test set), timed for one model as train() runs it on this device, and with
+    every restart on every point: the work for a model that no restart breaks (the bound: a fresh model
+    on random labels is broken by the first restart). A run evaluates two models, its last and its best."""
     from bench.workloads import CIFAR_RESNET, synthetic_cifar
     from trainer.checkpoint import model_for
     from trainer.config import make_config
@@ -184,7 +184,7 @@ def final_eval_time(device: str, points: int = 1000) -> dict[str, Any]:
 
     cfg = make_config({**CIFAR_RESNET, "device": device, "final_eval_points": points})
     path = fast_path(cfg, torch.device(device), None)
-    data = synthetic_cifar(device, 512, n_test=10_000)
+    data = synthetic_cifar(device, 512, n_test=test_images)
     model = path.prepare(model_for(cfg).to(device)).eval()
 
     def timed(work) -> float:

@@ -173,7 +173,8 @@ def train(
 
     example = data.train_x[: config.batch_size], data.train_y[: config.batch_size]
     run = RunParts(config, model, optimizer, gen, free, _train_step)
-    stepper = training_step(path, run, example, lr_schedule(config, total, device), capture)
+    lr_table = lr_schedule(config, total, device) if path.captures else None
+    stepper = training_step(path, run, example, lr_table, capture)
     emit(
         make_event(
             "config",

@@ -48,6 +48,7 @@ ADVANCED = (
     "final_pgd_restarts",
     "autoattack",
     "amp",
+    "fast_path",
 )
 LABELS = {
     "name": "Name (optional)",
@@ -73,6 +74,7 @@ LABELS = {
     "free_replays": "Free AT replays m",
     "nfgsm_k": "N-FGSM noise k (× ε)",
     "amp": "bf16 autocast (CUDA)",
+    "fast_path": "CUDA graph fast path",
 }
 FORMATS = {"eps": "%.3f", "momentum": "%.2f"}
 KEY = "launch."
