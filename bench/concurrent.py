@@ -42,7 +42,7 @@ def _one(device: str, iters: int, barrier, results) -> None:
     from bench.workloads import codash_data, synthetic_cifar
 
     with codash_data(synthetic_cifar(device, 10_000)):
-        codash_rate(config(device, 20))
+        codash_rate(config(device, min(20, iters)))
         barrier.wait()
         results.put(codash_rate(config(device, iters))["images_per_s"])
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import TINY
 
-from jobs import up
+from codash import up
 from trainer.cli import build_parser, config_from_args
 from trainer.config import ConfigError, make_config
 from trainer.evaluate import pgd_accuracy

@@ -1,10 +1,9 @@
 """Live view of one run (`?run=ID`): status, progress, the three panels with the CO marker, the model's
 first-layer filters and one image's perturbations at any evaluation, final results.
 
-The panel is a fragment that reruns every REFRESH_S seconds while the run can still change, reading only the
+The panel refreshes every REFRESH_S seconds while the run can still change (app.refresh), reading only the
 events after the last one it has shown; the chart updates in place (app.chart) and keeps its zoom because
 its uirevision is the run id.
-When the run reaches a terminal state the whole page reruns once, redefining the fragment without a timer.
 """
 
 from __future__ import annotations
@@ -15,31 +14,21 @@ import streamlit as st
 
 from app import nav, state
 from app.chart import live_chart
-from app.figures import (
-    TERMINAL,
-    RunHistory,
-    Series,
-    elapsed_s,
-    filters_figure,
-    format_duration,
-    inside_figure,
-    md_escape,
-    model_name,
-    percent,
-    run_figure,
-    snapshot_label,
-)
+from app.figures import Series, filters_figure, inside_figure, run_figure
+from app.history import RunHistory
+from app.refresh import while_live
+from app.tables import elapsed_s
+from app.text import format_duration, md_escape, model_name, percent, snapshot_label
 from jobs import api
 
 REFRESH_S = 1.0
-CANCELLABLE = frozenset({"queued", "running"})
 STATUS_ICONS = {
-    "queued": ":material/hourglass_empty:",
-    "running": ":material/directions_run:",
-    "finished": ":material/check_circle:",
-    "failed": ":material/error:",
-    "cancelled": ":material/cancel:",
-    "interrupted": ":material/pause_circle:",
+    api.RunStatus.QUEUED: ":material/hourglass_empty:",
+    api.RunStatus.RUNNING: ":material/directions_run:",
+    api.RunStatus.FINISHED: ":material/check_circle:",
+    api.RunStatus.FAILED: ":material/error:",
+    api.RunStatus.CANCELLED: ":material/cancel:",
+    api.RunStatus.INTERRUPTED: ":material/pause_circle:",
 }
 
 
@@ -54,8 +43,7 @@ def render() -> None:
         st.error(f"No run with id {md_escape(run_id)}: it may have been deleted.")
         _pick_run(r)
         return
-    terminal = run.status in TERMINAL
-    st.fragment(_panel, run_every=None if terminal else REFRESH_S)(run_id, terminal)
+    while_live(_panel, run.status not in api.TERMINAL, REFRESH_S, run_id)
 
 
 def _pick_run(r) -> None:
@@ -69,12 +57,13 @@ def _pick_run(r) -> None:
         nav.go("live", run=choice)
 
 
-def _panel(run_id: str, was_terminal: bool) -> None:
+def _panel(run_id: str) -> bool:
+    """The run as it is now; returns whether it can still change."""
     r = state.connection()
     run = api.get_run(r, run_id)
     if run is None:
         st.error("This run was deleted.")
-        return
+        return False
     history = state.history(r, run)
     st.header(md_escape(run.config.label()), anchor=False)
     _status(r, run, history)
@@ -85,8 +74,7 @@ def _panel(run_id: str, was_terminal: bool) -> None:
         _final(run.final, run.config)
     with st.expander("Config"):
         st.json(run.config.model_dump(mode="json"))
-    if (run.status in TERMINAL) != was_terminal:
-        st.rerun()  # start or stop the timer
+    return run.status not in api.TERMINAL
 
 
 def _status(r, run, history: RunHistory) -> None:
@@ -94,7 +82,7 @@ def _status(r, run, history: RunHistory) -> None:
     iteration = max(run.iteration, history.iteration)
     left, middle, right = st.columns([2, 5, 2], vertical_alignment="center")
     with left:
-        st.markdown(f"{STATUS_ICONS.get(run.status, '')} **{run.status}**")
+        st.markdown(f"{STATUS_ICONS[run.status]} **{run.status}**")
         parts = [run.config.dataset, model_name(run.config)]
         parts += [f"elapsed {format_duration(elapsed_s(run, time.time()))}"]
         parts += [f"device {md_escape(run.device or history.device or '–')}"]
@@ -105,21 +93,23 @@ def _status(r, run, history: RunHistory) -> None:
         text = f"iteration {iteration:,} of {total:,}" if total else "waiting for the first event"
         if history.co_iteration is not None:
             text += f" · catastrophic overfitting at iteration {history.co_iteration:,}"
-        if run.status == "running" and total in history.evals:  # the last live eval is in: the final runs
+        if (
+            run.status == api.RunStatus.RUNNING and total in history.evals
+        ):  # the last live eval is in: the final runs
             text += f" · final evaluation: {run.config.final_measures()} of the last and the best model…"
         st.progress(fraction, text=text)
     with right:
         _controls(r, run)
-    if run.status == "queued" and not api.workers(r):
+    if run.status == api.RunStatus.QUEUED and not api.workers(r):
         st.warning("No worker is alive to pick this run up. Start one with `codash worker`.")
-    if run.status == "failed" and run.error:
+    if run.status == api.RunStatus.FAILED and run.error:
         st.error(md_escape(run.error))
 
 
 def _controls(r, run) -> None:
-    """Cancel while it can still run; resume from its last checkpoint once it stopped."""
+    """Cancel and resume exactly where the queue allows them (api.CANCELLABLE, api.RESUMABLE)."""
     try:
-        if run.status in CANCELLABLE and st.button("Cancel", icon=":material/stop:", key="live.cancel"):
+        if run.status in api.CANCELLABLE and st.button("Cancel", icon=":material/stop:", key="live.cancel"):
             api.cancel(r, run.id)
             st.rerun()
         if run.status in api.RESUMABLE and st.button(
