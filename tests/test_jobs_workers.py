@@ -17,6 +17,7 @@ from unittest.mock import ANY
 import pytest
 from conftest import TINY, Workers, embedded_redis, wait_for
 from rq.job import Job
+from test_checkpoint import plant
 
 from jobs import api, keys, queue
 from jobs.server import ensure_server, ping, server_pid, stored_url
@@ -146,6 +147,21 @@ def test_failing_runs_say_why_and_the_workers_keep_serving(r, pool, tmp_path):
     assert wait_status(r, good, {"finished"}, 60).final is not None
     assert all(worker.alive() for worker in pool.started)
     assert {worker.name for worker in api.workers(r)} == {"w1", "w2"}
+
+
+def test_a_planted_checkpoint_fails_the_resumed_run_and_runs_no_code(r, pool, tmp_path):
+    """A last.pt crafted to run a command (a shared runs directory is writable by others) is refused."""
+    run_id = api.submit(r, make_config(TINY), queue="held")
+    api.cancel(r, run_id)
+    marker = tmp_path / "pwned"
+    plant(api.run_dir(run_id), marker)
+    api.resume(r, run_id)
+    while r.lmove("rq:queue:held", "rq:queue:" + keys.DEFAULT_QUEUE):
+        pass
+    error = wait_status(r, run_id, {"failed"}, 60).error
+    assert error.startswith("UnsafeCheckpoint: refused to load") and "posix.system" in error, error
+    assert not marker.exists()
+    assert all(worker.alive() for worker in pool.started)
 
 
 def test_a_second_worker_under_a_live_name_is_refused(pool):
