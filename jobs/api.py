@@ -14,6 +14,8 @@ Importing this module does not import torch.
 
 from jobs.connection import connect
 from jobs.keys import DEFAULT_QUEUE
+from jobs.limits import OverLimit
+from jobs.limits import violations as limit_violations
 from jobs.paths import run_dir
 from jobs.queue import cancel, delete, queued_count, resume, submit
 from jobs.registry import (
@@ -35,6 +37,7 @@ __all__ = [
     "RESUMABLE",
     "STATUSES",
     "InvalidTransition",
+    "OverLimit",
     "Run",
     "RunNotFound",
     "WorkerInfo",
@@ -43,6 +46,7 @@ __all__ = [
     "connect",
     "delete",
     "get_run",
+    "limit_violations",
     "list_runs",
     "queued_count",
     "read_events",

@@ -1,6 +1,8 @@
 """A run's metric stream: exactly the trainer's events, in order, one JSON object per Redis Stream entry.
 
-The stream is never trimmed: it is the run's history, the same objects `codash train` writes as JSONL.
+The stream is never trimmed: it is the run's history, the same objects `codash train` writes as JSONL. Its
+size is bounded instead: jobs.limits refuses a run whose stream would pass CODASH_MAX_STREAM_MB, and the
+sink stops one that does anyway.
 Readers fetch incrementally after the last entry id they saw.
 """
 
@@ -14,6 +16,7 @@ import redis
 from redis.client import Pipeline
 
 from jobs import keys
+from jobs.limits import StreamBudget
 from jobs.registry import write_if_owner
 from trainer.events import Event, encode
 
@@ -32,11 +35,14 @@ class StreamSink:
     checkpoint event in the stream always means last.pt holds that iteration. Each batch is one transaction
     that also updates the run's progress fields, fenced on the attempt (see registry.write_if_owner).
     A resumed attempt passes skip_config: the stream already opens with the run's config event.
+    Past CODASH_MAX_STREAM_MB of events (jobs.limits) it raises OverLimit, and the run fails saying so.
     """
 
     def __init__(self, r: redis.Redis, run_id: str, attempt: int, *, skip_config: bool = False):
         self.r, self.run_id, self.attempt = r, run_id, attempt
         self.skip_config = skip_config
+        self.budget = StreamBudget()  # a resumed attempt starts from what the stream holds already
+        self.budget.used = (r.memory_usage(keys.stream(run_id)) or 0) if skip_config else 0
         self._pending: list[str] = []
         self._progress: dict[str, Any] = {}
         self._lock = threading.Lock()  # held while sending too: batches reach the stream in order
@@ -51,8 +57,10 @@ class StreamSink:
         if self.skip_config and event["type"] == "config":
             self.skip_config = False
             return
+        data = encode(event)
+        self.budget.spend(len(data))  # raises OverLimit: the run fails, saying why
         with self._lock:
-            self._pending.append(encode(event))
+            self._pending.append(data)
             self._progress.update(progress_fields(event))
             full = len(self._pending) >= MAX_BATCH
         if event["type"] != "metrics" or full:

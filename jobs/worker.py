@@ -36,7 +36,7 @@ from rq.exceptions import AbandonedJobError, DeserializationError
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
-from jobs import keys, stream
+from jobs import keys, limits, stream
 from jobs.paths import run_dir
 from jobs.queue import RunJob, run_of_job
 from jobs.registry import Fenced, Record, read, reap, transition
@@ -232,6 +232,7 @@ class CodashWorker(SimpleWorker):
 
     def _train(self, record: Record, run_id: str, attempt: int) -> tuple[str, str]:
         config = make_config(record.get("config", ""))
+        limits.check([config])  # queued before the limits were lowered, or written into Redis by hand
         if config.device == "auto":
             config = config.model_copy(update={"device": self.device})
         directory = run_dir(run_id)

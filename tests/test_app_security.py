@@ -8,7 +8,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app.auth import password_ok
-from app.limits import Limits, violations
+from jobs.limits import Limits, violations
 from jobs import api
 from jobs.up import app_argv
 from trainer.config import make_config

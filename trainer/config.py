@@ -14,6 +14,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Dataset = Literal["digits", "mnist", "svhn", "cifar10"]
+# What is known of each data set without loading it (torch-free, for jobs.limits and model rebuilding):
+# (channels, image size, classes), and the number of training images.
+DATA_SHAPES: dict[str, tuple[int, int, int]] = {
+    "digits": (1, 16, 10),
+    "mnist": (1, 28, 10),
+    "svhn": (3, 32, 10),
+    "cifar10": (3, 32, 10),
+}
+TRAIN_IMAGES: dict[str, int] = {"digits": 1500, "mnist": 60_000, "svhn": 73_257, "cifar10": 50_000}
 Model = Literal["cnn", "lenet", "preact_resnet18"]
 Method = Literal["standard", "fgsm", "fgsm_rs", "pgd", "free", "nfgsm", "pgd_corner", "random_corner"]
 Optimizer = Literal["sgd", "adam"]

@@ -12,7 +12,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import streamlit as st
 
-from app import limits, nav, state
+from app import nav, state
 from app.figures import NATURAL_IMAGES, md_escape, model_name
 from jobs import api
 from trainer.config import (
@@ -97,7 +97,7 @@ def render() -> None:
         help="Fills every field below; edit any of them before launching.",
     )
     values = _form_values()
-    problems = _problems(values) or limits.violations([make_config(values)], api.queued_count(r))
+    problems = _problems(values) or api.limit_violations([make_config(values)], api.queued_count(r))
     for row in (GROUPS[:2], GROUPS[2:]):
         for column, (title, names) in zip(st.columns(2), row, strict=True):
             with column.container(border=True):

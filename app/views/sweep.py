@@ -11,7 +11,7 @@ from fractions import Fraction
 
 import streamlit as st
 
-from app import limits, nav, state
+from app import nav, state
 from app.chart import live_chart
 from app.figures import NATURAL_IMAGES, TERMINAL, md_escape, sweep_figure, sweep_frame
 from app.presets import SWEEP_PRESETS
@@ -146,7 +146,7 @@ def _new_sweep(r) -> None:
         st.error(md_escape(str(exc)))
         return
     st.caption(f"{len(configs)} run(s), based on “{md_escape(base_name)}”.")
-    refused = limits.violations(configs, api.queued_count(r))
+    refused = api.limit_violations(configs, api.queued_count(r))
     for field, text in refused.items():
         st.error(md_escape(f"{field}: {text}"))
     if st.button(

@@ -28,6 +28,7 @@ import pytest
 from conftest import ROOT, TINY, wait_for
 
 from jobs import api, keys
+from jobs.limits import Limits
 from jobs.server import free_port
 from jobs.up import dashboard_healthy
 
@@ -103,7 +104,7 @@ def pytest_terminal_summary(terminalreporter) -> None:
 @pytest.fixture(autouse=True)
 def _open_dashboard(monkeypatch) -> None:
     """No dashboard password or operator limits from the developer's shell leak into these tests."""
-    for name in ("CODASH_PASSWORD", "CODASH_MAX_EPOCHS", "CODASH_MAX_BATCH_SIZE", "CODASH_MAX_QUEUED"):
+    for name in ("CODASH_PASSWORD", *(f"CODASH_{name.upper()}" for name in Limits.__dataclass_fields__)):
         monkeypatch.delenv(name, raising=False)
 
 
