@@ -8,8 +8,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app.auth import password_ok
-from jobs.limits import Limits, violations
 from jobs import api
+from jobs.limits import Limits, violations
 from jobs.up import app_argv
 from trainer.config import make_config
 

@@ -1,4 +1,4 @@
-"""The deployment's limits bound the work and the stream of a run, at every door (form, sweep, CLI, worker)."""
+"""The deployment's limits bound the work and the stream of a run at every door: form, sweep, CLI, worker."""
 
 from __future__ import annotations
 

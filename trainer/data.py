@@ -33,7 +33,7 @@ EXPECTED_FILES: dict[str, tuple[str, ...]] = {
     ),
 }
 
-DIGITS_SEED, DIGITS_TRAIN = 0, TRAIN_IMAGES["digits"]  # fixed split of the 1,797 digits: 1,500 train / 297 test
+DIGITS_SEED, DIGITS_TRAIN = 0, TRAIN_IMAGES["digits"]  # a fixed split of the 1,797 digits: 1,500 / 297
 CROP_PAD = 4
 
 
