@@ -21,6 +21,7 @@ from jobs.queue import cancel, delete, queued_count, resume, submit
 from jobs.registry import (
     RESUMABLE,
     STATUSES,
+    TERMINAL,
     InvalidTransition,
     Run,
     RunNotFound,
@@ -36,6 +37,7 @@ __all__ = [
     "DEFAULT_QUEUE",
     "RESUMABLE",
     "STATUSES",
+    "TERMINAL",
     "InvalidTransition",
     "OverLimit",
     "Run",
