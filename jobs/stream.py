@@ -8,7 +8,6 @@ Readers fetch incrementally after the last entry id they saw.
 
 from __future__ import annotations
 
-import json
 import threading
 from typing import Any
 
@@ -18,7 +17,7 @@ from redis.client import Pipeline
 from jobs import keys
 from jobs.limits import StreamBudget
 from jobs.registry import write_if_owner
-from trainer.events import Event, encode
+from trainer.events import BadEvent, Event, encode, parse_event
 
 FIELD = "event"
 FIELD_KEY = FIELD.encode()  # replies are bytes
@@ -113,11 +112,17 @@ def progress_fields(event: Event) -> dict[str, Any]:
 
 
 def read_events(
-    r: redis.Redis, run_id: str, after: str = "0-0", count: int | None = None, block_ms: int | None = None
+    r: redis.Redis,
+    run_id: str,
+    after: str = "0-0",
+    count: int | None = None,
+    block_ms: int | None = None,
+    bad: list[tuple[str, str]] | None = None,
 ) -> tuple[list[Event], str]:
     """Events strictly after stream id `after`, and the last id seen (`after` itself if there are none).
 
     With block_ms, waits up to that long for the first new entry (XREAD BLOCK) instead of returning at once.
+    An entry that is not an event (garbage written into Redis) is skipped; `bad` collects (entry id, why).
     """
     key = keys.stream(run_id)
     if block_ms is None:
@@ -125,17 +130,24 @@ def read_events(
     else:
         reply = r.xread({key: after}, count=count, block=block_ms)
         entries = reply[0][1] if reply else []
-    events = [json.loads(fields[FIELD_KEY]) for _, fields in entries]
+    events = []
+    for entry_id, fields in entries:
+        try:
+            events.append(parse_event(fields.get(FIELD_KEY)))
+        except BadEvent as exc:
+            if bad is not None:
+                bad.append((entry_id.decode(), str(exc)))
     return events, entries[-1][0].decode() if entries else after
 
 
-def all_events(r: redis.Redis, run_id: str) -> list[Event]:
+def all_events(r: redis.Redis, run_id: str, bad: list[tuple[str, str]] | None = None) -> list[Event]:
     events, after = [], "0-0"
     while True:
-        page, after = read_events(r, run_id, after, count=10 * PAGE)
-        if not page:
+        page, last = read_events(r, run_id, after, count=10 * PAGE, bad=bad)
+        if last == after:
             return events
         events.extend(page)
+        after = last
 
 
 def rewind_to_checkpoint(r: redis.Redis, run_id: str, attempt: int) -> int | None:
@@ -149,7 +161,10 @@ def rewind_to_checkpoint(r: redis.Redis, run_id: str, attempt: int) -> int | Non
         if not page:
             return None
         for entry_id, fields in page:
-            event = json.loads(fields[FIELD_KEY])
+            try:
+                event = parse_event(fields.get(FIELD_KEY))
+            except BadEvent:  # garbage after the last checkpoint goes with the rest; before it, it stays
+                event = {"type": "unreadable"}
             if event["type"] == "checkpoint":
                 checkpoint = event["iteration"]
                 break

@@ -196,7 +196,7 @@ class CodashWorker(SimpleWorker):
     # --- running one attempt ---
 
     def run(self, run_id: str, attempt: int) -> str:
-        if not (isinstance(run_id, str) and keys.RUN_ID.match(run_id)) or type(attempt) is not int:
+        if not (isinstance(run_id, str) and keys.RUN_ID.fullmatch(run_id)) or type(attempt) is not int:
             raise ValueError(f"malformed job payload: ({run_id!r}, {attempt!r}) is not (run id, attempt)")
         claimed = transition(
             self.connection,

@@ -28,7 +28,7 @@ Method = Literal["standard", "fgsm", "fgsm_rs", "pgd", "free", "nfgsm", "pgd_cor
 Optimizer = Literal["sgd", "adam"]
 Schedule = Literal["constant", "cyclic", "piecewise"]
 
-_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 # FGSM step size as a multiple of eps: 1.0 is plain FGSM, 1.25 is Wong et al.'s FGSM-RS; N-FGSM (de Jorge
 # et al. 2022) and Free AT (Shafahi et al. 2019) step by eps.
@@ -122,7 +122,7 @@ class RunConfig(BaseModel):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        if not _DEVICE.match(value):
+        if not _DEVICE.fullmatch(value):
             raise ValueError("must be auto, cpu, cuda or cuda:N")
         return value
 

@@ -63,6 +63,81 @@ TIMING_FIELDS = frozenset({"train_images_per_s", "wall_s"})
 ARRAY_EVENTS = frozenset({"snapshot"})
 
 
+class BadEvent(ValueError):
+    """Bytes that are not an event of this vocabulary (a reader skips them and counts them)."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
+# What each field must hold, where a reader relies on it; every other field only has to be present.
+FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **dict.fromkeys(
+        ("iteration", "start_iteration", "total_iterations", "best_iteration", "iterations", "confirmed_at"),
+        (_is_int, "a whole number"),
+    ),
+    **dict.fromkeys(("co_iteration", "attack_points"), (lambda v: v is None or _is_int(v), "a whole number")),
+    **dict.fromkeys(
+        (
+            "epoch",
+            "lr",
+            "train_loss",
+            "train_acc",
+            "reg",
+            "clean_acc",
+            "fgsm_acc",
+            "pgd_acc",
+            "cos_fgsm_pgd",
+            "cos_grad_random",
+            "train_pgd_acc",
+            "best_pgd_acc",
+            "train_images_per_s",
+            "wall_s",
+        ),
+        (_is_number, "a number or null"),
+    ),  # fmt: skip
+    **dict.fromkeys(("config", "predictions"), (lambda v: isinstance(v, dict), "an object")),
+    **dict.fromkeys(
+        ("last", "best"),
+        (lambda v: isinstance(v, dict) and all(map(_is_number, v.values())), "an object of numbers"),
+    ),
+    **dict.fromkeys(
+        ("image", "fgsm_delta", "pgd_delta", "grad_x", "grad_random", "filters"),
+        (lambda v: v is None or isinstance(v, list), "a list or null"),
+    ),
+    "co_detected": (lambda v: isinstance(v, bool), "true or false"),
+    "device": (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def parse_event(data: str | bytes | None) -> Event:
+    """One stored event (a stream entry's JSON, a JSONL line), checked at the boundary: every byte in Redis
+    is untrusted. Raises BadEvent naming what is wrong; extra fields are allowed (a newer writer's)."""
+    if data is None:
+        raise BadEvent("no event field")
+    try:
+        event = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadEvent(f"not JSON: {exc}") from None
+    if not isinstance(event, dict):
+        raise BadEvent(f"not an object: {type(event).__name__}")
+    kind = event.get("type")
+    if not isinstance(kind, str) or kind not in FIELDS:
+        raise BadEvent(f"unknown event type {kind!r}")
+    for name in FIELDS[kind]:
+        if name not in event:
+            raise BadEvent(f"{kind} event without {name}")
+        check, expected = FIELD_CHECKS.get(name, (lambda v: True, ""))
+        if not check(event[name]):
+            raise BadEvent(f"{kind} event: {name} must be {expected}, got {event[name]!r:.40}")
+    return event
+
+
 def make_event(kind: str, **fields: Any) -> Event:
     """Build an event, checking it carries exactly the fields of its type (a typo fails loudly)."""
     expected = FIELDS[kind]

@@ -83,7 +83,7 @@ def _status(r, run, history: RunHistory) -> None:
     iteration = max(run.iteration, history.iteration)
     left, middle, right = st.columns([2, 5, 2], vertical_alignment="center")
     with left:
-        st.markdown(f"{STATUS_ICONS.get(run.status, '')} **{run.status}**")
+        st.markdown(f"{STATUS_ICONS.get(run.status, '')} **{md_escape(run.status)}**")
         parts = [run.config.dataset, model_name(run.config)]
         parts += [f"elapsed {format_duration(elapsed_s(run, time.time()))}"]
         parts += [f"device {md_escape(run.device or history.device or '–')}"]
@@ -101,8 +101,11 @@ def _status(r, run, history: RunHistory) -> None:
         _controls(r, run)
     if run.status == "queued" and not api.workers(r):
         st.warning("No worker is alive to pick this run up. Start one with `codash worker`.")
-    if run.status == "failed" and run.error:
-        st.error(md_escape(run.error))
+    if run.status in ("failed", api.UNREADABLE) and run.error:
+        st.error(f"Why the run is {run.status}:", icon=":material/error:")
+        st.code(run.error, language=None, wrap_lines=True)  # as text: it may quote anything from Redis
+    if history.skipped:
+        st.caption(f"{history.skipped:,} stream entries could not be read and were skipped.")
 
 
 def _controls(r, run) -> None:

@@ -114,7 +114,8 @@ def _open_dashboard(monkeypatch) -> None:
 def entries(r, run_id: str) -> list[tuple[str, str]]:
     """The run's stream as (entry id, payload) pairs, exactly as stored."""
     return [
-        (entry_id.decode(), fields[b"event"].decode()) for entry_id, fields in r.xrange(keys.stream(run_id))
+        (entry_id.decode(), fields.get(b"event", b"").decode(errors="replace"))
+        for entry_id, fields in r.xrange(keys.stream(run_id))
     ]
 
 
