@@ -24,7 +24,7 @@ from pathlib import Path
 from jobs.paths import codash_home
 from jobs.server import ensure_server, ping, public_url, stop_server, stored_url
 
-APP_SCRIPT = Path(__file__).resolve().parent.parent / "app" / "main.py"
+APP_SCRIPT = Path(__file__).resolve().parent.parent / "app" / "server.py"  # app/main.py behind app.guard
 UP_FILE = "up.json"
 HEALTH_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
@@ -81,6 +81,7 @@ def app_argv(host: str, port: int) -> list[str]:
         "--server.port", str(port),
         "--server.headless", "true",
         "--server.enableXsrfProtection", "true",
+        "--server.maxUploadSize", "1",  # MB, the least Streamlit takes; app.guard closes the endpoint too
         "--browser.gatherUsageStats", "false",
         "--global.developmentMode", "false",
         "--client.toolbarMode", "viewer",
