@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from fractions import Fraction
 from typing import Any, Literal
 
@@ -52,14 +53,23 @@ def reads(field: str, method: str, grad_align: bool) -> bool:
     return method in USED_BY.get(field, (method,))
 
 
+MAX_EPS_TEXT = 32  # characters: "8/255" needs 5; a fraction of huge integers would take long to reduce
+
+
 def parse_eps(value: Any) -> Any:
-    """Accept 0.15, "0.15" or "8/255" (the form in which the papers write eps)."""
+    """Accept 0.15, "0.15" or "8/255" (the form in which the papers write eps); junk, and numbers too large
+    for a float (1e1000, 10**400/1), are a ValueError quoting at most MAX_EPS_TEXT characters."""
     if isinstance(value, str):
         text = value.strip()
         try:
-            return float(Fraction(text)) if "/" in text else float(text)
-        except (ValueError, ZeroDivisionError):
-            raise ValueError(f"not a number or fraction like 8/255: {value!r}") from None
+            if len(text) > MAX_EPS_TEXT:
+                raise ValueError
+            number = float(Fraction(text)) if "/" in text else float(text)
+            if not math.isfinite(number):
+                raise ValueError
+            return number
+        except (ValueError, ZeroDivisionError, OverflowError):
+            raise ValueError(f"not a number or fraction like 8/255: {text[:MAX_EPS_TEXT]!r}") from None
     return value
 
 
@@ -70,6 +80,11 @@ def paper_lambda(eps: float) -> float:
     2.0 at 16/255 on CIFAR-10. On other data sets it is only a starting point.
     """
     return round(0.2 * 10 ** ((eps - 8 / 255) / (8 / 255)), 4)
+
+
+# Unicode categories of characters that are not visible text: control, format (bidi overrides, zero-width),
+# surrogates, private use, unassigned, line and paragraph separators.
+HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
 class ConfigError(ValueError):
@@ -113,6 +128,17 @@ class RunConfig(BaseModel):
     autoattack: bool = Field(False, description="final evaluation also with AutoAttack (standard, L-inf)")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     amp: bool = Field(False, description="bf16 autocast on CUDA")
+
+    @field_validator("name")
+    @classmethod
+    def _visible(cls, value: str) -> str:
+        """Names reach terminals and pages: no control characters (terminal escapes), no invisible format
+        characters (U+202E turns text around), nothing unassigned."""
+        hidden = [char for char in value if unicodedata.category(char) in HIDDEN_CATEGORIES]
+        if hidden:
+            found = f"U+{ord(hidden[0]):04X}"
+            raise ValueError(f"must not contain control or invisible characters (found {found})")
+        return value
 
     @field_validator("eps", mode="before")
     @classmethod

@@ -165,14 +165,27 @@ def events_jsonl(events: Iterable[Event]) -> str:
 def events_csv(events: Iterable[Event]) -> str:
     """One row per event; the columns are the union over all events (first-seen order), nested objects
     flattened with dots (`config.eps`, `last.pgd_acc`); a field an event lacks is an empty cell. Snapshot
-    events (images and filters) are left out: the JSONL export has them."""
-    rows = [_flatten(event) for event in events if event["type"] not in ARRAY_EVENTS]
+    events (images and filters) are left out: the JSONL export has them. Text that a spreadsheet would take
+    for a formula is made inert; numbers (negative ones too) stay numbers."""
+    rows = [
+        {column: _inert(value) for column, value in _flatten(event).items()}
+        for event in events
+        if event["type"] not in ARRAY_EVENTS
+    ]
     columns = list(dict.fromkeys(column for row in rows for column in row))
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _inert(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula (=, +, -, @ ...) gets a leading apostrophe."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
 
 
 def _flatten(event: dict[str, Any], prefix: str = "") -> dict[str, Any]:
