@@ -156,7 +156,7 @@ def check(configs: list[RunConfig], queued: int | None = None, limits: Limits | 
     """Raise OverLimit naming every problem violations() finds."""
     problems = violations(configs, queued, limits)
     if problems:
-        raise OverLimit("; ".join(f"{field}: {message}" for field, message in problems.items()))
+        raise OverLimit(problems)
 
 
 class StreamBudget:
@@ -170,6 +170,8 @@ class StreamBudget:
         self.used += size
         if self.used > self.limit:
             raise OverLimit(
-                f"stream: this run has streamed {self.used / MB:,.1f} MB of events, past this deployment's "
-                f"{self.limit // MB} MB (CODASH_MAX_STREAM_MB)"
+                {
+                    "stream": f"this run has streamed {self.used / MB:,.1f} MB of events, past this "
+                    f"deployment's {self.limit // MB} MB (CODASH_MAX_STREAM_MB)"
+                }
             )

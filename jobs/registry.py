@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import redis
@@ -23,12 +24,26 @@ from jobs import keys
 from trainer.config import ConfigError, RunConfig, make_config
 from trainer.events import BadEvent, parse_event
 
-STATUSES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
-RESUMABLE = frozenset({"interrupted", "cancelled", "failed"})
-# What a run whose record cannot be parsed (garbage written into Redis) shows instead of a status, with
-# the reason as its error; no transition leads to or from it, and it can only be deleted.
-UNREADABLE = "unreadable"
-TERMINAL = frozenset({"finished", "failed", "cancelled", "interrupted", UNREADABLE})  # no worker changes it
+
+class RunStatus(StrEnum):
+    """A run's status as a user sees it; stored in the run's hash as its plain string value."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+    # Shown for a run whose record cannot be parsed (garbage written into Redis), with the reason as its
+    # error; never stored, no transition leads to or from it, and such a run can only be deleted.
+    UNREADABLE = "unreadable"
+
+
+# What each status allows. Every rule about statuses is one of these sets: the queue enforces them
+# (jobs.queue), the dashboard offers its buttons and refreshes by them (app/views).
+TERMINAL = frozenset(set(RunStatus) - {RunStatus.QUEUED, RunStatus.RUNNING})  # no worker will change it
+RESUMABLE = frozenset({RunStatus.INTERRUPTED, RunStatus.CANCELLED, RunStatus.FAILED})  # from a checkpoint
+CANCELLABLE = frozenset({RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.INTERRUPTED})  # cancel changes them
 LOST = "its worker stopped sending heartbeats (killed, crashed or cut off from Redis)"
 
 Record = dict[str, str]  # a run's hash, decoded; "" stands for None
@@ -54,7 +69,7 @@ class Fenced(Exception):
 @dataclass(frozen=True)
 class Run:
     id: str
-    status: str
+    status: RunStatus
     config: RunConfig
     created_at: float
     started_at: float | None
@@ -95,7 +110,7 @@ def read(r: redis.Redis, run_id: str) -> Record | None:
 
 def get_run(r: redis.Redis, run_id: str) -> Run | None:
     record = read(r, run_id)
-    if record and record.get("status") == "running" and not r.exists(keys.heartbeat(run_id)):
+    if record and record.get("status") == RunStatus.RUNNING and not r.exists(keys.heartbeat(run_id)):
         reap_one(r, run_id)
         record = read(r, run_id)
     return parse(record) if record else None
@@ -126,7 +141,7 @@ def load_many(r: redis.Redis, run_ids: Iterable[str]) -> list[Run]:
 
 
 def parse(record: Record, run_id: str | None = None) -> Run:
-    """The run a record describes; a record with a bad field is an UNREADABLE run naming the field, so one
+    """The run a record describes; a record with a bad field is an unreadable run naming the field, so one
     corrupted hash never hides (or breaks the pages of) every other run."""
     run_id = run_id or record.get("id", "")
     try:
@@ -134,7 +149,7 @@ def parse(record: Record, run_id: str | None = None) -> Run:
     except ValueError as exc:
         return Run(
             id=run_id,
-            status=UNREADABLE,
+            status=RunStatus.UNREADABLE,
             config=_config(record.get("config", "{}")),
             created_at=_number(record, "created_at", float, lenient=True) or 0.0,
             started_at=None,
@@ -151,9 +166,11 @@ def parse(record: Record, run_id: str | None = None) -> Run:
 
 
 def _parse(record: Record, run_id: str) -> Run:
-    status = record.get("status", "")
-    if status not in STATUSES:
-        raise ValueError(f"status: {status!r:.40} is not a run status")
+    text = record.get("status", "")
+    try:
+        status = RunStatus(text)
+    except ValueError:
+        raise ValueError(f"status: {text!r:.40} is not a run status") from None
     for name in ("sweep_id", "queue"):
         if record.get(name) and not keys.NAME.fullmatch(record[name]):
             raise ValueError(f"{name}: {record[name]!r:.40} is not a name")
@@ -260,7 +277,7 @@ def transition(
         new = fields(record) if callable(fields) else fields
         pipe.multi()
         pipe.hset(key, mapping=new)
-        if new["status"] == "running":
+        if new["status"] == RunStatus.RUNNING:
             pipe.sadd(keys.RUNNING, run_id)
             pipe.set(beat, heartbeat[0], px=heartbeat[1])
         else:
@@ -283,7 +300,7 @@ def write_if_owner(r: redis.Redis, run_id: str, attempt: int, write: Callable[[P
 
     def apply(pipe: Pipeline) -> None:
         status, current = pipe.hmget(key, "status", "attempt")
-        if status != b"running" or current != str(attempt).encode():
+        if status != RunStatus.RUNNING.encode() or current != str(attempt).encode():
             raise Fenced(f"run {run_id} attempt {attempt} is no longer running here")
         pipe.multi()
         write(pipe)
@@ -305,11 +322,11 @@ def reap(r: redis.Redis) -> list[str]:
 def reap_one(r: redis.Redis, run_id: str) -> bool:
     cancelled = bool(r.exists(keys.stop(run_id)))
     fields = {
-        "status": "cancelled" if cancelled else "interrupted",
+        "status": RunStatus.CANCELLED if cancelled else RunStatus.INTERRUPTED,
         "finished_at": time.time(),
         "error": "" if cancelled else LOST,
     }
-    return transition(r, run_id, {"running"}, fields, unless_alive=True) is not None
+    return transition(r, run_id, {RunStatus.RUNNING}, fields, unless_alive=True) is not None
 
 
 def workers(r: redis.Redis) -> list[WorkerInfo]:

@@ -9,9 +9,9 @@ from streamlit.testing.v1 import AppTest
 
 from app import auth
 from app.auth import password_ok
+from codash.up import app_argv
 from jobs import api
 from jobs.limits import Limits, violations
-from jobs.up import app_argv
 from trainer.config import make_config
 
 MAIN = Path(__file__).resolve().parent.parent / "app" / "main.py"

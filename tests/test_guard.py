@@ -20,8 +20,8 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from app.guard import Guard, allowed_hosts, host_name
+from codash.up import app_argv, dashboard_healthy
 from jobs.server import free_port, stored_url
-from jobs.up import app_argv, dashboard_healthy
 
 PASSWORD = "correct horse battery"
 

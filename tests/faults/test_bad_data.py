@@ -11,8 +11,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from test_app_pages import store_run
 
+from codash.cli import main
 from jobs import api, keys
-from jobs.cli import main
 from trainer.config import make_config
 from trainer.events import encode, read_jsonl
 from trainer.loop import train
@@ -78,7 +78,8 @@ def test_garbage_in_redis_is_skipped_or_shown_unreadable_on_every_page_and_comma
     runs = {run.id: run for run in api.list_runs(r)}
     assert runs[good].status == runs[garbled].status == "finished"
     for field, run_id in broken.items():
-        assert runs[run_id].status == api.UNREADABLE and f"{field}: " in runs[run_id].error, runs[run_id]
+        run = runs[run_id]
+        assert run.status == api.RunStatus.UNREADABLE and f"{field}: " in run.error, run
     bad: list = []
     ragged = json.loads(BAD_ENTRIES["ragged snapshot"]["event"])  # an event, that only the charts skip
     assert api.all_events(r, garbled, bad=bad) == [*tiny_events, ragged]  # the garbage is skipped, only it
@@ -104,7 +105,7 @@ def test_garbage_in_redis_is_skipped_or_shown_unreadable_on_every_page_and_comma
     capsys.readouterr()
     assert main(["runs"]) == 0
     table = capsys.readouterr().out
-    assert table.count(api.UNREADABLE) == len(BAD_FIELDS) and good in table
+    assert table.count(api.RunStatus.UNREADABLE) == len(BAD_FIELDS) and good in table
     for run_id in [good, garbled, *broken.values()]:
         assert main(["status", run_id]) == 0
         for form in ("jsonl", "csv"):
