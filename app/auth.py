@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 import streamlit as st
 
+from app.password import PASSWORD_ENV, password_problem
+
 SIGNED_IN = "auth.signed_in"
-PASSWORD_ENV = "CODASH_PASSWORD"
-MIN_PASSWORD_LENGTH = 12
 BASE_DELAY_S, MAX_DELAY_S = 1.0, 300.0
 GLOBAL_FREE_FAILURES = 20  # failures from all clients together before everyone waits
 FORGET_S = 900.0  # a failure count starts over after this long without a failure
@@ -34,13 +34,6 @@ log = logging.getLogger("codash.auth")
 
 def password_ok(entered: str, expected: str) -> bool:
     return hmac.compare_digest(entered.encode(), expected.encode())
-
-
-def password_problem(password: str) -> str | None:
-    """Why a dashboard password is too weak to serve with (None if it is long enough)."""
-    if len(password) < MIN_PASSWORD_LENGTH:
-        return f"{PASSWORD_ENV}: must be at least {MIN_PASSWORD_LENGTH} characters (got {len(password)})"
-    return None
 
 
 def delay_s(failures: int, free: int) -> float:

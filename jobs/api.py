@@ -17,6 +17,7 @@ import redis
 from jobs.connection import connect
 from jobs.keys import DEFAULT_QUEUE
 from jobs.limits import OverLimit
+from jobs.limits import check as check_limits
 from jobs.limits import violations as limit_violations
 from jobs.paths import run_dir
 from jobs.queue import cancel, delete, queued_count, resume, submit
@@ -54,6 +55,7 @@ __all__ = [
     "WorkerInfo",
     "all_events",
     "cancel",
+    "check_limits",
     "connect",
     "delete",
     "get_run",

@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 from test_app_pages import running_events, store_run
 
 from app.views.sweep import parse_eps_list
+from codash.cli import main
 from jobs import api, keys
 from jobs.queue import check_name
 from jobs.registry import transition
@@ -77,3 +78,23 @@ def test_a_run_error_is_shown_as_text_not_markdown(r):
     at.switch_page("views/live.py").run()
     assert [code.value for code in at.code] == [error]
     assert not any("attacker" in markdown.value for markdown in at.markdown)
+
+
+def test_codash_runs_shows_terminal_escapes_from_redis_as_codes(r, capsys):
+    run_id = api.submit(r, make_config({"max_iters": 5}))
+    r.hset(keys.run(run_id), "worker", "\x1b[2J\x1b[31mevil\u202e")
+    assert main(["runs"]) == 0
+    out = capsys.readouterr().out
+    assert "\\u001b[2J\\u001b[31mevil\\u202e" in out and "\x1b" not in out and "\u202e" not in out
+
+
+def test_codash_submit_applies_the_deployment_limits(r, capsys, monkeypatch):
+    monkeypatch.setenv("CODASH_MAX_QUEUED", "1")
+    assert main(["submit", "--final-eval-points", "100000", "--final-pgd-steps", "1000"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("codash: error: final_eval_points: this run would take")
+    assert "CODASH_MAX_WORK" in error
+    assert main(["submit", "--max-iters", "5"]) == 0
+    assert main(["submit", "--max-iters", "5"]) == 2
+    assert "CODASH_MAX_QUEUED" in capsys.readouterr().err
+    assert len(api.list_runs(r)) == 1
