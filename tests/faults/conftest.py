@@ -189,7 +189,8 @@ def wait_status(r, run_id: str, statuses: set[str], timeout: float) -> api.Run:
 
 @dataclass
 class Dashboard:
-    """`streamlit run app/main.py` on 127.0.0.1:port, against the Redis at redis_url."""
+    """`streamlit run app/server.py` (app/main.py behind app.guard, as `codash up` serves it) on
+    127.0.0.1:port, against the Redis at redis_url."""
 
     redis_url: str
     log: Path
@@ -202,7 +203,7 @@ class Dashboard:
 
     def start(self, timeout: float = 60) -> float:
         """Start it and wait for HTTP 200 on /_stcore/health; returns the seconds that took."""
-        command = [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(self.port)]
+        command = [sys.executable, "-m", "streamlit", "run", "app/server.py", "--server.port", str(self.port)]
         command += ["--server.address", "127.0.0.1", "--server.headless", "true"]
         command += ["--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
         env = {**os.environ, "REDIS_URL": self.redis_url}
