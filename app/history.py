@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from trainer.events import ARRAY_FIELDS
+
 MAX_LINE_POINTS = 600  # per-iteration series are averaged into at most this many bins: SVG stays fast
 SMOOTH_ITERS = 10  # per-batch training numbers are noisy: drawn as a trailing moving average
-SNAPSHOT_ARRAYS = ("image", "fgsm_delta", "pgd_delta", "grad_x", "grad_random", "filters")
 
 
 @dataclass
@@ -121,7 +122,7 @@ def downsample(frame: pd.DataFrame, max_points: int) -> pd.DataFrame:
 
 def compact_snapshot(event: dict[str, Any]) -> dict[str, Any]:
     """A snapshot event with its nested lists as float32 arrays: a tenth of the memory, ready to draw."""
-    arrays = {key: np.asarray(event[key], dtype=np.float32) for key in SNAPSHOT_ARRAYS if event.get(key)}
+    arrays = {key: np.asarray(event[key], dtype=np.float32) for key in ARRAY_FIELDS if event.get(key)}
     for key, array in arrays.items():  # [C][H][W], filters [F][C][k][k]: anything else cannot be drawn
         if array.ndim != (4 if key == "filters" else 3):
             raise ValueError(f"snapshot {key}: {array.ndim} dimensions")

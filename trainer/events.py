@@ -59,6 +59,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
 
 # Events that carry arrays (images, filters): in the JSONL and the stream like any other, left out of tables.
 ARRAY_EVENTS = frozenset({"snapshot"})
+ARRAY_FIELDS = ("image", "fgsm_delta", "pgd_delta", "grad_x", "grad_random", "filters")  # a snapshot's arrays
 
 
 class BadEvent(ValueError):
@@ -74,40 +75,28 @@ def _is_number(value: Any) -> bool:
 
 
 # What each field must hold, where a reader relies on it; every other field only has to be present.
+WHOLE_FIELDS = (
+    "iteration",
+    "start_iteration",
+    "total_iterations",
+    "best_iteration",
+    "iterations",
+    "confirmed_at",
+)
+# every number of the metrics, eval, co and final events that is not a count
+NUMBER_FIELDS = sorted(
+    {*FIELDS["metrics"], *FIELDS["eval"], "best_pgd_acc", "train_images_per_s", "wall_s"} - set(WHOLE_FIELDS)
+)
 FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    **dict.fromkeys(
-        ("iteration", "start_iteration", "total_iterations", "best_iteration", "iterations", "confirmed_at"),
-        (_is_int, "a whole number"),
-    ),
+    **dict.fromkeys(WHOLE_FIELDS, (_is_int, "a whole number")),
     **dict.fromkeys(("co_iteration", "attack_points"), (lambda v: v is None or _is_int(v), "a whole number")),
-    **dict.fromkeys(
-        (
-            "epoch",
-            "lr",
-            "train_loss",
-            "train_acc",
-            "reg",
-            "clean_acc",
-            "fgsm_acc",
-            "pgd_acc",
-            "cos_fgsm_pgd",
-            "cos_grad_random",
-            "train_pgd_acc",
-            "best_pgd_acc",
-            "train_images_per_s",
-            "wall_s",
-        ),
-        (_is_number, "a number or null"),
-    ),  # fmt: skip
+    **dict.fromkeys(NUMBER_FIELDS, (_is_number, "a number or null")),
     **dict.fromkeys(("config", "predictions"), (lambda v: isinstance(v, dict), "an object")),
     **dict.fromkeys(
         ("last", "best"),
         (lambda v: isinstance(v, dict) and all(map(_is_number, v.values())), "an object of numbers"),
     ),
-    **dict.fromkeys(
-        ("image", "fgsm_delta", "pgd_delta", "grad_x", "grad_random", "filters"),
-        (lambda v: v is None or isinstance(v, list), "a list or null"),
-    ),
+    **dict.fromkeys(ARRAY_FIELDS, (lambda v: v is None or isinstance(v, list), "a list or null")),
     "co_detected": (lambda v: isinstance(v, bool), "true or false"),
     "device": (lambda v: isinstance(v, str), "a string"),
 }
