@@ -149,6 +149,15 @@ def test_failing_runs_say_why_and_the_workers_keep_serving(r, pool, tmp_path):
     assert {worker.name for worker in api.workers(r)} == {"w1", "w2"}
 
 
+def test_a_queued_run_beyond_the_limits_fails_naming_the_field(r, pool):
+    """Queued past the form (straight through the API, or before the operator lowered a limit)."""
+    heavy = {**TINY, "final_eval_points": 100_000, "final_pgd_steps": 1000, "final_pgd_restarts": 100}
+    run_id = api.submit(r, make_config(heavy))
+    error = wait_status(r, run_id, {"failed"}, 60).error
+    assert error.startswith("OverLimit: final_eval_points: this run would take ~2e+10 image passes"), error
+    assert "CODASH_MAX_WORK" in error and api.all_events(r, run_id) == []
+
+
 def test_a_planted_checkpoint_fails_the_resumed_run_and_runs_no_code(r, pool, tmp_path):
     """A last.pt crafted to run a command (a shared runs directory is writable by others) is refused."""
     run_id = api.submit(r, make_config(TINY), queue="held")
