@@ -21,7 +21,7 @@ def test_save_last_keeps_the_checkpoint_it_replaces(tmp_path):
     assert load_checkpoint(tmp_path, "last")["state"]["iteration"] == 69
     assert load_checkpoint(tmp_path, "previous")["state"]["iteration"] == 46
     assert sorted(path.name for path in tmp_path.iterdir()) == ["last.pt", "previous.pt"]
-    torch.load(tmp_path / "previous.pt", weights_only=False)  # a file of its own, not a dangling link
+    torch.load(tmp_path / "previous.pt", weights_only=True)  # a file of its own, not a dangling link
 
 
 class Planted:
