@@ -42,7 +42,7 @@ from rq.exceptions import AbandonedJobError, DeserializationError
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
-from jobs import keys, stream
+from jobs import keys, limits, stream
 from jobs.api import JOB_ERRORS, connect
 from jobs.paths import run_dir
 from jobs.queue import RunJob, check_name, run_of_job
@@ -215,7 +215,7 @@ class CodashWorker(SimpleWorker):
     # --- running one attempt ---
 
     def run(self, run_id: str, attempt: int) -> str:
-        if not (isinstance(run_id, str) and keys.RUN_ID.match(run_id)) or type(attempt) is not int:
+        if not (isinstance(run_id, str) and keys.RUN_ID.fullmatch(run_id)) or type(attempt) is not int:
             raise ValueError(f"malformed job payload: ({run_id!r}, {attempt!r}) is not (run id, attempt)")
         claimed = transition(
             self.connection,
@@ -256,6 +256,7 @@ class CodashWorker(SimpleWorker):
 
     def _train(self, record: Record, run_id: str, attempt: int) -> tuple[RunStatus, str]:
         config = make_config(record.get("config", ""))
+        limits.check([config])  # queued before the limits were lowered, or written into Redis by hand
         if config.device == "auto":
             config = config.model_copy(update={"device": self.device})
         directory = run_dir(run_id)

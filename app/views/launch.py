@@ -11,7 +11,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import streamlit as st
 
-from app import limits, nav, state
+from app import nav, state
 from app.text import md_escape, model_name
 from jobs import api
 from trainer.config import (
@@ -103,7 +103,7 @@ def render() -> None:
     except ConfigError as exc:
         config, problems = None, exc.problems
     else:
-        problems = limits.violations([config], api.queued_count(r))
+        problems = api.limit_violations([config], api.queued_count(r))
     for row in (GROUPS[:2], GROUPS[2:]):
         for column, (title, names) in zip(st.columns(2), row, strict=True):
             with column.container(border=True):
