@@ -86,6 +86,9 @@ def _is_number(value: Any) -> bool:
     return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
 
 
+# Fields added after runs were already stored: a stored event may lack them (it reads as written then).
+LATER_FIELDS = {"config": frozenset({"step", "step_reason", "precision"})}
+
 # What each field must hold, where a reader relies on it; every other field only has to be present.
 WHOLE_FIELDS = (
     "iteration",
@@ -110,7 +113,8 @@ FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     **dict.fromkeys(ARRAY_FIELDS, (lambda v: v is None or isinstance(v, list), "a list or null")),
     "co_detected": (lambda v: isinstance(v, bool), "true or false"),
-    "device": (lambda v: isinstance(v, str), "a string"),
+    **dict.fromkeys(("device", "step", "precision"), (lambda v: isinstance(v, str), "a string")),
+    "step_reason": (lambda v: v is None or isinstance(v, str), "a string or null"),
 }
 
 
@@ -129,6 +133,8 @@ def parse_event(data: str | bytes | None) -> Event:
     if not isinstance(kind, str) or kind not in FIELDS:
         raise BadEvent(f"unknown event type {kind!r}")
     for name in FIELDS[kind]:
+        if name not in event and name in LATER_FIELDS.get(kind, ()):
+            continue
         if name not in event:
             raise BadEvent(f"{kind} event without {name}")
         check, expected = FIELD_CHECKS.get(name, (lambda v: True, ""))
