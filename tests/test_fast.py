@@ -13,7 +13,6 @@ import pytest
 import torch
 from conftest import TINY
 
-from codash import up
 from trainer.cli import build_parser, config_from_args
 from trainer.config import ConfigError, make_config
 from trainer.evaluate import pgd_accuracy
@@ -171,17 +170,6 @@ def test_final_pgd_restarts_on_the_unfooled_points_only_measure_the_same_robustn
     one = acc(1, False)
     assert acc(1, True) == one  # one restart: the same attack on the same points with the same noise
     assert 0 < acc(4, True) <= one  # later restarts can only fool more of the points the first one left
-
-
-def test_codash_up_runs_two_workers_per_gpu_by_default(monkeypatch):
-    monkeypatch.setattr(up, "visible_gpus", lambda: 2)
-    assert up.plan_workers(None) == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
-    assert up.plan_workers(3) == ["cuda:0", "cuda:1", "cuda:0"]
-    monkeypatch.setattr(up, "visible_gpus", lambda: 1)
-    assert up.plan_workers(4) == ["cuda:0"] * 4
-    monkeypatch.setattr(up, "visible_gpus", lambda: 0)
-    assert up.plan_workers(None) == ["cpu"]
-    assert up.WORKERS_PER_GPU == 2
 
 
 def test_config_events_stored_before_the_fast_path_still_parse_and_new_ones_are_checked():
