@@ -9,7 +9,7 @@ from conftest import TINY
 from streamlit.testing.v1 import AppTest
 
 from app.presets import SWEEP_PRESETS
-from app.views.sweep import METHODS, parse_eps_list, sweep_configs
+from app.views.sweep import parse_eps_list, sweep_configs
 from jobs import api
 from jobs.limits import MB, Limits, OverLimit, StreamBudget, check, cost, run_violations, violations
 from jobs.stream import StreamSink
@@ -108,4 +108,4 @@ def test_the_sweep_refuses_a_sweep_past_the_limits(r, monkeypatch):
     at.multiselect(key="sweep.methods").set_value(["PGD-10"]).run()
     assert any("CODASH\\_MAX\\_WORK" in error.value for error in at.error), [e.value for e in at.error]
     assert at.button(key="sweep.submit").disabled
-    assert METHODS["PGD-10"]["pgd_steps"] == 10 and api.list_runs(r) == []
+    assert api.list_runs(r) == []
