@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -60,7 +61,7 @@ FRONTEND = """<!doctype html>
     lastSpec = args.spec;
     const figure = JSON.parse(args.spec);
     const layout = Object.assign({}, figure.layout, { autosize: true });
-    const config = Object.assign({ responsive: true, displaylogo: false }, args.config || {});
+    const config = Object.assign({ responsive: true }, args.config);
     Plotly.react(chart, figure.data, layout, config).then(function () {
       chart.dataset.revision = String(args.revision);
       if (!clickBound) {
@@ -99,11 +100,27 @@ def _component() -> Any:
     return components.declare_component("live_plotly", path=str(directory))
 
 
-def live_chart(fig: go.Figure, key: str, revision: int = 0) -> list | None:
+def plot_config(download_name: str) -> dict[str, Any]:
+    """Plotly's toolbar for a private dashboard: no upload to Plotly's cloud ("Share chart…", on by default in
+    this plotly.js), no logo link; the PNG download is kept, saved as `download_name`.png (made file-safe).
+    """
+    filename = re.sub(r"[^A-Za-z0-9._-]+", "-", download_name).strip("-.")[:120] or "codash-chart"
+    return {
+        "displaylogo": False,
+        "showSendToCloud": False,
+        "showEditInChartStudio": False,
+        "modeBarButtonsToRemove": ["sendChartToCloud", "sendDataToCloud"],
+        "toImageButtonOptions": {"format": "png", "filename": filename, "scale": 2},
+    }
+
+
+def live_chart(fig: go.Figure, key: str, download_name: str, revision: int = 0) -> list | None:
     """Show `fig`, updating the chart already on screen under `key`; returns the clicked point's customdata.
 
-    `revision` (e.g. the number of events drawn) is written on the chart element, so a browser test can
-    tell which data the chart is showing.
+    `download_name` names the PNG the toolbar saves (say which run and which panel). `revision` (e.g. the
+    number of events drawn) is written on the chart element, so a browser test can tell which data the
+    chart is showing.
     """
-    clicked = _component()(spec=fig.to_json(), revision=revision, key=key, default=None)
+    config = plot_config(download_name)
+    clicked = _component()(spec=fig.to_json(), config=config, revision=revision, key=key, default=None)
     return clicked["customdata"] if clicked else None

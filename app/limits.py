@@ -40,16 +40,33 @@ def _env_int(name: str, default: int) -> int:
     return value
 
 
+def over_limits(epochs: object, batch_size: object, limits: Limits | None = None) -> dict[str, str]:
+    """The run-length fields past this dashboard's limits, worded like RunConfig's own range errors.
+
+    Takes the raw values (a form's, before RunConfig has accepted them), so a batch of 100000 is named
+    with the limit that applies here, not RunConfig's looser one.
+    """
+    limits = limits or Limits.from_env()
+    problems = {}
+    if isinstance(epochs, int | float) and epochs > limits.max_epochs:
+        problems["epochs"] = (
+            f"at most {limits.max_epochs} epochs on this dashboard (got {epochs!r}); "
+            f"allowed: range [1, {limits.max_epochs}] (CODASH_MAX_EPOCHS)"
+        )
+    if isinstance(batch_size, int | float) and batch_size > limits.max_batch_size:
+        problems["batch_size"] = (
+            f"batches of at most {limits.max_batch_size} on this dashboard (got {batch_size!r}); "
+            f"allowed: range [1, {limits.max_batch_size}] (CODASH_MAX_BATCH_SIZE)"
+        )
+    return problems
+
+
 def violations(configs: list[RunConfig], queued: int, limits: Limits | None = None) -> dict[str, str]:
     """Problems keyed like RunConfig errors (field -> message), so the form shows them next to the field."""
     limits = limits or Limits.from_env()
-    problems = {}
-    if any(config.epochs > limits.max_epochs for config in configs):
-        problems["epochs"] = f"this dashboard allows at most {limits.max_epochs} epochs (CODASH_MAX_EPOCHS)"
-    if any(config.batch_size > limits.max_batch_size for config in configs):
-        problems["batch_size"] = (
-            f"this dashboard allows batches of at most {limits.max_batch_size} (CODASH_MAX_BATCH_SIZE)"
-        )
+    longest = max((config.epochs for config in configs), default=0)
+    largest = max((config.batch_size for config in configs), default=0)
+    problems = over_limits(longest, largest, limits)
     if queued + len(configs) > limits.max_queued:
         problems["queue"] = (
             f"{queued} run(s) already queued; adding {len(configs)} would pass this dashboard's limit of "

@@ -61,7 +61,8 @@ def _charts(run_ids: list[str], was_live: bool) -> None:
     labels = distinguishing_labels([run.config for run in runs], [run.id for run in runs])
     series = [Series(label, state.history(r, run)) for label, run in zip(labels, runs, strict=True)]
     revision = sum(one.history.n_events for one in series)
-    live_chart(run_figure(series, uirevision="compare:" + ",".join(run_ids)), "compare.overlay", revision)
+    overlay = run_figure(series, uirevision="compare:" + ",".join(run_ids))
+    live_chart(overlay, "compare.overlay", f"codash-compare-{'-'.join(run_ids)}-overlay", revision)
     table = runs_frame(runs)
     table.insert(1, "legend", labels)
     st.dataframe(
@@ -84,7 +85,12 @@ def _charts(run_ids: list[str], was_live: bool) -> None:
                     st.caption("No events yet.")
                     continue
                 figure = run_figure([one], uirevision=f"small:{run.id}", height=560, compact=True, axes=axes)
-                live_chart(figure, f"compare.small.{run.id}", one.history.n_events)
+                live_chart(
+                    figure,
+                    f"compare.small.{run.id}",
+                    f"codash-{run.id}-accuracy-alignment-loss",
+                    one.history.n_events,
+                )
     if any(run.status not in TERMINAL for run in runs) != was_live:
         st.rerun()  # start or stop the timer
 

@@ -97,7 +97,7 @@ def render() -> None:
         help="Fills every field below; edit any of them before launching.",
     )
     values = _form_values()
-    problems = _problems(values) or limits.violations([make_config(values)], api.queued_count(r))
+    problems = _problems(values, api.queued_count(r))
     for row in (GROUPS[:2], GROUPS[2:]):
         for column, (title, names) in zip(st.columns(2), row, strict=True):
             with column.container(border=True):
@@ -165,18 +165,22 @@ def _form_values() -> dict[str, Any]:
     return values
 
 
-def _problems(values: dict[str, Any]) -> dict[str, str]:
-    """Each invalid field's message from RunConfig's own validation, keyed by field."""
+def _problems(values: dict[str, Any], queued: int) -> dict[str, str]:
+    """Each invalid field's message, keyed by field: RunConfig's ranges, then this dashboard's limits.
+
+    The widgets carry no min/max of their own (Streamlit's number_input would silently keep the last
+    in-range value while showing the typed one), so whatever the form shows is what is validated here.
+    """
+    problems = limits.over_limits(values["epochs"], values["batch_size"])
     try:
-        make_config(values)
+        config = make_config(values)
     except ConfigError as exc:
         fields = "|".join(RunConfig.model_fields)
-        problems: dict[str, str] = {}
         for message in re.split(rf"; (?=(?:{fields}): )", str(exc)):
             field, _, text = message.partition(": ")
-            problems[field] = text
+            problems.setdefault(field, text)  # past a dashboard limit: that limit is the one to name
         return problems
-    return {}
+    return problems | limits.violations([config], queued)
 
 
 # --- widgets ---
@@ -228,13 +232,9 @@ def _generic(name: str) -> None:
     elif base is str:
         st.text_input(label, key=key, help=help_text, max_chars=80, disabled=disabled)
     else:
-        bounds = _bounds(name)
-        numeric = int if base is int else float
         st.number_input(
             label,
             key=key,
-            min_value=numeric(bounds["ge"]) if "ge" in bounds else None,
-            max_value=numeric(bounds["le"]) if "le" in bounds else None,
             step=1 if base is int else None,
             format=FORMATS.get(name, "%d" if base is int else "%g"),
             value=None if optional else "min",
@@ -267,8 +267,6 @@ def _eps() -> None:
         st.number_input(
             "ε (× 1/255)",
             key=KEY + "eps255",
-            min_value=0.0,
-            max_value=255.0,
             step=1.0,
             format="%g",
             on_change=_sync_eps,
@@ -279,8 +277,6 @@ def _eps() -> None:
         st.number_input(
             "ε",
             key=KEY + "eps",
-            min_value=0.0,
-            max_value=1.0,
             step=0.01,
             format=FORMATS["eps"],
             on_change=_sync_eps,
@@ -305,8 +301,6 @@ def _grad_align() -> None:
     st.number_input(
         LABELS["grad_align_lambda"],
         key=KEY + "grad_align_lambda",
-        min_value=_bounds("grad_align_lambda")["ge"],
-        max_value=_bounds("grad_align_lambda")["le"],
         format="%g",
         disabled=not on,
         help=allowed("grad_align_lambda"),

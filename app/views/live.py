@@ -79,7 +79,12 @@ def _panel(run_id: str, was_terminal: bool) -> None:
     st.header(md_escape(run.config.label()), anchor=False)
     _status(r, run, history)
     figure = run_figure([Series(run.config.label(), history)], uirevision=run_id)
-    live_chart(figure, key="live.chart", revision=history.n_events)
+    live_chart(
+        figure,
+        key="live.chart",
+        download_name=f"codash-{run_id}-accuracy-alignment-loss",
+        revision=history.n_events,
+    )
     _inside(run, history)
     if run.final:
         _final(run.final, run.config)
@@ -158,10 +163,10 @@ def _inside(run, history: RunHistory) -> None:
     snapshot = history.snapshots[iteration]
     revision = iteration  # which snapshot a chart shows, for the browser test
     if snapshot.get("filters") is not None:
-        live_chart(filters_figure(snapshot, uirevision=run.id), key="live.filters", revision=revision)
-    live_chart(
-        inside_figure(snapshot, run.config.dataset, uirevision=run.id), key="live.inside", revision=revision
-    )
+        filters = filters_figure(snapshot, uirevision=run.id)
+        live_chart(filters, "live.filters", f"codash-{run.id}-filters-iteration-{iteration}", revision)
+    inside = inside_figure(snapshot, run.config.dataset, uirevision=run.id)
+    live_chart(inside, "live.inside", f"codash-{run.id}-perturbations-iteration-{iteration}", revision)
     st.caption(
         f"Iteration {iteration:,}: test image 0 of the eval subset, its FGSM and PGD perturbations (in units "
         "of ε) and the input gradients of the loss at x and at a random point x+η of the ε-ball (each "

@@ -171,7 +171,7 @@ def _results(sweep_id: str, was_live: bool) -> None:
     st.progress(done / len(runs) if runs else 0.0, text=f"{done} of {len(runs)} runs done")
     natural = bool(runs) and runs[0].config.dataset in NATURAL_IMAGES
     figure = sweep_figure(points, natural, uirevision=f"sweep:{sweep_id}")
-    clicked = live_chart(figure, key=f"sweep.chart.{sweep_id}")
+    clicked = live_chart(figure, f"sweep.chart.{sweep_id}", f"codash-sweep-{sweep_id}-pgd-vs-eps")
     if clicked:
         nav.go("live", run=clicked[0])
     with st.expander("Click a point to open its run, or pick it here"):

@@ -1,0 +1,158 @@
+"""What a user sees in a real browser that AppTest cannot show: what a typed value does, where messages and
+toolbars land, how the pages lay out on a phone-sized screen.
+
+One dashboard (`streamlit run app/main.py`, no worker) against one embedded Redis serves the whole module;
+runs are stored as a worker leaves them (tests/test_app_pages.store_run). Needs Debian's Chromium at
+/usr/bin/chromium: skipped without it, except on CI (CI=true).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, embedded_redis, wait_for
+from test_app_figures import co_run_events
+from test_app_pages import store_run
+
+from jobs import api
+from jobs.server import free_port
+from jobs.up import dashboard_healthy
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+CHARTS = 'iframe[title="app.chart.live_plotly"]'
+TIMEOUT_MS = 60_000
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Iterator[Path]:
+    with embedded_redis(tmp_path_factory.mktemp("ux") / "home") as home:
+        yield home
+
+
+@pytest.fixture(scope="module")
+def dashboard(home: Path, tmp_path_factory) -> Iterator[str]:
+    if not CHROMIUM.exists():
+        message = f"Debian Chromium not found at {CHROMIUM} (install it with: apt-get install -y chromium)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{message}; the browser tests are required on CI")
+        pytest.skip(f"{message}; skipping the browser tests")
+    port = free_port()
+    log = tmp_path_factory.mktemp("ux-log") / "streamlit.log"
+    command = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py")]
+    command += ["--server.port", str(port), "--server.headless", "true"]
+    command += ["--browser.gatherUsageStats", "false", "--global.developmentMode", "false"]
+    env = {**os.environ, "CODASH_HOME": str(home)}
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: dashboard_healthy(url) or process.poll() is not None, 60, "the dashboard to serve")
+        assert process.poll() is None, log.read_text()
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture(scope="module")
+def browser(dashboard):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def r(home):
+    client = api.connect()
+    for run in api.list_runs(client):
+        api.delete(client, run.id)
+    yield client
+    client.close()
+
+
+def field(page, label: str):
+    """The number box labelled exactly `label` on the launch form."""
+    return page.get_by_test_id("stNumberInput").filter(
+        has=page.get_by_test_id("stWidgetLabel").get_by_text(label, exact=True)
+    )
+
+
+def type_into(page, label: str, text: str) -> None:
+    box = field(page, label).locator("input")
+    box.fill(text)
+    box.press("Enter")
+
+
+def test_out_of_range_values_are_named_next_to_their_field_and_what_is_shown_is_queued(browser, dashboard, r):
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    page.goto(dashboard)
+    launch = page.get_by_role("button", name="Launch run")
+    launch.wait_for(timeout=TIMEOUT_MS)
+    bad = {
+        "ε": ("5", "less than or equal to 1"),
+        "epochs": ("0", "greater than or equal to 1"),
+        "batch size": ("100000", "batches of at most 1024 on this dashboard"),
+    }
+    for label, (text, says) in bad.items():
+        type_into(page, label, text)
+        column = page.get_by_test_id("stColumn").filter(has=field(page, label)).last
+        column.get_by_test_id("stAlert").filter(has_text=says).wait_for(timeout=TIMEOUT_MS)
+        assert field(page, label).locator("input").input_value().replace(",", "").startswith(text)
+        assert launch.is_disabled()
+    page.get_by_text("Fix 3 problem(s) before launching.").wait_for()
+
+    for label, text in {"ε": "0.15", "epochs": "2", "batch size": "32"}.items():
+        type_into(page, label, text)
+    page.get_by_text("Will run:").wait_for(timeout=TIMEOUT_MS)
+    assert launch.is_enabled()
+    launch.click()
+    page.wait_for_url(re.compile(r"/live\?run=[0-9a-f]{12}$"), timeout=TIMEOUT_MS)
+    [run] = api.list_runs(r)
+    assert (run.config.eps, run.config.epochs, run.config.batch_size) == (0.15, 2, 32)
+    page.close()
+
+
+def test_chart_toolbars_offer_no_cloud_upload_and_name_the_png(browser, dashboard, r):
+    run_id = store_run(r, co_run_events(total=100, co_at=60))
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    page.goto(f"{dashboard}/live?run={run_id}")
+    chart = page.frame_locator(CHARTS).first
+    chart.locator(".legendtext", has_text=re.compile(r"^PGD$")).wait_for(timeout=TIMEOUT_MS)
+    chart.locator("#chart").hover()
+    buttons = chart.locator(".modebar-btn")
+    titles = [buttons.nth(index).get_attribute("data-title") for index in range(buttons.count())]
+    assert "Download plot as a PNG" in titles or "Download plot as a png" in titles, titles
+    assert not [title for title in titles if "Share" in title or "Cloud" in title or "Chart Studio" in title]
+    assert chart.locator(".modebar-btn.plotlyjsicon").count() == 0  # no logo link to plotly.com
+    with page.expect_download() as download:
+        chart.locator('.modebar-btn[data-title^="Download plot"]').click()
+    assert download.value.suggested_filename == f"codash-{run_id}-accuracy-alignment-loss.png"
+    config = json.loads(
+        chart.locator("#chart").evaluate("element => JSON.stringify(element._context.toImageButtonOptions)")
+    )
+    assert config["filename"] == f"codash-{run_id}-accuracy-alignment-loss"
+    page.close()
