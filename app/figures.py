@@ -154,8 +154,9 @@ METRICS = (
     Metric("train_loss", "train loss", 3, "metrics", "#37474f"),
     Metric("reg", "GradAlign term", 3, "metrics", "#17becf", "dot", zero_is_absent=True),
 )
+OVERLAY_ACCURACY_TITLE = "Accuracy: clean, FGSM and PGD on the eval subset"
 PANELS = (
-    ("Robust accuracy on the eval subset", "accuracy"),
+    ("Accuracy: clean, FGSM and PGD on the eval subset; train on adversarial batches", "accuracy"),
     ("Gradient alignment", "cosine"),
     ("Training loss", "loss"),
 )
@@ -184,6 +185,8 @@ def run_figure(
     """
     overlay = len(series) > 1
     titles = [title for title, _ in PANELS] if not compact else [axis.capitalize() for _, axis in PANELS]
+    if overlay:  # the training accuracy is left out of overlays: the title says only what is drawn
+        titles[0] = OVERLAY_ACCURACY_TITLE
     fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.07, subplot_titles=titles)
     drawn: set[Metric] = set()
     for index, run in enumerate(series):
@@ -536,7 +539,7 @@ def distinguishing_labels(configs: Sequence[RunConfig], ids: Sequence[str] | Non
     dumps = [config.model_dump() for config in configs]
 
     def read(key: str, config: RunConfig) -> bool:
-        return reads(key, config.method, config.uses_grad_align)
+        return reads(key, config.method, config.uses_grad_align, config.model)
 
     differing = [
         key

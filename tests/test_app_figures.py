@@ -292,7 +292,7 @@ def test_distinguishing_labels_name_only_what_differs():
 
 def test_distinguishing_labels_skip_fields_a_run_does_not_read():
     presets = [
-        make_config(PRESETS[name]) for name in (DEFAULT_PRESET, DIGITS_GRAD_ALIGN, "Digits: PGD baseline")
+        make_config(PRESETS[name]) for name in (DEFAULT_PRESET, DIGITS_GRAD_ALIGN, "Digits: PGD-5 baseline")
     ]
     assert distinguishing_labels(presets) == ["FGSM", "FGSM+GradAlign λ=4", "PGD-5"]  # pgd_alpha: PGD's only
     steps = [make_config({"method": m, "alpha": a}) for m, a in (("fgsm", 1.0), ("fgsm_rs", 1.25))]

@@ -121,7 +121,7 @@ def test_the_app_never_imports_torch():
 def test_launch_enqueues_exactly_the_validated_config_and_opens_its_live_view(r):
     at = app().run()
     assert not at.exception
-    at.selectbox(key="launch.preset").set_value("Digits: GradAlign rescue").run()
+    at.selectbox(key="launch.preset").set_value("Digits: FGSM + GradAlign λ=4 (rescue)").run()
     at.number_input(key="launch.eps").set_value(0.15)
     at.number_input(key="launch.seed").set_value(3)
     at.number_input(key="launch.max_iters").set_value(300)
@@ -132,7 +132,7 @@ def test_launch_enqueues_exactly_the_validated_config_and_opens_its_live_view(r)
 
     [run] = api.list_runs(r)
     changes = {"eps": 0.15, "seed": 3, "max_iters": 300, "device": "cpu", "name": "my run"}
-    assert run.config == make_config({**PRESETS["Digits: GradAlign rescue"], **changes})
+    assert run.config == make_config({**PRESETS["Digits: FGSM + GradAlign λ=4 (rescue)"], **changes})
     assert at.query_params["run"] == run.id
     assert [header.value for header in at.header] == ["my run"]
 
@@ -152,7 +152,9 @@ def test_each_preset_enqueues_its_own_config(r, preset):
 
 def test_eps_is_entered_in_255ths_on_cifar_and_the_paper_lambda_can_be_taken(r):
     at = app().run()
-    at.selectbox(key="launch.preset").set_value("CIFAR-10 ResNet-18 ε=8/255 (paper)").run()
+    at.selectbox(key="launch.preset").set_value(
+        "CIFAR-10 ResNet-18: FGSM + GradAlign λ=0.2, ε=8/255 (paper)"
+    ).run()
     assert at.number_input(key="launch.eps255").value == 8
     at.number_input(key="launch.eps255").set_value(16).run()
     assert any("**2**" in caption.value for caption in at.caption)  # λ(16/255) = 2

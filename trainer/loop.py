@@ -7,7 +7,6 @@ generator. So a run resumed from any checkpoint continues exactly as if it had n
 
 from __future__ import annotations
 
-import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from trainer.checkpoint import BEST_FILE, atomic_save, load_checkpoint, model_fo
 from trainer.co import CODetector
 from trainer.config import RunConfig
 from trainer.data import DATA_SHAPES, Dataset, augment, load_dataset
+from trainer.datafiles import run_length
 from trainer.evaluate import accuracy, eval_metrics, pgd_accuracy
 from trainer.events import Event, Sink, make_event
 from trainer.free import FreeAT
@@ -140,8 +140,7 @@ def train(
     gen = torch.Generator(device).manual_seed(config.seed)
     state = RunState()
     free = FreeAT(config) if config.method == "free" else None
-    steps_per_epoch = max(1, len(data.train_x) // config.batch_size)
-    total = min(config.epochs * steps_per_epoch, config.max_iters or math.inf)
+    steps_per_epoch, total = run_length(len(data.train_x), config.epochs, config.batch_size, config.max_iters)
     write_config(run_dir, config)
 
     saved = load_checkpoint(run_dir, "last", device) if resume else None

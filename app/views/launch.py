@@ -12,10 +12,11 @@ from typing import Any, Literal, get_args, get_origin
 
 import streamlit as st
 
-from app import limits, nav, state
+from app import estimate, limits, nav, state
 from app.figures import NATURAL_IMAGES, md_escape, model_name
 from jobs import api
 from trainer.config import (
+    MODEL_FIELDS,
     USED_BY,
     ConfigError,
     RunConfig,
@@ -25,6 +26,7 @@ from trainer.config import (
     paper_lambda,
     reads,
 )
+from trainer.datafiles import missing_files
 from trainer.presets import DEFAULT_PRESET, DIGITS_GRAD_ALIGN, PRESETS
 
 GROUPS = (
@@ -76,6 +78,7 @@ LABELS = {
 }
 FORMATS = {"eps": "%.3f", "momentum": "%.2f"}
 KEY = "launch."
+SLOW_S = 3600  # a run expected to take longer than this on the available workers is worth a warning
 SAVED = "launch.saved"  # widget state is dropped when the page is left; this copy brings the form back
 WIDGET_KEYS = [KEY + name for name in (*RunConfig.model_fields, "eps255", "grad_align", "preset")]
 
@@ -118,6 +121,7 @@ def render() -> None:
         st.markdown(f"**Will run:** {md_escape(config.label())} on {config.dataset}, {model_name(config)}")
         with st.expander("The complete config that will be queued"):
             st.json(config.model_dump(mode="json"))
+        _cannot_run_here(r, config)
     if st.button("Launch run", type="primary", disabled=bool(problems), key=KEY + "submit"):
         run_id = api.submit(r, make_config(values))
         nav.go("live", run=run_id)
@@ -137,6 +141,31 @@ def _workers(r) -> None:
         return
     described = ", ".join(f"{md_escape(w.name)} ({w.device}, {w.state})" for w in workers)
     st.success(f"{len(workers)} worker(s) alive: {described} · {queued} run(s) queued", icon=":material/dns:")
+
+
+def _cannot_run_here(r, config: RunConfig) -> None:
+    """Warn before launching what would fail or take days here: missing data files, a CPU-only worker."""
+    missing = missing_files(config.dataset)
+    if missing:
+        listing = "  \n".join(f"`{str(path).replace('`', '')}`" for path in missing[:8])  # code: literal
+        st.warning(
+            f"**{config.dataset} is not on this machine**: the run will fail unless its worker has the files "
+            f"(or CODASH_DOWNLOAD=1 and internet). Missing:  \n{listing}",
+            icon=":material/folder_off:",
+        )
+    gpu = any(worker.device.startswith("cuda") for worker in api.workers(r))
+    if gpu:
+        return
+    finished = [run for run in api.list_runs(r) if run.status == "finished"]
+    guess = estimate.expected(config, finished, gpu=False)
+    if guess is not None and guess.seconds > SLOW_S:
+        hours, iterations = estimate.format_hours(guess.seconds), estimate.iterations(config)
+        st.warning(
+            f"**No GPU worker is alive: on a CPU this run takes about {hours}** ({iterations:,} iterations; "
+            f"{guess.basis}). Start `codash worker --device cuda` on a GPU machine, or shorten it (epochs, "
+            "max iterations).",
+            icon=":material/hourglass_top:",
+        )
 
 
 # --- the form's state ---
@@ -245,11 +274,14 @@ def _generic(name: str) -> None:
 
 
 def _unused_by_this_run(name: str) -> str:
-    """Why a field does nothing with the form's current method / GradAlign choice ('' if it is used)."""
-    if reads(name, st.session_state.get(KEY + "method"), bool(st.session_state.get(KEY + "grad_align"))):
+    """Why a field does nothing with the form's current model / method / GradAlign choice ('' if used)."""
+    method, model = st.session_state.get(KEY + "method"), st.session_state.get(KEY + "model")
+    if reads(name, method, bool(st.session_state.get(KEY + "grad_align")), model):
         return ""
     if name == "grad_align_fraction":
         return "Used with GradAlign only."
+    if name in MODEL_FIELDS:
+        return f"Used by the {', '.join(MODEL_FIELDS[name])} model only; {model} has a fixed architecture."
     return f"Used by {', '.join(USED_BY[name])} only."
 
 

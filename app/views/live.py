@@ -167,11 +167,31 @@ def _inside(run, history: RunHistory) -> None:
         live_chart(filters, "live.filters", f"codash-{run.id}-filters-iteration-{iteration}", revision)
     inside = inside_figure(snapshot, run.config.dataset, uirevision=run.id)
     live_chart(inside, "live.inside", f"codash-{run.id}-perturbations-iteration-{iteration}", revision)
-    st.caption(
+    st.caption(inside_caption(snapshot, iteration, history.co_iteration))
+
+
+def inside_caption(snapshot: dict, iteration: int, co_iteration: int | None) -> str:
+    """What the pictures above show, and what this run's own story is at this evaluation."""
+    what = (
         f"Iteration {iteration:,}: test image 0 of the eval subset, its FGSM and PGD perturbations (in units "
         "of ε) and the input gradients of the loss at x and at a random point x+η of the ε-ball (each "
-        "divided by its largest entry). After catastrophic overfitting the gradient turns noisy and "
-        "points elsewhere at x+η: FGSM's one step then no longer finds the PGD perturbation."
+        "divided by its largest entry). "
+    )
+    cos = snapshot.get("cos_grad_random")
+    aligned = f" (cosine {cos:.2f})" if cos is not None else ""
+    if co_iteration is None:
+        return what + (
+            f"This run has not overfitted catastrophically: the two gradients stay aligned{aligned}, so "
+            "FGSM's one step still points where PGD's many steps go."
+        )
+    if iteration < co_iteration:
+        return what + (
+            f"Before this run's catastrophic overfitting at iteration {co_iteration:,}: the gradients are "
+            f"still aligned{aligned}. Move the slider past it to see them come apart."
+        )
+    return what + (
+        f"After this run's catastrophic overfitting at iteration {co_iteration:,} the gradient turns noisy "
+        f"and points elsewhere at x+η{aligned}: FGSM's one step no longer finds the PGD perturbation."
     )
 
 
@@ -182,7 +202,8 @@ def _final(final: dict, config) -> None:
     columns[0].metric("clean accuracy (last)", percent(last.get("clean_acc")))
     columns[1].metric("PGD accuracy (last)", percent(last.get("pgd_acc")))
     columns[2].metric(
-        f"PGD accuracy (early-stopped, it {final.get('best_iteration', 0):,})", percent(best.get("pgd_acc"))
+        f"PGD accuracy (early-stopped, iteration {final.get('best_iteration', 0):,})",
+        percent(best.get("pgd_acc")),
     )
     for column, result in ((columns[1], last), (columns[2], best)):  # an independent check, when it ran
         if result.get("autoattack_acc") is not None:

@@ -1,0 +1,112 @@
+"""What a new user is told and offered (issue 17): honest presets and estimates, failed runs, the final
+evaluation's progress, words that match the pictures. AppTest against a real Redis, as test_app_pages.
+"""
+
+from __future__ import annotations
+
+import pytest
+from test_app_figures import co_run_events, config_event, final_event, snapshot_event
+from test_app_pages import app, charts, running_events, store_run
+
+from app import estimate
+from jobs import api
+from trainer.config import make_config
+from trainer.presets import PRESETS
+
+RESNET_PRESET = "CIFAR-10 ResNet-18: FGSM + GradAlign λ=0.2, ε=8/255 (paper)"
+
+
+# --- item 10: presets that cannot run here, fields the model ignores, names that say everything ---
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_a_preset_name_says_the_method_and_gradalign_it_turns_on(name):
+    config = make_config(PRESETS[name])
+    assert estimate_method_word(config) in name
+    if config.uses_grad_align:
+        assert f"GradAlign λ={config.grad_align_lambda:g}" in name
+    else:
+        assert "GradAlign" not in name
+
+
+def estimate_method_word(config) -> str:
+    return {"fgsm": "FGSM", "pgd": f"PGD-{config.pgd_steps}"}[config.method]
+
+
+def test_resnet_presets_disable_the_conv_fields_and_say_why(r):
+    at = app().run()
+    assert not at.number_input(key="launch.n_filters").disabled  # the CNN preset
+    at.selectbox(key="launch.preset").set_value(RESNET_PRESET).run()
+    for key in ("n_layers", "n_filters"):
+        widget = at.number_input(key="launch." + key)
+        assert widget.disabled and "preact_resnet18 has a fixed architecture" in widget.help
+
+
+def test_cifar_without_its_files_and_resnet_on_cpu_warn_before_launch(r, tmp_path, monkeypatch):
+    monkeypatch.setenv("CODASH_DATA_DIR", str(tmp_path / "data"))
+    at = app().run()
+    assert not [w for w in at.warning if "not on this machine" in w.value]  # digits is bundled
+    at.selectbox(key="launch.preset").set_value(RESNET_PRESET).run()
+    warnings = [w.value for w in at.warning]
+    [missing] = [w for w in warnings if "not on this machine" in w]
+    assert f"`{tmp_path / 'data' / 'cifar-10-batches-py' / 'data_batch_1'}`" in missing
+    [slow] = [w for w in warnings if "No GPU worker is alive" in w]
+    config = make_config(PRESETS[RESNET_PRESET])
+    guess = estimate.expected(config, [], gpu=False)
+    assert guess.seconds > 86400 and f"about {estimate.format_hours(guess.seconds)}" in slow
+    assert "11,700 iterations" in slow  # 30 epochs of 50,000 // 128
+    assert not at.button(key="launch.submit").disabled  # a warning, not a refusal: the worker may have them
+
+
+def test_expected_time_is_scaled_from_finished_runs_of_the_same_kind(r):
+    store_run(r, [config_event(total=100), final_event(None)])  # 12 s for 100 iterations of batch 64
+    finished = api.list_runs(r)
+    config = make_config({"epochs": 30})  # 30 × (1500 // 64) = 690 iterations, FGSM: same passes
+    guess = estimate.expected(config, finished, gpu=False)
+    assert guess.seconds == pytest.approx(12.0 * 690 / 100)
+    assert "1 finished run" in guess.basis
+    pgd = estimate.expected(make_config({"method": "pgd", "pgd_steps": 5}), finished, gpu=False)
+    assert pgd.seconds == pytest.approx(12.0 * 690 / 100 * 6 / 2)  # 6 passes a batch against FGSM's 2
+    assert estimate.expected(config, finished, gpu=True) is None  # nothing measured on a GPU
+    assert estimate.expected(make_config({"n_filters": 64}), finished, gpu=False) is None
+
+
+# --- item 11: words ---
+
+
+def test_inside_the_model_caption_tells_this_runs_story(r):
+    collapsed = co_run_events(total=100, co_at=60)
+    collapsed.insert(-1, snapshot_event(40))
+    collapsed.insert(-1, snapshot_event(80))
+    run_id = store_run(r, collapsed)
+    at = app(run=run_id).run()
+    captions = " ".join(caption.value for caption in at.caption)
+    assert "After this run's catastrophic overfitting at iteration 60" in captions
+    at.select_slider(key=f"live.snapshot.{run_id}").set_value(40).run()
+    captions = " ".join(caption.value for caption in at.caption)
+    assert "Before this run's catastrophic overfitting at iteration 60" in captions
+
+    held = running_events(total=100, until=40, grad_align_lambda=2.0) + [snapshot_event(40)]
+    at = app(run=store_run(r, held, status="running")).run()
+    captions = " ".join(caption.value for caption in at.caption)
+    assert "has not overfitted catastrophically" in captions and "After" not in captions
+
+
+def test_the_accuracy_title_names_what_it_plots_and_iteration_is_spelled_out(r):
+    run_id = store_run(r, co_run_events(total=100, co_at=60))
+    at = app(run=run_id).run()
+    figure = charts(at)["live.chart"]
+    title = figure["layout"]["annotations"][0]["text"]
+    drawn = {trace["name"] for trace in figure["data"] if trace["yaxis"] == "y"}
+    assert drawn == {"PGD", "FGSM", "clean", "train (adversarial batches)"}
+    assert all(word in title for word in ("clean", "FGSM", "PGD", "train"))
+    labels = [metric.label for metric in at.metric]
+    assert "PGD accuracy (early-stopped, iteration 40)" in labels
+    assert not [label for label in labels if " it " in label]
+
+
+def test_an_overlay_title_leaves_out_the_training_accuracy_it_does_not_draw(r):
+    first, second = store_run(r, co_run_events()), store_run(r, running_events(), status="running")
+    overlay = charts(app(compare=f"{first},{second}").run())["compare.overlay"]
+    assert "train" not in overlay["layout"]["annotations"][0]["text"]
+    assert not [trace for trace in overlay["data"] if trace.get("name") == "train (adversarial batches)"]
