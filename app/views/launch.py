@@ -13,10 +13,11 @@ from typing import Any, Literal, get_args, get_origin
 import streamlit as st
 
 from app import estimate, limits, nav, state
-from app.figures import NATURAL_IMAGES, md_escape, model_name
+from app.text import md_escape, model_name
 from jobs import api
 from trainer.config import (
     MODEL_FIELDS,
+    NATURAL_IMAGES,
     USED_BY,
     ConfigError,
     RunConfig,
