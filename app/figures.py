@@ -104,6 +104,8 @@ def run_figure(
             _co_marker(fig, run.history.co_iteration, color if overlay else CO_COLOR, run.label, overlay)
     if overlay:
         _style_key(fig, [metric for metric in METRICS if metric in drawn])
+    elif series and series[0].history.metrics and not series[0].history.evals:
+        _first_eval_note(fig, series[0].history)
     _layout(fig, uirevision, height, overlay, compact)
     for name, value in (axes or {}).items():
         fig.update_layout({name: {"range": value}})
@@ -194,6 +196,23 @@ def _co_marker(fig: go.Figure, iteration: int, color: str, label: str, overlay: 
                 "bgcolor": "rgba(255,255,255,0.8)",
             },
             annotation_position="top right",
+        )
+
+
+def _first_eval_note(fig: go.Figure, history: RunHistory) -> None:
+    """Until the first evaluation the accuracy and alignment panels are empty: they say when it comes."""
+    every = (history.config or {}).get("eval_every")
+    text = f"first evaluation at iteration {every:,}" if every else "waiting for the first evaluation"
+    for row in (1, 2):
+        fig.add_annotation(
+            text=text,
+            x=0.5,
+            y=0.5,
+            xref=f"x{'' if row == 1 else row} domain",
+            yref=f"y{'' if row == 1 else row} domain",
+            showarrow=False,
+            font={"size": 14, "color": "#757575"},
+            name="pending",
         )
 
 

@@ -266,7 +266,7 @@ def test_a_run_past_its_last_iteration_says_it_is_in_its_final_evaluation(r):
 def test_cancel_and_resume_from_the_live_view(r):
     run_id = api.submit(r, make_config({"eps": 0.2}))
     at = app(run=run_id).run()
-    assert "No worker is alive" in at.warning[0].value
+    assert "Waiting for a worker" in at.info[0].value
     at.button(key="live.cancel").click().run()
     assert api.get_run(r, run_id).status == "cancelled"
     at.button(key="live.resume").click().run()

@@ -4,12 +4,24 @@ evaluation's progress, words that match the pictures. AppTest against a real Red
 
 from __future__ import annotations
 
+import time
+
 import pytest
-from test_app_figures import co_run_events, config_event, final_event, snapshot_event
-from test_app_pages import app, charts, running_events, store_run
+from test_app_figures import (
+    co_run_events,
+    config_event,
+    eval_event,
+    final_event,
+    metrics_event,
+    snapshot_event,
+)
+from test_app_pages import app, append, charts, running_events, store_run
 
 from app import estimate
+from app.text import md_escape
 from jobs import api
+from jobs.queue import job_id, rq_queue
+from jobs.registry import transition
 from trainer.config import make_config
 from trainer.presets import PRESETS
 
@@ -110,3 +122,74 @@ def test_an_overlay_title_leaves_out_the_training_accuracy_it_does_not_draw(r):
     overlay = charts(app(compare=f"{first},{second}").run())["compare.overlay"]
     assert "train" not in overlay["layout"]["annotations"][0]["text"]
     assert not [trace for trace in overlay["data"] if trace.get("name") == "train (adversarial batches)"]
+
+
+# --- item 4: a failed run ---
+
+
+def fail_run(r, events: list[dict], error: str) -> str:
+    """A run that failed after `events`, or (none) before its first event, as a missing data set does."""
+    run_id = store_run(r, events or [config_event()], status="running")
+    if not events:
+        r.delete(f"codash:stream:{run_id}")
+    transition(
+        r, run_id, {"running"}, {"status": "failed", "finished_at": time.time(), "error": error}, attempt=1
+    )
+    return run_id
+
+
+def test_a_failed_run_says_why_first_and_offers_edit_and_relaunch_not_resume(r):
+    reason = "out of memory on cpu: lower batch_size <b>"
+    run_id = fail_run(r, [], reason)
+    at = app(run=run_id).run()
+    assert not at.exception
+    [error] = at.error
+    assert error.value.startswith("**This run failed before its first iteration.**")
+    assert md_escape(reason) in error.value
+    assert charts(at) == {}  # no empty frames
+    assert not [element for element in at.info if "waiting" in element.value.lower()]
+    assert [button.label for button in at.button] == ["Edit and relaunch"]  # no Resume
+
+    at.button(key="live.relaunch").click().run()
+    assert not at.exception
+    assert at.number_input(key="launch.batch_size").value == 64
+    assert any(run_id in info.value for info in at.info)
+    at.number_input(key="launch.batch_size").set_value(16).run()
+    at.button(key="launch.submit").click().run()
+    relaunched = [run for run in api.list_runs(r) if run.id != run_id]
+    assert [run.config.batch_size for run in relaunched] == [16]
+
+
+def test_a_run_failed_midway_keeps_its_charts_and_cancelled_runs_still_resume(r):
+    failed = fail_run(r, running_events(total=100, until=40), "boom")
+    at = app(run=failed).run()
+    assert at.error[0].value.startswith("**This run failed at iteration 40.**")
+    assert "live.chart" in charts(at)
+    cancelled = store_run(r, running_events(total=100, until=40), status="cancelled")
+    at = app(run=cancelled).run()
+    assert [button.label for button in at.button] == ["Resume"]
+
+
+# --- item 7: what a run waits for before its first picture ---
+
+
+def test_before_the_first_iteration_the_page_says_what_is_happening(r):
+    run_id = api.submit(r, make_config({"eps": 0.2}))
+    at = app(run=run_id).run()
+    assert "Waiting for a worker" in at.info[0].value and charts(at) == {}
+
+    claim = {"status": "running", "started_at": time.time(), "worker": "w-1", "device": "cpu"}
+    rq_queue(r, api.DEFAULT_QUEUE).remove(job_id(run_id, 1))
+    transition(r, run_id, {"queued"}, claim, attempt=1, heartbeat=("w-1", 600_000))
+    at.run()
+    assert "loading digits and building the model" in at.info[0].value
+    assert "first evaluation comes at iteration 50" in at.info[0].value
+
+    append(r, run_id, [config_event(total=690, eps=0.2), *(metrics_event(it) for it in range(1, 11))])
+    at.run()
+    figure = charts(at)["live.chart"]
+    notes = [a["text"] for a in figure["layout"]["annotations"] if a.get("name") == "pending"]
+    assert notes == ["first evaluation at iteration 50"] * 2  # in the accuracy and alignment panels
+    append(r, run_id, [eval_event(50, 0.3)])
+    at.run()
+    assert not [a for a in charts(at)["live.chart"]["layout"]["annotations"] if a.get("name") == "pending"]

@@ -81,6 +81,7 @@ FORMATS = {"eps": "%.3f", "momentum": "%.2f"}
 KEY = "launch."
 SLOW_S = 3600  # a run expected to take longer than this on the available workers is worth a warning
 SAVED = "launch.saved"  # widget state is dropped when the page is left; this copy brings the form back
+ORIGIN = "launch.origin"  # the run the form was filled from, named above the form
 WIDGET_KEYS = [KEY + name for name in (*RunConfig.model_fields, "eps255", "grad_align", "preset")]
 
 
@@ -93,6 +94,8 @@ def render() -> None:
     for key, value in st.session_state[SAVED].items():
         st.session_state.setdefault(key, value)
 
+    if ORIGIN in st.session_state:
+        st.info(st.session_state[ORIGIN], icon=":material/edit:")
     st.selectbox(
         "Preset",
         list(PRESETS),
@@ -174,14 +177,24 @@ def _cannot_run_here(r, config: RunConfig) -> None:
 
 def _apply_preset(name: str) -> None:
     """Put a preset's values (RunConfig defaults elsewhere, None = automatic) into every widget."""
-    values = {field: info.get_default() for field, info in RunConfig.model_fields.items()} | PRESETS[name]
+    st.session_state[KEY + "preset"] = name
+    _fill({field: info.get_default() for field, info in RunConfig.model_fields.items()} | PRESETS[name])
+
+
+def fill_from(config: RunConfig, origin: str) -> None:
+    """Open the form on a copy of a stored run's config ("Edit and relaunch"); `origin` says which run."""
+    _fill(config.model_dump())
+    st.session_state[ORIGIN] = origin
+
+
+def _fill(values: dict[str, Any]) -> None:
     for field, value in values.items():
         st.session_state[KEY + field] = value
     st.session_state[KEY + "eps255"] = round(values["eps"] * 255, 3)
     st.session_state[KEY + "grad_align"] = values["grad_align_lambda"] > 0
     st.session_state[KEY + "grad_align_lambda"] = values["grad_align_lambda"] or 1.0
-    st.session_state[KEY + "preset"] = name
-    st.session_state[SAVED] = {key: st.session_state[key] for key in WIDGET_KEYS}
+    st.session_state.pop(ORIGIN, None)
+    st.session_state[SAVED] = {key: st.session_state[key] for key in WIDGET_KEYS if key in st.session_state}
 
 
 def _form_values() -> dict[str, Any]:

@@ -19,10 +19,12 @@ from app.history import RunHistory
 from app.refresh import while_live
 from app.tables import elapsed_s
 from app.text import format_duration, md_escape, model_name, percent, snapshot_label
+from app.views import launch
 from jobs import api
 
 REFRESH_S = 1.0
 CANCELLABLE = frozenset({"queued", "running"})
+RESUME_OFFERED = api.RESUMABLE - {"failed"}
 STATUS_ICONS = {
     "queued": ":material/hourglass_empty:",
     "running": ":material/directions_run:",
@@ -67,7 +69,13 @@ def _panel(run_id: str) -> bool:
         return False
     history = state.history(r, run)
     st.header(md_escape(run.config.label()), anchor=False)
+    if run.status == "failed":
+        _failure(run, history)
     _status(r, run, history)
+    if not history.metrics:  # nothing to draw yet: say what is happening instead of empty frames
+        if run.status != "failed":
+            st.info(_waiting_for(r, run, history), icon=":material/hourglass_top:")
+        return run.status not in api.TERMINAL
     figure = run_figure([Series(run.config.label(), history)], uirevision=run_id)
     live_chart(
         figure,
@@ -96,7 +104,7 @@ def _status(r, run, history: RunHistory) -> None:
         st.caption(" · ".join(parts))
     with middle:
         fraction = min(iteration / total, 1.0) if total else 0.0
-        text = f"iteration {iteration:,} of {total:,}" if total else "waiting for the first event"
+        text = f"iteration {iteration:,} of {total:,}" if total else f"{run.status}: no iteration yet"
         if history.co_iteration is not None:
             text += f" · catastrophic overfitting at iteration {history.co_iteration:,}"
         if run.status == "running" and total in history.evals:  # the last live eval is in: the final runs
@@ -104,19 +112,51 @@ def _status(r, run, history: RunHistory) -> None:
         st.progress(fraction, text=text)
     with right:
         _controls(r, run)
-    if run.status == "queued" and not api.workers(r):
-        st.warning("No worker is alive to pick this run up. Start one with `codash worker`.")
-    if run.status == "failed" and run.error:
-        st.error(md_escape(run.error))
+
+
+def _waiting_for(r, run, history: RunHistory) -> str:
+    """What the run is waiting for before its first iteration, in the order a run goes through it."""
+    if run.status == "queued":
+        workers = api.workers(r)
+        if not workers:
+            return (
+                "**Waiting for a worker**: none is alive yet. `codash up` starts one within about ten "
+                "seconds; elsewhere start one with `codash worker`."
+            )
+        if all(worker.state == "busy" for worker in workers):
+            return f"**Queued**: all {len(workers)} worker(s) are busy; it starts when one is free."
+        return "**Queued**: a worker is picking it up."
+    if run.status == "running" and history.config is None:
+        return (
+            f"**Worker {md_escape(run.worker or '')} is starting the run**: loading {run.config.dataset} and "
+            f"building the model. The first evaluation comes at iteration {run.config.eval_every:,}."
+        )
+    if run.status == "running":
+        return f"**Training has started**: the first evaluation comes at iteration {run.config.eval_every:,}."
+    return f"**{run.status}** before its first iteration."
+
+
+def _failure(run, history: RunHistory) -> None:
+    """A failed run says why first, and offers to relaunch it edited (resuming would fail the same way)."""
+    where = f"at iteration {history.iteration:,}" if history.metrics else "before its first iteration"
+    reason = md_escape(run.error or "no reason was recorded")
+    st.error(f"**This run failed {where}.** {reason}", icon=":material/error:")
+    if st.button("Edit and relaunch", icon=":material/edit:", key="live.relaunch", type="primary"):
+        launch.fill_from(run.config, f"A copy of failed run {run.id} ({reason}): edit it, then launch.")
+        nav.go("launch")
 
 
 def _controls(r, run) -> None:
-    """Cancel while it can still run; resume from its last checkpoint once it stopped."""
+    """Cancel while it can still run; resume from its last checkpoint once it stopped.
+
+    Resume is offered only where stopping was the run's only problem (interrupted, cancelled): a failed run
+    would fail the same way again, so it gets "Edit and relaunch" instead (_failure).
+    """
     try:
         if run.status in CANCELLABLE and st.button("Cancel", icon=":material/stop:", key="live.cancel"):
             api.cancel(r, run.id)
             st.rerun()
-        if run.status in api.RESUMABLE and st.button(
+        if run.status in RESUME_OFFERED and st.button(
             "Resume", icon=":material/play_arrow:", key="live.resume"
         ):
             api.resume(r, run.id)
