@@ -41,8 +41,15 @@ def passes(config: RunConfig) -> float:
 
 
 def _kind(config: RunConfig) -> tuple:
-    """Runs of one kind cost the same per trained image (up to the attack's steps, scaled by `passes`)."""
-    return (config.dataset, config.model, config.n_layers, config.n_filters)
+    """Runs of one kind cost the same per trained image and pass (PGD's steps are scaled by `passes`)."""
+    return (
+        config.dataset,
+        config.model,
+        config.n_layers,
+        config.n_filters,
+        config.method,
+        config.uses_grad_align,
+    )
 
 
 def measured_s_per_image_pass(run: Run) -> float | None:

@@ -400,28 +400,37 @@ def _image_axes(fig: go.Figure) -> None:
 # --- the sweep: final PGD accuracy against ε per method (the paper's Fig. 1) ---
 
 
+DODGE = 0.08  # how far apart methods are drawn at one ε, as a share of the ε grid's step
+
+
 def sweep_figure(points: pd.DataFrame, natural_units: bool, uirevision: str) -> go.Figure:
     """Lines of PGD accuracy against ε per method; ✕ marks a run that hit CO, hollow marks one still running.
 
-    Each point carries its run id as customdata, so a click (selection event) can open that run.
+    Each point carries its run id as customdata, so a click (selection event) can open that run. Methods
+    are drawn side by side around each ε (dodged by DODGE of the grid's step), so two runs at the same
+    point, both collapsed to 0, show two ✕ instead of one; the hover names the true ε.
     """
     fig = go.Figure()
-    for index, (method, group) in enumerate(points.groupby("method", sort=True)):
+    groups = list(points.groupby("method", sort=True))
+    grid = sorted(points["x"].unique())
+    step = min((b - a for a, b in zip(grid, grid[1:], strict=False)), default=grid[0] if grid else 1.0)
+    for index, (method, group) in enumerate(groups):
         color = RUN_COLORS[index % len(RUN_COLORS)]
+        offset = (index - (len(groups) - 1) / 2) * DODGE * step
         symbols = [
             ("x" if co else "circle") + ("" if done else "-open")
             for co, done in zip(group["co"], group["done"], strict=True)
         ]
         fig.add_trace(
             go.Scatter(
-                x=group["x"],
+                x=group["x"] + offset,
                 y=group["pgd_acc"],
                 name=html.escape(method),
                 mode="lines+markers",
                 line={"color": color, "width": 2},
                 marker={"symbol": symbols, "size": 13, "color": color, "line": {"width": 2, "color": color}},
                 customdata=group[["run_id", "status", "lambda"]].to_numpy(),
-                text=[html.escape(label) for label in group["label"]],
+                text=[html.escape(label) for label in group["label"]],  # names the run's ε
                 hovertemplate="%{text}<br>PGD acc %{y:.3f}<br>λ=%{customdata[2]:g}<br>%{customdata[1]}"
                 "<extra></extra>",
             )
@@ -445,6 +454,7 @@ def sweep_figure(points: pd.DataFrame, natural_units: bool, uirevision: str) -> 
         uirevision=uirevision,
         title="Final PGD accuracy against ε",
         xaxis_title="ε (×1/255)" if natural_units else "ε",
+        xaxis_tickvals=grid if len(grid) <= 16 else None,  # ticks at the true ε, between the dodged marks
         yaxis_title="PGD accuracy",
         yaxis_range=[0, 1.02],
         clickmode="event",

@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from app.history import RunHistory
-from app.text import format_duration, method_label, model_name
+from app.text import format_duration, method_family, model_name
 from trainer.config import NATURAL_IMAGES, format_eps
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ def sweep_frame(runs: Sequence[Run], histories: dict[str, RunHistory]) -> pd.Dat
         rows.append(
             {
                 "run_id": run.id,
-                "method": method_label(config).split(" λ=")[0],
+                "method": method_family(config),
                 "eps": config.eps,
                 "x": config.eps * 255 if natural else config.eps,
                 "pgd_acc": pgd,

@@ -21,6 +21,11 @@ def md_escape(text: str) -> str:
     return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
+def plural(count: int, noun: str) -> str:
+    """'1 run', '3 runs'."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 def percent(value: float | None) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1%}"
 
@@ -72,6 +77,11 @@ _IGNORED = frozenset({"name"})
 def method_label(config: RunConfig) -> str:
     """'FGSM', 'FGSM+GradAlign λ=2', 'PGD-10': the trainer's own label without ε."""
     return config.model_copy(update={"name": ""}).label().rsplit(" ε=", 1)[0]
+
+
+def method_family(config: RunConfig) -> str:
+    """'FGSM+GradAlign' whatever its λ: what a sweep's line stands for across its ε grid (λ may follow ε)."""
+    return method_label(config).split(" λ=")[0]
 
 
 def distinguishing_labels(configs: Sequence[RunConfig], ids: Sequence[str] | None = None) -> list[str]:

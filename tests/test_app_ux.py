@@ -15,7 +15,7 @@ from test_app_figures import (
     metrics_event,
     snapshot_event,
 )
-from test_app_pages import app, append, charts, running_events, store_run
+from test_app_pages import app, append, charts, numbers, running_events, store_run
 
 from app import estimate
 from app.text import md_escape
@@ -77,8 +77,11 @@ def test_expected_time_is_scaled_from_finished_runs_of_the_same_kind(r):
     guess = estimate.expected(config, finished, gpu=False)
     assert guess.seconds == pytest.approx(12.0 * 690 / 100)
     assert "1 finished run" in guess.basis
+    store_run(r, [config_event(total=100, method="pgd", pgd_steps=10), final_event(None)])
+    finished = api.list_runs(r)
     pgd = estimate.expected(make_config({"method": "pgd", "pgd_steps": 5}), finished, gpu=False)
-    assert pgd.seconds == pytest.approx(12.0 * 690 / 100 * 6 / 2)  # 6 passes a batch against FGSM's 2
+    assert pgd.seconds == pytest.approx(12.0 * 690 / 100 * 6 / 11)  # 6 passes a batch against PGD-10's 11
+    assert estimate.expected(make_config({"method": "fgsm_rs"}), finished, gpu=False) is None
     assert estimate.expected(config, finished, gpu=True) is None  # nothing measured on a GPU
     assert estimate.expected(make_config({"n_filters": 64}), finished, gpu=False) is None
 
@@ -193,3 +196,47 @@ def test_before_the_first_iteration_the_page_says_what_is_happening(r):
     append(r, run_id, [eval_event(50, 0.3)])
     at.run()
     assert not [a for a in charts(at)["live.chart"]["layout"]["annotations"] if a.get("name") == "pending"]
+
+
+# --- item 9: the sweep ---
+
+
+def test_sweeps_are_listed_by_what_they_are_and_the_form_says_runs_time_and_epochs(r):
+    def events(eps, lam=0.0, co=None):
+        return [config_event(total=100, eps=eps, grad_align_lambda=lam), final_event(co, 0.01 if co else 0.3)]
+
+    for eps, lam, co in ((0.1, 0.0, None), (0.2, 0.0, 60), (0.1, 2.0, None), (0.2, 2.0, None)):
+        store_run(r, events(eps, lam, co), sweep_id="s1")
+    at = app(sweep="s1").run()
+    shown = at.selectbox(key="sweep.shown")
+    text = shown.format_func(shown.value)
+    assert text.startswith("FGSM, FGSM+GradAlign × ε 0.1–0.2 (digits) · ") and text.endswith(
+        "4 of 4 runs done"
+    )
+
+    at.multiselect(key="sweep.methods").set_value(["FGSM"])
+    at.text_input(key="sweep.eps").set_value("0.15")
+    at.number_input(key="sweep.epochs").set_value(10)
+    at.run()
+    assert at.button(key="sweep.submit").label == "Launch 1 run"
+    # 12 s for 100 iterations measured on the two finished FGSM runs; 10 epochs = 230 iterations
+    assert any("1 run, based on" in c.value and "About 28 s on 1 worker(s)" in c.value for c in at.caption)
+    at.button(key="sweep.submit").click().run()
+    [run] = api.sweep_runs(r, at.query_params["sweep"])
+    assert run.config.epochs == 10
+
+    at.number_input(key="sweep.epochs").set_value(0).run()
+    assert any("epochs" in error.value for error in at.error)
+
+
+def test_sweep_marks_at_one_point_are_drawn_side_by_side(r):
+    for lam in (0.0, 2.0):
+        store_run(
+            r, [config_event(total=100, eps=0.2, grad_align_lambda=lam), final_event(60, 0.0)], sweep_id="s2"
+        )
+    figure = charts(app(sweep="s2").run())["sweep.chart.s2"]
+    traces = [trace for trace in figure["data"] if trace["x"] != [None]]
+    xs = [numbers(trace["x"])[0] for trace in traces]
+    assert [trace["marker"]["symbol"] for trace in traces] == [["x"], ["x"]]
+    assert xs[0] != xs[1] and sum(xs) / 2 == pytest.approx(0.2)
+    assert figure["layout"]["xaxis"]["tickvals"] == [0.2]
