@@ -72,7 +72,7 @@ def _panel(run_id: str) -> bool:
     if run.status == "failed":
         _failure(run, history)
     _status(r, run, history)
-    if not history.metrics:  # nothing to draw yet: say what is happening instead of empty frames
+    if not history.metrics and not history.evals:  # nothing to draw: say what is happening instead
         if run.status != "failed":
             st.info(_waiting_for(r, run, history), icon=":material/hourglass_top:")
         return run.status not in api.TERMINAL
