@@ -7,6 +7,7 @@ so the three can never drift apart.
 
 from __future__ import annotations
 
+import hashlib
 import html
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,8 +20,28 @@ from plotly.subplots import make_subplots
 
 from app.history import RunHistory
 
-RUN_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+METHOD_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 CO_COLOR = "#b30000"
+# Run colours on Compare: none is a metric's colour on the live view (red is PGD there, never a run).
+RUN_PALETTE = ("#1b9e77", "#e7298a", "#e6ab02", "#8c510a", "#0b3d91", "#762a83", "#7fbc41", "#01665e")
+
+
+def run_colors(run_ids: Sequence[str]) -> dict[str, str]:
+    """Each run's colour, from its id (a hash into RUN_PALETTE): the same on every page and in any order.
+
+    Two runs in one view whose ids hash to the same colour are told apart the same way every time: in id
+    order, the later one takes the next colour not yet taken.
+    """
+    colors: dict[str, str] = {}
+    for run_id in sorted(set(run_ids)):
+        slot = int(hashlib.sha256(run_id.encode()).hexdigest(), 16) % len(RUN_PALETTE)
+        taken = set(colors.values())
+        for step in range(len(RUN_PALETTE)):
+            color = RUN_PALETTE[(slot + step) % len(RUN_PALETTE)]
+            if color not in taken or len(taken) >= len(RUN_PALETTE):
+                break
+        colors[run_id] = color
+    return colors
 
 
 # --- the three-panel figure ---
@@ -34,17 +55,18 @@ class Metric:
     source: str  # "evals" (sparse: drawn with markers) or "metrics" (every iteration)
     color: str
     dash: str = "solid"  # the line style that tells metrics apart when colour tells runs apart
+    symbol: str = "circle"  # and the marker of evaluation points
     overlay: bool = True  # drawn when several runs share the panels
     zero_is_absent: bool = False  # an all-zero series means "not used" (the GradAlign term without GradAlign)
 
 
 METRICS = (
     Metric("pgd_acc", "PGD", 1, "evals", "#d62728"),  # first: it stands for its run in an overlay's legend
-    Metric("fgsm_acc", "FGSM", 1, "evals", "#ff7f0e", "dash"),
-    Metric("clean_acc", "clean", 1, "evals", "#1f77b4", "dot"),
+    Metric("fgsm_acc", "FGSM", 1, "evals", "#ff7f0e", "dash", "diamond"),
+    Metric("clean_acc", "clean", 1, "evals", "#1f77b4", "dot", "square"),
     Metric("train_acc", "train (adversarial batches)", 1, "metrics", "#9e9e9e", "dashdot", overlay=False),
     Metric("cos_fgsm_pgd", "cos(δ FGSM, δ PGD)", 2, "evals", "#9467bd"),
-    Metric("cos_grad_random", "cos(∇x, ∇x+η)", 2, "evals", "#2ca02c", "dot"),
+    Metric("cos_grad_random", "cos(∇x, ∇x+η)", 2, "evals", "#2ca02c", "dot", "diamond"),
     Metric("train_loss", "train loss", 3, "metrics", "#37474f"),
     Metric("reg", "GradAlign term", 3, "metrics", "#17becf", "dot", zero_is_absent=True),
 )
@@ -58,10 +80,11 @@ PANELS = (
 
 @dataclass(frozen=True)
 class Series:
-    """One run as drawn: its legend label and its history."""
+    """One run as drawn: its legend label, its history and (on Compare) its colour from run_colors."""
 
     label: str
     history: RunHistory
+    color: str | None = None
 
 
 def run_figure(
@@ -84,7 +107,7 @@ def run_figure(
     fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.07, subplot_titles=titles)
     drawn: set[Metric] = set()
     for index, run in enumerate(series):
-        color = RUN_COLORS[index % len(RUN_COLORS)]
+        color = run.color or RUN_PALETTE[index % len(RUN_PALETTE)]
         frames = _frames(run.history)
         first = True
         for metric in METRICS:
@@ -106,6 +129,19 @@ def run_figure(
         _style_key(fig, [metric for metric in METRICS if metric in drawn])
     elif series and series[0].history.metrics and not series[0].history.evals:
         _first_eval_note(fig, series[0].history)
+    if not overlay and series and series[0].color:  # a small multiple wears its run's colour on top
+        fig.add_shape(
+            type="rect",
+            xref="paper",
+            yref="paper",
+            x0=0,
+            x1=1,
+            y0=1.045,
+            y1=1.06,
+            line_width=0,
+            fillcolor=series[0].color,
+            name="run colour",
+        )
     _layout(fig, uirevision, height, overlay, compact)
     for name, value in (axes or {}).items():
         fig.update_layout({name: {"range": value}})
@@ -162,7 +198,7 @@ def _trace(
         legend="legend" if run_color or compact else _legend_of(metric.row),
         showlegend=show,
         mode="lines+markers" if sparse else "lines",
-        marker={"size": 5},
+        marker={"size": 5 if run_color is None else 7, "symbol": metric.symbol if run_color else "circle"},
         line={
             "color": run_color or metric.color,
             "dash": metric.dash if run_color else "solid",
@@ -217,15 +253,20 @@ def _first_eval_note(fig: go.Figure, history: RunHistory) -> None:
 
 
 def _style_key(fig: go.Figure, metrics: list[Metric]) -> None:
-    """Grey legend-only entries that say which line style is which of the metrics drawn."""
+    """Grey legend-only entries that say which line style and marker is which of the metrics drawn.
+
+    Beside each panel, apart from the runs' legend (under the panels), and named as metrics ("PGD acc"), so
+    no entry reads like a run called "FGSM".
+    """
     for metric in metrics:
         fig.add_trace(
             go.Scatter(
                 x=[None],
                 y=[None],
-                name=metric.name,
-                mode="lines",
+                name=f"{metric.name} acc" if metric.row == 1 else metric.name,
+                mode="lines+markers" if metric.source == "evals" else "lines",
                 line={"color": "#616161", "dash": metric.dash},
+                marker={"symbol": metric.symbol, "size": 7},
                 legend=_legend_of(metric.row) if metric.row > 1 else "legend4",
                 hoverinfo="skip",
             ),
@@ -245,13 +286,17 @@ def _layout(fig: go.Figure, uirevision: str, height: int, overlay: bool, compact
     )
     if compact:  # a small multiple: one horizontal legend under the panels
         fig.update_layout(legend={"orientation": "h", "x": 0, "y": -0.1, "yanchor": "top"})
-    else:  # each panel's legend beside it; with several runs, the runs on top and the accuracy key below
+    else:  # each panel's legend (or, with several runs, its line-style key) beside it
         domains = [fig.layout[f"yaxis{'' if row == 1 else row}"].domain for row in (1, 2, 3)]
         style = {"x": 1.01, "xanchor": "left", "yanchor": "top", "bgcolor": "rgba(255,255,255,0)"}
         for row, domain in enumerate(domains, start=1):
             fig.update_layout({_legend_of(row): {**style, "y": domain[1]}})
-        if overlay:
-            fig.update_layout(legend_title_text="runs", legend4={**style, "y": domains[0][0] + 0.12})
+        if overlay:  # the runs under the panels, where a long list has room and cannot cover the key
+            runs = {"orientation": "h", "x": 0, "xanchor": "left", "y": -0.08, "yanchor": "top"}
+            fig.update_layout(
+                legend={**runs, "title": {"text": "runs"}},
+                legend4={**style, "y": domains[0][1], "title": {"text": "line = metric"}},
+            )
     fig.update_yaxes(title_text="accuracy", range=[0, 1.02], row=1, col=1)
     fig.update_yaxes(title_text="cosine", row=2, col=1)
     fig.update_yaxes(title_text="loss", row=3, col=1)
@@ -415,7 +460,7 @@ def sweep_figure(points: pd.DataFrame, natural_units: bool, uirevision: str) -> 
     grid = sorted(points["x"].unique())
     step = min((b - a for a, b in zip(grid, grid[1:], strict=False)), default=grid[0] if grid else 1.0)
     for index, (method, group) in enumerate(groups):
-        color = RUN_COLORS[index % len(RUN_COLORS)]
+        color = METHOD_COLORS[index % len(METHOD_COLORS)]
         offset = (index - (len(groups) - 1) / 2) * DODGE * step
         symbols = [
             ("x" if co else "circle") + ("" if done else "-open")

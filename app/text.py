@@ -87,14 +87,11 @@ def method_family(config: RunConfig) -> str:
 def distinguishing_labels(configs: Sequence[RunConfig], ids: Sequence[str] | None = None) -> list[str]:
     """Legend labels from only the fields in which the configs differ: 'FGSM ε=0.1' vs 'FGSM ε=0.2'.
 
-    The method (with its GradAlign λ) always leads, since it is the story's main contrast. User names are
-    kept when they are distinct; identical configs are told apart by run id.
+    The method (with its GradAlign λ) always leads, since it is the story's main contrast; a run's own name,
+    when it has one, comes first. Identical configs are told apart by run id.
     """
     if len(configs) == 1:
         return [configs[0].label()]
-    names = [config.name for config in configs]
-    if all(names) and len(set(names)) == len(names):
-        return names
     dumps = [config.model_dump() for config in configs]
 
     def read(key: str, config: RunConfig) -> bool:
@@ -114,9 +111,13 @@ def distinguishing_labels(configs: Sequence[RunConfig], ids: Sequence[str] | Non
             for key in differing
             if read(key, config)  # an FGSM run's PGD step size is no difference worth naming
         ]
-        labels.append(" ".join(parts))
-    if ids is not None and len(set(labels)) < len(labels):
-        labels = [f"{label} [{run_id[:8]}]" for label, run_id in zip(labels, ids, strict=True)]
+        labels.append(f"{config.name}: " * bool(config.name) + " ".join(parts))
+    if ids is not None:  # only the labels two runs share get the run id
+        shared = {label for label in labels if labels.count(label) > 1}
+        labels = [
+            f"{label} [{run_id[:8]}]" if label in shared else label
+            for label, run_id in zip(labels, ids, strict=True)
+        ]
     return labels
 
 

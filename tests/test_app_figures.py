@@ -230,9 +230,9 @@ def test_overlay_colours_runs_styles_metrics_and_lists_each_run_once():
     assert len([s for s in fig.layout.shapes if s.type == "line"]) == 3  # only the CO run has markers
     key = [trace.name for trace in fig.data if trace.hoverinfo == "skip"]
     assert key == [
-        "PGD",
-        "FGSM",
-        "clean",
+        "PGD acc",
+        "FGSM acc",
+        "clean acc",
         "cos(δ FGSM, δ PGD)",
         "cos(∇x, ∇x+η)",
         "train loss",
@@ -279,7 +279,7 @@ def test_distinguishing_labels_name_only_what_differs():
         "FGSM [bbbbbbbb]",
     ]
     named = [make_config({"name": "mine"}), make_config({"name": "yours", "seed": 1})]
-    assert distinguishing_labels(named) == ["mine", "yours"]
+    assert distinguishing_labels(named) == ["mine: FGSM seed=0", "yours: FGSM seed=1"]  # what differs, too
     assert distinguishing_labels([fgsm]) == ["FGSM ε=0.15"]
 
 
@@ -377,7 +377,8 @@ def test_sweep_frame_uses_final_pgd_or_the_latest_eval_and_marks_co():
 
     fig = sweep_figure(points, natural_units=True, uirevision="s")
     fgsm = next(trace for trace in fig.data if trace.name == "FGSM")
-    assert list(fgsm.x) == pytest.approx([4, 8])
+    assert list(fgsm.x) == pytest.approx([4 - 0.16, 8 - 0.16])  # dodged left of its ε: two methods drawn
+    assert list(fig.layout.xaxis.tickvals) == [4, 8]
     assert list(fgsm.marker.symbol) == ["circle-open", "x"]
     assert [row[0] for row in fgsm.customdata] == ["b", "a"]
     assert fig.layout.xaxis.title.text == "ε (×1/255)"

@@ -18,6 +18,7 @@ from test_app_figures import (
 from test_app_pages import app, append, charts, numbers, running_events, store_run
 
 from app import estimate
+from app.figures import CO_COLOR, METRICS, RUN_PALETTE, run_colors
 from app.text import md_escape
 from jobs import api
 from jobs.queue import job_id, rq_queue
@@ -240,3 +241,55 @@ def test_sweep_marks_at_one_point_are_drawn_side_by_side(r):
     assert [trace["marker"]["symbol"] for trace in traces] == [["x"], ["x"]]
     assert xs[0] != xs[1] and sum(xs) / 2 == pytest.approx(0.2)
     assert figure["layout"]["xaxis"]["tickvals"] == [0.2]
+
+
+# --- item 2: Compare ---
+
+
+def test_each_run_has_one_colour_from_its_id_none_a_metric_colour():
+    ids = [f"{n:012x}" for n in range(0, 4000, 500)]
+    colors = run_colors(ids)
+    assert colors == run_colors(list(reversed(ids)))  # not the selection order
+    assert len(set(colors.values())) == len(ids) == len(RUN_PALETTE)  # 8 runs, 8 colours
+    assert not set(RUN_PALETTE) & ({metric.color for metric in METRICS} | {CO_COLOR})
+    alone = {run_id: run_colors([run_id])[run_id] for run_id in ids}
+    assert sum(alone[run_id] == colors[run_id] for run_id in ids) >= len(ids) // 2  # most keep their own
+
+
+def test_compare_colours_follow_the_run_and_the_legends_cannot_collide(r):
+    ids = [store_run(r, co_run_events()) for _ in range(2)]
+    ids.append(store_run(r, running_events(grad_align_lambda=2.0), status="running"))
+    ids.append(store_run(r, [config_event(total=100, seed=3), *running_events()[1:]], status="running"))
+
+    def colours_in(order: list[str]) -> dict[str, str]:
+        figures = charts(app(compare=",".join(order)).run())
+        overlay = figures["compare.overlay"]
+        by_label = {
+            t["name"]: t["line"]["color"] for t in overlay["data"] if t.get("legend", "legend") == "legend"
+        }
+        small = {
+            run_id: [
+                s["fillcolor"]
+                for s in figures[f"compare.small.{run_id}"]["layout"]["shapes"]
+                if s.get("name") == "run colour"
+            ]
+            for run_id in order
+        }
+        return by_label, small, overlay
+
+    first, small, overlay = colours_in(ids)
+    again, small_again, _ = colours_in(list(reversed(ids)))
+    assert first == again and small == small_again
+    expected = run_colors(ids)
+    assert {run_id: colour for run_id, [colour] in small.items()} == expected
+    assert set(first.values()) == set(expected.values())
+    # runs under the panels, the line-style key beside them: two legends in two places
+    layout = overlay["layout"]
+    assert layout["legend"]["orientation"] == "h" and layout["legend"]["y"] < 0
+    assert layout["legend4"]["x"] > 1
+    keys = [t["name"] for t in overlay["data"] if t.get("legend") == "legend4"]
+    assert keys == ["PGD acc", "FGSM acc", "clean acc"]
+    assert not set(keys) & set(first)
+    # labels name what differs: GradAlign, seed, and the run id where two configs are identical
+    assert any("seed=3" in label for label in first)
+    assert sum("[" in label for label in first) == 2

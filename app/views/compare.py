@@ -10,7 +10,7 @@ import streamlit as st
 
 from app import state
 from app.chart import live_chart
-from app.figures import Series, run_figure, shared_axes
+from app.figures import Series, run_colors, run_figure, shared_axes
 from app.refresh import while_live
 from app.tables import COLUMNS, MISSING, ORDER, runs_frame
 from app.text import distinguishing_labels, md_escape
@@ -54,14 +54,18 @@ def _charts(run_ids: list[str]) -> bool:
     r = state.connection()
     runs = [run for run in (api.get_run(r, run_id) for run_id in run_ids) if run is not None]
     labels = distinguishing_labels([run.config for run in runs], [run.id for run in runs])
-    series = [Series(label, state.history(r, run)) for label, run in zip(labels, runs, strict=True)]
+    colors = run_colors([run.id for run in runs])
+    series = [
+        Series(label, state.history(r, run), colors[run.id]) for label, run in zip(labels, runs, strict=True)
+    ]
     revision = sum(one.history.n_events for one in series)
     overlay = run_figure(series, uirevision="compare:" + ",".join(run_ids))
     live_chart(overlay, "compare.overlay", f"codash-compare-{'-'.join(run_ids)}-overlay", revision)
     table = runs_frame(runs)
     table.insert(1, "legend", labels)
+    in_colour = table.style.apply(lambda _: [f"color: {colors[run.id]}" for run in runs], subset=["legend"])
     st.dataframe(
-        table,
+        in_colour,
         hide_index=True,
         column_config=COLUMNS,
         column_order=["legend", *(c for c in ORDER if c not in ("label", "open"))],
