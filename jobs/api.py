@@ -17,6 +17,7 @@ from jobs.keys import DEFAULT_QUEUE
 from jobs.paths import run_dir
 from jobs.queue import cancel, delete, queued_count, resume, submit
 from jobs.registry import (
+    MAX_NOTE_CHARS,
     RESUMABLE,
     STATUSES,
     TERMINAL,
@@ -24,6 +25,7 @@ from jobs.registry import (
     Run,
     RunNotFound,
     WorkerInfo,
+    annotate,
     get_run,
     list_runs,
     sweep_runs,
@@ -32,6 +34,7 @@ from jobs.registry import (
 from jobs.stream import all_events, read_events
 
 __all__ = [
+    "MAX_NOTE_CHARS",
     "DEFAULT_QUEUE",
     "RESUMABLE",
     "STATUSES",
@@ -41,6 +44,7 @@ __all__ = [
     "RunNotFound",
     "WorkerInfo",
     "all_events",
+    "annotate",
     "cancel",
     "connect",
     "delete",

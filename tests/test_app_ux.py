@@ -4,7 +4,10 @@ evaluation's progress, words that match the pictures. AppTest against a real Red
 
 from __future__ import annotations
 
+import io
+import json
 import time
+import zipfile
 
 import pytest
 from test_app_figures import (
@@ -18,6 +21,7 @@ from test_app_figures import (
 from test_app_pages import app, append, charts, numbers, running_events, store_run
 
 from app import estimate
+from app.export import runs_zip
 from app.figures import CO_COLOR, METRICS, RUN_PALETTE, run_colors
 from app.text import md_escape
 from jobs import api
@@ -293,3 +297,83 @@ def test_compare_colours_follow_the_run_and_the_legends_cannot_collide(r):
     # labels name what differs: GradAlign, seed, and the run id where two configs are identical
     assert any("seed=3" in label for label in first)
     assert sum("[" in label for label in first) == 2
+
+
+# --- item 8: the Runs page; item 12: tags and notes ---
+
+
+def select_rows(at, rows: list[int]) -> None:
+    key = [k for k in at.session_state if k.startswith("runs.table")][0]
+    at.session_state[key] = {"selection": {"rows": rows, "columns": [], "cells": []}}
+    at.run()
+
+
+def test_runs_table_fits_has_a_seed_column_and_exports_a_selection_as_one_zip(r):
+    first = store_run(r, co_run_events())
+    second = store_run(r, [config_event(total=100, seed=7), *running_events()[1:]], status="running")
+    at = app().run()
+    at.switch_page("views/runs.py").run()
+    table = at.dataframe[0]
+    assert table.value.set_index("id").loc[second, "seed"] == 7
+    shown = list(table.proto.column_order)
+    assert shown[:2] == ["open", "label"] and "seed" in shown and "id" in shown and len(shown) <= 10
+    at.multiselect(key="runs.columns").set_value(["ε", "device"]).run()
+    assert list(at.dataframe[0].proto.column_order)[-2:] == ["ε", "device"]
+
+    select_rows(at, [0, 1])
+    labels = [button.label for button in at.get("download_button")]
+    assert labels == ["Export 2 as zip"]  # export stays with several runs selected
+    api.annotate(r, first, "co, baseline", "the <b>collapse</b> at 60")
+    runs = [api.get_run(r, first), api.get_run(r, second)]
+    archive = zipfile.ZipFile(io.BytesIO(runs_zip(runs, lambda run_id: api.all_events(r, run_id))))
+    names = set(archive.namelist())
+    assert {"runs.csv", f"{first}/events.jsonl", f"{first}/events.csv", f"{second}/run.json"} <= names
+    events = [json.loads(line) for line in archive.read(f"{first}/events.jsonl").decode().splitlines()]
+    assert events == api.all_events(r, first)
+    record = json.loads(archive.read(f"{first}/run.json"))
+    assert (record["tags"], record["note"]) == (["co", "baseline"], "the <b>collapse</b> at 60")
+    table_csv = archive.read("runs.csv").decode()
+    assert "co, baseline" in table_csv and "seed" in table_csv.splitlines()[0]
+
+
+def test_tags_and_notes_are_edited_searched_bounded_and_shown_escaped(r):
+    run_id = store_run(r, co_run_events())
+    other = store_run(r, co_run_events())
+    at = app(run=run_id).run()
+    at.text_input(key=f"live.tags.{run_id}").set_value("co, seed-0")
+    at.text_area(key=f"live.note.{run_id}").set_value("**not bold** <script>x</script>")
+    at.button[[b.label for b in at.button].index("Save tags and note")].click().run()
+    run = api.get_run(r, run_id)
+    assert (run.tags, run.note) == (("co", "seed-0"), "**not bold** <script>x</script>")
+    at.run()
+    assert md_escape("**not bold** <script>x</script>") in " ".join(m.value for m in at.markdown)
+
+    at.text_input(key=f"live.tags.{run_id}").set_value("fine, not fine!")
+    at.button[[b.label for b in at.button].index("Save tags and note")].click().run()
+    assert any(md_escape("tags: 'not fine!' is not allowed") in error.value for error in at.error)
+    assert api.get_run(r, run_id).tags == ("co", "seed-0")  # nothing stored is lost
+    with pytest.raises(ValueError, match="note: at most 2,000 characters"):
+        api.annotate(r, run_id, "", "x" * 2001)
+    with pytest.raises(ValueError, match="at most 12 tags"):
+        api.annotate(r, run_id, [f"t{n}" for n in range(13)], "")
+    with pytest.raises(api.RunNotFound):
+        api.annotate(r, "0123456789ab", "x", "")
+    assert not r.exists("codash:run:0123456789ab")  # a missing run is not recreated
+
+    runs = app().run()
+    runs.switch_page("views/runs.py").run()
+    runs.text_input(key="runs.search").set_value("seed-0").run()
+    assert runs.dataframe[0].value["id"].tolist() == [run_id]
+    runs.text_input(key="runs.search").set_value("script").run()  # the note is searched too
+    assert runs.dataframe[0].value["id"].tolist() == [run_id]
+    assert other
+
+
+def test_tags_written_into_redis_by_hand_are_parsed_not_trusted(r):
+    run_id = store_run(r, co_run_events())
+    for junk in ("not json", json.dumps({"a": 1}), json.dumps(["ok", 5]), json.dumps(["<b>x</b>"])):
+        r.hset(f"codash:run:{run_id}", "tags", junk)
+        assert api.get_run(r, run_id).tags == ()
+    r.hset(f"codash:run:{run_id}", mapping={"tags": json.dumps(["fine"]), "note": "n" * 5000})
+    run = api.get_run(r, run_id)
+    assert run.tags == ("fine",) and len(run.note) == api.MAX_NOTE_CHARS

@@ -12,7 +12,7 @@ from app import state
 from app.chart import live_chart
 from app.figures import Series, run_colors, run_figure, shared_axes
 from app.refresh import while_live
-from app.tables import COLUMNS, MISSING, ORDER, runs_frame
+from app.tables import COLUMNS, MISSING, MORE, ORDER, runs_frame
 from app.text import distinguishing_labels, md_escape
 from jobs import api
 
@@ -68,7 +68,7 @@ def _charts(run_ids: list[str]) -> bool:
         in_colour,
         hide_index=True,
         column_config=COLUMNS,
-        column_order=["legend", *(c for c in ORDER if c not in ("label", "open"))],
+        column_order=["legend", *(c for c in ORDER + MORE if c not in ("label", "open"))],
         placeholder=MISSING,
     )
 

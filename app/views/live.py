@@ -12,7 +12,7 @@ import time
 
 import streamlit as st
 
-from app import nav, state
+from app import nav, notes, state
 from app.chart import live_chart
 from app.figures import Series, filters_figure, inside_figure, run_figure
 from app.history import RunHistory
@@ -69,6 +69,8 @@ def _panel(run_id: str) -> bool:
         return False
     history = state.history(r, run)
     st.header(md_escape(run.config.label()), anchor=False)
+    if notes.shown(run):
+        st.markdown(notes.shown(run))
     if run.status == "failed":
         _failure(run, history)
     _status(r, run, history)
@@ -86,6 +88,8 @@ def _panel(run_id: str) -> bool:
     _inside(run, history)
     if run.final:
         _final(run.final, run.config)
+    with st.expander("Tags and note"):
+        notes.editor(r, run, "live")
     with st.expander("Config"):
         st.json(run.config.model_dump(mode="json"))
     return run.status not in api.TERMINAL
