@@ -363,7 +363,8 @@ def test_runs_table_filters_selects_exports_and_deletes(r):
     key = [k for k in at.session_state if k.startswith("runs.table")][0]
     at.session_state[key] = {"selection": {"rows": [1], "columns": [], "cells": []}}
     at.run()
-    assert [button.label for button in at.get("download_button")] == ["Events as CSV", "Events as JSON Lines"]
+    downloads = [button.label for button in at.get("download_button")]
+    assert downloads == ["Events as CSV", "Events as JSON Lines", "Export 1 as zip"]
     assert at.button(key="runs.compare").disabled
     at.button(key="runs.delete").click().run()
     assert [run.id for run in api.list_runs(r)] == [queued, running]
