@@ -34,6 +34,7 @@ class RunHistory:
     snapshots: dict[int, dict[str, Any]] = field(default_factory=dict)  # arrays as float32 numpy arrays
     co: dict[str, Any] | None = None
     final: dict[str, Any] | None = None
+    final_progress: dict[str, Any] | None = None  # the latest, while the final evaluation runs
     last_id: str = "0-0"
     n_events: int = 0
     attempt: int = 1  # the run's attempt these events belong to (a resume rewinds the stream)
@@ -52,6 +53,8 @@ class RunHistory:
                 self.snapshots[event["iteration"]] = compact_snapshot(event)
             elif kind == "co":
                 self.co = event
+            elif kind == "final_progress":
+                self.final_progress = event
             elif kind == "final":
                 self.final = event
         if last_id is not None:
@@ -68,7 +71,7 @@ class RunHistory:
         self.snapshots = {it: row for it, row in self.snapshots.items() if it <= start}
         if self.co is not None and self.co["iteration"] > start:
             self.co = None
-        self.final = None
+        self.final = self.final_progress = None
 
     @property
     def iteration(self) -> int:

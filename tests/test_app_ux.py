@@ -10,6 +10,7 @@ import time
 import zipfile
 
 import pytest
+from conftest import TINY
 from test_app_figures import (
     co_run_events,
     config_event,
@@ -28,6 +29,7 @@ from jobs import api
 from jobs.queue import job_id, rq_queue
 from jobs.registry import transition
 from trainer.config import make_config
+from trainer.events import make_event
 from trainer.presets import PRESETS
 
 RESNET_PRESET = "CIFAR-10 ResNet-18: FGSM + GradAlign λ=0.2, ε=8/255 (paper)"
@@ -377,3 +379,45 @@ def test_tags_written_into_redis_by_hand_are_parsed_not_trusted(r):
     r.hset(f"codash:run:{run_id}", mapping={"tags": json.dumps(["fine"]), "note": "n" * 5000})
     run = api.get_run(r, run_id)
     assert run.tags == ("fine",) and len(run.note) == api.MAX_NOTE_CHARS
+
+
+# --- item 6: the final evaluation's progress ---
+
+
+def test_the_final_evaluation_reports_points_attacked_last_then_best(tmp_path):
+    from trainer.loop import train
+
+    events: list[dict] = []
+    config = make_config({**TINY, "final_pgd_restarts": 2, "eps": 0.3})
+    train(config, events.append, tmp_path)
+    progress = [event for event in events if event["type"] == "final_progress"]
+    final = events[-1]
+    assert final["type"] == "final" and progress  # every progress event comes before the final one
+    models = progress[0]["models"]
+    assert models == (1 if final["best_iteration"] == final["iterations"] else 2)
+    assert [event["model"] for event in progress] == ["last"] * 2 + ["best"] * 2 * (models - 1)
+    assert [event["done"] for event in progress] == [32, 64] * models  # 64 points, 2 restarts, one batch
+    assert {event["points"] for event in progress} == {64}
+    elapsed = [event["elapsed_s"] for event in progress]
+    assert elapsed == sorted(elapsed) and elapsed[0] >= 0
+
+
+def test_the_live_view_shows_the_final_evaluation_progress_and_time_left(r):
+    events = running_events(total=40, until=40)
+    events.append(make_event("final_progress", model="last", models=2, done=150, points=300, elapsed_s=30.0))
+    run_id = store_run(r, events, status="running")
+    at = app(run=run_id).run()
+    bars = [bar.proto for bar in at.get("progress")]
+    assert len(bars) == 2
+    assert bars[1].text == (
+        "final PGD-50-10 on the last model (1 of 2): 150 of 300 test images attacked · about 1:30 left"
+    )
+    assert bars[1].value == 25
+    append(
+        r,
+        run_id,
+        [make_event("final_progress", model="best", models=2, done=300, points=300, elapsed_s=80.0)],
+    )
+    at.run()
+    bar = at.get("progress")[1].proto
+    assert (bar.value, "early-stopped (best) model (2 of 2): 300 of 300" in bar.text) == (100, True)

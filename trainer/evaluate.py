@@ -6,7 +6,7 @@ often never changes the training run itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -36,11 +36,21 @@ def pgd_accuracy(
     restarts: int,
     generator: torch.Generator,
     batch: int = 1024,
+    progress: Callable[[int], None] | None = None,
 ) -> float:
-    """Accuracy under PGD with step eps/4 (the paper's evaluation attack), batched."""
+    """Accuracy under PGD with step eps/4 (the paper's evaluation attack), batched.
+
+    `progress(done)` hears how many of the points have been attacked, after every restart of every batch.
+    """
     correct = 0
-    for xb, yb in batches(x, y, batch):
-        delta = pgd(model, xb, yb, eps, eps / 4, steps, restarts, generator=generator)
+    for start in range(0, len(x), batch):
+        xb, yb = x[start : start + batch], y[start : start + batch]
+
+        def report(n: int, start: int = start, size: int = len(xb)) -> None:
+            if progress is not None:
+                progress(start + size * n // restarts)
+
+        delta = pgd(model, xb, yb, eps, eps / 4, steps, restarts, generator=generator, on_restart=report)
         with torch.no_grad():
             correct += int((model(xb + delta).argmax(1) == yb).sum())
     return correct / max(len(x), 1)

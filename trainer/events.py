@@ -44,6 +44,9 @@ FIELDS: dict[str, tuple[str, ...]] = {
     ),
     "co": ("iteration", "pgd_acc", "best_pgd_acc", "fgsm_acc", "confirmed_at", "rule"),
     "checkpoint": ("iteration", "epoch"),
+    # The final evaluation's PGD, after each restart of each batch: `done` of `points` test images attacked
+    # on `model` ("last", then "best" when it differs: `models` is 1 or 2), `elapsed_s` since it began.
+    "final_progress": ("model", "models", "done", "points", "elapsed_s"),
     "final": (
         "co_detected",
         "co_iteration",
@@ -58,7 +61,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 # Fields that depend on the machine's speed, not on the computation: left out when comparing runs.
-TIMING_FIELDS = frozenset({"train_images_per_s", "wall_s"})
+TIMING_FIELDS = frozenset({"train_images_per_s", "wall_s", "elapsed_s"})
 # Events that carry arrays (images, filters): in the JSONL and the stream like any other, left out of tables.
 ARRAY_EVENTS = frozenset({"snapshot"})
 

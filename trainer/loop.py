@@ -269,13 +269,32 @@ def _final(model, cfg, data: Dataset, state: RunState, run_dir: Path, emit: Sink
     With `autoattack` on, AutoAttack (standard, L-inf) also runs on the same points (None when off).
     """
     points = min(cfg.final_eval_points, len(data.test_x))
-    results = {"last": _final_metrics(model, cfg, data, device, points)}
     best_state = load_checkpoint(run_dir, "best", device)
-    if best_state is None or best_state["iteration"] == state.iteration:
-        results["best"] = dict(results["last"])  # the same weights: no need to attack them again
+    same = best_state is None or best_state["iteration"] == state.iteration  # no need to attack it twice
+    begun = time.perf_counter()
+
+    def progress(which: str) -> Callable[[int], None]:
+        def report(done: int) -> None:
+            elapsed = time.perf_counter() - begun
+            emit(
+                make_event(
+                    "final_progress",
+                    model=which,
+                    models=1 if same else 2,
+                    done=done,
+                    points=points,
+                    elapsed_s=elapsed,
+                )
+            )
+
+        return report
+
+    results = {"last": _final_metrics(model, cfg, data, device, points, progress("last"))}
+    if same:
+        results["best"] = dict(results["last"])
     else:
         model.load_state_dict(best_state["model"])
-        results["best"] = _final_metrics(model, cfg, data, device, points)
+        results["best"] = _final_metrics(model, cfg, data, device, points, progress("best"))
     final = make_event(
         "final",
         co_detected=state.detector.fired_at is not None,
@@ -292,13 +311,14 @@ def _final(model, cfg, data: Dataset, state: RunState, run_dir: Path, emit: Sink
     return final
 
 
-def _final_metrics(model, cfg, data: Dataset, device, n: int) -> dict[str, float | None]:
+def _final_metrics(model, cfg, data: Dataset, device, n: int, progress) -> dict[str, float | None]:
     model.eval()
     robust = auto = None
     if n:
         generator = torch.Generator(device).manual_seed(cfg.seed)
         xs, ys = data.test_x[:n], data.test_y[:n]
-        robust = pgd_accuracy(model, xs, ys, cfg.eps, cfg.final_pgd_steps, cfg.final_pgd_restarts, generator)
+        steps, restarts = cfg.final_pgd_steps, cfg.final_pgd_restarts
+        robust = pgd_accuracy(model, xs, ys, cfg.eps, steps, restarts, generator, progress=progress)
         if cfg.autoattack:
             auto = autoattack_accuracy(model, xs, ys, cfg.eps, DATA_SHAPES[cfg.dataset][2], cfg.seed)
     return {"clean_acc": accuracy(model, data.test_x, data.test_y), "pgd_acc": robust, "autoattack_acc": auto}

@@ -114,8 +114,26 @@ def _status(r, run, history: RunHistory) -> None:
         if run.status == "running" and total in history.evals:  # the last live eval is in: the final runs
             text += f" · final evaluation: {run.config.final_measures()} of the last and the best model…"
         st.progress(fraction, text=text)
+        if run.status == "running" and history.final_progress and not history.final:
+            st.progress(*final_progress(history.final_progress, run.config.final_pgd))
     with right:
         _controls(r, run)
+
+
+def final_progress(event: dict, attack: str) -> tuple[float, str]:
+    """The final evaluation's bar: points attacked on the last model, then the best, and the time left.
+
+    The estimate assumes every point costs the same (it does: each gets the same steps and restarts).
+    """
+    models, points, done = event["models"], event["points"], event["done"]
+    finished = done + (points if event["model"] == "best" else 0)  # the last model's points came first
+    fraction = finished / (models * points) if points else 1.0
+    left = event["elapsed_s"] * (1 - fraction) / fraction if fraction else None
+    which = "last model" if event["model"] == "last" else "early-stopped (best) model"
+    step = f"{1 if event['model'] == 'last' else 2} of {models}"
+    text = f"final {attack} on the {which} ({step}): {done:,} of {points:,} test images attacked"
+    text += f" · about {format_duration(left)} left" if left is not None else ""
+    return min(fraction, 1.0), text
 
 
 def _waiting_for(r, run, history: RunHistory) -> str:
