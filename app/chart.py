@@ -41,6 +41,8 @@ FRONTEND = """<!doctype html>
 <div id="chart"></div>
 <script>
   const chart = document.getElementById("chart");
+  const NARROW_PX = 640;  // Streamlit stacks columns below this width: a phone, a split screen
+  let lastArgs = null;
   let lastSpec = null;
   let clickBound = false;
 
@@ -57,9 +59,13 @@ FRONTEND = """<!doctype html>
   }
 
   function render(args) {
-    if (args.spec === lastSpec) return;
-    lastSpec = args.spec;
-    const figure = JSON.parse(args.spec);
+    lastArgs = args;
+    // the narrow variant (when given) is the same data laid out for a small screen
+    const spec = args.narrow && window.innerWidth < NARROW_PX ? args.narrow : args.spec;
+    if (spec === lastSpec) return;
+    lastSpec = spec;
+    chart.dataset.layout = spec === args.spec ? "wide" : "narrow";
+    const figure = JSON.parse(spec);
     const layout = Object.assign({}, figure.layout, { autosize: true });
     const config = Object.assign({ responsive: true }, args.config);
     Plotly.react(chart, figure.data, layout, config).then(function () {
@@ -72,6 +78,9 @@ FRONTEND = """<!doctype html>
     send("streamlit:setFrameHeight", { height: layout.height || 450 });
   }
 
+  window.addEventListener("resize", function () {
+    if (lastArgs) render(lastArgs);
+  });
   window.addEventListener("message", function (event) {
     if (event.data && event.data.type === "streamlit:render") render(event.data.args);
   });
@@ -114,13 +123,23 @@ def plot_config(download_name: str) -> dict[str, Any]:
     }
 
 
-def live_chart(fig: go.Figure, key: str, download_name: str, revision: int = 0) -> list | None:
+def live_chart(
+    fig: go.Figure, key: str, download_name: str, revision: int = 0, narrow: go.Figure | None = None
+) -> list | None:
     """Show `fig`, updating the chart already on screen under `key`; returns the clicked point's customdata.
 
     `download_name` names the PNG the toolbar saves (say which run and which panel). `revision` (e.g. the
     number of events drawn) is written on the chart element, so a browser test can tell which data the
-    chart is showing.
+    chart is showing. `narrow`, the same chart laid out for a phone, is shown where the chart is narrower
+    than 640 px (and swapped in and out as the window is resized).
     """
     config = plot_config(download_name)
-    clicked = _component()(spec=fig.to_json(), config=config, revision=revision, key=key, default=None)
+    clicked = _component()(
+        spec=fig.to_json(),
+        narrow=narrow.to_json() if narrow is not None else None,
+        config=config,
+        revision=revision,
+        key=key,
+        default=None,
+    )
     return clicked["customdata"] if clicked else None

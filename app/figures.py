@@ -310,6 +310,7 @@ def _layout(fig: go.Figure, uirevision: str, height: int, overlay: bool, compact
 CLASS_NAMES = {
     "cifar10": ("airplane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
 }
+TOOLBAR_PX = 34  # Plotly's toolbar row: on a narrow screen titles start below it
 SIGNED_SCALE = "RdBu_r"  # negative blue, zero white, positive red
 GAP = 255  # the white line between filters in an RGB mosaic
 
@@ -347,8 +348,11 @@ def _rgb(signed: np.ndarray) -> np.ndarray:
     return np.clip(np.rint((signed + 1) * 127.5), 0, 255).astype(np.uint8)
 
 
-def filters_figure(snapshot: dict[str, Any], uirevision: str) -> go.Figure:
-    """The first layer's filters as one tiled image (the paper's Fig. 4), each filter on its own scale."""
+def filters_figure(snapshot: dict[str, Any], uirevision: str, narrow: bool = False) -> go.Figure:
+    """The first layer's filters as one tiled image (the paper's Fig. 4), each filter on its own scale.
+
+    `narrow` (a phone): the title on two lines, below the toolbar's row.
+    """
     filters = snapshot["filters"]
     n, channels, k, _ = filters.shape
     columns = filter_columns(n)
@@ -368,22 +372,33 @@ def filters_figure(snapshot: dict[str, Any], uirevision: str) -> go.Figure:
     fig = go.Figure(trace)
     rows = -(-n // columns)
     what = "RGB, 0 as grey" if channels == 3 else ("red > 0 > blue" if channels == 1 else "channel mean")
+    gap = "<br>" if narrow else " "
+    top = TOOLBAR_PX + 50 if narrow else 40
     fig.update_layout(
         template="plotly_white",
-        height=70 + rows * 110,
+        height=top + 30 + rows * 110,
         uirevision=uirevision,
-        title={"text": f"First-layer filters: {n} × {k}×{k} ({what}; each on its own scale)", "x": 0},
-        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        title={
+            "text": f"First-layer filters: {n} × {k}×{k}{gap}({what}; each on its own scale)",
+            "x": 0,
+            **(
+                {"yref": "container", "y": 1 - TOOLBAR_PX / (top + 30 + rows * 110), "yanchor": "top"}
+                if narrow
+                else {}
+            ),
+        },
+        margin={"l": 10, "r": 10, "t": top, "b": 10},
     )
     _image_axes(fig)
     return fig
 
 
-def inside_figure(snapshot: dict[str, Any], dataset: str, uirevision: str) -> go.Figure:
+def inside_figure(snapshot: dict[str, Any], dataset: str, uirevision: str, narrow: bool = False) -> go.Figure:
     """One eval image, its FGSM and PGD perturbations and the input gradients at x and x+η, side by side.
 
     Perturbations are drawn as δ/ε and gradients divided by their largest |entry|, all on one diverging
     scale (red > 0 > blue; RGB with 0 as grey on colour images); titles carry the predictions.
+    `narrow` (a phone): two to a row, so no title runs into the next, and the first row below the toolbar.
     """
     names = CLASS_NAMES.get(dataset)
     label = snapshot["label"]
@@ -404,16 +419,23 @@ def inside_figure(snapshot: dict[str, Any], dataset: str, uirevision: str) -> go
         ("grad_x", "∇ℓ at x"),
         ("grad_random", "∇ℓ at x+η" + (f"<br>cos with ∇ℓ at x: {cos:.2f}" if cos is not None else "")),
     )
+    columns = 2 if narrow else len(panels)
+    rows = -(-len(panels) // columns)
     fig = make_subplots(
-        rows=1, cols=len(panels), subplot_titles=[title for _, title in panels], horizontal_spacing=0.03
+        rows=rows,
+        cols=columns,
+        subplot_titles=[title for _, title in panels],
+        horizontal_spacing=0.08 if narrow else 0.03,
+        vertical_spacing=0.12,
     )
-    for column, (key, _) in enumerate(panels, start=1):
-        fig.add_trace(_array_trace(snapshot[key], signed=key != "image"), row=1, col=column)
+    for index, (key, _) in enumerate(panels):
+        row, column = divmod(index, columns)
+        fig.add_trace(_array_trace(snapshot[key], signed=key != "image"), row=row + 1, col=column + 1)
     fig.update_layout(
         template="plotly_white",
-        height=330,
+        height=330 if not narrow else 260 * rows + TOOLBAR_PX,
         uirevision=uirevision,
-        margin={"l": 10, "r": 10, "t": 70, "b": 10},
+        margin={"l": 10, "r": 10, "t": 70 + (TOOLBAR_PX if narrow else 0), "b": 10},
         coloraxis={"colorscale": SIGNED_SCALE, "cmin": -1, "cmax": 1, "colorbar": {"thickness": 12}},
         coloraxis2={"colorscale": "gray", "cmin": 0, "cmax": 1, "showscale": False},
     )

@@ -78,12 +78,13 @@ def _panel(run_id: str) -> bool:
         if run.status != "failed":
             st.info(_waiting_for(r, run, history), icon=":material/hourglass_top:")
         return run.status not in api.TERMINAL
-    figure = run_figure([Series(run.config.label(), history)], uirevision=run_id)
+    series = [Series(run.config.label(), history)]
     live_chart(
-        figure,
+        run_figure(series, uirevision=run_id),
         key="live.chart",
         download_name=f"codash-{run_id}-accuracy-alignment-loss",
         revision=history.n_events,
+        narrow=run_figure(series, uirevision=run_id, compact=True, height=820),
     )
     _inside(run, history)
     if run.final:
@@ -214,10 +215,20 @@ def _inside(run, history: RunHistory) -> None:
     snapshot = history.snapshots[iteration]
     revision = iteration  # which snapshot a chart shows, for the browser test
     if snapshot.get("filters") is not None:
-        filters = filters_figure(snapshot, uirevision=run.id)
-        live_chart(filters, "live.filters", f"codash-{run.id}-filters-iteration-{iteration}", revision)
-    inside = inside_figure(snapshot, run.config.dataset, uirevision=run.id)
-    live_chart(inside, "live.inside", f"codash-{run.id}-perturbations-iteration-{iteration}", revision)
+        live_chart(
+            filters_figure(snapshot, uirevision=run.id),
+            "live.filters",
+            f"codash-{run.id}-filters-iteration-{iteration}",
+            revision,
+            narrow=filters_figure(snapshot, uirevision=run.id, narrow=True),
+        )
+    live_chart(
+        inside_figure(snapshot, run.config.dataset, uirevision=run.id),
+        "live.inside",
+        f"codash-{run.id}-perturbations-iteration-{iteration}",
+        revision,
+        narrow=inside_figure(snapshot, run.config.dataset, uirevision=run.id, narrow=True),
+    )
     st.caption(inside_caption(snapshot, iteration, history.co_iteration))
 
 

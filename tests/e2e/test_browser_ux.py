@@ -13,15 +13,17 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, embedded_redis, wait_for
-from test_app_figures import co_run_events
-from test_app_pages import store_run
+from test_app_figures import co_run_events, config_event, final_event, snapshot_event
+from test_app_pages import append, running_events, store_run
 
 from jobs import api
+from jobs.registry import transition
 from jobs.server import free_port
 from jobs.up import dashboard_healthy
 
@@ -155,4 +157,98 @@ def test_chart_toolbars_offer_no_cloud_upload_and_name_the_png(browser, dashboar
         chart.locator("#chart").evaluate("element => JSON.stringify(element._context.toImageButtonOptions)")
     )
     assert config["filename"] == f"codash-{run_id}-accuracy-alignment-loss"
+    page.close()
+
+
+def box(locator) -> dict:
+    found = locator.bounding_box()
+    assert found is not None, locator
+    return found
+
+
+def overlap(a: dict, b: dict) -> bool:
+    return (
+        a["x"] < b["x"] + b["width"] - 1
+        and b["x"] < a["x"] + a["width"] - 1
+        and a["y"] < b["y"] + b["height"] - 1
+        and b["y"] < a["y"] + a["height"] - 1
+    )
+
+
+def assert_apart(boxes: dict[str, dict]) -> None:
+    names = list(boxes)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            assert not overlap(boxes[first], boxes[second]), (first, boxes[first], second, boxes[second])
+
+
+def test_the_live_view_is_usable_on_a_phone(browser, dashboard, r):
+    events = co_run_events(total=100, co_at=60)
+    events[-1:-1] = [snapshot_event(40), snapshot_event(80)]
+    run_id = store_run(r, events)
+    page = browser.new_page(viewport={"width": 400, "height": 900})
+    page.goto(f"{dashboard}/live?run={run_id}")
+    page.get_by_role("heading", name="Inside the model").wait_for(timeout=TIMEOUT_MS)
+    titles = {
+        0: ("Accuracy", "Cosine", "Loss"),
+        1: (),  # the filters: a figure title
+        2: ("image · label", "FGSM δ/ε", "PGD δ/ε", "∇ℓ at x", "∇ℓ at x+η"),
+    }
+    for index, names in titles.items():
+        frame = page.frame_locator(CHARTS).nth(index)
+        chart = frame.locator("#chart")
+        chart.scroll_into_view_if_needed()
+        wait_for(
+            lambda chart=chart: chart.get_attribute("data-layout") == "narrow", 30, f"chart {index} narrow"
+        )
+        boxes = {"toolbar": box(frame.locator(".modebar"))}
+        for name in names:
+            found = frame.locator(".annotation-text", has_text=name)
+            boxes[name] = box(found.first if name != "∇ℓ at x" else found.nth(0))
+        if not names:
+            boxes["title"] = box(frame.locator(".gtitle"))
+        assert all(b["x"] >= 0 and b["x"] + b["width"] <= 401 for b in boxes.values()), boxes
+        assert_apart(boxes)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 400  # nothing off to the side
+    page.set_viewport_size({"width": 1400, "height": 900})  # and back: the wide layout returns
+    chart = page.frame_locator(CHARTS).nth(2).locator("#chart")
+    wait_for(lambda: chart.get_attribute("data-layout") == "wide", 30, "the wide layout")
+    page.close()
+
+
+def test_compare_legends_do_not_overprint_with_four_runs(browser, dashboard, r):
+    ids = [store_run(r, co_run_events()) for _ in range(2)]
+    ids.append(store_run(r, [config_event(total=100, grad_align_lambda=2.0), *co_run_events()[1:]]))
+    ids.append(store_run(r, [config_event(total=100, seed=3), *co_run_events()[1:]]))
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    page.goto(f"{dashboard}/compare?compare={','.join(ids)}")
+    frame = page.frame_locator(CHARTS).first
+    frame.locator(".legendtext", has_text="PGD acc").wait_for(timeout=TIMEOUT_MS)
+    legends = frame.locator(".infolayer > g[class^='legend']")
+    boxes = {f"legend {n}": box(legends.nth(n)) for n in range(legends.count())}
+    assert len(boxes) == 4  # the runs, and the three panels' keys
+    assert_apart(boxes)
+    page.close()
+
+
+def test_runs_page_refreshes_itself_and_its_toolbar_leaves_refresh_free(browser, dashboard, r):
+    run_id = store_run(r, running_events(total=100, until=40), status="running")
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(f"{dashboard}/runs")
+    table = page.get_by_test_id("stDataFrame")
+    table.wait_for(timeout=TIMEOUT_MS)
+    grid = table.locator("table")
+    wait_for(lambda: "running" in grid.inner_text(), 30, "the running run in the table")
+    append(r, run_id, [final_event(None, 0.42)])
+    transition(
+        r, run_id, {"running"}, {"status": "finished", "finished_at": time.time(), "error": ""}, attempt=1
+    )
+    wait_for(lambda: "finished" in grid.inner_text(), 30, "the table to refresh itself")  # no click
+    table.hover()
+    toolbar = page.get_by_test_id("stElementToolbar").first
+    toolbar.wait_for(timeout=TIMEOUT_MS)
+    assert not overlap(box(toolbar), box(page.get_by_role("button", name="Refresh")))
+    scroller = table.locator(".dvn-scroller")
+    width, visible = scroller.evaluate("element => [element.scrollWidth, element.clientWidth]")
+    assert width <= visible + 1  # every column, the id and the live-view link included, on screen
     page.close()
