@@ -21,6 +21,7 @@ from typing import Any
 
 import plotly
 import plotly.graph_objects as go
+import streamlit as st
 import streamlit.components.v1 as components
 
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
@@ -58,6 +59,20 @@ FRONTEND = """<!doctype html>
     send("streamlit:setComponentValue", { value: { customdata: data, at: Date.now() }, dataType: "json" });
   }
 
+  function onRelayout(update) {
+    // a zoom or pan of the (shared) iteration axis, or a reset: sent so the page can keep it in its URL
+    for (const axis of ["xaxis", "xaxis2", "xaxis3"]) {
+      let range;
+      const low = update[axis + ".range[0]"];
+      if (low !== undefined) range = [low, update[axis + ".range[1]"]];
+      else if (Array.isArray(update[axis + ".range"])) range = update[axis + ".range"];
+      else if (update[axis + ".autorange"]) range = null;
+      else continue;
+      send("streamlit:setComponentValue", { value: { x_range: range, at: Date.now() }, dataType: "json" });
+      return;
+    }
+  }
+
   function render(args) {
     lastArgs = args;
     // the narrow variant (when given) is the same data laid out for a small screen
@@ -72,6 +87,7 @@ FRONTEND = """<!doctype html>
       chart.dataset.revision = String(args.revision);
       if (!clickBound) {
         chart.on("plotly_click", onClick);
+        chart.on("plotly_relayout", onRelayout);
         clickBound = true;
       }
     });
@@ -109,6 +125,11 @@ def _component() -> Any:
     return components.declare_component("live_plotly", path=str(directory))
 
 
+def dark_theme() -> bool:
+    """Whether Streamlit shows its dark theme (charts then use a dark template)."""
+    return st.context.theme.type == "dark"
+
+
 def plot_config(download_name: str) -> dict[str, Any]:
     """Plotly's toolbar for a private dashboard: no upload to Plotly's cloud ("Share chart…", on by default in
     this plotly.js), no logo link; the PNG download is kept, saved as `download_name`.png (made file-safe).
@@ -125,8 +146,9 @@ def plot_config(download_name: str) -> dict[str, Any]:
 
 def live_chart(
     fig: go.Figure, key: str, download_name: str, revision: int = 0, narrow: go.Figure | None = None
-) -> list | None:
-    """Show `fig`, updating the chart already on screen under `key`; returns the clicked point's customdata.
+) -> dict[str, Any]:
+    """Show `fig`, updating the chart already on screen under `key`; returns the user's last action on it:
+    {"customdata": [...]} for a click on a point, {"x_range": [a, b] or None} for a zoom or its reset, {}.
 
     `download_name` names the PNG the toolbar saves (say which run and which panel). `revision` (e.g. the
     number of events drawn) is written on the chart element, so a browser test can tell which data the
@@ -134,7 +156,7 @@ def live_chart(
     than 640 px (and swapped in and out as the window is resized).
     """
     config = plot_config(download_name)
-    clicked = _component()(
+    action = _component()(
         spec=fig.to_json(),
         narrow=narrow.to_json() if narrow is not None else None,
         config=config,
@@ -142,4 +164,4 @@ def live_chart(
         key=key,
         default=None,
     )
-    return clicked["customdata"] if clicked else None
+    return action if isinstance(action, dict) else {}

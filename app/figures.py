@@ -18,7 +18,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from app.history import RunHistory
+from app.history import SMOOTHING, RunHistory
 
 METHOD_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 CO_COLOR = "#b30000"
@@ -79,6 +79,17 @@ PANELS = (
 
 
 @dataclass(frozen=True)
+class View:
+    """How the user asked to see the panels (the live view's controls, kept in the page's URL)."""
+
+    smoothing: float = SMOOTHING  # EMA weight of the per-iteration curves, 0 = raw
+    log_loss: bool = False  # the loss panel on a log scale
+    mark: int | None = None  # an iteration to mark on every panel (the snapshot slider's)
+    dark: bool = False  # Streamlit's dark theme: a dark chart template
+    x_range: tuple[float, float] | None = None  # the iteration range zoomed to
+
+
+@dataclass(frozen=True)
 class Series:
     """One run as drawn: its legend label, its history and (on Compare) its colour from run_colors."""
 
@@ -93,12 +104,14 @@ def run_figure(
     height: int = 760,
     compact: bool = False,
     axes: dict[str, list[float]] | None = None,
+    view: View = View(),
 ) -> go.Figure:
     """Accuracy, alignment and loss panels on a shared iteration axis, with a CO marker on every panel.
 
     One run: a colour per metric, each panel with its own legend. Several runs: a colour per run and a
     line style per metric, one legend of runs (clicking a run hides all its lines) and a style key per panel.
-    `axes` fixes ranges (shared_axes) so that small multiples side by side are drawn to one scale.
+    `axes` fixes ranges (shared_axes) so that small multiples side by side are drawn to one scale; `view`
+    is how the user chose to look (smoothing, log-scale loss, a marked iteration, dark theme, zoom).
     """
     overlay = len(series) > 1
     titles = [title for title, _ in PANELS] if not compact else [axis.capitalize() for _, axis in PANELS]
@@ -108,7 +121,7 @@ def run_figure(
     drawn: set[Metric] = set()
     for index, run in enumerate(series):
         color = run.color or RUN_PALETTE[index % len(RUN_PALETTE)]
-        frames = _frames(run.history)
+        frames = _frames(run.history, view.smoothing)
         first = True
         for metric in METRICS:
             if overlay and not metric.overlay:
@@ -142,10 +155,38 @@ def run_figure(
             fillcolor=series[0].color,
             name="run colour",
         )
-    _layout(fig, uirevision, height, overlay, compact)
+    _layout(fig, uirevision, height, overlay, compact, view.dark)
     for name, value in (axes or {}).items():
         fig.update_layout({name: {"range": value}})
+    _apply_view(fig, view)
     return fig
+
+
+def _apply_view(fig: go.Figure, view: View) -> None:
+    if view.log_loss:
+        fig.update_yaxes(type="log", row=3, col=1)
+    if view.x_range is not None:
+        fig.update_xaxes(range=list(view.x_range), autorange=False)
+    if view.mark is not None:  # the evaluation shown under "Inside the model"
+        for row in (1, 2, 3):
+            fig.add_vline(
+                x=view.mark,
+                row=row,
+                col=1,
+                line={"color": "#757575", "width": 1.5, "dash": "dot"},
+                name="mark",
+            )
+        fig.add_annotation(
+            x=view.mark,
+            y=1,
+            xref="x",
+            yref="y domain",
+            text=f"inside the model: {view.mark:,}",
+            showarrow=False,
+            yanchor="bottom",
+            font={"size": 11, "color": "#757575"},
+            name="mark",
+        )
 
 
 def shared_axes(series: Sequence[Series]) -> dict[str, list[float]]:
@@ -173,9 +214,9 @@ def shared_axes(series: Sequence[Series]) -> dict[str, list[float]]:
     return axes
 
 
-def _frames(history: RunHistory) -> dict[str, pd.DataFrame]:
+def _frames(history: RunHistory, smoothing: float = SMOOTHING) -> dict[str, pd.DataFrame]:
     """A run's rows as drawn, by Metric.source: each built once per figure (metrics are smoothed)."""
-    return {"evals": history.evals_frame(), "metrics": history.metrics_frame()}
+    return {"evals": history.evals_frame(), "metrics": history.metrics_frame(smoothing)}
 
 
 def _has_values(frame: pd.DataFrame, metric: Metric) -> bool:
@@ -275,9 +316,9 @@ def _style_key(fig: go.Figure, metrics: list[Metric]) -> None:
         )
 
 
-def _layout(fig: go.Figure, uirevision: str, height: int, overlay: bool, compact: bool) -> None:
+def _layout(fig: go.Figure, uirevision: str, height: int, overlay: bool, compact: bool, dark: bool) -> None:
     fig.update_layout(
-        template="plotly_white",
+        template=template(dark),
         height=height,
         uirevision=uirevision,
         hovermode="x unified",
@@ -310,6 +351,13 @@ def _layout(fig: go.Figure, uirevision: str, height: int, overlay: bool, compact
 CLASS_NAMES = {
     "cifar10": ("airplane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
 }
+
+
+def template(dark: bool) -> str:
+    """Plotly's template to match Streamlit's theme (the chart's background is transparent either way)."""
+    return "plotly_dark" if dark else "plotly_white"
+
+
 TOOLBAR_PX = 34  # Plotly's toolbar row: on a narrow screen titles start below it
 SIGNED_SCALE = "RdBu_r"  # negative blue, zero white, positive red
 GAP = 255  # the white line between filters in an RGB mosaic
@@ -348,7 +396,9 @@ def _rgb(signed: np.ndarray) -> np.ndarray:
     return np.clip(np.rint((signed + 1) * 127.5), 0, 255).astype(np.uint8)
 
 
-def filters_figure(snapshot: dict[str, Any], uirevision: str, narrow: bool = False) -> go.Figure:
+def filters_figure(
+    snapshot: dict[str, Any], uirevision: str, narrow: bool = False, dark: bool = False
+) -> go.Figure:
     """The first layer's filters as one tiled image (the paper's Fig. 4), each filter on its own scale.
 
     `narrow` (a phone): the title on two lines, below the toolbar's row.
@@ -375,7 +425,7 @@ def filters_figure(snapshot: dict[str, Any], uirevision: str, narrow: bool = Fal
     gap = "<br>" if narrow else " "
     top = TOOLBAR_PX + 50 if narrow else 40
     fig.update_layout(
-        template="plotly_white",
+        template=template(dark),
         height=top + 30 + rows * 110,
         uirevision=uirevision,
         title={
@@ -393,7 +443,9 @@ def filters_figure(snapshot: dict[str, Any], uirevision: str, narrow: bool = Fal
     return fig
 
 
-def inside_figure(snapshot: dict[str, Any], dataset: str, uirevision: str, narrow: bool = False) -> go.Figure:
+def inside_figure(
+    snapshot: dict[str, Any], dataset: str, uirevision: str, narrow: bool = False, dark: bool = False
+) -> go.Figure:
     """One eval image, its FGSM and PGD perturbations and the input gradients at x and x+η, side by side.
 
     Perturbations are drawn as δ/ε and gradients divided by their largest |entry|, all on one diverging
@@ -432,7 +484,7 @@ def inside_figure(snapshot: dict[str, Any], dataset: str, uirevision: str, narro
         row, column = divmod(index, columns)
         fig.add_trace(_array_trace(snapshot[key], signed=key != "image"), row=row + 1, col=column + 1)
     fig.update_layout(
-        template="plotly_white",
+        template=template(dark),
         height=330 if not narrow else 260 * rows + TOOLBAR_PX,
         uirevision=uirevision,
         margin={"l": 10, "r": 10, "t": 70 + (TOOLBAR_PX if narrow else 0), "b": 10},
@@ -470,7 +522,7 @@ def _image_axes(fig: go.Figure) -> None:
 DODGE = 0.08  # how far apart methods are drawn at one ε, as a share of the ε grid's step
 
 
-def sweep_figure(points: pd.DataFrame, natural_units: bool, uirevision: str) -> go.Figure:
+def sweep_figure(points: pd.DataFrame, natural_units: bool, uirevision: str, dark: bool = False) -> go.Figure:
     """Lines of PGD accuracy against ε per method; ✕ marks a run that hit CO, hollow marks one still running.
 
     Each point carries its run id as customdata, so a click (selection event) can open that run. Methods
@@ -516,7 +568,7 @@ def sweep_figure(points: pd.DataFrame, natural_units: bool, uirevision: str) -> 
             )
         )
     fig.update_layout(
-        template="plotly_white",
+        template=template(dark),
         height=480,
         uirevision=uirevision,
         title="Final PGD accuracy against ε",

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 MAX_LINE_POINTS = 600  # per-iteration series are averaged into at most this many bins: SVG stays fast
-SMOOTH_ITERS = 10  # per-batch training numbers are noisy: drawn as a trailing moving average
+SMOOTHING = 0.8  # per-batch training numbers are noisy: drawn as an EMA with this weight (TensorBoard's)
 SNAPSHOT_ARRAYS = ("image", "fgsm_delta", "pgd_delta", "grad_x", "grad_random", "filters")
 
 
@@ -81,12 +81,14 @@ class RunHistory:
     def co_iteration(self) -> int | None:
         return self.co["iteration"] if self.co else None
 
-    def metrics_frame(self, max_points: int = MAX_LINE_POINTS) -> pd.DataFrame:
-        """Per-iteration training numbers, smoothed over SMOOTH_ITERS and averaged into max_points bins."""
+    def metrics_frame(self, smoothing: float = SMOOTHING, max_points: int = MAX_LINE_POINTS) -> pd.DataFrame:
+        """Per-iteration training numbers as an EMA (TensorBoard's, debiased: weight `smoothing` on the past,
+        0 = raw), averaged into max_points bins."""
         frame = _frame(self.metrics.values())
         if not frame.empty:
             columns = ["train_loss", "train_acc", "reg"]
-            frame[columns] = frame[columns].rolling(SMOOTH_ITERS, min_periods=1).mean()
+            if smoothing > 0:
+                frame[columns] = frame[columns].ewm(alpha=1 - smoothing, adjust=True).mean()
         return downsample(frame, max_points)
 
     def evals_frame(self) -> pd.DataFrame:

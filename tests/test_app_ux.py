@@ -23,7 +23,8 @@ from test_app_pages import app, append, charts, numbers, running_events, store_r
 
 from app import estimate
 from app.export import runs_zip
-from app.figures import CO_COLOR, METRICS, RUN_PALETTE, run_colors
+from app.figures import CO_COLOR, METRICS, RUN_PALETTE, Series, View, run_colors, run_figure, template
+from app.history import SMOOTHING, RunHistory
 from app.text import md_escape
 from jobs import api
 from jobs.queue import job_id, rq_queue
@@ -421,3 +422,65 @@ def test_the_live_view_shows_the_final_evaluation_progress_and_time_left(r):
     at.run()
     bar = at.get("progress")[1].proto
     assert (bar.value, "early-stopped (best) model (2 of 2): 300 of 300" in bar.text) == (100, True)
+
+
+# --- item 12: what W&B and TensorBoard users reach for ---
+
+
+def trace(figure: dict, name: str) -> dict:
+    return next(t for t in figure["data"] if t.get("name") == name)
+
+
+def test_smoothing_log_loss_and_zoom_are_kept_in_the_url(r):
+    events = running_events(total=100, until=40) + [snapshot_event(20), snapshot_event(40)]
+    run_id = store_run(r, events)
+    at = app(run=run_id).run()
+    raw = [e["train_loss"] for e in events if e["type"] == "metrics"]
+    smoothed = numbers(trace(charts(at)["live.chart"], "train loss")["y"])
+    assert smoothed != pytest.approx(raw)  # the default EMA
+    at.slider(key="live.smoothing").set_value(0.0).run()
+    assert numbers(trace(charts(at)["live.chart"], "train loss")["y"]) == pytest.approx(raw)
+    at.toggle(key="live.log_loss").set_value(True).run()
+    assert charts(at)["live.chart"]["layout"]["yaxis3"]["type"] == "log"
+    at.session_state["live.chart"] = {"x_range": [10, 30.5], "at": 1}  # what the chart sends on a zoom
+    at.run()
+    assert (at.query_params["smooth"], at.query_params["log"], at.query_params["x"]) == ("0", "1", "10,30.5")
+
+    shared = app(run=run_id, smooth="0.5", log="1", x="10,30.5").run()  # a reload, or the link shared
+    figure = charts(shared)["live.chart"]
+    assert shared.slider(key="live.smoothing").value == 0.5
+    assert figure["layout"]["yaxis3"]["type"] == "log"
+    assert figure["layout"]["xaxis"]["range"] == [10, 30.5] and figure["layout"]["xaxis3"]["range"] == [
+        10,
+        30.5,
+    ]
+    shared.session_state["live.chart"] = {"x_range": None, "at": 2}  # a double click resets the zoom
+    shared.run()
+    assert "x" not in shared.query_params
+
+    junk = app(run=run_id, smooth="2", log="yes", x="5,nan").run()  # untrusted: ignored, not an error
+    assert not junk.exception
+    assert junk.slider(key="live.smoothing").value == SMOOTHING
+    assert "range" not in charts(junk)["live.chart"]["layout"]["xaxis"]
+
+
+def test_the_snapshot_slider_marks_its_iteration_on_the_panels(r):
+    events = running_events(total=100, until=40) + [snapshot_event(20), snapshot_event(40)]
+    run_id = store_run(r, events)
+    at = app(run=run_id).run()
+    at.select_slider(key=f"live.snapshot.{run_id}").set_value(20).run()
+    figure = charts(at)["live.chart"]
+    marks = [s["x0"] for s in figure["layout"]["shapes"] if s.get("name") == "mark"]
+    assert marks == [20, 20, 20]
+    assert any(a["text"] == "inside the model: 20" for a in figure["layout"]["annotations"])
+
+
+def test_charts_follow_streamlits_dark_theme():
+    history = RunHistory()
+    history.extend(co_run_events())
+    dark = run_figure([Series("x", history)], "u", view=View(dark=True))
+    assert (
+        dark.layout.template.layout.paper_bgcolor
+        != run_figure([Series("x", history)], "u").layout.template.layout.paper_bgcolor
+    )
+    assert template(True) == "plotly_dark" and template(False) == "plotly_white"

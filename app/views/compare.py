@@ -9,8 +9,8 @@ from __future__ import annotations
 import streamlit as st
 
 from app import state
-from app.chart import live_chart
-from app.figures import Series, run_colors, run_figure, shared_axes
+from app.chart import dark_theme, live_chart
+from app.figures import Series, View, run_colors, run_figure, shared_axes
 from app.refresh import while_live
 from app.tables import COLUMNS, MISSING, MORE, ORDER, runs_frame
 from app.text import distinguishing_labels, md_escape
@@ -59,7 +59,8 @@ def _charts(run_ids: list[str]) -> bool:
         Series(label, state.history(r, run), colors[run.id]) for label, run in zip(labels, runs, strict=True)
     ]
     revision = sum(one.history.n_events for one in series)
-    overlay = run_figure(series, uirevision="compare:" + ",".join(run_ids))
+    view = View(dark=dark_theme())
+    overlay = run_figure(series, uirevision="compare:" + ",".join(run_ids), view=view)
     live_chart(overlay, "compare.overlay", f"codash-compare-{'-'.join(run_ids)}-overlay", revision)
     table = runs_frame(runs)
     table.insert(1, "legend", labels)
@@ -83,7 +84,9 @@ def _charts(run_ids: list[str]) -> bool:
                 if not one.history.n_events:
                     st.caption("No events yet.")
                     continue
-                figure = run_figure([one], uirevision=f"small:{run.id}", height=560, compact=True, axes=axes)
+                figure = run_figure(
+                    [one], uirevision=f"small:{run.id}", height=560, compact=True, axes=axes, view=view
+                )
                 live_chart(
                     figure,
                     f"compare.small.{run.id}",

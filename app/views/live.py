@@ -8,14 +8,15 @@ its uirevision is the run id.
 
 from __future__ import annotations
 
+import math
 import time
 
 import streamlit as st
 
 from app import nav, notes, state
-from app.chart import live_chart
-from app.figures import Series, filters_figure, inside_figure, run_figure
-from app.history import RunHistory
+from app.chart import dark_theme, live_chart
+from app.figures import Series, View, filters_figure, inside_figure, run_figure
+from app.history import SMOOTHING, RunHistory
 from app.refresh import while_live
 from app.tables import elapsed_s
 from app.text import format_duration, md_escape, model_name, percent, snapshot_label
@@ -78,15 +79,18 @@ def _panel(run_id: str) -> bool:
         if run.status != "failed":
             st.info(_waiting_for(r, run, history), icon=":material/hourglass_top:")
         return run.status not in api.TERMINAL
+    view = _view_controls(st.session_state.get(f"live.snapshot.{run.id}"))
     series = [Series(run.config.label(), history)]
-    live_chart(
-        run_figure(series, uirevision=run_id),
+    action = live_chart(
+        run_figure(series, uirevision=run_id, view=view),
         key="live.chart",
         download_name=f"codash-{run_id}-accuracy-alignment-loss",
         revision=history.n_events,
-        narrow=run_figure(series, uirevision=run_id, compact=True, height=820),
+        narrow=run_figure(series, uirevision=run_id, compact=True, height=820, view=view),
     )
-    _inside(run, history)
+    if "x_range" in action:
+        _keep_zoom(action["x_range"])
+    _inside(run, history, view.dark)
     if run.final:
         _final(run.final, run.config)
     with st.expander("Tags and note"):
@@ -119,6 +123,70 @@ def _status(r, run, history: RunHistory) -> None:
             st.progress(*final_progress(history.final_progress, run.config.final_pgd))
     with right:
         _controls(r, run)
+
+
+def _view_controls(snapshot_iteration: int | None) -> View:
+    """Smoothing, log-scale loss and zoom: read from the URL (a reload or a shared link shows the same)."""
+    params = st.query_params
+    left, middle, _ = st.columns([3, 2, 4], vertical_alignment="bottom")
+    state.follow_url("live.smoothing", url_number(params.get("smooth"), 0.0, 0.99, SMOOTHING))
+    smoothing = left.slider(
+        "smoothing (EMA) of the per-iteration curves",
+        0.0,
+        0.99,
+        step=0.01,
+        key="live.smoothing",
+        help="TensorBoard's smoothing: the weight of the past in an exponential moving average; 0 is raw.",
+    )
+    state.follow_url("live.log_loss", params.get("log") == "1")
+    log_loss = middle.toggle("log-scale loss", key="live.log_loss")
+    _share({"smooth": f"{smoothing:g}" if smoothing != SMOOTHING else None, "log": "1" if log_loss else None})
+    state.shown_in_url("live.smoothing", smoothing)
+    state.shown_in_url("live.log_loss", log_loss)
+    return View(
+        smoothing=smoothing,
+        log_loss=log_loss,
+        mark=snapshot_iteration,
+        dark=dark_theme(),
+        x_range=url_range(params.get("x")),
+    )
+
+
+def url_number(text: str | None, low: float, high: float, default: float) -> float:
+    """A number from the URL (untrusted): in [low, high], else the default."""
+    try:
+        value = float(text) if text is not None else default
+    except ValueError:
+        return default
+    return value if low <= value <= high else default
+
+
+def url_range(text: str | None) -> tuple[float, float] | None:
+    """'100,400' from the URL (untrusted) as an iteration range, None unless two finite increasing numbers."""
+    try:
+        low, high = (float(part) for part in (text or "").split(","))
+    except ValueError:
+        return None
+    return (low, high) if math.isfinite(low) and math.isfinite(high) and low < high else None
+
+
+def _keep_zoom(x_range: object) -> None:
+    """The chart's zoom (from the browser: checked) into the URL, so a reload or a shared link keeps it."""
+    valid = isinstance(x_range, list) and len(x_range) == 2
+    text = (
+        ",".join(f"{float(v):.6g}" for v in x_range)
+        if valid and all(isinstance(v, int | float) for v in x_range)
+        else None
+    )
+    _share({"x": text if text and url_range(text) else None})
+
+
+def _share(params: dict[str, str | None]) -> None:
+    for name, value in params.items():
+        if value is None:
+            st.query_params.pop(name, None)
+        elif st.query_params.get(name) != value:
+            st.query_params[name] = value
 
 
 def final_progress(event: dict, attack: str) -> tuple[float, str]:
@@ -188,7 +256,7 @@ def _controls(r, run) -> None:
         st.error(md_escape(str(exc)))
 
 
-def _inside(run, history: RunHistory) -> None:
+def _inside(run, history: RunHistory, dark: bool) -> None:
     """The first-layer filters and one eval image's perturbations and gradients, at a chosen evaluation.
 
     The slider follows the latest evaluation until the user moves it, and stays where they put it after.
@@ -216,18 +284,18 @@ def _inside(run, history: RunHistory) -> None:
     revision = iteration  # which snapshot a chart shows, for the browser test
     if snapshot.get("filters") is not None:
         live_chart(
-            filters_figure(snapshot, uirevision=run.id),
+            filters_figure(snapshot, uirevision=run.id, dark=dark),
             "live.filters",
             f"codash-{run.id}-filters-iteration-{iteration}",
             revision,
-            narrow=filters_figure(snapshot, uirevision=run.id, narrow=True),
+            narrow=filters_figure(snapshot, uirevision=run.id, narrow=True, dark=dark),
         )
     live_chart(
-        inside_figure(snapshot, run.config.dataset, uirevision=run.id),
+        inside_figure(snapshot, run.config.dataset, uirevision=run.id, dark=dark),
         "live.inside",
         f"codash-{run.id}-perturbations-iteration-{iteration}",
         revision,
-        narrow=inside_figure(snapshot, run.config.dataset, uirevision=run.id, narrow=True),
+        narrow=inside_figure(snapshot, run.config.dataset, uirevision=run.id, narrow=True, dark=dark),
     )
     st.caption(inside_caption(snapshot, iteration, history.co_iteration))
 

@@ -13,7 +13,7 @@ from fractions import Fraction
 import streamlit as st
 
 from app import estimate, limits, nav, state
-from app.chart import live_chart
+from app.chart import dark_theme, live_chart
 from app.figures import sweep_figure
 from app.presets import SWEEP_PRESETS
 from app.refresh import while_live
@@ -207,9 +207,11 @@ def _results(sweep_id: str) -> bool:
     done = sum(run.status in api.TERMINAL for run in runs)
     st.progress(done / len(runs) if runs else 0.0, text=f"{done} of {plural(len(runs), 'run')} done")
     natural = bool(runs) and runs[0].config.dataset in NATURAL_IMAGES
-    figure = sweep_figure(points, natural, uirevision=f"sweep:{sweep_id}")
-    clicked = live_chart(figure, f"sweep.chart.{sweep_id}", f"codash-sweep-{sweep_id}-pgd-vs-eps")
-    if clicked:
+    figure = sweep_figure(points, natural, uirevision=f"sweep:{sweep_id}", dark=dark_theme())
+    clicked = live_chart(figure, f"sweep.chart.{sweep_id}", f"codash-sweep-{sweep_id}-pgd-vs-eps").get(
+        "customdata"
+    )
+    if isinstance(clicked, list) and clicked and isinstance(clicked[0], str):  # from the browser: checked
         nav.go("live", run=clicked[0])
     with st.expander("Click a point to open its run, or pick it here"):
         for run in runs:
