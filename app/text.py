@@ -11,7 +11,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from trainer.config import RunConfig, format_eps, reads
+from trainer.config import RunConfig, format_eps
+from trainer.methods import LABEL_FIELDS, reads
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|~$:])")
 
@@ -63,14 +64,7 @@ _SHORT = {
     "n_filters": "filters",
     "n_layers": "layers",
 }
-_METHOD_FIELDS = (
-    "method",
-    "grad_align_lambda",
-    "grad_align_fraction",
-    "pgd_steps",
-    "free_replays",
-    "nfgsm_k",
-)
+_METHOD_FIELDS = (*LABEL_FIELDS, "grad_align_lambda", "grad_align_fraction")  # what method_label shows
 _IGNORED = frozenset({"name"})
 
 

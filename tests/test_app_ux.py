@@ -10,16 +10,19 @@ import time
 import zipfile
 
 import pytest
-from conftest import TINY
-from test_app_figures import (
+from conftest import (
+    TINY,
+    append,
     co_run_events,
     config_event,
     eval_event,
     final_event,
     metrics_event,
+    running_events,
     snapshot_event,
+    store_run,
 )
-from test_app_pages import app, append, charts, numbers, running_events, store_run
+from test_app_pages import app, charts, numbers
 
 from app import estimate
 from app.export import runs_zip

@@ -7,7 +7,6 @@ A None-able field left empty means "the paper's default for this method and mode
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal, get_args, get_origin
 
 import streamlit as st
@@ -16,18 +15,16 @@ from app import estimate, limits, nav, state
 from app.text import md_escape, model_name
 from jobs import api
 from trainer.config import (
-    MODEL_FIELDS,
     NATURAL_IMAGES,
-    USED_BY,
     ConfigError,
     RunConfig,
     allowed,
     format_eps,
     make_config,
     paper_lambda,
-    reads,
 )
 from trainer.datafiles import missing_files
+from trainer.methods import MODEL_FIELDS, USED_BY, reads
 from trainer.presets import DEFAULT_PRESET, DIGITS_GRAD_ALIGN, PRESETS
 
 GROUPS = (
@@ -104,7 +101,7 @@ def render() -> None:
         help="Fills every field below; edit any of them before launching.",
     )
     values = _form_values()
-    problems = _problems(values, api.queued_count(r))
+    config, problems = _validate(values, api.queued_count(r))
     for row in (GROUPS[:2], GROUPS[2:]):
         for column, (title, names) in zip(st.columns(2), row, strict=True):
             with column.container(border=True):
@@ -121,13 +118,12 @@ def render() -> None:
         ]
         st.error("  \n".join([f"Fix {len(problems)} problem(s) before launching."] + unplaced))
     else:
-        config = make_config(values)
         st.markdown(f"**Will run:** {md_escape(config.label())} on {config.dataset}, {model_name(config)}")
         with st.expander("The complete config that will be queued"):
             st.json(config.model_dump(mode="json"))
         _cannot_run_here(r, config)
     if st.button("Launch run", type="primary", disabled=bool(problems), key=KEY + "submit"):
-        run_id = api.submit(r, make_config(values))
+        run_id = api.submit(r, config)
         nav.go("live", run=run_id)
     st.session_state[SAVED] = {key: st.session_state[key] for key in WIDGET_KEYS if key in st.session_state}
 
@@ -208,22 +204,20 @@ def _form_values() -> dict[str, Any]:
     return values
 
 
-def _problems(values: dict[str, Any], queued: int) -> dict[str, str]:
-    """Each invalid field's message, keyed by field: RunConfig's ranges, then this dashboard's limits.
+def _validate(values: dict[str, Any], queued: int) -> tuple[RunConfig | None, dict[str, str]]:
+    """The config the form describes, or None, and each problem keyed by field: RunConfig's ranges, then
+    this dashboard's limits.
 
     The widgets carry no min/max of their own (Streamlit's number_input would silently keep the last
     in-range value while showing the typed one), so whatever the form shows is what is validated here.
     """
     problems = limits.over_limits(values["epochs"], values["batch_size"])
     try:
-        config = make_config(values)
+        config = make_config(values)  # the one validation of this render
     except ConfigError as exc:
-        fields = "|".join(RunConfig.model_fields)
-        for message in re.split(rf"; (?=(?:{fields}): )", str(exc)):
-            field, _, text = message.partition(": ")
-            problems.setdefault(field, text)  # past a dashboard limit: that limit is the one to name
-        return problems
-    return problems | limits.violations([config], queued)
+        # past a dashboard limit, that limit is the one to name
+        return None, {**exc.problems, **problems}
+    return config, problems | limits.violations([config], queued)
 
 
 # --- widgets ---

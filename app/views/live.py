@@ -24,15 +24,14 @@ from app.views import launch
 from jobs import api
 
 REFRESH_S = 1.0
-CANCELLABLE = frozenset({"queued", "running"})
-RESUME_OFFERED = api.RESUMABLE - {"failed"}
+RESUME_OFFERED = api.RESUMABLE - {api.RunStatus.FAILED}  # a failed run would fail again
 STATUS_ICONS = {
-    "queued": ":material/hourglass_empty:",
-    "running": ":material/directions_run:",
-    "finished": ":material/check_circle:",
-    "failed": ":material/error:",
-    "cancelled": ":material/cancel:",
-    "interrupted": ":material/pause_circle:",
+    api.RunStatus.QUEUED: ":material/hourglass_empty:",
+    api.RunStatus.RUNNING: ":material/directions_run:",
+    api.RunStatus.FINISHED: ":material/check_circle:",
+    api.RunStatus.FAILED: ":material/error:",
+    api.RunStatus.CANCELLED: ":material/cancel:",
+    api.RunStatus.INTERRUPTED: ":material/pause_circle:",
 }
 
 
@@ -105,7 +104,7 @@ def _status(r, run, history: RunHistory) -> None:
     iteration = max(run.iteration, history.iteration)
     left, middle, right = st.columns([2, 5, 2], vertical_alignment="center")
     with left:
-        st.markdown(f"{STATUS_ICONS.get(run.status, '')} **{run.status}**")
+        st.markdown(f"{STATUS_ICONS[run.status]} **{run.status}**")
         parts = [run.config.dataset, model_name(run.config)]
         parts += [f"elapsed {format_duration(elapsed_s(run, time.time()))}"]
         parts += [f"device {md_escape(run.device or history.device or '–')}"]
@@ -116,10 +115,12 @@ def _status(r, run, history: RunHistory) -> None:
         text = f"iteration {iteration:,} of {total:,}" if total else f"{run.status}: no iteration yet"
         if history.co_iteration is not None:
             text += f" · catastrophic overfitting at iteration {history.co_iteration:,}"
-        if run.status == "running" and total in history.evals:  # the last live eval is in: the final runs
+        if (
+            run.status == api.RunStatus.RUNNING and total in history.evals
+        ):  # the last live eval is in: the final runs
             text += f" · final evaluation: {run.config.final_measures()} of the last and the best model…"
         st.progress(fraction, text=text)
-        if run.status == "running" and history.final_progress and not history.final:
+        if run.status == api.RunStatus.RUNNING and history.final_progress and not history.final:
             st.progress(*final_progress(history.final_progress, run.config.final_pgd))
     with right:
         _controls(r, run)
@@ -244,7 +245,7 @@ def _controls(r, run) -> None:
     would fail the same way again, so it gets "Edit and relaunch" instead (_failure).
     """
     try:
-        if run.status in CANCELLABLE and st.button("Cancel", icon=":material/stop:", key="live.cancel"):
+        if run.status in api.CANCELLABLE and st.button("Cancel", icon=":material/stop:", key="live.cancel"):
             api.cancel(r, run.id)
             st.rerun()
         if run.status in RESUME_OFFERED and st.button(

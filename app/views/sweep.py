@@ -29,19 +29,10 @@ from trainer.config import (
     make_config,
     paper_lambda,
 )
+from trainer.methods import SWEEP
 from trainer.presets import DIGITS_GRAD_ALIGN, PRESETS
 
 REFRESH_S = 2.0
-METHODS = {  # name -> the fields it sets; "GradAlign" runs get their λ from the form
-    "FGSM": {"method": "fgsm"},
-    "FGSM + GradAlign": {"method": "fgsm"},
-    "FGSM-RS": {"method": "fgsm_rs"},
-    "PGD-2": {"method": "pgd", "pgd_steps": 2, "pgd_alpha": 0.5},  # α = ε/2, as in the paper
-    "PGD-10": {"method": "pgd", "pgd_steps": 10, "pgd_alpha": 0.25},
-    "N-FGSM": {"method": "nfgsm"},  # k = 2, step ε (de Jorge et al. 2022)
-    "Free AT": {"method": "free"},  # m = 4 (Shafahi et al. 2019)
-    "Standard": {"method": "standard"},
-}
 DEFAULT_METHODS = ["FGSM", "FGSM + GradAlign", "PGD-10"]
 DEFAULT_EPS = {"natural": "2, 4, 6, 8, 10, 12, 14, 16", "fraction": "0.05, 0.1, 0.15, 0.2, 0.25, 0.3"}
 KEY = "sweep."
@@ -103,10 +94,18 @@ def sweep_configs(
     configs = []
     for method in methods:
         for eps in eps_values:
-            grad_align = method == "FGSM + GradAlign"
-            lam = (paper_lambda(eps) if paper_lambdas else fixed_lambda) if grad_align else 0.0
+            name, line = SWEEP[method]
+            lam = (paper_lambda(eps) if paper_lambdas else fixed_lambda) if line.grad_align else 0.0
             extra = (method_fields or {}).get(method, {})
-            values = {**base, **METHODS[method], **extra, "eps": eps, "grad_align_lambda": lam, "name": ""}
+            fields = {
+                "method": name,
+                **line.fields,
+                **extra,
+                "eps": eps,
+                "grad_align_lambda": lam,
+                "name": "",
+            }
+            values = {**base, **fields}
             try:
                 configs.append(make_config(values))
             except ConfigError as exc:
@@ -148,7 +147,7 @@ def _new_sweep(r) -> None:
     }.items():
         st.session_state.setdefault(key, default)
     columns = st.columns([3, 3, 1.3, 2, 2])
-    methods = columns[0].multiselect("Methods", list(METHODS), key=KEY + "methods")
+    methods = columns[0].multiselect("Methods", list(SWEEP), key=KEY + "methods")
     eps_text = columns[1].text_input(
         "ε values (× 1/255)" if natural else "ε values",
         key=eps_key,
@@ -202,7 +201,7 @@ def _results(sweep_id: str) -> bool:
     r = state.connection()
     runs = api.sweep_runs(r, sweep_id)
     # finished runs are drawn from their final results; only runs in progress need their events
-    histories = {run.id: state.history(r, run) for run in runs if run.status == "running"}
+    histories = {run.id: state.history(r, run) for run in runs if run.status == api.RunStatus.RUNNING}
     points = sweep_frame(runs, histories)
     done = sum(run.status in api.TERMINAL for run in runs)
     st.progress(done / len(runs) if runs else 0.0, text=f"{done} of {plural(len(runs), 'run')} done")

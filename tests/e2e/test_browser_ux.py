@@ -18,14 +18,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, embedded_redis, wait_for
-from test_app_figures import co_run_events, config_event, final_event, snapshot_event
-from test_app_pages import append, running_events, store_run
+from conftest import (
+    ROOT,
+    append,
+    co_run_events,
+    config_event,
+    embedded_redis,
+    final_event,
+    running_events,
+    snapshot_event,
+    store_run,
+    wait_for,
+)
 
+from codash.up import dashboard_healthy
 from jobs import api
 from jobs.registry import transition
 from jobs.server import free_port
-from jobs.up import dashboard_healthy
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
