@@ -241,6 +241,8 @@ class FakeRun:
     final: dict | None = None
     error: str | None = None
     sweep_id: str | None = None
+    tags: tuple[str, ...] = ()
+    note: str = ""
 
 
 def test_runs_frame_has_one_row_per_run_with_progress_and_results():

@@ -162,7 +162,7 @@ def test_a_failed_run_says_why_first_and_offers_edit_and_relaunch_not_resume(r):
     assert md_escape(reason) in error.value
     assert charts(at) == {}  # no empty frames
     assert not [element for element in at.info if "waiting" in element.value.lower()]
-    assert [button.label for button in at.button] == ["Edit and relaunch"]  # no Resume
+    assert [button.label for button in at.button] == ["Edit and relaunch"]  # no Resume, no empty frames
 
     at.button(key="live.relaunch").click().run()
     assert not at.exception
@@ -181,7 +181,7 @@ def test_a_run_failed_midway_keeps_its_charts_and_cancelled_runs_still_resume(r)
     assert "live.chart" in charts(at)
     cancelled = store_run(r, running_events(total=100, until=40), status="cancelled")
     at = app(run=cancelled).run()
-    assert [button.label for button in at.button] == ["Resume"]
+    assert [button.label for button in at.button] == ["Resume", "Save tags and note"]
 
 
 # --- item 7: what a run waits for before its first picture ---
