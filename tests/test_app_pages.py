@@ -289,7 +289,10 @@ def test_the_live_view_offers_exactly_the_actions_the_queue_accepts(r, status):
     assert f"**{status}**" in at.markdown[0].value and STATUS_ICONS[status] in at.markdown[0].value
     assert ("live.cancel" in offered) == (status in api.CANCELLABLE) == changes(r, api.cancel, run_id)
     resumable = run_with_status(r, status)
-    assert ("live.resume" in offered) == (status in api.RESUMABLE) == changes(r, api.resume, resumable)
+    assert (status in api.RESUMABLE) == changes(r, api.resume, resumable)
+    # a failed run would fail the same way again: the page offers Edit and relaunch instead (issue 17)
+    assert ("live.resume" in offered) == (status in api.RESUMABLE - {api.RunStatus.FAILED})
+    assert ("live.relaunch" in offered) == (status == api.RunStatus.FAILED)
 
 
 def test_a_shared_root_link_opens_the_run_and_user_text_is_escaped(r):
