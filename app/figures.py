@@ -86,7 +86,8 @@ class View:
     log_loss: bool = False  # the loss panel on a log scale
     mark: int | None = None  # an iteration to mark on every panel (the snapshot slider's)
     dark: bool = False  # Streamlit's dark theme: a dark chart template
-    x_range: tuple[float, float] | None = None  # the iteration range zoomed to
+    x_range: tuple[float, float] | None = None  # the range zoomed to
+    clock: bool = False  # wall-clock seconds on the x axis instead of iterations (where times are known)
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,13 @@ def run_figure(
         titles[0] = OVERLAY_ACCURACY_TITLE
     fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.07, subplot_titles=titles)
     drawn: set[Metric] = set()
+    clock = view.clock and not overlay and bool(series) and bool(series[0].history.clock)
+    x = "seconds" if clock else "iteration"
+
+    def at(history: RunHistory, iteration: int) -> float:
+        """Where an iteration sits on the x axis."""
+        return float(history.seconds([iteration])[0]) if clock else iteration
+
     for index, run in enumerate(series):
         color = run.color or RUN_PALETTE[index % len(RUN_PALETTE)]
         frames = _frames(run.history, view.smoothing)
@@ -130,14 +138,17 @@ def run_figure(
             if not _has_values(frame, metric):
                 continue
             fig.add_trace(
-                _trace(frame, metric, run.label, color if overlay else None, not overlay or first, compact),
+                _trace(
+                    frame, x, metric, run.label, color if overlay else None, not overlay or first, compact
+                ),
                 row=metric.row,
                 col=1,
             )
             first = False
             drawn.add(metric)
         if run.history.co_iteration is not None:
-            _co_marker(fig, run.history.co_iteration, color if overlay else CO_COLOR, run.label, overlay)
+            co = run.history.co_iteration
+            _co_marker(fig, at(run.history, co), co, color if overlay else CO_COLOR, run.label, overlay)
     if overlay:
         _style_key(fig, [metric for metric in METRICS if metric in drawn])
     elif series and series[0].history.metrics and not series[0].history.evals:
@@ -158,26 +169,29 @@ def run_figure(
     _layout(fig, uirevision, height, overlay, compact, view.dark)
     for name, value in (axes or {}).items():
         fig.update_layout({name: {"range": value}})
-    _apply_view(fig, view)
+    mark = at(series[0].history, view.mark) if view.mark is not None and series else None
+    _apply_view(fig, view, mark)
+    if clock:
+        fig.update_xaxes(title_text="wall clock (s since the first iteration)", row=3, col=1)
     return fig
 
 
-def _apply_view(fig: go.Figure, view: View) -> None:
+def _apply_view(fig: go.Figure, view: View, mark: float | None) -> None:
     if view.log_loss:
         fig.update_yaxes(type="log", row=3, col=1)
     if view.x_range is not None:
         fig.update_xaxes(range=list(view.x_range), autorange=False)
-    if view.mark is not None:  # the evaluation shown under "Inside the model"
+    if mark is not None:  # the evaluation shown under "Inside the model"
         for row in (1, 2, 3):
             fig.add_vline(
-                x=view.mark,
+                x=mark,
                 row=row,
                 col=1,
                 line={"color": "#757575", "width": 1.5, "dash": "dot"},
                 name="mark",
             )
         fig.add_annotation(
-            x=view.mark,
+            x=mark,
             y=1,
             xref="x",
             yref="y domain",
@@ -227,12 +241,12 @@ def _has_values(frame: pd.DataFrame, metric: Metric) -> bool:
 
 
 def _trace(
-    frame: pd.DataFrame, metric: Metric, label: str, run_color: str | None, show: bool, compact: bool
+    frame: pd.DataFrame, x: str, metric: Metric, label: str, run_color: str | None, show: bool, compact: bool
 ) -> go.Scatter:
     sparse = metric.source == "evals"
     name = html.escape(label) if run_color else metric.name
     return go.Scatter(
-        x=frame["iteration"],
+        x=frame[x],
         y=frame[metric.column],
         name=name,
         legendgroup=name,
@@ -254,8 +268,8 @@ def _legend_of(row: int) -> str:
     return "legend" if row == 1 else f"legend{row}"
 
 
-def _co_marker(fig: go.Figure, iteration: int, color: str, label: str, overlay: bool) -> None:
-    """A dashed vertical line at the CO iteration on each panel, labelled on each panel."""
+def _co_marker(fig: go.Figure, x: float, iteration: int, color: str, label: str, overlay: bool) -> None:
+    """A dashed vertical line at the CO iteration (drawn at `x`) on each panel, labelled on each panel."""
     text = (
         f"CO · {html.escape(label)} @ {iteration:,}"
         if overlay
@@ -263,7 +277,7 @@ def _co_marker(fig: go.Figure, iteration: int, color: str, label: str, overlay: 
     )
     for row in (1, 2, 3):
         fig.add_vline(
-            x=iteration,
+            x=x,
             row=row,
             col=1,
             line={"color": color, "dash": "dash", "width": 2},

@@ -6,6 +6,7 @@ extends it with only the events written since it last looked.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,18 +36,27 @@ class RunHistory:
     co: dict[str, Any] | None = None
     final: dict[str, Any] | None = None
     final_progress: dict[str, Any] | None = None  # the latest, while the final evaluation runs
+    clock: dict[int, float] = field(default_factory=dict)  # iteration -> when it reached the stream (Unix s)
     last_id: str = "0-0"
     n_events: int = 0
     attempt: int = 1  # the run's attempt these events belong to (a resume rewinds the stream)
 
-    def extend(self, events: Iterable[dict[str, Any]], last_id: str | None = None) -> None:
-        for event in events:
+    def extend(
+        self,
+        events: Iterable[dict[str, Any]],
+        last_id: str | None = None,
+        times: Iterable[float] | None = None,
+    ) -> None:
+        """`times`, when known, are when each event reached the stream: the wall-clock axis."""
+        for event, time in zip(events, times or itertools.repeat(None), strict=False):
             self.n_events += 1
             kind = event.get("type")
             if kind == "config":
                 self._restart(event)
             elif kind == "metrics":
                 self.metrics[event["iteration"]] = event
+                if time is not None:
+                    self.clock[event["iteration"]] = time
             elif kind == "eval":
                 self.evals[event["iteration"]] = event
             elif kind == "snapshot":
@@ -69,6 +79,7 @@ class RunHistory:
         self.metrics = {it: row for it, row in self.metrics.items() if it <= start}
         self.evals = {it: row for it, row in self.evals.items() if it <= start}
         self.snapshots = {it: row for it, row in self.snapshots.items() if it <= start}
+        self.clock = {it: time for it, time in self.clock.items() if it <= start}
         if self.co is not None and self.co["iteration"] > start:
             self.co = None
         self.final = self.final_progress = None
@@ -76,6 +87,16 @@ class RunHistory:
     @property
     def iteration(self) -> int:
         return max(self.metrics, default=0)
+
+    def seconds(self, iterations: Iterable[int]) -> np.ndarray | None:
+        """Wall-clock seconds from the run's first iteration to each of `iterations` (when the last iteration
+        up to it reached the stream); None when the events came without times."""
+        if not self.clock:
+            return None
+        known = np.array(sorted(self.clock))
+        times = np.array([self.clock[it] for it in known]) - self.clock[known[0]]
+        index = np.searchsorted(known, np.asarray(list(iterations)), side="right") - 1
+        return times[np.clip(index, 0, None)]
 
     @property
     def co_iteration(self) -> int | None:
@@ -89,10 +110,17 @@ class RunHistory:
             columns = ["train_loss", "train_acc", "reg"]
             if smoothing > 0:
                 frame[columns] = frame[columns].ewm(alpha=1 - smoothing, adjust=True).mean()
-        return downsample(frame, max_points)
+        return downsample(self._timed(frame), max_points)
 
     def evals_frame(self) -> pd.DataFrame:
-        return _frame(self.evals.values())
+        return self._timed(_frame(self.evals.values()))
+
+    def _timed(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """A `seconds` column (wall clock since the first iteration) where the events' times are known."""
+        seconds = self.seconds(frame["iteration"]) if not frame.empty else None
+        if seconds is not None:
+            frame["seconds"] = seconds
+        return frame
 
     def latest_eval(self) -> dict[str, Any] | None:
         return self.evals[max(self.evals)] if self.evals else None

@@ -34,7 +34,7 @@ from jobs.registry import (
     sweep_runs,
     workers,
 )
-from jobs.stream import all_events, read_events
+from jobs.stream import all_events, read_events, read_timed_events
 
 # What a command line reports as one line and exit status 2: a missing run, a refused status change, Redis
 # gone, or bad input (a ConfigError is a ValueError).
@@ -61,6 +61,7 @@ __all__ = [
     "list_runs",
     "queued_count",
     "read_events",
+    "read_timed_events",
     "resume",
     "run_dir",
     "submit",

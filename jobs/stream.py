@@ -121,6 +121,21 @@ def read_events(
     return events, entries[-1][0].decode() if entries else after
 
 
+def read_timed_events(
+    r: redis.Redis, run_id: str, after: str = "0-0"
+) -> tuple[list[tuple[float, Event]], str]:
+    """As read_events, each event with the time (Unix seconds) it reached the stream: its entry id's clock.
+
+    Events carry no timestamp of their own (a resumed run must replay identical events); the stream's ids
+    do, to the flush interval (FLUSH_S), which is what a wall-clock axis needs.
+    """
+    entries = r.xrange(keys.stream(run_id), min=f"({after}", max="+")
+    timed = [
+        (int(entry_id.split(b"-")[0]) / 1000, json.loads(fields[FIELD_KEY])) for entry_id, fields in entries
+    ]
+    return timed, entries[-1][0].decode() if entries else after
+
+
 def all_events(r: redis.Redis, run_id: str) -> list[Event]:
     events, after = [], "0-0"
     while True:

@@ -487,3 +487,20 @@ def test_charts_follow_streamlits_dark_theme():
         != run_figure([Series("x", history)], "u").layout.template.layout.paper_bgcolor
     )
     assert template(True) == "plotly_dark" and template(False) == "plotly_white"
+
+
+def test_the_x_axis_can_be_wall_clock_from_the_streams_times(r):
+    events = running_events(total=100, until=40)
+    run_id = store_run(r, events)
+    at = app(run=run_id, x="5,20").run()
+    history = at.session_state["histories"][run_id]
+    assert set(history.clock) == set(range(1, 41))  # every iteration has the time it reached the stream
+    at.segmented_control(key="live.x_axis").set_value("wall clock").run()
+    figure = charts(at)["live.chart"]
+    assert figure["layout"]["xaxis3"]["title"]["text"].startswith("wall clock")
+    loss = numbers(trace(figure, "train loss")["x"])
+    assert loss[0] == 0 and loss == sorted(loss) and loss[-1] < 60
+    assert at.query_params["xaxis"] == "clock" and "x" not in at.query_params  # the iteration zoom is dropped
+    assert charts(app(run=run_id, xaxis="clock").run())["live.chart"]["layout"]["xaxis3"]["title"][
+        "text"
+    ].startswith("wall clock")

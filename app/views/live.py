@@ -24,6 +24,7 @@ from app.views import launch
 from jobs import api
 
 REFRESH_S = 1.0
+X_AXES = ("iteration", "wall clock")
 RESUME_OFFERED = api.RESUMABLE - {api.RunStatus.FAILED}  # a failed run would fail again
 STATUS_ICONS = {
     api.RunStatus.QUEUED: ":material/hourglass_empty:",
@@ -129,7 +130,7 @@ def _status(r, run, history: RunHistory) -> None:
 def _view_controls(snapshot_iteration: int | None) -> View:
     """Smoothing, log-scale loss and zoom: read from the URL (a reload or a shared link shows the same)."""
     params = st.query_params
-    left, middle, _ = st.columns([3, 2, 4], vertical_alignment="bottom")
+    left, middle, right, _ = st.columns([3, 2, 3, 2], vertical_alignment="bottom")
     state.follow_url("live.smoothing", url_number(params.get("smooth"), 0.0, 0.99, SMOOTHING))
     smoothing = left.slider(
         "smoothing (EMA) of the per-iteration curves",
@@ -141,15 +142,27 @@ def _view_controls(snapshot_iteration: int | None) -> View:
     )
     state.follow_url("live.log_loss", params.get("log") == "1")
     log_loss = middle.toggle("log-scale loss", key="live.log_loss")
-    _share({"smooth": f"{smoothing:g}" if smoothing != SMOOTHING else None, "log": "1" if log_loss else None})
-    state.shown_in_url("live.smoothing", smoothing)
-    state.shown_in_url("live.log_loss", log_loss)
+    state.follow_url("live.x_axis", X_AXES[1] if params.get("xaxis") == "clock" else X_AXES[0])
+    x_axis = right.segmented_control("x axis", X_AXES, key="live.x_axis") or X_AXES[0]
+    clock = x_axis == X_AXES[1]
+    if (params.get("xaxis") == "clock") != clock:  # a zoom in iterations means nothing in seconds
+        _share({"x": None})
+    _share(
+        {
+            "smooth": f"{smoothing:g}" if smoothing != SMOOTHING else None,
+            "log": "1" if log_loss else None,
+            "xaxis": "clock" if clock else None,
+        }
+    )
+    for key, value in (("live.smoothing", smoothing), ("live.log_loss", log_loss), ("live.x_axis", x_axis)):
+        state.shown_in_url(key, value)
     return View(
         smoothing=smoothing,
         log_loss=log_loss,
         mark=snapshot_iteration,
         dark=dark_theme(),
         x_range=url_range(params.get("x")),
+        clock=clock,
     )
 
 

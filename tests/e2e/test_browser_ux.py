@@ -30,22 +30,13 @@ from conftest import (
     store_run,
     wait_for,
 )
+from test_browser import CHROMIUM, CHROMIUM_ARGS
 
 from codash.up import dashboard_healthy
 from jobs import api
 from jobs.registry import transition
 from jobs.server import free_port
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 CHARTS = 'iframe[title="app.chart.live_plotly"]'
 TIMEOUT_MS = 60_000
 
