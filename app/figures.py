@@ -245,12 +245,15 @@ def _trace(
 ) -> go.Scatter:
     sparse = metric.source == "evals"
     name = html.escape(label) if run_color else metric.name
+    # one legend (Plotly draws no entries in a second legend here): a group per run with several runs,
+    # else a group per panel, titled with the panel
+    group = name if run_color or compact else PANELS[metric.row - 1][1]
     return go.Scatter(
         x=frame[x],
         y=frame[metric.column],
         name=name,
-        legendgroup=name,
-        legend="legend" if run_color or compact else _legend_of(metric.row),
+        legendgroup=group,
+        legendgrouptitle_text=None if run_color or compact else group,
         showlegend=show,
         mode="lines+markers" if sparse else "lines",
         marker={"size": 5 if run_color is None else 7, "symbol": metric.symbol if run_color else "circle"},
@@ -262,10 +265,6 @@ def _trace(
         hovertemplate=(f"{html.escape(label)} · " if run_color else "")
         + f"{metric.name}: %{{y:.3f}}<extra></extra>",
     )
-
-
-def _legend_of(row: int) -> str:
-    return "legend" if row == 1 else f"legend{row}"
 
 
 def _co_marker(fig: go.Figure, x: float, iteration: int, color: str, label: str, overlay: bool) -> None:
@@ -316,14 +315,16 @@ def _style_key(fig: go.Figure, metrics: list[Metric]) -> None:
     for metric in metrics:
         fig.add_trace(
             go.Scatter(
-                x=[None],
-                y=[None],
+                x=[0],  # a point, never drawn (legend-only): a trace without one gets no entry
+                y=[0],
                 name=f"{metric.name} acc" if metric.row == 1 else metric.name,
                 mode="lines+markers" if metric.source == "evals" else "lines",
                 line={"color": "#616161", "dash": metric.dash},
                 marker={"symbol": metric.symbol, "size": 7},
-                legend=_legend_of(metric.row) if metric.row > 1 else "legend4",
+                legendgroup="key",
+                legendgrouptitle_text="line = metric",
                 hoverinfo="skip",
+                visible="legendonly",
             ),
             row=metric.row,
             col=1,
@@ -341,17 +342,20 @@ def _layout(fig: go.Figure, uirevision: str, height: int, overlay: bool, compact
     )
     if compact:  # a small multiple: one horizontal legend under the panels
         fig.update_layout(legend={"orientation": "h", "x": 0, "y": -0.1, "yanchor": "top"})
-    else:  # each panel's legend (or, with several runs, its line-style key) beside it
-        domains = [fig.layout[f"yaxis{'' if row == 1 else row}"].domain for row in (1, 2, 3)]
-        style = {"x": 1.01, "xanchor": "left", "yanchor": "top", "bgcolor": "rgba(255,255,255,0)"}
-        for row, domain in enumerate(domains, start=1):
-            fig.update_layout({_legend_of(row): {**style, "y": domain[1]}})
-        if overlay:  # the runs under the panels, where a long list has room and cannot cover the key
-            runs = {"orientation": "h", "x": 0, "xanchor": "left", "y": -0.08, "yanchor": "top"}
-            fig.update_layout(
-                legend={**runs, "title": {"text": "runs"}},
-                legend4={**style, "y": domains[0][1], "title": {"text": "line = metric"}},
-            )
+    else:  # one legend beside the panels, in groups (runs, then the line-style key; or one per panel)
+        fig.update_layout(
+            legend={
+                "x": 1.01,
+                "xanchor": "left",
+                "y": 1,
+                "yanchor": "top",
+                "bgcolor": "rgba(0,0,0,0)",
+                "tracegroupgap": 14,
+                # with several runs a click hides a whole run; with one, a single metric
+                "groupclick": "togglegroup" if overlay else "toggleitem",
+                "title": {"text": "runs" if overlay else ""},
+            }
+        )
     fig.update_yaxes(title_text="accuracy", range=[0, 1.02], row=1, col=1)
     fig.update_yaxes(title_text="cosine", row=2, col=1)
     fig.update_yaxes(title_text="loss", row=3, col=1)
@@ -372,7 +376,7 @@ def template(dark: bool) -> str:
     return "plotly_dark" if dark else "plotly_white"
 
 
-TOOLBAR_PX = 34  # Plotly's toolbar row: on a narrow screen titles start below it
+TOOLBAR_PX = 44  # Plotly's toolbar row (and a gap): on a narrow screen titles start below it
 SIGNED_SCALE = "RdBu_r"  # negative blue, zero white, positive red
 GAP = 255  # the white line between filters in an RGB mosaic
 

@@ -293,12 +293,12 @@ def test_compare_colours_follow_the_run_and_the_legends_cannot_collide(r):
     expected = run_colors(ids)
     assert {run_id: colour for run_id, [colour] in small.items()} == expected
     assert set(first.values()) == set(expected.values())
-    # runs under the panels, the line-style key beside them: two legends in two places
+    # one legend beside the panels, in groups (each run, then the line-style key): nothing to overprint
     layout = overlay["layout"]
-    assert layout["legend"]["orientation"] == "h" and layout["legend"]["y"] < 0
-    assert layout["legend4"]["x"] > 1
-    keys = [t["name"] for t in overlay["data"] if t.get("legend") == "legend4"]
-    assert keys == ["PGD acc", "FGSM acc", "clean acc"]
+    assert layout["legend"]["x"] > 1 and layout["legend"]["groupclick"] == "togglegroup"
+    assert not [key for key in layout if key.startswith("legend") and key != "legend"]
+    keys = [t["name"] for t in overlay["data"] if t.get("legendgroup") == "key"]
+    assert keys[:3] == ["PGD acc", "FGSM acc", "clean acc"]
     assert not set(keys) & set(first)
     # labels name what differs: GradAlign, seed, and the run id where two configs are identical
     assert any("seed=3" in label for label in first)

@@ -38,9 +38,9 @@ from jobs.registry import transition
 from jobs.server import free_port
 
 CHARTS = 'iframe[title="app.chart.live_plotly"]'
-TIMEOUT_MS = 60_000
+TIMEOUT_MS = 150_000  # three Plotly frames on a loaded 2-core machine take a while
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(420)
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +212,7 @@ def test_the_live_view_is_usable_on_a_phone(browser, dashboard, r):
     assert page.evaluate("document.documentElement.scrollWidth") <= 400  # nothing off to the side
     page.set_viewport_size({"width": 1400, "height": 900})  # and back: the wide layout returns
     chart = page.frame_locator(CHARTS).nth(2).locator("#chart")
-    wait_for(lambda: chart.get_attribute("data-layout") == "wide", 30, "the wide layout")
+    wait_for(lambda: chart.get_attribute("data-layout") == "wide", 60, "the wide layout")
     page.close()
 
 
@@ -224,10 +224,12 @@ def test_compare_legends_do_not_overprint_with_four_runs(browser, dashboard, r):
     page.goto(f"{dashboard}/compare?compare={','.join(ids)}")
     frame = page.frame_locator(CHARTS).first
     frame.locator(".legendtext", has_text="PGD acc").wait_for(timeout=TIMEOUT_MS)
-    legends = frame.locator(".infolayer > g[class^='legend']")
-    boxes = {f"legend {n}": box(legends.nth(n)) for n in range(legends.count())}
-    assert len(boxes) == 4  # the runs, and the three panels' keys
-    assert_apart(boxes)
+    texts = frame.locator(".legend .legendtext")
+    entries = {texts.nth(n).text_content(): box(texts.nth(n)) for n in range(texts.count())}
+    assert {"PGD acc", "FGSM acc", "clean acc"} <= set(entries) and len(entries) >= 4 + 3
+    assert_apart(entries)  # every run and every key entry readable, none printed over another
+    plot = box(frame.locator(".nsewdrag").first)
+    assert all(b["x"] >= plot["x"] + plot["width"] - 1 for b in entries.values())  # beside the panels
     page.close()
 
 
