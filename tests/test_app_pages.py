@@ -417,7 +417,7 @@ def test_compare_overlays_a_finished_and_a_running_run_named_by_their_difference
     labels = distinguishing_labels([api.get_run(r, co).config, api.get_run(r, rescued).config])
     assert labels == ["FGSM", "FGSM+GradAlign λ=2"]
     runs_legend = {
-        t["name"] for t in overlay["data"] if t.get("legend", "legend") == "legend" and t.get("showlegend")
+        t["name"] for t in overlay["data"] if t.get("legendgroup") != "key" and t.get("showlegend")
     }
     assert runs_legend == set(labels)
     assert co_lines(overlay) == [60, 60, 60]

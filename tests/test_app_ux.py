@@ -274,9 +274,7 @@ def test_compare_colours_follow_the_run_and_the_legends_cannot_collide(r):
     def colours_in(order: list[str]) -> dict[str, str]:
         figures = charts(app(compare=",".join(order)).run())
         overlay = figures["compare.overlay"]
-        by_label = {
-            t["name"]: t["line"]["color"] for t in overlay["data"] if t.get("legend", "legend") == "legend"
-        }
+        by_label = {t["name"]: t["line"]["color"] for t in overlay["data"] if t.get("legendgroup") != "key"}
         small = {
             run_id: [
                 s["fillcolor"]

@@ -124,13 +124,13 @@ def test_out_of_range_values_are_named_next_to_their_field_and_what_is_shown_is_
         column = page.get_by_test_id("stColumn").filter(has=field(page, label)).last
         column.get_by_test_id("stAlert").filter(has_text=says).wait_for(timeout=TIMEOUT_MS)
         assert field(page, label).locator("input").input_value().replace(",", "").startswith(text)
-        assert launch.is_disabled()
+        wait_for(launch.is_disabled, 30, "Launch to be disabled")  # drawn after the messages above it
     page.get_by_text("Fix 3 problem(s) before launching.").wait_for()
 
     for label, text in {"ε": "0.15", "epochs": "2", "batch size": "32"}.items():
         type_into(page, label, text)
     page.get_by_text("Will run:").wait_for(timeout=TIMEOUT_MS)
-    assert launch.is_enabled()
+    wait_for(launch.is_enabled, 30, "Launch to be enabled")
     launch.click()
     page.wait_for_url(re.compile(r"/live\?run=[0-9a-f]{12}$"), timeout=TIMEOUT_MS)
     [run] = api.list_runs(r)
