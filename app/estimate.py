@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from statistics import median
 from typing import TYPE_CHECKING
 
-from trainer.config import RunConfig
-from trainer.datafiles import TRAIN_SIZES, run_length
+from trainer.config import TRAIN_IMAGES, RunConfig
 
 if TYPE_CHECKING:
     from jobs.api import Run
@@ -31,7 +30,9 @@ class Estimate:
 
 
 def iterations(config: RunConfig) -> int:
-    return run_length(TRAIN_SIZES[config.dataset], config.epochs, config.batch_size, config.max_iters)[1]
+    """As trainer.loop counts them: whole batches per epoch, capped by max_iters."""
+    total = config.epochs * max(1, TRAIN_IMAGES[config.dataset] // config.batch_size)
+    return min(total, config.max_iters or total)
 
 
 def passes(config: RunConfig) -> float:

@@ -16,6 +16,9 @@ import redis
 
 from jobs.connection import connect
 from jobs.keys import DEFAULT_QUEUE
+from jobs.limits import OverLimit
+from jobs.limits import check as check_limits
+from jobs.limits import violations as limit_violations
 from jobs.paths import run_dir
 from jobs.queue import cancel, delete, queued_count, resume, submit
 from jobs.registry import (
@@ -34,7 +37,7 @@ from jobs.registry import (
     sweep_runs,
     workers,
 )
-from jobs.stream import all_events, read_events, read_timed_events
+from jobs.stream import all_events, read_events
 
 # What a command line reports as one line and exit status 2: a missing run, a refused status change, Redis
 # gone, or bad input (a ConfigError is a ValueError).
@@ -48,6 +51,7 @@ __all__ = [
     "TERMINAL",
     "JOB_ERRORS",
     "InvalidTransition",
+    "OverLimit",
     "Run",
     "RunNotFound",
     "RunStatus",
@@ -55,13 +59,14 @@ __all__ = [
     "all_events",
     "annotate",
     "cancel",
+    "check_limits",
     "connect",
     "delete",
     "get_run",
+    "limit_violations",
     "list_runs",
     "queued_count",
     "read_events",
-    "read_timed_events",
     "resume",
     "run_dir",
     "submit",

@@ -397,8 +397,10 @@ def test_the_final_evaluation_reports_points_attacked_last_then_best(tmp_path):
     assert final["type"] == "final" and progress  # every progress event comes before the final one
     models = progress[0]["models"]
     assert models == (1 if final["best_iteration"] == final["iterations"] else 2)
-    assert [event["model"] for event in progress] == ["last"] * 2 + ["best"] * 2 * (models - 1)
-    assert [event["done"] for event in progress] == [32, 64] * models  # 64 points, 2 restarts, one batch
+    # the last model's attack begins and ends, then (when it differs) the early-stopped one's
+    assert [(event["model"], event["done"]) for event in progress] == [("last", 0), ("last", 64)] + [
+        ("best", 64)
+    ] * (models - 1)
     assert {event["points"] for event in progress} == {64}
     elapsed = [event["elapsed_s"] for event in progress]
     assert elapsed == sorted(elapsed) and elapsed[0] >= 0

@@ -7,8 +7,6 @@ can use its own stream and never shift the training run's random numbers.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -91,15 +89,11 @@ def pgd(
     restarts: int = 1,
     random_start: bool = True,
     generator: torch.Generator | None = None,
-    on_restart: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """PGD with restarts; per example keeps the restart that fools the model, else the highest loss.
-
-    `on_restart(n)` is called after the n-th restart (a progress report: long evaluations take minutes).
-    """
+    """PGD with restarts; per example keeps the restart that fools the model, else the highest loss."""
     best = torch.zeros_like(x)
     best_loss = torch.full((x.shape[0],), -float("inf"), device=x.device)
-    for restart in range(restarts):
+    for _ in range(restarts):
         delta = uniform_noise(x, eps, generator) if random_start else torch.zeros_like(x)
         for _ in range(steps):
             delta = project(delta + alpha * input_grad(model, x, y, delta).sign(), x, eps)
@@ -112,8 +106,6 @@ def pgd(
             better = score > best_loss
             best = torch.where(better.view(-1, *[1] * (x.dim() - 1)), delta, best)  # no host sync
             best_loss = torch.where(better, score, best_loss)
-        if on_restart is not None:
-            on_restart(restart + 1)
     return best.detach()
 
 

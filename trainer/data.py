@@ -15,8 +15,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainer.datafiles import DATA_SHAPES, DATASETS, DIGITS_SEED, DIGITS_TRAIN, EXPECTED_FILES, data_dir
+from trainer.config import DATA_SHAPES, TRAIN_IMAGES
+from trainer.datafiles import EXPECTED_FILES, data_dir
 
+DATASETS = tuple(DATA_SHAPES)
+
+DIGITS_SEED, DIGITS_TRAIN = 0, TRAIN_IMAGES["digits"]  # a fixed split of the 1,797 digits: 1,500 / 297
 CROP_PAD = 4
 
 

@@ -1,25 +1,11 @@
-"""What is known about each data set without loading it (and without torch): its shape, its training-set
-size, the files torchvision reads and where they live. The dashboard reads these to warn before a launch.
+"""What is known about a data set's files without loading it (and without torch): which files torchvision
+reads and where they live. The dashboard reads these to warn before a launch.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
-
-DATASETS = ("digits", "mnist", "svhn", "cifar10")
-
-# (channels, image size, classes) of each data set: lets a model be rebuilt without loading its data.
-DATA_SHAPES: dict[str, tuple[int, int, int]] = {
-    "digits": (1, 16, 10),
-    "mnist": (1, 28, 10),
-    "svhn": (3, 32, 10),
-    "cifar10": (3, 32, 10),
-}
-
-DIGITS_SEED, DIGITS_TRAIN = 0, 1500  # fixed split of the 1,797 sklearn digits: 1,500 train / 297 test
-TRAIN_SIZES = {"digits": DIGITS_TRAIN, "mnist": 60_000, "svhn": 73_257, "cifar10": 50_000}
 
 # The files torchvision reads, relative to the data directory; named in DatasetMissing so users can copy them.
 EXPECTED_FILES: dict[str, tuple[str, ...]] = {
@@ -46,9 +32,3 @@ def missing_files(name: str, root: Path | None = None) -> list[Path]:
     """The files of data set `name` that are not under `root` (the data directory); [] for bundled digits."""
     root = root or data_dir()
     return [root / relative for relative in EXPECTED_FILES.get(name, ()) if not (root / relative).exists()]
-
-
-def run_length(n_train: int, epochs: int, batch_size: int, max_iters: int | None) -> tuple[int, int]:
-    """(iterations per epoch, iterations in the run): the last partial batch of an epoch is dropped."""
-    per_epoch = max(1, n_train // batch_size)
-    return per_epoch, int(min(epochs * per_epoch, max_iters or math.inf))

@@ -11,7 +11,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import streamlit as st
 
-from app import estimate, limits, nav, state
+from app import estimate, nav, state
 from app.text import md_escape, model_name
 from jobs import api
 from trainer.config import (
@@ -48,6 +48,7 @@ ADVANCED = (
     "final_pgd_restarts",
     "autoattack",
     "amp",
+    "fast_path",
 )
 LABELS = {
     "name": "Name (optional)",
@@ -73,6 +74,7 @@ LABELS = {
     "free_replays": "Free AT replays m",
     "nfgsm_k": "N-FGSM noise k (× ε)",
     "amp": "bf16 autocast (CUDA)",
+    "fast_path": "CUDA graph fast path",
 }
 FORMATS = {"eps": "%.3f", "momentum": "%.2f"}
 KEY = "launch."
@@ -205,19 +207,17 @@ def _form_values() -> dict[str, Any]:
 
 
 def _validate(values: dict[str, Any], queued: int) -> tuple[RunConfig | None, dict[str, str]]:
-    """The config the form describes, or None, and each problem keyed by field: RunConfig's ranges, then
-    this dashboard's limits.
+    """The config the form describes (None if invalid) and each problem keyed by field: RunConfig's ranges,
+    then this deployment's limits.
 
     The widgets carry no min/max of their own (Streamlit's number_input would silently keep the last
     in-range value while showing the typed one), so whatever the form shows is what is validated here.
     """
-    problems = limits.over_limits(values["epochs"], values["batch_size"])
     try:
         config = make_config(values)  # the one validation of this render
     except ConfigError as exc:
-        # past a dashboard limit, that limit is the one to name
-        return None, {**exc.problems, **problems}
-    return config, problems | limits.violations([config], queued)
+        return None, exc.problems
+    return config, api.limit_violations([config], queued)
 
 
 # --- widgets ---

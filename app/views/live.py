@@ -33,6 +33,7 @@ STATUS_ICONS = {
     api.RunStatus.FAILED: ":material/error:",
     api.RunStatus.CANCELLED: ":material/cancel:",
     api.RunStatus.INTERRUPTED: ":material/pause_circle:",
+    api.RunStatus.UNREADABLE: ":material/report:",
 }
 
 
@@ -105,7 +106,7 @@ def _status(r, run, history: RunHistory) -> None:
     iteration = max(run.iteration, history.iteration)
     left, middle, right = st.columns([2, 5, 2], vertical_alignment="center")
     with left:
-        st.markdown(f"{STATUS_ICONS[run.status]} **{run.status}**")
+        st.markdown(f"{STATUS_ICONS[run.status]} **{md_escape(run.status)}**")
         parts = [run.config.dataset, model_name(run.config)]
         parts += [f"elapsed {format_duration(elapsed_s(run, time.time()))}"]
         parts += [f"device {md_escape(run.device or history.device or '–')}"]
@@ -125,6 +126,11 @@ def _status(r, run, history: RunHistory) -> None:
             st.progress(*final_progress(history.final_progress, run.config.final_pgd))
     with right:
         _controls(r, run)
+    if run.status == api.RunStatus.UNREADABLE and run.error:  # a failed run says why in _failure
+        st.error(f"Why the run is {run.status}:", icon=":material/error:")
+        st.code(run.error, language=None, wrap_lines=True)  # as text: it may quote anything from Redis
+    if history.skipped:
+        st.caption(f"{history.skipped:,} stream entries could not be read and were skipped.")
 
 
 def _view_controls(snapshot_iteration: int | None) -> View:

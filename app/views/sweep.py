@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from fractions import Fraction
 
 import streamlit as st
 
-from app import estimate, limits, nav, state
+from app import estimate, nav, state
 from app.chart import dark_theme, live_chart
 from app.figures import sweep_figure
 from app.presets import SWEEP_PRESETS
@@ -28,6 +27,7 @@ from trainer.config import (
     format_eps,
     make_config,
     paper_lambda,
+    parse_eps,
 )
 from trainer.methods import SWEEP
 from trainer.presets import DIGITS_GRAD_ALIGN, PRESETS
@@ -36,6 +36,7 @@ REFRESH_S = 2.0
 DEFAULT_METHODS = ["FGSM", "FGSM + GradAlign", "PGD-10"]
 DEFAULT_EPS = {"natural": "2, 4, 6, 8, 10, 12, 14, 16", "fraction": "0.05, 0.1, 0.15, 0.2, 0.25, 0.3"}
 KEY = "sweep."
+MAX_EPS_VALUES = 32
 
 
 def render() -> None:
@@ -72,8 +73,12 @@ def describe_sweep(runs: list[api.Run]) -> str:
 
 
 def parse_eps_list(text: str, natural: bool) -> list[float]:
-    """'2, 4, 8/3' in /255 units on natural images, '0.1, 0.2' elsewhere; raises ValueError on junk."""
-    values = [float(Fraction(part.strip())) for part in text.replace(";", ",").split(",") if part.strip()]
+    """'2, 4, 8/3' in /255 units on natural images, '0.1, 0.2' elsewhere; raises ValueError on junk (and on
+    more than MAX_EPS_VALUES values)."""
+    parts = [part.strip() for part in text.replace(";", ",").split(",") if part.strip()]
+    if len(parts) > MAX_EPS_VALUES:
+        raise ValueError(f"ε values: at most {MAX_EPS_VALUES}, got {len(parts)}")
+    values = [parse_eps(part) for part in parts]
     if not values:
         raise ValueError("give at least one ε")
     return [value / 255 for value in values] if natural else values
@@ -151,6 +156,7 @@ def _new_sweep(r) -> None:
     eps_text = columns[1].text_input(
         "ε values (× 1/255)" if natural else "ε values",
         key=eps_key,
+        max_chars=400,  # MAX_EPS_VALUES values of a few characters each
         help="Comma-separated; fractions like 8/3 are fine.",
     )
     epochs = columns[2].number_input(
@@ -173,7 +179,7 @@ def _new_sweep(r) -> None:
     try:
         eps_values = parse_eps_list(eps_text, natural)
         configs = sweep_configs({**base, "epochs": epochs}, methods, eps_values, paper, fixed, method_fields)
-    except (ValueError, ZeroDivisionError) as exc:  # ConfigError is a ValueError
+    except ValueError as exc:  # ConfigError is one too
         st.error(md_escape(str(exc)))
         return
     workers = api.workers(r)
@@ -181,7 +187,7 @@ def _new_sweep(r) -> None:
     gpu = any(worker.device.startswith("cuda") for worker in workers)
     took = estimate.sweep_expected(configs, finished, gpu, len(workers))
     st.caption(f"{plural(len(configs), 'run')}, based on “{md_escape(base_name)}”. {took}")
-    refused = limits.violations(configs, api.queued_count(r))
+    refused = api.limit_violations(configs, api.queued_count(r))
     for field, text in refused.items():
         st.error(md_escape(f"{field}: {text}"))
     if st.button(

@@ -117,7 +117,7 @@ def test_out_of_range_values_are_named_next_to_their_field_and_what_is_shown_is_
     bad = {
         "ε": ("5", "less than or equal to 1"),
         "epochs": ("0", "greater than or equal to 1"),
-        "batch size": ("100000", "batches of at most 1024 on this dashboard"),
+        "batch size": ("100000", "less than or equal to 4096"),
     }
     for label, (text, says) in bad.items():
         type_into(page, label, text)
