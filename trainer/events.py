@@ -56,6 +56,9 @@ FIELDS: dict[str, tuple[str, ...]] = {
     ),
     "co": ("iteration", "pgd_acc", "best_pgd_acc", "fgsm_acc", "confirmed_at", "rule"),
     "checkpoint": ("iteration", "epoch"),
+    # The final evaluation's PGD, after each restart of each batch: `done` of `points` test images attacked
+    # on `model` ("last", then "best" when it differs: `models` is 1 or 2), `elapsed_s` since it began.
+    "final_progress": ("model", "models", "done", "points", "elapsed_s"),
     "final": (
         "co_detected",
         "co_iteration",
