@@ -12,7 +12,6 @@ import html
 from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
-import pandas as pd
 import plotly.graph_objects as go
 import redis
 import streamlit as st
@@ -131,14 +130,13 @@ def _family_name(by_id: Mapping[str, api.Run], run_id: str) -> str:
     return f"{by_id[run_id].config.label()} · {run_id}" if run_id in by_id else f"deleted run {run_id}"
 
 
-def lineage_filter(r: redis.Redis, frame: pd.DataFrame, runs: Sequence[api.Run], column) -> pd.DataFrame:
-    """Only one run's family (its ancestors and forks), chosen here or by `?lineage=ID`."""
-    families = sorted(
-        {run.id for run in runs if run.config.parent} | {run.config.parent for run in runs} - {None}
-    )
+def lineage_choice(runs: Sequence[api.Run], column) -> str | None:
+    """The run whose family (ancestors and forks) the Runs table shows, chosen here or by `?lineage=ID`."""
+    parents = {run.config.parent for run in runs} - {None}
+    families = sorted({run.id for run in runs if run.config.parent} | parents)
     by_id = {run.id: run for run in runs}
     wanted = st.query_params.get(LINEAGE)
-    if wanted in by_id and st.session_state.get("runs.lineage.url") != wanted:
+    if wanted in families and st.session_state.get("runs.lineage.url") != wanted:
         st.session_state["runs.lineage"] = st.session_state["runs.lineage.url"] = wanted
     choice = column.selectbox(
         "lineage",
@@ -151,7 +149,6 @@ def lineage_filter(r: redis.Redis, frame: pd.DataFrame, runs: Sequence[api.Run],
     )
     if choice is None:
         st.query_params.pop(LINEAGE, None)
-        return frame
-    st.query_params[LINEAGE] = choice
-    family = {run.id for run in api.lineage(r, choice)}
-    return frame[frame["id"].isin(family)]
+    else:
+        st.query_params[LINEAGE] = choice
+    return choice

@@ -6,6 +6,7 @@ extends it with only the events written since it last looked.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,8 +14,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from trainer.events import ARRAY_FIELDS
+
 MAX_LINE_POINTS = 600  # per-iteration series are averaged into at most this many bins: SVG stays fast
-SMOOTH_ITERS = 10  # per-batch training numbers are noisy: drawn as a trailing moving average
+SMOOTHING = 0.8  # per-batch training numbers are noisy: drawn as an EMA with this weight (TensorBoard's)
 SNAPSHOT_ARRAYS = ("image", "fgsm_delta", "pgd_delta", "grad_x", "grad_random", "filters")
 
 
@@ -34,28 +37,50 @@ class RunHistory:
     snapshots: dict[int, dict[str, Any]] = field(default_factory=dict)  # arrays as float32 numpy arrays
     co: dict[str, Any] | None = None
     final: dict[str, Any] | None = None
+    final_progress: dict[str, Any] | None = None  # the latest, while the final evaluation runs
+    clock: dict[int, float] = field(default_factory=dict)  # iteration -> when it reached the stream (Unix s)
     last_id: str = "0-0"
     n_events: int = 0
     attempt: int = 1  # the run's attempt these events belong to (a resume rewinds the stream)
+    skipped: int = 0  # stream entries that were not events, or events these views cannot draw
 
-    def extend(self, events: Iterable[dict[str, Any]], last_id: str | None = None) -> None:
-        for event in events:
+    def extend(
+        self,
+        events: Iterable[dict[str, Any]],
+        last_id: str | None = None,
+        skipped: int = 0,
+        times: Iterable[float] | None = None,
+    ) -> None:
+        """Add events in stream order; `skipped` counts entries the reader already dropped as garbage;
+        `times`, when known, are when each event reached the stream (the wall-clock axis)."""
+        self.skipped += skipped
+        for event, time in zip(events, times or itertools.repeat(None), strict=False):
             self.n_events += 1
-            kind = event.get("type")
-            if kind == "config":
-                self._restart(event)
-            elif kind == "metrics":
-                self.metrics[event["iteration"]] = event
-            elif kind == "eval":
-                self.evals[event["iteration"]] = event
-            elif kind == "snapshot":
-                self.snapshots[event["iteration"]] = compact_snapshot(event)
-            elif kind == "co":
-                self.co = event
-            elif kind == "final":
-                self.final = event
+            try:
+                self._add(event, time)
+            except (KeyError, TypeError, ValueError):  # e.g. a snapshot whose arrays are ragged
+                self.skipped += 1
         if last_id is not None:
             self.last_id = last_id
+
+    def _add(self, event: dict[str, Any], time: float | None) -> None:
+        kind = event.get("type")
+        if kind == "config":
+            self._restart(event)
+        elif kind == "metrics":
+            self.metrics[event["iteration"]] = event
+            if time is not None:
+                self.clock[event["iteration"]] = time
+        elif kind == "eval":
+            self.evals[event["iteration"]] = event
+        elif kind == "snapshot":
+            self.snapshots[event["iteration"]] = compact_snapshot(event)
+        elif kind == "co":
+            self.co = event
+        elif kind == "final_progress":
+            self.final_progress = event
+        elif kind == "final":
+            self.final = event
 
     def _restart(self, event: dict[str, Any]) -> None:
         """A config event opens an attempt at `start_iteration`: later rows will be recomputed."""
@@ -66,28 +91,48 @@ class RunHistory:
         self.metrics = {it: row for it, row in self.metrics.items() if it <= start}
         self.evals = {it: row for it, row in self.evals.items() if it <= start}
         self.snapshots = {it: row for it, row in self.snapshots.items() if it <= start}
+        self.clock = {it: time for it, time in self.clock.items() if it <= start}
         if self.co is not None and self.co["iteration"] > start:
             self.co = None
-        self.final = None
+        self.final = self.final_progress = None
 
     @property
     def iteration(self) -> int:
         return max(self.metrics, default=0)
 
+    def seconds(self, iterations: Iterable[int]) -> np.ndarray | None:
+        """Wall-clock seconds from the run's first iteration to each of `iterations` (when the last iteration
+        up to it reached the stream); None when the events came without times."""
+        if not self.clock:
+            return None
+        known = np.array(sorted(self.clock))
+        times = np.array([self.clock[it] for it in known]) - self.clock[known[0]]
+        index = np.searchsorted(known, np.asarray(list(iterations)), side="right") - 1
+        return times[np.clip(index, 0, None)]
+
     @property
     def co_iteration(self) -> int | None:
         return self.co["iteration"] if self.co else None
 
-    def metrics_frame(self, max_points: int = MAX_LINE_POINTS) -> pd.DataFrame:
-        """Per-iteration training numbers, smoothed over SMOOTH_ITERS and averaged into max_points bins."""
+    def metrics_frame(self, smoothing: float = SMOOTHING, max_points: int = MAX_LINE_POINTS) -> pd.DataFrame:
+        """Per-iteration training numbers as an EMA (TensorBoard's, debiased: weight `smoothing` on the past,
+        0 = raw), averaged into max_points bins."""
         frame = _frame(self.metrics.values())
         if not frame.empty:
             columns = ["train_loss", "train_acc", "reg"]
-            frame[columns] = frame[columns].rolling(SMOOTH_ITERS, min_periods=1).mean()
-        return downsample(frame, max_points)
+            if smoothing > 0:
+                frame[columns] = frame[columns].ewm(alpha=1 - smoothing, adjust=True).mean()
+        return downsample(self._timed(frame), max_points)
 
     def evals_frame(self) -> pd.DataFrame:
-        return _frame(self.evals.values())
+        return self._timed(_frame(self.evals.values()))
+
+    def _timed(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """A `seconds` column (wall clock since the first iteration) where the events' times are known."""
+        seconds = self.seconds(frame["iteration"]) if not frame.empty else None
+        if seconds is not None:
+            frame["seconds"] = seconds
+        return frame
 
     def latest_eval(self) -> dict[str, Any] | None:
         return self.evals[max(self.evals)] if self.evals else None
@@ -112,5 +157,8 @@ def downsample(frame: pd.DataFrame, max_points: int) -> pd.DataFrame:
 
 def compact_snapshot(event: dict[str, Any]) -> dict[str, Any]:
     """A snapshot event with its nested lists as float32 arrays: a tenth of the memory, ready to draw."""
-    arrays = {key: np.asarray(event[key], dtype=np.float32) for key in SNAPSHOT_ARRAYS if event.get(key)}
+    arrays = {key: np.asarray(event[key], dtype=np.float32) for key in ARRAY_FIELDS if event.get(key)}
+    for key, array in arrays.items():  # [C][H][W], filters [F][C][k][k]: anything else cannot be drawn
+        if array.ndim != (4 if key == "filters" else 3):
+            raise ValueError(f"snapshot {key}: {array.ndim} dimensions")
     return {**event, **arrays}

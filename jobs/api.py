@@ -17,10 +17,14 @@ import redis
 
 from jobs.connection import connect
 from jobs.keys import DEFAULT_QUEUE
+from jobs.limits import OverLimit
+from jobs.limits import check as check_limits
+from jobs.limits import violations as limit_violations
 from jobs.paths import run_dir
 from jobs.queue import cancel, delete, fork, fork_points, queued_count, resume, submit
 from jobs.registry import (
     CANCELLABLE,
+    MAX_NOTE_CHARS,
     RESUMABLE,
     TERMINAL,
     InvalidTransition,
@@ -28,6 +32,7 @@ from jobs.registry import (
     RunNotFound,
     RunStatus,
     WorkerInfo,
+    annotate,
     get_run,
     lineage,
     list_runs,
@@ -41,24 +46,29 @@ from jobs.stream import all_events, read_events
 JOB_ERRORS = (RunNotFound, InvalidTransition, redis.RedisError, ValueError)
 
 __all__ = [
+    "MAX_NOTE_CHARS",
     "CANCELLABLE",
     "DEFAULT_QUEUE",
     "RESUMABLE",
     "TERMINAL",
     "JOB_ERRORS",
     "InvalidTransition",
+    "OverLimit",
     "Run",
     "RunNotFound",
     "RunStatus",
     "WorkerInfo",
     "all_events",
+    "annotate",
     "cancel",
+    "check_limits",
     "connect",
     "delete",
     "fork",
     "fork_points",
     "get_run",
     "lineage",
+    "limit_violations",
     "list_runs",
     "queued_count",
     "read_events",

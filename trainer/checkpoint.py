@@ -3,12 +3,14 @@ replaced), best.pt (weights), evals/<iteration>.pt (the state at each live evalu
 fork's directory, fork.pt (its parent's evaluation checkpoint it starts from).
 
 Writes are atomic (temp file + rename), so a crash mid-save never leaves a run without a usable checkpoint.
-Every load is torch.load(weights_only=True): a checkpoint is tensors and plain containers, never code.
+Reads never run code: a run directory may be shared (NFS), so a checkpoint is untrusted input, and
+`torch.load(weights_only=True)` accepts only tensors and plain containers, which is all codash writes.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,10 @@ CONFIG_FILE, LAST_FILE, PREVIOUS_FILE, BEST_FILE = "config.json", "last.pt", "pr
 CHECKPOINT_FILES = {"last": LAST_FILE, "previous": PREVIOUS_FILE, "best": BEST_FILE, "fork": FORK_FILE}
 BUDGET_ENV = "CODASH_CHECKPOINT_BUDGET_MB"
 DEFAULT_BUDGET_MB = 1024  # every evaluation of a digits run (~0.5 MB each); ~11 of a ResNet-18's (~90 MB)
+
+
+class UnsafeCheckpoint(ValueError):
+    """A checkpoint file holding something other than tensors and plain values: never what codash wrote."""
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -58,10 +64,18 @@ def read_config(run_dir: Path) -> RunConfig:
 
 
 def load_checkpoint(run_dir: Path, which: str = "last", device: str | torch.device = "cpu") -> dict | None:
+    """The saved dict, or None when there is no such file; UnsafeCheckpoint when it would run code."""
     path = Path(run_dir) / CHECKPOINT_FILES[which]
     if not path.exists():
         return None
-    return torch.load(path, map_location=device, weights_only=True)
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused = [line.strip() for line in str(exc).splitlines() if "GLOBAL" in line]
+        raise UnsafeCheckpoint(
+            f"refused to load {path}: it holds objects that only code can rebuild, which codash never "
+            f"writes (a planted or foreign file?); {(refused or ['not a weights-only checkpoint'])[0]}"
+        ) from None
 
 
 # --- evaluation checkpoints: where a fork can start ---

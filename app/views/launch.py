@@ -11,7 +11,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import streamlit as st
 
-from app import forks, limits, nav, state
+from app import estimate, forks, nav, state
 from app.text import md_escape, model_name
 from jobs import api
 from trainer.config import (
@@ -23,8 +23,9 @@ from trainer.config import (
     make_config,
     paper_lambda,
 )
+from trainer.datafiles import missing_files
 from trainer.fork import LINK_FIELDS, check_fork
-from trainer.methods import USED_BY, reads
+from trainer.methods import MODEL_FIELDS, USED_BY, reads
 from trainer.presets import DEFAULT_PRESET, DIGITS_GRAD_ALIGN, PRESETS
 
 GROUPS = (
@@ -48,6 +49,7 @@ ADVANCED = (
     "final_pgd_restarts",
     "autoattack",
     "amp",
+    "fast_path",
 )
 LABELS = {
     "name": "Name (optional)",
@@ -73,10 +75,13 @@ LABELS = {
     "free_replays": "Free AT replays m",
     "nfgsm_k": "N-FGSM noise k (× ε)",
     "amp": "bf16 autocast (CUDA)",
+    "fast_path": "CUDA graph fast path",
 }
 FORMATS = {"eps": "%.3f", "momentum": "%.2f"}
 KEY = "launch."
+SLOW_S = 3600  # a run expected to take longer than this on the available workers is worth a warning
 SAVED = "launch.saved"  # widget state is dropped when the page is left; this copy brings the form back
+ORIGIN = "launch.origin"  # the run the form was filled from, named above the form
 WIDGET_KEYS = [KEY + name for name in (*RunConfig.model_fields, "eps255", "grad_align", "preset")]
 
 
@@ -90,6 +95,8 @@ def render() -> None:
         st.session_state.setdefault(key, value)
     _follow_fork_link(r)
 
+    if ORIGIN in st.session_state:
+        st.info(st.session_state[ORIGIN], icon=":material/edit:")
     st.selectbox(
         "Preset",
         list(PRESETS),
@@ -99,12 +106,7 @@ def render() -> None:
     )
     values = _form_values()
     parent = api.get_run(r, values["parent"]) if values["parent"] else None
-    try:
-        config = make_config(values)  # the one validation of this render
-    except ConfigError as exc:
-        config, problems = None, exc.problems
-    else:
-        problems = limits.violations([config], api.queued_count(r))
+    config, problems = _validate(values, api.queued_count(r))
     problems = _fork_problems(parent, values, config) | problems
     _fork_banner(values, parent, problems)
     for row in (GROUPS[:2], GROUPS[2:]):
@@ -126,6 +128,7 @@ def render() -> None:
         st.markdown(f"**Will run:** {md_escape(config.label())} on {config.dataset}, {model_name(config)}")
         with st.expander("The complete config that will be queued"):
             st.json(config.model_dump(mode="json"))
+        _cannot_run_here(r, config)
     if st.button("Launch run", type="primary", disabled=bool(problems), key=KEY + "submit"):
         run_id = api.submit(r, config)
         nav.go("live", run=run_id)
@@ -147,23 +150,54 @@ def _workers(r) -> None:
     st.success(f"{len(workers)} worker(s) alive: {described} · {queued} run(s) queued", icon=":material/dns:")
 
 
+def _cannot_run_here(r, config: RunConfig) -> None:
+    """Warn before launching what would fail or take days here: missing data files, a CPU-only worker."""
+    missing = missing_files(config.dataset)
+    if missing:
+        listing = "  \n".join(f"`{str(path).replace('`', '')}`" for path in missing[:8])  # code: literal
+        st.warning(
+            f"**{config.dataset} is not on this machine**: the run will fail unless its worker has the files "
+            f"(or CODASH_DOWNLOAD=1 and internet). Missing:  \n{listing}",
+            icon=":material/folder_off:",
+        )
+    gpu = any(worker.device.startswith("cuda") for worker in api.workers(r))
+    if gpu:
+        return
+    finished = [run for run in api.list_runs(r) if run.status == "finished"]
+    guess = estimate.expected(config, finished, gpu=False)
+    if guess is not None and guess.seconds > SLOW_S:
+        hours, iterations = estimate.format_hours(guess.seconds), estimate.iterations(config)
+        st.warning(
+            f"**No GPU worker is alive: on a CPU this run takes about {hours}** ({iterations:,} iterations; "
+            f"{guess.basis}). Start `codash worker --device cuda` on a GPU machine, or shorten it (epochs, "
+            "max iterations).",
+            icon=":material/hourglass_top:",
+        )
+
+
 # --- the form's state ---
 
 
 def _apply_preset(name: str) -> None:
     """Put a preset's values (RunConfig defaults elsewhere, None = automatic) into every widget."""
-    _apply(PRESETS[name], name)
+    st.session_state[KEY + "preset"] = name
+    _fill({field: info.get_default() for field, info in RunConfig.model_fields.items()} | PRESETS[name])
 
 
-def _apply(config: dict[str, Any], preset: str) -> None:
-    values = {field: info.get_default() for field, info in RunConfig.model_fields.items()} | config
+def fill_from(config: RunConfig, origin: str) -> None:
+    """Open the form on a copy of a stored run's config ("Edit and relaunch"); `origin` says which run."""
+    _fill(config.model_dump())
+    st.session_state[ORIGIN] = origin
+
+
+def _fill(values: dict[str, Any]) -> None:
     for field, value in values.items():
         st.session_state[KEY + field] = value
     st.session_state[KEY + "eps255"] = round(values["eps"] * 255, 3)
     st.session_state[KEY + "grad_align"] = values["grad_align_lambda"] > 0
     st.session_state[KEY + "grad_align_lambda"] = values["grad_align_lambda"] or 1.0
-    st.session_state[KEY + "preset"] = preset
-    st.session_state[SAVED] = {key: st.session_state[key] for key in WIDGET_KEYS}
+    st.session_state.pop(ORIGIN, None)
+    st.session_state[SAVED] = {key: st.session_state[key] for key in WIDGET_KEYS if key in st.session_state}
 
 
 # --- fork mode: the form holds a run's config and the fork's starting point ---
@@ -180,8 +214,7 @@ def _follow_fork_link(r) -> None:
     if parent is None:
         st.error(f"No run with id {md_escape(wanted[0])} to fork: it may have been deleted.")
         return
-    config = parent.config.model_dump(exclude={"name"})
-    _apply({**config, "parent": parent.id, "fork_iteration": wanted[1]}, st.session_state[KEY + "preset"])
+    _fill({**parent.config.model_dump(), "name": "", "parent": parent.id, "fork_iteration": wanted[1]})
 
 
 def _fork_banner(values: dict[str, Any], parent: api.Run | None, problems: dict[str, str]) -> None:
@@ -250,6 +283,20 @@ def _form_values() -> dict[str, Any]:
     return values
 
 
+def _validate(values: dict[str, Any], queued: int) -> tuple[RunConfig | None, dict[str, str]]:
+    """The config the form describes (None if invalid) and each problem keyed by field: RunConfig's ranges,
+    then this deployment's limits.
+
+    The widgets carry no min/max of their own (Streamlit's number_input would silently keep the last
+    in-range value while showing the typed one), so whatever the form shows is what is validated here.
+    """
+    try:
+        config = make_config(values)  # the one validation of this render
+    except ConfigError as exc:
+        return None, exc.problems
+    return config, api.limit_violations([config], queued)
+
+
 # --- widgets ---
 
 
@@ -299,13 +346,9 @@ def _generic(name: str) -> None:
     elif base is str:
         st.text_input(label, key=key, help=help_text, max_chars=80, disabled=disabled)
     else:
-        bounds = _bounds(name)
-        numeric = int if base is int else float
         st.number_input(
             label,
             key=key,
-            min_value=numeric(bounds["ge"]) if "ge" in bounds else None,
-            max_value=numeric(bounds["le"]) if "le" in bounds else None,
             step=1 if base is int else None,
             format=FORMATS.get(name, "%d" if base is int else "%g"),
             value=None if optional else "min",
@@ -316,11 +359,14 @@ def _generic(name: str) -> None:
 
 
 def _unused_by_this_run(name: str) -> str:
-    """Why a field does nothing with the form's current method / GradAlign choice ('' if it is used)."""
-    if reads(name, st.session_state.get(KEY + "method"), bool(st.session_state.get(KEY + "grad_align"))):
+    """Why a field does nothing with the form's current model / method / GradAlign choice ('' if used)."""
+    method, model = st.session_state.get(KEY + "method"), st.session_state.get(KEY + "model")
+    if reads(name, method, bool(st.session_state.get(KEY + "grad_align")), model):
         return ""
     if name == "grad_align_fraction":
         return "Used with GradAlign only."
+    if name in MODEL_FIELDS:
+        return f"Used by the {', '.join(MODEL_FIELDS[name])} model only; {model} has a fixed architecture."
     return f"Used by {', '.join(USED_BY[name])} only."
 
 
@@ -338,8 +384,6 @@ def _eps() -> None:
         st.number_input(
             "ε (× 1/255)",
             key=KEY + "eps255",
-            min_value=0.0,
-            max_value=255.0,
             step=1.0,
             format="%g",
             on_change=_sync_eps,
@@ -350,8 +394,6 @@ def _eps() -> None:
         st.number_input(
             "ε",
             key=KEY + "eps",
-            min_value=0.0,
-            max_value=1.0,
             step=0.01,
             format=FORMATS["eps"],
             on_change=_sync_eps,
@@ -376,8 +418,6 @@ def _grad_align() -> None:
     st.number_input(
         LABELS["grad_align_lambda"],
         key=KEY + "grad_align_lambda",
-        min_value=_bounds("grad_align_lambda")["ge"],
-        max_value=_bounds("grad_align_lambda")["le"],
         format="%g",
         disabled=not on,
         help=allowed("grad_align_lambda"),
