@@ -5,7 +5,7 @@ collapses, on Compare with the fork point marked.
 `codash up --workers 2` (parent and fork train at once) against the test's embedded Redis; Chromium at
 /usr/bin/chromium as in test_browser.py. Checks the runs once both have their last live evaluation (the
 final PGD-50-10 evaluations may still run), then saves test-artifacts/fork.png and, with
-CODASH_UPDATE_SCREENSHOT=1, docs/fork.png (the README's first screenshot). Slow: two digits runs (about
+CODASH_UPDATE_SCREENSHOT=1, docs/fork.png (meant for the README's first screen). Slow: two digits runs (about
 2 minutes on an idle laptop CPU; 15 on a 2-core machine shared with other test runs).
 """
 
