@@ -17,6 +17,7 @@ from trainer.checkpoint import load_model
 from trainer.config import ConfigError, make_config
 from trainer.fork import FORK_FILE, eval_iterations
 from trainer.loop import train
+from trainer.presets import DIGITS_GRAD_ALIGN
 
 SHORT = {**TINY, "max_iters": 40, "eval_every": 10, "eval_points": 32, "final_eval_points": 16}
 
@@ -86,7 +87,7 @@ def test_cli_fork_takes_any_train_flag_and_runs_lists_the_lineage(r, capsys):
     run = api.get_run(r, child)
     assert (run.config.parent, run.config.fork_iteration, run.config.grad_align_lambda) == (parent, 20, 4.0)
     assert run.config.eps == SHORT["eps"] and run.config.max_iters == 40  # the rest is the parent's
-    assert cli_main(["fork", parent, "--at", "20", "--preset", "Digits: GradAlign rescue"]) == 0
+    assert cli_main(["fork", parent, "--at", "20", "--preset", DIGITS_GRAD_ALIGN]) == 0
     preset_child = capsys.readouterr().out.strip()
     assert api.get_run(r, preset_child).config.max_iters is None  # a preset replaces the parent's config
 
