@@ -15,7 +15,7 @@ from redis.client import Pipeline
 
 from jobs import keys
 from jobs.registry import write_if_owner
-from trainer.events import Event, encode
+from trainer.events import DENSE_EVENTS, Event, encode
 
 FIELD = "event"
 FIELD_KEY = FIELD.encode()  # replies are bytes
@@ -27,10 +27,11 @@ PAGE = 500
 class StreamSink:
     """The worker's sink for train(): appends events to the run's stream and keeps its progress current.
 
-    Metrics are batched and sent by a background thread at least every FLUSH_S; every other event (eval,
-    co, checkpoint, final) is sent before train() goes on, so the stream never lags an evaluation, and a
-    checkpoint event in the stream always means last.pt holds that iteration. Each batch is one transaction
-    that also updates the run's progress fields, fenced on the attempt (see registry.write_if_owner).
+    Metrics and probes are batched and sent by a background thread at least every FLUSH_S; every other
+    event (eval, co, checkpoint, final) is sent before train() goes on, so the stream never lags an
+    evaluation, and a checkpoint event in the stream always means last.pt holds that iteration. Each batch
+    is one transaction that also updates the run's progress fields, fenced on the attempt (see
+    registry.write_if_owner).
     A resumed attempt passes skip_config: the stream already opens with the run's config event.
     """
 
@@ -55,7 +56,7 @@ class StreamSink:
             self._pending.append(encode(event))
             self._progress.update(progress_fields(event))
             full = len(self._pending) >= MAX_BATCH
-        if event["type"] != "metrics" or full:
+        if event["type"] not in DENSE_EVENTS or full:
             self.flush()
 
     def flush(self) -> None:

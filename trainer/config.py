@@ -84,6 +84,9 @@ class RunConfig(BaseModel):
     grad_align_fraction: float = Field(
         1.0, gt=0.0, le=1.0, description="share of each batch GradAlign's random-point gradient is taken on"
     )
+    elle_lambda: float = Field(
+        0.0, ge=0.0, le=100_000.0, description="ELLE weight λ (0 = off): local-linearity error of the loss"
+    )
     free_replays: int = Field(4, ge=1, le=32, description="Free AT: iterations on each minibatch (m)")
     nfgsm_k: float = Field(2.0, ge=0.0, le=8.0, description="N-FGSM: noise size as a multiple of eps (k)")
     epochs: int = Field(30, ge=1, le=1000)
@@ -98,6 +101,11 @@ class RunConfig(BaseModel):
     eval_every: int = Field(50, ge=1, le=100_000)
     eval_points: int = Field(256, ge=1, le=10_000)
     eval_pgd_steps: int = Field(10, ge=1, le=1000)
+    probe_points: int = Field(
+        32, ge=0, le=1024, description="training images of the dense probe (0 = no probe events)"
+    )
+    probe_every: int = Field(2, ge=1, le=100_000, description="iterations between dense probes")
+    probe_pgd_steps: int = Field(10, ge=1, le=100, description="PGD steps of the dense probe (step ε/4)")
     final_eval_points: int = Field(1000, ge=0, le=100_000)
     final_pgd_steps: int = Field(50, ge=1, le=1000)
     final_pgd_restarts: int = Field(10, ge=1, le=100)
@@ -144,6 +152,10 @@ class RunConfig(BaseModel):
         return self.grad_align_lambda > 0
 
     @property
+    def uses_elle(self) -> bool:
+        return self.elle_lambda > 0
+
+    @property
     def final_pgd(self) -> str:
         """The final evaluation's PGD as the papers name it: 'PGD-50-10' (steps, restarts)."""
         return f"PGD-{self.final_pgd_steps}-{self.final_pgd_restarts}"
@@ -175,6 +187,8 @@ class RunConfig(BaseModel):
             text += f"+GradAlign λ={self.grad_align_lambda:g}"
             if self.grad_align_fraction < 1:
                 text += f" ({self.grad_align_fraction:.0%} batch)"
+        if self.uses_elle:
+            text += f"+ELLE λ={self.elle_lambda:g}"
         return f"{text} ε={format_eps(self.eps, self.dataset)}"
 
 

@@ -19,6 +19,8 @@ FIELDS: dict[str, tuple[str, ...]] = {
     # config also carries every RunConfig field; these are the extra ones.
     "config": ("config", "device", "torch_version", "codash_version", "start_iteration", "total_iterations"),
     "metrics": ("iteration", "epoch", "lr", "train_loss", "train_acc", "reg"),
+    # The dense probe (trainer.probe) on a fixed training subset, every probe_every iterations.
+    "probe": ("iteration", "fgsm_acc", "pgd_acc", "cos_fgsm_pgd", "cos_grad_random"),
     "eval": (
         "iteration",
         "clean_acc",
@@ -42,7 +44,17 @@ FIELDS: dict[str, tuple[str, ...]] = {
         "grad_random",
         "filters",
     ),
-    "co": ("iteration", "pgd_acc", "best_pgd_acc", "fgsm_acc", "confirmed_at", "rule"),
+    "co": (
+        "iteration",
+        "pgd_acc",
+        "best_pgd_acc",
+        "fgsm_acc",
+        "confirmed_at",
+        "rule",
+        "onset_iteration",
+        "onset_rule",
+        "onset_probes",
+    ),
     "checkpoint": ("iteration", "epoch"),
     "final": (
         "co_detected",
@@ -59,6 +71,8 @@ FIELDS: dict[str, tuple[str, ...]] = {
 
 # Fields that depend on the machine's speed, not on the computation: left out when comparing runs.
 TIMING_FIELDS = frozenset({"train_images_per_s", "wall_s"})
+# Events that come every iteration or every few: sinks batch them instead of flushing each one.
+DENSE_EVENTS = frozenset({"metrics", "probe"})
 # Events that carry arrays (images, filters): in the JSONL and the stream like any other, left out of tables.
 ARRAY_EVENTS = frozenset({"snapshot"})
 
@@ -122,7 +136,7 @@ class JsonlSink:
 
     def __call__(self, event: Event) -> None:
         self.stream.write(encode(event) + "\n")
-        if event["type"] != "metrics":
+        if event["type"] not in DENSE_EVENTS:
             self.stream.flush()
 
 

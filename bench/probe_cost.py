@@ -1,0 +1,73 @@
+"""What the dense probe costs: training time per iteration with and without it, on the digits presets.
+
+    python -m bench.probe_cost [--iters 300] [--rounds 3] [--every 1 2 5 10] [--out /tmp/16-probe-cost.json]
+
+Times trainer.train() with evaluation out of the way (eval_every past the end, no final evaluation), so
+`train_images_per_s` of the final event is training plus probes only. The variants alternate within each
+round (a loaded machine slows them alike) and the median of the rounds is reported: the probe's share of
+training time for each probe_every, probe_points and preset. The CPU figures are in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+from trainer.config import make_config
+from trainer.loop import train
+from trainer.presets import DEFAULT_PRESET, DIGITS_GRAD_ALIGN, PRESETS
+
+
+def ms_per_iteration(preset: str, iters: int, device: str, **fields) -> float:
+    config = make_config(
+        {
+            **PRESETS[preset],
+            "max_iters": iters,
+            "eval_every": iters + 1,
+            "final_eval_points": 0,
+            "device": device,
+            **fields,
+        }
+    )
+    final = train(config)
+    return 1000 * config.batch_size / final["train_images_per_s"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.probe_cost", description=__doc__.splitlines()[0])
+    parser.add_argument("--iters", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--every", type=int, nargs="+", default=[1, 2, 5, 10])
+    parser.add_argument("--points", type=int, nargs="+", default=[32, 64])
+    parser.add_argument("--presets", nargs="+", default=[DEFAULT_PRESET, DIGITS_GRAD_ALIGN])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/16-probe-cost.json"))
+    args = parser.parse_args(argv)
+    if args.device == "cpu":
+        torch.set_num_threads(1)
+    variants = [(0, 1)] + [(points, every) for points in args.points for every in args.every]
+    results = []
+    for preset in args.presets:
+        times: dict[tuple[int, int], list[float]] = {variant: [] for variant in variants}
+        for _ in range(args.rounds):
+            for points, every in variants:
+                ms = ms_per_iteration(preset, args.iters, args.device, probe_points=points, probe_every=every)
+                times[(points, every)].append(ms)
+        base = statistics.median(times[(0, 1)])
+        for (points, every), values in times.items():
+            ms = statistics.median(values)
+            row = {"preset": preset, "probe_points": points, "probe_every": every, "ms_per_iteration": ms}
+            row["overhead"] = ms / base - 1
+            results.append(row)
+            print(
+                f"{preset:40s} points {points:3d} every {every:3d}: {ms:6.2f} ms/it, +{row['overhead']:.1%}"
+            )
+        args.out.write_text(json.dumps({"device": args.device, "iters": args.iters, "results": results}))
+
+
+if __name__ == "__main__":
+    main()
