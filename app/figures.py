@@ -1,132 +1,26 @@
-"""Pure functions from a run's events to Plotly figures and tables.
+"""Plotly figures from a run's history: the three panels, the model's insides, the sweep chart.
 
-No Streamlit and no Redis here, so every chart and table the dashboard shows is unit-testable from a list of
-event dicts. One figure builder (`run_figure`) serves the live view, the compare overlay and the small
-multiples, so the three can never drift apart.
+No Streamlit and no Redis here, so every chart the dashboard shows is unit-testable from a list of event
+dicts. One figure builder (`run_figure`) serves the live view, the compare overlay and the small multiples,
+so the three can never drift apart.
 """
 
 from __future__ import annotations
 
 import html
-import json
-import math
-import re
-import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from trainer.config import RunConfig, format_eps, reads
+from app.history import RunHistory
 
-if TYPE_CHECKING:
-    from jobs.api import Run
-
-TERMINAL = frozenset({"finished", "failed", "cancelled", "interrupted"})
-NATURAL_IMAGES = ("cifar10", "svhn")  # data sets on which ε is stated in 1/255 (as format_eps shows it)
-MAX_LINE_POINTS = 600  # per-iteration series are averaged into at most this many bins: SVG stays fast
-SMOOTH_ITERS = 10  # per-batch training numbers are noisy: drawn as a trailing moving average
 RUN_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 CO_COLOR = "#b30000"
-
-
-# --- a run's history, accumulated incrementally from its event stream ---
-
-
-@dataclass
-class RunHistory:
-    """Everything the charts need from one run's events, fed in stream order by `extend`.
-
-    Rows are keyed by iteration: a resumed run replays the iterations after its last checkpoint, and the
-    replayed row simply replaces the one from the interrupted attempt.
-    """
-
-    config: dict[str, Any] | None = None
-    total_iterations: int | None = None
-    device: str | None = None
-    metrics: dict[int, dict[str, Any]] = field(default_factory=dict)
-    evals: dict[int, dict[str, Any]] = field(default_factory=dict)
-    snapshots: dict[int, dict[str, Any]] = field(default_factory=dict)  # arrays as float32 numpy arrays
-    co: dict[str, Any] | None = None
-    final: dict[str, Any] | None = None
-    last_id: str = "0-0"
-    n_events: int = 0
-    attempt: int = 1  # the run's attempt these events belong to (a resume rewinds the stream)
-
-    def extend(self, events: Iterable[dict[str, Any]], last_id: str | None = None) -> None:
-        for event in events:
-            self.n_events += 1
-            kind = event.get("type")
-            if kind == "config":
-                self._restart(event)
-            elif kind == "metrics":
-                self.metrics[event["iteration"]] = event
-            elif kind == "eval":
-                self.evals[event["iteration"]] = event
-            elif kind == "snapshot":
-                self.snapshots[event["iteration"]] = compact_snapshot(event)
-            elif kind == "co":
-                self.co = event
-            elif kind == "final":
-                self.final = event
-        if last_id is not None:
-            self.last_id = last_id
-
-    def _restart(self, event: dict[str, Any]) -> None:
-        """A config event opens an attempt at `start_iteration`: later rows will be recomputed."""
-        self.config = event["config"]
-        self.total_iterations = event["total_iterations"]
-        self.device = event["device"]
-        start = event["start_iteration"]
-        self.metrics = {it: row for it, row in self.metrics.items() if it <= start}
-        self.evals = {it: row for it, row in self.evals.items() if it <= start}
-        self.snapshots = {it: row for it, row in self.snapshots.items() if it <= start}
-        if self.co is not None and self.co["iteration"] > start:
-            self.co = None
-        self.final = None
-
-    @property
-    def iteration(self) -> int:
-        return max(self.metrics, default=0)
-
-    @property
-    def co_iteration(self) -> int | None:
-        return self.co["iteration"] if self.co else None
-
-    def metrics_frame(self, max_points: int = MAX_LINE_POINTS) -> pd.DataFrame:
-        """Per-iteration training numbers, smoothed over SMOOTH_ITERS and averaged into max_points bins."""
-        frame = _frame(self.metrics.values())
-        if not frame.empty:
-            columns = ["train_loss", "train_acc", "reg"]
-            frame[columns] = frame[columns].rolling(SMOOTH_ITERS, min_periods=1).mean()
-        return downsample(frame, max_points)
-
-    def evals_frame(self) -> pd.DataFrame:
-        return _frame(self.evals.values())
-
-    def latest_eval(self) -> dict[str, Any] | None:
-        return self.evals[max(self.evals)] if self.evals else None
-
-
-def _frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    frame = pd.DataFrame(list(rows))
-    return frame.sort_values("iteration", ignore_index=True) if not frame.empty else frame
-
-
-def downsample(frame: pd.DataFrame, max_points: int) -> pd.DataFrame:
-    """Average consecutive iterations into at most `max_points` bins (a smoothed curve, never a subsample)."""
-    if len(frame) <= max_points:
-        return frame
-    bins = pd.Series(range(len(frame))) * max_points // len(frame)
-    numeric = frame.select_dtypes("number")
-    grouped = numeric.groupby(bins.values)
-    averaged = grouped.mean()
-    averaged["iteration"] = grouped["iteration"].max()  # a bin is plotted where it ends
-    return averaged.reset_index(drop=True)
 
 
 # --- the three-panel figure ---
@@ -346,18 +240,11 @@ def _layout(fig: go.Figure, uirevision: str, height: int, overlay: bool, compact
 
 # --- inside the model: first-layer filters and one image's perturbations and gradients (snapshot events) ---
 
-SNAPSHOT_ARRAYS = ("image", "fgsm_delta", "pgd_delta", "grad_x", "grad_random", "filters")
 CLASS_NAMES = {
     "cifar10": ("airplane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
 }
 SIGNED_SCALE = "RdBu_r"  # negative blue, zero white, positive red
 GAP = 255  # the white line between filters in an RGB mosaic
-
-
-def compact_snapshot(event: dict[str, Any]) -> dict[str, Any]:
-    """A snapshot event with its nested lists as float32 arrays: a tenth of the memory, ready to draw."""
-    arrays = {key: np.asarray(event[key], dtype=np.float32) for key in SNAPSHOT_ARRAYS if event.get(key)}
-    return {**event, **arrays}
 
 
 def filter_mosaic(filters: np.ndarray, columns: int) -> np.ndarray:
@@ -488,195 +375,7 @@ def _image_axes(fig: go.Figure) -> None:
         fig.update_yaxes(scaleanchor=f"x{axis}", selector={"anchor": f"x{axis}"})
 
 
-def snapshot_label(iteration: int, co_iteration: int | None) -> str:
-    """The snapshot slider's text: the iteration, and where catastrophic overfitting set in."""
-    if co_iteration is None:
-        return f"{iteration:,}"
-    if iteration == co_iteration:
-        return f"{iteration:,} · CO"
-    return f"{iteration:,}" + (" · after CO" if iteration > co_iteration else "")
-
-
-# --- naming runs by what differs between them ---
-
-_SHORT = {
-    "eps": "ε",
-    "grad_align_lambda": "λ",
-    "batch_size": "batch",
-    "n_filters": "filters",
-    "n_layers": "layers",
-}
-_METHOD_FIELDS = (
-    "method",
-    "grad_align_lambda",
-    "grad_align_fraction",
-    "pgd_steps",
-    "free_replays",
-    "nfgsm_k",
-)
-_IGNORED = frozenset({"name"})
-
-
-def method_label(config: RunConfig) -> str:
-    """'FGSM', 'FGSM+GradAlign λ=2', 'PGD-10': the trainer's own label without ε."""
-    return config.model_copy(update={"name": ""}).label().rsplit(" ε=", 1)[0]
-
-
-def distinguishing_labels(configs: Sequence[RunConfig], ids: Sequence[str] | None = None) -> list[str]:
-    """Legend labels from only the fields in which the configs differ: 'FGSM ε=0.1' vs 'FGSM ε=0.2'.
-
-    The method (with its GradAlign λ) always leads, since it is the story's main contrast. User names are
-    kept when they are distinct; identical configs are told apart by run id.
-    """
-    if len(configs) == 1:
-        return [configs[0].label()]
-    names = [config.name for config in configs]
-    if all(names) and len(set(names)) == len(names):
-        return names
-    dumps = [config.model_dump() for config in configs]
-
-    def read(key: str, config: RunConfig) -> bool:
-        return reads(key, config.method, config.uses_grad_align)
-
-    differing = [
-        key
-        for key in RunConfig.model_fields
-        if key not in _IGNORED
-        and key not in _METHOD_FIELDS
-        and len({json.dumps(d[key]) for c, d in zip(configs, dumps, strict=True) if read(key, c)}) > 1
-    ]
-    labels = []
-    for config, dump in zip(configs, dumps, strict=True):
-        parts = [method_label(config)] + [
-            f"{_SHORT.get(key, key)}={_format_value(key, dump[key], config)}"
-            for key in differing
-            if read(key, config)  # an FGSM run's PGD step size is no difference worth naming
-        ]
-        labels.append(" ".join(parts))
-    if ids is not None and len(set(labels)) < len(labels):
-        labels = [f"{label} [{run_id[:8]}]" for label, run_id in zip(labels, ids, strict=True)]
-    return labels
-
-
-def _format_value(key: str, value: Any, config: RunConfig) -> str:
-    if key == "eps":
-        return format_eps(value, config.dataset)
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-# --- tables ---
-
-
-def runs_frame(runs: Sequence[Run], now: float | None = None) -> pd.DataFrame:
-    """One row per run for the Runs table: what was run, how far it got, and what it achieved."""
-    now = time.time() if now is None else now
-    rows = []
-    for run in runs:
-        config, final = run.config, run.final or {}
-        last = final.get("last") or {}
-        total = run.total_iterations or 0
-        rows.append(
-            {
-                "id": run.id,
-                "label": config.label(),
-                "status": run.status,
-                "method": config.method,
-                "ε": format_eps(config.eps, config.dataset),
-                "λ": config.grad_align_lambda,
-                "dataset": config.dataset,
-                "model": model_name(config),
-                "progress": min(run.iteration / total, 1.0) if total else 0.0,
-                "iteration": run.iteration,
-                "CO iteration": run.co_iteration,
-                "clean acc": last.get("clean_acc"),
-                "PGD acc": last.get("pgd_acc"),
-                "AA acc": last.get("autoattack_acc"),
-                "device": run.device,
-                "created": pd.Timestamp(run.created_at, unit="s", tz="UTC"),
-                "elapsed": format_duration(elapsed_s(run, now)),
-                "sweep": run.sweep_id,
-            }
-        )
-    columns = ["id", "label", "status", "method", "ε", "λ", "dataset", "model", "progress", "iteration"]
-    columns += ["CO iteration", "clean acc", "PGD acc", "AA acc", "device", "created", "elapsed", "sweep"]
-    frame = pd.DataFrame(rows, columns=columns)
-    accuracies = {name: "float64" for name in ("clean acc", "PGD acc", "AA acc")}
-    return frame.astype({"CO iteration": "Int64", **accuracies})
-
-
-def model_name(config: RunConfig) -> str:
-    if config.model == "cnn":
-        return f"cnn {config.n_layers}×{config.n_filters}"
-    return config.model
-
-
-def elapsed_s(run: Run, now: float) -> float | None:
-    if run.started_at is None:
-        return None
-    return (run.finished_at or now) - run.started_at
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    seconds = max(0, int(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
 # --- the sweep: final PGD accuracy against ε per method (the paper's Fig. 1) ---
-
-
-def sweep_frame(runs: Sequence[Run], histories: dict[str, RunHistory]) -> pd.DataFrame:
-    """A point per run with a robust accuracy: its final PGD accuracy, or its latest eval while running."""
-    rows = []
-    for run in runs:
-        config, history = run.config, histories.get(run.id)
-        final = run.final or (history.final if history else None)
-        if final is not None:
-            pgd = (final.get("last") or {}).get("pgd_acc")
-            clean = (final.get("last") or {}).get("clean_acc")
-            co = bool(final.get("co_detected"))
-        else:
-            latest = history.latest_eval() if history else None
-            pgd = latest["pgd_acc"] if latest else None
-            clean = latest["clean_acc"] if latest else None
-            co = bool(history and history.co) or run.co_iteration is not None
-        if pgd is None:
-            continue
-        natural = config.dataset in NATURAL_IMAGES
-        rows.append(
-            {
-                "run_id": run.id,
-                "method": method_label(config).split(" λ=")[0],
-                "eps": config.eps,
-                "x": config.eps * 255 if natural else config.eps,
-                "pgd_acc": pgd,
-                "clean_acc": clean,
-                "co": co,
-                "done": final is not None,
-                "status": run.status,
-                "label": config.label(),
-                "lambda": config.grad_align_lambda,
-            }
-        )
-    columns = [
-        "run_id",
-        "method",
-        "eps",
-        "x",
-        "pgd_acc",
-        "clean_acc",
-        "co",
-        "done",
-        "status",
-        "label",
-        "lambda",
-    ]
-    return pd.DataFrame(rows, columns=columns).sort_values(["method", "x"], ignore_index=True)
 
 
 def sweep_figure(points: pd.DataFrame, natural_units: bool, uirevision: str) -> go.Figure:
@@ -731,17 +430,3 @@ def sweep_figure(points: pd.DataFrame, natural_units: bool, uirevision: str) -> 
         margin={"t": 60, "b": 50},
     )
     return fig
-
-
-# --- text ---
-
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|~$:])")
-
-
-def md_escape(text: str) -> str:
-    """User text inside Markdown-rendering elements, shown literally (no links, no emphasis, no HTML)."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
-
-
-def percent(value: float | None) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1%}"

@@ -11,7 +11,7 @@ import os
 import redis
 import streamlit as st
 
-from app.figures import RunHistory
+from app.history import RunHistory
 from jobs import api
 
 

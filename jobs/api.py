@@ -19,6 +19,7 @@ from jobs.queue import cancel, delete, queued_count, resume, submit
 from jobs.registry import (
     RESUMABLE,
     STATUSES,
+    TERMINAL,
     InvalidTransition,
     Run,
     RunNotFound,
@@ -34,6 +35,7 @@ __all__ = [
     "DEFAULT_QUEUE",
     "RESUMABLE",
     "STATUSES",
+    "TERMINAL",
     "InvalidTransition",
     "Run",
     "RunNotFound",

@@ -23,6 +23,7 @@ from trainer.config import ConfigError, RunConfig, make_config
 
 STATUSES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
 RESUMABLE = frozenset({"interrupted", "cancelled", "failed"})
+TERMINAL = frozenset({"finished", "failed", "cancelled", "interrupted"})  # no worker will change it
 LOST = "its worker stopped sending heartbeats (killed, crashed or cut off from Redis)"
 
 Record = dict[str, str]  # a run's hash, decoded; "" stands for None

@@ -1,4 +1,4 @@
-"""app/figures.py: events in, figures and tables out; no Streamlit, no Redis."""
+"""app/history.py, figures.py, tables.py, text.py: events in, what the dashboard shows out; no Redis."""
 
 from __future__ import annotations
 
@@ -11,24 +11,17 @@ import pandas as pd
 import pytest
 
 from app.figures import (
-    MAX_LINE_POINTS,
-    RunHistory,
     Series,
-    distinguishing_labels,
-    downsample,
     filter_mosaic,
     filters_figure,
-    format_duration,
     inside_figure,
-    md_escape,
-    method_label,
     run_figure,
-    runs_frame,
     shared_axes,
-    snapshot_label,
     sweep_figure,
-    sweep_frame,
 )
+from app.history import MAX_LINE_POINTS, RunHistory, downsample
+from app.tables import runs_frame, sweep_frame
+from app.text import distinguishing_labels, format_duration, md_escape, method_label, snapshot_label
 from trainer.config import make_config
 from trainer.events import events_csv, events_jsonl, make_event, read_jsonl
 from trainer.presets import DEFAULT_PRESET, DIGITS_GRAD_ALIGN, PRESETS
@@ -311,7 +304,7 @@ def test_method_label_drops_eps_and_name():
 
 @dataclass(frozen=True)
 class FakeRun:
-    """The fields of jobs.api.Run that the tables read (figures.py duck-types runs)."""
+    """The fields of jobs.api.Run that the tables read (tables.py duck-types runs)."""
 
     id: str
     status: str

@@ -27,7 +27,7 @@ from test_app_figures import (
     snapshot_event,
 )
 
-from app.figures import distinguishing_labels, md_escape
+from app.text import distinguishing_labels, md_escape
 from app.views.launch import ADVANCED, GROUPS
 from jobs import api
 from jobs.queue import job_id, rq_queue

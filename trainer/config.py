@@ -192,9 +192,12 @@ class RunConfig(BaseModel):
         return f"{text} ε={format_eps(self.eps, self.dataset)}"
 
 
+NATURAL_IMAGES = ("cifar10", "svhn")  # data sets on which the literature states ε in 1/255
+
+
 def format_eps(eps: float, dataset: str) -> str:
     """Show eps as k/255 on natural-image data sets, where the literature states it that way."""
-    if dataset in ("cifar10", "svhn"):
+    if dataset in NATURAL_IMAGES:
         k = eps * 255
         if math.isclose(k, round(k), abs_tol=1e-6):
             return f"{round(k)}/255"

@@ -10,16 +10,10 @@ import streamlit as st
 
 from app import state
 from app.chart import live_chart
-from app.figures import (
-    TERMINAL,
-    Series,
-    distinguishing_labels,
-    md_escape,
-    run_figure,
-    runs_frame,
-    shared_axes,
-)
-from app.views.runs import COLUMNS, MISSING, ORDER
+from app.figures import Series, run_figure, shared_axes
+from app.refresh import while_live
+from app.tables import COLUMNS, MISSING, ORDER, runs_frame
+from app.text import distinguishing_labels, md_escape
 from jobs import api
 
 REFRESH_S = 2.0
@@ -51,11 +45,12 @@ def render() -> None:
     if len(chosen) < 2:
         st.info("Pick at least two runs to compare.")
         return
-    live = any(runs[run_id].status not in TERMINAL for run_id in chosen)
-    st.fragment(_charts, run_every=REFRESH_S if live else None)(chosen, live)
+    live = any(runs[run_id].status not in api.TERMINAL for run_id in chosen)
+    while_live(_charts, live, REFRESH_S, chosen)
 
 
-def _charts(run_ids: list[str], was_live: bool) -> None:
+def _charts(run_ids: list[str]) -> bool:
+    """The overlay, the table and the small multiples; returns whether any run can still change."""
     r = state.connection()
     runs = [run for run in (api.get_run(r, run_id) for run_id in run_ids) if run is not None]
     labels = distinguishing_labels([run.config for run in runs], [run.id for run in runs])
@@ -85,8 +80,7 @@ def _charts(run_ids: list[str], was_live: bool) -> None:
                     continue
                 figure = run_figure([one], uirevision=f"small:{run.id}", height=560, compact=True, axes=axes)
                 live_chart(figure, f"compare.small.{run.id}", one.history.n_events)
-    if any(run.status not in TERMINAL for run in runs) != was_live:
-        st.rerun()  # start or stop the timer
+    return any(run.status not in api.TERMINAL for run in runs)
 
 
 if __name__ == "__main__":  # run by st.navigation as a page script

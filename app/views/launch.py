@@ -13,9 +13,10 @@ from typing import Any, Literal, get_args, get_origin
 import streamlit as st
 
 from app import limits, nav, state
-from app.figures import NATURAL_IMAGES, md_escape, model_name
+from app.text import md_escape, model_name
 from jobs import api
 from trainer.config import (
+    NATURAL_IMAGES,
     USED_BY,
     ConfigError,
     RunConfig,

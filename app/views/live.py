@@ -1,10 +1,9 @@
 """Live view of one run (`?run=ID`): status, progress, the three panels with the CO marker, the model's
 first-layer filters and one image's perturbations at any evaluation, final results.
 
-The panel is a fragment that reruns every REFRESH_S seconds while the run can still change, reading only the
+The panel refreshes every REFRESH_S seconds while the run can still change (app.refresh), reading only the
 events after the last one it has shown; the chart updates in place (app.chart) and keeps its zoom because
 its uirevision is the run id.
-When the run reaches a terminal state the whole page reruns once, redefining the fragment without a timer.
 """
 
 from __future__ import annotations
@@ -15,20 +14,11 @@ import streamlit as st
 
 from app import nav, state
 from app.chart import live_chart
-from app.figures import (
-    TERMINAL,
-    RunHistory,
-    Series,
-    elapsed_s,
-    filters_figure,
-    format_duration,
-    inside_figure,
-    md_escape,
-    model_name,
-    percent,
-    run_figure,
-    snapshot_label,
-)
+from app.figures import Series, filters_figure, inside_figure, run_figure
+from app.history import RunHistory
+from app.refresh import while_live
+from app.tables import elapsed_s
+from app.text import format_duration, md_escape, model_name, percent, snapshot_label
 from jobs import api
 
 REFRESH_S = 1.0
@@ -54,8 +44,7 @@ def render() -> None:
         st.error(f"No run with id {md_escape(run_id)}: it may have been deleted.")
         _pick_run(r)
         return
-    terminal = run.status in TERMINAL
-    st.fragment(_panel, run_every=None if terminal else REFRESH_S)(run_id, terminal)
+    while_live(_panel, run.status not in api.TERMINAL, REFRESH_S, run_id)
 
 
 def _pick_run(r) -> None:
@@ -69,12 +58,13 @@ def _pick_run(r) -> None:
         nav.go("live", run=choice)
 
 
-def _panel(run_id: str, was_terminal: bool) -> None:
+def _panel(run_id: str) -> bool:
+    """The run as it is now; returns whether it can still change."""
     r = state.connection()
     run = api.get_run(r, run_id)
     if run is None:
         st.error("This run was deleted.")
-        return
+        return False
     history = state.history(r, run)
     st.header(md_escape(run.config.label()), anchor=False)
     _status(r, run, history)
@@ -85,8 +75,7 @@ def _panel(run_id: str, was_terminal: bool) -> None:
         _final(run.final, run.config)
     with st.expander("Config"):
         st.json(run.config.model_dump(mode="json"))
-    if (run.status in TERMINAL) != was_terminal:
-        st.rerun()  # start or stop the timer
+    return run.status not in api.TERMINAL
 
 
 def _status(r, run, history: RunHistory) -> None:

@@ -7,28 +7,10 @@ import contextlib
 import streamlit as st
 
 from app import nav, state
-from app.figures import runs_frame
+from app.tables import COLUMNS, MISSING, ORDER, runs_frame
 from jobs import api
 from trainer.events import events_csv, events_jsonl
 
-COLUMNS = {
-    "id": st.column_config.TextColumn("id", width="small"),
-    "label": st.column_config.TextColumn("run", width="medium"),
-    "λ": st.column_config.NumberColumn("λ", format="%g"),
-    "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
-    "CO iteration": st.column_config.NumberColumn("CO at", format="%d", help="catastrophic overfitting"),
-    "clean acc": st.column_config.NumberColumn("clean acc", format="percent", help="final, whole test set"),
-    "PGD acc": st.column_config.NumberColumn("PGD acc", format="percent", help="final PGD evaluation"),
-    "AA acc": st.column_config.NumberColumn(
-        "AA acc", format="percent", help="final AutoAttack evaluation (when enabled)"
-    ),
-    "created": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm:ss"),
-    "open": st.column_config.LinkColumn("open", display_text="live view ↗"),
-}
-# What a table shows where a run has no value (no CO, AutoAttack off, not finished yet).
-MISSING = "—"
-ORDER = ["label", "status", "progress", "CO iteration", "clean acc", "PGD acc", "AA acc", "method", "ε"]
-ORDER += ["λ", "dataset", "model", "iteration", "elapsed", "device", "created", "sweep", "id", "open"]
 FILTERS = ("status", "method", "dataset", "model")
 
 

@@ -13,10 +13,13 @@ import streamlit as st
 
 from app import limits, nav, state
 from app.chart import live_chart
-from app.figures import NATURAL_IMAGES, TERMINAL, md_escape, sweep_figure, sweep_frame
+from app.figures import sweep_figure
 from app.presets import SWEEP_PRESETS
+from app.refresh import while_live
+from app.tables import sweep_frame
+from app.text import md_escape
 from jobs import api
-from trainer.config import ConfigError, RunConfig, format_eps, make_config, paper_lambda
+from trainer.config import NATURAL_IMAGES, ConfigError, RunConfig, format_eps, make_config, paper_lambda
 from trainer.presets import DIGITS_GRAD_ALIGN, PRESETS
 
 REFRESH_S = 2.0
@@ -50,8 +53,7 @@ def render() -> None:
     st.query_params["sweep"] = sweep_id
     state.shown_in_url(KEY + "shown", sweep_id)
     runs = api.sweep_runs(r, sweep_id)
-    live = any(run.status not in TERMINAL for run in runs)
-    st.fragment(_results, run_every=REFRESH_S if live else None)(sweep_id, live)
+    while_live(_results, any(run.status not in api.TERMINAL for run in runs), REFRESH_S, sweep_id)
 
 
 def parse_eps_list(text: str, natural: bool) -> list[float]:
@@ -161,13 +163,14 @@ def _new_sweep(r) -> None:
         nav.go("sweep", sweep=sweep_id)
 
 
-def _results(sweep_id: str, was_live: bool) -> None:
+def _results(sweep_id: str) -> bool:
+    """The sweep's chart and its runs; returns whether any run can still change."""
     r = state.connection()
     runs = api.sweep_runs(r, sweep_id)
     # finished runs are drawn from their final results; only runs in progress need their events
     histories = {run.id: state.history(r, run) for run in runs if run.status == "running"}
     points = sweep_frame(runs, histories)
-    done = sum(run.status in TERMINAL for run in runs)
+    done = sum(run.status in api.TERMINAL for run in runs)
     st.progress(done / len(runs) if runs else 0.0, text=f"{done} of {len(runs)} runs done")
     natural = bool(runs) and runs[0].config.dataset in NATURAL_IMAGES
     figure = sweep_figure(points, natural, uirevision=f"sweep:{sweep_id}")
@@ -182,8 +185,7 @@ def _results(sweep_id: str, was_live: bool) -> None:
                 query_params={"run": run.id},
                 icon=":material/open_in_new:",
             )
-    if any(run.status not in TERMINAL for run in runs) != was_live:
-        st.rerun()  # start or stop the timer
+    return done < len(runs)
 
 
 if __name__ == "__main__":  # run by st.navigation as a page script

@@ -1,0 +1,116 @@
+"""A run's history: its event stream reduced, event by event, to the rows the charts and tables read.
+
+No Streamlit, Redis or Plotly here: the dashboard keeps one RunHistory per run per session (app.state) and
+extends it with only the events written since it last looked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+MAX_LINE_POINTS = 600  # per-iteration series are averaged into at most this many bins: SVG stays fast
+SMOOTH_ITERS = 10  # per-batch training numbers are noisy: drawn as a trailing moving average
+SNAPSHOT_ARRAYS = ("image", "fgsm_delta", "pgd_delta", "grad_x", "grad_random", "filters")
+
+
+@dataclass
+class RunHistory:
+    """Everything the charts need from one run's events, fed in stream order by `extend`.
+
+    Rows are keyed by iteration: a resumed run replays the iterations after its last checkpoint, and the
+    replayed row simply replaces the one from the interrupted attempt.
+    """
+
+    config: dict[str, Any] | None = None
+    total_iterations: int | None = None
+    device: str | None = None
+    metrics: dict[int, dict[str, Any]] = field(default_factory=dict)
+    evals: dict[int, dict[str, Any]] = field(default_factory=dict)
+    snapshots: dict[int, dict[str, Any]] = field(default_factory=dict)  # arrays as float32 numpy arrays
+    co: dict[str, Any] | None = None
+    final: dict[str, Any] | None = None
+    last_id: str = "0-0"
+    n_events: int = 0
+    attempt: int = 1  # the run's attempt these events belong to (a resume rewinds the stream)
+
+    def extend(self, events: Iterable[dict[str, Any]], last_id: str | None = None) -> None:
+        for event in events:
+            self.n_events += 1
+            kind = event.get("type")
+            if kind == "config":
+                self._restart(event)
+            elif kind == "metrics":
+                self.metrics[event["iteration"]] = event
+            elif kind == "eval":
+                self.evals[event["iteration"]] = event
+            elif kind == "snapshot":
+                self.snapshots[event["iteration"]] = compact_snapshot(event)
+            elif kind == "co":
+                self.co = event
+            elif kind == "final":
+                self.final = event
+        if last_id is not None:
+            self.last_id = last_id
+
+    def _restart(self, event: dict[str, Any]) -> None:
+        """A config event opens an attempt at `start_iteration`: later rows will be recomputed."""
+        self.config = event["config"]
+        self.total_iterations = event["total_iterations"]
+        self.device = event["device"]
+        start = event["start_iteration"]
+        self.metrics = {it: row for it, row in self.metrics.items() if it <= start}
+        self.evals = {it: row for it, row in self.evals.items() if it <= start}
+        self.snapshots = {it: row for it, row in self.snapshots.items() if it <= start}
+        if self.co is not None and self.co["iteration"] > start:
+            self.co = None
+        self.final = None
+
+    @property
+    def iteration(self) -> int:
+        return max(self.metrics, default=0)
+
+    @property
+    def co_iteration(self) -> int | None:
+        return self.co["iteration"] if self.co else None
+
+    def metrics_frame(self, max_points: int = MAX_LINE_POINTS) -> pd.DataFrame:
+        """Per-iteration training numbers, smoothed over SMOOTH_ITERS and averaged into max_points bins."""
+        frame = _frame(self.metrics.values())
+        if not frame.empty:
+            columns = ["train_loss", "train_acc", "reg"]
+            frame[columns] = frame[columns].rolling(SMOOTH_ITERS, min_periods=1).mean()
+        return downsample(frame, max_points)
+
+    def evals_frame(self) -> pd.DataFrame:
+        return _frame(self.evals.values())
+
+    def latest_eval(self) -> dict[str, Any] | None:
+        return self.evals[max(self.evals)] if self.evals else None
+
+
+def _frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    frame = pd.DataFrame(list(rows))
+    return frame.sort_values("iteration", ignore_index=True) if not frame.empty else frame
+
+
+def downsample(frame: pd.DataFrame, max_points: int) -> pd.DataFrame:
+    """Average consecutive iterations into at most `max_points` bins (a smoothed curve, never a subsample)."""
+    if len(frame) <= max_points:
+        return frame
+    bins = pd.Series(range(len(frame))) * max_points // len(frame)
+    numeric = frame.select_dtypes("number")
+    grouped = numeric.groupby(bins.values)
+    averaged = grouped.mean()
+    averaged["iteration"] = grouped["iteration"].max()  # a bin is plotted where it ends
+    return averaged.reset_index(drop=True)
+
+
+def compact_snapshot(event: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot event with its nested lists as float32 arrays: a tenth of the memory, ready to draw."""
+    arrays = {key: np.asarray(event[key], dtype=np.float32) for key in SNAPSHOT_ARRAYS if event.get(key)}
+    return {**event, **arrays}

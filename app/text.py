@@ -1,0 +1,118 @@
+"""Text the dashboard shows: run names (by what differs between runs), numbers, durations, escaping.
+
+Pure functions of configs and values, so pages and tables name things the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from trainer.config import RunConfig, format_eps, reads
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|~$:])")
+
+
+def md_escape(text: str) -> str:
+    """User text inside Markdown-rendering elements, shown literally (no links, no emphasis, no HTML)."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
+def percent(value: float | None) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1%}"
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def model_name(config: RunConfig) -> str:
+    if config.model == "cnn":
+        return f"cnn {config.n_layers}×{config.n_filters}"
+    return config.model
+
+
+def snapshot_label(iteration: int, co_iteration: int | None) -> str:
+    """The snapshot slider's text: the iteration, and where catastrophic overfitting set in."""
+    if co_iteration is None:
+        return f"{iteration:,}"
+    if iteration == co_iteration:
+        return f"{iteration:,} · CO"
+    return f"{iteration:,}" + (" · after CO" if iteration > co_iteration else "")
+
+
+# --- naming runs by what differs between them ---
+
+_SHORT = {
+    "eps": "ε",
+    "grad_align_lambda": "λ",
+    "batch_size": "batch",
+    "n_filters": "filters",
+    "n_layers": "layers",
+}
+_METHOD_FIELDS = (
+    "method",
+    "grad_align_lambda",
+    "grad_align_fraction",
+    "pgd_steps",
+    "free_replays",
+    "nfgsm_k",
+)
+_IGNORED = frozenset({"name"})
+
+
+def method_label(config: RunConfig) -> str:
+    """'FGSM', 'FGSM+GradAlign λ=2', 'PGD-10': the trainer's own label without ε."""
+    return config.model_copy(update={"name": ""}).label().rsplit(" ε=", 1)[0]
+
+
+def distinguishing_labels(configs: Sequence[RunConfig], ids: Sequence[str] | None = None) -> list[str]:
+    """Legend labels from only the fields in which the configs differ: 'FGSM ε=0.1' vs 'FGSM ε=0.2'.
+
+    The method (with its GradAlign λ) always leads, since it is the story's main contrast. User names are
+    kept when they are distinct; identical configs are told apart by run id.
+    """
+    if len(configs) == 1:
+        return [configs[0].label()]
+    names = [config.name for config in configs]
+    if all(names) and len(set(names)) == len(names):
+        return names
+    dumps = [config.model_dump() for config in configs]
+
+    def read(key: str, config: RunConfig) -> bool:
+        return reads(key, config.method, config.uses_grad_align)
+
+    differing = [
+        key
+        for key in RunConfig.model_fields
+        if key not in _IGNORED
+        and key not in _METHOD_FIELDS
+        and len({json.dumps(d[key]) for c, d in zip(configs, dumps, strict=True) if read(key, c)}) > 1
+    ]
+    labels = []
+    for config, dump in zip(configs, dumps, strict=True):
+        parts = [method_label(config)] + [
+            f"{_SHORT.get(key, key)}={_format_value(key, dump[key], config)}"
+            for key in differing
+            if read(key, config)  # an FGSM run's PGD step size is no difference worth naming
+        ]
+        labels.append(" ".join(parts))
+    if ids is not None and len(set(labels)) < len(labels):
+        labels = [f"{label} [{run_id[:8]}]" for label, run_id in zip(labels, ids, strict=True)]
+    return labels
+
+
+def _format_value(key: str, value: Any, config: RunConfig) -> str:
+    if key == "eps":
+        return format_eps(value, config.dataset)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
