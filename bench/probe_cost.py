@@ -2,10 +2,12 @@
 
     python -m bench.probe_cost [--iters 300] [--rounds 3] [--every 1 2 5 10] [--out /tmp/16-probe-cost.json]
 
-Times trainer.train() with evaluation out of the way (eval_every past the end, no final evaluation), so
-`train_images_per_s` of the final event is training plus probes only. The variants alternate within each
-round (a loaded machine slows them alike) and the median of the rounds is reported: the probe's share of
-training time for each probe_every, probe_points and preset. The CPU figures are in docs/benchmarks.md.
+Times trainer.train() with evaluation out of the way (eval_every past the end, no final evaluation) in
+CPU time of this one-thread process (time.process_time: a machine shared with other jobs slows the wall
+clock, not this), less a 1-iteration run's (data, model, the events around the run). The variants
+alternate within each round and the median of the rounds is reported: the probe's share of training time
+for each probe_points, probe_pgd_steps and probe_every. On a GPU (--device cuda) it is wall time after a
+synchronize. The CPU figures are in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -22,7 +25,7 @@ from trainer.loop import train
 from trainer.presets import DEFAULT_PRESET, DIGITS_GRAD_ALIGN, PRESETS
 
 
-def ms_per_iteration(preset: str, iters: int, device: str, **fields) -> float:
+def seconds(preset: str, iters: int, device: str, **fields) -> float:
     config = make_config(
         {
             **PRESETS[preset],
@@ -33,8 +36,18 @@ def ms_per_iteration(preset: str, iters: int, device: str, **fields) -> float:
             **fields,
         }
     )
-    final = train(config)
-    return 1000 * config.batch_size / final["train_images_per_s"]
+    clock = time.process_time if device == "cpu" else time.perf_counter
+    started = clock()
+    train(config)
+    if device != "cpu":
+        torch.cuda.synchronize()
+    return clock() - started
+
+
+def ms_per_iteration(preset: str, iters: int, device: str, **fields) -> float:
+    """Per-iteration time of a run of `iters` iterations, less what a 1-iteration run costs."""
+    fixed = seconds(preset, 1, device, **fields)
+    return 1000 * (seconds(preset, iters, device, **fields) - fixed) / (iters - 1)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--every", type=int, nargs="+", default=[1, 2, 5, 10])
     parser.add_argument("--points", type=int, nargs="+", default=[32, 64])
+    parser.add_argument("--steps", type=int, nargs="+", default=[10], help="probe_pgd_steps values")
     parser.add_argument("--presets", nargs="+", default=[DEFAULT_PRESET, DIGITS_GRAD_ALIGN])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("/tmp/16-probe-cost.json"))
