@@ -31,7 +31,7 @@ class Metric:
     column: str
     name: str
     row: int  # 1 accuracy, 2 alignment, 3 loss
-    source: str  # "evals" (sparse: drawn with markers) or "metrics" (every iteration)
+    source: str  # "evals" (sparse: drawn with markers), "probes" (dense probe: thin) or "metrics" (every it)
     color: str
     dash: str = "solid"  # the line style that tells metrics apart when colour tells runs apart
     overlay: bool = True  # drawn when several runs share the panels
@@ -46,7 +46,12 @@ METRICS = (
     Metric("cos_fgsm_pgd", "cos(δ FGSM, δ PGD)", 2, "evals", "#9467bd"),
     Metric("cos_grad_random", "cos(∇x, ∇x+η)", 2, "evals", "#2ca02c", "dot"),
     Metric("train_loss", "train loss", 3, "metrics", "#37474f"),
-    Metric("reg", "GradAlign term", 3, "metrics", "#17becf", "dot", zero_is_absent=True),
+    Metric("reg", "regulariser (GradAlign, ELLE)", 3, "metrics", "#17becf", "dot", zero_is_absent=True),
+    # The dense probe on training images, thin and under the evals' markers (which stay authoritative).
+    Metric("pgd_acc", "PGD (dense probe, train)", 1, "probes", "#d62728"),
+    Metric("fgsm_acc", "FGSM (dense probe, train)", 1, "probes", "#ff7f0e", "dash"),
+    Metric("cos_fgsm_pgd", "cos(δ FGSM, δ PGD) (probe)", 2, "probes", "#9467bd"),
+    Metric("cos_grad_random", "cos(∇x, ∇x+η) (probe)", 2, "probes", "#2ca02c", "dot"),
 )
 PANELS = (
     ("Robust accuracy on the eval subset", "accuracy"),
@@ -134,7 +139,11 @@ def shared_axes(series: Sequence[Series]) -> dict[str, list[float]]:
 
 def _frames(history: RunHistory) -> dict[str, pd.DataFrame]:
     """A run's rows as drawn, by Metric.source: each built once per figure (metrics are smoothed)."""
-    return {"evals": history.evals_frame(), "metrics": history.metrics_frame()}
+    return {
+        "evals": history.evals_frame(),
+        "metrics": history.metrics_frame(),
+        "probes": history.probes_frame(),
+    }
 
 
 def _has_values(frame: pd.DataFrame, metric: Metric) -> bool:
@@ -147,7 +156,7 @@ def _has_values(frame: pd.DataFrame, metric: Metric) -> bool:
 def _trace(
     frame: pd.DataFrame, metric: Metric, label: str, run_color: str | None, show: bool, compact: bool
 ) -> go.Scatter:
-    sparse = metric.source == "evals"
+    sparse, dense = metric.source == "evals", metric.source == "probes"
     name = html.escape(label) if run_color else metric.name
     return go.Scatter(
         x=frame["iteration"],
@@ -161,8 +170,10 @@ def _trace(
         line={
             "color": run_color or metric.color,
             "dash": metric.dash if run_color else "solid",
-            "width": 2.2 if sparse else 1.4,
+            "width": 2.2 if sparse else 0.8 if dense else 1.4,
         },
+        opacity=0.45 if dense else 1.0,
+        zorder=-1 if dense else 0,  # under the evals' markers
         hovertemplate=(f"{html.escape(label)} · " if run_color else "")
         + f"{metric.name}: %{{y:.3f}}<extra></extra>",
     )
@@ -203,7 +214,11 @@ def _style_key(fig: go.Figure, metrics: list[Metric]) -> None:
                 y=[None],
                 name=metric.name,
                 mode="lines",
-                line={"color": "#616161", "dash": metric.dash},
+                line={
+                    "color": "#616161",
+                    "dash": metric.dash,
+                    "width": 0.8 if metric.source == "probes" else 2,
+                },
                 legend=_legend_of(metric.row) if metric.row > 1 else "legend4",
                 hoverinfo="skip",
             ),

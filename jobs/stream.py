@@ -99,7 +99,7 @@ def progress_fields(event: Event) -> dict[str, Any]:
     if kind == "metrics":
         return {"iteration": event["iteration"]}
     if kind == "co":
-        return {"co_iteration": event["iteration"]}
+        return {"co_iteration": event.get("onset_iteration", event["iteration"])}
     if kind == "final":
         return {"final": encode(event), "iteration": event["iterations"]}
     return {}

@@ -95,13 +95,13 @@ class CODetector:
             }
         if self.streak < PATIENCE:
             return None
-        self.fired_at = self.onset["iteration"]
         placed = dense_onset(self.probes, iteration)
+        self.fired_at = self.onset["iteration"] if placed is None else placed  # the final event's co_iteration
         return {
             **self.onset,
             "confirmed_at": iteration,
             "rule": RULE,
-            "onset_iteration": self.fired_at if placed is None else placed,
+            "onset_iteration": self.fired_at,
             "onset_rule": ONSET_RULE if placed is not None else "no dense probe: the first collapsed eval",
             "onset_probes": [row for row in self.probes if row[0] <= iteration],
         }

@@ -30,7 +30,7 @@ from trainer.presets import DEFAULT_PRESET, DIGITS_GRAD_ALIGN, PRESETS
 
 GROUPS = (
     ("Data and model", ("dataset", "model", "name", "n_layers", "n_filters")),
-    ("Attack and defence", ("method", "eps", "grad_align_lambda", "free_replays", "nfgsm_k")),
+    ("Attack and defence", ("method", "eps", "grad_align_lambda", "elle_lambda", "free_replays", "nfgsm_k")),
     ("Training", ("epochs", "max_iters", "batch_size", "lr", "seed")),
     ("Monitoring and hardware", ("eval_every", "eval_points", "device")),
 )
@@ -44,6 +44,9 @@ ADVANCED = (
     "momentum",
     "weight_decay",
     "eval_pgd_steps",
+    "probe_points",
+    "probe_every",
+    "probe_pgd_steps",
     "final_eval_points",
     "final_pgd_steps",
     "final_pgd_restarts",
@@ -59,6 +62,10 @@ LABELS = {
     "pgd_alpha": "PGD step (× ε)",
     "grad_align_lambda": "GradAlign λ",
     "grad_align_fraction": "GradAlign batch share",
+    "elle_lambda": "ELLE λ (0 = off)",
+    "probe_points": "dense probe: train images",
+    "probe_every": "dense probe every (iterations)",
+    "probe_pgd_steps": "dense probe PGD steps",
     "max_iters": "max iterations (optional)",
     "batch_size": "batch size",
     "lr": "learning rate",
