@@ -28,6 +28,9 @@ from trainer.data import load_dataset
 from trainer.evaluate import eval_metrics
 from trainer.loop import train
 from trainer.presets import DEFAULT_PRESET, PRESETS
+from trainer.probe import probe_metrics, probe_seed
+
+CADENCES = (1, 2, 5, 10, 20)  # probe_every values the probe's onset is also placed at, offline
 
 
 def check_seed(seed: int, iters: int, overrides: dict) -> dict:
@@ -55,8 +58,9 @@ def check_seed(seed: int, iters: int, overrides: dict) -> dict:
     data = load_dataset(config.dataset, torch.device("cpu"))
     eval_x, eval_y = data.test_x[: config.eval_points], data.test_y[: config.eval_points]
     model = model_for(config)
+    dense_x, dense_y = data.train_x[-config.probe_points :], data.train_y[-config.probe_points :]
     first = max(1, co["iteration"] - 2 * config.eval_every + 1)  # the detector's window
-    series = []
+    series, probe_series = [], []
     started = time.perf_counter()
     for iteration in range(first, co["confirmed_at"] + 1):
         with torch.no_grad():
@@ -74,15 +78,24 @@ def check_seed(seed: int, iters: int, overrides: dict) -> dict:
             seed=config.seed + iteration,
         )
         series.append([iteration, values["pgd_acc"], values["fgsm_acc"]])
+        generator = torch.Generator().manual_seed(probe_seed(config.seed, iteration))
+        probe = probe_metrics(model, dense_x, dense_y, config.eps, config.probe_pgd_steps, generator)
+        probe_series.append([iteration, probe[1].item(), probe[0].item()])
     reference = dense_onset(series, co["confirmed_at"])
+    at_cadence = {
+        every: dense_onset([row for row in probe_series if row[0] % every == 0], co["confirmed_at"])
+        for every in CADENCES
+    }
     return {
         **result,
         "co": {key: value for key, value in co.items() if key != "onset_probes"},
         "eval_series": series,
+        "probe_series": probe_series,
         "eval_s": time.perf_counter() - started,
         "probe_onset": co["onset_iteration"],
         "eval_onset": reference,
         "difference": None if reference is None else co["onset_iteration"] - reference,
+        "offline_probe_onsets": at_cadence,
     }
 
 
@@ -112,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 f"seed {seed}: eval onset {co['iteration']} (confirmed {co['confirmed_at']}), probe onset"
                 f" {result['probe_onset']}, per-iteration PGD-10 onset {result['eval_onset']},"
-                f" difference {result['difference']}",
+                f" difference {result['difference']}; probe onset offline by probe_every:"
+                f" {result['offline_probe_onsets']}",
                 flush=True,
             )
 

@@ -63,22 +63,35 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.device == "cpu":
         torch.set_num_threads(1)
-    variants = [(0, 1)] + [(points, every) for points in args.points for every in args.every]
+    variants = [(0, 10, 1)] + [
+        (points, steps, every) for points in args.points for steps in args.steps for every in args.every
+    ]
     results = []
     for preset in args.presets:
-        times: dict[tuple[int, int], list[float]] = {variant: [] for variant in variants}
+        seconds(preset, 2, args.device, probe_points=32, probe_every=1)  # imports, data set, first calls
+        times: dict[tuple[int, int, int], list[float]] = {variant: [] for variant in variants}
         for _ in range(args.rounds):
-            for points, every in variants:
-                ms = ms_per_iteration(preset, args.iters, args.device, probe_points=points, probe_every=every)
-                times[(points, every)].append(ms)
-        base = statistics.median(times[(0, 1)])
-        for (points, every), values in times.items():
+            for points, steps, every in variants:
+                fields = {"probe_points": points, "probe_pgd_steps": steps, "probe_every": every}
+                times[(points, steps, every)].append(
+                    ms_per_iteration(preset, args.iters, args.device, **fields)
+                )
+        base = statistics.median(times[variants[0]])
+        for (points, steps, every), values in times.items():
             ms = statistics.median(values)
-            row = {"preset": preset, "probe_points": points, "probe_every": every, "ms_per_iteration": ms}
-            row["overhead"] = ms / base - 1
+            row = {
+                "preset": preset,
+                "probe_points": points,
+                "probe_pgd_steps": steps,
+                "probe_every": every,
+                "ms_per_iteration": ms,
+                "overhead": ms / base - 1,
+            }
             results.append(row)
             print(
-                f"{preset:40s} points {points:3d} every {every:3d}: {ms:6.2f} ms/it, +{row['overhead']:.1%}"
+                f"{preset:40s} points {points:3d} PGD-{steps:<3d} every {every:3d}: {ms:6.2f} ms/it,"
+                f" +{row['overhead']:.1%}",
+                flush=True,
             )
         args.out.write_text(json.dumps({"device": args.device, "iters": args.iters, "results": results}))
 

@@ -104,7 +104,7 @@ class RunConfig(BaseModel):
     probe_points: int = Field(
         32, ge=0, le=1024, description="training images of the dense probe (0 = no probe events)"
     )
-    probe_every: int = Field(2, ge=1, le=100_000, description="iterations between dense probes")
+    probe_every: int = Field(20, ge=1, le=100_000, description="iterations between dense probes")
     probe_pgd_steps: int = Field(10, ge=1, le=100, description="PGD steps of the dense probe (step ε/4)")
     final_eval_points: int = Field(1000, ge=0, le=100_000)
     final_pgd_steps: int = Field(50, ge=1, le=1000)
