@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.digits_lambda", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--eps", type=float, nargs="+", default=[0.05, 0.1, 0.15, 0.2, 0.25, 0.3])
+    parser.add_argument("--eps", type=float, nargs="+", default=[0.05, 0.1, 0.15, 0.175, 0.2, 0.25, 0.3])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--fields", nargs="+", choices=tuple(LADDERS), default=list(LADDERS))
     parser.add_argument("--out", type=Path, default=Path("/tmp/16-lambda.json"))

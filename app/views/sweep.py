@@ -19,13 +19,23 @@ from app.refresh import while_live
 from app.tables import sweep_frame
 from app.text import md_escape
 from jobs import api
-from trainer.config import NATURAL_IMAGES, ConfigError, RunConfig, format_eps, make_config, paper_lambda
-from trainer.presets import DIGITS_GRAD_ALIGN, PRESETS
+from trainer.config import (
+    NATURAL_IMAGES,
+    REGULARISERS,
+    ConfigError,
+    RunConfig,
+    field_bounds,
+    format_eps,
+    lambda_of_eps,
+    make_config,
+)
+from trainer.presets import DIGITS_ELLE, DIGITS_GRAD_ALIGN, PRESETS
 
 REFRESH_S = 2.0
-METHODS = {  # name -> the fields it sets; "GradAlign" runs get their λ from the form
+METHODS = {  # name -> the fields it sets; GradAlign and ELLE runs get their λ from the form (REGULARISED)
     "FGSM": {"method": "fgsm"},
     "FGSM + GradAlign": {"method": "fgsm"},
+    "FGSM + ELLE": {"method": "fgsm"},
     "FGSM-RS": {"method": "fgsm_rs"},
     "PGD-2": {"method": "pgd", "pgd_steps": 2, "pgd_alpha": 0.5},  # α = ε/2, as in the paper
     "PGD-10": {"method": "pgd", "pgd_steps": 10, "pgd_alpha": 0.25},
@@ -33,6 +43,7 @@ METHODS = {  # name -> the fields it sets; "GradAlign" runs get their λ from th
     "Free AT": {"method": "free"},  # m = 4 (Shafahi et al. 2019)
     "Standard": {"method": "standard"},
 }
+REGULARISED = {"FGSM + GradAlign": "grad_align_lambda", "FGSM + ELLE": "elle_lambda"}
 DEFAULT_METHODS = ["FGSM", "FGSM + GradAlign", "PGD-10"]
 DEFAULT_EPS = {"natural": "2, 4, 6, 8, 10, 12, 14, 16", "fraction": "0.05, 0.1, 0.15, 0.2, 0.25, 0.3"}
 KEY = "sweep."
@@ -68,26 +79,36 @@ def sweep_configs(
     base: dict,
     methods: list[str],
     eps_values: list[float],
-    paper_lambdas: bool,
-    fixed_lambda: float,
+    rule: bool,
+    fixed: dict[str, float],
     method_fields: dict[str, dict] | None = None,
 ) -> list[RunConfig]:
     """One config per (method, ε); raises ConfigError naming the first combination that cannot run.
 
-    `method_fields` (a sweep preset's) adds fields per method, e.g. the paper's larger lr for GradAlign.
+    GradAlign's and ELLE's λ follow trainer.config.lambda_of_eps when `rule` is on and the data set has a
+    rule for it, else `fixed` (by field). `method_fields` (a sweep preset's) adds fields per method, e.g.
+    the paper's larger lr for GradAlign.
     """
     configs = []
     for method in methods:
         for eps in eps_values:
-            grad_align = method == "FGSM + GradAlign"
-            lam = (paper_lambda(eps) if paper_lambdas else fixed_lambda) if grad_align else 0.0
+            weights = dict.fromkeys(REGULARISERS, 0.0)
+            if method in REGULARISED:
+                field = REGULARISED[method]
+                by_rule = lambda_of_eps(field, base["dataset"], eps) if rule else None
+                weights[field] = fixed[field] if by_rule is None else by_rule
             extra = (method_fields or {}).get(method, {})
-            values = {**base, **METHODS[method], **extra, "eps": eps, "grad_align_lambda": lam, "name": ""}
+            values = {**base, **METHODS[method], **extra, "eps": eps, **weights, "name": ""}
             try:
                 configs.append(make_config(values))
             except ConfigError as exc:
                 raise ConfigError(f"{method} at ε={format_eps(eps, base['dataset'])}: {exc}") from None
     return configs
+
+
+def _has_rule(base: dict) -> bool:
+    """λ(ε) is the default where it is calibrated: the digits fit, and the paper's rule on natural images."""
+    return base["dataset"] == "digits" or base["dataset"] in NATURAL_IMAGES
 
 
 def _base(name: str) -> dict:
@@ -98,7 +119,7 @@ def _apply_base(name: str) -> None:
     """A sweep preset fills the whole form; a run preset is only the base (and the λ toggle's default)."""
     natural = _base(name)["dataset"] in NATURAL_IMAGES
     preset = SWEEP_PRESETS.get(name)
-    st.session_state[KEY + "paper"] = preset["paper_lambda"] if preset else natural
+    st.session_state[KEY + "paper"] = preset["paper_lambda"] if preset else _has_rule(_base(name))
     if preset:
         st.session_state[KEY + "methods"] = list(preset["methods"])
         st.session_state[KEY + ("eps255" if natural else "eps")] = preset["eps"]
@@ -118,36 +139,55 @@ def _new_sweep(r) -> None:
     for key, default in {
         KEY + "methods": DEFAULT_METHODS,
         eps_key: DEFAULT_EPS["natural" if natural else "fraction"],
-        KEY + "paper": natural,
+        KEY + "paper": _has_rule(base),
     }.items():
         st.session_state.setdefault(key, default)
-    columns = st.columns([3, 3, 2, 2])
+    columns = st.columns([3, 3, 2, 2, 2])
     methods = columns[0].multiselect("Methods", list(METHODS), key=KEY + "methods")
     eps_text = columns[1].text_input(
         "ε values (× 1/255)" if natural else "ε values",
         key=eps_key,
         help="Comma-separated; fractions like 8/3 are fine.",
     )
-    paper = columns[2].toggle(
-        "GradAlign: paper λ(ε)", key=KEY + "paper", help="λ = 0.2·10^((ε − 8/255)/(8/255))"
+    digits = base["dataset"] == "digits"
+    rule = columns[2].toggle(
+        "λ(ε): digits fit" if digits else "GradAlign: paper λ(ε)",
+        key=KEY + "paper",
+        help="GradAlign's and ELLE's λ fitted on digits (docs/reproduction.md)"
+        if digits
+        else "λ = 0.2·10^((ε − 8/255)/(8/255)), for GradAlign; ELLE keeps its fixed λ",
     )
-    fixed = columns[3].number_input(
-        "GradAlign: fixed λ",
-        min_value=0.0,
-        max_value=100.0,
-        value=PRESETS[DIGITS_GRAD_ALIGN]["grad_align_lambda"],
-        format="%g",
-        disabled=paper,
-        key=KEY + "lambda",
-        help=f"Starts at the λ of “{DIGITS_GRAD_ALIGN}”; the paper's λ(ε) is calibrated for CIFAR-10.",
-    )
+    fixed = {}
+    for column, field, preset, name in (
+        (columns[3], "grad_align_lambda", DIGITS_GRAD_ALIGN, "GradAlign"),
+        (columns[4], "elle_lambda", DIGITS_ELLE, "ELLE"),
+    ):
+        fixed[field] = column.number_input(
+            f"{name}: fixed λ",
+            min_value=0.0,
+            max_value=float(field_bounds(field)["le"]),
+            value=PRESETS[preset][field],
+            format="%g",
+            disabled=rule and lambda_of_eps(field, base["dataset"], 0.1) is not None,
+            key=KEY + ("lambda" if field == "grad_align_lambda" else "elle_lambda"),
+            help=f"Starts at the λ of “{preset}”; the paper's GradAlign λ(ε) is calibrated for CIFAR-10.",
+        )
     method_fields = SWEEP_PRESETS.get(base_name, {}).get("method_fields")
     try:
-        configs = sweep_configs(base, methods, parse_eps_list(eps_text, natural), paper, fixed, method_fields)
+        configs = sweep_configs(base, methods, parse_eps_list(eps_text, natural), rule, fixed, method_fields)
     except (ValueError, ZeroDivisionError) as exc:  # ConfigError is a ValueError
         st.error(md_escape(str(exc)))
         return
-    st.caption(f"{len(configs)} run(s), based on “{md_escape(base_name)}”.")
+    weights = [
+        f"{name} λ={getattr(config, field):g} at ε={format_eps(config.eps, config.dataset)}"
+        for config in configs
+        for field, name in (("grad_align_lambda", "GradAlign"), ("elle_lambda", "ELLE"))
+        if getattr(config, field) > 0
+    ]
+    st.caption(
+        f"{len(configs)} run(s), based on “{md_escape(base_name)}”."
+        + (f" {md_escape('; '.join(weights))}." if weights else "")
+    )
     refused = limits.violations(configs, api.queued_count(r))
     for field, text in refused.items():
         st.error(md_escape(f"{field}: {text}"))
