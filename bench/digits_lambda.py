@@ -28,7 +28,7 @@ LADDERS = {
     "grad_align_lambda": [0.5, 1, 2, 4, 8, 16, 32, 64],
     "elle_lambda": [16, 64, 256, 1024, 4096, 16384, 65536],
 }
-LEAN = {"eval_points": 128, "final_eval_points": 0, "device": "cpu"}
+LEAN = {"eval_points": 128, "final_eval_points": 0, "probe_points": 0, "device": "cpu"}
 
 
 def one_run(eps: float, seed: int, **fields) -> dict:

@@ -24,7 +24,7 @@ import torch
 from trainer.config import make_config
 from trainer.events import JsonlSink, read_jsonl
 from trainer.loop import train
-from trainer.presets import DIGITS_CNN
+from trainer.presets import DIGITS_CNN, DIGITS_ELLE, PRESETS
 
 # name -> (label, fields, seeds, final evaluation: None (skip), "pgd" or "pgd+autoattack")
 RUNS: dict[str, tuple[str, dict, tuple[int, ...], str | None]] = {
@@ -35,6 +35,12 @@ RUNS: dict[str, tuple[str, dict, tuple[int, ...], str | None]] = {
     "ga4": (
         "FGSM + GradAlign λ = 4",
         {"method": "fgsm", "grad_align_lambda": 4.0},
+        (0, 1, 2, 3, 4),
+        "pgd+autoattack",
+    ),
+    "elle": (
+        f"FGSM + ELLE λ = {PRESETS[DIGITS_ELLE]['elle_lambda']:g}",
+        {"method": "fgsm", "elle_lambda": PRESETS[DIGITS_ELLE]["elle_lambda"]},
         (0, 1, 2, 3, 4),
         "pgd+autoattack",
     ),
