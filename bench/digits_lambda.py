@@ -2,12 +2,13 @@
 
     python -m bench.digits_lambda [--eps 0.05 0.1 ... 0.3] [--seeds 0 1 2] [--out /tmp/16-lambda.json]
 
-On the digits preset (1-layer CNN, 16 filters, 690 iterations; evaluations every 100), for each eps in ascending order: FGSM on
-each seed (does it collapse?), then for each regulariser the smallest weight on its ladder, starting from
-the one the previous eps needed, with which no seed collapses (the CO detector's verdict). A run stops at
-its `co` event, and a weight is abandoned at its first collapsed seed. Live evaluation on 128 test images,
-no final evaluation: the verdict and the last live PGD-10 accuracy are what is recorded. Then
-log10(lambda) is fitted linearly in eps (the paper's rule has that form) over the eps where FGSM collapsed.
+On the digits preset (1-layer CNN, 16 filters, 690 iterations; evaluations every 100), for each eps in
+ascending order: FGSM on each seed (does it collapse?), then for each regulariser the smallest weight on its
+ladder, starting from the one the previous eps needed, with which no seed collapses (the CO detector's
+verdict). A run stops at its `co` event, and a weight is abandoned at its first collapsed seed. Live
+evaluation on 128 test images, no final evaluation: the verdict and the last live PGD-10 accuracy are what
+is recorded. Then log10(lambda) is fitted linearly in eps (the paper's rule has that form) over the eps
+where FGSM collapsed.
 """
 
 from __future__ import annotations
