@@ -32,6 +32,7 @@ COPY README.md ./
 COPY trainer ./trainer
 COPY jobs ./jobs
 COPY app ./app
+COPY codash ./codash
 RUN pip install --no-deps .
 
 USER 10001:10001

@@ -6,7 +6,7 @@ from typing import Any
 
 from trainer.presets import CIFAR_RESNET
 
-# The sweep page's presets: a base config, the methods (names in app.views.sweep.METHODS), the ε list as
+# The sweep page's presets: a base config, the methods (names in trainer.methods.SWEEP), the ε list as
 # typed in the form, and per-method fields that differ from the base.
 SWEEP_PRESETS: dict[str, dict[str, Any]] = {
     "Paper Fig. 1: CIFAR-10 ε sweep": {  # the paper's sh/exps_diff_eps_cifar10.sh, every other ε

@@ -11,7 +11,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from trainer.config import RunConfig, format_eps, reads
+from trainer.config import RunConfig, format_eps
+from trainer.methods import LABEL_FIELDS, reads
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|~$:])")
 
@@ -58,14 +59,8 @@ _SHORT = {
     "n_filters": "filters",
     "n_layers": "layers",
 }
-_METHOD_FIELDS = (
-    "method",
-    "grad_align_lambda",
-    "grad_align_fraction",
-    "pgd_steps",
-    "free_replays",
-    "nfgsm_k",
-)
+# what method_label shows
+_METHOD_FIELDS = (*LABEL_FIELDS, "grad_align_lambda", "grad_align_fraction", "elle_lambda")
 _IGNORED = frozenset({"name"})
 
 

@@ -29,13 +29,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the tests' builders of realistic runs: one definition of each
 
+import conftest as runs  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
-from test_app_figures import co_run_events, config_event, eval_event, final_event, metrics_event  # noqa: E402
-from test_app_pages import append, store_run  # noqa: E402
 
+from codash.up import dashboard_healthy  # noqa: E402
 from jobs import api  # noqa: E402
 from jobs.server import ensure_server, free_port, stop_server  # noqa: E402
-from jobs.up import dashboard_healthy  # noqa: E402
 
 MAIN = ROOT / "app" / "main.py"
 CHROMIUM = "/usr/bin/chromium"
@@ -54,23 +53,23 @@ def populate(r, n_runs: int) -> dict[str, str]:
     """n_runs digits-sized runs (a tenth of them running, the rest finished, the last 15 a sweep)."""
     started, ids, stored = time.perf_counter(), [], 0
     for index in range(n_runs):
-        events = co_run_events(total=690, co_at=150) if index % 2 else _healthy_events(690)
-        status = "running" if index % 10 == 0 else "finished"
-        events = events if status == "finished" else events[:-1]
+        events = runs.co_run_events(total=690, co_at=150) if index % 2 else _healthy_events(690)
+        status = api.RunStatus.RUNNING if index % 10 == 0 else api.RunStatus.FINISHED
+        events = events if status == api.RunStatus.FINISHED else events[:-1]
         sweep = "bench" if index >= n_runs - 15 else None
-        ids.append(store_run(r, events, status=status, sweep_id=sweep))
+        ids.append(runs.store_run(r, events, status=status, sweep_id=sweep))
         stored += len(events)
     print(f"stored {n_runs} runs with {stored:,} events in {time.perf_counter() - started:.1f} s")
     return {"finished": ids[1], "running": ids[0], "compare": f"{ids[1]},{ids[2]},{ids[3]}"}
 
 
 def _healthy_events(total: int) -> list[dict]:
-    events = [config_event(total=total, grad_align_lambda=2.0)]
+    events = [runs.config_event(total=total, grad_align_lambda=2.0)]
     for it in range(1, total + 1):
-        events.append(metrics_event(it, reg=0.05))
+        events.append(runs.metrics_event(it, reg=0.05))
         if it % 50 == 0 or it == total:
-            events.append(eval_event(it, pgd=0.4))
-    return [*events, final_event(None, pgd=0.4)]
+            events.append(runs.eval_event(it, pgd=0.4))
+    return [*events, runs.final_event(None, pgd=0.4)]
 
 
 def time_renders(label: str, make: Callable[[], AppTest], renders: int) -> None:
@@ -112,8 +111,10 @@ def bench_renders(ids: dict[str, str], renders: int) -> None:
 def bench_latency(r, n_events: int) -> None:
     from playwright.sync_api import sync_playwright
 
-    run_id = store_run(
-        r, [config_event(total=100_000)] + [metrics_event(it) for it in range(1, 101)], "running"
+    run_id = runs.store_run(
+        r,
+        [runs.config_event(total=100_000)] + [runs.metrics_event(it) for it in range(1, 101)],
+        api.RunStatus.RUNNING,
     )
     port = free_port()
     command = [sys.executable, "-m", "streamlit", "run", str(MAIN), "--server.port", str(port)]
@@ -137,7 +138,7 @@ def bench_latency(r, n_events: int) -> None:
                 time.sleep(random.uniform(0.2, 1.3))
                 iteration = 100 + 10 * (index + 1)
                 started = time.perf_counter()
-                append(r, run_id, [metrics_event(iteration), eval_event(iteration, pgd=0.4)])
+                runs.append(r, run_id, [runs.metrics_event(iteration), runs.eval_event(iteration, pgd=0.4)])
                 frame.wait_for_function(shows, arg=iteration, polling="raf", timeout=30_000)
                 latencies.append(time.perf_counter() - started)
             browser.close()

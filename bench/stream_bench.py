@@ -45,8 +45,10 @@ CONFIG = {
 def start_attempt(r, config) -> str:
     """A running run record, as a worker's claim leaves it, so the sink's fenced writes are accepted."""
     run_id = api.submit(r, config, queue="bench-nobody-serves-this")
-    fields = {"status": "running", "started_at": time.time(), "worker": "bench", "device": "cpu"}
-    assert registry.transition(r, run_id, {"queued"}, fields, attempt=1, heartbeat=("bench", 3_600_000))
+    fields = {"status": api.RunStatus.RUNNING, "started_at": time.time(), "worker": "bench", "device": "cpu"}
+    assert registry.transition(
+        r, run_id, {api.RunStatus.QUEUED}, fields, attempt=1, heartbeat=("bench", 3_600_000)
+    )
     return run_id
 
 

@@ -101,7 +101,7 @@ def measure(r, config: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]
         if result["co_s"] is not None or "finished_s" in result:
             break
         record = api.get_run(r, run_id)
-        if record is not None and record.status in ("failed", "interrupted"):
+        if record is not None and record.status in (api.RunStatus.FAILED, api.RunStatus.INTERRUPTED):
             raise RuntimeError(f"run {run_id} {record.status}: {record.error}")
     with contextlib.suppress(Exception):
         api.cancel(r, run_id)  # the rest of the run is not timed
@@ -128,9 +128,7 @@ def _wait_idle(r, timeout: float = 60.0) -> None:
     from jobs import api
 
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(
-        run.status in ("queued", "running") for run in api.list_runs(r)
-    ):
+    while time.monotonic() < deadline and any(run.status not in api.TERMINAL for run in api.list_runs(r)):
         time.sleep(0.1)
 
 

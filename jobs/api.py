@@ -12,17 +12,20 @@ worker stopped beating as `interrupted`. A resumed run's stream loses the entrie
 Importing this module does not import torch.
 """
 
+import redis
+
 from jobs.connection import connect
 from jobs.keys import DEFAULT_QUEUE
 from jobs.paths import run_dir
 from jobs.queue import cancel, delete, queued_count, resume, submit
 from jobs.registry import (
+    CANCELLABLE,
     RESUMABLE,
-    STATUSES,
     TERMINAL,
     InvalidTransition,
     Run,
     RunNotFound,
+    RunStatus,
     WorkerInfo,
     get_run,
     list_runs,
@@ -31,14 +34,20 @@ from jobs.registry import (
 )
 from jobs.stream import all_events, read_events
 
+# What a command line reports as one line and exit status 2: a missing run, a refused status change, Redis
+# gone, or bad input (a ConfigError is a ValueError).
+JOB_ERRORS = (RunNotFound, InvalidTransition, redis.RedisError, ValueError)
+
 __all__ = [
+    "CANCELLABLE",
     "DEFAULT_QUEUE",
     "RESUMABLE",
-    "STATUSES",
     "TERMINAL",
+    "JOB_ERRORS",
     "InvalidTransition",
     "Run",
     "RunNotFound",
+    "RunStatus",
     "WorkerInfo",
     "all_events",
     "cancel",

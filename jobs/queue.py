@@ -22,7 +22,16 @@ from rq.serializers import JSONSerializer
 
 from jobs import keys
 from jobs.paths import run_dir
-from jobs.registry import RESUMABLE, InvalidTransition, Record, RunNotFound, read, transition
+from jobs.registry import (
+    CANCELLABLE,
+    RESUMABLE,
+    InvalidTransition,
+    Record,
+    RunNotFound,
+    RunStatus,
+    read,
+    transition,
+)
 from trainer.config import ConfigError, RunConfig
 
 RUN_JOB = "jobs.worker.run_job"
@@ -78,7 +87,7 @@ def submit(
     run_id, now = secrets.token_hex(6), time.time()
     record = {
         "id": run_id,
-        "status": "queued",
+        "status": RunStatus.QUEUED,
         "config": config.model_dump_json(),
         "created_at": now,
         "attempt": 1,
@@ -101,16 +110,17 @@ def cancel(r: redis.Redis, run_id: str) -> None:
     """A queued run leaves the queue and never starts; a running one stops at its next iteration.
 
     The worker saves a checkpoint and marks the run `cancelled` (within a second or two on CPU), so it can be
-    resumed. Cancelling a cancelled run does nothing; a finished or failed one cannot be cancelled.
+    resumed; an interrupted one becomes cancelled. Cancelling a cancelled run does nothing; a finished or
+    failed one cannot be cancelled (CANCELLABLE).
     """
-    fields = {"status": "cancelled", "finished_at": time.time()}
+    fields = {"status": RunStatus.CANCELLED, "finished_at": time.time()}
     dequeue = lambda pipe, record: _dequeue(pipe, run_id, record)
-    if transition(r, run_id, {"queued", "interrupted"}, fields, also=dequeue) is not None:
+    if transition(r, run_id, CANCELLABLE - {RunStatus.RUNNING}, fields, also=dequeue) is not None:
         return
     record = _existing(r, run_id)
-    if record["status"] == "running":
+    if record["status"] == RunStatus.RUNNING:
         r.set(keys.stop(run_id), 1, ex=STOP_TTL_S)
-    elif record["status"] != "cancelled":
+    elif record["status"] != RunStatus.CANCELLED:
         raise InvalidTransition(f"run {run_id} is {record['status']}: there is nothing to cancel")
 
 
@@ -119,7 +129,7 @@ def resume(r: redis.Redis, run_id: str) -> None:
 
     def requeued(record: Record) -> dict[str, Any]:
         attempt = int(record.get("attempt") or 1) + 1
-        return {"status": "queued", "attempt": attempt, "error": "", "finished_at": "", "worker": ""}
+        return {"status": RunStatus.QUEUED, "attempt": attempt, "error": "", "finished_at": "", "worker": ""}
 
     def enqueue_next(pipe: Pipeline, record: Record) -> None:
         attempt = int(record.get("attempt") or 1) + 1
@@ -127,9 +137,13 @@ def resume(r: redis.Redis, run_id: str) -> None:
 
     if transition(r, run_id, RESUMABLE, requeued, also=enqueue_next) is None:
         status = _existing(r, run_id)["status"]
-        raise InvalidTransition(
-            f"run {run_id} is {status}: only interrupted, cancelled or failed runs can be resumed"
-        )
+        raise InvalidTransition(f"run {run_id} is {status}: only {_either(RESUMABLE)} runs can be resumed")
+
+
+def _either(statuses: frozenset[RunStatus]) -> str:
+    """'failed, cancelled or interrupted': a set of statuses in RunStatus's order, for an error message."""
+    names = [status.value for status in RunStatus if status in statuses]
+    return " or ".join(filter(None, [", ".join(names[:-1]), names[-1]]))
 
 
 def delete(r: redis.Redis, run_id: str) -> None:

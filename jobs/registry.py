@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import redis
@@ -21,9 +22,23 @@ from redis.client import Pipeline
 from jobs import keys
 from trainer.config import ConfigError, RunConfig, make_config
 
-STATUSES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
-RESUMABLE = frozenset({"interrupted", "cancelled", "failed"})
-TERMINAL = frozenset({"finished", "failed", "cancelled", "interrupted"})  # no worker will change it
+
+class RunStatus(StrEnum):
+    """A run's status as a user sees it; stored in the run's hash as its plain string value."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+
+# What each status allows. Every rule about statuses is one of these sets: the queue enforces them
+# (jobs.queue), the dashboard offers its buttons and refreshes by them (app/views).
+TERMINAL = frozenset(set(RunStatus) - {RunStatus.QUEUED, RunStatus.RUNNING})  # no worker will change it
+RESUMABLE = frozenset({RunStatus.INTERRUPTED, RunStatus.CANCELLED, RunStatus.FAILED})  # from a checkpoint
+CANCELLABLE = frozenset({RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.INTERRUPTED})  # cancel changes them
 LOST = "its worker stopped sending heartbeats (killed, crashed or cut off from Redis)"
 
 Record = dict[str, str]  # a run's hash, decoded; "" stands for None
@@ -49,7 +64,7 @@ class Fenced(Exception):
 @dataclass(frozen=True)
 class Run:
     id: str
-    status: str
+    status: RunStatus
     config: RunConfig
     created_at: float
     started_at: float | None
@@ -90,7 +105,7 @@ def read(r: redis.Redis, run_id: str) -> Record | None:
 
 def get_run(r: redis.Redis, run_id: str) -> Run | None:
     record = read(r, run_id)
-    if record and record.get("status") == "running" and not r.exists(keys.heartbeat(run_id)):
+    if record and record.get("status") == RunStatus.RUNNING and not r.exists(keys.heartbeat(run_id)):
         reap_one(r, run_id)
         record = read(r, run_id)
     return parse(record) if record else None
@@ -125,7 +140,7 @@ def parse(record: Record) -> Run:
 
     return Run(
         id=record.get("id", ""),
-        status=record.get("status", "failed"),
+        status=_status(record.get("status", "")),
         config=_config(record.get("config", "{}")),
         created_at=number("created_at", float) or 0.0,
         started_at=number("started_at", float),
@@ -141,6 +156,14 @@ def parse(record: Record) -> Run:
         attempt=number("attempt") or 1,
         queue=record.get("queue") or keys.DEFAULT_QUEUE,
     )
+
+
+def _status(text: str) -> RunStatus:
+    """The stored status; one that is missing or not a RunStatus (a corrupted record) reads as failed."""
+    try:
+        return RunStatus(text)
+    except ValueError:
+        return RunStatus.FAILED
 
 
 def _config(text: str) -> RunConfig:
@@ -197,7 +220,7 @@ def transition(
         new = fields(record) if callable(fields) else fields
         pipe.multi()
         pipe.hset(key, mapping=new)
-        if new["status"] == "running":
+        if new["status"] == RunStatus.RUNNING:
             pipe.sadd(keys.RUNNING, run_id)
             pipe.set(beat, heartbeat[0], px=heartbeat[1])
         else:
@@ -220,7 +243,7 @@ def write_if_owner(r: redis.Redis, run_id: str, attempt: int, write: Callable[[P
 
     def apply(pipe: Pipeline) -> None:
         status, current = pipe.hmget(key, "status", "attempt")
-        if status != b"running" or current != str(attempt).encode():
+        if status != RunStatus.RUNNING.encode() or current != str(attempt).encode():
             raise Fenced(f"run {run_id} attempt {attempt} is no longer running here")
         pipe.multi()
         write(pipe)
@@ -242,11 +265,11 @@ def reap(r: redis.Redis) -> list[str]:
 def reap_one(r: redis.Redis, run_id: str) -> bool:
     cancelled = bool(r.exists(keys.stop(run_id)))
     fields = {
-        "status": "cancelled" if cancelled else "interrupted",
+        "status": RunStatus.CANCELLED if cancelled else RunStatus.INTERRUPTED,
         "finished_at": time.time(),
         "error": "" if cancelled else LOST,
     }
-    return transition(r, run_id, {"running"}, fields, unless_alive=True) is not None
+    return transition(r, run_id, {RunStatus.RUNNING}, fields, unless_alive=True) is not None
 
 
 def workers(r: redis.Redis) -> list[WorkerInfo]:

@@ -111,13 +111,6 @@ def stop_server(home: Path | None = None) -> bool:
     return True
 
 
-def server_pid(home: Path | None = None) -> int | None:
-    path = (home or codash_home()) / DATA_DIR / "redis.pid"
-    with contextlib.suppress(FileNotFoundError, ValueError):
-        return int(path.read_text().strip())
-    return None
-
-
 @contextlib.contextmanager
 def _locked(home: Path) -> Iterator[None]:
     """Two processes starting the server at once get one server, not two fighting over the AOF."""

@@ -17,6 +17,7 @@ iteration with a checkpoint (status `interrupted`, resumable), then the worker e
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import math
 import os
@@ -37,11 +38,14 @@ from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
 from jobs import keys, stream
+from jobs.api import JOB_ERRORS, connect
 from jobs.paths import run_dir
-from jobs.queue import RunJob, run_of_job
-from jobs.registry import Fenced, Record, read, reap, transition
+from jobs.queue import RunJob, check_name, run_of_job
+from jobs.registry import Fenced, Record, RunStatus, read, reap, transition
 from jobs.stream import StreamSink
+from jobs.worker_flags import HELP, add_worker_flags
 from trainer.checkpoint import BEST_FILE, LAST_FILE, PREVIOUS_FILE, load_checkpoint
+from trainer.cli import EXPECTED_ERRORS, run
 from trainer.config import ConfigError, make_config
 from trainer.loop import resolve_device, train
 
@@ -120,7 +124,7 @@ class StopFlag:
                 pipe.exists(keys.stop(self.run_id))
                 pipe.hmget(keys.run(self.run_id), "status", "attempt")
                 stop, (status, attempt) = pipe.execute()
-            if status != b"running" or attempt != str(self.attempt).encode():
+            if status != RunStatus.RUNNING.encode() or attempt != str(self.attempt).encode():
                 raise Fenced(f"run {self.run_id} attempt {self.attempt} is no longer running here")
             self.cancelled = bool(stop)
         return self.cancelled
@@ -201,8 +205,13 @@ class CodashWorker(SimpleWorker):
         claimed = transition(
             self.connection,
             run_id,
-            {"queued"},
-            {"status": "running", "started_at": time.time(), "worker": self.name, "device": self.device},
+            {RunStatus.QUEUED},
+            {
+                "status": RunStatus.RUNNING,
+                "started_at": time.time(),
+                "worker": self.name,
+                "device": self.device,
+            },
             attempt=attempt,
             heartbeat=(self.name, self.timeout_ms),
         )
@@ -218,10 +227,10 @@ class CodashWorker(SimpleWorker):
                 shutil.rmtree(run_dir(run_id), ignore_errors=True)
             return "fenced"
         except Exception as exc:
-            self._finish(run_id, attempt, "failed", failure_reason(exc))
+            self._finish(run_id, attempt, RunStatus.FAILED, failure_reason(exc))
             raise
         except BaseException:  # SystemExit from a second Ctrl-C, KeyboardInterrupt
-            self._finish(run_id, attempt, "interrupted", "the worker was killed mid-iteration")
+            self._finish(run_id, attempt, RunStatus.INTERRUPTED, "the worker was killed mid-iteration")
             raise
         finally:
             self.current_run = None
@@ -230,7 +239,7 @@ class CodashWorker(SimpleWorker):
         self._finish(run_id, attempt, status, error)
         return status
 
-    def _train(self, record: Record, run_id: str, attempt: int) -> tuple[str, str]:
+    def _train(self, record: Record, run_id: str, attempt: int) -> tuple[RunStatus, str]:
         config = make_config(record.get("config", ""))
         if config.device == "auto":
             config = config.model_copy(update={"device": self.device})
@@ -246,10 +255,10 @@ class CodashWorker(SimpleWorker):
             raise
         sink.close()
         if final is not None:
-            return "finished", ""
+            return RunStatus.FINISHED, ""
         if stop.cancelled:
-            return "cancelled", ""
-        return "interrupted", "the worker was shut down; resume to continue from the last checkpoint"
+            return RunStatus.CANCELLED, ""
+        return RunStatus.INTERRUPTED, "the worker was shut down; resume to continue from the last checkpoint"
 
     def _rewind(self, run_id: str, attempt: int, directory: Path) -> bool:
         """Make stream and last.pt agree before a resumed attempt; False means start the run over.
@@ -271,9 +280,9 @@ class CodashWorker(SimpleWorker):
             (directory / name).unlink(missing_ok=True)
         return False
 
-    def _finish(self, run_id: str, attempt: int, status: str, error: str) -> None:
+    def _finish(self, run_id: str, attempt: int, status: RunStatus, error: str) -> None:
         fields = {"status": status, "finished_at": time.time(), "error": error}
-        if transition(self.connection, run_id, {"running"}, fields, attempt=attempt) is None:
+        if transition(self.connection, run_id, {RunStatus.RUNNING}, fields, attempt=attempt) is None:
             self.log.warning("Worker %s: run %s was not running any more when it ended", self.name, run_id)
 
     # --- failures RQ sees before or around run_job ---
@@ -290,8 +299,10 @@ class CodashWorker(SimpleWorker):
         parsed = run_of_job(rq_job_id)
         if parsed is not None:
             run_id, attempt = parsed
-            fields = {"status": "failed", "finished_at": time.time(), "error": reason}
-            transition(self.connection, run_id, {"queued", "running"}, fields, attempt=attempt)
+            fields = {"status": RunStatus.FAILED, "finished_at": time.time(), "error": reason}
+            transition(
+                self.connection, run_id, {RunStatus.QUEUED, RunStatus.RUNNING}, fields, attempt=attempt
+            )
 
     # --- heartbeats ---
 
@@ -329,7 +340,26 @@ class CodashWorker(SimpleWorker):
             pipe.execute()
 
 
-if __name__ == "__main__":  # `python -m jobs.worker [--device ...]` is `codash worker [--device ...]`
-    from jobs.cli import main
+def serve(args: argparse.Namespace) -> int:
+    """A worker from its flags (jobs.worker_flags), serving until stopped (or, with --burst, until idle)."""
+    queues = [check_name("queue", queue) for queue in args.queue or [keys.DEFAULT_QUEUE]]
+    name = check_name("name", args.name) if args.name else None
+    worker = CodashWorker(queues, connection=connect(), device=worker_device(args.device), name=name)
+    worker.work(burst=args.burst, logging_level=args.log_level)
+    return 0
 
-    sys.exit(main(["worker", *sys.argv[1:]]))
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m jobs.worker [--device ...]`: what `codash worker` runs, without the rest of the CLI."""
+    parser = argparse.ArgumentParser(prog="python -m jobs.worker", description=HELP)
+    add_worker_flags(parser)
+    parser.set_defaults(handler=serve)
+    return run(parser, argv, expected=(*EXPECTED_ERRORS, *JOB_ERRORS))
+
+
+if __name__ == "__main__":
+    # Run as a script this file is `__main__`; RQ's job function looks up jobs.worker, so the worker must be
+    # that module's CodashWorker, not this copy's.
+    from jobs.worker import main as worker_main
+
+    sys.exit(worker_main())

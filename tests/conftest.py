@@ -1,7 +1,10 @@
-"""Shared fixtures for the job system: a real redis-server and real worker processes; nothing is mocked.
+"""Shared fixtures and builders: a real redis-server, real worker processes, realistic event streams.
 
 Each server is codash's own embedded one (jobs.server) in a temporary CODASH_HOME, on a free port, with a
-generated password; workers are `python -m jobs.worker` subprocesses, killed at teardown.
+generated password; workers are `python -m jobs.worker` subprocesses, killed at teardown. Runs are built
+from events as the trainer writes them (trainer.events.make_event) and stored through the worker's own
+writers (registry.transition, stream.StreamSink), so what a page or a test reads is what production reads.
+bench/app_bench.py reuses the builders: one definition of each.
 """
 
 from __future__ import annotations
@@ -17,7 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+
+from jobs import api
+from jobs.queue import job_id, rq_queue
+from jobs.registry import transition
+from jobs.stream import StreamSink
+from trainer.config import make_config
+from trainer.events import make_event
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,8 +89,6 @@ def embedded_redis(home: Path) -> Iterator[Path]:
 
 def kill_server(home: Path) -> None:
     """SIGKILL, no waiting: at teardown the data no longer matters."""
-    from jobs.server import server_pid
-
     pid = server_pid(home)
     if pid is not None:
         with contextlib.suppress(ProcessLookupError):
@@ -170,3 +179,157 @@ def worker_pool(tmp_path: Path) -> Iterator[Workers]:
     pool = Workers(tmp_path / "worker-logs")
     yield pool
     pool.close()
+
+
+# --- what the tests compare: events without their timings, the embedded server's process ---
+
+TIMING_FIELDS = frozenset({"train_images_per_s", "wall_s"})  # differ between two runs of the same config
+
+
+def without_timing(event: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in event.items() if key not in TIMING_FIELDS}
+
+
+def server_pid(home: Path) -> int | None:
+    """The embedded Redis's process id, from the pid file it writes in CODASH_HOME (to kill it in a test)."""
+    from jobs.server import DATA_DIR
+
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        return int((home / DATA_DIR / "redis.pid").read_text().strip())
+    return None
+
+
+# --- realistic runs: events as the trainer writes them, stored as a worker leaves them ---
+
+HEARTBEAT_MS = 600_000  # a stored "running" run stays running for the whole test
+
+
+def config_event(start: int = 0, total: int = 100, **config) -> dict:
+    return make_event(
+        "config",
+        config=make_config(config).model_dump(mode="json"),
+        device="cpu",
+        torch_version="x",
+        codash_version="x",
+        start_iteration=start,
+        total_iterations=total,
+    )
+
+
+def metrics_event(it: int, reg: float = 0.0) -> dict:
+    return make_event(
+        "metrics", iteration=it, epoch=it / 10, lr=1e-3, train_loss=2.0 - it / 100, train_acc=0.5, reg=reg
+    )
+
+
+def eval_event(it: int, pgd: float, fgsm: float = 0.5) -> dict:
+    return make_event(
+        "eval",
+        iteration=it,
+        clean_acc=0.9,
+        fgsm_acc=fgsm,
+        pgd_acc=pgd,
+        cos_fgsm_pgd=0.8,
+        cos_grad_random=0.9,
+        train_pgd_acc=pgd,
+    )
+
+
+def co_event(it: int, onset: int | None = None) -> dict:
+    """A co event whose onset the dense probe placed at `onset` (default: the first collapsed eval)."""
+    return make_event(
+        "co",
+        iteration=it,
+        pgd_acc=0.01,
+        best_pgd_acc=0.4,
+        fgsm_acc=0.9,
+        confirmed_at=it + 20,
+        rule="r",
+        onset_iteration=it if onset is None else onset,
+        onset_rule="r",
+        onset_probes=[],
+    )
+
+
+def final_event(co: int | None, pgd: float = 0.01) -> dict:
+    return make_event(
+        "final",
+        co_detected=co is not None,
+        co_iteration=co,
+        last={"clean_acc": 0.8, "pgd_acc": pgd},
+        best={"clean_acc": 0.7, "pgd_acc": 0.4},
+        best_iteration=40,
+        attack_points=297,
+        train_images_per_s=1000.0,
+        wall_s=12.0,
+        iterations=100,
+    )
+
+
+def snapshot_event(
+    it: int, channels: int = 1, size: int = 16, n_filters: int | None = 16, kernel: int = 3
+) -> dict:
+    """A snapshot as trainer.evaluate.snapshot makes it: nested lists, deltas in units of ε, in [-1, 1]."""
+    rng = np.random.default_rng(it)
+
+    def signed(*shape: int) -> list:
+        return np.round(rng.uniform(-1, 1, shape), 2).tolist()
+
+    image = (channels, size, size)
+    return make_event(
+        "snapshot",
+        iteration=it,
+        label=3,
+        predictions={"clean": 3, "fgsm": 3, "pgd": 5},
+        cos_grad_random=0.25,
+        image=np.round(rng.uniform(0, 1, image), 2).tolist(),
+        fgsm_delta=signed(*image),
+        pgd_delta=signed(*image),
+        grad_x=signed(*image),
+        grad_random=signed(*image),
+        filters=None if n_filters is None else signed(n_filters, channels, kernel, kernel),
+    )
+
+
+def co_run_events(total: int = 100, co_at: int = 60) -> list[dict]:
+    events = [config_event(total=total)]
+    for it in range(1, total + 1):
+        events.append(metrics_event(it))
+        if it % 20 == 0:
+            collapsed = it >= co_at
+            events.append(eval_event(it, pgd=0.01 if collapsed else 0.4, fgsm=0.9 if collapsed else 0.45))
+            if it == co_at:
+                events.append(co_event(it))
+    return [*events, final_event(co_at)]
+
+
+def store_run(
+    r, events: list[dict], status: api.RunStatus = api.RunStatus.FINISHED, sweep_id: str | None = None
+) -> str:
+    """Submit the run of `events`' config, then do what a worker does: claim it, stream events, finish."""
+    run_id = api.submit(r, make_config(events[0]["config"]), sweep_id=sweep_id)
+    rq_queue(r, api.DEFAULT_QUEUE).remove(job_id(run_id, 1))  # no worker will take it
+    claim = {"status": api.RunStatus.RUNNING, "started_at": time.time() - 30, "worker": "test-worker"}
+    claim["device"] = "cpu"
+    transition(r, run_id, {api.RunStatus.QUEUED}, claim, attempt=1, heartbeat=("test-worker", HEARTBEAT_MS))
+    append(r, run_id, events)
+    if status != api.RunStatus.RUNNING:
+        finished = {"status": status, "finished_at": time.time(), "error": ""}
+        transition(r, run_id, {api.RunStatus.RUNNING}, finished, attempt=1)
+    return run_id
+
+
+def append(r, run_id: str, events: list[dict]) -> None:
+    sink = StreamSink(r, run_id, attempt=1)
+    for event in events:
+        sink(event)
+    sink.close()
+
+
+def running_events(total: int = 100, until: int = 40, **config) -> list[dict]:
+    events = [config_event(total=total, **config)]
+    for it in range(1, until + 1):
+        events.append(metrics_event(it, reg=0.1 if config.get("grad_align_lambda") else 0.0))
+        if it % 20 == 0:
+            events.append(eval_event(it, pgd=0.4))
+    return events

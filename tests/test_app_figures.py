@@ -9,6 +9,15 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import (
+    co_event,
+    co_run_events,
+    config_event,
+    eval_event,
+    final_event,
+    metrics_event,
+    snapshot_event,
+)
 
 from app.figures import (
     Series,
@@ -25,104 +34,6 @@ from app.text import distinguishing_labels, format_duration, md_escape, method_l
 from trainer.config import make_config
 from trainer.events import events_csv, events_jsonl, make_event, read_jsonl
 from trainer.presets import DEFAULT_PRESET, DIGITS_GRAD_ALIGN, PRESETS
-
-
-def config_event(start: int = 0, total: int = 100, **config) -> dict:
-    return make_event(
-        "config",
-        config=make_config(config).model_dump(mode="json"),
-        device="cpu",
-        torch_version="x",
-        codash_version="x",
-        start_iteration=start,
-        total_iterations=total,
-    )
-
-
-def metrics_event(it: int, reg: float = 0.0) -> dict:
-    return make_event(
-        "metrics", iteration=it, epoch=it / 10, lr=1e-3, train_loss=2.0 - it / 100, train_acc=0.5, reg=reg
-    )
-
-
-def eval_event(it: int, pgd: float, fgsm: float = 0.5) -> dict:
-    return make_event(
-        "eval",
-        iteration=it,
-        clean_acc=0.9,
-        fgsm_acc=fgsm,
-        pgd_acc=pgd,
-        cos_fgsm_pgd=0.8,
-        cos_grad_random=0.9,
-        train_pgd_acc=pgd,
-    )
-
-
-def co_event(it: int, onset: int | None = None) -> dict:
-    return make_event(
-        "co",
-        iteration=it,
-        pgd_acc=0.01,
-        best_pgd_acc=0.4,
-        fgsm_acc=0.9,
-        confirmed_at=it + 20,
-        rule="r",
-        onset_iteration=it if onset is None else onset,
-        onset_rule="r",
-        onset_probes=[],
-    )
-
-
-def final_event(co: int | None, pgd: float = 0.01) -> dict:
-    return make_event(
-        "final",
-        co_detected=co is not None,
-        co_iteration=co,
-        last={"clean_acc": 0.8, "pgd_acc": pgd},
-        best={"clean_acc": 0.7, "pgd_acc": 0.4},
-        best_iteration=40,
-        attack_points=297,
-        train_images_per_s=1000.0,
-        wall_s=12.0,
-        iterations=100,
-    )
-
-
-def snapshot_event(
-    it: int, channels: int = 1, size: int = 16, n_filters: int | None = 16, kernel: int = 3
-) -> dict:
-    """A snapshot as trainer.evaluate.snapshot makes it: nested lists, deltas in units of ε, in [-1, 1]."""
-    rng = np.random.default_rng(it)
-
-    def signed(*shape: int) -> list:
-        return np.round(rng.uniform(-1, 1, shape), 2).tolist()
-
-    image = (channels, size, size)
-    return make_event(
-        "snapshot",
-        iteration=it,
-        label=3,
-        predictions={"clean": 3, "fgsm": 3, "pgd": 5},
-        cos_grad_random=0.25,
-        image=np.round(rng.uniform(0, 1, image), 2).tolist(),
-        fgsm_delta=signed(*image),
-        pgd_delta=signed(*image),
-        grad_x=signed(*image),
-        grad_random=signed(*image),
-        filters=None if n_filters is None else signed(n_filters, channels, kernel, kernel),
-    )
-
-
-def co_run_events(total: int = 100, co_at: int = 60) -> list[dict]:
-    events = [config_event(total=total)]
-    for it in range(1, total + 1):
-        events.append(metrics_event(it))
-        if it % 20 == 0:
-            collapsed = it >= co_at
-            events.append(eval_event(it, pgd=0.01 if collapsed else 0.4, fgsm=0.9 if collapsed else 0.45))
-            if it == co_at:
-                events.append(co_event(it))
-    return [*events, final_event(co_at)]
 
 
 def history_of(events: list[dict]) -> RunHistory:
@@ -215,8 +126,9 @@ def test_single_run_figure_has_three_panels_colours_per_metric_and_a_co_marker_o
     traces = traces_by_name(fig)
     assert {"clean", "FGSM", "PGD", "train (adversarial batches)", "train loss"} <= set(traces)
     assert "regulariser (GradAlign, ELLE)" not in traces  # all zero: the run has no regulariser
-    assert traces["PGD"].line.color == "#d62728" and traces["FGSM"].line.color == "#ff7f0e"
-    assert traces["clean"].line.color == "#1f77b4"
+    assert len({traces[name].line.color for name in ("PGD", "FGSM", "clean")}) == 3  # told apart by colour
+    assert [fig.layout[f"yaxis{n}"].title.text for n in ("", "2", "3")] == ["accuracy", "cosine", "loss"]
+    assert fig.layout.xaxis3.title.text == "iteration"
     assert list(traces["PGD"].x) == [20, 40, 60, 80, 100]
     assert {traces["PGD"].yaxis, traces["cos(∇x, ∇x+η)"].yaxis, traces["train loss"].yaxis} == {
         "y",

@@ -16,64 +16,35 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY
-from streamlit.testing.v1 import AppTest
-from test_app_figures import (
+from conftest import (
+    TINY,
+    append,
     co_run_events,
     config_event,
     eval_event,
     final_event,
     metrics_event,
+    running_events,
     snapshot_event,
+    store_run,
 )
+from streamlit.testing.v1 import AppTest
 
 from app.text import distinguishing_labels, md_escape
 from app.views.launch import ADVANCED, GROUPS
-from jobs import api
+from app.views.live import STATUS_ICONS
+from jobs import api, keys
 from jobs.queue import job_id, rq_queue
-from jobs.registry import transition
-from jobs.stream import StreamSink
 from trainer.config import RunConfig, lambda_of_eps, make_config, paper_lambda
 from trainer.presets import DIGITS_GRAD_ALIGN, PRESETS
 
 MAIN = Path(__file__).resolve().parent.parent / "app" / "main.py"
-HEARTBEAT_MS = 600_000  # a stored "running" run stays running for the whole test
 
 
 def app(**query: str) -> AppTest:
     at = AppTest.from_file(str(MAIN), default_timeout=30)
     at.query_params.update(query)
     return at
-
-
-def store_run(r, events: list[dict], status: str = "finished", sweep_id: str | None = None) -> str:
-    """Submit the run of `events`' config, then do what a worker does: claim it, stream events, finish."""
-    run_id = api.submit(r, make_config(events[0]["config"]), sweep_id=sweep_id)
-    rq_queue(r, api.DEFAULT_QUEUE).remove(job_id(run_id, 1))  # no worker will take it
-    claim = {"status": "running", "started_at": time.time() - 30, "worker": "test-worker", "device": "cpu"}
-    transition(r, run_id, {"queued"}, claim, attempt=1, heartbeat=("test-worker", HEARTBEAT_MS))
-    append(r, run_id, events)
-    if status != "running":
-        transition(
-            r, run_id, {"running"}, {"status": status, "finished_at": time.time(), "error": ""}, attempt=1
-        )
-    return run_id
-
-
-def append(r, run_id: str, events: list[dict]) -> None:
-    sink = StreamSink(r, run_id, attempt=1)
-    for event in events:
-        sink(event)
-    sink.close()
-
-
-def running_events(total: int = 100, until: int = 40, **config) -> list[dict]:
-    events = [config_event(total=total, **config)]
-    for it in range(1, until + 1):
-        events.append(metrics_event(it, reg=0.1 if config.get("grad_align_lambda") else 0.0))
-        if it % 20 == 0:
-            events.append(eval_event(it, pgd=0.4))
-    return events
 
 
 def charts(at: AppTest) -> dict[str, dict]:
@@ -190,6 +161,22 @@ def test_an_invalid_field_is_reported_next_to_it_and_nothing_is_queued(r):
     assert api.list_runs(r) == []
 
 
+def test_the_launch_form_validates_its_values_once_per_render(r, monkeypatch):
+    validations = []
+    validate = RunConfig.model_validate.__func__
+
+    def counted(cls, *args, **kwargs):
+        validations.append(args[0])
+        return validate(cls, *args, **kwargs)
+
+    at = app().run()
+    monkeypatch.setattr(RunConfig, "model_validate", classmethod(counted))
+    at.number_input(key="launch.lr").set_value(0.0).run()
+    assert len(validations) == 1 and validations[0]["lr"] == 0.0
+    at.number_input(key="launch.lr").set_value(0.01).run()
+    assert len(validations) == 2 and not at.error
+
+
 def test_launch_warns_when_no_worker_is_alive_and_names_the_command(r):
     at = app().run()
     assert "No worker is running" in at.warning[0].value
@@ -281,6 +268,37 @@ def test_cancel_and_resume_from_the_live_view(r):
     at.button(key="live.resume").click().run()
     run = api.get_run(r, run_id)
     assert (run.status, run.attempt) == ("queued", 2)
+
+
+def run_with_status(r, status: api.RunStatus) -> str:
+    """A run in `status` as the queue and a worker leave it; none is on RQ's queue, so no worker takes it."""
+    if status != api.RunStatus.QUEUED:
+        return store_run(r, running_events(total=100, until=20), status=status)
+    run_id = api.submit(r, make_config({"eps": 0.2}))
+    rq_queue(r, api.DEFAULT_QUEUE).remove(job_id(run_id, 1))
+    return run_id
+
+
+def changes(r, action, run_id: str) -> bool:
+    """Whether the queue accepts `action` on the run: it changes its record or asks its worker to stop."""
+    before = r.hgetall(keys.run(run_id)), r.exists(keys.stop(run_id))
+    try:
+        action(r, run_id)
+    except api.InvalidTransition:
+        return False
+    rq_queue(r, api.DEFAULT_QUEUE).remove(job_id(run_id, 2))  # a resumed attempt: no worker may take it
+    return (r.hgetall(keys.run(run_id)), r.exists(keys.stop(run_id))) != before
+
+
+@pytest.mark.parametrize("status", list(api.RunStatus))
+def test_the_live_view_offers_exactly_the_actions_the_queue_accepts(r, status):
+    run_id = run_with_status(r, status)
+    at = app(run=run_id).run()
+    offered = {button.key for button in at.button}
+    assert f"**{status}**" in at.markdown[0].value and STATUS_ICONS[status] in at.markdown[0].value
+    assert ("live.cancel" in offered) == (status in api.CANCELLABLE) == changes(r, api.cancel, run_id)
+    resumable = run_with_status(r, status)
+    assert ("live.resume" in offered) == (status in api.RESUMABLE) == changes(r, api.resume, resumable)
 
 
 def test_a_shared_root_link_opens_the_run_and_user_text_is_escaped(r):

@@ -9,8 +9,8 @@ from streamlit.testing.v1 import AppTest
 
 from app.auth import password_ok
 from app.limits import Limits, violations
+from codash.up import app_argv
 from jobs import api
-from jobs.up import app_argv
 from trainer.config import make_config
 
 MAIN = Path(__file__).resolve().parent.parent / "app" / "main.py"

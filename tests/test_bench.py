@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -125,3 +127,24 @@ def test_plain_resnet_is_codash_resnet():
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(ours(x), theirs(x), atol=1e-5)
+
+
+def codash_bench(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    command = [sys.executable, "-m", "codash", "bench", *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_codash_bench_runs_the_checkouts_benchmark():
+    result = codash_bench(ROOT, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage: python -m bench" in result.stdout and "--quick" in result.stdout
+
+
+def test_codash_bench_outside_a_checkout_says_it_needs_one(tmp_path):
+    """An installed codash has no bench/: the packages alone (here as links) must say so in one line."""
+    for package in ("codash", "jobs", "trainer", "app"):
+        (tmp_path / package).symlink_to(ROOT / package)
+    result = codash_bench(tmp_path, "--quick")
+    assert result.returncode == 2
+    assert result.stderr.startswith("codash: error: codash bench needs a codash checkout")

@@ -4,6 +4,7 @@ import math
 import pytest
 
 from trainer.config import ConfigError, RunConfig, format_eps, make_config, paper_lambda
+from trainer.methods import METHODS
 
 
 def test_json_round_trip_is_exact():
@@ -99,3 +100,24 @@ def test_label_describes_the_run():
 )
 def test_label_names_the_new_methods_and_their_parameter(data, label):
     assert make_config(data).label() == label
+
+
+def test_the_method_registry_speaks_only_of_real_config_fields():
+    assert RunConfig.model_fields["method"].annotation.__args__ == tuple(METHODS)
+    for method in METHODS.values():
+        assert set(method.reads) | set(method.label_fields) <= set(RunConfig.model_fields), method.name
+        assert set(method.defaults) <= set(method.reads), method.name
+        for line in method.sweep:
+            assert set(line.fields) <= set(method.reads), line.name
+        config = make_config({"method": method.name})
+        assert all(getattr(config, name) == value for name, value in method.defaults.items())
+
+
+def test_config_errors_keep_each_fields_message_apart():
+    with pytest.raises(ConfigError) as caught:
+        make_config({"eps": 1.5, "method": "trades", "seed": 3})
+    problems = caught.value.problems
+    assert set(problems) == {"eps", "method"}
+    assert problems["eps"].startswith("Input should be less than or equal to 1 (got 1.5); allowed: range")
+    assert str(caught.value) == "; ".join(f"{field}: {text}" for field, text in problems.items())
+    assert ConfigError("--resume needs --run-dir").problems == {"config": "--resume needs --run-dir"}

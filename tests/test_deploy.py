@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,14 @@ def test_dockerfile_runs_as_non_root_with_a_healthcheck():
     assert "HEALTHCHECK" in text and "/_stcore/health" in text
     # dependencies are installed before the source is copied, so code edits keep the dependency layer
     assert text.index("pip install -r requirements.txt") < text.index("COPY trainer")
+
+
+def test_the_image_holds_every_package_that_pyproject_installs():
+    """`pip install .` in the image finds only what was copied: a package left out breaks `codash`."""
+    text = (ROOT / "Dockerfile").read_text()
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    for package in (pattern.rstrip("*") for pattern in patterns["include"]):
+        assert f"COPY {package} ./{package}" in text, package
 
 
 def test_compose_has_password_protected_redis_with_aof_a_gpu_worker_and_the_app():

@@ -9,8 +9,8 @@ import pytest
 from conftest import TINY, wait_for
 from rq.job import Job
 
+from codash.cli import main
 from jobs import api, keys, queue, registry, stream
-from jobs.cli import main
 from jobs.stream import StreamSink
 from trainer.config import make_config
 from trainer.events import FIELDS, make_event
@@ -105,7 +105,7 @@ def test_cancel_takes_a_queued_run_off_the_queue_and_resume_queues_a_new_attempt
     run = api.get_run(r, run_id)
     assert (run.status, run.attempt, run.finished_at) == ("queued", 2, None)
     assert r.lrange(queue.rq_queue(r, keys.DEFAULT_QUEUE).key, 0, -1) == [queue.job_id(run_id, 2).encode()]
-    with pytest.raises(api.InvalidTransition, match="is queued: only interrupted, cancelled or failed"):
+    with pytest.raises(api.InvalidTransition, match="is queued: only failed, cancelled or interrupted"):
         api.resume(r, run_id)
 
 

@@ -6,17 +6,16 @@ import stat
 
 import pytest
 import redis
-from conftest import kill_server, wait_for
+from conftest import kill_server, server_pid, wait_for
 
+from codash.cli import main
 from jobs import api
-from jobs.cli import main
 from jobs.server import (
     PASSWORD_FILE,
     URL_FILE,
     ensure_server,
     ping,
     public_url,
-    server_pid,
     stop_server,
     stored_url,
 )

@@ -15,14 +15,14 @@ from pathlib import Path
 from unittest.mock import ANY
 
 import pytest
-from conftest import TINY, Workers, embedded_redis, wait_for
+from conftest import TINY, Workers, embedded_redis, server_pid, wait_for, without_timing
 from rq.job import Job
 
 from jobs import api, keys, queue
-from jobs.server import ensure_server, ping, server_pid, stored_url
+from jobs.server import ensure_server, ping, stored_url
 from trainer.checkpoint import load_model
 from trainer.config import make_config
-from trainer.events import read_jsonl, without_timing
+from trainer.events import read_jsonl
 
 LONG = {**TINY, "epochs": 1000, "max_iters": None}  # about 23,000 iterations: runs until cancelled
 
@@ -63,7 +63,7 @@ def codash_train(config: dict, tmp_path: Path) -> list[dict]:
     """The same config run by `codash train --out F --run-dir D`, with the workers' one torch thread (on CPU,
     the thread count changes the order of float reductions, and so the last bits of every loss)."""
     out = tmp_path / "train.jsonl"
-    command = [sys.executable, "-m", "jobs.cli", "train", "--quiet", "--out", out, "--run-dir", tmp_path]
+    command = [sys.executable, "-m", "codash", "train", "--quiet", "--out", out, "--run-dir", tmp_path]
     command += [part for key, value in config.items() for part in ("--" + key.replace("_", "-"), str(value))]
     subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True, timeout=300)
     with open(out) as file:
@@ -146,6 +146,19 @@ def test_failing_runs_say_why_and_the_workers_keep_serving(r, pool, tmp_path):
     assert wait_status(r, good, {"finished"}, 60).final is not None
     assert all(worker.alive() for worker in pool.started)
     assert {worker.name for worker in api.workers(r)} == {"w1", "w2"}
+
+
+def test_a_worker_starts_itself_without_the_command_line():
+    """`python -m jobs.worker` is the worker's own entry point: jobs never imports the codash CLI above it."""
+    code = (
+        "import sys, jobs.worker\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] == 'codash'], 'jobs.worker imports codash'\n"
+        "jobs.worker.main(['--help'])"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "usage: python -m jobs.worker" in result.stdout
+    assert all(flag in result.stdout for flag in ("--device", "--queue", "--name", "--burst", "--log-level"))
 
 
 def test_a_second_worker_under_a_live_name_is_refused(pool):

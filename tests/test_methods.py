@@ -17,6 +17,7 @@ from trainer.config import make_config
 from trainer.free import FreeAT
 from trainer.gradalign import grad_align_reg
 from trainer.loop import ADVERSARY, _train_step, make_optimizer, train
+from trainer.methods import METHODS
 
 
 def interior(x, delta):
@@ -209,8 +210,9 @@ def test_free_resume_continues_exactly(tmp_path, stop_at):
     assert final["last"] == pytest.approx(reference[-1]["last"])
 
 
-@pytest.mark.parametrize("method", ["nfgsm", "pgd_corner", "random_corner", "free"])
-def test_new_methods_train_end_to_end(method):
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_registered_method_has_an_adversary_and_trains_end_to_end(method):
+    """trainer.methods lists a method; trainer.loop must know how to attack for it (ADVERSARY, or FreeAT)."""
     events = []
     final = train(make_config({**TINY, "method": method, "max_iters": 10, "eval_every": 10}), events.append)
     assert final["iterations"] == 10 and final["last"]["autoattack_acc"] is None

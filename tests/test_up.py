@@ -10,17 +10,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, wait_for
+from conftest import ROOT, TINY, server_pid, wait_for
 
+from codash.up import dashboard_healthy
 from jobs.server import free_port
-from jobs.up import dashboard_healthy
 
 pytestmark = pytest.mark.timeout(180)
 
 
 def codash(*args: str, env: dict[str, str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "jobs.cli", *args], env=env, cwd=ROOT, capture_output=True, text=True, **kwargs
+        [sys.executable, "-m", "codash", *args], env=env, cwd=ROOT, capture_output=True, text=True, **kwargs
     )
 
 
@@ -57,7 +57,7 @@ def env(tmp_path: Path) -> dict[str, str]:
 def test_up_serves_the_dashboard_runs_jobs_and_stops_everything(env, tmp_path):
     port = free_port()
     log = (tmp_path / "up.log").open("w")
-    argv = [sys.executable, "-m", "jobs.cli", "up", "--port", str(port)]
+    argv = [sys.executable, "-m", "codash", "up", "--port", str(port)]
     up = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=log)
     try:
         wait_for(lambda: healthy(port), 60, "the dashboard to answer /_stcore/health")
@@ -68,7 +68,7 @@ def test_up_serves_the_dashboard_runs_jobs_and_stops_everything(env, tmp_path):
         assert f"127.0.0.1:{port}" in second.stdout
 
         from jobs import api
-        from jobs.server import server_pid, stored_url
+        from jobs.server import stored_url
         from trainer.config import make_config
 
         home = Path(env["CODASH_HOME"])

@@ -145,12 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
-    """Parse and dispatch; expected failures become one line on stderr and exit code 2."""
+def run(
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None = None,
+    expected: tuple[type[BaseException], ...] = EXPECTED_ERRORS,
+) -> int:
+    """Parse and dispatch; `expected` failures become one line on stderr and exit code 2."""
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except EXPECTED_ERRORS as exc:
+    except expected as exc:
         print(f"codash: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -13,34 +13,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from trainer.methods import METHODS
+
 Dataset = Literal["digits", "mnist", "svhn", "cifar10"]
 Model = Literal["cnn", "lenet", "preact_resnet18"]
-Method = Literal["standard", "fgsm", "fgsm_rs", "pgd", "free", "nfgsm", "pgd_corner", "random_corner"]
+Method = Literal[tuple(METHODS)]  # trainer.methods is the list
 Optimizer = Literal["sgd", "adam"]
 Schedule = Literal["constant", "cyclic", "piecewise"]
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-
-# FGSM step size as a multiple of eps: 1.0 is plain FGSM, 1.25 is Wong et al.'s FGSM-RS; N-FGSM (de Jorge
-# et al. 2022) and Free AT (Shafahi et al. 2019) step by eps.
-DEFAULT_ALPHA = {"fgsm": 1.0, "fgsm_rs": 1.25, "nfgsm": 1.0, "free": 1.0}
-
-
-# The fields that only some methods read (every other field applies to every method).
-USED_BY = {
-    "alpha": ("fgsm", "fgsm_rs", "nfgsm", "free"),
-    "pgd_steps": ("pgd", "pgd_corner"),
-    "pgd_alpha": ("pgd", "pgd_corner"),
-    "free_replays": ("free",),
-    "nfgsm_k": ("nfgsm",),
-}
-
-
-def reads(field: str, method: str, grad_align: bool) -> bool:
-    """Whether a run of `method`, with or without GradAlign, uses `field` at all."""
-    if field == "grad_align_fraction":
-        return grad_align
-    return method in USED_BY.get(field, (method,))
 
 
 def parse_eps(value: Any) -> Any:
@@ -82,7 +63,16 @@ def lambda_of_eps(field: str, dataset: str, eps: float) -> float | None:
 
 
 class ConfigError(ValueError):
-    """A config that cannot run; the message names each bad field and its allowed values."""
+    """A config that cannot run: `problems` maps each bad field to what is wrong and what it allows.
+
+    Its text is every problem on one line, "field: message; field: message"; an error about the config as a
+    whole (a plain message) is filed under "config".
+    """
+
+    def __init__(self, problems: dict[str, str] | str):
+        self.problems = problems if isinstance(problems, dict) else {"config": problems}
+        text = problems if isinstance(problems, str) else "; ".join(f"{f}: {m}" for f, m in problems.items())
+        super().__init__(text)
 
 
 class RunConfig(BaseModel):
@@ -151,9 +141,13 @@ class RunConfig(BaseModel):
             return data
         data = dict(data)
         method = data.get("method", "fgsm")
+        known = isinstance(method, str) and method in METHODS  # else validation names the field
+        for name, value in METHODS[method].defaults.items() if known else ():
+            if data.get(name) is None:
+                data[name] = value
+        if data.get("alpha") is None:  # a method that does not step by alpha stores 1.0
+            data["alpha"] = 1.0
         resnet = data.get("model", "cnn") == "preact_resnet18"
-        if data.get("alpha") is None:
-            data["alpha"] = DEFAULT_ALPHA.get(method, 1.0) if isinstance(method, str) else 1.0
         # The paper: SGD + cyclic lr for ResNets, Adam with a constant lr for the small CNNs.
         if data.get("optimizer") is None:
             data["optimizer"] = "sgd" if resnet else "adam"
@@ -190,17 +184,8 @@ class RunConfig(BaseModel):
         """A short human name: 'FGSM+GradAlign λ=2 ε=0.2'."""
         if self.name:
             return self.name
-        method = {
-            "standard": "Standard",
-            "fgsm": "FGSM",
-            "fgsm_rs": "FGSM-RS",
-            "pgd": f"PGD-{self.pgd_steps}",
-            "free": f"Free m={self.free_replays}",
-            "nfgsm": f"N-FGSM k={self.nfgsm_k:g}",
-            "pgd_corner": f"PGD-{self.pgd_steps}-corner",
-            "random_corner": "Random-corner",
-        }
-        text = method[self.method]
+        method = METHODS[self.method]
+        text = method.label.format(**{name: getattr(self, name) for name in method.label_fields})
         if self.uses_grad_align:
             text += f"+GradAlign λ={self.grad_align_lambda:g}"
             if self.grad_align_fraction < 1:
@@ -260,11 +245,12 @@ def make_config(data: dict[str, Any] | str) -> RunConfig:
             return RunConfig.model_validate_json(data)
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(describe_errors(exc)) from None
+        raise ConfigError(problems_of(exc)) from None
 
 
-def describe_errors(exc: ValidationError) -> str:
-    lines = []
+def problems_of(exc: ValidationError) -> dict[str, str]:
+    """Pydantic's errors by field, each with the value given and the values allowed."""
+    problems: dict[str, str] = {}
     for err in exc.errors():
         field = (".".join(str(part) for part in err["loc"]) or "''") if err["loc"] else "config"
         message = err["msg"].removeprefix("Value error, ")
@@ -272,5 +258,6 @@ def describe_errors(exc: ValidationError) -> str:
             message = "unknown field"
         hint = allowed(field) if field in RunConfig.model_fields else ""
         got = f" (got {err['input']!r})" if err["type"] != "missing" else ""
-        lines.append(f"{field}: {message}{got}" + (f"; allowed: {hint}" if hint else ""))
-    return "; ".join(lines)
+        text = f"{message}{got}" + (f"; allowed: {hint}" if hint else "")
+        problems[field] = f"{problems[field]}; {text}" if field in problems else text
+    return problems

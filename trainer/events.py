@@ -69,8 +69,6 @@ FIELDS: dict[str, tuple[str, ...]] = {
     ),
 }
 
-# Fields that depend on the machine's speed, not on the computation: left out when comparing runs.
-TIMING_FIELDS = frozenset({"train_images_per_s", "wall_s"})
 # Events that come every iteration or every few: sinks batch them instead of flushing each one.
 DENSE_EVENTS = frozenset({"metrics", "probe"})
 # Events that carry arrays (images, filters): in the JSONL and the stream like any other, left out of tables.
@@ -122,10 +120,6 @@ def _flatten(event: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[prefix + key] = value
     return flat
-
-
-def without_timing(event: Event) -> Event:
-    return {key: value for key, value in event.items() if key not in TIMING_FIELDS}
 
 
 class JsonlSink:

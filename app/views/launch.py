@@ -7,7 +7,6 @@ A None-able field left empty means "the paper's default for this method and mode
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal, get_args, get_origin
 
 import streamlit as st
@@ -17,15 +16,14 @@ from app.text import md_escape, model_name
 from jobs import api
 from trainer.config import (
     NATURAL_IMAGES,
-    USED_BY,
     ConfigError,
     RunConfig,
     allowed,
     format_eps,
     lambda_of_eps,
     make_config,
-    reads,
 )
+from trainer.methods import USED_BY, reads
 from trainer.presets import DEFAULT_PRESET, DIGITS_GRAD_ALIGN, PRESETS
 
 GROUPS = (
@@ -105,7 +103,12 @@ def render() -> None:
         help="Fills every field below; edit any of them before launching.",
     )
     values = _form_values()
-    problems = _problems(values) or limits.violations([make_config(values)], api.queued_count(r))
+    try:
+        config = make_config(values)  # the one validation of this render
+    except ConfigError as exc:
+        config, problems = None, exc.problems
+    else:
+        problems = limits.violations([config], api.queued_count(r))
     for row in (GROUPS[:2], GROUPS[2:]):
         for column, (title, names) in zip(st.columns(2), row, strict=True):
             with column.container(border=True):
@@ -122,12 +125,11 @@ def render() -> None:
         ]
         st.error("  \n".join([f"Fix {len(problems)} problem(s) before launching."] + unplaced))
     else:
-        config = make_config(values)
         st.markdown(f"**Will run:** {md_escape(config.label())} on {config.dataset}, {model_name(config)}")
         with st.expander("The complete config that will be queued"):
             st.json(config.model_dump(mode="json"))
     if st.button("Launch run", type="primary", disabled=bool(problems), key=KEY + "submit"):
-        run_id = api.submit(r, make_config(values))
+        run_id = api.submit(r, config)
         nav.go("live", run=run_id)
     st.session_state[SAVED] = {key: st.session_state[key] for key in WIDGET_KEYS if key in st.session_state}
 
@@ -171,20 +173,6 @@ def _form_values() -> dict[str, Any]:
     if not st.session_state.get(KEY + "grad_align"):
         values["grad_align_lambda"] = 0.0
     return values
-
-
-def _problems(values: dict[str, Any]) -> dict[str, str]:
-    """Each invalid field's message from RunConfig's own validation, keyed by field."""
-    try:
-        make_config(values)
-    except ConfigError as exc:
-        fields = "|".join(RunConfig.model_fields)
-        problems: dict[str, str] = {}
-        for message in re.split(rf"; (?=(?:{fields}): )", str(exc)):
-            field, _, text = message.partition(": ")
-            problems[field] = text
-        return problems
-    return {}
 
 
 # --- widgets ---

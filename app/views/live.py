@@ -22,14 +22,13 @@ from app.text import format_duration, md_escape, model_name, percent, snapshot_l
 from jobs import api
 
 REFRESH_S = 1.0
-CANCELLABLE = frozenset({"queued", "running"})
 STATUS_ICONS = {
-    "queued": ":material/hourglass_empty:",
-    "running": ":material/directions_run:",
-    "finished": ":material/check_circle:",
-    "failed": ":material/error:",
-    "cancelled": ":material/cancel:",
-    "interrupted": ":material/pause_circle:",
+    api.RunStatus.QUEUED: ":material/hourglass_empty:",
+    api.RunStatus.RUNNING: ":material/directions_run:",
+    api.RunStatus.FINISHED: ":material/check_circle:",
+    api.RunStatus.FAILED: ":material/error:",
+    api.RunStatus.CANCELLED: ":material/cancel:",
+    api.RunStatus.INTERRUPTED: ":material/pause_circle:",
 }
 
 
@@ -83,7 +82,7 @@ def _status(r, run, history: RunHistory) -> None:
     iteration = max(run.iteration, history.iteration)
     left, middle, right = st.columns([2, 5, 2], vertical_alignment="center")
     with left:
-        st.markdown(f"{STATUS_ICONS.get(run.status, '')} **{run.status}**")
+        st.markdown(f"{STATUS_ICONS[run.status]} **{run.status}**")
         parts = [run.config.dataset, model_name(run.config)]
         parts += [f"elapsed {format_duration(elapsed_s(run, time.time()))}"]
         parts += [f"device {md_escape(run.device or history.device or '–')}"]
@@ -94,21 +93,23 @@ def _status(r, run, history: RunHistory) -> None:
         text = f"iteration {iteration:,} of {total:,}" if total else "waiting for the first event"
         if history.co_iteration is not None:
             text += f" · catastrophic overfitting at iteration {history.co_iteration:,}"
-        if run.status == "running" and total in history.evals:  # the last live eval is in: the final runs
+        if (
+            run.status == api.RunStatus.RUNNING and total in history.evals
+        ):  # the last live eval is in: the final runs
             text += f" · final evaluation: {run.config.final_measures()} of the last and the best model…"
         st.progress(fraction, text=text)
     with right:
         _controls(r, run)
-    if run.status == "queued" and not api.workers(r):
+    if run.status == api.RunStatus.QUEUED and not api.workers(r):
         st.warning("No worker is alive to pick this run up. Start one with `codash worker`.")
-    if run.status == "failed" and run.error:
+    if run.status == api.RunStatus.FAILED and run.error:
         st.error(md_escape(run.error))
 
 
 def _controls(r, run) -> None:
-    """Cancel while it can still run; resume from its last checkpoint once it stopped."""
+    """Cancel and resume exactly where the queue allows them (api.CANCELLABLE, api.RESUMABLE)."""
     try:
-        if run.status in CANCELLABLE and st.button("Cancel", icon=":material/stop:", key="live.cancel"):
+        if run.status in api.CANCELLABLE and st.button("Cancel", icon=":material/stop:", key="live.cancel"):
             api.cancel(r, run.id)
             st.rerun()
         if run.status in api.RESUMABLE and st.button(

@@ -29,21 +29,10 @@ from trainer.config import (
     lambda_of_eps,
     make_config,
 )
+from trainer.methods import SWEEP
 from trainer.presets import DIGITS_ELLE, DIGITS_GRAD_ALIGN, PRESETS
 
 REFRESH_S = 2.0
-METHODS = {  # name -> the fields it sets; GradAlign and ELLE runs get their λ from the form (REGULARISED)
-    "FGSM": {"method": "fgsm"},
-    "FGSM + GradAlign": {"method": "fgsm"},
-    "FGSM + ELLE": {"method": "fgsm"},
-    "FGSM-RS": {"method": "fgsm_rs"},
-    "PGD-2": {"method": "pgd", "pgd_steps": 2, "pgd_alpha": 0.5},  # α = ε/2, as in the paper
-    "PGD-10": {"method": "pgd", "pgd_steps": 10, "pgd_alpha": 0.25},
-    "N-FGSM": {"method": "nfgsm"},  # k = 2, step ε (de Jorge et al. 2022)
-    "Free AT": {"method": "free"},  # m = 4 (Shafahi et al. 2019)
-    "Standard": {"method": "standard"},
-}
-REGULARISED = {"FGSM + GradAlign": "grad_align_lambda", "FGSM + ELLE": "elle_lambda"}
 DEFAULT_METHODS = ["FGSM", "FGSM + GradAlign", "PGD-10"]
 DEFAULT_EPS = {"natural": "2, 4, 6, 8, 10, 12, 14, 16", "fraction": "0.05, 0.1, 0.15, 0.2, 0.25, 0.3"}
 KEY = "sweep."
@@ -92,13 +81,13 @@ def sweep_configs(
     configs = []
     for method in methods:
         for eps in eps_values:
+            name, line = SWEEP[method]
             weights = dict.fromkeys(REGULARISERS, 0.0)
-            if method in REGULARISED:
-                field = REGULARISED[method]
-                by_rule = lambda_of_eps(field, base["dataset"], eps) if rule else None
-                weights[field] = fixed[field] if by_rule is None else by_rule
+            if line.regulariser is not None:
+                by_rule = lambda_of_eps(line.regulariser, base["dataset"], eps) if rule else None
+                weights[line.regulariser] = fixed[line.regulariser] if by_rule is None else by_rule
             extra = (method_fields or {}).get(method, {})
-            values = {**base, **METHODS[method], **extra, "eps": eps, **weights, "name": ""}
+            values = {**base, "method": name, **line.fields, **extra, "eps": eps, **weights, "name": ""}
             try:
                 configs.append(make_config(values))
             except ConfigError as exc:
@@ -143,7 +132,7 @@ def _new_sweep(r) -> None:
     }.items():
         st.session_state.setdefault(key, default)
     columns = st.columns([3, 3, 2, 2, 2])
-    methods = columns[0].multiselect("Methods", list(METHODS), key=KEY + "methods")
+    methods = columns[0].multiselect("Methods", list(SWEEP), key=KEY + "methods")
     eps_text = columns[1].text_input(
         "ε values (× 1/255)" if natural else "ε values",
         key=eps_key,
@@ -208,7 +197,7 @@ def _results(sweep_id: str) -> bool:
     r = state.connection()
     runs = api.sweep_runs(r, sweep_id)
     # finished runs are drawn from their final results; only runs in progress need their events
-    histories = {run.id: state.history(r, run) for run in runs if run.status == "running"}
+    histories = {run.id: state.history(r, run) for run in runs if run.status == api.RunStatus.RUNNING}
     points = sweep_frame(runs, histories)
     done = sum(run.status in api.TERMINAL for run in runs)
     st.progress(done / len(runs) if runs else 0.0, text=f"{done} of {len(runs)} runs done")

@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, wait_for
 
+from codash.up import dashboard_healthy
 from jobs import api
 from jobs.server import free_port
-from jobs.up import dashboard_healthy
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -65,7 +65,7 @@ def dashboard(redis_home: Path, tmp_path: Path) -> Iterator[str]:
     """`codash up --port P`: one CPU worker and the dashboard, against the test's embedded Redis."""
     port = free_port()
     log = tmp_path / "up.log"
-    command = [sys.executable, "-m", "jobs.cli", "up", "--port", str(port)]
+    command = [sys.executable, "-m", "codash", "up", "--port", str(port)]
     env = {**os.environ, "CODASH_HOME": str(redis_home)}
     with open(log, "w") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)

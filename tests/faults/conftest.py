@@ -27,9 +27,9 @@ from typing import Any
 import pytest
 from conftest import ROOT, TINY, wait_for
 
+from codash.up import dashboard_healthy
 from jobs import api, keys
 from jobs.server import free_port
-from jobs.up import dashboard_healthy
 
 FIGURES: list[dict[str, Any]] = []
 ARTIFACT = ROOT / "test-artifacts" / "fault-figures.json"

@@ -10,14 +10,14 @@ import math
 import re
 
 import pytest
+from conftest import store_run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rq.job import Job
 from streamlit.testing.v1 import AppTest
-from test_app_pages import store_run
 
+from codash.cli import main
 from jobs import api, keys, queue
-from jobs.cli import main
 from trainer.config import ConfigError, RunConfig, make_config
 from trainer.loop import train
 

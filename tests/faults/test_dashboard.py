@@ -10,10 +10,10 @@ import signal
 import time
 
 import pytest
+from conftest import without_timing
 
 from jobs import api
 from trainer.config import make_config
-from trainer.events import without_timing
 
 from .conftest import TINY, check_continuous, entries, long_tiny, page_text, snapshot, wait_for, wait_status
 

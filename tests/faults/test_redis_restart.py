@@ -22,11 +22,11 @@ import os
 import signal
 
 import pytest
+from conftest import server_pid, without_timing
 
 from jobs import api, registry
-from jobs.server import ensure_server, ping, server_pid, stop_server, stored_url
+from jobs.server import ensure_server, ping, stop_server, stored_url
 from trainer.config import make_config
-from trainer.events import without_timing
 
 from .conftest import (
     TINY,

@@ -11,10 +11,10 @@ import signal
 import time
 
 import pytest
+from conftest import without_timing
 
 from jobs import api
 from trainer.config import make_config
-from trainer.events import without_timing
 
 from .conftest import (
     check_continuous,

@@ -21,10 +21,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import app
 from jobs.paths import codash_home
 from jobs.server import ensure_server, ping, public_url, stop_server, stored_url
 
-APP_SCRIPT = Path(__file__).resolve().parent.parent / "app" / "main.py"
+APP_SCRIPT = Path(app.__file__).resolve().with_name("main.py")  # `streamlit run` takes a script path
 UP_FILE = "up.json"
 HEALTH_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
@@ -141,7 +142,7 @@ def up(host: str, port: int, workers: int | None, no_worker: bool) -> int:
             started_redis = not (previous and ping(previous))
             redis_url = ensure_server(home)
         env = {"REDIS_URL": redis_url}
-        worker_argv = [sys.executable, "-m", "jobs.cli", "worker", "--device"]
+        worker_argv = [sys.executable, "-m", "jobs.worker", "--device"]
         children = [
             Child(f"worker {i} ({device})", [*worker_argv, device], env=env)
             for i, device in enumerate([] if no_worker else plan_workers(workers))

@@ -1,28 +1,27 @@
 """`codash`: train in this process, or submit runs to workers and manage them.
 
 `codash train` is trainer.cli's command unchanged; `codash submit` takes the same config flags (both are
-generated from RunConfig). Bad input is one line on stderr naming the field, and exit code 2.
+generated from RunConfig); `codash worker` takes jobs.worker's own flags. Bad input is one line on stderr
+naming the field, and exit code 2. Importing this module does not import torch: `codash --help` is instant.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import importlib.util
 import json
+import subprocess
 import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
 
-import redis
-
 from jobs import api, keys
-from jobs.queue import check_name
 from jobs.server import ensure_server, public_url, run_in_foreground, stop_server
-from trainer.cli import add_config_flags, add_train_command, config_from_args, run
+from jobs.worker_flags import HELP as WORKER_HELP
+from jobs.worker_flags import add_worker_flags
+from trainer.cli import EXPECTED_ERRORS, add_config_flags, add_train_command, config_from_args, run
 from trainer.events import events_csv, events_jsonl
-
-JOB_ERRORS = (api.RunNotFound, api.InvalidTransition, redis.RedisError, ValueError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,14 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, help="file to write (default: stdout)")
     export.set_defaults(handler=run_export)
 
-    worker = commands.add_parser("worker", help="train queued runs, one at a time, on one device")
-    worker.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
-    worker.add_argument(
-        "--queue", action="append", help=f"queue to serve; repeat for several (default: {keys.DEFAULT_QUEUE})"
-    )
-    worker.add_argument("--name", help="unique worker name (default: host.pid)")
-    worker.add_argument("--burst", action="store_true", help="exit once the queues are empty")
-    worker.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    worker = commands.add_parser("worker", help=WORKER_HELP)
+    add_worker_flags(worker)
     worker.set_defaults(handler=run_worker)
 
     server = commands.add_parser(
@@ -82,29 +75,28 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("--no-worker", action="store_true", help="start no worker (they run on other hosts)")
     stack.set_defaults(handler=run_up)
 
-    bench = commands.add_parser("bench", help="speed benchmark against a plain PyTorch loop (checkout only)")
+    bench = commands.add_parser(
+        "bench",
+        help="speed benchmark against a plain PyTorch loop (run in a checkout; `codash bench --help`)",
+        add_help=False,  # every flag, --help included, goes to the benchmark, which lists its own
+        prefix_chars="+",
+    )
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     bench.set_defaults(handler=run_bench)
-    _add_bench_arguments(bench)
     return parser
 
 
-def _bench_module():
-    """bench/ lives in the checkout next to jobs/, not in the installed package."""
-    root = str(Path(__file__).resolve().parent.parent)
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    import bench.__main__
-
-    return bench.__main__
-
-
-def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    with contextlib.suppress(ImportError):  # an installed codash without its checkout
-        _bench_module().add_arguments(parser)
-
-
 def run_bench(args: argparse.Namespace) -> int:
-    return _bench_module().run_and_report(args)
+    """`python -m bench ...` in the checkout: bench/ (and the tests it reuses) is not part of the package.
+
+    The child finds bench/ where Python looks for it: the working directory or PYTHONPATH.
+    """
+    if importlib.util.find_spec("bench") is None and not Path("bench", "__main__.py").is_file():
+        raise RuntimeError(
+            "codash bench needs a codash checkout: bench/ is not installed with the package. "
+            "Run it from the checkout's root directory (or run `python -m bench` there)."
+        )
+    return subprocess.call([sys.executable, "-m", "bench", *args.bench_args])
 
 
 def run_submit(args: argparse.Namespace) -> int:
@@ -179,13 +171,9 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    from jobs.worker import CodashWorker, worker_device  # imports torch: only workers pay for it
+    from jobs.worker import serve  # imports torch: only workers pay for it
 
-    queues = [check_name("queue", queue) for queue in args.queue or [keys.DEFAULT_QUEUE]]
-    name = check_name("name", args.name) if args.name else None
-    worker = CodashWorker(queues, connection=api.connect(), device=worker_device(args.device), name=name)
-    worker.work(burst=args.burst, logging_level=args.log_level)
-    return 0
+    return serve(args)
 
 
 def run_redis(args: argparse.Namespace) -> int:
@@ -199,7 +187,7 @@ def run_redis(args: argparse.Namespace) -> int:
 
 
 def run_up(args: argparse.Namespace) -> int:
-    from jobs.up import AlreadyRunning, up
+    from codash.up import AlreadyRunning, up
 
     if not 0 < args.port < 65536:
         raise ValueError(f"--port: must be in 1..65535, got {args.port}")
@@ -213,11 +201,7 @@ def run_up(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return run(build_parser(), argv)
-    except JOB_ERRORS as exc:
-        print(f"codash: error: {exc}", file=sys.stderr)
-        return 2
+    return run(build_parser(), argv, expected=(*EXPECTED_ERRORS, *api.JOB_ERRORS))
 
 
 if __name__ == "__main__":
