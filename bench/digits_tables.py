@@ -56,6 +56,10 @@ RUNS: dict[str, tuple[str, dict, tuple[int, ...], str | None]] = {
 }
 
 
+# --lean: a shorter final evaluation (PGD-20, one restart, no AutoAttack) for a machine without time for more
+LEAN_FINAL = {"final_pgd_steps": 20, "final_pgd_restarts": 1, "autoattack": False}
+
+
 def run(runs_dir: Path, name: str, seed: int, extra: dict | None = None) -> Path:
     _, fields, _, final = RUNS[name]
     path = runs_dir / f"{name}-{seed}.jsonl"
@@ -150,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--names", nargs="+", choices=tuple(RUNS), default=list(RUNS))
     parser.add_argument("--seeds", type=int, nargs="+", help="default: each row's seeds")
     parser.add_argument("--table", action="store_true", help="only print the rows of what RUNS_DIR holds")
+    parser.add_argument("--lean", action="store_true", help="final evaluation PGD-20-1, no AutoAttack")
     args = parser.parse_args(argv)
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     if not args.table:
@@ -158,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
             for name in args.names:  # seed by seed: every row has its first seeds early
                 if seed in (args.seeds or RUNS[name][2]):
                     print(f"{name}-{seed}", flush=True)
-                    run(args.runs_dir, name, seed)
+                    run(args.runs_dir, name, seed, LEAN_FINAL if args.lean else None)
     summaries = table(args.runs_dir)
     (args.runs_dir / "summary.json").write_text(json.dumps(summaries))
 
