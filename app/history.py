@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from trainer.events import ARRAY_FIELDS
+
 MAX_LINE_POINTS = 600  # per-iteration series are averaged into at most this many bins: SVG stays fast
 SMOOTH_ITERS = 10  # per-batch training numbers are noisy: drawn as a trailing moving average
-SNAPSHOT_ARRAYS = ("image", "fgsm_delta", "pgd_delta", "grad_x", "grad_random", "filters")
 
 
 @dataclass
@@ -38,27 +39,36 @@ class RunHistory:
     last_id: str = "0-0"
     n_events: int = 0
     attempt: int = 1  # the run's attempt these events belong to (a resume rewinds the stream)
+    skipped: int = 0  # stream entries that were not events, or events these views cannot draw
 
-    def extend(self, events: Iterable[dict[str, Any]], last_id: str | None = None) -> None:
+    def extend(self, events: Iterable[dict[str, Any]], last_id: str | None = None, skipped: int = 0) -> None:
+        """Add events in stream order; `skipped` counts entries the reader already dropped as garbage."""
+        self.skipped += skipped
         for event in events:
             self.n_events += 1
-            kind = event.get("type")
-            if kind == "config":
-                self._restart(event)
-            elif kind == "metrics":
-                self.metrics[event["iteration"]] = event
-            elif kind == "eval":
-                self.evals[event["iteration"]] = event
-            elif kind == "probe":
-                self.probes[event["iteration"]] = event
-            elif kind == "snapshot":
-                self.snapshots[event["iteration"]] = compact_snapshot(event)
-            elif kind == "co":
-                self.co = event
-            elif kind == "final":
-                self.final = event
+            try:
+                self._add(event)
+            except (KeyError, TypeError, ValueError):  # e.g. a snapshot whose arrays are ragged
+                self.skipped += 1
         if last_id is not None:
             self.last_id = last_id
+
+    def _add(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "config":
+            self._restart(event)
+        elif kind == "metrics":
+            self.metrics[event["iteration"]] = event
+        elif kind == "eval":
+            self.evals[event["iteration"]] = event
+        elif kind == "probe":
+            self.probes[event["iteration"]] = event
+        elif kind == "snapshot":
+            self.snapshots[event["iteration"]] = compact_snapshot(event)
+        elif kind == "co":
+            self.co = event
+        elif kind == "final":
+            self.final = event
 
     def _restart(self, event: dict[str, Any]) -> None:
         """A config event opens an attempt at `start_iteration`: later rows will be recomputed."""
@@ -124,5 +134,8 @@ def downsample(frame: pd.DataFrame, max_points: int) -> pd.DataFrame:
 
 def compact_snapshot(event: dict[str, Any]) -> dict[str, Any]:
     """A snapshot event with its nested lists as float32 arrays: a tenth of the memory, ready to draw."""
-    arrays = {key: np.asarray(event[key], dtype=np.float32) for key in SNAPSHOT_ARRAYS if event.get(key)}
+    arrays = {key: np.asarray(event[key], dtype=np.float32) for key in ARRAY_FIELDS if event.get(key)}
+    for key, array in arrays.items():  # [C][H][W], filters [F][C][k][k]: anything else cannot be drawn
+        if array.ndim != (4 if key == "filters" else 3):
+            raise ValueError(f"snapshot {key}: {array.ndim} dimensions")
     return {**event, **arrays}

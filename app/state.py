@@ -38,8 +38,9 @@ def history(r: redis.Redis, run: api.Run) -> RunHistory:
     run_history = cache.get(run.id)
     if run_history is None or run_history.attempt != run.attempt:
         run_history = cache[run.id] = RunHistory(attempt=run.attempt)
-    events, last_id = api.read_events(r, run.id, after=run_history.last_id)
-    run_history.extend(events, last_id)
+    bad: list[tuple[str, str]] = []
+    events, last_id = api.read_events(r, run.id, after=run_history.last_id, bad=bad)
+    run_history.extend(events, last_id, skipped=len(bad))
     return run_history
 
 

@@ -9,7 +9,8 @@ fast_adversarial, Andriushchenko & Flammarion's GradAlign code), on tensors alre
   GradAlign (`grad_align_lambda` > 0: the gradient at x is the FGSM one, the random-point gradient is built
   with create_graph=True and the cosine is differentiated through: double backprop);
 - training loss and accuracy are summed on the device (nothing is read back per iteration);
-- bf16 autocast when `amp` and the device is CUDA; channels_last and torch.compile as options.
+- bf16 autocast when `amp` and the device is CUDA; channels_last, torch.compile and, on CUDA, the whole
+  step captured as one CUDA graph (`capture`) as options.
 
 `time_training` times `iters` training steps of a fresh model (device synchronised at both ends) and
 returns images/s and ms/iteration. The model definitions are copies of codash's so that the two build the
@@ -181,27 +182,72 @@ def time_training(
     amp: bool = False,
     channels_last: bool = False,
     compile_model: bool = False,
+    capture: bool = False,
     seed: int = 0,
 ) -> dict:
-    """Train a fresh model for `iters` steps; images/s and ms/iteration of those steps."""
+    """Train a fresh model for `iters` steps; images/s and ms/iteration of those steps.
+
+    `capture` (CUDA): the step is warmed up on a side stream, recorded once as a CUDA graph and replayed;
+    the batch goes into static buffers and the lr into a device tensor the optimizer reads (Adam
+    capturable, SGD fused). The capture is not timed.
+    """
     device = train_x.device
     torch.manual_seed(seed)
     model = build(model_name, train_x.shape[1], train_x.shape[-1], n_classes, n_filters).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    lr_now = torch.tensor(lr, device=device) if capture else lr
     if optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+        opt = torch.optim.SGD(
+            model.parameters(),
+            lr=lr_now,
+            momentum=0.9,
+            weight_decay=5e-4,
+            **({"fused": True} if capture else {}),
+        )
     else:
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        opt = torch.optim.Adam(model.parameters(), lr=lr_now, **({"capturable": True} if capture else {}))
     net = torch.compile(model) if compile_model else model
     gen = torch.Generator(device).manual_seed(seed)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else nullcontext()
-    )
+    use_amp = amp and device.type == "cuda"
     steps_per_epoch = max(1, len(train_x) // batch_size)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
+
+    def train_step(x, y, cache_enabled=True):
+        with (
+            torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache_enabled)
+            if use_amp
+            else nullcontext()
+        ):
+            delta, grad_x = adversary(method, net, x, y, eps, alpha * eps, pgd_steps, pgd_alpha * eps, gen)
+            logits = net(x + delta)
+            loss = F.cross_entropy(logits, y)
+            objective = loss
+            if grad_align_lambda > 0:
+                reg = grad_align(net, x, y, eps, grad_x, gen, grad_align_fraction)
+                objective = loss + grad_align_lambda * reg
+        opt.zero_grad(set_to_none=True)
+        objective.backward()  # into every leaf, GradAlign's random point too, as the paper's code does
+        opt.step()
+        return loss.detach().float(), (logits.argmax(1) == y).sum()
+
     model.train()
+    if capture:
+        static_x = train_x[:batch_size].clone(
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format
+        )
+        static_y = train_y[:batch_size].clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                train_step(static_x, static_y, cache_enabled=False)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        graph.register_generator_state(gen)
+        with torch.cuda.graph(graph):
+            static_loss, static_correct = train_step(static_x, static_y, cache_enabled=False)
     sync(device)
     started = time.perf_counter()
     for it in range(iters):
@@ -214,23 +260,20 @@ def time_training(
             x = crop_flip(x, gen)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        if cyclic:  # triangle 0 -> lr -> 0
-            progress = (it + 1) / iters
+        progress = (it + 1) / iters
+        step_lr = lr * (2 * progress if progress <= 0.5 else 2 * (1 - progress)) if cyclic else lr  # triangle
+        if capture:
+            static_x.copy_(x)
+            static_y.copy_(y)
+            lr_now.fill_(step_lr)
+            graph.replay()
+            loss, hits = static_loss, static_correct
+        else:
             for group in opt.param_groups:
-                group["lr"] = lr * (2 * progress if progress <= 0.5 else 2 * (1 - progress))
-        with autocast:
-            delta, grad_x = adversary(method, net, x, y, eps, alpha * eps, pgd_steps, pgd_alpha * eps, gen)
-            logits = net(x + delta)
-            loss = F.cross_entropy(logits, y)
-            objective = loss
-            if grad_align_lambda > 0:
-                reg = grad_align(net, x, y, eps, grad_x, gen, grad_align_fraction)
-                objective = loss + grad_align_lambda * reg
-        opt.zero_grad(set_to_none=True)
-        objective.backward()  # into every leaf, GradAlign's random point too, as the paper's code does
-        opt.step()
-        loss_sum += loss.detach().float()
-        correct += (logits.argmax(1) == y).sum()
+                group["lr"] = step_lr
+            loss, hits = train_step(x, y)
+        loss_sum += loss
+        correct += hits
     sync(device)
     seconds = time.perf_counter() - started
     images = iters * batch_size

@@ -58,29 +58,41 @@ def plain_rate(config: dict[str, Any], data, **options) -> dict[str, float]:
         augment=cfg.dataset in ("cifar10", "svhn"),
         n_filters=cfg.n_filters,
         n_classes=data.n_classes,
-        amp=cfg.amp,
+        amp=cfg.bf16(data.train_x.device.type),
         seed=cfg.seed,
         **options,
     )
     return {"images_per_s": result["images_per_s"], "ms_per_iter": result["ms_per_iter"]}
 
 
+# The plain loop's variants: eager everywhere; on CUDA also the captured step, bf16 and channels_last like
+# codash's fast path, which codash is compared with there (like with like).
+PLAIN = {"plain": {}, "plain_graph": {"capture": True, "channels_last": True}}
+
+
 def compare(workload: Workload, method: str, data, device: str, repeats: int | None = None) -> dict:
-    """codash and plain, alternating, after one warm-up of each; best of the repeats, and their ratio."""
+    """codash and plain, alternating, after one warm-up of each; best of the repeats, and their ratio.
+
+    On CUDA the ratio is codash / the captured plain loop (`plain_graph`), else codash / eager plain.
+    """
     iters = workload.iters_for(method)
     config = workload.run_config(method, device, iters)
     repeats = repeats or workload.repeats
-    runs: dict[str, list[dict]] = {"codash": [], "plain": []}
+    sides = ["codash", "plain", *(["plain_graph"] if device.startswith("cuda") else [])]
+    runs: dict[str, list[dict]] = {who: [] for who in sides}
+
+    def rate(who: str, cfg: dict[str, Any]) -> dict[str, float]:
+        return codash_rate(cfg) if who == "codash" else plain_rate(cfg, data, **PLAIN[who])
+
     with codash_data(data):
-        codash_rate(workload.run_config(method, device, 1))  # warm-up: kernels, allocator, data set
-        plain_rate(workload.run_config(method, device, 1), data)
+        for who in sides:  # warm-up: kernels, allocator, data set, cudnn.benchmark's choices
+            rate(who, workload.run_config(method, device, 1))
         for repeat in range(repeats):
-            order = ("codash", "plain") if repeat % 2 == 0 else ("plain", "codash")
-            for who in order:
-                result = codash_rate(config) if who == "codash" else plain_rate(config, data)
-                runs[who].append(result)
+            for who in sides if repeat % 2 == 0 else sides[::-1]:
+                runs[who].append(rate(who, config))
+    baseline = sides[-1]
     ratios = [
-        c["images_per_s"] / p["images_per_s"] for c, p in zip(runs["codash"], runs["plain"], strict=True)
+        c["images_per_s"] / p["images_per_s"] for c, p in zip(runs["codash"], runs[baseline], strict=True)
     ]
     row = {"iters": iters, "repeats": repeats, "batch_size": config["batch_size"]}
     for who, results in runs.items():
@@ -91,7 +103,8 @@ def compare(workload: Workload, method: str, data, device: str, repeats: int | N
             "median_images_per_s": statistics.median(r["images_per_s"] for r in results),
             "all_images_per_s": [round(r["images_per_s"], 2) for r in results],
         }
-    row["ratio"] = row["codash"]["images_per_s"] / row["plain"]["images_per_s"]
+    row["ratio"] = row["codash"]["images_per_s"] / row[baseline]["images_per_s"]
+    row["ratio_to"] = baseline
     row["median_paired_ratio"] = statistics.median(ratios)
     row["all_ratios"] = [round(r, 3) for r in ratios]
     return row
@@ -155,3 +168,51 @@ def eval_overhead(
 def _sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+def final_eval_time(device: str, points: int = 1000, test_images: int = 10_000) -> dict[str, Any]:
+    """The final evaluation of a PreAct ResNet-18 (PGD-50-10 on `points` test images, clean accuracy on
+    `test_images`, CIFAR-10's test set), timed for one model as train() runs it on this device, and with
+    every restart on every point: the work for a model that no restart breaks (the bound: a fresh model
+    on random labels is broken by the first restart). A run evaluates two models, its last and its best."""
+    from bench.workloads import CIFAR_RESNET, synthetic_cifar
+    from trainer.checkpoint import model_for
+    from trainer.config import make_config
+    from trainer.evaluate import pgd_accuracy
+    from trainer.fast import fast_path
+    from trainer.loop import _final_metrics
+
+    cfg = make_config({**CIFAR_RESNET, "device": device, "final_eval_points": points})
+    path = fast_path(cfg, torch.device(device), None)
+    data = synthetic_cifar(device, 512, n_test=test_images)
+    model = path.prepare(model_for(cfg).to(device)).eval()
+
+    def timed(work) -> float:
+        work()  # warm-up: cuDNN's choices for these batch sizes
+        _sync()
+        started = time.perf_counter()
+        work()
+        _sync()
+        return time.perf_counter() - started
+
+    def every_restart() -> None:
+        generator = torch.Generator(device).manual_seed(0)
+        with path.autocast():
+            pgd_accuracy(
+                model,
+                path.layout(data.test_x[:points]),
+                data.test_y[:points],
+                cfg.eps,
+                cfg.final_pgd_steps,
+                cfg.final_pgd_restarts,
+                generator,
+                batch=path.eval_batch,
+            )
+
+    return {
+        "points": points,
+        "attack": cfg.final_pgd,
+        "precision": "bf16" if path.bf16 else "fp32",
+        "as_run_s": timed(lambda: _final_metrics(model, cfg, data, path, points)),
+        "every_restart_s": timed(every_restart),
+    }

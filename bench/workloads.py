@@ -59,7 +59,7 @@ def workloads(device: str, quick: bool) -> list[Workload]:
     cuda = device.startswith("cuda")
     digits = Workload(
         "cnn/digits",
-        {**DIGITS_CNN, "batch_size": 64, "amp": cuda},
+        {**DIGITS_CNN, "batch_size": 64},
         grad_align_lambda=PRESETS[DIGITS_GRAD_ALIGN]["grad_align_lambda"],
         iters=20 if quick else 150,
         pgd_iters=10 if quick else 40,
@@ -68,7 +68,7 @@ def workloads(device: str, quick: bool) -> list[Workload]:
     if cuda:
         resnet = Workload(
             "preact_resnet18/cifar-shaped",
-            {**CIFAR_RESNET, "batch_size": 128, "amp": True},
+            {**CIFAR_RESNET, "batch_size": 128},
             grad_align_lambda=0.2,
             iters=10 if quick else 60,
             pgd_iters=5 if quick else 20,

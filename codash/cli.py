@@ -71,7 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     stack = commands.add_parser("up", help="Redis, workers and the dashboard together; Ctrl-C stops them all")
     stack.add_argument("--host", default="127.0.0.1", help="dashboard address (default: %(default)s)")
     stack.add_argument("--port", type=int, default=8501, help="dashboard port (default: %(default)s)")
-    stack.add_argument("--workers", type=int, help="worker processes (default: one per visible GPU, else 1)")
+    stack.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes, spread over the GPUs (default: 2 per visible GPU, else 1)",
+    )
     stack.add_argument("--no-worker", action="store_true", help="start no worker (they run on other hosts)")
     stack.set_defaults(handler=run_up)
 
@@ -101,7 +105,9 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def run_submit(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    print(api.submit(api.connect(), config, sweep_id=args.sweep, queue=args.queue))
+    r = api.connect()
+    api.check_limits([config], api.queued_count(r))  # the dashboard's limits apply here too
+    print(api.submit(r, config, sweep_id=args.sweep, queue=args.queue))
     return 0
 
 
@@ -110,6 +116,12 @@ def run_runs(args: argparse.Namespace) -> int:
     runs = api.sweep_runs(r, args.sweep) if args.sweep else api.list_runs(r, limit=args.limit)
     print(format_table(runs))
     return 0
+
+
+def printable(text: str) -> str:
+    """A cell for a terminal: any character that is not visible text (an escape sequence, U+202E) is shown
+    as its code, so a run's name can never rewrite the screen."""
+    return "".join(char if char.isprintable() else f"\\u{ord(char):04x}" for char in text)
 
 
 def format_table(runs: list[api.Run]) -> str:
@@ -129,6 +141,7 @@ def format_table(runs: list[api.Run]) -> str:
                 item.config.label(),
             )
         )
+    rows = [tuple(map(printable, row)) for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1]

@@ -1,6 +1,6 @@
 """`codash up`: the whole stack on one machine — Redis, workers and the dashboard — under one supervisor.
 
-It starts what is missing (the embedded Redis unless REDIS_URL is set; one worker per visible GPU, or one
+It starts what is missing (the embedded Redis unless REDIS_URL is set; two workers per visible GPU, or one
 CPU worker; the Streamlit app), restarts a child that dies, and on Ctrl-C or SIGTERM stops everything it
 started: workers first (their runs checkpoint and become resumable), then the app, then the Redis it
 started. A lock file in CODASH_HOME makes a second `codash up` find the first and say where it is.
@@ -22,13 +22,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import app
+from app.guard import SERVE_HOST_ENV
+from app.password import PASSWORD_ENV, generated_password, password_problem
 from jobs.paths import codash_home
 from jobs.server import ensure_server, ping, public_url, stop_server, stored_url
 
-APP_SCRIPT = Path(app.__file__).resolve().with_name("main.py")  # `streamlit run` takes a script path
+APP_SCRIPT = Path(app.__file__).resolve().with_name("server.py")  # main.py behind app.guard, as a path
 UP_FILE = "up.json"
 HEALTH_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
+# Two captured ResNet-18 FGSM runs on one H200 train 1.32x as many images per second as one; four, no more
+# than two (docs/benchmarks.md, shared notes): a sweep's runs go two to a GPU.
+WORKERS_PER_GPU = 2
 RESTART_LIMIT = 5  # restarts per child; past it the child is left down and the fault reported
 
 
@@ -43,11 +48,15 @@ class Child:
     process: subprocess.Popen | None = None
     restarts: int = 0
     env: dict[str, str] = field(default_factory=dict)
+    hidden: tuple[str, ...] = ()  # variables of this process the child must not see
+
+    def environment(self) -> dict[str, str]:
+        return {name: value for name, value in {**os.environ, **self.env}.items() if name not in self.hidden}
 
     def start(self) -> None:
         # A session of its own: a Ctrl-C in the terminal reaches only the supervisor, which stops the
         # children in order (workers must checkpoint before Redis goes away).
-        self.process = subprocess.Popen(self.argv, env={**os.environ, **self.env}, start_new_session=True)
+        self.process = subprocess.Popen(self.argv, env=self.environment(), start_new_session=True)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -68,10 +77,11 @@ def visible_gpus() -> int:
 
 
 def plan_workers(count: int | None) -> list[str]:
-    """Devices for the workers: one per visible GPU by default, else one CPU worker."""
+    """Devices for the workers, spread over the visible GPUs in turn: WORKERS_PER_GPU per GPU by default,
+    else one CPU worker."""
     gpus = visible_gpus()
     if count is None:
-        count = gpus or 1
+        count = WORKERS_PER_GPU * gpus or 1
     return [f"cuda:{i % gpus}" if gpus else "cpu" for i in range(count)]
 
 
@@ -82,6 +92,7 @@ def app_argv(host: str, port: int) -> list[str]:
         "--server.port", str(port),
         "--server.headless", "true",
         "--server.enableXsrfProtection", "true",
+        "--server.maxUploadSize", "1",  # MB, the least Streamlit takes; app.guard closes the endpoint too
         "--browser.gatherUsageStats", "false",
         "--global.developmentMode", "false",
         "--client.toolbarMode", "viewer",
@@ -127,12 +138,21 @@ def single_instance(home: Path):
                 (home / UP_FILE).unlink()
 
 
-def up(host: str, port: int, workers: int | None, no_worker: bool) -> int:
-    if not is_loopback(host) and not os.environ.get("CODASH_PASSWORD"):
+def check_password(host: str, password: str | None) -> None:
+    """A dashboard beyond loopback needs a password, and any password must be long enough; the error
+    offers a freshly generated one."""
+    problem = password_problem(password) if password else None
+    if not password and not is_loopback(host):
+        problem = f"--host {host} would expose the dashboard to the network without a password"
+    if problem:
         raise RuntimeError(
-            f"--host {host} would expose the dashboard to the network without a password: "
-            "set CODASH_PASSWORD first (or keep the default --host 127.0.0.1)"
+            f"{problem}: set {PASSWORD_ENV}, for example {PASSWORD_ENV}={generated_password()} (generated "
+            "just now), or keep the default --host 127.0.0.1 without one"
         )
+
+
+def up(host: str, port: int, workers: int | None, no_worker: bool) -> int:
+    check_password(host, os.environ.get(PASSWORD_ENV))
     home = codash_home()
     with single_instance(home):
         started_redis = False
@@ -144,10 +164,10 @@ def up(host: str, port: int, workers: int | None, no_worker: bool) -> int:
         env = {"REDIS_URL": redis_url}
         worker_argv = [sys.executable, "-m", "jobs.worker", "--device"]
         children = [
-            Child(f"worker {i} ({device})", [*worker_argv, device], env=env)
+            Child(f"worker {i} ({device})", [*worker_argv, device], env=env, hidden=(PASSWORD_ENV,))
             for i, device in enumerate([] if no_worker else plan_workers(workers))
         ]
-        app = Child("dashboard", app_argv(host, port), env=env)
+        app = Child("dashboard", app_argv(host, port), env={**env, SERVE_HOST_ENV: host})
         url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
         stopping = []
 

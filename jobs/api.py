@@ -16,6 +16,9 @@ import redis
 
 from jobs.connection import connect
 from jobs.keys import DEFAULT_QUEUE
+from jobs.limits import OverLimit
+from jobs.limits import check as check_limits
+from jobs.limits import violations as limit_violations
 from jobs.paths import run_dir
 from jobs.queue import cancel, delete, queued_count, resume, submit
 from jobs.registry import (
@@ -45,15 +48,18 @@ __all__ = [
     "TERMINAL",
     "JOB_ERRORS",
     "InvalidTransition",
+    "OverLimit",
     "Run",
     "RunNotFound",
     "RunStatus",
     "WorkerInfo",
     "all_events",
     "cancel",
+    "check_limits",
     "connect",
     "delete",
     "get_run",
+    "limit_violations",
     "list_runs",
     "queued_count",
     "read_events",

@@ -6,7 +6,9 @@ import os
 
 import redis
 
-from jobs.server import ensure_server
+from jobs.server import ensure_server, warn_if_vulnerable
+
+_checked: set[str] = set()  # servers whose release this process has looked at
 
 
 def connect(url: str | None = None) -> redis.Redis:
@@ -15,6 +17,12 @@ def connect(url: str | None = None) -> redis.Redis:
 
     Responses stay bytes (decode_responses=False) because RQ stores zlib-compressed job data in the same
     database; every function in `jobs` decodes what it reads, so callers never see bytes.
+    A server given by URL is not codash's to refuse, but one with known unfixed vulnerabilities is logged
+    as an error, once per process.
     """
     url = url or os.environ.get("REDIS_URL") or ensure_server()
-    return redis.Redis.from_url(url, health_check_interval=30)
+    client = redis.Redis.from_url(url, health_check_interval=30)
+    if url not in _checked:
+        _checked.add(url)
+        warn_if_vulnerable(client, url)
+    return client

@@ -14,8 +14,8 @@ WORKERS = f"{PREFIX}:workers"  # set of worker names; each one's hash expires wh
 QUEUES = f"{PREFIX}:queues"  # set of RQ queue names runs were submitted to
 DEFAULT_QUEUE = "codash"
 
-RUN_ID = re.compile(r"^[0-9a-f]{12}$")
-NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")  # sweep ids, queue and worker names: safe in keys and URLs
+RUN_ID = re.compile(r"[0-9a-f]{12}")  # use fullmatch: "$" would let a trailing newline through
+NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # sweep ids, queue and worker names: safe in keys and URLs
 
 
 def run(run_id: str) -> str:

@@ -24,6 +24,6 @@ def runs_dir() -> Path:
 
 def run_dir(run_id: str) -> Path:
     """A run's checkpoints (last.pt, best.pt, config.json); the id is checked so it can never escape."""
-    if not keys.RUN_ID.match(run_id):
+    if not keys.RUN_ID.fullmatch(run_id):
         raise ValueError(f"not a run id: {run_id!r}")
     return runs_dir() / run_id

@@ -29,13 +29,14 @@ from jobs.registry import (
     Record,
     RunNotFound,
     RunStatus,
+    attempt_of,
     read,
     transition,
 )
 from trainer.config import ConfigError, RunConfig
 
 RUN_JOB = "jobs.worker.run_job"
-JOB_ID = re.compile(r"^([0-9a-f]{12})-([1-9][0-9]*)$")
+JOB_ID = re.compile(r"([0-9a-f]{12})-([1-9][0-9]*)")
 STOP_TTL_S = 86_400  # a pending cancel outlives any plausible wait for the worker to see it
 RESULT_TTL_S = 7 * 86_400  # RQ's own records of finished and failed jobs; the run registry keeps the rest
 
@@ -65,12 +66,12 @@ def job_id(run_id: str, attempt: int) -> str:
 
 def run_of_job(rq_job_id: str) -> tuple[str, int] | None:
     """(run id, attempt) of an RQ job id, None for a job that is not codash's."""
-    match = JOB_ID.match(rq_job_id)
+    match = JOB_ID.fullmatch(rq_job_id)
     return (match[1], int(match[2])) if match else None
 
 
 def check_name(field: str, value: str) -> str:
-    if not isinstance(value, str) or not keys.NAME.match(value):
+    if not isinstance(value, str) or not keys.NAME.fullmatch(value):
         raise ConfigError(f"{field}: must be 1-64 letters, digits or _ . : - (got {value!r})")
     return value
 
@@ -128,11 +129,11 @@ def resume(r: redis.Redis, run_id: str) -> None:
     """Queue a new attempt of an interrupted, cancelled or failed run, continuing from its last checkpoint."""
 
     def requeued(record: Record) -> dict[str, Any]:
-        attempt = int(record.get("attempt") or 1) + 1
+        attempt = attempt_of(record) + 1
         return {"status": RunStatus.QUEUED, "attempt": attempt, "error": "", "finished_at": "", "worker": ""}
 
     def enqueue_next(pipe: Pipeline, record: Record) -> None:
-        attempt = int(record.get("attempt") or 1) + 1
+        attempt = attempt_of(record) + 1
         _enqueue(r, pipe, record.get("queue") or keys.DEFAULT_QUEUE, run_id, attempt)
 
     if transition(r, run_id, RESUMABLE, requeued, also=enqueue_next) is None:
@@ -153,7 +154,7 @@ def delete(r: redis.Redis, run_id: str) -> None:
     writing anything more.
     """
     record = _existing(r, run_id)
-    attempts = int(record.get("attempt") or 1)
+    attempts = attempt_of(record)
     with r.pipeline() as pipe:
         for key in (keys.run, keys.stream, keys.stop, keys.heartbeat):
             pipe.delete(key(run_id))
@@ -204,6 +205,6 @@ def _dequeue(pipe: Pipeline, run_id: str, record: Record) -> None:
 
     RQ's record of the job is left to expire rather than deleted, as a worker may be reading it right now.
     """
-    current = job_id(run_id, int(record.get("attempt") or 1))
+    current = job_id(run_id, attempt_of(record))
     pipe.lrem(Queue.redis_queue_namespace_prefix + (record.get("queue") or keys.DEFAULT_QUEUE), 0, current)
     pipe.expire(RunJob.key_for(current), RESULT_TTL_S)

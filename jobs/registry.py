@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from redis.client import Pipeline
 
 from jobs import keys
 from trainer.config import ConfigError, RunConfig, make_config
+from trainer.events import BadEvent, parse_event
 
 
 class RunStatus(StrEnum):
@@ -32,6 +34,9 @@ class RunStatus(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     INTERRUPTED = "interrupted"
+    # Shown for a run whose record cannot be parsed (garbage written into Redis), with the reason as its
+    # error; never stored, no transition leads to or from it, and such a run can only be deleted.
+    UNREADABLE = "unreadable"
 
 
 # What each status allows. Every rule about statuses is one of these sets: the queue enforces them
@@ -98,7 +103,7 @@ class WorkerInfo:
 
 
 def read(r: redis.Redis, run_id: str) -> Record | None:
-    if not keys.RUN_ID.match(run_id):
+    if not isinstance(run_id, str) or not keys.RUN_ID.fullmatch(run_id):
         return None
     return _decode(r.hgetall(keys.run(run_id))) or None
 
@@ -127,43 +132,95 @@ def sweep_runs(r: redis.Redis, sweep_id: str) -> list[Run]:
 
 
 def load_many(r: redis.Redis, run_ids: Iterable[str]) -> list[Run]:
+    run_ids = list(run_ids)
     with r.pipeline(transaction=False) as pipe:
         for run_id in run_ids:
             pipe.hgetall(keys.run(run_id))
         records = pipe.execute()
-    return [parse(_decode(record)) for record in records if record]
+    return [parse(_decode(record), run_id) for run_id, record in zip(run_ids, records, strict=True) if record]
 
 
-def parse(record: Record) -> Run:
-    def number(name: str, kind: Callable = int) -> Any:
-        return kind(record[name]) if record.get(name) else None
+def parse(record: Record, run_id: str | None = None) -> Run:
+    """The run a record describes; a record with a bad field is an unreadable run naming the field, so one
+    corrupted hash never hides (or breaks the pages of) every other run."""
+    run_id = run_id or record.get("id", "")
+    try:
+        return _parse(record, run_id)
+    except ValueError as exc:
+        return Run(
+            id=run_id,
+            status=RunStatus.UNREADABLE,
+            config=_config(record.get("config", "{}")),
+            created_at=_number(record, "created_at", float, lenient=True) or 0.0,
+            started_at=None,
+            finished_at=None,
+            worker=None,
+            device=None,
+            iteration=0,
+            total_iterations=None,
+            co_iteration=None,
+            final=None,
+            error=f"unreadable record: {exc}",
+            sweep_id=None,
+        )
 
+
+def _parse(record: Record, run_id: str) -> Run:
+    text = record.get("status", "")
+    try:
+        status = RunStatus(text)
+    except ValueError:
+        raise ValueError(f"status: {text!r:.40} is not a run status") from None
+    for name in ("sweep_id", "queue"):
+        if record.get(name) and not keys.NAME.fullmatch(record[name]):
+            raise ValueError(f"{name}: {record[name]!r:.40} is not a name")
+    final = None
+    if record.get("final"):
+        try:
+            final = parse_event(record["final"])
+        except BadEvent as exc:
+            raise ValueError(f"final: {exc}") from None
+        if final["type"] != "final":
+            raise ValueError(f"final: a {final['type']} event")
     return Run(
-        id=record.get("id", ""),
-        status=_status(record.get("status", "")),
+        id=run_id,
+        status=status,
         config=_config(record.get("config", "{}")),
-        created_at=number("created_at", float) or 0.0,
-        started_at=number("started_at", float),
-        finished_at=number("finished_at", float),
+        created_at=_number(record, "created_at", float) or 0.0,
+        started_at=_number(record, "started_at", float),
+        finished_at=_number(record, "finished_at", float),
         worker=record.get("worker") or None,
         device=record.get("device") or None,
-        iteration=number("iteration") or 0,
-        total_iterations=number("total_iterations"),
-        co_iteration=number("co_iteration"),
-        final=json.loads(record["final"]) if record.get("final") else None,
+        iteration=_number(record, "iteration") or 0,
+        total_iterations=_number(record, "total_iterations"),
+        co_iteration=_number(record, "co_iteration"),
+        final=final,
         error=record.get("error") or None,
         sweep_id=record.get("sweep_id") or None,
-        attempt=number("attempt") or 1,
+        attempt=_number(record, "attempt") or 1,
         queue=record.get("queue") or keys.DEFAULT_QUEUE,
     )
 
 
-def _status(text: str) -> RunStatus:
-    """The stored status; one that is missing or not a RunStatus (a corrupted record) reads as failed."""
+def _number(record: Record, name: str, kind: Callable = int, lenient: bool = False) -> Any:
+    """A numeric field ("" is None); garbage raises ValueError naming the field (None when lenient)."""
+    text = record.get(name)
+    if not text:
+        return None
     try:
-        return RunStatus(text)
-    except ValueError:
-        return RunStatus.FAILED
+        value = kind(text)
+        if not math.isfinite(value) or value < 0:
+            raise ValueError
+    except (ValueError, OverflowError):
+        if lenient:
+            return None
+        raise ValueError(f"{name}: {text!r:.40} is not a {'whole ' if kind is int else ''}number") from None
+    return value
+
+
+def attempt_of(record: Record) -> int:
+    """The record's attempt number, 1 when it is unreadable (so an unreadable run can still be deleted)."""
+    return _number(record, "attempt", lenient=True) or 1
 
 
 def _config(text: str) -> RunConfig:
@@ -290,7 +347,7 @@ def workers(r: redis.Redis) -> list[WorkerInfo]:
             state=record.get("state", "idle"),
             current_run=record.get("current_run") or None,
             queues=tuple(filter(None, record.get("queues", "").split(","))),
-            pid=int(record["pid"]) if record.get("pid") else None,
+            pid=_number(record, "pid", lenient=True),
         )
         for name, record in zip(names, records, strict=True)
         if record

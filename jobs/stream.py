@@ -1,12 +1,13 @@
 """A run's metric stream: exactly the trainer's events, in order, one JSON object per Redis Stream entry.
 
-The stream is never trimmed: it is the run's history, the same objects `codash train` writes as JSONL.
+The stream is never trimmed: it is the run's history, the same objects `codash train` writes as JSONL. Its
+size is bounded instead: jobs.limits refuses a run whose stream would pass CODASH_MAX_STREAM_MB, and the
+sink stops one that does anyway.
 Readers fetch incrementally after the last entry id they saw.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 from typing import Any
 
@@ -14,8 +15,9 @@ import redis
 from redis.client import Pipeline
 
 from jobs import keys
+from jobs.limits import StreamBudget
 from jobs.registry import write_if_owner
-from trainer.events import DENSE_EVENTS, Event, encode
+from trainer.events import DENSE_EVENTS, BadEvent, Event, encode, parse_event
 
 FIELD = "event"
 FIELD_KEY = FIELD.encode()  # replies are bytes
@@ -33,11 +35,14 @@ class StreamSink:
     is one transaction that also updates the run's progress fields, fenced on the attempt (see
     registry.write_if_owner).
     A resumed attempt passes skip_config: the stream already opens with the run's config event.
+    Past CODASH_MAX_STREAM_MB of events (jobs.limits) it raises OverLimit, and the run fails saying so.
     """
 
     def __init__(self, r: redis.Redis, run_id: str, attempt: int, *, skip_config: bool = False):
         self.r, self.run_id, self.attempt = r, run_id, attempt
         self.skip_config = skip_config
+        self.budget = StreamBudget()  # a resumed attempt starts from what the stream holds already
+        self.budget.used = (r.memory_usage(keys.stream(run_id)) or 0) if skip_config else 0
         self._pending: list[str] = []
         self._progress: dict[str, Any] = {}
         self._lock = threading.Lock()  # held while sending too: batches reach the stream in order
@@ -52,8 +57,10 @@ class StreamSink:
         if self.skip_config and event["type"] == "config":
             self.skip_config = False
             return
+        data = encode(event)
+        self.budget.spend(len(data))  # raises OverLimit: the run fails, saying why
         with self._lock:
-            self._pending.append(encode(event))
+            self._pending.append(data)
             self._progress.update(progress_fields(event))
             full = len(self._pending) >= MAX_BATCH
         if event["type"] not in DENSE_EVENTS or full:
@@ -106,11 +113,17 @@ def progress_fields(event: Event) -> dict[str, Any]:
 
 
 def read_events(
-    r: redis.Redis, run_id: str, after: str = "0-0", count: int | None = None, block_ms: int | None = None
+    r: redis.Redis,
+    run_id: str,
+    after: str = "0-0",
+    count: int | None = None,
+    block_ms: int | None = None,
+    bad: list[tuple[str, str]] | None = None,
 ) -> tuple[list[Event], str]:
     """Events strictly after stream id `after`, and the last id seen (`after` itself if there are none).
 
     With block_ms, waits up to that long for the first new entry (XREAD BLOCK) instead of returning at once.
+    An entry that is not an event (garbage written into Redis) is skipped; `bad` collects (entry id, why).
     """
     key = keys.stream(run_id)
     if block_ms is None:
@@ -118,17 +131,24 @@ def read_events(
     else:
         reply = r.xread({key: after}, count=count, block=block_ms)
         entries = reply[0][1] if reply else []
-    events = [json.loads(fields[FIELD_KEY]) for _, fields in entries]
+    events = []
+    for entry_id, fields in entries:
+        try:
+            events.append(parse_event(fields.get(FIELD_KEY)))
+        except BadEvent as exc:
+            if bad is not None:
+                bad.append((entry_id.decode(), str(exc)))
     return events, entries[-1][0].decode() if entries else after
 
 
-def all_events(r: redis.Redis, run_id: str) -> list[Event]:
+def all_events(r: redis.Redis, run_id: str, bad: list[tuple[str, str]] | None = None) -> list[Event]:
     events, after = [], "0-0"
     while True:
-        page, after = read_events(r, run_id, after, count=10 * PAGE)
-        if not page:
+        page, last = read_events(r, run_id, after, count=10 * PAGE, bad=bad)
+        if last == after:
             return events
         events.extend(page)
+        after = last
 
 
 def rewind_to_checkpoint(r: redis.Redis, run_id: str, attempt: int) -> int | None:
@@ -142,7 +162,10 @@ def rewind_to_checkpoint(r: redis.Redis, run_id: str, attempt: int) -> int | Non
         if not page:
             return None
         for entry_id, fields in page:
-            event = json.loads(fields[FIELD_KEY])
+            try:
+                event = parse_event(fields.get(FIELD_KEY))
+            except BadEvent:  # garbage after the last checkpoint goes with the rest; before it, it stays
+                event = {"type": "unreadable"}
             if event["type"] == "checkpoint":
                 checkpoint = event["iteration"]
                 break

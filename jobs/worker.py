@@ -1,8 +1,11 @@
 """`codash worker`: an RQ worker that trains one run at a time on one device.
 
-One worker per device. On a host with N GPUs start N workers, one per GPU:
+A worker trains on one device; a GPU can take several (two per GPU by default under `codash up`: one
+captured ResNet-18 run leaves an H200 far from busy). On a host with 4 GPUs:
 
-    for i in 0 1 2 3; do codash worker --device cuda:$i --name "$(hostname)-gpu$i" & done
+    for i in 0 1 2 3; do for k in a b; do
+        codash worker --device cuda:$i --name "$(hostname)-gpu$i$k" &
+    done; done
 
 (`CUDA_VISIBLE_DEVICES=$i codash worker --device cuda:0` does the same and also hides the other GPUs from
 each process.) Workers on several hosts share one Redis through REDIS_URL, and their checkpoints through
@@ -10,9 +13,11 @@ CODASH_RUNS_DIR on a shared volume, so a run interrupted on one host can be resu
 
 It is an rq.SimpleWorker: the job runs in the worker process rather than a forked child, because CUDA does
 not survive fork() and a warm CUDA context is worth keeping between runs; so a kill of the worker is a kill
-of its run. A heartbeat thread beats for the worker and its run (TTL $CODASH_HEARTBEAT_TIMEOUT, default
-10 s) and reaps runs whose worker stopped beating. SIGTERM or Ctrl-C stops the current run at its next
-iteration with a checkpoint (status `interrupted`, resumable), then the worker exits.
+of its run. A CUDA worker initialises CUDA and cuDNN before it announces itself (trainer.fast.warm_up,
+logged), so its first run starts as quickly as later ones. A heartbeat thread beats for the worker and
+its run (TTL $CODASH_HEARTBEAT_TIMEOUT, default 10 s) and reaps runs whose worker stopped beating.
+SIGTERM or Ctrl-C stops the current run at its next iteration with a checkpoint (status `interrupted`,
+resumable), then the worker exits.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from rq.exceptions import AbandonedJobError, DeserializationError
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
-from jobs import keys, stream
+from jobs import keys, limits, stream
 from jobs.api import JOB_ERRORS, connect
 from jobs.paths import run_dir
 from jobs.queue import RunJob, check_name, run_of_job
@@ -47,6 +52,7 @@ from jobs.worker_flags import HELP, add_worker_flags
 from trainer.checkpoint import BEST_FILE, LAST_FILE, PREVIOUS_FILE, load_checkpoint
 from trainer.cli import EXPECTED_ERRORS, run
 from trainer.config import ConfigError, make_config
+from trainer.fast import warm_up
 from trainer.loop import resolve_device, train
 
 HEARTBEAT_TIMEOUT_ENV = "CODASH_HEARTBEAT_TIMEOUT"
@@ -159,6 +165,15 @@ class CodashWorker(SimpleWorker):
     def register_birth(self) -> None:
         if self.connection.exists(keys.worker(self.name)):
             raise ConfigError(f"name: a live worker is called {self.name!r} already; choose another --name")
+        if self.device.startswith("cuda"):  # before the worker is announced: its first run starts warm
+            started = time.perf_counter()
+            warm_up(torch.device(self.device))
+            self.log.info(
+                "Worker %s: CUDA and cuDNN initialised on %s in %.1f s",
+                self.name,
+                self.device,
+                time.perf_counter() - started,
+            )
         self.connection.delete(self.key)  # RQ's record of a killed worker of this name lingers for minutes
         super().register_birth()
         CodashWorker.active = self
@@ -200,7 +215,7 @@ class CodashWorker(SimpleWorker):
     # --- running one attempt ---
 
     def run(self, run_id: str, attempt: int) -> str:
-        if not (isinstance(run_id, str) and keys.RUN_ID.match(run_id)) or type(attempt) is not int:
+        if not (isinstance(run_id, str) and keys.RUN_ID.fullmatch(run_id)) or type(attempt) is not int:
             raise ValueError(f"malformed job payload: ({run_id!r}, {attempt!r}) is not (run id, attempt)")
         claimed = transition(
             self.connection,
@@ -241,6 +256,7 @@ class CodashWorker(SimpleWorker):
 
     def _train(self, record: Record, run_id: str, attempt: int) -> tuple[RunStatus, str]:
         config = make_config(record.get("config", ""))
+        limits.check([config])  # queued before the limits were lowered, or written into Redis by hand
         if config.device == "auto":
             config = config.model_copy(update={"device": self.device})
         directory = run_dir(run_id)

@@ -213,6 +213,9 @@ def config_event(start: int = 0, total: int = 100, **config) -> dict:
         codash_version="x",
         start_iteration=start,
         total_iterations=total,
+        step="eager",
+        step_reason="cpu",
+        precision="fp32",
     )
 
 

@@ -7,17 +7,18 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from app import auth
 from app.auth import password_ok
-from app.limits import Limits, violations
 from codash.up import app_argv
 from jobs import api
+from jobs.limits import Limits, violations
 from trainer.config import make_config
 
 MAIN = Path(__file__).resolve().parent.parent / "app" / "main.py"
 
 
 def test_the_password_gate_keeps_every_page_closed_until_signed_in(r, monkeypatch):
-    monkeypatch.setenv("CODASH_PASSWORD", "correct horse")
+    monkeypatch.setenv("CODASH_PASSWORD", "correct horse")  # 13 characters
     at = AppTest.from_file(str(MAIN), default_timeout=30).run()
     assert [t.value for t in at.title] == ["codash"]
     assert [b.label for b in at.button] == ["Sign in"]  # no launch button, no page content
@@ -85,3 +86,70 @@ def test_a_full_queue_disables_launching(r, monkeypatch):
     assert any("already queued" in error.value for error in at.error)
     assert at.button(key="launch.submit").disabled
     assert len(api.list_runs(r)) == 2
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    """A fresh backoff (it is shared by every session of the process) on a clock the test moves."""
+    fake = Clock()
+    monkeypatch.setattr(auth, "BACKOFF", auth.Backoff(clock=fake))
+    return fake
+
+
+def sign_in(at: AppTest, password: str) -> list[str]:
+    at.text_input(key="auth.password").set_value(password)
+    at.button[0].click().run()
+    return [error.value for error in at.error]
+
+
+def test_failed_sign_ins_make_the_next_try_wait_longer_and_are_logged(r, monkeypatch, clock, caplog):
+    monkeypatch.setenv("CODASH_PASSWORD", "correct horse battery")
+    at = AppTest.from_file(str(MAIN), default_timeout=30).run()
+    with caplog.at_level("WARNING", logger="codash.auth"):
+        assert sign_in(at, "guess 1") == ["Wrong password."]  # a typo costs nothing
+        assert sign_in(at, "guess 2") == ["Wrong password. Wait 1 s before the next try."]
+    assert "failed sign-in from unknown (2 from there, 2 in all)" in caplog.text
+    # while the wait runs, even the right password is not compared
+    assert sign_in(at, "correct horse battery") == ["Too many failed sign-ins: try again in 1 s."]
+    clock.now += 1.0
+    assert sign_in(at, "guess 3") == ["Wrong password. Wait 2 s before the next try."]
+    clock.now += 2.0
+    sign_in(at, "correct horse battery")
+    assert "Launch a run" in [t.value for t in at.title]
+
+
+def test_many_clients_guessing_slow_everyone_down(clock):
+    backoff = auth.BACKOFF
+    for i in range(auth.GLOBAL_FREE_FAILURES):
+        assert backoff.failed(f"10.0.0.{i}") == 0.0  # one failure each: free
+    assert backoff.failed("10.0.1.1") == 1.0 and backoff.wait_s("192.168.1.1") == 1.0
+    for _ in range(10):
+        backoff.failed("10.0.1.1")
+    assert backoff.wait_s("10.0.1.1") == auth.MAX_DELAY_S  # capped
+    clock.now += auth.FORGET_S + auth.MAX_DELAY_S + 1
+    assert backoff.wait_s("10.0.1.1") == 0.0 and backoff.wait_s("192.168.1.1") == 0.0
+
+
+def test_a_short_password_keeps_the_dashboard_closed(r, monkeypatch):
+    monkeypatch.setenv("CODASH_PASSWORD", "xyz")
+    at = AppTest.from_file(str(MAIN), default_timeout=30).run()
+    assert any("must be at least 12 characters (got 3)" in error.value for error in at.error)
+    assert not at.button and not at.text_input
+
+
+@pytest.mark.parametrize(("page", "title"), [("runs", "Runs"), ("compare", "Compare runs")])
+def test_signing_in_on_a_page_lands_on_that_page(r, monkeypatch, clock, page, title):
+    monkeypatch.setenv("CODASH_PASSWORD", "correct horse battery")
+    at = AppTest.from_file(str(MAIN), default_timeout=30)
+    at.switch_page(f"views/{page}.py").run()
+    assert [t.value for t in at.title] == ["codash"]
+    sign_in(at, "correct horse battery")
+    assert title in [t.value for t in at.title]

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-import torch
+import os
 
-from trainer.checkpoint import load_checkpoint, save_last
+import pytest
+import torch
+from conftest import TINY
+
+from trainer.checkpoint import UnsafeCheckpoint, load_checkpoint, save_last
+from trainer.config import make_config
+from trainer.loop import train
 
 
 def test_save_last_keeps_the_checkpoint_it_replaces(tmp_path):
@@ -15,4 +21,38 @@ def test_save_last_keeps_the_checkpoint_it_replaces(tmp_path):
     assert load_checkpoint(tmp_path, "last")["state"]["iteration"] == 69
     assert load_checkpoint(tmp_path, "previous")["state"]["iteration"] == 46
     assert sorted(path.name for path in tmp_path.iterdir()) == ["last.pt", "previous.pt"]
-    torch.load(tmp_path / "previous.pt", weights_only=False)  # a file of its own, not a dangling link
+    torch.load(tmp_path / "previous.pt", weights_only=True)  # a file of its own, not a dangling link
+
+
+class Planted:
+    """What an attacker would put in a shared runs directory: unpickling it runs a command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def plant(run_dir, marker) -> None:
+    """A last.pt that looks like codash's but carries a payload."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({"state": {"iteration": 23}, "model": Planted(marker)}, run_dir / "last.pt")
+
+
+def test_a_planted_checkpoint_is_refused_without_running_its_code(tmp_path):
+    marker = tmp_path / "pwned"
+    plant(tmp_path / "run", marker)
+    with pytest.raises(UnsafeCheckpoint, match=r"refused to load .*last\.pt.*posix\.system"):
+        load_checkpoint(tmp_path / "run", "last")
+    assert not marker.exists()
+
+
+def test_every_checkpoint_codash_writes_loads_weights_only(tmp_path):
+    """The allow-list is torch's default one: what the loop saves for each optimizer and Free AT's state."""
+    for method, optimizer in (("free", "adam"), ("pgd", "sgd")):
+        run_dir = tmp_path / method
+        config = {"method": method, "optimizer": optimizer, "max_iters": 24, "eval_every": 12}
+        train(make_config({**TINY, **config}), None, run_dir)
+        for which in ("last", "best"):
+            assert load_checkpoint(run_dir, which) is not None

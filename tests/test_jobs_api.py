@@ -51,6 +51,9 @@ def config_event(start: int = 0) -> dict:
         codash_version="y",
         start_iteration=start,
         total_iterations=100,
+        step="eager",
+        step_reason="cpu",
+        precision="fp32",
     )
 
 

@@ -17,6 +17,7 @@ from unittest.mock import ANY
 import pytest
 from conftest import TINY, Workers, embedded_redis, server_pid, wait_for, without_timing
 from rq.job import Job
+from test_checkpoint import plant
 
 from jobs import api, keys, queue
 from jobs.server import ensure_server, ping, stored_url
@@ -146,6 +147,30 @@ def test_failing_runs_say_why_and_the_workers_keep_serving(r, pool, tmp_path):
     assert wait_status(r, good, {"finished"}, 60).final is not None
     assert all(worker.alive() for worker in pool.started)
     assert {worker.name for worker in api.workers(r)} == {"w1", "w2"}
+
+
+def test_a_queued_run_beyond_the_limits_fails_naming_the_field(r, pool):
+    """Queued past the form (straight through the API, or before the operator lowered a limit)."""
+    heavy = {**TINY, "final_eval_points": 100_000, "final_pgd_steps": 1000, "final_pgd_restarts": 100}
+    run_id = api.submit(r, make_config(heavy))
+    error = wait_status(r, run_id, {"failed"}, 60).error
+    assert error.startswith("OverLimit: final_eval_points: this run would take ~2e+10 image passes"), error
+    assert "CODASH_MAX_WORK" in error and api.all_events(r, run_id) == []
+
+
+def test_a_planted_checkpoint_fails_the_resumed_run_and_runs_no_code(r, pool, tmp_path):
+    """A last.pt crafted to run a command (a shared runs directory is writable by others) is refused."""
+    run_id = api.submit(r, make_config(TINY), queue="held")
+    api.cancel(r, run_id)
+    marker = tmp_path / "pwned"
+    plant(api.run_dir(run_id), marker)
+    api.resume(r, run_id)
+    while r.lmove("rq:queue:held", "rq:queue:" + keys.DEFAULT_QUEUE):
+        pass
+    error = wait_status(r, run_id, {"failed"}, 60).error
+    assert error.startswith("UnsafeCheckpoint: refused to load") and "posix.system" in error, error
+    assert not marker.exists()
+    assert all(worker.alive() for worker in pool.started)
 
 
 def test_a_worker_starts_itself_without_the_command_line():

@@ -13,7 +13,7 @@ from trainer.co import SMOOTH_ITERS, CODetector, dense_onset
 from trainer.config import make_config
 from trainer.data import load_dataset
 from trainer.elle import elle_reg
-from trainer.events import FIELDS, events_csv
+from trainer.events import FIELDS, BadEvent, encode, events_csv, make_event, parse_event
 from trainer.loop import train
 from trainer.probe import PGD_STEP, PROBE_FIELDS, probe_metrics, probe_seed
 
@@ -156,3 +156,24 @@ def test_elle_is_zero_when_the_loss_is_affine_in_the_input(batch):
     reg = elle_reg(model, x, y, EPS, torch.Generator().manual_seed(4))
     assert reg.item() < 1e-20
     assert elle_reg(small_cnn().double(), x, y, EPS, torch.Generator().manual_seed(4)).item() > 1e-8
+
+
+def test_probe_and_co_events_from_redis_are_checked_at_the_boundary():
+    probe = make_event(
+        "probe", iteration=40, fgsm_acc=0.6, pgd_acc=0.1, cos_fgsm_pgd=0.5, cos_grad_random=None
+    )
+    assert parse_event(encode(probe)) == probe
+    for bad in ({"pgd_acc": "0.1"}, {"iteration": 4.5}, {"cos_grad_random": True}):
+        with pytest.raises(BadEvent):
+            parse_event(encode({**probe, **bad}))
+    detector = CODetector()
+    detector.probe(60, 0.3, 0.5)
+    detector.update(50, 0.3, 0.4)
+    detector.probe(100, 0.01, 0.8)
+    detector.update(100, 0.01, 0.8)
+    detector.probe(150, 0.0, 0.9)
+    co = make_event("co", **detector.update(150, 0.0, 0.9))
+    assert parse_event(encode(co)) == co
+    for bad in ({"onset_iteration": "100"}, {"onset_probes": [[1, "x", 0.5]]}, {"onset_probes": {}}):
+        with pytest.raises(BadEvent):
+            parse_event(encode({**co, **bad}))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -54,7 +55,13 @@ def env(tmp_path: Path) -> dict[str, str]:
     return environment
 
 
+def environ(pid: int) -> dict[str, str]:
+    pairs = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(pair.decode(errors="replace").split("=", 1) for pair in pairs if b"=" in pair)
+
+
 def test_up_serves_the_dashboard_runs_jobs_and_stops_everything(env, tmp_path):
+    env = {**env, "CODASH_PASSWORD": "correct horse battery"}
     port = free_port()
     log = (tmp_path / "up.log").open("w")
     argv = [sys.executable, "-m", "codash", "up", "--port", str(port)]
@@ -79,6 +86,11 @@ def test_up_serves_the_dashboard_runs_jobs_and_stops_everything(env, tmp_path):
 
         started = children_of(up.pid) | {server_pid(home)}
         assert len(started) == 3  # redis (daemonised, so found by pid file), one CPU worker, the app
+        commands = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children_of(up.pid)}
+        [worker] = [pid for pid, command in commands.items() if b"jobs.worker" in command]
+        [dashboard] = [pid for pid, command in commands.items() if b"streamlit" in command]
+        assert "CODASH_PASSWORD" not in environ(worker)  # a worker has no use for it
+        assert environ(dashboard)["CODASH_PASSWORD"] == "correct horse battery"
         up.send_signal(signal.SIGTERM)
         assert up.wait(timeout=60) == 0
         wait_for(lambda: not any(alive(pid) for pid in started), 10, "every started process to exit")
@@ -89,11 +101,18 @@ def test_up_serves_the_dashboard_runs_jobs_and_stops_everything(env, tmp_path):
         log.close()
 
 
-def test_up_refuses_to_expose_the_dashboard_without_a_password(env):
+def test_up_refuses_to_expose_the_dashboard_without_a_password_and_offers_one(env):
     result = codash("up", "--host", "0.0.0.0", "--port", str(free_port()), env=env, timeout=60)
     assert result.returncode == 2
-    assert "CODASH_PASSWORD" in result.stderr
+    offered = re.search(r"CODASH_PASSWORD=([A-Za-z0-9_-]{24}) \(generated just now\)", result.stderr)
+    assert offered, result.stderr
     assert not (Path(env["CODASH_HOME"]) / "up.json").exists()
+
+
+def test_up_refuses_a_short_password(env):
+    env = {**env, "CODASH_PASSWORD": "xyz"}
+    result = codash("up", "--port", str(free_port()), env=env, timeout=60)
+    assert result.returncode == 2 and "must be at least 12 characters (got 3)" in result.stderr
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--port", "0"), ("--port", "70000"), ("--workers", "-1")])

@@ -2,11 +2,14 @@
 replaced) and best.pt (weights).
 
 Writes are atomic (temp file + rename), so a crash mid-save never leaves a run without a usable checkpoint.
+Reads never run code: a run directory may be shared (NFS), so a checkpoint is untrusted input, and
+`torch.load(weights_only=True)` accepts only tensors and plain containers, which is all codash writes.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,10 @@ from trainer.models import build_model
 
 CONFIG_FILE, LAST_FILE, PREVIOUS_FILE, BEST_FILE = "config.json", "last.pt", "previous.pt", "best.pt"
 CHECKPOINT_FILES = {"last": LAST_FILE, "previous": PREVIOUS_FILE, "best": BEST_FILE}
+
+
+class UnsafeCheckpoint(ValueError):
+    """A checkpoint file holding something other than tensors and plain values: never what codash wrote."""
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -59,10 +66,18 @@ def read_config(run_dir: Path) -> RunConfig:
 
 
 def load_checkpoint(run_dir: Path, which: str = "last", device: str | torch.device = "cpu") -> dict | None:
+    """The saved dict, or None when there is no such file; UnsafeCheckpoint when it would run code."""
     path = Path(run_dir) / CHECKPOINT_FILES[which]
     if not path.exists():
         return None
-    return torch.load(path, map_location=device, weights_only=False)
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused = [line.strip() for line in str(exc).splitlines() if "GLOBAL" in line]
+        raise UnsafeCheckpoint(
+            f"refused to load {path}: it holds objects that only code can rebuild, which codash never "
+            f"writes (a planted or foreign file?); {(refused or ['not a weights-only checkpoint'])[0]}"
+        ) from None
 
 
 def model_for(config: RunConfig) -> nn.Module:

@@ -38,7 +38,10 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         parts = dict.fromkeys([info.description, allowed(name), f"default: {default}"])  # no repeated text
         help_text = " ".join(filter(None, parts))
         if info.annotation is bool:
-            group.add_argument(flag, dest=name, action="store_true", default=None, help=help_text)
+            # --flag / --no-flag: a switch that defaults to on (fast_path) can be turned off too
+            group.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
         else:
             group.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=help_text)
 

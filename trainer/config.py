@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from fractions import Fraction
 from typing import Any, Literal
 
@@ -16,22 +17,41 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from trainer.methods import METHODS
 
 Dataset = Literal["digits", "mnist", "svhn", "cifar10"]
+# What is known of each data set without loading it (torch-free, for jobs.limits and model rebuilding):
+# (channels, image size, classes), and the number of training images.
+DATA_SHAPES: dict[str, tuple[int, int, int]] = {
+    "digits": (1, 16, 10),
+    "mnist": (1, 28, 10),
+    "svhn": (3, 32, 10),
+    "cifar10": (3, 32, 10),
+}
+TRAIN_IMAGES: dict[str, int] = {"digits": 1500, "mnist": 60_000, "svhn": 73_257, "cifar10": 50_000}
 Model = Literal["cnn", "lenet", "preact_resnet18"]
 Method = Literal[tuple(METHODS)]  # trainer.methods is the list
 Optimizer = Literal["sgd", "adam"]
 Schedule = Literal["constant", "cyclic", "piecewise"]
+Switch = Literal["auto", "on", "off"]  # auto: on where it pays (CUDA), off elsewhere; resolved at run start
 
-_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+MAX_EPS_TEXT = 32  # characters: "8/255" needs 5; a fraction of huge integers would take long to reduce
 
 
 def parse_eps(value: Any) -> Any:
-    """Accept 0.15, "0.15" or "8/255" (the form in which the papers write eps)."""
+    """Accept 0.15, "0.15" or "8/255" (the form in which the papers write eps); junk, and numbers too large
+    for a float (1e1000, 10**400/1), are a ValueError quoting at most MAX_EPS_TEXT characters."""
     if isinstance(value, str):
         text = value.strip()
         try:
-            return float(Fraction(text)) if "/" in text else float(text)
-        except (ValueError, ZeroDivisionError):
-            raise ValueError(f"not a number or fraction like 8/255: {value!r}") from None
+            if len(text) > MAX_EPS_TEXT:
+                raise ValueError
+            number = float(Fraction(text)) if "/" in text else float(text)
+            if not math.isfinite(number):
+                raise ValueError
+            return number
+        except (ValueError, ZeroDivisionError, OverflowError):
+            raise ValueError(f"not a number or fraction like 8/255: {text[:MAX_EPS_TEXT]!r}") from None
     return value
 
 
@@ -65,6 +85,11 @@ def lambda_of_eps(field: str, dataset: str, eps: float) -> float | None:
         a, b = DIGITS_LAMBDA_FIT[field]
         return round(10 ** (a + b * eps), 2)
     return paper_lambda(eps) if field == "grad_align_lambda" else None
+
+
+# Unicode categories of characters that are not visible text: control, format (bidi overrides, zero-width),
+# surrogates, private use, unassigned, line and paragraph separators.
+HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
 class ConfigError(ValueError):
@@ -124,17 +149,38 @@ class RunConfig(BaseModel):
     final_pgd_restarts: int = Field(10, ge=1, le=100)
     autoattack: bool = Field(False, description="final evaluation also with AutoAttack (standard, L-inf)")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    amp: bool = Field(False, description="bf16 autocast on CUDA")
+    amp: Switch = Field("auto", description="bf16 autocast on CUDA (auto: on for CUDA)")
+    fast_path: bool = Field(
+        True, description="on CUDA: channels_last, cudnn.benchmark, the training step as one CUDA graph"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _visible(cls, value: str) -> str:
+        """Names reach terminals and pages: no control characters (terminal escapes), no invisible format
+        characters (U+202E turns text around), nothing unassigned."""
+        hidden = [char for char in value if unicodedata.category(char) in HIDDEN_CATEGORIES]
+        if hidden:
+            found = f"U+{ord(hidden[0]):04X}"
+            raise ValueError(f"must not contain control or invisible characters (found {found})")
+        return value
 
     @field_validator("eps", mode="before")
     @classmethod
     def _eps_fraction(cls, value: Any) -> Any:
         return parse_eps(value)
 
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp_switch(cls, value: Any) -> Any:
+        """Configs stored before amp had an "auto" said true or false: they keep meaning on and off (and,
+        without a fast_path field, run without it: _resolve_defaults)."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        if not _DEVICE.match(value):
+        if not _DEVICE.fullmatch(value):
             raise ValueError("must be auto, cpu, cuda or cuda:N")
         return value
 
@@ -145,6 +191,8 @@ class RunConfig(BaseModel):
         if not isinstance(data, dict):
             return data
         data = dict(data)
+        if isinstance(data.get("amp"), bool):  # stored before the fast path: resumed as it was trained
+            data.setdefault("fast_path", False)
         method = data.get("method", "fgsm")
         known = isinstance(method, str) and method in METHODS  # else validation names the field
         for name, value in METHODS[method].defaults.items() if known else ():
@@ -167,6 +215,10 @@ class RunConfig(BaseModel):
     @property
     def uses_grad_align(self) -> bool:
         return self.grad_align_lambda > 0
+
+    def bf16(self, device_type: str) -> bool:
+        """Whether a run on this kind of device trains and evaluates under bf16 autocast (amp resolved)."""
+        return device_type == "cuda" and self.amp != "off"
 
     @property
     def uses_elle(self) -> bool:

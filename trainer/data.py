@@ -15,15 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-DATASETS = ("digits", "mnist", "svhn", "cifar10")
+from trainer.config import DATA_SHAPES, TRAIN_IMAGES
 
-# (channels, image size, classes) of each data set: lets a model be rebuilt without loading its data.
-DATA_SHAPES: dict[str, tuple[int, int, int]] = {
-    "digits": (1, 16, 10),
-    "mnist": (1, 28, 10),
-    "svhn": (3, 32, 10),
-    "cifar10": (3, 32, 10),
-}
+DATASETS = tuple(DATA_SHAPES)
 
 # The files torchvision reads, relative to the data directory; named in DatasetMissing so users can copy them.
 EXPECTED_FILES: dict[str, tuple[str, ...]] = {
@@ -39,7 +33,7 @@ EXPECTED_FILES: dict[str, tuple[str, ...]] = {
     ),
 }
 
-DIGITS_SEED, DIGITS_TRAIN = 0, 1500  # fixed split of the 1,797 sklearn digits: 1,500 train / 297 test
+DIGITS_SEED, DIGITS_TRAIN = 0, TRAIN_IMAGES["digits"]  # a fixed split of the 1,797 digits: 1,500 / 297
 CROP_PAD = 4
 
 

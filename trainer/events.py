@@ -17,7 +17,19 @@ Sink = Callable[[Event], None]
 
 FIELDS: dict[str, tuple[str, ...]] = {
     # config also carries every RunConfig field; these are the extra ones.
-    "config": ("config", "device", "torch_version", "codash_version", "start_iteration", "total_iterations"),
+    # step: "cuda_graph" (captured, replayed) or "eager"; step_reason: why not captured (null when it is);
+    # precision: "bf16" (autocast) or "fp32", the resolved `amp`.
+    "config": (
+        "config",
+        "device",
+        "torch_version",
+        "codash_version",
+        "start_iteration",
+        "total_iterations",
+        "step",
+        "step_reason",
+        "precision",
+    ),
     "metrics": ("iteration", "epoch", "lr", "train_loss", "train_acc", "reg"),
     # The dense probe (trainer.probe) on a fixed training subset, every probe_every iterations.
     "probe": ("iteration", "fgsm_acc", "pgd_acc", "cos_fgsm_pgd", "cos_grad_random"),
@@ -73,6 +85,76 @@ FIELDS: dict[str, tuple[str, ...]] = {
 DENSE_EVENTS = frozenset({"metrics", "probe"})
 # Events that carry arrays (images, filters): in the JSONL and the stream like any other, left out of tables.
 ARRAY_EVENTS = frozenset({"snapshot"})
+ARRAY_FIELDS = ("image", "fgsm_delta", "pgd_delta", "grad_x", "grad_random", "filters")  # a snapshot's arrays
+
+
+class BadEvent(ValueError):
+    """Bytes that are not an event of this vocabulary (a reader skips them and counts them)."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
+# What each field must hold, where a reader relies on it; every other field only has to be present.
+WHOLE_FIELDS = (
+    "iteration",
+    "start_iteration",
+    "total_iterations",
+    "best_iteration",
+    "iterations",
+    "confirmed_at",
+    "onset_iteration",
+)
+# every number of the metrics, probe, eval, co and final events that is not a count
+NUMBER_FIELDS = sorted(
+    {*FIELDS["metrics"], *FIELDS["probe"], *FIELDS["eval"], "best_pgd_acc", "train_images_per_s", "wall_s"}
+    - set(WHOLE_FIELDS)
+)
+FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **dict.fromkeys(WHOLE_FIELDS, (_is_int, "a whole number")),
+    **dict.fromkeys(("co_iteration", "attack_points"), (lambda v: v is None or _is_int(v), "a whole number")),
+    **dict.fromkeys(NUMBER_FIELDS, (_is_number, "a number or null")),
+    **dict.fromkeys(("config", "predictions"), (lambda v: isinstance(v, dict), "an object")),
+    **dict.fromkeys(
+        ("last", "best"),
+        (lambda v: isinstance(v, dict) and all(map(_is_number, v.values())), "an object of numbers"),
+    ),
+    **dict.fromkeys(ARRAY_FIELDS, (lambda v: v is None or isinstance(v, list), "a list or null")),
+    "co_detected": (lambda v: isinstance(v, bool), "true or false"),
+    "onset_probes": (
+        lambda v: isinstance(v, list) and all(isinstance(r, list) and all(map(_is_number, r)) for r in v),
+        "a list of [iteration, pgd_acc, fgsm_acc] rows",
+    ),
+    "device": (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def parse_event(data: str | bytes | None) -> Event:
+    """One stored event (a stream entry's JSON, a JSONL line), checked at the boundary: every byte in Redis
+    is untrusted. Raises BadEvent naming what is wrong; extra fields are allowed (a newer writer's)."""
+    if data is None:
+        raise BadEvent("no event field")
+    try:
+        event = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadEvent(f"not JSON: {exc}") from None
+    if not isinstance(event, dict):
+        raise BadEvent(f"not an object: {type(event).__name__}")
+    kind = event.get("type")
+    if not isinstance(kind, str) or kind not in FIELDS:
+        raise BadEvent(f"unknown event type {kind!r}")
+    for name in FIELDS[kind]:
+        if name not in event:
+            raise BadEvent(f"{kind} event without {name}")
+        check, expected = FIELD_CHECKS.get(name, (lambda v: True, ""))
+        if not check(event[name]):
+            raise BadEvent(f"{kind} event: {name} must be {expected}, got {event[name]!r:.40}")
+    return event
 
 
 def make_event(kind: str, **fields: Any) -> Event:
@@ -102,14 +184,27 @@ def events_jsonl(events: Iterable[Event]) -> str:
 def events_csv(events: Iterable[Event]) -> str:
     """One row per event; the columns are the union over all events (first-seen order), nested objects
     flattened with dots (`config.eps`, `last.pgd_acc`); a field an event lacks is an empty cell. Snapshot
-    events (images and filters) are left out: the JSONL export has them."""
-    rows = [_flatten(event) for event in events if event["type"] not in ARRAY_EVENTS]
+    events (images and filters) are left out: the JSONL export has them. Text that a spreadsheet would take
+    for a formula is made inert; numbers (negative ones too) stay numbers."""
+    rows = [
+        {column: _inert(value) for column, value in _flatten(event).items()}
+        for event in events
+        if event["type"] not in ARRAY_EVENTS
+    ]
     columns = list(dict.fromkeys(column for row in rows for column in row))
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _inert(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula (=, +, -, @ ...) gets a leading apostrophe."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
 
 
 def _flatten(event: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -11,7 +11,6 @@ import math
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from trainer.data import DATA_SHAPES, Dataset, augment, load_dataset
 from trainer.elle import elle_reg
 from trainer.evaluate import accuracy, eval_metrics, pgd_accuracy
 from trainer.events import Event, Sink, make_event
+from trainer.fast import Capture, FastPath, RunParts, fast_path, training_step
 from trainer.free import FreeAT
 from trainer.gradalign import grad_align_reg
 from trainer.probe import PROBE_FIELDS, probe_metrics, probe_seed
@@ -100,12 +100,24 @@ def lr_at(cfg: RunConfig, iteration: int, total: int) -> float:
     return cfg.lr
 
 
-def make_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+def lr_schedule(cfg: RunConfig, total: int, device: torch.device | str) -> torch.Tensor:
+    """lr_at for every step as one float32 tensor on the device: what a captured step's optimizer reads."""
+    return torch.tensor([lr_at(cfg, i, total) for i in range(total)], dtype=torch.float32, device=device)
+
+
+def make_optimizer(cfg: RunConfig, model: nn.Module, capturable: bool = False) -> torch.optim.Optimizer:
+    """The paper's optimizers. `capturable`: the variant whose step runs inside a CUDA graph and reads a
+    device-tensor lr (Adam capturable=True; SGD fused, as its foreach variant reads the lr on the host)."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
-            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            model.parameters(),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            **({"fused": True} if capturable else {}),
         )
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    extra = {"capturable": True} if capturable else {}
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
 
 
 @dataclass
@@ -126,19 +138,24 @@ def train(
     run_dir: str | Path | None = None,
     should_stop: Callable[[], bool] | None = None,
     resume: bool = False,
+    capture: Capture | None = None,
 ) -> Event | None:
-    """Run `config`, emitting events to `sink`; returns the final event, or None if stopped early."""
+    """Run `config`, emitting events to `sink`; returns the final event, or None if stopped early.
+
+    `capture` records the training step for replay (default: a CUDA graph on CUDA, nothing on the CPU).
+    """
     if run_dir is None:
         with tempfile.TemporaryDirectory(prefix="codash-run-") as tmp:
-            return train(config, sink, tmp, should_stop, resume)
+            return train(config, sink, tmp, should_stop, resume, capture)
     emit = sink or (lambda event: None)
     run_dir = Path(run_dir)
     started = time.perf_counter()
     device = resolve_device(config.device)
     data = load_dataset(config.dataset, device)
+    path = fast_path(config, device, capture)
     torch.manual_seed(config.seed)
-    model = model_for(config).to(device)
-    optimizer = make_optimizer(config, model)
+    model = path.prepare(model_for(config).to(device))
+    optimizer = make_optimizer(config, model, capturable=path.capturable_optimizer)
     gen = torch.Generator(device).manual_seed(config.seed)
     state = RunState()
     free = FreeAT(config) if config.method == "free" else None
@@ -156,6 +173,10 @@ def train(
         if free is not None and saved.get("free") is not None:
             free.load_state_dict(saved["free"])
 
+    example = data.train_x[: config.batch_size], data.train_y[: config.batch_size]
+    run = RunParts(config, model, optimizer, gen, free, _train_step)
+    lr_table = lr_schedule(config, total, device) if path.captures else None
+    stepper = training_step(path, run, example, lr_table, capture)
     emit(
         make_event(
             "config",
@@ -165,6 +186,9 @@ def train(
             codash_version=trainer.__version__,
             start_iteration=state.iteration,
             total_iterations=total,
+            step=stepper.kind,
+            step_reason=stepper.reason,
+            precision="bf16" if path.bf16 else "fp32",
         )
     )
 
@@ -175,16 +199,11 @@ def train(
         emit(event)
 
     metrics = MetricsBuffer(emit_dense)
-    eval_x, eval_y = data.test_x[: config.eval_points], data.test_y[: config.eval_points]
-    probe_x, probe_y = data.train_x[: config.eval_points], data.train_y[: config.eval_points]
+    eval_x, eval_y = path.layout(data.test_x[: config.eval_points]), data.test_y[: config.eval_points]
+    probe_x, probe_y = path.layout(data.train_x[: config.eval_points]), data.train_y[: config.eval_points]
     # The dense probe's points: the END of the training set, apart from the eval's training subset above.
     dense = slice(len(data.train_x) - config.probe_points, None)
-    dense_x, dense_y = data.train_x[dense], data.train_y[dense]
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if config.amp and device.type == "cuda"
-        else nullcontext()
-    )
+    dense_x, dense_y = path.layout(data.train_x[dense]), data.train_y[dense]
 
     def save_checkpoint() -> None:
         save_last(
@@ -212,10 +231,7 @@ def train(
         if free is not None:  # Free AT replays each minibatch for free_replays iterations
             x, y = free.batch(state.iteration, x, y)
         lr = lr_at(config, state.iteration, total)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with autocast:
-            loss, acc, reg = _train_step(model, optimizer, config, x, y, gen, free)
+        loss, acc, reg = stepper(x, y, state.iteration, lr)
         state.iteration += 1
         state.train_images += len(x)
         if config.probe_points and state.iteration % config.probe_every == 0:
@@ -229,14 +245,15 @@ def train(
             state.train_s += _clock(device) - segment_start
             metrics.flush()
             if at_eval:
-                _evaluate(model, config, data, state, run_dir, emit, (eval_x, eval_y), (probe_x, probe_y))
+                with path.autocast():
+                    _evaluate(model, config, state, run_dir, emit, (eval_x, eval_y), (probe_x, probe_y), path)
             if at_epoch_end or stopping:
                 save_checkpoint()
             if stopping and state.iteration < total:
                 return None
             segment_start = _clock(device)
 
-    return _final(model, config, data, state, run_dir, emit, device, started)
+    return _final(model, config, data, state, run_dir, emit, path, started)
 
 
 def _train_step(model, optimizer, cfg, x, y, gen, free: FreeAT | None = None):
@@ -272,10 +289,12 @@ def _probe(model, cfg: RunConfig, x, y, iteration: int) -> torch.Tensor:
     return values
 
 
-def _evaluate(model, cfg, data: Dataset, state: RunState, run_dir: Path, emit: Sink, test, probe) -> None:
+def _evaluate(model, cfg, state: RunState, run_dir: Path, emit: Sink, test, probe, path: FastPath) -> None:
     model.eval()
     seed = cfg.seed + state.iteration
-    values, inside = eval_metrics(model, *test, *probe, cfg.eps, cfg.eval_pgd_steps, seed=seed)
+    values, inside = eval_metrics(
+        model, *test, *probe, cfg.eps, cfg.eval_pgd_steps, seed=seed, batch=path.eval_batch
+    )
     model.train()
     emit(make_event("eval", iteration=state.iteration, **values))
     emit(make_event("snapshot", iteration=state.iteration, **inside))
@@ -287,7 +306,9 @@ def _evaluate(model, cfg, data: Dataset, state: RunState, run_dir: Path, emit: S
         atomic_save({"model": model.state_dict(), "iteration": state.iteration}, run_dir / BEST_FILE)
 
 
-def _final(model, cfg, data: Dataset, state: RunState, run_dir: Path, emit: Sink, device, started) -> Event:
+def _final(
+    model, cfg, data: Dataset, state: RunState, run_dir: Path, emit: Sink, path: FastPath, started
+) -> Event:
     """Clean accuracy on the whole test set and PGD-50-10 on the first final_eval_points, last and best.
 
     attack_points says how many test images the attacks saw (final_eval_points caps it at the test set).
@@ -295,13 +316,13 @@ def _final(model, cfg, data: Dataset, state: RunState, run_dir: Path, emit: Sink
     With `autoattack` on, AutoAttack (standard, L-inf) also runs on the same points (None when off).
     """
     points = min(cfg.final_eval_points, len(data.test_x))
-    results = {"last": _final_metrics(model, cfg, data, device, points)}
-    best_state = load_checkpoint(run_dir, "best", device)
+    results = {"last": _final_metrics(model, cfg, data, path, points)}
+    best_state = load_checkpoint(run_dir, "best", path.device)
     if best_state is None or best_state["iteration"] == state.iteration:
         results["best"] = dict(results["last"])  # the same weights: no need to attack them again
     else:
         model.load_state_dict(best_state["model"])
-        results["best"] = _final_metrics(model, cfg, data, device, points)
+        results["best"] = _final_metrics(model, cfg, data, path, points)
     final = make_event(
         "final",
         co_detected=state.detector.fired_at is not None,
@@ -318,16 +339,32 @@ def _final(model, cfg, data: Dataset, state: RunState, run_dir: Path, emit: Sink
     return final
 
 
-def _final_metrics(model, cfg, data: Dataset, device, n: int) -> dict[str, float | None]:
+def _final_metrics(model, cfg, data: Dataset, path: FastPath, n: int) -> dict[str, float | None]:
+    """On a GPU in bf16 and large batches, each PGD restart attacking only the points no earlier restart
+    fooled (the same measure, a fraction of the work once a model is broken); on the CPU as always."""
     model.eval()
     robust = auto = None
+    test_x = path.layout(data.test_x)
     if n:
-        generator = torch.Generator(device).manual_seed(cfg.seed)
-        xs, ys = data.test_x[:n], data.test_y[:n]
-        robust = pgd_accuracy(model, xs, ys, cfg.eps, cfg.final_pgd_steps, cfg.final_pgd_restarts, generator)
+        generator = torch.Generator(path.device).manual_seed(cfg.seed)
+        xs, ys = test_x[:n], data.test_y[:n]
+        with path.autocast():
+            robust = pgd_accuracy(
+                model,
+                xs,
+                ys,
+                cfg.eps,
+                cfg.final_pgd_steps,
+                cfg.final_pgd_restarts,
+                generator,
+                batch=path.eval_batch,
+                skip_fooled=path.device.type == "cuda",
+            )
         if cfg.autoattack:
             auto = autoattack_accuracy(model, xs, ys, cfg.eps, DATA_SHAPES[cfg.dataset][2], cfg.seed)
-    return {"clean_acc": accuracy(model, data.test_x, data.test_y), "pgd_acc": robust, "autoattack_acc": auto}
+    with path.autocast():
+        clean = accuracy(model, test_x, data.test_y, path.eval_batch)
+    return {"clean_acc": clean, "pgd_acc": robust, "autoattack_acc": auto}
 
 
 def _epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:

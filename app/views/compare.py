@@ -74,7 +74,7 @@ def _charts(run_ids: list[str]) -> bool:
         row = pairs[start : start + SMALL_MULTIPLES_PER_ROW]
         for column, (one, run) in zip(st.columns(SMALL_MULTIPLES_PER_ROW), row, strict=False):
             with column:
-                st.markdown(f"**{md_escape(one.label)}** · {run.status}")
+                st.markdown(f"**{md_escape(one.label)}** · {md_escape(run.status)}")
                 if not one.history.n_events:
                     st.caption("No events yet.")
                     continue

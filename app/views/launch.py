@@ -11,7 +11,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import streamlit as st
 
-from app import limits, nav, state
+from app import nav, state
 from app.text import md_escape, model_name
 from jobs import api
 from trainer.config import (
@@ -50,6 +50,7 @@ ADVANCED = (
     "final_pgd_restarts",
     "autoattack",
     "amp",
+    "fast_path",
 )
 LABELS = {
     "name": "Name (optional)",
@@ -79,6 +80,7 @@ LABELS = {
     "free_replays": "Free AT replays m",
     "nfgsm_k": "N-FGSM noise k (× ε)",
     "amp": "bf16 autocast (CUDA)",
+    "fast_path": "CUDA graph fast path",
 }
 FORMATS = {"eps": "%.3f", "momentum": "%.2f"}
 KEY = "launch."
@@ -108,7 +110,7 @@ def render() -> None:
     except ConfigError as exc:
         config, problems = None, exc.problems
     else:
-        problems = limits.violations([config], api.queued_count(r))
+        problems = api.limit_violations([config], api.queued_count(r))
     for row in (GROUPS[:2], GROUPS[2:]):
         for column, (title, names) in zip(st.columns(2), row, strict=True):
             with column.container(border=True):

@@ -29,6 +29,7 @@ STATUS_ICONS = {
     api.RunStatus.FAILED: ":material/error:",
     api.RunStatus.CANCELLED: ":material/cancel:",
     api.RunStatus.INTERRUPTED: ":material/pause_circle:",
+    api.RunStatus.UNREADABLE: ":material/report:",
 }
 
 
@@ -82,7 +83,7 @@ def _status(r, run, history: RunHistory) -> None:
     iteration = max(run.iteration, history.iteration)
     left, middle, right = st.columns([2, 5, 2], vertical_alignment="center")
     with left:
-        st.markdown(f"{STATUS_ICONS[run.status]} **{run.status}**")
+        st.markdown(f"{STATUS_ICONS[run.status]} **{md_escape(run.status)}**")
         parts = [run.config.dataset, model_name(run.config)]
         parts += [f"elapsed {format_duration(elapsed_s(run, time.time()))}"]
         parts += [f"device {md_escape(run.device or history.device or '–')}"]
@@ -102,8 +103,11 @@ def _status(r, run, history: RunHistory) -> None:
         _controls(r, run)
     if run.status == api.RunStatus.QUEUED and not api.workers(r):
         st.warning("No worker is alive to pick this run up. Start one with `codash worker`.")
-    if run.status == api.RunStatus.FAILED and run.error:
-        st.error(md_escape(run.error))
+    if run.status in (api.RunStatus.FAILED, api.RunStatus.UNREADABLE) and run.error:
+        st.error(f"Why the run is {run.status}:", icon=":material/error:")
+        st.code(run.error, language=None, wrap_lines=True)  # as text: it may quote anything from Redis
+    if history.skipped:
+        st.caption(f"{history.skipped:,} stream entries could not be read and were skipped.")
 
 
 def _controls(r, run) -> None:

@@ -7,11 +7,10 @@ points, so the plot fills in live. Clicking a point opens that run.
 from __future__ import annotations
 
 import uuid
-from fractions import Fraction
 
 import streamlit as st
 
-from app import limits, nav, state
+from app import nav, state
 from app.chart import live_chart
 from app.figures import sweep_figure
 from app.presets import SWEEP_PRESETS
@@ -28,6 +27,7 @@ from trainer.config import (
     format_eps,
     lambda_of_eps,
     make_config,
+    parse_eps,
 )
 from trainer.methods import SWEEP
 from trainer.presets import DIGITS_ELLE, DIGITS_GRAD_ALIGN, PRESETS
@@ -36,6 +36,7 @@ REFRESH_S = 2.0
 DEFAULT_METHODS = ["FGSM", "FGSM + GradAlign", "PGD-10"]
 DEFAULT_EPS = {"natural": "2, 4, 6, 8, 10, 12, 14, 16", "fraction": "0.05, 0.1, 0.15, 0.2, 0.25, 0.3"}
 KEY = "sweep."
+MAX_EPS_VALUES = 32
 
 
 def render() -> None:
@@ -57,8 +58,12 @@ def render() -> None:
 
 
 def parse_eps_list(text: str, natural: bool) -> list[float]:
-    """'2, 4, 8/3' in /255 units on natural images, '0.1, 0.2' elsewhere; raises ValueError on junk."""
-    values = [float(Fraction(part.strip())) for part in text.replace(";", ",").split(",") if part.strip()]
+    """'2, 4, 8/3' in /255 units on natural images, '0.1, 0.2' elsewhere; raises ValueError on junk (and on
+    more than MAX_EPS_VALUES values)."""
+    parts = [part.strip() for part in text.replace(";", ",").split(",") if part.strip()]
+    if len(parts) > MAX_EPS_VALUES:
+        raise ValueError(f"ε values: at most {MAX_EPS_VALUES}, got {len(parts)}")
+    values = [parse_eps(part) for part in parts]
     if not values:
         raise ValueError("give at least one ε")
     return [value / 255 for value in values] if natural else values
@@ -136,6 +141,7 @@ def _new_sweep(r) -> None:
     eps_text = columns[1].text_input(
         "ε values (× 1/255)" if natural else "ε values",
         key=eps_key,
+        max_chars=400,  # MAX_EPS_VALUES values of a few characters each
         help="Comma-separated; fractions like 8/3 are fine.",
     )
     digits = base["dataset"] == "digits"
@@ -164,7 +170,7 @@ def _new_sweep(r) -> None:
     method_fields = SWEEP_PRESETS.get(base_name, {}).get("method_fields")
     try:
         configs = sweep_configs(base, methods, parse_eps_list(eps_text, natural), rule, fixed, method_fields)
-    except (ValueError, ZeroDivisionError) as exc:  # ConfigError is a ValueError
+    except ValueError as exc:  # ConfigError is one too
         st.error(md_escape(str(exc)))
         return
     weights = [
@@ -177,7 +183,7 @@ def _new_sweep(r) -> None:
         f"{len(configs)} run(s), based on “{md_escape(base_name)}”."
         + (f" {md_escape('; '.join(weights))}." if weights else "")
     )
-    refused = limits.violations(configs, api.queued_count(r))
+    refused = api.limit_violations(configs, api.queued_count(r))
     for field, text in refused.items():
         st.error(md_escape(f"{field}: {text}"))
     if st.button(

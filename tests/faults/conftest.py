@@ -29,6 +29,7 @@ from conftest import ROOT, TINY, wait_for
 
 from codash.up import dashboard_healthy
 from jobs import api, keys
+from jobs.limits import Limits
 from jobs.server import free_port
 
 FIGURES: list[dict[str, Any]] = []
@@ -103,7 +104,7 @@ def pytest_terminal_summary(terminalreporter) -> None:
 @pytest.fixture(autouse=True)
 def _open_dashboard(monkeypatch) -> None:
     """No dashboard password or operator limits from the developer's shell leak into these tests."""
-    for name in ("CODASH_PASSWORD", "CODASH_MAX_EPOCHS", "CODASH_MAX_BATCH_SIZE", "CODASH_MAX_QUEUED"):
+    for name in ("CODASH_PASSWORD", *(f"CODASH_{name.upper()}" for name in Limits.__dataclass_fields__)):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -113,7 +114,8 @@ def _open_dashboard(monkeypatch) -> None:
 def entries(r, run_id: str) -> list[tuple[str, str]]:
     """The run's stream as (entry id, payload) pairs, exactly as stored."""
     return [
-        (entry_id.decode(), fields[b"event"].decode()) for entry_id, fields in r.xrange(keys.stream(run_id))
+        (entry_id.decode(), fields.get(b"event", b"").decode(errors="replace"))
+        for entry_id, fields in r.xrange(keys.stream(run_id))
     ]
 
 
@@ -187,7 +189,8 @@ def wait_status(r, run_id: str, statuses: set[str], timeout: float) -> api.Run:
 
 @dataclass
 class Dashboard:
-    """`streamlit run app/main.py` on 127.0.0.1:port, against the Redis at redis_url."""
+    """`streamlit run app/server.py` (app/main.py behind app.guard, as `codash up` serves it) on
+    127.0.0.1:port, against the Redis at redis_url."""
 
     redis_url: str
     log: Path
@@ -200,7 +203,7 @@ class Dashboard:
 
     def start(self, timeout: float = 60) -> float:
         """Start it and wait for HTTP 200 on /_stcore/health; returns the seconds that took."""
-        command = [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(self.port)]
+        command = [sys.executable, "-m", "streamlit", "run", "app/server.py", "--server.port", str(self.port)]
         command += ["--server.address", "127.0.0.1", "--server.headless", "true"]
         command += ["--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
         env = {**os.environ, "REDIS_URL": self.redis_url}

@@ -1,0 +1,127 @@
+"""The dashboard's front door: an ASGI middleware in front of every Streamlit route (app/server.py).
+
+- Host allow-list, HTTP and websocket alike: a web page that rebinds its own name to 127.0.0.1 (DNS
+  rebinding) sends its own name as Host and is refused, so it cannot drive a loopback dashboard. Allowed:
+  the loopback names, the address `codash up --host` serves (CODASH_SERVE_HOST; for 0.0.0.0 or :: this
+  machine's host names), and the names in CODASH_ALLOWED_HOSTS (comma-separated; `*` allows any).
+- Streamlit routes codash has no use for answer 404 to everyone, signed in or not: `/_stcore/metrics`,
+  and the upload endpoint (codash has no uploader, so nothing may be uploaded).
+- `clear_cache` messages from browsers are dropped: codash has no use for them, and one would empty the
+  shared caches (the Redis connection) for every user, signed in or not.
+- Every HTTP answer forbids framing (X-Frame-Options, CSP frame-ancestors) and MIME sniffing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from streamlit.proto.BackMsg_pb2 import BackMsg
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+SERVE_HOST_ENV, ALLOWED_HOSTS_ENV = "CODASH_SERVE_HOST", "CODASH_ALLOWED_HOSTS"
+CLOSED_PATHS = ("/_stcore/metrics", "/_stcore/upload_file")
+SECURITY_HEADERS = [
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"frame-ancestors 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
+log = logging.getLogger("codash.guard")
+
+
+def allowed_hosts(serve_host: str | None = None, extra: str | None = None) -> frozenset[str]:
+    """The Host names the dashboard answers to (lower case, without port)."""
+    names = set(LOOPBACK_NAMES)
+    if serve_host in ("0.0.0.0", "::"):
+        names |= {socket.gethostname(), socket.getfqdn()}
+    elif serve_host:
+        names.add(serve_host)
+    names |= {name.strip() for name in (extra or "").split(",") if name.strip()}
+    return frozenset(name.lower().strip("[]").rstrip(".") for name in names)
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header: 'Example.org:8501' -> 'example.org', '[::1]:8501' -> '::1'."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else ""
+    return header.rsplit(":", 1)[0].rstrip(".") if header.count(":") == 1 else header.rstrip(".")
+
+
+def is_clear_cache(data: bytes | None) -> bool:
+    if not data:
+        return False
+    message = BackMsg()
+    try:
+        message.ParseFromString(data)
+    except Exception:  # not ours to judge: Streamlit refuses what it cannot parse
+        return False
+    return message.WhichOneof("type") == "clear_cache"
+
+
+class Guard:
+    def __init__(self, app: ASGIApp, hosts: frozenset[str] | None = None):
+        self.app = app
+        self.hosts = hosts or allowed_hosts(os.environ.get(SERVE_HOST_ENV), os.environ.get(ALLOWED_HOSTS_ENV))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        host = host_name(headers.get(b"host", b"").decode("latin-1"))
+        if "*" not in self.hosts and host not in self.hosts:
+            client = (scope.get("client") or ("?",))[0]
+            log.warning("codash: refused a request for host %r from %s (CODASH_ALLOWED_HOSTS)", host, client)
+            await self._refuse(kind, send, 403, b"unknown host: add it to CODASH_ALLOWED_HOSTS")
+            return
+        if kind == "http" and any(path in scope["path"] for path in CLOSED_PATHS):
+            await self._refuse(kind, send, 404, b"not found")
+            return
+        if kind == "http":
+            await self.app(scope, receive, self._with_headers(send))
+        else:
+            await self.app(scope, self._without_clear_cache(receive), send)
+
+    @staticmethod
+    async def _refuse(kind: str, send: Send, status: int, body: bytes) -> None:
+        if kind == "websocket":  # closing before accepting: the handshake gets HTTP 403
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        headers = [(b"content-type", b"text/plain"), *SECURITY_HEADERS]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    @staticmethod
+    def _with_headers(send: Send) -> Send:
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(name, value) for name, value in SECURITY_HEADERS if name not in present]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        return sending
+
+    @staticmethod
+    def _without_clear_cache(receive: Receive) -> Receive:
+        async def receiving() -> Message:
+            while True:
+                message = await receive()
+                if message["type"] == "websocket.receive" and is_clear_cache(message.get("bytes")):
+                    log.warning("codash: dropped a clear_cache message from a browser")
+                    continue
+                return message
+
+        return receiving

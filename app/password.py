@@ -1,0 +1,20 @@
+"""The rules for CODASH_PASSWORD, without Streamlit: the dashboard (app.auth) and `codash up` apply them."""
+
+from __future__ import annotations
+
+import secrets
+
+PASSWORD_ENV = "CODASH_PASSWORD"
+MIN_PASSWORD_LENGTH = 12
+
+
+def password_problem(password: str) -> str | None:
+    """Why a dashboard password is too weak to serve with (None if it is long enough)."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        return f"{PASSWORD_ENV}: must be at least {MIN_PASSWORD_LENGTH} characters (got {len(password)})"
+    return None
+
+
+def generated_password() -> str:
+    """A password to offer: 24 URL-safe characters (144 random bits), easy to paste."""
+    return secrets.token_urlsafe(18)

@@ -1,0 +1,183 @@
+"""The GPU fast path's CPU-testable parts: the config switches, the eager fallback, the captured-step
+machinery (static buffers, device-tensor lr, state restored after warm-up) and the lr schedule as a tensor.
+
+The capture itself is a CUDA graph only on CUDA (tests/test_fast_cuda.py). Here `train(capture=...)`, the
+loop's real seam for it, gets capture functions that run on the CPU: one that runs the step and then
+fails (the fallback), and one that warms the step up and then simply calls it again at every iteration,
+which exercises everything around the graph except the graph.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY
+
+from codash import up
+from trainer.cli import build_parser, config_from_args
+from trainer.config import ConfigError, make_config
+from trainer.evaluate import pgd_accuracy
+from trainer.loop import lr_at, lr_schedule, train
+from trainer.models import build_model
+
+
+def run(config, **kwargs):
+    events = []
+    final = train(config, events.append, **kwargs)
+    return events, final
+
+
+def config_event(events):
+    (event,) = [e for e in events if e["type"] == "config"]
+    return event
+
+
+def metric_values(events):
+    return [
+        (e["iteration"], e["lr"], e["train_loss"], e["train_acc"], e["reg"])
+        for e in events
+        if e["type"] == "metrics"
+    ]
+
+
+def called_again(step, generator):
+    """A capture for the CPU: warm the step up as cuda_graph does, then replay = run the step again."""
+    for _ in range(3):
+        step()
+    return step
+
+
+# SGD with momentum and weight decay, the cyclic schedule, random noise in the attack and in GradAlign:
+# every piece of state the warm-up disturbs and the restore must put back.
+NOISY = {
+    **TINY,
+    **{"max_iters": 12, "eval_every": 6, "eval_points": 16, "final_eval_points": 16},
+    **{
+        "method": "fgsm_rs",
+        "grad_align_lambda": 0.5,
+        "optimizer": "sgd",
+        "lr": 0.05,
+        "lr_schedule": "cyclic",
+    },
+}
+
+
+def test_on_the_cpu_the_step_is_eager_in_float32_and_the_config_event_says_why():
+    events, _ = run(make_config({**TINY, "max_iters": 2, "eval_points": 8, "final_eval_points": 0}))
+    event = config_event(events)
+    assert (event["step"], event["step_reason"], event["precision"]) == ("eager", "cpu", "fp32")
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [({"fast_path": False}, "fast_path off"), ({"method": "free"}, "free: ")],
+)
+def test_the_config_event_says_why_a_step_is_not_captured(fields, reason):
+    events, _ = run(
+        make_config({**TINY, **fields, "max_iters": 2, "eval_points": 8, "final_eval_points": 0}),
+        capture=called_again,
+    )
+    event = config_event(events)
+    assert event["step"] == "eager" and event["step_reason"].startswith(reason)
+
+
+def test_a_failing_capture_leaves_the_run_to_the_eager_step_exactly_as_it_stood():
+    def fails_after_two_steps(step, generator):
+        step()
+        step()  # weights, momentum, batch-norm statistics and the generator have all moved on
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    cfg = make_config(NOISY)
+    eager, eager_final = run(cfg)
+    fallback, fallback_final = run(cfg, capture=fails_after_two_steps)
+    event = config_event(fallback)
+    assert event["step"] == "eager"
+    assert (
+        event["step_reason"]
+        == "capture failed: RuntimeError: operation not permitted when stream is capturing"
+    )
+    assert metric_values(fallback) == metric_values(eager)
+    assert fallback_final["last"] == eager_final["last"]
+
+
+def test_the_captured_step_machinery_trains_exactly_like_the_eager_step():
+    """Static buffers, the lr read from the schedule tensor, the state put back after the warm-up."""
+    cfg = make_config(NOISY)
+    eager, _ = run(cfg)
+    replayed, _ = run(cfg, capture=called_again)
+    event = config_event(replayed)
+    assert (event["step"], event["step_reason"]) == ("called_again", None)
+    assert metric_values(replayed) == metric_values(eager)
+    assert len({values[1] for values in metric_values(eager)}) > 5  # the cyclic lr did change
+
+
+def test_a_captured_run_resumes_exactly(tmp_path):
+    cfg = make_config(NOISY)
+    reference, _ = run(cfg, run_dir=tmp_path / "a", capture=called_again)
+    calls = iter(range(1, 10**9))
+    partial, final = run(
+        cfg, run_dir=tmp_path / "b", capture=called_again, should_stop=lambda: next(calls) >= 7
+    )
+    assert final is None
+    resumed, _ = run(cfg, run_dir=tmp_path / "b", resume=True, capture=called_again)
+    assert config_event(resumed)["start_iteration"] == 7
+    assert metric_values(resumed) == [values for values in metric_values(reference) if values[0] > 7]
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cyclic", "piecewise"])
+def test_the_lr_schedule_tensor_is_lr_at_for_every_step(schedule):
+    cfg = make_config({**TINY, "optimizer": "sgd", "lr": 0.3, "lr_schedule": schedule})
+    total = 1_000
+    table = lr_schedule(cfg, total, "cpu")
+    assert table.dtype == torch.float32 and table.shape == (total,)
+    expected = torch.tensor([lr_at(cfg, i, total) for i in range(total)], dtype=torch.float64)
+    assert torch.equal(table, expected.float())  # the float32 the optimizer computes with
+    assert table.double().sub(expected).abs().max() <= 0.3 * 2**-24  # and nothing lost beyond rounding
+
+
+def test_amp_is_auto_on_or_off_and_configs_stored_with_true_or_false_still_load():
+    assert make_config({}).amp == "auto"
+    assert make_config({"amp": True}).amp == "on" and make_config({"amp": False}).amp == "off"
+    stored = make_config({"method": "fgsm"}).model_dump(mode="json")
+    stored.pop("fast_path")
+    old = make_config({**stored, "amp": False})  # a config.json written before the fast path existed
+    assert (old.amp, old.fast_path) == ("off", False)  # so a resumed old run trains as it did
+    cfg = make_config({"amp": "auto"})
+    assert make_config(cfg.model_dump_json()) == cfg
+    assert cfg.bf16("cuda") and not cfg.bf16("cpu")
+    assert not make_config({"amp": "off"}).bf16("cuda") and not make_config({"amp": "on"}).bf16("cpu")
+    with pytest.raises(ConfigError, match=r"amp: .*allowed: one of auto, on, off"):
+        make_config({"amp": "fast"})
+
+
+def test_the_cli_turns_the_fast_path_off_and_sets_amp():
+    args = build_parser().parse_args(["train", "--no-fast-path", "--amp", "off", "--autoattack"])
+    cfg = config_from_args(args)
+    assert (cfg.fast_path, cfg.amp, cfg.autoattack) == (False, "off", True)
+    assert config_from_args(build_parser().parse_args(["train"])).fast_path is True
+
+
+def test_final_pgd_restarts_on_the_unfooled_points_only_measure_the_same_robustness():
+    torch.manual_seed(0)
+    model = build_model("cnn", in_channels=1, image_size=8, n_classes=10, n_layers=1, n_filters=4).eval()
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.rand(200, 1, 8, 8, generator=g), torch.randint(0, 10, (200,), generator=g)
+
+    def acc(restarts, skip):
+        generator = torch.Generator().manual_seed(5)
+        return pgd_accuracy(model, x, y, 0.1, 5, restarts, generator, batch=64, skip_fooled=skip)
+
+    one = acc(1, False)
+    assert acc(1, True) == one  # one restart: the same attack on the same points with the same noise
+    assert 0 < acc(4, True) <= one  # later restarts can only fool more of the points the first one left
+
+
+def test_codash_up_runs_two_workers_per_gpu_by_default(monkeypatch):
+    monkeypatch.setattr(up, "visible_gpus", lambda: 2)
+    assert up.plan_workers(None) == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert up.plan_workers(3) == ["cuda:0", "cuda:1", "cuda:0"]
+    monkeypatch.setattr(up, "visible_gpus", lambda: 1)
+    assert up.plan_workers(4) == ["cuda:0"] * 4
+    monkeypatch.setattr(up, "visible_gpus", lambda: 0)
+    assert up.plan_workers(None) == ["cpu"]
+    assert up.WORKERS_PER_GPU == 2

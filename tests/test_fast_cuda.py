@@ -1,0 +1,146 @@
+"""The captured training step on a real GPU (skipped without one; bench/gpu_check.sh runs these).
+
+Captured steps are compared with the same steps run directly by the same machinery (the `called_again`
+capture of tests/test_fast.py: same layout, precision, buffers and lr tensor), so only the graph differs;
+and with today's eager step (fast_path off). cudnn.benchmark may pick other convolution algorithms in
+each run, and a sign attack amplifies the last bits of an input gradient, so the comparisons allow float32
+(or bf16) rounding that grows over 20 steps rather than demanding bit equality.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY
+from test_fast import called_again, config_event, metric_values
+
+from bench.workloads import CIFAR_RESNET, codash_data, synthetic_cifar
+from trainer.checkpoint import load_model
+from trainer.config import make_config
+from trainer.fast import warm_up
+from trainer.loop import make_optimizer, train
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+BASE = {
+    **TINY,
+    "device": "cuda",
+    "max_iters": 20,
+    "eval_every": 10,
+    "eval_points": 16,
+    "final_eval_points": 0,
+}
+CAPTURED = [
+    {"method": "standard"},
+    {"method": "fgsm"},
+    {"method": "fgsm_rs"},
+    {"method": "nfgsm"},
+    {"method": "pgd", "pgd_steps": 3},
+    {"method": "pgd_corner", "pgd_steps": 3},
+    {"method": "random_corner"},
+    {"method": "fgsm", "grad_align_lambda": 0.5},
+    {"method": "fgsm_rs", "grad_align_lambda": 0.5, "grad_align_fraction": 0.5},
+    {"method": "pgd", "pgd_steps": 2, "grad_align_lambda": 0.5},
+    {"method": "nfgsm", "grad_align_lambda": 0.5, "optimizer": "sgd", "lr": 0.05, "lr_schedule": "cyclic"},
+]
+
+
+def run(config, run_dir, **kwargs):
+    events = []
+    final = train(config, events.append, run_dir=run_dir, **kwargs)
+    return events, final
+
+
+def assert_close_runs(a, b, run_dirs, loss_tol: float, weight_tol: float) -> None:
+    ma, mb = metric_values(a), metric_values(b)
+    assert [row[0] for row in ma] == [row[0] for row in mb] == list(range(1, len(ma) + 1))
+    for (it, lr_a, loss_a, _, reg_a), (_, lr_b, loss_b, _, reg_b) in zip(ma, mb, strict=True):
+        assert lr_a == lr_b
+        assert abs(loss_a - loss_b) <= loss_tol * max(1.0, abs(loss_a)), (it, loss_a, loss_b)
+        assert abs(reg_a - reg_b) <= loss_tol, (it, reg_a, reg_b)
+    first, second = (load_model(d, "last", "cuda") for d in run_dirs)
+    for (name, p), q in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
+        if p.is_floating_point():
+            assert (p - q).norm() <= weight_tol * max(p.norm(), 1e-6), name
+
+
+@pytest.mark.parametrize("fields", CAPTURED, ids=lambda f: "-".join(f"{k}={v}" for k, v in f.items()))
+def test_20_captured_steps_equal_20_steps_run_directly(tmp_path, fields):
+    cfg = make_config({**BASE, **fields, "amp": "off"})
+    graphed, _ = run(cfg, tmp_path / "graph")
+    direct, _ = run(cfg, tmp_path / "direct", capture=called_again)
+    assert (config_event(graphed)["step"], config_event(graphed)["step_reason"]) == ("cuda_graph", None)
+    assert config_event(graphed)["precision"] == "fp32"
+    assert_close_runs(graphed, direct, (tmp_path / "graph", tmp_path / "direct"), 1e-3, 1e-3)
+
+
+@pytest.mark.parametrize("fields", [{"method": "fgsm"}, {"method": "fgsm", "grad_align_lambda": 0.5}])
+def test_captured_bf16_steps_follow_the_eager_float32_step(tmp_path, fields):
+    captured, _ = run(make_config({**BASE, **fields}), tmp_path / "graph")
+    assert config_event(captured)["precision"] == "bf16"  # amp auto: on for CUDA
+    eager, _ = run(make_config({**BASE, **fields, "amp": "off", "fast_path": False}), tmp_path / "eager")
+    assert (config_event(eager)["step"], config_event(eager)["step_reason"]) == ("eager", "fast_path off")
+    assert_close_runs(captured, eager, (tmp_path / "graph", tmp_path / "eager"), 0.05, 0.05)
+
+
+def test_a_captured_resnet_with_batch_norm_fused_sgd_and_the_cyclic_lr_matches_direct_steps(tmp_path):
+    cfg = make_config({**CIFAR_RESNET, **{k: BASE[k] for k in ("max_iters", "eval_every", "eval_points")},
+                       "batch_size": 32, "device": "cuda", "final_eval_points": 0})  # fmt: skip
+    with codash_data(synthetic_cifar("cuda", 512)):
+        graphed, _ = run(cfg, tmp_path / "graph")
+        direct, _ = run(cfg, tmp_path / "direct", capture=called_again)
+    assert config_event(graphed)["step"] == "cuda_graph"
+    assert_close_runs(graphed, direct, (tmp_path / "graph", tmp_path / "direct"), 0.02, 0.02)
+
+
+def test_a_captured_run_resumed_mid_run_equals_an_uninterrupted_one(tmp_path):
+    cfg = make_config({**BASE, "method": "fgsm_rs", "grad_align_lambda": 0.5, "amp": "off"})
+    reference, _ = run(cfg, tmp_path / "a")
+    calls = iter(range(1, 10**9))
+    _, final = run(cfg, tmp_path / "b", should_stop=lambda: next(calls) >= 7)
+    assert final is None
+    resumed, _ = run(cfg, tmp_path / "b", resume=True)
+    assert config_event(resumed)["step"] == "cuda_graph" and config_event(resumed)["start_iteration"] == 7
+    expected = [row for row in metric_values(reference) if row[0] > 7]
+    for want, got in zip(expected, metric_values(resumed), strict=True):
+        assert want[0] == got[0] and abs(want[2] - got[2]) <= 1e-4, (want, got)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_the_lr_tensor_value_at_replay_is_the_lr_applied(optimizer):
+    cfg = make_config({"optimizer": optimizer, "momentum": 0.0, "weight_decay": 0.0, "lr": 0.1})
+    model = torch.nn.Linear(4, 1).cuda()
+    opt = make_optimizer(cfg, model, capturable=True)
+    lr = torch.tensor(0.0, device="cuda")
+    for group in opt.param_groups:
+        group["lr"] = lr
+    x = torch.randn(8, 4, device="cuda")
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        model(x).square().mean().backward()
+        opt.step()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    before = model.weight.detach().clone()
+    graph.replay()  # lr 0: nothing moves
+    torch.testing.assert_close(model.weight, before, rtol=0, atol=0)
+    lr.fill_(0.5)
+    graph.replay()
+    moved = (model.weight - before).norm()
+    assert moved > 0
+    grad = model.weight.grad.detach()
+    if optimizer == "sgd":  # p -= lr * g, no momentum or weight decay
+        torch.testing.assert_close(model.weight, before - 0.5 * grad)
+
+
+def test_a_cuda_worker_warms_up_cuda_and_cudnn():
+    warm_up(torch.device("cuda"))
+    assert torch.backends.cudnn.benchmark

@@ -1,0 +1,149 @@
+"""The dashboard's front door against a real `streamlit run app/server.py` (what `codash up` runs): foreign
+Host headers refused over HTTP and websocket (DNS rebinding), unused endpoints closed, framing forbidden,
+and in a real browser, signing in on a page lands on that page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import os
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, wait_for
+from streamlit.proto.BackMsg_pb2 import BackMsg
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from app.guard import Guard, allowed_hosts, host_name
+from codash.up import app_argv, dashboard_healthy
+from jobs.server import free_port, stored_url
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def served(redis_home: Path, tmp_path: Path) -> Iterator[int]:
+    """The dashboard as `codash up` starts it, on a free port, with a password and one extra host name."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "REDIS_URL": stored_url(redis_home),
+        "CODASH_PASSWORD": PASSWORD,
+        "CODASH_ALLOWED_HOSTS": "dash.example.org",
+    }
+    with open(tmp_path / "streamlit.log", "w") as log:
+        process = subprocess.Popen(app_argv("127.0.0.1", port), cwd=ROOT, env=env, stdout=log, stderr=log)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: dashboard_healthy(url) or process.poll() is not None, 90, "the dashboard to answer")
+        assert process.poll() is None, (tmp_path / "streamlit.log").read_text()
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def get(port: int, path: str, host: str, method: str = "GET") -> http.client.HTTPResponse:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request(method, path, headers={"Host": host})
+    response = connection.getresponse()
+    response.read()
+    return response
+
+
+def websocket(port: int, host: str) -> None:
+    """Open the app's websocket with `host` in the Host header, as a rebound page's script would."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    with connect(f"ws://{host}/_stcore/stream", sock=sock, subprotocols=["streamlit"], open_timeout=10):
+        pass
+
+
+def test_a_foreign_host_is_refused_over_http_and_websocket(served):
+    port = served
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "dash.example.org"):
+        assert get(port, "/", host).status == 200, host
+        websocket(port, host)
+    for host in ("attacker.example", f"attacker.example:{port}", "127.0.0.1.attacker.example", ""):
+        assert get(port, "/", host).status == 403, host
+        assert get(port, "/_stcore/health", host).status == 403, host
+        with pytest.raises(InvalidStatus, match="403"):
+            websocket(port, host or "x")
+
+
+def test_unused_endpoints_are_closed_and_framing_is_forbidden(served):
+    port, host = served, f"127.0.0.1:{served}"
+    assert get(port, "/_stcore/health", host).status == 200
+    assert get(port, "/_stcore/metrics", host).status == 404
+    assert get(port, "/_stcore/upload_file/session/file", host, "PUT").status == 404
+    page = get(port, "/", host)
+    assert page.getheader("X-Frame-Options") == "DENY"
+    assert page.getheader("Content-Security-Policy") == "frame-ancestors 'none'"
+
+
+def test_up_serves_the_guarded_app_with_the_smallest_upload_limit():
+    argv = app_argv("0.0.0.0", 8501)
+    assert argv[argv.index("run") + 1].endswith("app/server.py")
+    assert argv[argv.index("--server.maxUploadSize") + 1] == "1"
+
+
+def test_allowed_hosts():
+    assert allowed_hosts() == {"localhost", "127.0.0.1", "::1"}
+    assert "dash.lab.org" in allowed_hosts("dash.lab.org")
+    assert socket.gethostname().lower() in allowed_hosts("0.0.0.0", "a.org, B.org.")
+    assert {"a.org", "b.org"} <= allowed_hosts("0.0.0.0", "a.org, B.org.")
+    assert [host_name(h) for h in ("Example.ORG:8501", "[::1]:8501", "::1", "a.org.")] == [
+        "example.org",
+        "::1",
+        "::1",
+        "a.org",
+    ]
+
+
+def test_clear_cache_from_a_browser_never_reaches_streamlit():
+    """Any client (signed in or not) could otherwise empty the caches every session shares."""
+    clear, rerun = BackMsg(), BackMsg()
+    clear.clear_cache = True
+    rerun.rerun_script.page_name = "runs"
+    incoming = [clear, rerun, clear]
+    messages = [{"type": "websocket.receive", "bytes": m.SerializeToString()} for m in incoming]
+    messages.append({"type": "websocket.disconnect"})
+    seen = []
+
+    async def streamlit(scope, receive, send):
+        while (message := await receive())["type"] != "websocket.disconnect":
+            parsed = BackMsg()
+            parsed.ParseFromString(message["bytes"])
+            seen.append(parsed.WhichOneof("type"))
+
+    async def receive():
+        return messages.pop(0)
+
+    async def send(message):
+        raise AssertionError(message)
+
+    scope = {"type": "websocket", "path": "/_stcore/stream", "headers": [(b"host", b"localhost:8501")]}
+    asyncio.run(Guard(streamlit)(scope, receive, send))
+    assert seen == ["rerun_script"]
+
+
+def test_signing_in_on_a_page_lands_on_that_page_in_a_browser(served):
+    playwright = pytest.importorskip("playwright.sync_api")
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip("Debian Chromium not found at /usr/bin/chromium")
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+    args += ["--disable-component-update", "--disable-sync", "--no-first-run"]
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=args)
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{served}/runs", timeout=60_000)
+        page.get_by_label("Dashboard password").fill(PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
+        page.get_by_role("heading", name="Runs").wait_for(timeout=60_000)
+        assert page.url.endswith("/runs")
+        browser.close()

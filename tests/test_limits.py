@@ -1,0 +1,111 @@
+"""The deployment's limits bound the work and the stream of a run at every door: form, sweep, CLI, worker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import TINY
+from streamlit.testing.v1 import AppTest
+
+from app.presets import SWEEP_PRESETS
+from app.views.sweep import METHODS, parse_eps_list, sweep_configs
+from jobs import api
+from jobs.limits import MB, Limits, OverLimit, StreamBudget, check, cost, run_violations, violations
+from jobs.stream import StreamSink
+from trainer.config import make_config
+from trainer.events import encode
+from trainer.loop import train
+from trainer.presets import PRESETS
+
+MAIN = Path(__file__).resolve().parent.parent / "app" / "main.py"
+# The runs the issue showed getting through the form: each one within RunConfig's ranges.
+EVAL_HEAVY = {"eval_every": 1, "eval_points": 10_000, "eval_pgd_steps": 1000}
+FINAL_HEAVY = {"final_eval_points": 100_000, "final_pgd_steps": 1000, "final_pgd_restarts": 100}
+STREAM_HEAVY = {"eval_every": 1, "epochs": 200}  # ~4,600 snapshots
+TRAIN_HEAVY = {"dataset": "mnist", "method": "pgd", "pgd_steps": 100, "batch_size": 1024, "epochs": 200}
+
+
+@pytest.fixture(autouse=True)
+def _default_limits(monkeypatch):
+    for name in Limits.__dataclass_fields__:
+        monkeypatch.delenv(f"CODASH_{name.upper()}", raising=False)
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "says"),
+    [
+        (EVAL_HEAVY, "eval_every", "live evaluations 1.4e+10"),
+        (FINAL_HEAVY, "final_eval_points", "final evaluation 2e+10"),
+        (TRAIN_HEAVY, "epochs", "training 1.2e+09"),
+        (STREAM_HEAVY, "eval_every", "CODASH_MAX_STREAM_MB"),
+    ],
+)
+def test_runs_past_the_work_or_stream_bound_are_refused_naming_the_field(changes, field, says):
+    problems = run_violations(make_config(changes))
+    assert list(problems) == [field] and says in problems[field], problems
+    with pytest.raises(OverLimit, match=f"^{field}: "):
+        check([make_config(changes)])
+
+
+def test_every_preset_and_the_paper_sweep_fit_the_default_limits():
+    for preset in PRESETS.values():
+        assert run_violations(make_config(preset)) == {}, preset
+    for preset in SWEEP_PRESETS.values():
+        eps = parse_eps_list(preset["eps"], natural=True)
+        configs = sweep_configs(preset["base"], preset["methods"], eps, True, 1.0, preset["method_fields"])
+        assert violations(configs, queued=0) == {}
+
+
+def test_codash_max_variables_raise_the_bounds(monkeypatch):
+    monkeypatch.setenv("CODASH_MAX_WORK", "1e11")
+    assert run_violations(make_config(EVAL_HEAVY)) == {}
+    monkeypatch.setenv("CODASH_MAX_STREAM_MB", "100")
+    assert Limits.from_env().max_work == 10**11 and run_violations(make_config(STREAM_HEAVY)) == {}
+
+
+def test_the_stream_estimate_bounds_what_a_run_streams():
+    for changes in ({"eval_every": 1, "max_iters": 40}, {}):
+        config = make_config({**TINY, **changes})
+        events: list[dict] = []
+        train(config, events.append)
+        streamed = sum(len(encode(event)) for event in events)
+        estimate = cost(config).stream_bytes
+        assert streamed <= estimate < 3 * streamed + 50_000, (streamed, estimate)
+
+
+def test_the_sink_stops_a_run_whose_stream_passes_the_bound(r, monkeypatch):
+    """The backstop, should an estimate ever be short: the worker's sink refuses the event that passes it."""
+    monkeypatch.setenv("CODASH_MAX_STREAM_MB", "1")
+    budget = StreamBudget()
+    budget.spend(MB)
+    with pytest.raises(OverLimit, match=r"stream: .* past this deployment's 1 MB \(CODASH_MAX_STREAM_MB\)"):
+        budget.spend(1)
+    run_id = api.submit(r, make_config(TINY))
+    r.hset(f"codash:run:{run_id}", mapping={"status": "running"})
+    sink = StreamSink(r, run_id, attempt=1)
+    snapshot = {"type": "checkpoint", "iteration": 1, "epoch": 0.1, "padding": "x" * (MB // 4 - 100)}
+    with pytest.raises(OverLimit):
+        for _ in range(5):
+            sink(snapshot)
+    sink.close()
+    assert r.xlen(f"codash:stream:{run_id}") == 4  # the event that passed the bound was never sent
+
+
+def test_the_form_refuses_an_evaluation_that_would_cost_more_than_training(r):
+    at = AppTest.from_file(str(MAIN), default_timeout=30).run()
+    for field, value in EVAL_HEAVY.items():
+        at.number_input(key="launch." + field).set_value(value).run()
+    assert any("CODASH\\_MAX\\_WORK" in error.value for error in at.error), [e.value for e in at.error]
+    assert at.button(key="launch.submit").disabled
+    assert api.list_runs(r) == []
+
+
+def test_the_sweep_refuses_a_sweep_past_the_limits(r, monkeypatch):
+    monkeypatch.setenv("CODASH_MAX_WORK", "1000000")
+    at = AppTest.from_file(str(MAIN), default_timeout=30)
+    at.switch_page("views/sweep.py").run()
+    at.multiselect(key="sweep.methods").set_value(["PGD-10"]).run()
+    assert any("CODASH\\_MAX\\_WORK" in error.value for error in at.error), [e.value for e in at.error]
+    assert at.button(key="sweep.submit").disabled
+    assert METHODS["PGD-10"]["pgd_steps"] == 10 and api.list_runs(r) == []

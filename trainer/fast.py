@@ -1,0 +1,244 @@
+"""The GPU fast path: the whole training step recorded once as a CUDA graph and replayed every iteration.
+
+An eager training step on a GPU is bound by kernel launches, not arithmetic (docs/benchmarks.md: a
+PreAct ResNet-18 FGSM step at batch 128 runs 3.6x faster on an H200 once captured, bf16 and
+channels_last). So on CUDA a run, unless its config turns `fast_path` off:
+
+- trains and evaluates under bf16 autocast (`amp` "auto" or "on"), with the model and the inputs in
+  channels_last and cudnn.benchmark on;
+- records attack, loss, backward and optimizer step in one `torch.cuda.CUDAGraph` after a warm-up on a
+  side stream (PyTorch's rule for capture), and each iteration copies the batch into static input buffers
+  and the lr into a device tensor the optimizer reads (Adam with capturable=True, SGD fused), then replays;
+- registers the training generator with the graph, so every replay draws fresh noise from it and a
+  resumed run, which restores that generator, draws the same numbers as an uninterrupted one.
+
+The warm-up and the capture change the weights, optimizer state, batch-norm statistics and generator;
+all of it is put back in place (the graph holds the tensors' addresses), so the first replay starts
+exactly where the run stood. If the capture fails, the run goes on with the eager step and its config
+event says why: the fast path never fails a run. On the CPU the step is the eager one (reason "cpu").
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from trainer.config import RunConfig
+
+WARMUP_STEPS = 3  # eager steps on a side stream before capture (PyTorch's whole-network example uses 3)
+
+StepResult = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # loss, accuracy, GradAlign term
+# The loop's step function: (model, optimizer, config, x, y, generator, free) -> StepResult.
+StepFunction = Callable[..., StepResult]
+# Records `step` (a function of no arguments returning tensors) and returns a function that replays it.
+Capture = Callable[[Callable[[], torch.Tensor], torch.Generator], Callable[[], torch.Tensor]]
+
+
+def cuda_graph(step: Callable[[], torch.Tensor], generator: torch.Generator) -> Callable[[], torch.Tensor]:
+    """Warm up `step` on a side stream, record it as one CUDA graph, and return its replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(WARMUP_STEPS):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    graph.register_generator_state(generator)  # else its noise would be frozen at its capture-time values
+    with torch.cuda.graph(graph):
+        out = step()
+
+    def replay() -> torch.Tensor:
+        graph.replay()
+        return out
+
+    return replay
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """How a run uses its device: precision, memory layout and whether its step is captured."""
+
+    device: torch.device
+    bf16: bool
+    channels_last: bool
+    refusal: str | None  # why the step is not captured; None: capture is tried
+
+    @property
+    def captures(self) -> bool:
+        return self.refusal is None
+
+    @property
+    def capturable_optimizer(self) -> bool:
+        """Adam capturable / SGD fused, which read a device-tensor lr inside a graph (CUDA only)."""
+        return self.captures and self.device.type == "cuda"
+
+    def autocast(self, capturing: bool = False):
+        """bf16 autocast when the run uses it; inside a capture autocast must not cache its casts."""
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=not capturing)
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        """An input batch in the memory layout the model uses."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """The model in this path's layout (before its optimizer is built: the parameters change layout)."""
+        if self.channels_last:
+            torch.backends.cudnn.benchmark = True
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    @property
+    def eval_batch(self) -> int:
+        """Points per evaluation batch: large on a GPU (one batch for 1,000 final points and more)."""
+        return 4096 if self.device.type == "cuda" else 1024
+
+
+def fast_path(cfg: RunConfig, device: torch.device, capture: Capture | None) -> FastPath:
+    """Resolve `amp` and `fast_path` for this device; `capture` None means the device's own (none on CPU)."""
+    cuda = device.type == "cuda"
+    if not cfg.fast_path:
+        refusal = "fast_path off"
+    elif cfg.method == "free":
+        refusal = "free: the replayed minibatch and the carried perturbation are host-side state"
+    elif not cuda and capture is None:
+        refusal = "cpu"
+    else:
+        refusal = None
+    return FastPath(device, cfg.bf16(device.type), cuda and cfg.fast_path, refusal)
+
+
+class EagerStep:
+    """Today's step, called once per iteration with the host's lr."""
+
+    kind = "eager"
+
+    def __init__(self, path: FastPath, run: RunParts, reason: str):
+        self.path, self.run, self.reason = path, run, reason
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, iteration: int, lr: float) -> StepResult:
+        run = self.run
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        with self.path.autocast():
+            return run.step(
+                run.model, run.optimizer, run.cfg, self.path.layout(x), y, run.generator, run.free
+            )
+
+
+@dataclass
+class RunParts:
+    """What a training step reads and changes."""
+
+    cfg: RunConfig
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    free: object | None
+    step: StepFunction
+
+
+class CapturedStep:
+    """The step replayed from a graph: static x, y and lr buffers are filled, then the graph runs.
+
+    Its kind is the capture's name: "cuda_graph" for the CUDA graph.
+    """
+
+    reason = None
+
+    def __init__(self, path: FastPath, run: RunParts, x: torch.Tensor, y: torch.Tensor, lr_table, capture):
+        self.kind = capture.__name__
+        self.x, self.y = path.layout(x).clone(), y.clone()
+        self.lr_table = lr_table
+        self.lr = lr_table[0].clone()
+        for group in run.optimizer.param_groups:
+            group["lr"] = self.lr  # the optimizer reads the lr from this tensor at every replay
+
+        def step() -> torch.Tensor:
+            with path.autocast(capturing=True):
+                loss, acc, reg = run.step(
+                    run.model, run.optimizer, run.cfg, self.x, self.y, run.generator, None
+                )
+            return torch.stack([loss.float(), acc.float(), reg.float()])
+
+        restore = keep(run.model, run.optimizer, run.generator)
+        try:
+            self.replay = capture(step, run.generator)
+        except BaseException:
+            restore(keep_tensors=False)
+            raise
+        restore(keep_tensors=True)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, iteration: int, lr: float) -> StepResult:
+        self.x.copy_(x)
+        self.y.copy_(y)
+        self.lr.copy_(self.lr_table[iteration])
+        loss, acc, reg = self.replay().clone()  # the graph's outputs are overwritten by the next replay
+        return loss, acc, reg
+
+
+def training_step(
+    path: FastPath, run: RunParts, example: tuple[torch.Tensor, torch.Tensor], lr_table, capture
+) -> EagerStep | CapturedStep:
+    """The run's step: captured when the path allows it and the capture works, else eager with a reason."""
+    if not path.captures:
+        return EagerStep(path, run, path.refusal or "")
+    try:
+        return CapturedStep(path, run, *example, lr_table, capture or cuda_graph)
+    except Exception as exc:  # any failure of the fast path leaves the run to the eager step
+        for param in run.model.parameters():
+            param.grad = None  # the failed capture's gradients may live in the graph's memory pool
+        return EagerStep(path, run, f"capture failed: {_one_line(exc)}")
+
+
+def keep(model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator):
+    """Remember the run's state; the returned function puts it back after warm-up and capture.
+
+    Tensors are restored in place, since a captured graph reads and writes them at fixed addresses.
+    Optimizer state that the warm-up created (a fresh run has none before its first step) is zeroed when
+    the graph keeps it, which is that state's value at creation for Adam (step, moments) and gives the same
+    update for SGD momentum (0.9 * 0 + g = g), and dropped otherwise, so that the eager step creates it.
+    """
+    tensors = [*model.parameters(), *model.buffers()]
+    tensors += [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+    saved = [(tensor, tensor.detach().clone()) for tensor in tensors]
+    had_state = set(optimizer.state)
+    generator_state = generator.get_state()
+
+    def restore(keep_tensors: bool) -> None:
+        with torch.no_grad():
+            for tensor, value in saved:
+                tensor.copy_(value)
+            for param in [p for p in optimizer.state if p not in had_state]:
+                if keep_tensors:
+                    for value in optimizer.state[param].values():
+                        if torch.is_tensor(value):
+                            value.zero_()
+                else:
+                    del optimizer.state[param]
+        generator.set_state(generator_state)
+
+    return restore
+
+
+def warm_up(device: torch.device) -> None:
+    """Initialise CUDA and cuDNN (a small bf16 channels_last convolution, forward and backward), so that
+    a worker's first run starts as quickly as its second. Nothing to do on the CPU."""
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = True
+    conv = nn.Conv2d(3, 16, 3, padding=1).to(device, memory_format=torch.channels_last)
+    x = torch.rand(8, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        conv(x.requires_grad_(True)).float().square().mean().backward()
+    torch.cuda.synchronize(device)
+
+
+def _one_line(exc: BaseException) -> str:
+    message = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {message}"[:300] if message else type(exc).__name__
