@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 import plotly
 import plotly.graph_objects as go
+import streamlit as st
 import streamlit.components.v1 as components
 
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
@@ -40,6 +42,8 @@ FRONTEND = """<!doctype html>
 <div id="chart"></div>
 <script>
   const chart = document.getElementById("chart");
+  const NARROW_PX = 640;  // Streamlit stacks columns below this width: a phone, a split screen
+  let lastArgs = null;
   let lastSpec = null;
   let clickBound = false;
 
@@ -55,22 +59,44 @@ FRONTEND = """<!doctype html>
     send("streamlit:setComponentValue", { value: { customdata: data, at: Date.now() }, dataType: "json" });
   }
 
+  function onRelayout(update) {
+    // a zoom or pan of the (shared) iteration axis, or a reset: sent so the page can keep it in its URL
+    for (const axis of ["xaxis", "xaxis2", "xaxis3"]) {
+      let range;
+      const low = update[axis + ".range[0]"];
+      if (low !== undefined) range = [low, update[axis + ".range[1]"]];
+      else if (Array.isArray(update[axis + ".range"])) range = update[axis + ".range"];
+      else if (update[axis + ".autorange"]) range = null;
+      else continue;
+      send("streamlit:setComponentValue", { value: { x_range: range, at: Date.now() }, dataType: "json" });
+      return;
+    }
+  }
+
   function render(args) {
-    if (args.spec === lastSpec) return;
-    lastSpec = args.spec;
-    const figure = JSON.parse(args.spec);
+    lastArgs = args;
+    // the narrow variant (when given) is the same data laid out for a small screen
+    const spec = args.narrow && window.innerWidth < NARROW_PX ? args.narrow : args.spec;
+    if (spec === lastSpec) return;
+    lastSpec = spec;
+    chart.dataset.layout = spec === args.spec ? "wide" : "narrow";
+    const figure = JSON.parse(spec);
     const layout = Object.assign({}, figure.layout, { autosize: true });
-    const config = Object.assign({ responsive: true, displaylogo: false }, args.config || {});
+    const config = Object.assign({ responsive: true }, args.config);
     Plotly.react(chart, figure.data, layout, config).then(function () {
       chart.dataset.revision = String(args.revision);
       if (!clickBound) {
         chart.on("plotly_click", onClick);
+        chart.on("plotly_relayout", onRelayout);
         clickBound = true;
       }
     });
     send("streamlit:setFrameHeight", { height: layout.height || 450 });
   }
 
+  window.addEventListener("resize", function () {
+    if (lastArgs) render(lastArgs);
+  });
   window.addEventListener("message", function (event) {
     if (event.data && event.data.type === "streamlit:render") render(event.data.args);
   });
@@ -99,11 +125,43 @@ def _component() -> Any:
     return components.declare_component("live_plotly", path=str(directory))
 
 
-def live_chart(fig: go.Figure, key: str, revision: int = 0) -> list | None:
-    """Show `fig`, updating the chart already on screen under `key`; returns the clicked point's customdata.
+def dark_theme() -> bool:
+    """Whether Streamlit shows its dark theme (charts then use a dark template)."""
+    return st.context.theme.type == "dark"
 
-    `revision` (e.g. the number of events drawn) is written on the chart element, so a browser test can
-    tell which data the chart is showing.
+
+def plot_config(download_name: str) -> dict[str, Any]:
+    """Plotly's toolbar for a private dashboard: no upload to Plotly's cloud ("Share chart…", on by default in
+    this plotly.js), no logo link; the PNG download is kept, saved as `download_name`.png (made file-safe).
     """
-    clicked = _component()(spec=fig.to_json(), revision=revision, key=key, default=None)
-    return clicked["customdata"] if clicked else None
+    filename = re.sub(r"[^A-Za-z0-9._-]+", "-", download_name).strip("-.")[:120] or "codash-chart"
+    return {
+        "displaylogo": False,
+        "showSendToCloud": False,
+        "showEditInChartStudio": False,
+        "modeBarButtonsToRemove": ["sendChartToCloud", "sendDataToCloud"],
+        "toImageButtonOptions": {"format": "png", "filename": filename, "scale": 2},
+    }
+
+
+def live_chart(
+    fig: go.Figure, key: str, download_name: str, revision: int = 0, narrow: go.Figure | None = None
+) -> dict[str, Any]:
+    """Show `fig`, updating the chart already on screen under `key`; returns the user's last action on it:
+    {"customdata": [...]} for a click on a point, {"x_range": [a, b] or None} for a zoom or its reset, {}.
+
+    `download_name` names the PNG the toolbar saves (say which run and which panel). `revision` (e.g. the
+    number of events drawn) is written on the chart element, so a browser test can tell which data the
+    chart is showing. `narrow`, the same chart laid out for a phone, is shown where the chart is narrower
+    than 640 px (and swapped in and out as the window is resized).
+    """
+    config = plot_config(download_name)
+    action = _component()(
+        spec=fig.to_json(),
+        narrow=narrow.to_json() if narrow is not None else None,
+        config=config,
+        revision=revision,
+        key=key,
+        default=None,
+    )
+    return action if isinstance(action, dict) else {}

@@ -7,6 +7,7 @@ so the three can never drift apart.
 
 from __future__ import annotations
 
+import hashlib
 import html
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,10 +18,30 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from app.history import RunHistory
+from app.history import SMOOTHING, RunHistory
 
-RUN_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+METHOD_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 CO_COLOR = "#b30000"
+# Run colours on Compare: none is a metric's colour on the live view (red is PGD there, never a run).
+RUN_PALETTE = ("#1b9e77", "#e7298a", "#e6ab02", "#8c510a", "#0b3d91", "#762a83", "#7fbc41", "#01665e")
+
+
+def run_colors(run_ids: Sequence[str]) -> dict[str, str]:
+    """Each run's colour, from its id (a hash into RUN_PALETTE): the same on every page and in any order.
+
+    Two runs in one view whose ids hash to the same colour are told apart the same way every time: in id
+    order, the later one takes the next colour not yet taken.
+    """
+    colors: dict[str, str] = {}
+    for run_id in sorted(set(run_ids)):
+        slot = int(hashlib.sha256(run_id.encode()).hexdigest(), 16) % len(RUN_PALETTE)
+        taken = set(colors.values())
+        for step in range(len(RUN_PALETTE)):
+            color = RUN_PALETTE[(slot + step) % len(RUN_PALETTE)]
+            if color not in taken or len(taken) >= len(RUN_PALETTE):
+                break
+        colors[run_id] = color
+    return colors
 
 
 # --- the three-panel figure ---
@@ -34,17 +55,18 @@ class Metric:
     source: str  # "evals" (sparse: drawn with markers), "probes" (dense probe: thin) or "metrics" (every it)
     color: str
     dash: str = "solid"  # the line style that tells metrics apart when colour tells runs apart
+    symbol: str = "circle"  # and the marker of evaluation points
     overlay: bool = True  # drawn when several runs share the panels
     zero_is_absent: bool = False  # an all-zero series means "not used" (the GradAlign term without GradAlign)
 
 
 METRICS = (
     Metric("pgd_acc", "PGD", 1, "evals", "#d62728"),  # first: it stands for its run in an overlay's legend
-    Metric("fgsm_acc", "FGSM", 1, "evals", "#ff7f0e", "dash"),
-    Metric("clean_acc", "clean", 1, "evals", "#1f77b4", "dot"),
+    Metric("fgsm_acc", "FGSM", 1, "evals", "#ff7f0e", "dash", "diamond"),
+    Metric("clean_acc", "clean", 1, "evals", "#1f77b4", "dot", "square"),
     Metric("train_acc", "train (adversarial batches)", 1, "metrics", "#9e9e9e", "dashdot", overlay=False),
     Metric("cos_fgsm_pgd", "cos(δ FGSM, δ PGD)", 2, "evals", "#9467bd"),
-    Metric("cos_grad_random", "cos(∇x, ∇x+η)", 2, "evals", "#2ca02c", "dot"),
+    Metric("cos_grad_random", "cos(∇x, ∇x+η)", 2, "evals", "#2ca02c", "dot", "diamond"),
     Metric("train_loss", "train loss", 3, "metrics", "#37474f"),
     Metric("reg", "regulariser (GradAlign, ELLE)", 3, "metrics", "#17becf", "dot", zero_is_absent=True),
     # The dense probe on training images, thin and under the evals' markers (which stay authoritative).
@@ -53,19 +75,33 @@ METRICS = (
     Metric("cos_fgsm_pgd", "cos(δ FGSM, δ PGD) (probe)", 2, "probes", "#9467bd"),
     Metric("cos_grad_random", "cos(∇x, ∇x+η) (probe)", 2, "probes", "#2ca02c", "dot"),
 )
+OVERLAY_ACCURACY_TITLE = "Accuracy: clean, FGSM and PGD on the eval subset"
 PANELS = (
-    ("Robust accuracy on the eval subset", "accuracy"),
+    ("Accuracy: clean, FGSM and PGD on the eval subset; train on adversarial batches", "accuracy"),
     ("Gradient alignment", "cosine"),
     ("Training loss", "loss"),
 )
 
 
 @dataclass(frozen=True)
+class View:
+    """How the user asked to see the panels (the live view's controls, kept in the page's URL)."""
+
+    smoothing: float = SMOOTHING  # EMA weight of the per-iteration curves, 0 = raw
+    log_loss: bool = False  # the loss panel on a log scale
+    mark: int | None = None  # an iteration to mark on every panel (the snapshot slider's)
+    dark: bool = False  # Streamlit's dark theme: a dark chart template
+    x_range: tuple[float, float] | None = None  # the range zoomed to
+    clock: bool = False  # wall-clock seconds on the x axis instead of iterations (where times are known)
+
+
+@dataclass(frozen=True)
 class Series:
-    """One run as drawn: its legend label and its history."""
+    """One run as drawn: its legend label, its history and (on Compare) its colour from run_colors."""
 
     label: str
     history: RunHistory
+    color: str | None = None
 
 
 def run_figure(
@@ -74,20 +110,31 @@ def run_figure(
     height: int = 760,
     compact: bool = False,
     axes: dict[str, list[float]] | None = None,
+    view: View = View(),
 ) -> go.Figure:
     """Accuracy, alignment and loss panels on a shared iteration axis, with a CO marker on every panel.
 
     One run: a colour per metric, each panel with its own legend. Several runs: a colour per run and a
     line style per metric, one legend of runs (clicking a run hides all its lines) and a style key per panel.
-    `axes` fixes ranges (shared_axes) so that small multiples side by side are drawn to one scale.
+    `axes` fixes ranges (shared_axes) so that small multiples side by side are drawn to one scale; `view`
+    is how the user chose to look (smoothing, log-scale loss, a marked iteration, dark theme, zoom).
     """
     overlay = len(series) > 1
     titles = [title for title, _ in PANELS] if not compact else [axis.capitalize() for _, axis in PANELS]
+    if overlay:  # the training accuracy is left out of overlays: the title says only what is drawn
+        titles[0] = OVERLAY_ACCURACY_TITLE
     fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.07, subplot_titles=titles)
     drawn: set[Metric] = set()
+    clock = view.clock and not overlay and bool(series) and bool(series[0].history.clock)
+    x = "seconds" if clock else "iteration"
+
+    def at(history: RunHistory, iteration: int) -> float:
+        """Where an iteration sits on the x axis."""
+        return float(history.seconds([iteration])[0]) if clock else iteration
+
     for index, run in enumerate(series):
-        color = RUN_COLORS[index % len(RUN_COLORS)]
-        frames = _frames(run.history)
+        color = run.color or RUN_PALETTE[index % len(RUN_PALETTE)]
+        frames = _frames(run.history, view.smoothing)
         first = True
         for metric in METRICS:
             if overlay and not metric.overlay:
@@ -96,20 +143,69 @@ def run_figure(
             if not _has_values(frame, metric):
                 continue
             fig.add_trace(
-                _trace(frame, metric, run.label, color if overlay else None, not overlay or first, compact),
+                _trace(
+                    frame, x, metric, run.label, color if overlay else None, not overlay or first, compact
+                ),
                 row=metric.row,
                 col=1,
             )
             first = False
             drawn.add(metric)
         if run.history.co_iteration is not None:
-            _co_marker(fig, run.history.co_iteration, color if overlay else CO_COLOR, run.label, overlay)
+            co = run.history.co_iteration
+            _co_marker(fig, at(run.history, co), co, color if overlay else CO_COLOR, run.label, overlay)
     if overlay:
         _style_key(fig, [metric for metric in METRICS if metric in drawn])
-    _layout(fig, uirevision, height, overlay, compact)
+    elif series and series[0].history.metrics and not series[0].history.evals:
+        _first_eval_note(fig, series[0].history)
+    if not overlay and series and series[0].color:  # a small multiple wears its run's colour on top
+        fig.add_shape(
+            type="rect",
+            xref="paper",
+            yref="paper",
+            x0=0,
+            x1=1,
+            y0=1.045,
+            y1=1.06,
+            line_width=0,
+            fillcolor=series[0].color,
+            name="run colour",
+        )
+    _layout(fig, uirevision, height, overlay, compact, view.dark)
     for name, value in (axes or {}).items():
         fig.update_layout({name: {"range": value}})
+    mark = at(series[0].history, view.mark) if view.mark is not None and series else None
+    _apply_view(fig, view, mark)
+    if clock:
+        fig.update_xaxes(title_text="wall clock (s since the first iteration)", row=3, col=1)
     return fig
+
+
+def _apply_view(fig: go.Figure, view: View, mark: float | None) -> None:
+    if view.log_loss:
+        fig.update_yaxes(type="log", row=3, col=1)
+    if view.x_range is not None:
+        fig.update_xaxes(range=list(view.x_range), autorange=False)
+    if mark is not None:  # the evaluation shown under "Inside the model"
+        for row in (1, 2, 3):
+            fig.add_vline(
+                x=mark,
+                row=row,
+                col=1,
+                line={"color": "#757575", "width": 1.5, "dash": "dot"},
+                name="mark",
+            )
+        fig.add_annotation(
+            x=mark,
+            y=1,
+            xref="x",
+            yref="y domain",
+            text=f"inside the model: {view.mark:,}",
+            showarrow=False,
+            yanchor="bottom",
+            font={"size": 11, "color": "#757575"},
+            name="mark",
+        )
 
 
 def shared_axes(series: Sequence[Series]) -> dict[str, list[float]]:
@@ -137,11 +233,11 @@ def shared_axes(series: Sequence[Series]) -> dict[str, list[float]]:
     return axes
 
 
-def _frames(history: RunHistory) -> dict[str, pd.DataFrame]:
+def _frames(history: RunHistory, smoothing: float = SMOOTHING) -> dict[str, pd.DataFrame]:
     """A run's rows as drawn, by Metric.source: each built once per figure (metrics are smoothed)."""
     return {
         "evals": history.evals_frame(),
-        "metrics": history.metrics_frame(),
+        "metrics": history.metrics_frame(smoothing),
         "probes": history.probes_frame(),
     }
 
@@ -154,19 +250,22 @@ def _has_values(frame: pd.DataFrame, metric: Metric) -> bool:
 
 
 def _trace(
-    frame: pd.DataFrame, metric: Metric, label: str, run_color: str | None, show: bool, compact: bool
+    frame: pd.DataFrame, x: str, metric: Metric, label: str, run_color: str | None, show: bool, compact: bool
 ) -> go.Scatter:
     sparse, dense = metric.source == "evals", metric.source == "probes"
     name = html.escape(label) if run_color else metric.name
+    # one legend (Plotly draws no entries in a second legend here): a group per run with several runs,
+    # else a group per panel, titled with the panel
+    group = name if run_color or compact else PANELS[metric.row - 1][1]
     return go.Scatter(
-        x=frame["iteration"],
+        x=frame[x],
         y=frame[metric.column],
         name=name,
-        legendgroup=name,
-        legend="legend" if run_color or compact else _legend_of(metric.row),
+        legendgroup=group,
+        legendgrouptitle_text=None if run_color or compact else group,
         showlegend=show,
         mode="lines+markers" if sparse else "lines",
-        marker={"size": 5},
+        marker={"size": 5 if run_color is None else 7, "symbol": metric.symbol if run_color else "circle"},
         line={
             "color": run_color or metric.color,
             "dash": metric.dash if run_color else "solid",
@@ -179,12 +278,8 @@ def _trace(
     )
 
 
-def _legend_of(row: int) -> str:
-    return "legend" if row == 1 else f"legend{row}"
-
-
-def _co_marker(fig: go.Figure, iteration: int, color: str, label: str, overlay: bool) -> None:
-    """A dashed vertical line at the CO iteration on each panel, labelled on each panel."""
+def _co_marker(fig: go.Figure, x: float, iteration: int, color: str, label: str, overlay: bool) -> None:
+    """A dashed vertical line at the CO iteration (drawn at `x`) on each panel, labelled on each panel."""
     text = (
         f"CO · {html.escape(label)} @ {iteration:,}"
         if overlay
@@ -192,7 +287,7 @@ def _co_marker(fig: go.Figure, iteration: int, color: str, label: str, overlay: 
     )
     for row in (1, 2, 3):
         fig.add_vline(
-            x=iteration,
+            x=x,
             row=row,
             col=1,
             line={"color": color, "dash": "dash", "width": 2},
@@ -205,31 +300,55 @@ def _co_marker(fig: go.Figure, iteration: int, color: str, label: str, overlay: 
         )
 
 
+def _first_eval_note(fig: go.Figure, history: RunHistory) -> None:
+    """Until the first evaluation the accuracy and alignment panels are empty: they say when it comes."""
+    every = (history.config or {}).get("eval_every")
+    text = f"first evaluation at iteration {every:,}" if every else "waiting for the first evaluation"
+    for row in (1, 2):
+        fig.add_annotation(
+            text=text,
+            x=0.5,
+            y=0.5,
+            xref=f"x{'' if row == 1 else row} domain",
+            yref=f"y{'' if row == 1 else row} domain",
+            showarrow=False,
+            font={"size": 14, "color": "#757575"},
+            name="pending",
+        )
+
+
 def _style_key(fig: go.Figure, metrics: list[Metric]) -> None:
-    """Grey legend-only entries that say which line style is which of the metrics drawn."""
+    """Grey legend-only entries that say which line style and marker is which of the metrics drawn.
+
+    Beside each panel, apart from the runs' legend (under the panels), and named as metrics ("PGD acc"), so
+    no entry reads like a run called "FGSM".
+    """
     for metric in metrics:
         fig.add_trace(
             go.Scatter(
-                x=[None],
-                y=[None],
-                name=metric.name,
-                mode="lines",
+                x=[0],  # a point, never drawn (legend-only): a trace without one gets no entry
+                y=[0],
+                name=f"{metric.name} acc" if metric.row == 1 else metric.name,
+                mode="lines+markers" if metric.source == "evals" else "lines",
                 line={
                     "color": "#616161",
                     "dash": metric.dash,
                     "width": 0.8 if metric.source == "probes" else 2,
                 },
-                legend=_legend_of(metric.row) if metric.row > 1 else "legend4",
+                marker={"symbol": metric.symbol, "size": 7},
+                legendgroup="key",
+                legendgrouptitle_text="line = metric",
                 hoverinfo="skip",
+                visible="legendonly",
             ),
             row=metric.row,
             col=1,
         )
 
 
-def _layout(fig: go.Figure, uirevision: str, height: int, overlay: bool, compact: bool) -> None:
+def _layout(fig: go.Figure, uirevision: str, height: int, overlay: bool, compact: bool, dark: bool) -> None:
     fig.update_layout(
-        template="plotly_white",
+        template=template(dark),
         height=height,
         uirevision=uirevision,
         hovermode="x unified",
@@ -238,13 +357,20 @@ def _layout(fig: go.Figure, uirevision: str, height: int, overlay: bool, compact
     )
     if compact:  # a small multiple: one horizontal legend under the panels
         fig.update_layout(legend={"orientation": "h", "x": 0, "y": -0.1, "yanchor": "top"})
-    else:  # each panel's legend beside it; with several runs, the runs on top and the accuracy key below
-        domains = [fig.layout[f"yaxis{'' if row == 1 else row}"].domain for row in (1, 2, 3)]
-        style = {"x": 1.01, "xanchor": "left", "yanchor": "top", "bgcolor": "rgba(255,255,255,0)"}
-        for row, domain in enumerate(domains, start=1):
-            fig.update_layout({_legend_of(row): {**style, "y": domain[1]}})
-        if overlay:
-            fig.update_layout(legend_title_text="runs", legend4={**style, "y": domains[0][0] + 0.12})
+    else:  # one legend beside the panels, in groups (runs, then the line-style key; or one per panel)
+        fig.update_layout(
+            legend={
+                "x": 1.01,
+                "xanchor": "left",
+                "y": 1,
+                "yanchor": "top",
+                "bgcolor": "rgba(0,0,0,0)",
+                "tracegroupgap": 14,
+                # with several runs a click hides a whole run; with one, a single metric
+                "groupclick": "togglegroup" if overlay else "toggleitem",
+                "title": {"text": "runs" if overlay else ""},
+            }
+        )
     fig.update_yaxes(title_text="accuracy", range=[0, 1.02], row=1, col=1)
     fig.update_yaxes(title_text="cosine", row=2, col=1)
     fig.update_yaxes(title_text="loss", row=3, col=1)
@@ -258,6 +384,14 @@ def _layout(fig: go.Figure, uirevision: str, height: int, overlay: bool, compact
 CLASS_NAMES = {
     "cifar10": ("airplane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
 }
+
+
+def template(dark: bool) -> str:
+    """Plotly's template to match Streamlit's theme (the chart's background is transparent either way)."""
+    return "plotly_dark" if dark else "plotly_white"
+
+
+TOOLBAR_PX = 44  # Plotly's toolbar row (and a gap): on a narrow screen titles start below it
 SIGNED_SCALE = "RdBu_r"  # negative blue, zero white, positive red
 GAP = 255  # the white line between filters in an RGB mosaic
 
@@ -295,8 +429,13 @@ def _rgb(signed: np.ndarray) -> np.ndarray:
     return np.clip(np.rint((signed + 1) * 127.5), 0, 255).astype(np.uint8)
 
 
-def filters_figure(snapshot: dict[str, Any], uirevision: str) -> go.Figure:
-    """The first layer's filters as one tiled image (the paper's Fig. 4), each filter on its own scale."""
+def filters_figure(
+    snapshot: dict[str, Any], uirevision: str, narrow: bool = False, dark: bool = False
+) -> go.Figure:
+    """The first layer's filters as one tiled image (the paper's Fig. 4), each filter on its own scale.
+
+    `narrow` (a phone): the title on two lines, below the toolbar's row.
+    """
     filters = snapshot["filters"]
     n, channels, k, _ = filters.shape
     columns = filter_columns(n)
@@ -316,22 +455,35 @@ def filters_figure(snapshot: dict[str, Any], uirevision: str) -> go.Figure:
     fig = go.Figure(trace)
     rows = -(-n // columns)
     what = "RGB, 0 as grey" if channels == 3 else ("red > 0 > blue" if channels == 1 else "channel mean")
+    gap = "<br>" if narrow else " "
+    top = TOOLBAR_PX + 50 if narrow else 40
     fig.update_layout(
-        template="plotly_white",
-        height=70 + rows * 110,
+        template=template(dark),
+        height=top + 30 + rows * 110,
         uirevision=uirevision,
-        title={"text": f"First-layer filters: {n} × {k}×{k} ({what}; each on its own scale)", "x": 0},
-        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        title={
+            "text": f"First-layer filters: {n} × {k}×{k}{gap}({what}; each on its own scale)",
+            "x": 0,
+            **(
+                {"yref": "container", "y": 1 - TOOLBAR_PX / (top + 30 + rows * 110), "yanchor": "top"}
+                if narrow
+                else {}
+            ),
+        },
+        margin={"l": 10, "r": 10, "t": top, "b": 10},
     )
     _image_axes(fig)
     return fig
 
 
-def inside_figure(snapshot: dict[str, Any], dataset: str, uirevision: str) -> go.Figure:
+def inside_figure(
+    snapshot: dict[str, Any], dataset: str, uirevision: str, narrow: bool = False, dark: bool = False
+) -> go.Figure:
     """One eval image, its FGSM and PGD perturbations and the input gradients at x and x+η, side by side.
 
     Perturbations are drawn as δ/ε and gradients divided by their largest |entry|, all on one diverging
     scale (red > 0 > blue; RGB with 0 as grey on colour images); titles carry the predictions.
+    `narrow` (a phone): two to a row, so no title runs into the next, and the first row below the toolbar.
     """
     names = CLASS_NAMES.get(dataset)
     label = snapshot["label"]
@@ -352,16 +504,23 @@ def inside_figure(snapshot: dict[str, Any], dataset: str, uirevision: str) -> go
         ("grad_x", "∇ℓ at x"),
         ("grad_random", "∇ℓ at x+η" + (f"<br>cos with ∇ℓ at x: {cos:.2f}" if cos is not None else "")),
     )
+    columns = 2 if narrow else len(panels)
+    rows = -(-len(panels) // columns)
     fig = make_subplots(
-        rows=1, cols=len(panels), subplot_titles=[title for _, title in panels], horizontal_spacing=0.03
+        rows=rows,
+        cols=columns,
+        subplot_titles=[title for _, title in panels],
+        horizontal_spacing=0.08 if narrow else 0.03,
+        vertical_spacing=0.12,
     )
-    for column, (key, _) in enumerate(panels, start=1):
-        fig.add_trace(_array_trace(snapshot[key], signed=key != "image"), row=1, col=column)
+    for index, (key, _) in enumerate(panels):
+        row, column = divmod(index, columns)
+        fig.add_trace(_array_trace(snapshot[key], signed=key != "image"), row=row + 1, col=column + 1)
     fig.update_layout(
-        template="plotly_white",
-        height=330,
+        template=template(dark),
+        height=330 if not narrow else 260 * rows + TOOLBAR_PX,
         uirevision=uirevision,
-        margin={"l": 10, "r": 10, "t": 70, "b": 10},
+        margin={"l": 10, "r": 10, "t": 70 + (TOOLBAR_PX if narrow else 0), "b": 10},
         coloraxis={"colorscale": SIGNED_SCALE, "cmin": -1, "cmax": 1, "colorbar": {"thickness": 12}},
         coloraxis2={"colorscale": "gray", "cmin": 0, "cmax": 1, "showscale": False},
     )
@@ -393,28 +552,37 @@ def _image_axes(fig: go.Figure) -> None:
 # --- the sweep: final PGD accuracy against ε per method (the paper's Fig. 1) ---
 
 
-def sweep_figure(points: pd.DataFrame, natural_units: bool, uirevision: str) -> go.Figure:
+DODGE = 0.08  # how far apart methods are drawn at one ε, as a share of the ε grid's step
+
+
+def sweep_figure(points: pd.DataFrame, natural_units: bool, uirevision: str, dark: bool = False) -> go.Figure:
     """Lines of PGD accuracy against ε per method; ✕ marks a run that hit CO, hollow marks one still running.
 
-    Each point carries its run id as customdata, so a click (selection event) can open that run.
+    Each point carries its run id as customdata, so a click (selection event) can open that run. Methods
+    are drawn side by side around each ε (dodged by DODGE of the grid's step), so two runs at the same
+    point, both collapsed to 0, show two ✕ instead of one; the hover names the true ε.
     """
     fig = go.Figure()
-    for index, (method, group) in enumerate(points.groupby("method", sort=True)):
-        color = RUN_COLORS[index % len(RUN_COLORS)]
+    groups = list(points.groupby("method", sort=True))
+    grid = sorted(points["x"].unique())
+    step = min((b - a for a, b in zip(grid, grid[1:], strict=False)), default=grid[0] if grid else 1.0)
+    for index, (method, group) in enumerate(groups):
+        color = METHOD_COLORS[index % len(METHOD_COLORS)]
+        offset = (index - (len(groups) - 1) / 2) * DODGE * step
         symbols = [
             ("x" if co else "circle") + ("" if done else "-open")
             for co, done in zip(group["co"], group["done"], strict=True)
         ]
         fig.add_trace(
             go.Scatter(
-                x=group["x"],
+                x=group["x"] + offset,
                 y=group["pgd_acc"],
                 name=html.escape(method),
                 mode="lines+markers",
                 line={"color": color, "width": 2},
                 marker={"symbol": symbols, "size": 13, "color": color, "line": {"width": 2, "color": color}},
                 customdata=group[["run_id", "status", "lambda"]].to_numpy(),
-                text=[html.escape(label) for label in group["label"]],
+                text=[html.escape(label) for label in group["label"]],  # names the run's ε
                 hovertemplate="%{text}<br>PGD acc %{y:.3f}<br>λ=%{customdata[2]:g}<br>%{customdata[1]}"
                 "<extra></extra>",
             )
@@ -433,11 +601,12 @@ def sweep_figure(points: pd.DataFrame, natural_units: bool, uirevision: str) -> 
             )
         )
     fig.update_layout(
-        template="plotly_white",
+        template=template(dark),
         height=480,
         uirevision=uirevision,
         title="Final PGD accuracy against ε",
         xaxis_title="ε (×1/255)" if natural_units else "ε",
+        xaxis_tickvals=grid if len(grid) <= 16 else None,  # ticks at the true ε, between the dodged marks
         yaxis_title="PGD accuracy",
         yaxis_range=[0, 1.02],
         clickmode="event",

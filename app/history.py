@@ -6,6 +6,7 @@ extends it with only the events written since it last looked.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +17,8 @@ import pandas as pd
 from trainer.events import ARRAY_FIELDS
 
 MAX_LINE_POINTS = 600  # per-iteration series are averaged into at most this many bins: SVG stays fast
-SMOOTH_ITERS = 10  # per-batch training numbers are noisy: drawn as a trailing moving average
+SMOOTHING = 0.8  # per-batch training numbers are noisy: drawn as an EMA with this weight (TensorBoard's)
+SNAPSHOT_ARRAYS = ("image", "fgsm_delta", "pgd_delta", "grad_x", "grad_random", "filters")
 
 
 @dataclass
@@ -36,29 +38,40 @@ class RunHistory:
     snapshots: dict[int, dict[str, Any]] = field(default_factory=dict)  # arrays as float32 numpy arrays
     co: dict[str, Any] | None = None
     final: dict[str, Any] | None = None
+    final_progress: dict[str, Any] | None = None  # the latest, while the final evaluation runs
+    clock: dict[int, float] = field(default_factory=dict)  # iteration -> when it reached the stream (Unix s)
     last_id: str = "0-0"
     n_events: int = 0
     attempt: int = 1  # the run's attempt these events belong to (a resume rewinds the stream)
     skipped: int = 0  # stream entries that were not events, or events these views cannot draw
 
-    def extend(self, events: Iterable[dict[str, Any]], last_id: str | None = None, skipped: int = 0) -> None:
-        """Add events in stream order; `skipped` counts entries the reader already dropped as garbage."""
+    def extend(
+        self,
+        events: Iterable[dict[str, Any]],
+        last_id: str | None = None,
+        skipped: int = 0,
+        times: Iterable[float] | None = None,
+    ) -> None:
+        """Add events in stream order; `skipped` counts entries the reader already dropped as garbage;
+        `times`, when known, are when each event reached the stream (the wall-clock axis)."""
         self.skipped += skipped
-        for event in events:
+        for event, time in zip(events, times or itertools.repeat(None), strict=False):
             self.n_events += 1
             try:
-                self._add(event)
+                self._add(event, time)
             except (KeyError, TypeError, ValueError):  # e.g. a snapshot whose arrays are ragged
                 self.skipped += 1
         if last_id is not None:
             self.last_id = last_id
 
-    def _add(self, event: dict[str, Any]) -> None:
+    def _add(self, event: dict[str, Any], time: float | None) -> None:
         kind = event.get("type")
         if kind == "config":
             self._restart(event)
         elif kind == "metrics":
             self.metrics[event["iteration"]] = event
+            if time is not None:
+                self.clock[event["iteration"]] = time
         elif kind == "eval":
             self.evals[event["iteration"]] = event
         elif kind == "probe":
@@ -67,6 +80,8 @@ class RunHistory:
             self.snapshots[event["iteration"]] = compact_snapshot(event)
         elif kind == "co":
             self.co = event
+        elif kind == "final_progress":
+            self.final_progress = event
         elif kind == "final":
             self.final = event
 
@@ -80,13 +95,24 @@ class RunHistory:
         self.evals = {it: row for it, row in self.evals.items() if it <= start}
         self.probes = {it: row for it, row in self.probes.items() if it <= start}
         self.snapshots = {it: row for it, row in self.snapshots.items() if it <= start}
+        self.clock = {it: time for it, time in self.clock.items() if it <= start}
         if self.co is not None and self.co["iteration"] > start:
             self.co = None
-        self.final = None
+        self.final = self.final_progress = None
 
     @property
     def iteration(self) -> int:
         return max(self.metrics, default=0)
+
+    def seconds(self, iterations: Iterable[int]) -> np.ndarray | None:
+        """Wall-clock seconds from the run's first iteration to each of `iterations` (when the last iteration
+        up to it reached the stream); None when the events came without times."""
+        if not self.clock:
+            return None
+        known = np.array(sorted(self.clock))
+        times = np.array([self.clock[it] for it in known]) - self.clock[known[0]]
+        index = np.searchsorted(known, np.asarray(list(iterations)), side="right") - 1
+        return times[np.clip(index, 0, None)]
 
     @property
     def co_iteration(self) -> int | None:
@@ -96,16 +122,25 @@ class RunHistory:
         onset = self.co.get("onset_iteration")
         return onset if isinstance(onset, int) else self.co["iteration"]
 
-    def metrics_frame(self, max_points: int = MAX_LINE_POINTS) -> pd.DataFrame:
-        """Per-iteration training numbers, smoothed over SMOOTH_ITERS and averaged into max_points bins."""
+    def metrics_frame(self, smoothing: float = SMOOTHING, max_points: int = MAX_LINE_POINTS) -> pd.DataFrame:
+        """Per-iteration training numbers as an EMA (TensorBoard's, debiased: weight `smoothing` on the past,
+        0 = raw), averaged into max_points bins."""
         frame = _frame(self.metrics.values())
         if not frame.empty:
             columns = ["train_loss", "train_acc", "reg"]
-            frame[columns] = frame[columns].rolling(SMOOTH_ITERS, min_periods=1).mean()
-        return downsample(frame, max_points)
+            if smoothing > 0:
+                frame[columns] = frame[columns].ewm(alpha=1 - smoothing, adjust=True).mean()
+        return downsample(self._timed(frame), max_points)
 
     def evals_frame(self) -> pd.DataFrame:
-        return _frame(self.evals.values())
+        return self._timed(_frame(self.evals.values()))
+
+    def _timed(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """A `seconds` column (wall clock since the first iteration) where the events' times are known."""
+        seconds = self.seconds(frame["iteration"]) if not frame.empty else None
+        if seconds is not None:
+            frame["seconds"] = seconds
+        return frame
 
     def probes_frame(self, max_points: int = MAX_LINE_POINTS) -> pd.DataFrame:
         """The dense probe's rows, averaged into at most max_points bins (not smoothed: they are sparse)."""

@@ -37,11 +37,12 @@ def pages() -> list[st.Page]:
 
 
 def follow_shared_link(current: st.Page, query_params: Mapping[str, str]) -> None:
-    """At the root URL, `?run=ID`, `?compare=...` or `?sweep=...` open the page that shows them."""
+    """At the root URL, `?run=ID`, `?compare=...` or `?sweep=...` open the page that shows them, with the
+    link's other parameters (a shared view's zoom and smoothing)."""
     if current.url_path == "":
         for param, name in PARAM_PAGES.items():
             if param in query_params:
-                go(name, **{param: query_params[param]})
+                go(name, **{key: query_params[key] for key in query_params})
 
 
 def go(name: str, **query_params: str) -> NoReturn:

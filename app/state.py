@@ -39,8 +39,9 @@ def history(r: redis.Redis, run: api.Run) -> RunHistory:
     if run_history is None or run_history.attempt != run.attempt:
         run_history = cache[run.id] = RunHistory(attempt=run.attempt)
     bad: list[tuple[str, str]] = []
-    events, last_id = api.read_events(r, run.id, after=run_history.last_id, bad=bad)
-    run_history.extend(events, last_id, skipped=len(bad))
+    times: list[float] = []
+    events, last_id = api.read_events(r, run.id, after=run_history.last_id, bad=bad, times=times)
+    run_history.extend(events, last_id, skipped=len(bad), times=times)
     return run_history
 
 

@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from app.history import RunHistory
-from app.text import format_duration, method_label, model_name
+from app.text import format_duration, method_family, model_name
 from trainer.config import NATURAL_IMAGES, format_eps
 
 if TYPE_CHECKING:
@@ -32,12 +32,18 @@ COLUMNS = {
         "AA acc", format="percent", help="final AutoAttack evaluation (when enabled)"
     ),
     "created": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm:ss"),
-    "open": st.column_config.LinkColumn("open", display_text="live view ↗"),
+    "open": st.column_config.LinkColumn("open", display_text="↗", width="small", help="open the live view"),
+    "seed": st.column_config.NumberColumn("seed", format="%d", width="small"),
+    "status": st.column_config.TextColumn("status", width="small"),
+    "tags": st.column_config.TextColumn("tags", width="small"),
+    "note": st.column_config.TextColumn("note", width="medium"),
 }
 # What a table shows where a run has no value (no CO, AutoAttack off, not finished yet).
 MISSING = "—"
-ORDER = ["label", "status", "progress", "CO iteration", "clean acc", "PGD acc", "AA acc", "method", "ε"]
-ORDER += ["λ", "dataset", "model", "iteration", "elapsed", "device", "created", "sweep", "id", "open"]
+# The columns a table shows (the first fit a laptop screen; the Runs page can add the rest) and the rest.
+ORDER = ["open", "label", "status", "progress", "CO iteration", "PGD acc", "clean acc", "seed", "tags", "id"]
+MORE = ["ε", "λ", "method", "dataset", "model", "AA acc", "iteration", "elapsed", "device", "created"]
+MORE += ["sweep", "note"]
 
 
 def runs_frame(runs: Sequence[Run], now: float | None = None) -> pd.DataFrame:
@@ -68,10 +74,14 @@ def runs_frame(runs: Sequence[Run], now: float | None = None) -> pd.DataFrame:
                 "created": pd.Timestamp(run.created_at, unit="s", tz="UTC"),
                 "elapsed": format_duration(elapsed_s(run, now)),
                 "sweep": run.sweep_id,
+                "seed": config.seed,
+                "tags": ", ".join(run.tags),
+                "note": run.note,
             }
         )
     columns = ["id", "label", "status", "method", "ε", "λ", "dataset", "model", "progress", "iteration"]
     columns += ["CO iteration", "clean acc", "PGD acc", "AA acc", "device", "created", "elapsed", "sweep"]
+    columns += ["seed", "tags", "note"]
     frame = pd.DataFrame(rows, columns=columns)
     accuracies = {name: "float64" for name in ("clean acc", "PGD acc", "AA acc")}
     return frame.astype({"CO iteration": "Int64", **accuracies})
@@ -104,7 +114,7 @@ def sweep_frame(runs: Sequence[Run], histories: dict[str, RunHistory]) -> pd.Dat
         rows.append(
             {
                 "run_id": run.id,
-                "method": method_label(config).split(" λ=")[0],
+                "method": method_family(config),
                 "eps": config.eps,
                 "x": config.eps * 255 if natural else config.eps,
                 "pgd_acc": pgd,

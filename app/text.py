@@ -22,6 +22,11 @@ def md_escape(text: str) -> str:
     return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
+def plural(count: int, noun: str) -> str:
+    """'1 run', '3 runs'."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 def percent(value: float | None) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1%}"
 
@@ -69,21 +74,23 @@ def method_label(config: RunConfig) -> str:
     return config.model_copy(update={"name": ""}).label().rsplit(" ε=", 1)[0]
 
 
+def method_family(config: RunConfig) -> str:
+    """'FGSM+GradAlign' whatever its λ: what a sweep's line stands for across its ε grid (λ may follow ε)."""
+    return method_label(config).split(" λ=")[0]
+
+
 def distinguishing_labels(configs: Sequence[RunConfig], ids: Sequence[str] | None = None) -> list[str]:
     """Legend labels from only the fields in which the configs differ: 'FGSM ε=0.1' vs 'FGSM ε=0.2'.
 
-    The method (with its GradAlign λ) always leads, since it is the story's main contrast. User names are
-    kept when they are distinct; identical configs are told apart by run id.
+    The method (with its GradAlign λ) always leads, since it is the story's main contrast; a run's own name,
+    when it has one, comes first. Identical configs are told apart by run id.
     """
     if len(configs) == 1:
         return [configs[0].label()]
-    names = [config.name for config in configs]
-    if all(names) and len(set(names)) == len(names):
-        return names
     dumps = [config.model_dump() for config in configs]
 
     def read(key: str, config: RunConfig) -> bool:
-        return reads(key, config.method, config.uses_grad_align)
+        return reads(key, config.method, config.uses_grad_align, config.model)
 
     differing = [
         key
@@ -99,9 +106,13 @@ def distinguishing_labels(configs: Sequence[RunConfig], ids: Sequence[str] | Non
             for key in differing
             if read(key, config)  # an FGSM run's PGD step size is no difference worth naming
         ]
-        labels.append(" ".join(parts))
-    if ids is not None and len(set(labels)) < len(labels):
-        labels = [f"{label} [{run_id[:8]}]" for label, run_id in zip(labels, ids, strict=True)]
+        labels.append(f"{config.name}: " * bool(config.name) + " ".join(parts))
+    if ids is not None:  # only the labels two runs share get the run id
+        shared = {label for label in labels if labels.count(label) > 1}
+        labels = [
+            f"{label} [{run_id[:8]}]" if label in shared else label
+            for label, run_id in zip(labels, ids, strict=True)
+        ]
     return labels
 
 

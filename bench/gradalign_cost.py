@@ -3,9 +3,9 @@
 GradAlign's extra work is the gradient at a random point of the ball, built with create_graph=True, and
 its double backprop. Taking that gradient on the first `fraction` of the batch only shrinks exactly that
 work; the regulariser stays an unbiased estimate of the same mean cosine, with more variance. Whether that
-variance matters is measured where it counts: the "Digits: GradAlign rescue" preset, which with the full
-batch never catastrophically overfits, is run with the full and with the reduced batch (same seeds), and
-the training speed, the mean regulariser value, CO and the final PGD accuracy are compared.
+variance matters is measured where it counts: the "Digits: FGSM + GradAlign λ=4 (rescue)" preset, which
+with the full batch never catastrophically overfits, is run with the full and with the reduced batch (same
+seeds), and the training speed, the mean regulariser value, CO and the final PGD accuracy are compared.
 """
 
 from __future__ import annotations

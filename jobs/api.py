@@ -23,6 +23,7 @@ from jobs.paths import run_dir
 from jobs.queue import cancel, delete, queued_count, resume, submit
 from jobs.registry import (
     CANCELLABLE,
+    MAX_NOTE_CHARS,
     RESUMABLE,
     TERMINAL,
     InvalidTransition,
@@ -30,6 +31,7 @@ from jobs.registry import (
     RunNotFound,
     RunStatus,
     WorkerInfo,
+    annotate,
     get_run,
     list_runs,
     sweep_runs,
@@ -42,6 +44,7 @@ from jobs.stream import all_events, read_events
 JOB_ERRORS = (RunNotFound, InvalidTransition, redis.RedisError, ValueError)
 
 __all__ = [
+    "MAX_NOTE_CHARS",
     "CANCELLABLE",
     "DEFAULT_QUEUE",
     "RESUMABLE",
@@ -54,6 +57,7 @@ __all__ = [
     "RunStatus",
     "WorkerInfo",
     "all_events",
+    "annotate",
     "cancel",
     "check_limits",
     "connect",

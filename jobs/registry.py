@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ class RunStatus(StrEnum):
 TERMINAL = frozenset(set(RunStatus) - {RunStatus.QUEUED, RunStatus.RUNNING})  # no worker will change it
 RESUMABLE = frozenset({RunStatus.INTERRUPTED, RunStatus.CANCELLED, RunStatus.FAILED})  # from a checkpoint
 CANCELLABLE = frozenset({RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.INTERRUPTED})  # cancel changes them
+MAX_TAGS, MAX_TAG_CHARS, MAX_NOTE_CHARS = 12, 32, 2000
+TAG = re.compile(rf"^[\w.+=:/-]{{1,{MAX_TAG_CHARS}}}$")
 LOST = "its worker stopped sending heartbeats (killed, crashed or cut off from Redis)"
 
 Record = dict[str, str]  # a run's hash, decoded; "" stands for None
@@ -84,6 +87,8 @@ class Run:
     sweep_id: str | None
     attempt: int = 1  # 1 + the number of resumes
     queue: str = keys.DEFAULT_QUEUE
+    tags: tuple[str, ...] = ()  # the user's labels for the run (annotate)
+    note: str = ""  # the user's free-text note
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values (what `codash status` prints)."""
@@ -199,7 +204,63 @@ def _parse(record: Record, run_id: str) -> Run:
         sweep_id=record.get("sweep_id") or None,
         attempt=_number(record, "attempt") or 1,
         queue=record.get("queue") or keys.DEFAULT_QUEUE,
+        tags=_stored_tags(record.get("tags", "")),
+        note=record.get("note", "")[:MAX_NOTE_CHARS],
     )
+
+
+def _stored_tags(text: str) -> tuple[str, ...]:
+    """Tags as stored (a JSON list); anything else written into the hash reads as no tags."""
+    try:
+        stored = json.loads(text) if text else []
+        return parse_tags(stored) if isinstance(stored, list) else ()
+    except ValueError:
+        return ()
+
+
+def parse_tags(tags: str | Iterable[str]) -> tuple[str, ...]:
+    """'co, seed-sweep' or a list, as distinct tags; raises ValueError naming what is wrong and allowed."""
+    items = tags.split(",") if isinstance(tags, str) else list(tags)
+    if not all(isinstance(item, str) for item in items):
+        raise ValueError("tags: each tag must be text")
+    cleaned = tuple(dict.fromkeys(item.strip() for item in items if item.strip()))
+    if len(cleaned) > MAX_TAGS:
+        raise ValueError(f"tags: at most {MAX_TAGS} tags (got {len(cleaned)})")
+    for tag in cleaned:
+        if not TAG.match(tag):
+            raise ValueError(
+                f"tags: {tag[:40]!r} is not allowed; a tag is 1 to {MAX_TAG_CHARS} letters, digits "
+                "or . _ + = : / -"
+            )
+    return cleaned
+
+
+def annotate(r: redis.Redis, run_id: str, tags: str | Iterable[str], note: str) -> Run:
+    """Set a run's tags and note (the user's, not the worker's: any status); returns the updated run.
+
+    Raises ValueError for tags or a note out of bounds, RunNotFound for a run that is gone (never
+    recreating a deleted run's hash).
+    """
+    cleaned = parse_tags(tags)
+    if len(note) > MAX_NOTE_CHARS:
+        raise ValueError(f"note: at most {MAX_NOTE_CHARS:,} characters (got {len(note):,})")
+    key = keys.run(run_id)
+
+    def apply(pipe: Pipeline) -> None:
+        if not keys.RUN_ID.match(run_id) or not pipe.exists(key):
+            raise RunNotFound(run_id)
+        pipe.multi()
+        pipe.hset(key, mapping={"tags": json.dumps(list(cleaned)), "note": note})
+
+    r.transaction(apply, key)
+    run = load_many(r, [run_id])
+    if not run:
+        raise RunNotFound(run_id)
+    return run[0]
+
+
+def _status(text: str) -> RunStatus:
+    """The stored status; one that is missing or not a RunStatus (a corrupted record) reads as failed."""
 
 
 def _number(record: Record, name: str, kind: Callable = int, lenient: bool = False) -> Any:

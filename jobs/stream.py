@@ -119,11 +119,14 @@ def read_events(
     count: int | None = None,
     block_ms: int | None = None,
     bad: list[tuple[str, str]] | None = None,
+    times: list[float] | None = None,
 ) -> tuple[list[Event], str]:
     """Events strictly after stream id `after`, and the last id seen (`after` itself if there are none).
 
     With block_ms, waits up to that long for the first new entry (XREAD BLOCK) instead of returning at once.
     An entry that is not an event (garbage written into Redis) is skipped; `bad` collects (entry id, why).
+    `times` collects when each returned event reached the stream (Unix s, its entry id's clock): events
+    carry no timestamp of their own (a resumed run replays identical events), and a wall-clock axis needs one.
     """
     key = keys.stream(run_id)
     if block_ms is None:
@@ -135,6 +138,8 @@ def read_events(
     for entry_id, fields in entries:
         try:
             events.append(parse_event(fields.get(FIELD_KEY)))
+            if times is not None:
+                times.append(int(entry_id.split(b"-")[0]) / 1000)
         except BadEvent as exc:
             if bad is not None:
                 bad.append((entry_id.decode(), str(exc)))

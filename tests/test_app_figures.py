@@ -159,7 +159,7 @@ def test_empty_history_gives_an_empty_but_valid_figure():
 def test_overlay_colours_runs_styles_metrics_and_lists_each_run_once():
     co, rescued = history_of(co_run_events()), history_of([config_event(), eval_event(20, 0.4)])
     fig = run_figure([Series("FGSM", co), Series("FGSM+GradAlign λ=2", rescued)], uirevision="c")
-    run_traces = [trace for trace in fig.data if trace.legend == "legend" and trace.x[0] is not None]
+    run_traces = [trace for trace in fig.data if trace.legendgroup != "key"]
     by_run = {}
     for trace in run_traces:
         by_run.setdefault(trace.legendgroup, set()).add(trace.line.color)
@@ -175,9 +175,9 @@ def test_overlay_colours_runs_styles_metrics_and_lists_each_run_once():
     assert len([s for s in fig.layout.shapes if s.type == "line"]) == 3  # only the CO run has markers
     key = [trace.name for trace in fig.data if trace.hoverinfo == "skip"]
     assert key == [
-        "PGD",
-        "FGSM",
-        "clean",
+        "PGD acc",
+        "FGSM acc",
+        "clean acc",
         "cos(δ FGSM, δ PGD)",
         "cos(∇x, ∇x+η)",
         "train loss",
@@ -224,13 +224,13 @@ def test_distinguishing_labels_name_only_what_differs():
         "FGSM [bbbbbbbb]",
     ]
     named = [make_config({"name": "mine"}), make_config({"name": "yours", "seed": 1})]
-    assert distinguishing_labels(named) == ["mine", "yours"]
+    assert distinguishing_labels(named) == ["mine: FGSM seed=0", "yours: FGSM seed=1"]  # what differs, too
     assert distinguishing_labels([fgsm]) == ["FGSM ε=0.15"]
 
 
 def test_distinguishing_labels_skip_fields_a_run_does_not_read():
     presets = [
-        make_config(PRESETS[name]) for name in (DEFAULT_PRESET, DIGITS_GRAD_ALIGN, "Digits: PGD baseline")
+        make_config(PRESETS[name]) for name in (DEFAULT_PRESET, DIGITS_GRAD_ALIGN, "Digits: PGD-5 baseline")
     ]
     assert distinguishing_labels(presets) == ["FGSM", "FGSM+GradAlign λ=4", "PGD-5"]  # pgd_alpha: PGD's only
     steps = [make_config({"method": m, "alpha": a}) for m, a in (("fgsm", 1.0), ("fgsm_rs", 1.25))]
@@ -265,6 +265,8 @@ class FakeRun:
     final: dict | None = None
     error: str | None = None
     sweep_id: str | None = None
+    tags: tuple[str, ...] = ()
+    note: str = ""
 
 
 def test_runs_frame_has_one_row_per_run_with_progress_and_results():
@@ -322,7 +324,8 @@ def test_sweep_frame_uses_final_pgd_or_the_latest_eval_and_marks_co():
 
     fig = sweep_figure(points, natural_units=True, uirevision="s")
     fgsm = next(trace for trace in fig.data if trace.name == "FGSM")
-    assert list(fgsm.x) == pytest.approx([4, 8])
+    assert list(fgsm.x) == pytest.approx([4 - 0.16, 8 - 0.16])  # dodged left of its ε: two methods drawn
+    assert list(fig.layout.xaxis.tickvals) == [4, 8]
     assert list(fgsm.marker.symbol) == ["circle-open", "x"]
     assert [row[0] for row in fgsm.customdata] == ["b", "a"]
     assert fig.layout.xaxis.title.text == "ε (×1/255)"

@@ -92,7 +92,7 @@ def test_the_app_never_imports_torch():
 def test_launch_enqueues_exactly_the_validated_config_and_opens_its_live_view(r):
     at = app().run()
     assert not at.exception
-    at.selectbox(key="launch.preset").set_value("Digits: GradAlign rescue").run()
+    at.selectbox(key="launch.preset").set_value("Digits: FGSM + GradAlign λ=4 (rescue)").run()
     at.number_input(key="launch.eps").set_value(0.15)
     at.number_input(key="launch.seed").set_value(3)
     at.number_input(key="launch.max_iters").set_value(300)
@@ -103,7 +103,7 @@ def test_launch_enqueues_exactly_the_validated_config_and_opens_its_live_view(r)
 
     [run] = api.list_runs(r)
     changes = {"eps": 0.15, "seed": 3, "max_iters": 300, "device": "cpu", "name": "my run"}
-    assert run.config == make_config({**PRESETS["Digits: GradAlign rescue"], **changes})
+    assert run.config == make_config({**PRESETS["Digits: FGSM + GradAlign λ=4 (rescue)"], **changes})
     assert at.query_params["run"] == run.id
     assert [header.value for header in at.header] == ["my run"]
 
@@ -123,7 +123,9 @@ def test_each_preset_enqueues_its_own_config(r, preset):
 
 def test_eps_is_entered_in_255ths_on_cifar_and_the_paper_lambda_can_be_taken(r):
     at = app().run()
-    at.selectbox(key="launch.preset").set_value("CIFAR-10 ResNet-18 ε=8/255 (paper)").run()
+    at.selectbox(key="launch.preset").set_value(
+        "CIFAR-10 ResNet-18: FGSM + GradAlign λ=0.2, ε=8/255 (paper)"
+    ).run()
     assert at.number_input(key="launch.eps255").value == 8
     at.number_input(key="launch.eps255").set_value(16).run()
     assert any("**2**" in caption.value for caption in at.caption)  # λ(16/255) = 2
@@ -262,7 +264,7 @@ def test_a_run_past_its_last_iteration_says_it_is_in_its_final_evaluation(r):
 def test_cancel_and_resume_from_the_live_view(r):
     run_id = api.submit(r, make_config({"eps": 0.2}))
     at = app(run=run_id).run()
-    assert "No worker is alive" in at.warning[0].value
+    assert "Waiting for a worker" in at.info[0].value
     at.button(key="live.cancel").click().run()
     assert api.get_run(r, run_id).status == "cancelled"
     at.button(key="live.resume").click().run()
@@ -298,7 +300,10 @@ def test_the_live_view_offers_exactly_the_actions_the_queue_accepts(r, status):
     assert f"**{status}**" in at.markdown[0].value and STATUS_ICONS[status] in at.markdown[0].value
     assert ("live.cancel" in offered) == (status in api.CANCELLABLE) == changes(r, api.cancel, run_id)
     resumable = run_with_status(r, status)
-    assert ("live.resume" in offered) == (status in api.RESUMABLE) == changes(r, api.resume, resumable)
+    assert (status in api.RESUMABLE) == changes(r, api.resume, resumable)
+    # a failed run would fail the same way again: the page offers Edit and relaunch instead (issue 17)
+    assert ("live.resume" in offered) == (status in api.RESUMABLE - {api.RunStatus.FAILED})
+    assert ("live.relaunch" in offered) == (status == api.RunStatus.FAILED)
 
 
 def test_a_shared_root_link_opens_the_run_and_user_text_is_escaped(r):
@@ -390,7 +395,8 @@ def test_runs_table_filters_selects_exports_and_deletes(r):
     key = [k for k in at.session_state if k.startswith("runs.table")][0]
     at.session_state[key] = {"selection": {"rows": [1], "columns": [], "cells": []}}
     at.run()
-    assert [button.label for button in at.get("download_button")] == ["Events as CSV", "Events as JSON Lines"]
+    downloads = [button.label for button in at.get("download_button")]
+    assert downloads == ["Events as CSV", "Events as JSON Lines", "Export 1 as zip"]
     assert at.button(key="runs.compare").disabled
     at.button(key="runs.delete").click().run()
     assert [run.id for run in api.list_runs(r)] == [queued, running]
@@ -422,7 +428,7 @@ def test_compare_overlays_a_finished_and_a_running_run_named_by_their_difference
     labels = distinguishing_labels([api.get_run(r, co).config, api.get_run(r, rescued).config])
     assert labels == ["FGSM", "FGSM+GradAlign λ=2"]
     runs_legend = {
-        t["name"] for t in overlay["data"] if t.get("legend", "legend") == "legend" and t.get("showlegend")
+        t["name"] for t in overlay["data"] if t.get("legendgroup") != "key" and t.get("showlegend")
     }
     assert runs_legend == set(labels)
     assert co_lines(overlay) == [60, 60, 60]

@@ -13,10 +13,10 @@ import pytest
 import torch
 from conftest import TINY
 
-from codash import up
 from trainer.cli import build_parser, config_from_args
 from trainer.config import ConfigError, make_config
 from trainer.evaluate import pgd_accuracy
+from trainer.events import BadEvent, encode, parse_event
 from trainer.loop import lr_at, lr_schedule, train
 from trainer.models import build_model
 
@@ -172,12 +172,13 @@ def test_final_pgd_restarts_on_the_unfooled_points_only_measure_the_same_robustn
     assert 0 < acc(4, True) <= one  # later restarts can only fool more of the points the first one left
 
 
-def test_codash_up_runs_two_workers_per_gpu_by_default(monkeypatch):
-    monkeypatch.setattr(up, "visible_gpus", lambda: 2)
-    assert up.plan_workers(None) == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
-    assert up.plan_workers(3) == ["cuda:0", "cuda:1", "cuda:0"]
-    monkeypatch.setattr(up, "visible_gpus", lambda: 1)
-    assert up.plan_workers(4) == ["cuda:0"] * 4
-    monkeypatch.setattr(up, "visible_gpus", lambda: 0)
-    assert up.plan_workers(None) == ["cpu"]
-    assert up.WORKERS_PER_GPU == 2
+def test_config_events_stored_before_the_fast_path_still_parse_and_new_ones_are_checked():
+    events, _ = run(make_config({**TINY, "max_iters": 1, "eval_points": 8, "final_eval_points": 0}))
+    event = config_event(events)
+    assert parse_event(encode(event)) == event
+    old = {key: value for key, value in event.items() if key not in ("step", "step_reason", "precision")}
+    assert parse_event(encode(old)) == old  # a run stored before these fields existed stays readable
+    with pytest.raises(BadEvent, match="step_reason must be a string or null"):
+        parse_event(encode({**event, "step_reason": 3}))
+    with pytest.raises(BadEvent, match="config event without device"):
+        parse_event(encode({key: value for key, value in event.items() if key != "device"}))

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, TINY, server_pid, wait_for
 
+from codash import up as up_module
 from codash.up import dashboard_healthy
 from jobs.server import free_port
 
@@ -119,3 +120,14 @@ def test_up_refuses_a_short_password(env):
 def test_up_rejects_bad_flags_naming_them(env, flag, value):
     result = codash("up", flag, value, env=env, timeout=60)
     assert result.returncode == 2 and flag in result.stderr
+
+
+def test_codash_up_runs_two_workers_per_gpu_by_default(monkeypatch):
+    monkeypatch.setattr(up_module, "visible_gpus", lambda: 2)
+    assert up_module.plan_workers(None) == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert up_module.plan_workers(3) == ["cuda:0", "cuda:1", "cuda:0"]
+    monkeypatch.setattr(up_module, "visible_gpus", lambda: 1)
+    assert up_module.plan_workers(4) == ["cuda:0"] * 4
+    monkeypatch.setattr(up_module, "visible_gpus", lambda: 0)
+    assert up_module.plan_workers(None) == ["cpu"]
+    assert up_module.WORKERS_PER_GPU == 2

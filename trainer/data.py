@@ -16,22 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from trainer.config import DATA_SHAPES, TRAIN_IMAGES
+from trainer.datafiles import EXPECTED_FILES, data_dir
 
 DATASETS = tuple(DATA_SHAPES)
-
-# The files torchvision reads, relative to the data directory; named in DatasetMissing so users can copy them.
-EXPECTED_FILES: dict[str, tuple[str, ...]] = {
-    "mnist": tuple(
-        f"MNIST/raw/{split}-{kind}-ubyte"
-        for split in ("train", "t10k")
-        for kind in ("images-idx3", "labels-idx1")
-    ),
-    "svhn": ("train_32x32.mat", "test_32x32.mat"),
-    "cifar10": tuple(
-        f"cifar-10-batches-py/{name}"
-        for name in (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
-    ),
-}
 
 DIGITS_SEED, DIGITS_TRAIN = 0, TRAIN_IMAGES["digits"]  # a fixed split of the 1,797 digits: 1,500 / 297
 CROP_PAD = 4
@@ -67,12 +54,6 @@ def _missing(name: str, root: Path, reason: str) -> DatasetMissing:
         f"To get them, run once with internet access and CODASH_DOWNLOAD=1 (torchvision downloads them "
         f"into {root}), or copy the files there; set CODASH_DATA_DIR to use another directory."
     )
-
-
-def data_dir() -> Path:
-    """Where mnist/svhn/cifar10 live: $CODASH_DATA_DIR, else ~/.cache/codash/data."""
-    env = os.environ.get("CODASH_DATA_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "codash" / "data"
 
 
 def load_dataset(name: str, device: torch.device | str = "cpu", root: Path | None = None) -> Dataset:

@@ -68,6 +68,9 @@ FIELDS: dict[str, tuple[str, ...]] = {
         "onset_probes",
     ),
     "checkpoint": ("iteration", "epoch"),
+    # The final evaluation's PGD, after each restart of each batch: `done` of `points` test images attacked
+    # on `model` ("last", then "best" when it differs: `models` is 1 or 2), `elapsed_s` since it began.
+    "final_progress": ("model", "models", "done", "points", "elapsed_s"),
     "final": (
         "co_detected",
         "co_iteration",
@@ -100,6 +103,9 @@ def _is_number(value: Any) -> bool:
     return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
 
 
+# Fields added after runs were already stored: a stored event may lack them (it reads as written then).
+LATER_FIELDS = {"config": frozenset({"step", "step_reason", "precision"})}
+
 # What each field must hold, where a reader relies on it; every other field only has to be present.
 WHOLE_FIELDS = (
     "iteration",
@@ -130,7 +136,8 @@ FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: isinstance(v, list) and all(isinstance(r, list) and all(map(_is_number, r)) for r in v),
         "a list of [iteration, pgd_acc, fgsm_acc] rows",
     ),
-    "device": (lambda v: isinstance(v, str), "a string"),
+    **dict.fromkeys(("device", "step", "precision"), (lambda v: isinstance(v, str), "a string")),
+    "step_reason": (lambda v: v is None or isinstance(v, str), "a string or null"),
 }
 
 
@@ -149,6 +156,8 @@ def parse_event(data: str | bytes | None) -> Event:
     if not isinstance(kind, str) or kind not in FIELDS:
         raise BadEvent(f"unknown event type {kind!r}")
     for name in FIELDS[kind]:
+        if name not in event and name in LATER_FIELDS.get(kind, ()):
+            continue
         if name not in event:
             raise BadEvent(f"{kind} event without {name}")
         check, expected = FIELD_CHECKS.get(name, (lambda v: True, ""))

@@ -316,13 +316,28 @@ def _final(
     With `autoattack` on, AutoAttack (standard, L-inf) also runs on the same points (None when off).
     """
     points = min(cfg.final_eval_points, len(data.test_x))
-    results = {"last": _final_metrics(model, cfg, data, path, points)}
     best_state = load_checkpoint(run_dir, "best", path.device)
-    if best_state is None or best_state["iteration"] == state.iteration:
-        results["best"] = dict(results["last"])  # the same weights: no need to attack them again
+    same = best_state is None or best_state["iteration"] == state.iteration  # no need to attack it twice
+    begun = time.perf_counter()
+
+    def progress(which: str, done: int) -> None:  # the live view's bar: last model, then the best
+        elapsed = time.perf_counter() - begun
+        models = 1 if same else 2
+        emit(
+            make_event(
+                "final_progress", model=which, models=models, done=done, points=points, elapsed_s=elapsed
+            )
+        )
+
+    progress("last", 0)
+    results = {"last": _final_metrics(model, cfg, data, path, points)}
+    progress("last", points)
+    if same:
+        results["best"] = dict(results["last"])
     else:
         model.load_state_dict(best_state["model"])
         results["best"] = _final_metrics(model, cfg, data, path, points)
+        progress("best", points)
     final = make_event(
         "final",
         co_detected=state.detector.fired_at is not None,

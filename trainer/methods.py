@@ -103,8 +103,14 @@ SWEEP: dict[str, tuple[str, SweepEntry]] = {
 }
 
 
-def reads(field: str, method: str, grad_align: bool) -> bool:
-    """Whether a run of `method`, with or without GradAlign, uses `field` at all."""
+# The fields that only some models read: the others have a fixed architecture.
+MODEL_FIELDS = {"n_layers": ("cnn",), "n_filters": ("cnn",)}
+
+
+def reads(field: str, method: str, grad_align: bool, model: str) -> bool:
+    """Whether a run of `model` trained by `method`, with or without GradAlign, uses `field` at all."""
     if field == "grad_align_fraction":
         return grad_align
+    if field in MODEL_FIELDS:
+        return model in MODEL_FIELDS[field]
     return method in USED_BY.get(field, (method,))

@@ -27,28 +27,29 @@ CIFAR_RESNET = {
 }
 
 DEFAULT_PRESET = "Digits: FGSM catastrophic overfitting"
-DIGITS_GRAD_ALIGN = "Digits: GradAlign rescue"
-DIGITS_ELLE = "Digits: ELLE rescue"
+DIGITS_GRAD_ALIGN = "Digits: FGSM + GradAlign λ=4 (rescue)"
+DIGITS_ELLE = "Digits: FGSM + ELLE λ=1024 (rescue)"
 PRESETS: dict[str, dict[str, Any]] = {
     DEFAULT_PRESET: {**DIGITS_CNN, "method": "fgsm"},
     DIGITS_GRAD_ALIGN: {**DIGITS_CNN, "method": "fgsm", "grad_align_lambda": 4.0},
     DIGITS_ELLE: {**DIGITS_CNN, "method": "fgsm", "elle_lambda": 1024.0},  # measured: docs/reproduction.md
-    "Digits: PGD baseline": {**DIGITS_CNN, "method": "pgd", "pgd_steps": 5, "pgd_alpha": 0.5},
-    "CIFAR-10 ResNet-18 ε=8/255 (paper)": {
+    "Digits: PGD-5 baseline": {**DIGITS_CNN, "method": "pgd", "pgd_steps": 5, "pgd_alpha": 0.5},
+    "CIFAR-10 ResNet-18: FGSM + GradAlign λ=0.2, ε=8/255 (paper)": {
         **CIFAR_RESNET,
         "method": "fgsm",
         "eps": 8 / 255,
         "grad_align_lambda": 0.2,
         "lr": 0.3,
     },
-    "CIFAR-10 GradAlign rescue ε=16/255 (paper)": {  # FGSM alone collapses at 16/255; λ(16/255) = 2
+    # FGSM alone collapses at 16/255; λ(16/255) = 2
+    "CIFAR-10 ResNet-18: FGSM + GradAlign λ=2, ε=16/255 (paper rescue)": {
         **CIFAR_RESNET,
         "method": "fgsm",
         "eps": 16 / 255,
         "grad_align_lambda": paper_lambda(16 / 255),
         "lr": 0.3,
     },
-    "CIFAR-10 single-layer CNN, 4 filters, ε=10/255 (paper)": {  # its filters: the paper's Fig. 4
+    "CIFAR-10 single-layer CNN, 4 filters: FGSM, ε=10/255 (paper)": {  # its filters: the paper's Fig. 4
         "dataset": "cifar10",
         "model": "cnn",
         "n_layers": 1,

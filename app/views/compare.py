@@ -9,10 +9,10 @@ from __future__ import annotations
 import streamlit as st
 
 from app import state
-from app.chart import live_chart
-from app.figures import Series, run_figure, shared_axes
+from app.chart import dark_theme, live_chart
+from app.figures import Series, View, run_colors, run_figure, shared_axes
 from app.refresh import while_live
-from app.tables import COLUMNS, MISSING, ORDER, runs_frame
+from app.tables import COLUMNS, MISSING, MORE, ORDER, runs_frame
 from app.text import distinguishing_labels, md_escape
 from jobs import api
 
@@ -54,16 +54,22 @@ def _charts(run_ids: list[str]) -> bool:
     r = state.connection()
     runs = [run for run in (api.get_run(r, run_id) for run_id in run_ids) if run is not None]
     labels = distinguishing_labels([run.config for run in runs], [run.id for run in runs])
-    series = [Series(label, state.history(r, run)) for label, run in zip(labels, runs, strict=True)]
+    colors = run_colors([run.id for run in runs])
+    series = [
+        Series(label, state.history(r, run), colors[run.id]) for label, run in zip(labels, runs, strict=True)
+    ]
     revision = sum(one.history.n_events for one in series)
-    live_chart(run_figure(series, uirevision="compare:" + ",".join(run_ids)), "compare.overlay", revision)
+    view = View(dark=dark_theme())
+    overlay = run_figure(series, uirevision="compare:" + ",".join(run_ids), view=view)
+    live_chart(overlay, "compare.overlay", f"codash-compare-{'-'.join(run_ids)}-overlay", revision)
     table = runs_frame(runs)
     table.insert(1, "legend", labels)
+    in_colour = table.style.apply(lambda _: [f"color: {colors[run.id]}" for run in runs], subset=["legend"])
     st.dataframe(
-        table,
+        in_colour,
         hide_index=True,
         column_config=COLUMNS,
-        column_order=["legend", *(c for c in ORDER if c not in ("label", "open"))],
+        column_order=["legend", *(c for c in ORDER + MORE if c not in ("label", "open"))],
         placeholder=MISSING,
     )
 
@@ -78,8 +84,15 @@ def _charts(run_ids: list[str]) -> bool:
                 if not one.history.n_events:
                     st.caption("No events yet.")
                     continue
-                figure = run_figure([one], uirevision=f"small:{run.id}", height=560, compact=True, axes=axes)
-                live_chart(figure, f"compare.small.{run.id}", one.history.n_events)
+                figure = run_figure(
+                    [one], uirevision=f"small:{run.id}", height=560, compact=True, axes=axes, view=view
+                )
+                live_chart(
+                    figure,
+                    f"compare.small.{run.id}",
+                    f"codash-{run.id}-accuracy-alignment-loss",
+                    one.history.n_events,
+                )
     return any(run.status not in api.TERMINAL for run in runs)
 
 

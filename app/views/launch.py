@@ -11,7 +11,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import streamlit as st
 
-from app import nav, state
+from app import estimate, nav, state
 from app.text import md_escape, model_name
 from jobs import api
 from trainer.config import (
@@ -23,7 +23,8 @@ from trainer.config import (
     lambda_of_eps,
     make_config,
 )
-from trainer.methods import USED_BY, reads
+from trainer.datafiles import missing_files
+from trainer.methods import MODEL_FIELDS, USED_BY, reads
 from trainer.presets import DEFAULT_PRESET, DIGITS_GRAD_ALIGN, PRESETS
 
 GROUPS = (
@@ -84,7 +85,9 @@ LABELS = {
 }
 FORMATS = {"eps": "%.3f", "momentum": "%.2f"}
 KEY = "launch."
+SLOW_S = 3600  # a run expected to take longer than this on the available workers is worth a warning
 SAVED = "launch.saved"  # widget state is dropped when the page is left; this copy brings the form back
+ORIGIN = "launch.origin"  # the run the form was filled from, named above the form
 WIDGET_KEYS = [KEY + name for name in (*RunConfig.model_fields, "eps255", "grad_align", "preset")]
 
 
@@ -97,6 +100,8 @@ def render() -> None:
     for key, value in st.session_state[SAVED].items():
         st.session_state.setdefault(key, value)
 
+    if ORIGIN in st.session_state:
+        st.info(st.session_state[ORIGIN], icon=":material/edit:")
     st.selectbox(
         "Preset",
         list(PRESETS),
@@ -105,12 +110,7 @@ def render() -> None:
         help="Fills every field below; edit any of them before launching.",
     )
     values = _form_values()
-    try:
-        config = make_config(values)  # the one validation of this render
-    except ConfigError as exc:
-        config, problems = None, exc.problems
-    else:
-        problems = api.limit_violations([config], api.queued_count(r))
+    config, problems = _validate(values, api.queued_count(r))
     for row in (GROUPS[:2], GROUPS[2:]):
         for column, (title, names) in zip(st.columns(2), row, strict=True):
             with column.container(border=True):
@@ -130,6 +130,7 @@ def render() -> None:
         st.markdown(f"**Will run:** {md_escape(config.label())} on {config.dataset}, {model_name(config)}")
         with st.expander("The complete config that will be queued"):
             st.json(config.model_dump(mode="json"))
+        _cannot_run_here(r, config)
     if st.button("Launch run", type="primary", disabled=bool(problems), key=KEY + "submit"):
         run_id = api.submit(r, config)
         nav.go("live", run=run_id)
@@ -151,19 +152,54 @@ def _workers(r) -> None:
     st.success(f"{len(workers)} worker(s) alive: {described} · {queued} run(s) queued", icon=":material/dns:")
 
 
+def _cannot_run_here(r, config: RunConfig) -> None:
+    """Warn before launching what would fail or take days here: missing data files, a CPU-only worker."""
+    missing = missing_files(config.dataset)
+    if missing:
+        listing = "  \n".join(f"`{str(path).replace('`', '')}`" for path in missing[:8])  # code: literal
+        st.warning(
+            f"**{config.dataset} is not on this machine**: the run will fail unless its worker has the files "
+            f"(or CODASH_DOWNLOAD=1 and internet). Missing:  \n{listing}",
+            icon=":material/folder_off:",
+        )
+    gpu = any(worker.device.startswith("cuda") for worker in api.workers(r))
+    if gpu:
+        return
+    finished = [run for run in api.list_runs(r) if run.status == "finished"]
+    guess = estimate.expected(config, finished, gpu=False)
+    if guess is not None and guess.seconds > SLOW_S:
+        hours, iterations = estimate.format_hours(guess.seconds), estimate.iterations(config)
+        st.warning(
+            f"**No GPU worker is alive: on a CPU this run takes about {hours}** ({iterations:,} iterations; "
+            f"{guess.basis}). Start `codash worker --device cuda` on a GPU machine, or shorten it (epochs, "
+            "max iterations).",
+            icon=":material/hourglass_top:",
+        )
+
+
 # --- the form's state ---
 
 
 def _apply_preset(name: str) -> None:
     """Put a preset's values (RunConfig defaults elsewhere, None = automatic) into every widget."""
-    values = {field: info.get_default() for field, info in RunConfig.model_fields.items()} | PRESETS[name]
+    st.session_state[KEY + "preset"] = name
+    _fill({field: info.get_default() for field, info in RunConfig.model_fields.items()} | PRESETS[name])
+
+
+def fill_from(config: RunConfig, origin: str) -> None:
+    """Open the form on a copy of a stored run's config ("Edit and relaunch"); `origin` says which run."""
+    _fill(config.model_dump())
+    st.session_state[ORIGIN] = origin
+
+
+def _fill(values: dict[str, Any]) -> None:
     for field, value in values.items():
         st.session_state[KEY + field] = value
     st.session_state[KEY + "eps255"] = round(values["eps"] * 255, 3)
     st.session_state[KEY + "grad_align"] = values["grad_align_lambda"] > 0
     st.session_state[KEY + "grad_align_lambda"] = values["grad_align_lambda"] or 1.0
-    st.session_state[KEY + "preset"] = name
-    st.session_state[SAVED] = {key: st.session_state[key] for key in WIDGET_KEYS}
+    st.session_state.pop(ORIGIN, None)
+    st.session_state[SAVED] = {key: st.session_state[key] for key in WIDGET_KEYS if key in st.session_state}
 
 
 def _form_values() -> dict[str, Any]:
@@ -175,6 +211,20 @@ def _form_values() -> dict[str, Any]:
     if not st.session_state.get(KEY + "grad_align"):
         values["grad_align_lambda"] = 0.0
     return values
+
+
+def _validate(values: dict[str, Any], queued: int) -> tuple[RunConfig | None, dict[str, str]]:
+    """The config the form describes (None if invalid) and each problem keyed by field: RunConfig's ranges,
+    then this deployment's limits.
+
+    The widgets carry no min/max of their own (Streamlit's number_input would silently keep the last
+    in-range value while showing the typed one), so whatever the form shows is what is validated here.
+    """
+    try:
+        config = make_config(values)  # the one validation of this render
+    except ConfigError as exc:
+        return None, exc.problems
+    return config, api.limit_violations([config], queued)
 
 
 # --- widgets ---
@@ -226,13 +276,9 @@ def _generic(name: str) -> None:
     elif base is str:
         st.text_input(label, key=key, help=help_text, max_chars=80, disabled=disabled)
     else:
-        bounds = _bounds(name)
-        numeric = int if base is int else float
         st.number_input(
             label,
             key=key,
-            min_value=numeric(bounds["ge"]) if "ge" in bounds else None,
-            max_value=numeric(bounds["le"]) if "le" in bounds else None,
             step=1 if base is int else None,
             format=FORMATS.get(name, "%d" if base is int else "%g"),
             value=None if optional else "min",
@@ -243,11 +289,14 @@ def _generic(name: str) -> None:
 
 
 def _unused_by_this_run(name: str) -> str:
-    """Why a field does nothing with the form's current method / GradAlign choice ('' if it is used)."""
-    if reads(name, st.session_state.get(KEY + "method"), bool(st.session_state.get(KEY + "grad_align"))):
+    """Why a field does nothing with the form's current model / method / GradAlign choice ('' if used)."""
+    method, model = st.session_state.get(KEY + "method"), st.session_state.get(KEY + "model")
+    if reads(name, method, bool(st.session_state.get(KEY + "grad_align")), model):
         return ""
     if name == "grad_align_fraction":
         return "Used with GradAlign only."
+    if name in MODEL_FIELDS:
+        return f"Used by the {', '.join(MODEL_FIELDS[name])} model only; {model} has a fixed architecture."
     return f"Used by {', '.join(USED_BY[name])} only."
 
 
@@ -265,8 +314,6 @@ def _eps() -> None:
         st.number_input(
             "ε (× 1/255)",
             key=KEY + "eps255",
-            min_value=0.0,
-            max_value=255.0,
             step=1.0,
             format="%g",
             on_change=_sync_eps,
@@ -277,8 +324,6 @@ def _eps() -> None:
         st.number_input(
             "ε",
             key=KEY + "eps",
-            min_value=0.0,
-            max_value=1.0,
             step=0.01,
             format=FORMATS["eps"],
             on_change=_sync_eps,
@@ -303,8 +348,6 @@ def _grad_align() -> None:
     st.number_input(
         LABELS["grad_align_lambda"],
         key=KEY + "grad_align_lambda",
-        min_value=_bounds("grad_align_lambda")["ge"],
-        max_value=_bounds("grad_align_lambda")["le"],
         format="%g",
         disabled=not on,
         help=allowed("grad_align_lambda"),

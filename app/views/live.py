@@ -8,20 +8,24 @@ its uirevision is the run id.
 
 from __future__ import annotations
 
+import math
 import time
 
 import streamlit as st
 
-from app import nav, state
-from app.chart import live_chart
-from app.figures import Series, filters_figure, inside_figure, run_figure
-from app.history import RunHistory
+from app import nav, notes, state
+from app.chart import dark_theme, live_chart
+from app.figures import Series, View, filters_figure, inside_figure, run_figure
+from app.history import SMOOTHING, RunHistory
 from app.refresh import while_live
 from app.tables import elapsed_s
 from app.text import format_duration, md_escape, model_name, percent, snapshot_label
+from app.views import launch
 from jobs import api
 
 REFRESH_S = 1.0
+X_AXES = ("iteration", "wall clock")
+RESUME_OFFERED = api.RESUMABLE - {api.RunStatus.FAILED}  # a failed run would fail again
 STATUS_ICONS = {
     api.RunStatus.QUEUED: ":material/hourglass_empty:",
     api.RunStatus.RUNNING: ":material/directions_run:",
@@ -67,12 +71,31 @@ def _panel(run_id: str) -> bool:
         return False
     history = state.history(r, run)
     st.header(md_escape(run.config.label()), anchor=False)
+    if notes.shown(run):
+        st.markdown(notes.shown(run))
+    if run.status == "failed":
+        _failure(run, history)
     _status(r, run, history)
-    figure = run_figure([Series(run.config.label(), history)], uirevision=run_id)
-    live_chart(figure, key="live.chart", revision=history.n_events)
-    _inside(run, history)
+    if not history.metrics and not history.evals:  # nothing to draw: say what is happening instead
+        if run.status != "failed":
+            st.info(_waiting_for(r, run, history), icon=":material/hourglass_top:")
+        return run.status not in api.TERMINAL
+    view = _view_controls(st.session_state.get(f"live.snapshot.{run.id}"))
+    series = [Series(run.config.label(), history)]
+    action = live_chart(
+        run_figure(series, uirevision=run_id, view=view),
+        key="live.chart",
+        download_name=f"codash-{run_id}-accuracy-alignment-loss",
+        revision=history.n_events,
+        narrow=run_figure(series, uirevision=run_id, compact=True, height=820, view=view),
+    )
+    if "x_range" in action:
+        _keep_zoom(action["x_range"])
+    _inside(run, history, view.dark)
     if run.final:
         _final(run.final, run.config)
+    with st.expander("Tags and note"):
+        notes.editor(r, run, "live")
     with st.expander("Config"):
         st.json(run.config.model_dump(mode="json"))
     return run.status not in api.TERMINAL
@@ -91,7 +114,7 @@ def _status(r, run, history: RunHistory) -> None:
         st.caption(" · ".join(parts))
     with middle:
         fraction = min(iteration / total, 1.0) if total else 0.0
-        text = f"iteration {iteration:,} of {total:,}" if total else "waiting for the first event"
+        text = f"iteration {iteration:,} of {total:,}" if total else f"{run.status}: no iteration yet"
         if history.co_iteration is not None:
             text += f" · catastrophic overfitting at iteration {history.co_iteration:,}"
         if (
@@ -99,24 +122,152 @@ def _status(r, run, history: RunHistory) -> None:
         ):  # the last live eval is in: the final runs
             text += f" · final evaluation: {run.config.final_measures()} of the last and the best model…"
         st.progress(fraction, text=text)
+        if run.status == api.RunStatus.RUNNING and history.final_progress and not history.final:
+            st.progress(*final_progress(history.final_progress, run.config.final_pgd))
     with right:
         _controls(r, run)
-    if run.status == api.RunStatus.QUEUED and not api.workers(r):
-        st.warning("No worker is alive to pick this run up. Start one with `codash worker`.")
-    if run.status in (api.RunStatus.FAILED, api.RunStatus.UNREADABLE) and run.error:
+    if run.status == api.RunStatus.UNREADABLE and run.error:  # a failed run says why in _failure
         st.error(f"Why the run is {run.status}:", icon=":material/error:")
         st.code(run.error, language=None, wrap_lines=True)  # as text: it may quote anything from Redis
     if history.skipped:
         st.caption(f"{history.skipped:,} stream entries could not be read and were skipped.")
 
 
+def _view_controls(snapshot_iteration: int | None) -> View:
+    """Smoothing, log-scale loss and zoom: read from the URL (a reload or a shared link shows the same)."""
+    params = st.query_params
+    left, middle, right, _ = st.columns([3, 2, 3, 2], vertical_alignment="bottom")
+    state.follow_url("live.smoothing", url_number(params.get("smooth"), 0.0, 0.99, SMOOTHING))
+    smoothing = left.slider(
+        "smoothing (EMA) of the per-iteration curves",
+        0.0,
+        0.99,
+        step=0.01,
+        key="live.smoothing",
+        help="TensorBoard's smoothing: the weight of the past in an exponential moving average; 0 is raw.",
+    )
+    state.follow_url("live.log_loss", params.get("log") == "1")
+    log_loss = middle.toggle("log-scale loss", key="live.log_loss")
+    state.follow_url("live.x_axis", X_AXES[1] if params.get("xaxis") == "clock" else X_AXES[0])
+    x_axis = right.segmented_control("x axis", X_AXES, key="live.x_axis") or X_AXES[0]
+    clock = x_axis == X_AXES[1]
+    if (params.get("xaxis") == "clock") != clock:  # a zoom in iterations means nothing in seconds
+        _share({"x": None})
+    _share(
+        {
+            "smooth": f"{smoothing:g}" if smoothing != SMOOTHING else None,
+            "log": "1" if log_loss else None,
+            "xaxis": "clock" if clock else None,
+        }
+    )
+    for key, value in (("live.smoothing", smoothing), ("live.log_loss", log_loss), ("live.x_axis", x_axis)):
+        state.shown_in_url(key, value)
+    return View(
+        smoothing=smoothing,
+        log_loss=log_loss,
+        mark=snapshot_iteration,
+        dark=dark_theme(),
+        x_range=url_range(params.get("x")),
+        clock=clock,
+    )
+
+
+def url_number(text: str | None, low: float, high: float, default: float) -> float:
+    """A number from the URL (untrusted): in [low, high], else the default."""
+    try:
+        value = float(text) if text is not None else default
+    except ValueError:
+        return default
+    return value if low <= value <= high else default
+
+
+def url_range(text: str | None) -> tuple[float, float] | None:
+    """'100,400' from the URL (untrusted) as an iteration range, None unless two finite increasing numbers."""
+    try:
+        low, high = (float(part) for part in (text or "").split(","))
+    except ValueError:
+        return None
+    return (low, high) if math.isfinite(low) and math.isfinite(high) and low < high else None
+
+
+def _keep_zoom(x_range: object) -> None:
+    """The chart's zoom (from the browser: checked) into the URL, so a reload or a shared link keeps it."""
+    valid = isinstance(x_range, list) and len(x_range) == 2
+    text = (
+        ",".join(f"{float(v):.6g}" for v in x_range)
+        if valid and all(isinstance(v, int | float) for v in x_range)
+        else None
+    )
+    _share({"x": text if text and url_range(text) else None})
+
+
+def _share(params: dict[str, str | None]) -> None:
+    for name, value in params.items():
+        if value is None:
+            st.query_params.pop(name, None)
+        elif st.query_params.get(name) != value:
+            st.query_params[name] = value
+
+
+def final_progress(event: dict, attack: str) -> tuple[float, str]:
+    """The final evaluation's bar: points attacked on the last model, then the best, and the time left.
+
+    The estimate assumes every point costs the same (it does: each gets the same steps and restarts).
+    """
+    models, points, done = event["models"], event["points"], event["done"]
+    finished = done + (points if event["model"] == "best" else 0)  # the last model's points came first
+    fraction = finished / (models * points) if points else 1.0
+    left = event["elapsed_s"] * (1 - fraction) / fraction if fraction else None
+    which = "last model" if event["model"] == "last" else "early-stopped (best) model"
+    step = f"{1 if event['model'] == 'last' else 2} of {models}"
+    text = f"final {attack} on the {which} ({step}): {done:,} of {points:,} test images attacked"
+    text += f" · about {format_duration(left)} left" if left is not None else ""
+    return min(fraction, 1.0), text
+
+
+def _waiting_for(r, run, history: RunHistory) -> str:
+    """What the run is waiting for before its first iteration, in the order a run goes through it."""
+    if run.status == "queued":
+        workers = api.workers(r)
+        if not workers:
+            return (
+                "**Waiting for a worker**: none is alive yet. `codash up` starts one within about ten "
+                "seconds; elsewhere start one with `codash worker`."
+            )
+        if all(worker.state == "busy" for worker in workers):
+            return f"**Queued**: all {len(workers)} worker(s) are busy; it starts when one is free."
+        return "**Queued**: a worker is picking it up."
+    if run.status == "running" and history.config is None:
+        return (
+            f"**Worker {md_escape(run.worker or '')} is starting the run**: loading {run.config.dataset} and "
+            f"building the model. The first evaluation comes at iteration {run.config.eval_every:,}."
+        )
+    if run.status == "running":
+        return f"**Training has started**: the first evaluation comes at iteration {run.config.eval_every:,}."
+    return f"**{run.status}** before its first iteration."
+
+
+def _failure(run, history: RunHistory) -> None:
+    """A failed run says why first, and offers to relaunch it edited (resuming would fail the same way)."""
+    where = f"at iteration {history.iteration:,}" if history.metrics else "before its first iteration"
+    reason = md_escape(run.error or "no reason was recorded")
+    st.error(f"**This run failed {where}.** {reason}", icon=":material/error:")
+    if st.button("Edit and relaunch", icon=":material/edit:", key="live.relaunch", type="primary"):
+        launch.fill_from(run.config, f"A copy of failed run {run.id} ({reason}): edit it, then launch.")
+        nav.go("launch")
+
+
 def _controls(r, run) -> None:
-    """Cancel and resume exactly where the queue allows them (api.CANCELLABLE, api.RESUMABLE)."""
+    """Cancel while it can still run; resume from its last checkpoint once it stopped.
+
+    Resume is offered only where stopping was the run's only problem (interrupted, cancelled): a failed run
+    would fail the same way again, so it gets "Edit and relaunch" instead (_failure).
+    """
     try:
         if run.status in api.CANCELLABLE and st.button("Cancel", icon=":material/stop:", key="live.cancel"):
             api.cancel(r, run.id)
             st.rerun()
-        if run.status in api.RESUMABLE and st.button(
+        if run.status in RESUME_OFFERED and st.button(
             "Resume", icon=":material/play_arrow:", key="live.resume"
         ):
             api.resume(r, run.id)
@@ -125,7 +276,7 @@ def _controls(r, run) -> None:
         st.error(md_escape(str(exc)))
 
 
-def _inside(run, history: RunHistory) -> None:
+def _inside(run, history: RunHistory, dark: bool) -> None:
     """The first-layer filters and one eval image's perturbations and gradients, at a chosen evaluation.
 
     The slider follows the latest evaluation until the user moves it, and stays where they put it after.
@@ -152,15 +303,45 @@ def _inside(run, history: RunHistory) -> None:
     snapshot = history.snapshots[iteration]
     revision = iteration  # which snapshot a chart shows, for the browser test
     if snapshot.get("filters") is not None:
-        live_chart(filters_figure(snapshot, uirevision=run.id), key="live.filters", revision=revision)
+        live_chart(
+            filters_figure(snapshot, uirevision=run.id, dark=dark),
+            "live.filters",
+            f"codash-{run.id}-filters-iteration-{iteration}",
+            revision,
+            narrow=filters_figure(snapshot, uirevision=run.id, narrow=True, dark=dark),
+        )
     live_chart(
-        inside_figure(snapshot, run.config.dataset, uirevision=run.id), key="live.inside", revision=revision
+        inside_figure(snapshot, run.config.dataset, uirevision=run.id, dark=dark),
+        "live.inside",
+        f"codash-{run.id}-perturbations-iteration-{iteration}",
+        revision,
+        narrow=inside_figure(snapshot, run.config.dataset, uirevision=run.id, narrow=True, dark=dark),
     )
-    st.caption(
+    st.caption(inside_caption(snapshot, iteration, history.co_iteration))
+
+
+def inside_caption(snapshot: dict, iteration: int, co_iteration: int | None) -> str:
+    """What the pictures above show, and what this run's own story is at this evaluation."""
+    what = (
         f"Iteration {iteration:,}: test image 0 of the eval subset, its FGSM and PGD perturbations (in units "
         "of ε) and the input gradients of the loss at x and at a random point x+η of the ε-ball (each "
-        "divided by its largest entry). After catastrophic overfitting the gradient turns noisy and "
-        "points elsewhere at x+η: FGSM's one step then no longer finds the PGD perturbation."
+        "divided by its largest entry). "
+    )
+    cos = snapshot.get("cos_grad_random")
+    aligned = f" (cosine {cos:.2f})" if cos is not None else ""
+    if co_iteration is None:
+        return what + (
+            f"This run has not overfitted catastrophically: the two gradients stay aligned{aligned}, so "
+            "FGSM's one step still points where PGD's many steps go."
+        )
+    if iteration < co_iteration:
+        return what + (
+            f"Before this run's catastrophic overfitting at iteration {co_iteration:,}: the gradients are "
+            f"still aligned{aligned}. Move the slider past it to see them come apart."
+        )
+    return what + (
+        f"After this run's catastrophic overfitting at iteration {co_iteration:,} the gradient turns noisy "
+        f"and points elsewhere at x+η{aligned}: FGSM's one step no longer finds the PGD perturbation."
     )
 
 
@@ -171,7 +352,8 @@ def _final(final: dict, config) -> None:
     columns[0].metric("clean accuracy (last)", percent(last.get("clean_acc")))
     columns[1].metric("PGD accuracy (last)", percent(last.get("pgd_acc")))
     columns[2].metric(
-        f"PGD accuracy (early-stopped, it {final.get('best_iteration', 0):,})", percent(best.get("pgd_acc"))
+        f"PGD accuracy (early-stopped, iteration {final.get('best_iteration', 0):,})",
+        percent(best.get("pgd_acc")),
     )
     for column, result in ((columns[1], last), (columns[2], best)):  # an independent check, when it ran
         if result.get("autoattack_acc") is not None:

@@ -6,23 +6,25 @@ points, so the plot fills in live. Clicking a point opens that run.
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import streamlit as st
 
-from app import nav, state
-from app.chart import live_chart
+from app import estimate, nav, state
+from app.chart import dark_theme, live_chart
 from app.figures import sweep_figure
 from app.presets import SWEEP_PRESETS
 from app.refresh import while_live
 from app.tables import sweep_frame
-from app.text import md_escape
+from app.text import md_escape, method_family, plural
 from jobs import api
 from trainer.config import (
     NATURAL_IMAGES,
     REGULARISERS,
     ConfigError,
     RunConfig,
+    allowed,
     field_bounds,
     format_eps,
     lambda_of_eps,
@@ -44,17 +46,32 @@ def render() -> None:
     st.title("Sweep ε: robustness against attack size")
     with st.expander("New sweep", expanded=not st.query_params.get("sweep")):
         _new_sweep(r)
-    sweeps = list(dict.fromkeys(run.sweep_id for run in api.list_runs(r) if run.sweep_id))
+    sweeps = list(dict.fromkeys(run.sweep_id for run in api.list_runs(r) if run.sweep_id))  # newest first
     if not sweeps:
         st.info("No sweeps yet.")
         return
     wanted = st.query_params.get("sweep")
     state.follow_url(KEY + "shown", wanted if wanted in sweeps else sweeps[0])
-    sweep_id = st.selectbox("Sweep", sweeps, key=KEY + "shown")
+    described = {sweep_id: describe_sweep(api.sweep_runs(r, sweep_id)) for sweep_id in sweeps}
+    sweep_id = st.selectbox("Sweep", sweeps, key=KEY + "shown", format_func=described.get)
     st.query_params["sweep"] = sweep_id
     state.shown_in_url(KEY + "shown", sweep_id)
     runs = api.sweep_runs(r, sweep_id)
     while_live(_results, any(run.status not in api.TERMINAL for run in runs), REFRESH_S, sweep_id)
+
+
+def describe_sweep(runs: list[api.Run]) -> str:
+    """A sweep by what it is: 'FGSM, FGSM+GradAlign × ε 0.1–0.2 (digits) · 2026-11-27 18:20 · 3 of 4 done'."""
+    if not runs:
+        return "(no runs left)"
+    configs = [run.config for run in runs]
+    methods = ", ".join(dict.fromkeys(method_family(config) for config in configs))
+    dataset = configs[0].dataset
+    grid = sorted({config.eps for config in configs})
+    eps = format_eps(grid[0], dataset) + (f"–{format_eps(grid[-1], dataset)}" if len(grid) > 1 else "")
+    when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(min(run.created_at for run in runs)))
+    done = sum(run.status in api.TERMINAL for run in runs)
+    return f"{methods} × ε {eps} ({dataset}) · {when} UTC · {done} of {plural(len(runs), 'run')} done"
 
 
 def parse_eps_list(text: str, natural: bool) -> list[float]:
@@ -114,6 +131,7 @@ def _apply_base(name: str) -> None:
     natural = _base(name)["dataset"] in NATURAL_IMAGES
     preset = SWEEP_PRESETS.get(name)
     st.session_state[KEY + "paper"] = preset["paper_lambda"] if preset else _has_rule(_base(name))
+    st.session_state[KEY + "epochs"] = make_config(_base(name)).epochs
     if preset:
         st.session_state[KEY + "methods"] = list(preset["methods"])
         st.session_state[KEY + ("eps255" if natural else "eps")] = preset["eps"]
@@ -134,9 +152,10 @@ def _new_sweep(r) -> None:
         KEY + "methods": DEFAULT_METHODS,
         eps_key: DEFAULT_EPS["natural" if natural else "fraction"],
         KEY + "paper": _has_rule(base),
+        KEY + "epochs": make_config(base).epochs,
     }.items():
         st.session_state.setdefault(key, default)
-    columns = st.columns([3, 3, 2, 2, 2])
+    columns = st.columns([3, 3, 1.3, 2, 2, 2])
     methods = columns[0].multiselect("Methods", list(SWEEP), key=KEY + "methods")
     eps_text = columns[1].text_input(
         "ε values (× 1/255)" if natural else "ε values",
@@ -144,8 +163,11 @@ def _new_sweep(r) -> None:
         max_chars=400,  # MAX_EPS_VALUES values of a few characters each
         help="Comma-separated; fractions like 8/3 are fine.",
     )
+    epochs = columns[2].number_input(
+        "epochs", key=KEY + "epochs", step=1, help="Of every run in the sweep. " + allowed("epochs")
+    )
     digits = base["dataset"] == "digits"
-    rule = columns[2].toggle(
+    rule = columns[3].toggle(
         "λ(ε): digits fit" if digits else "GradAlign: paper λ(ε)",
         key=KEY + "paper",
         help="GradAlign's and ELLE's λ fitted on digits (docs/reproduction.md)"
@@ -154,8 +176,8 @@ def _new_sweep(r) -> None:
     )
     fixed = {}
     for column, field, preset, name in (
-        (columns[3], "grad_align_lambda", DIGITS_GRAD_ALIGN, "GradAlign"),
-        (columns[4], "elle_lambda", DIGITS_ELLE, "ELLE"),
+        (columns[4], "grad_align_lambda", DIGITS_GRAD_ALIGN, "GradAlign"),
+        (columns[5], "elle_lambda", DIGITS_ELLE, "ELLE"),
     ):
         fixed[field] = column.number_input(
             f"{name}: fixed λ",
@@ -169,10 +191,15 @@ def _new_sweep(r) -> None:
         )
     method_fields = SWEEP_PRESETS.get(base_name, {}).get("method_fields")
     try:
-        configs = sweep_configs(base, methods, parse_eps_list(eps_text, natural), rule, fixed, method_fields)
+        eps_values = parse_eps_list(eps_text, natural)
+        configs = sweep_configs({**base, "epochs": epochs}, methods, eps_values, rule, fixed, method_fields)
     except ValueError as exc:  # ConfigError is one too
         st.error(md_escape(str(exc)))
         return
+    workers = api.workers(r)
+    finished = [run for run in api.list_runs(r) if run.status == "finished"]
+    gpu = any(worker.device.startswith("cuda") for worker in workers)
+    took = estimate.sweep_expected(configs, finished, gpu, len(workers))
     weights = [
         f"{name} λ={getattr(config, field):g} at ε={format_eps(config.eps, config.dataset)}"
         for config in configs
@@ -180,14 +207,14 @@ def _new_sweep(r) -> None:
         if getattr(config, field) > 0
     ]
     st.caption(
-        f"{len(configs)} run(s), based on “{md_escape(base_name)}”."
+        f"{plural(len(configs), 'run')}, based on “{md_escape(base_name)}”. {took}"
         + (f" {md_escape('; '.join(weights))}." if weights else "")
     )
     refused = api.limit_violations(configs, api.queued_count(r))
     for field, text in refused.items():
         st.error(md_escape(f"{field}: {text}"))
     if st.button(
-        f"Launch {len(configs)} runs",
+        f"Launch {plural(len(configs), 'run')}",
         type="primary",
         disabled=not configs or bool(refused),
         key=KEY + "submit",
@@ -206,11 +233,13 @@ def _results(sweep_id: str) -> bool:
     histories = {run.id: state.history(r, run) for run in runs if run.status == api.RunStatus.RUNNING}
     points = sweep_frame(runs, histories)
     done = sum(run.status in api.TERMINAL for run in runs)
-    st.progress(done / len(runs) if runs else 0.0, text=f"{done} of {len(runs)} runs done")
+    st.progress(done / len(runs) if runs else 0.0, text=f"{done} of {plural(len(runs), 'run')} done")
     natural = bool(runs) and runs[0].config.dataset in NATURAL_IMAGES
-    figure = sweep_figure(points, natural, uirevision=f"sweep:{sweep_id}")
-    clicked = live_chart(figure, key=f"sweep.chart.{sweep_id}")
-    if clicked:
+    figure = sweep_figure(points, natural, uirevision=f"sweep:{sweep_id}", dark=dark_theme())
+    clicked = live_chart(figure, f"sweep.chart.{sweep_id}", f"codash-sweep-{sweep_id}-pgd-vs-eps").get(
+        "customdata"
+    )
+    if isinstance(clicked, list) and clicked and isinstance(clicked[0], str):  # from the browser: checked
         nav.go("live", run=clicked[0])
     with st.expander("Click a point to open its run, or pick it here"):
         for run in runs:

@@ -1,0 +1,256 @@
+"""What a user sees in a real browser that AppTest cannot show: what a typed value does, where messages and
+toolbars land, how the pages lay out on a phone-sized screen.
+
+One dashboard (`streamlit run app/main.py`, no worker) against one embedded Redis serves the whole module;
+runs are stored as a worker leaves them (tests/test_app_pages.store_run). Needs Debian's Chromium at
+/usr/bin/chromium: skipped without it, except on CI (CI=true).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import (
+    ROOT,
+    append,
+    co_run_events,
+    config_event,
+    embedded_redis,
+    final_event,
+    running_events,
+    snapshot_event,
+    store_run,
+    wait_for,
+)
+from test_browser import CHROMIUM, CHROMIUM_ARGS
+
+from codash.up import dashboard_healthy
+from jobs import api
+from jobs.registry import transition
+from jobs.server import free_port
+
+CHARTS = 'iframe[title="app.chart.live_plotly"]'
+TIMEOUT_MS = 150_000  # three Plotly frames on a loaded 2-core machine take a while
+
+pytestmark = pytest.mark.timeout(420)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Iterator[Path]:
+    with embedded_redis(tmp_path_factory.mktemp("ux") / "home") as home:
+        yield home
+
+
+@pytest.fixture(scope="module")
+def dashboard(home: Path, tmp_path_factory) -> Iterator[str]:
+    if not CHROMIUM.exists():
+        message = f"Debian Chromium not found at {CHROMIUM} (install it with: apt-get install -y chromium)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{message}; the browser tests are required on CI")
+        pytest.skip(f"{message}; skipping the browser tests")
+    port = free_port()
+    log = tmp_path_factory.mktemp("ux-log") / "streamlit.log"
+    command = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py")]
+    command += ["--server.port", str(port), "--server.headless", "true"]
+    command += ["--browser.gatherUsageStats", "false", "--global.developmentMode", "false"]
+    env = {**os.environ, "CODASH_HOME": str(home)}
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: dashboard_healthy(url) or process.poll() is not None, 60, "the dashboard to serve")
+        assert process.poll() is None, log.read_text()
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture(scope="module")
+def browser(dashboard):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def r(home):
+    client = api.connect()
+    for run in api.list_runs(client):
+        api.delete(client, run.id)
+    yield client
+    client.close()
+
+
+def field(page, label: str):
+    """The number box labelled exactly `label` on the launch form."""
+    return page.get_by_test_id("stNumberInput").filter(
+        has=page.get_by_test_id("stWidgetLabel").get_by_text(label, exact=True)
+    )
+
+
+def type_into(page, label: str, text: str) -> None:
+    box = field(page, label).locator("input")
+    box.fill(text)
+    box.press("Enter")
+
+
+def test_out_of_range_values_are_named_next_to_their_field_and_what_is_shown_is_queued(browser, dashboard, r):
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    page.goto(dashboard)
+    launch = page.get_by_role("button", name="Launch run")
+    launch.wait_for(timeout=TIMEOUT_MS)
+    bad = {
+        "ε": ("5", "less than or equal to 1"),
+        "epochs": ("0", "greater than or equal to 1"),
+        "batch size": ("100000", "less than or equal to 4096"),
+    }
+    for label, (text, says) in bad.items():
+        type_into(page, label, text)
+        column = page.get_by_test_id("stColumn").filter(has=field(page, label)).last
+        column.get_by_test_id("stAlert").filter(has_text=says).wait_for(timeout=TIMEOUT_MS)
+        assert field(page, label).locator("input").input_value().replace(",", "").startswith(text)
+        wait_for(launch.is_disabled, 30, "Launch to be disabled")  # drawn after the messages above it
+    page.get_by_text("Fix 3 problem(s) before launching.").wait_for()
+
+    for label, text in {"ε": "0.15", "epochs": "2", "batch size": "32"}.items():
+        type_into(page, label, text)
+    page.get_by_text("Will run:").wait_for(timeout=TIMEOUT_MS)
+    wait_for(launch.is_enabled, 30, "Launch to be enabled")
+    launch.click()
+    page.wait_for_url(re.compile(r"/live\?run=[0-9a-f]{12}$"), timeout=TIMEOUT_MS)
+    [run] = api.list_runs(r)
+    assert (run.config.eps, run.config.epochs, run.config.batch_size) == (0.15, 2, 32)
+    page.close()
+
+
+def test_chart_toolbars_offer_no_cloud_upload_and_name_the_png(browser, dashboard, r):
+    run_id = store_run(r, co_run_events(total=100, co_at=60))
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    page.goto(f"{dashboard}/live?run={run_id}")
+    chart = page.frame_locator(CHARTS).first
+    chart.locator(".legendtext", has_text=re.compile(r"^PGD$")).wait_for(timeout=TIMEOUT_MS)
+    chart.locator("#chart").hover()
+    buttons = chart.locator(".modebar-btn")
+    titles = [buttons.nth(index).get_attribute("data-title") for index in range(buttons.count())]
+    assert "Download plot as a PNG" in titles or "Download plot as a png" in titles, titles
+    assert not [title for title in titles if "Share" in title or "Cloud" in title or "Chart Studio" in title]
+    assert chart.locator(".modebar-btn.plotlyjsicon").count() == 0  # no logo link to plotly.com
+    with page.expect_download() as download:
+        chart.locator('.modebar-btn[data-title^="Download plot"]').click()
+    assert download.value.suggested_filename == f"codash-{run_id}-accuracy-alignment-loss.png"
+    config = json.loads(
+        chart.locator("#chart").evaluate("element => JSON.stringify(element._context.toImageButtonOptions)")
+    )
+    assert config["filename"] == f"codash-{run_id}-accuracy-alignment-loss"
+    page.close()
+
+
+def box(locator) -> dict:
+    found = locator.bounding_box()
+    assert found is not None, locator
+    return found
+
+
+def overlap(a: dict, b: dict) -> bool:
+    return (
+        a["x"] < b["x"] + b["width"] - 1
+        and b["x"] < a["x"] + a["width"] - 1
+        and a["y"] < b["y"] + b["height"] - 1
+        and b["y"] < a["y"] + a["height"] - 1
+    )
+
+
+def assert_apart(boxes: dict[str, dict]) -> None:
+    names = list(boxes)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            assert not overlap(boxes[first], boxes[second]), (first, boxes[first], second, boxes[second])
+
+
+def test_the_live_view_is_usable_on_a_phone(browser, dashboard, r):
+    events = co_run_events(total=100, co_at=60)
+    events[-1:-1] = [snapshot_event(40), snapshot_event(80)]
+    run_id = store_run(r, events)
+    page = browser.new_page(viewport={"width": 400, "height": 900})
+    page.goto(f"{dashboard}/live?run={run_id}")
+    page.get_by_role("heading", name="Inside the model").wait_for(timeout=TIMEOUT_MS)
+    titles = {
+        0: ("Accuracy", "Cosine", "Loss"),
+        1: (),  # the filters: a figure title
+        2: ("image · label", "FGSM δ/ε", "PGD δ/ε", "∇ℓ at x", "∇ℓ at x+η"),
+    }
+    for index, names in titles.items():
+        frame = page.frame_locator(CHARTS).nth(index)
+        chart = frame.locator("#chart")
+        chart.scroll_into_view_if_needed()
+        wait_for(
+            lambda chart=chart: chart.get_attribute("data-layout") == "narrow", 30, f"chart {index} narrow"
+        )
+        boxes = {"toolbar": box(frame.locator(".modebar"))}
+        for name in names:
+            found = frame.locator(".annotation-text", has_text=name)
+            boxes[name] = box(found.first if name != "∇ℓ at x" else found.nth(0))
+        if not names:
+            boxes["title"] = box(frame.locator(".gtitle"))
+        assert all(b["x"] >= 0 and b["x"] + b["width"] <= 401 for b in boxes.values()), boxes
+        assert_apart(boxes)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 400  # nothing off to the side
+    page.set_viewport_size({"width": 1400, "height": 900})  # and back: the wide layout returns
+    chart = page.frame_locator(CHARTS).nth(2).locator("#chart")
+    wait_for(lambda: chart.get_attribute("data-layout") == "wide", 60, "the wide layout")
+    page.close()
+
+
+def test_compare_legends_do_not_overprint_with_four_runs(browser, dashboard, r):
+    ids = [store_run(r, co_run_events()) for _ in range(2)]
+    ids.append(store_run(r, [config_event(total=100, grad_align_lambda=2.0), *co_run_events()[1:]]))
+    ids.append(store_run(r, [config_event(total=100, seed=3), *co_run_events()[1:]]))
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    page.goto(f"{dashboard}/compare?compare={','.join(ids)}")
+    frame = page.frame_locator(CHARTS).first
+    frame.locator(".legendtext", has_text="PGD acc").wait_for(timeout=TIMEOUT_MS)
+    texts = frame.locator(".legend .legendtext")
+    entries = {texts.nth(n).text_content(): box(texts.nth(n)) for n in range(texts.count())}
+    assert {"PGD acc", "FGSM acc", "clean acc"} <= set(entries) and len(entries) >= 4 + 3
+    assert_apart(entries)  # every run and every key entry readable, none printed over another
+    plot = box(frame.locator(".nsewdrag").first)
+    assert all(b["x"] >= plot["x"] + plot["width"] - 1 for b in entries.values())  # beside the panels
+    page.close()
+
+
+def test_runs_page_refreshes_itself_and_its_toolbar_leaves_refresh_free(browser, dashboard, r):
+    run_id = store_run(r, running_events(total=100, until=40), status="running")
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(f"{dashboard}/runs")
+    table = page.get_by_test_id("stDataFrame")
+    table.wait_for(timeout=TIMEOUT_MS)
+    grid = table.locator("table")
+    wait_for(lambda: "running" in grid.inner_text(), 30, "the running run in the table")
+    append(r, run_id, [final_event(None, 0.42)])
+    transition(
+        r, run_id, {"running"}, {"status": "finished", "finished_at": time.time(), "error": ""}, attempt=1
+    )
+    wait_for(lambda: "finished" in grid.inner_text(), 30, "the table to refresh itself")  # no click
+    table.hover()
+    toolbar = page.get_by_test_id("stElementToolbar").first
+    toolbar.wait_for(timeout=TIMEOUT_MS)
+    assert not overlap(box(toolbar), box(page.get_by_role("button", name="Refresh")))
+    scroller = table.locator(".dvn-scroller")
+    width, visible = scroller.evaluate("element => [element.scrollWidth, element.clientWidth]")
+    assert width <= visible + 1  # every column, the id and the live-view link included, on screen
+    page.close()
