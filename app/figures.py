@@ -52,7 +52,7 @@ class Metric:
     column: str
     name: str
     row: int  # 1 accuracy, 2 alignment, 3 loss
-    source: str  # "evals" (sparse: drawn with markers) or "metrics" (every iteration)
+    source: str  # "evals" (sparse: drawn with markers), "probes" (dense probe: thin) or "metrics" (every it)
     color: str
     dash: str = "solid"  # the line style that tells metrics apart when colour tells runs apart
     symbol: str = "circle"  # and the marker of evaluation points
@@ -68,7 +68,12 @@ METRICS = (
     Metric("cos_fgsm_pgd", "cos(δ FGSM, δ PGD)", 2, "evals", "#9467bd"),
     Metric("cos_grad_random", "cos(∇x, ∇x+η)", 2, "evals", "#2ca02c", "dot", "diamond"),
     Metric("train_loss", "train loss", 3, "metrics", "#37474f"),
-    Metric("reg", "GradAlign term", 3, "metrics", "#17becf", "dot", zero_is_absent=True),
+    Metric("reg", "regulariser (GradAlign, ELLE)", 3, "metrics", "#17becf", "dot", zero_is_absent=True),
+    # The dense probe on training images, thin and under the evals' markers (which stay authoritative).
+    Metric("pgd_acc", "PGD (dense probe, train)", 1, "probes", "#d62728"),
+    Metric("fgsm_acc", "FGSM (dense probe, train)", 1, "probes", "#ff7f0e", "dash"),
+    Metric("cos_fgsm_pgd", "cos(δ FGSM, δ PGD) (probe)", 2, "probes", "#9467bd"),
+    Metric("cos_grad_random", "cos(∇x, ∇x+η) (probe)", 2, "probes", "#2ca02c", "dot"),
 )
 OVERLAY_ACCURACY_TITLE = "Accuracy: clean, FGSM and PGD on the eval subset"
 PANELS = (
@@ -230,7 +235,11 @@ def shared_axes(series: Sequence[Series]) -> dict[str, list[float]]:
 
 def _frames(history: RunHistory, smoothing: float = SMOOTHING) -> dict[str, pd.DataFrame]:
     """A run's rows as drawn, by Metric.source: each built once per figure (metrics are smoothed)."""
-    return {"evals": history.evals_frame(), "metrics": history.metrics_frame(smoothing)}
+    return {
+        "evals": history.evals_frame(),
+        "metrics": history.metrics_frame(smoothing),
+        "probes": history.probes_frame(),
+    }
 
 
 def _has_values(frame: pd.DataFrame, metric: Metric) -> bool:
@@ -243,7 +252,7 @@ def _has_values(frame: pd.DataFrame, metric: Metric) -> bool:
 def _trace(
     frame: pd.DataFrame, x: str, metric: Metric, label: str, run_color: str | None, show: bool, compact: bool
 ) -> go.Scatter:
-    sparse = metric.source == "evals"
+    sparse, dense = metric.source == "evals", metric.source == "probes"
     name = html.escape(label) if run_color else metric.name
     # one legend (Plotly draws no entries in a second legend here): a group per run with several runs,
     # else a group per panel, titled with the panel
@@ -260,8 +269,10 @@ def _trace(
         line={
             "color": run_color or metric.color,
             "dash": metric.dash if run_color else "solid",
-            "width": 2.2 if sparse else 1.4,
+            "width": 2.2 if sparse else 0.8 if dense else 1.4,
         },
+        opacity=0.45 if dense else 1.0,
+        zorder=-1 if dense else 0,  # under the evals' markers
         hovertemplate=(f"{html.escape(label)} · " if run_color else "")
         + f"{metric.name}: %{{y:.3f}}<extra></extra>",
     )
@@ -326,7 +337,11 @@ def _style_key(fig: go.Figure, metrics: list[Metric]) -> None:
                 y=[0],
                 name=f"{metric.name} acc" if metric.row == 1 else metric.name,
                 mode="lines+markers" if metric.source == "evals" else "lines",
-                line={"color": "#616161", "dash": metric.dash},
+                line={
+                    "color": "#616161",
+                    "dash": metric.dash,
+                    "width": 0.8 if metric.source == "probes" else 2,
+                },
                 marker={"symbol": metric.symbol, "size": 7},
                 legendgroup="key",
                 legendgrouptitle_text="line = metric",

@@ -34,6 +34,7 @@ class RunHistory:
     device: str | None = None
     metrics: dict[int, dict[str, Any]] = field(default_factory=dict)
     evals: dict[int, dict[str, Any]] = field(default_factory=dict)
+    probes: dict[int, dict[str, Any]] = field(default_factory=dict)  # the dense probe (trainer.probe)
     snapshots: dict[int, dict[str, Any]] = field(default_factory=dict)  # arrays as float32 numpy arrays
     co: dict[str, Any] | None = None
     final: dict[str, Any] | None = None
@@ -73,6 +74,8 @@ class RunHistory:
                 self.clock[event["iteration"]] = time
         elif kind == "eval":
             self.evals[event["iteration"]] = event
+        elif kind == "probe":
+            self.probes[event["iteration"]] = event
         elif kind == "snapshot":
             self.snapshots[event["iteration"]] = compact_snapshot(event)
         elif kind == "co":
@@ -90,6 +93,7 @@ class RunHistory:
         start = event["start_iteration"]
         self.metrics = {it: row for it, row in self.metrics.items() if it <= start}
         self.evals = {it: row for it, row in self.evals.items() if it <= start}
+        self.probes = {it: row for it, row in self.probes.items() if it <= start}
         self.snapshots = {it: row for it, row in self.snapshots.items() if it <= start}
         self.clock = {it: time for it, time in self.clock.items() if it <= start}
         if self.co is not None and self.co["iteration"] > start:
@@ -112,7 +116,11 @@ class RunHistory:
 
     @property
     def co_iteration(self) -> int | None:
-        return self.co["iteration"] if self.co else None
+        """The CO onset: placed from the dense probe when the run had one, else the first collapsed eval."""
+        if not self.co:
+            return None
+        onset = self.co.get("onset_iteration")
+        return onset if isinstance(onset, int) else self.co["iteration"]
 
     def metrics_frame(self, smoothing: float = SMOOTHING, max_points: int = MAX_LINE_POINTS) -> pd.DataFrame:
         """Per-iteration training numbers as an EMA (TensorBoard's, debiased: weight `smoothing` on the past,
@@ -133,6 +141,10 @@ class RunHistory:
         if seconds is not None:
             frame["seconds"] = seconds
         return frame
+
+    def probes_frame(self, max_points: int = MAX_LINE_POINTS) -> pd.DataFrame:
+        """The dense probe's rows, averaged into at most max_points bins (not smoothed: they are sparse)."""
+        return downsample(_frame(self.probes.values()), max_points)
 
     def latest_eval(self) -> dict[str, Any] | None:
         return self.evals[max(self.evals)] if self.evals else None

@@ -129,7 +129,7 @@ def sweep_frame(runs: Sequence[Run], histories: dict[str, RunHistory]) -> pd.Dat
                 "done": final is not None,
                 "status": run.status,
                 "label": config.label(),
-                "lambda": config.grad_align_lambda,
+                "lambda": config.grad_align_lambda or config.elle_lambda,  # the regulariser's weight
             }
         )
     columns = [

@@ -65,7 +65,8 @@ _SHORT = {
     "n_filters": "filters",
     "n_layers": "layers",
 }
-_METHOD_FIELDS = (*LABEL_FIELDS, "grad_align_lambda", "grad_align_fraction")  # what method_label shows
+# what method_label shows
+_METHOD_FIELDS = (*LABEL_FIELDS, "grad_align_lambda", "grad_align_fraction", "elle_lambda")
 _IGNORED = frozenset({"name", *LINK_FIELDS})  # a fork is named by where it starts, below
 
 

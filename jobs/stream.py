@@ -17,7 +17,7 @@ from redis.client import Pipeline
 from jobs import keys
 from jobs.limits import StreamBudget
 from jobs.registry import write_if_owner
-from trainer.events import BadEvent, Event, encode, parse_event
+from trainer.events import DENSE_EVENTS, BadEvent, Event, encode, parse_event
 
 FIELD = "event"
 FIELD_KEY = FIELD.encode()  # replies are bytes
@@ -29,10 +29,11 @@ PAGE = 500
 class StreamSink:
     """The worker's sink for train(): appends events to the run's stream and keeps its progress current.
 
-    Metrics are batched and sent by a background thread at least every FLUSH_S; every other event (eval,
-    co, checkpoint, final) is sent before train() goes on, so the stream never lags an evaluation, and a
-    checkpoint event in the stream always means last.pt holds that iteration. Each batch is one transaction
-    that also updates the run's progress fields, fenced on the attempt (see registry.write_if_owner).
+    Metrics and probes are batched and sent by a background thread at least every FLUSH_S; every other
+    event (eval, co, checkpoint, final) is sent before train() goes on, so the stream never lags an
+    evaluation, and a checkpoint event in the stream always means last.pt holds that iteration. Each batch
+    is one transaction that also updates the run's progress fields, fenced on the attempt (see
+    registry.write_if_owner).
     A resumed attempt passes skip_config: the stream already opens with the run's config event.
     Past CODASH_MAX_STREAM_MB of events (jobs.limits) it raises OverLimit, and the run fails saying so.
     """
@@ -62,7 +63,7 @@ class StreamSink:
             self._pending.append(data)
             self._progress.update(progress_fields(event))
             full = len(self._pending) >= MAX_BATCH
-        if event["type"] != "metrics" or full:
+        if event["type"] not in DENSE_EVENTS or full:
             self.flush()
 
     def flush(self) -> None:
@@ -105,7 +106,7 @@ def progress_fields(event: Event) -> dict[str, Any]:
     if kind == "metrics":
         return {"iteration": event["iteration"]}
     if kind == "co":
-        return {"co_iteration": event["iteration"]}
+        return {"co_iteration": event.get("onset_iteration", event["iteration"])}
     if kind == "final":
         return {"final": encode(event), "iteration": event["iterations"]}
     return {}

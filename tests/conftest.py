@@ -240,9 +240,19 @@ def eval_event(it: int, pgd: float, fgsm: float = 0.5) -> dict:
     )
 
 
-def co_event(it: int) -> dict:
+def co_event(it: int, onset: int | None = None) -> dict:
+    """A co event whose onset the dense probe placed at `onset` (default: the first collapsed eval)."""
     return make_event(
-        "co", iteration=it, pgd_acc=0.01, best_pgd_acc=0.4, fgsm_acc=0.9, confirmed_at=it + 20, rule="r"
+        "co",
+        iteration=it,
+        pgd_acc=0.01,
+        best_pgd_acc=0.4,
+        fgsm_acc=0.9,
+        confirmed_at=it + 20,
+        rule="r",
+        onset_iteration=it if onset is None else onset,
+        onset_rule="r",
+        onset_probes=[],
     )
 
 

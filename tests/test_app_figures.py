@@ -32,7 +32,7 @@ from app.history import MAX_LINE_POINTS, RunHistory, downsample
 from app.tables import runs_frame, sweep_frame
 from app.text import distinguishing_labels, format_duration, md_escape, method_label, snapshot_label
 from trainer.config import make_config
-from trainer.events import events_csv, events_jsonl, read_jsonl
+from trainer.events import events_csv, events_jsonl, make_event, read_jsonl
 from trainer.presets import DEFAULT_PRESET, DIGITS_GRAD_ALIGN, PRESETS
 
 
@@ -82,6 +82,30 @@ def test_resumed_run_replaces_the_replayed_iterations():
     assert history.co is None
 
 
+def probe_event(it: int, pgd: float) -> dict:
+    return make_event("probe", iteration=it, fgsm_acc=0.6, pgd_acc=pgd, cos_fgsm_pgd=0.7, cos_grad_random=0.8)
+
+
+def test_dense_probes_are_drawn_thin_under_the_evals_and_the_co_marker_sits_at_their_onset():
+    events = co_run_events()
+    events = [e for e in events if e["type"] != "co"]
+    events.insert(-1, co_event(60, onset=47))
+    events[-1:-1] = [probe_event(it, 0.4 if it < 47 else 0.02) for it in range(2, 101, 2)]
+    history = history_of(events)
+    assert history.co_iteration == 47 and len(history.probes) == 50
+    fig = run_figure([Series("FGSM", history)], uirevision="u")
+    traces = traces_by_name(fig)
+    dense, evals = traces["PGD (dense probe, train)"], traces["PGD"]
+    assert len(dense.x) == 50 and dense.mode == "lines" and dense.zorder < evals.zorder
+    assert dense.line.width < evals.line.width and dense.yaxis == evals.yaxis == "y"
+    assert traces["cos(∇x, ∇x+η) (probe)"].yaxis == "y2"
+    assert {shape.x0 for shape in fig.layout.shapes if shape.type == "line"} == {47}
+    overlay = run_figure([Series("a", history), Series("b", history)], uirevision="u")
+    assert sum(trace.opacity == 0.45 for trace in overlay.data) == 8  # 4 probe metrics x 2 runs
+    history.extend([config_event(start=50, total=100)])  # a resume drops the replayed probes
+    assert max(history.probes) == 50
+
+
 def test_downsample_bins_means_and_keeps_the_last_iteration():
     frame = pd.DataFrame({"iteration": range(1, 1001), "train_loss": [float(i % 2) for i in range(1000)]})
     small = downsample(frame, 100)
@@ -101,7 +125,7 @@ def test_single_run_figure_has_three_panels_colours_per_metric_and_a_co_marker_o
     fig = run_figure([Series("FGSM ε=0.2", history_of(co_run_events()))], uirevision="run-1")
     traces = traces_by_name(fig)
     assert {"clean", "FGSM", "PGD", "train (adversarial batches)", "train loss"} <= set(traces)
-    assert "GradAlign term" not in traces  # all zero: the run has no GradAlign
+    assert "regulariser (GradAlign, ELLE)" not in traces  # all zero: the run has no regulariser
     assert len({traces[name].line.color for name in ("PGD", "FGSM", "clean")}) == 3  # told apart by colour
     assert [fig.layout[f"yaxis{n}"].title.text for n in ("", "2", "3")] == ["accuracy", "cosine", "loss"]
     assert fig.layout.xaxis3.title.text == "iteration"
@@ -124,7 +148,7 @@ def test_no_co_no_marker_and_the_grad_align_term_is_drawn_when_used():
     events = [config_event(grad_align_lambda=2.0)] + [metrics_event(it, reg=0.1) for it in range(1, 41)]
     fig = run_figure([Series("GA", history_of([*events, eval_event(20, 0.4)]))], uirevision="u")
     assert not fig.layout.shapes
-    assert "GradAlign term" in traces_by_name(fig)
+    assert "regulariser (GradAlign, ELLE)" in traces_by_name(fig)
 
 
 def test_empty_history_gives_an_empty_but_valid_figure():

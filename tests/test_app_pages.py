@@ -35,7 +35,7 @@ from app.views.launch import ADVANCED, GROUPS
 from app.views.live import STATUS_ICONS
 from jobs import api, keys
 from jobs.queue import job_id, rq_queue
-from trainer.config import RunConfig, make_config, paper_lambda
+from trainer.config import RunConfig, lambda_of_eps, make_config, paper_lambda
 from trainer.fork import LINK_FIELDS
 from trainer.presets import DIGITS_GRAD_ALIGN, PRESETS
 
@@ -138,8 +138,19 @@ def test_eps_is_entered_in_255ths_on_cifar_and_the_paper_lambda_can_be_taken(r):
     assert run.config.grad_align_lambda == 2.0
 
 
+def test_on_digits_the_form_offers_the_digits_lambda_fit(r):
+    at = app().run()  # digits at eps = 0.175: the paper's rule would give thousands
+    suggestion = lambda_of_eps("grad_align_lambda", "digits", 0.175)
+    assert any(f"Digits λ(ε) fit at ε=0.175: **{suggestion:g}**" in c.value for c in at.caption)
+    at.toggle(key="launch.grad_align").set_value(True).run()
+    at.button(key="launch.paper_lambda").click().run()
+    assert at.number_input(key="launch.grad_align_lambda").value == suggestion
+
+
 def test_out_of_range_paper_lambda_points_to_the_digits_preset_and_its_lambda(r):
-    at = app().run()  # digits at eps = 0.175: lambda(eps) is far beyond the allowed range
+    at = app().run()
+    at.selectbox(key="launch.dataset").set_value("mnist").run()
+    at.number_input(key="launch.eps").set_value(0.3).run()  # MNIST keeps the paper's rule: far too large
     [note] = [caption.value for caption in at.caption if "out of range" in caption.value]
     lam = PRESETS[DIGITS_GRAD_ALIGN]["grad_align_lambda"]
     assert f"“{DIGITS_GRAD_ALIGN}” uses λ={lam:g}" in note
@@ -444,6 +455,9 @@ def test_sweep_submits_methods_times_eps_as_one_sweep(r):
     at.switch_page("views/sweep.py").run()
     at.multiselect(key="sweep.methods").set_value(["FGSM", "FGSM + GradAlign"])
     at.text_input(key="sweep.eps").set_value("0.1, 0.2")
+    assert at.toggle(key="sweep.paper").value  # digits: the fitted λ(ε) by default
+    assert at.number_input(key="sweep.lambda").disabled
+    at.toggle(key="sweep.paper").set_value(False).run()
     assert at.number_input(key="sweep.lambda").value == PRESETS[DIGITS_GRAD_ALIGN]["grad_align_lambda"]
     at.number_input(key="sweep.lambda").set_value(1.5)
     at.run()
@@ -456,6 +470,22 @@ def test_sweep_submits_methods_times_eps_as_one_sweep(r):
     ]
     assert [run.config for run in runs] == expected
     assert at.selectbox(key="sweep.shown").value == sweep_id
+
+
+def test_the_default_digits_sweep_takes_gradalign_and_elle_lambda_from_the_digits_fit(r):
+    at = app().run()
+    at.switch_page("views/sweep.py").run()
+    at.multiselect(key="sweep.methods").set_value(["FGSM + GradAlign", "FGSM + ELLE"])
+    at.text_input(key="sweep.eps").set_value("0.1, 0.25").run()
+    at.button(key="sweep.submit").click().run()
+    runs = api.sweep_runs(r, at.query_params["sweep"])
+    assert len(runs) == 4
+    for run in runs:
+        config = run.config
+        field = "grad_align_lambda" if config.grad_align_lambda else "elle_lambda"
+        assert getattr(config, field) == lambda_of_eps(field, "digits", config.eps) > 0
+    weights = sorted(run.config.grad_align_lambda for run in runs if run.config.grad_align_lambda)
+    assert weights[0] < weights[1]  # λ grows with ε
 
 
 def test_the_paper_fig1_sweep_preset_queues_the_papers_grid_with_lambda_of_eps(r):

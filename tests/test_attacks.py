@@ -5,7 +5,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.attacks import cosine, fgsm, fgsm_rs, input_grad, pgd, random_point_grad, uniform_noise
+from trainer.attacks import (
+    cosine,
+    fgsm,
+    fgsm_rs,
+    input_grad,
+    pgd,
+    project,
+    random_point,
+    random_point_grad,
+    uniform_noise,
+)
 from trainer.gradalign import grad_align_reg
 
 EPS = 0.1
@@ -82,8 +92,8 @@ def test_grad_align_equals_an_independent_computation(batch):
     x, y = batch
     model = small_cnn()
     reg = grad_align_reg(model, x, y, EPS, generator=torch.Generator().manual_seed(3))
-    # Independent: per-example loss gradients, one example at a time, same random point.
-    eta = uniform_noise(x, EPS, torch.Generator().manual_seed(3))
+    # Independent: per-example loss gradients, one example at a time, at the paper's unclipped random point.
+    eta = (torch.rand(x.shape, generator=torch.Generator().manual_seed(3)) * 2 - 1) * EPS
     cosines = []
     for i in range(len(x)):
         xi = x[i : i + 1].clone().requires_grad_(True)
@@ -127,6 +137,22 @@ def test_grad_align_with_all_zero_gradients_is_zero_not_nan(batch):
     reg = grad_align_reg(model, x, y, EPS)
     reg.backward()
     assert reg.item() == 0 and not torch.isnan(model[1].weight.grad).any()
+
+
+def test_the_alignment_probe_point_is_not_projected_to_the_box_but_training_attacks_are(batch):
+    """The paper's GradAlign point x + eta, eta ~ U[-eps, eps], may leave [0,1]; attacks a model is trained
+    or evaluated on (FGSM-RS, PGD from a random start, uniform_noise) stay inside it with the same draws."""
+    x, y = batch
+    eta = random_point(x, EPS, torch.Generator().manual_seed(3))
+    assert eta.abs().max() <= EPS and eta.abs().max() > 0.9 * EPS
+    assert (x + eta).min() < 0 and (x + eta).max() > 1  # the 0- and 1-valued rows of the batch
+    assert torch.equal(uniform_noise(x, EPS, torch.Generator().manual_seed(3)), project(eta, x, EPS))
+    model = small_cnn()
+    grad = random_point_grad(model, x, y, EPS, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(grad, input_grad(model, x, y, eta))
+    g = torch.Generator().manual_seed(3)
+    assert_feasible(fgsm_rs(model, x, y, EPS, 1.25 * EPS, g), x, EPS)
+    assert_feasible(pgd(model, x, y, EPS, EPS / 4, 3, generator=g), x, EPS)
 
 
 def test_random_point_grad_is_differentiable_only_when_asked(batch):

@@ -39,7 +39,7 @@ def checkpoint(iteration: int) -> dict:
 
 
 def co(iteration: int) -> dict:
-    return event("co", iteration=iteration, rule="x")
+    return event("co", iteration=iteration, onset_iteration=iteration, rule="x")
 
 
 def config_event(start: int = 0) -> dict:

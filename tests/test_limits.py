@@ -64,8 +64,9 @@ def test_codash_max_variables_raise_the_bounds(monkeypatch):
     assert Limits.from_env().max_work == 10**11 and run_violations(make_config(STREAM_HEAVY)) == {}
 
 
+@pytest.mark.timeout(900)  # two short trainings; slow only on a crowded machine
 def test_the_stream_estimate_bounds_what_a_run_streams():
-    for changes in ({"eval_every": 1, "max_iters": 40}, {}):
+    for changes in ({"eval_every": 2, "max_iters": 30, "final_eval_points": 16}, {"final_eval_points": 16}):
         config = make_config({**TINY, **changes})
         events: list[dict] = []
         train(config, events.append)

@@ -79,7 +79,7 @@ def test_checkpoints_every_epoch_and_load_model(tmp_path):
 
 
 def metrics_after(events, iteration):
-    return [e for e in events if e["type"] in ("metrics", "eval") and e["iteration"] > iteration]
+    return [e for e in events if e["type"] in ("metrics", "probe", "eval") and e["iteration"] > iteration]
 
 
 def stop_after(n):

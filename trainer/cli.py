@@ -87,7 +87,11 @@ class ProgressSink:
                     f"final evaluation: {measures} of the last and the best model…", file=sys.stderr
                 )
         elif kind == "co":
-            self.bar.write(f"catastrophic overfitting at iteration {event['iteration']}", file=sys.stderr)
+            self.bar.write(
+                f"catastrophic overfitting at iteration {event['onset_iteration']}"
+                f" (first collapsed eval: {event['iteration']})",
+                file=sys.stderr,
+            )
         elif kind == "final":
             self.bar.close()
             self.bar.write(final_summary(event, self.config), file=sys.stderr)

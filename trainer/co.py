@@ -9,17 +9,51 @@ CO is declared when PATIENCE consecutive evals are collapsed; the event carries 
 onset) and the values seen there. Standard training never meets (1); PGD training keeps FGSM and PGD
 accuracy close, so (3) fails; the patience ignores the one-eval dips that GradAlign runs show.
 It fires once per run.
+
+The evals come every `eval_every` iterations, so the first collapsed eval only bounds the onset to that
+interval. Once the rule has fired, the onset is placed from the dense probe (trainer.probe, every
+`probe_every` iterations on a fixed training subset): `onset_iteration` is the first iteration of the
+collapse there (`dense_onset`), and the event carries the probe values it was read from.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import statistics
+from dataclasses import asdict, dataclass, field
 
 MIN_PEAK = 0.15
 DROP = 0.5
 GAP = 0.3
 PATIENCE = 2
 RULE = f"best_pgd>={MIN_PEAK} and pgd<{DROP}*best_pgd and fgsm-pgd>={GAP}, {PATIENCE} evals in a row"
+SMOOTH_ITERS = 10  # a dense point is the mean of the points within this many iterations of it
+ONSET_RULE = (
+    f"first iteration of the last run of pgd (mean over +-{SMOOTH_ITERS} its) < {DROP} x its peak since"
+    " the eval before the last uncollapsed one, up to the confirming eval"
+)
+
+
+def dense_onset(points: list[list[float]], confirmed_at: int) -> int | None:
+    """The first iteration of the collapse in a dense series of [iteration, pgd_acc, ...] rows.
+
+    The series is the window the detector keeps (from just after the eval before the last uncollapsed one).
+    Each point's PGD accuracy is averaged over SMOOTH_ITERS on either side (32-64 probe images are noisy);
+    a point is collapsed when that mean is below DROP x the largest mean in the window, and the onset is
+    the first point of the last unbroken run of collapsed points up to `confirmed_at` (None if the last
+    point is not collapsed). The same function places the onset on the probe (the detector) and on a
+    per-iteration evaluation (bench/onset_check.py), so the two can be compared.
+    """
+    rows = [(int(row[0]), row[1]) for row in points if row[0] <= confirmed_at]
+    means = [
+        statistics.fmean(v for it, v in rows if abs(it - iteration) <= SMOOTH_ITERS) for iteration, _ in rows
+    ]
+    if not means:
+        return None
+    threshold = DROP * max(means)
+    onset = None
+    for (iteration, _), mean in zip(rows, means, strict=True):
+        onset = (iteration if onset is None else onset) if mean < threshold else None
+    return onset
 
 
 @dataclass
@@ -28,6 +62,15 @@ class CODetector:
     fired_at: int | None = None
     onset: dict | None = None  # the first collapsed eval of the current streak
     streak: int = 0
+    # Dense probe rows [iteration, pgd_acc, fgsm_acc] since the eval before the last uncollapsed one: the
+    # window an onset can lie in (bounded: at most ~3 eval intervals of probes are kept).
+    probes: list[list[float]] = field(default_factory=list)
+    previous_eval: int = 0
+
+    def probe(self, iteration: int, pgd_acc: float, fgsm_acc: float) -> None:
+        """Feed one dense probe (in iteration order, before the eval of the same iteration)."""
+        if self.fired_at is None:
+            self.probes.append([iteration, pgd_acc, fgsm_acc])
 
     def update(self, iteration: int, pgd_acc: float, fgsm_acc: float) -> dict | None:
         """Feed one eval; returns the co event's fields the first time the rule holds."""
@@ -37,8 +80,10 @@ class CODetector:
         collapsed = (
             self.best_pgd_acc >= MIN_PEAK and pgd_acc < DROP * self.best_pgd_acc and fgsm_acc - pgd_acc >= GAP
         )
+        previous, self.previous_eval = self.previous_eval, iteration
         if not collapsed:
             self.streak, self.onset = 0, None
+            self.probes = [row for row in self.probes if row[0] > previous]
             return None
         self.streak += 1
         if self.onset is None:
@@ -50,8 +95,18 @@ class CODetector:
             }
         if self.streak < PATIENCE:
             return None
-        self.fired_at = self.onset["iteration"]
-        return {**self.onset, "confirmed_at": iteration, "rule": RULE}
+        placed = dense_onset(self.probes, iteration)
+        self.fired_at = (
+            self.onset["iteration"] if placed is None else placed
+        )  # the final event's co_iteration
+        return {
+            **self.onset,
+            "confirmed_at": iteration,
+            "rule": RULE,
+            "onset_iteration": self.fired_at,
+            "onset_rule": ONSET_RULE if placed is not None else "no dense probe: the first collapsed eval",
+            "onset_probes": [row for row in self.probes if row[0] <= iteration],
+        }
 
     def state_dict(self) -> dict:
         return asdict(self)

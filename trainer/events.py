@@ -31,6 +31,8 @@ FIELDS: dict[str, tuple[str, ...]] = {
         "precision",
     ),
     "metrics": ("iteration", "epoch", "lr", "train_loss", "train_acc", "reg"),
+    # The dense probe (trainer.probe) on a fixed training subset, every probe_every iterations.
+    "probe": ("iteration", "fgsm_acc", "pgd_acc", "cos_fgsm_pgd", "cos_grad_random"),
     "eval": (
         "iteration",
         "clean_acc",
@@ -54,7 +56,17 @@ FIELDS: dict[str, tuple[str, ...]] = {
         "grad_random",
         "filters",
     ),
-    "co": ("iteration", "pgd_acc", "best_pgd_acc", "fgsm_acc", "confirmed_at", "rule"),
+    "co": (
+        "iteration",
+        "pgd_acc",
+        "best_pgd_acc",
+        "fgsm_acc",
+        "confirmed_at",
+        "rule",
+        "onset_iteration",
+        "onset_rule",
+        "onset_probes",
+    ),
     "checkpoint": ("iteration", "epoch"),
     # The final evaluation's PGD, after each restart of each batch: `done` of `points` test images attacked
     # on `model` ("last", then "best" when it differs: `models` is 1 or 2), `elapsed_s` since it began.
@@ -72,6 +84,8 @@ FIELDS: dict[str, tuple[str, ...]] = {
     ),
 }
 
+# Events that come every iteration or every few: sinks batch them instead of flushing each one.
+DENSE_EVENTS = frozenset({"metrics", "probe"})
 # Events that carry arrays (images, filters): in the JSONL and the stream like any other, left out of tables.
 ARRAY_EVENTS = frozenset({"snapshot"})
 ARRAY_FIELDS = ("image", "fgsm_delta", "pgd_delta", "grad_x", "grad_random", "filters")  # a snapshot's arrays
@@ -100,10 +114,12 @@ WHOLE_FIELDS = (
     "best_iteration",
     "iterations",
     "confirmed_at",
+    "onset_iteration",
 )
-# every number of the metrics, eval, co and final events that is not a count
+# every number of the metrics, probe, eval, co and final events that is not a count
 NUMBER_FIELDS = sorted(
-    {*FIELDS["metrics"], *FIELDS["eval"], "best_pgd_acc", "train_images_per_s", "wall_s"} - set(WHOLE_FIELDS)
+    {*FIELDS["metrics"], *FIELDS["probe"], *FIELDS["eval"], "best_pgd_acc", "train_images_per_s", "wall_s"}
+    - set(WHOLE_FIELDS)
 )
 FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     **dict.fromkeys(WHOLE_FIELDS, (_is_int, "a whole number")),
@@ -116,6 +132,10 @@ FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     **dict.fromkeys(ARRAY_FIELDS, (lambda v: v is None or isinstance(v, list), "a list or null")),
     "co_detected": (lambda v: isinstance(v, bool), "true or false"),
+    "onset_probes": (
+        lambda v: isinstance(v, list) and all(isinstance(r, list) and all(map(_is_number, r)) for r in v),
+        "a list of [iteration, pgd_acc, fgsm_acc] rows",
+    ),
     **dict.fromkeys(("device", "step", "precision"), (lambda v: isinstance(v, str), "a string")),
     "step_reason": (lambda v: v is None or isinstance(v, str), "a string or null"),
 }
@@ -214,7 +234,7 @@ class JsonlSink:
 
     def __call__(self, event: Event) -> None:
         self.stream.write(encode(event) + "\n")
-        if event["type"] != "metrics":
+        if event["type"] not in DENSE_EVENTS:
             self.stream.flush()
 
 

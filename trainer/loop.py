@@ -34,11 +34,13 @@ from trainer.checkpoint import (
 from trainer.co import CODetector
 from trainer.config import ConfigError, RunConfig
 from trainer.data import DATA_SHAPES, Dataset, augment, load_dataset
+from trainer.elle import elle_reg
 from trainer.evaluate import accuracy, eval_metrics, pgd_accuracy
 from trainer.events import Event, Sink, make_event
 from trainer.fast import Capture, FastPath, RunParts, fast_path, training_step
 from trainer.free import FreeAT
 from trainer.gradalign import grad_align_reg
+from trainer.probe import PROBE_FIELDS, probe_metrics, probe_seed
 
 METRICS_FLUSH_S = 0.5  # metrics are read off the device in batches, at most this long after the step
 
@@ -203,9 +205,19 @@ def train(
             precision="bf16" if path.bf16 else "fp32",
         )
     )
-    metrics = MetricsBuffer(emit)
+
+    def emit_dense(event: Event) -> None:
+        """Metrics and probes on their way out; the CO detector reads the probes to place the onset."""
+        if event["type"] == "probe":
+            state.detector.probe(event["iteration"], event["pgd_acc"], event["fgsm_acc"])
+        emit(event)
+
+    metrics = MetricsBuffer(emit_dense)
     eval_x, eval_y = path.layout(data.test_x[: config.eval_points]), data.test_y[: config.eval_points]
     probe_x, probe_y = path.layout(data.train_x[: config.eval_points]), data.train_y[: config.eval_points]
+    # The dense probe's points: the END of the training set, apart from the eval's training subset above.
+    dense = slice(len(data.train_x) - config.probe_points, None)
+    dense_x, dense_y = path.layout(data.train_x[dense]), data.train_y[dense]
 
     def resumable() -> dict:
         """Everything a run continues from exactly: in last.pt, and at each evaluation for forks."""
@@ -243,6 +255,8 @@ def train(
         loss, acc, reg = stepper(x, y, state.iteration, lr)
         state.iteration += 1
         state.train_images += len(x)
+        if config.probe_points and state.iteration % config.probe_every == 0:
+            metrics.add_probe(state.iteration, _probe(model, config, dense_x, dense_y, state.iteration))
         metrics.add(state.iteration, state.iteration / steps_per_epoch, lr, loss, acc, reg)
 
         at_eval = state.iteration % config.eval_every == 0 or state.iteration == total
@@ -269,21 +283,32 @@ def _train_step(model, optimizer, cfg, x, y, gen, free: FreeAT | None = None):
     logits = model(x + delta)
     loss = F.cross_entropy(logits, y)
     inputs = None  # everything that requires a gradient
+    reg = torch.zeros((), device=x.device)
+    objective = loss
     if cfg.uses_grad_align:
-        reg = grad_align_reg(model, x, y, cfg.eps, grad_at_x, gen, cfg.grad_align_fraction)
-        objective = loss + cfg.grad_align_lambda * reg
+        align = grad_align_reg(model, x, y, cfg.eps, grad_at_x, gen, cfg.grad_align_fraction)
+        reg, objective = reg + align, objective + cfg.grad_align_lambda * align
         # Name what needs a gradient, or autograd also differentiates the double-backprop graph with
         # respect to its random input point: ~10% of a GradAlign step on CPU (docs/benchmarks.md).
         inputs = [*model.parameters(), *([delta] if free is not None else [])]
-    else:
-        reg = torch.zeros((), device=x.device)
-        objective = loss
+    if cfg.uses_elle:
+        linearity = elle_reg(model, x, y, cfg.eps, gen)
+        reg, objective = reg + linearity, objective + cfg.elle_lambda * linearity
     optimizer.zero_grad(set_to_none=True)
     objective.backward(inputs=inputs)
     optimizer.step()
     if free is not None:  # the same backward pass left the input gradient in delta.grad
         free.update(delta, x)
     return loss.detach(), (logits.argmax(1) == y).float().mean(), reg.detach()
+
+
+def _probe(model, cfg: RunConfig, x, y, iteration: int) -> torch.Tensor:
+    """The dense probe of the model after `iteration` steps, in eval mode, with its own random numbers."""
+    model.eval()
+    generator = torch.Generator(x.device).manual_seed(probe_seed(cfg.seed, iteration))
+    values = probe_metrics(model, x, y, cfg.eps, cfg.probe_pgd_steps, generator)
+    model.train()
+    return values
 
 
 def _evaluate(model, cfg, state: RunState, run_dir: Path, emit: Sink, test, probe, path: FastPath) -> None:
@@ -392,12 +417,17 @@ def _clock(device: torch.device) -> float:
 
 
 class MetricsBuffer:
-    """Per-iteration metrics kept on the device and read back in batches: no host sync every step."""
+    """Per-iteration metrics and dense probes kept on the device and read back in batches: no host sync
+    every step. `flush` emits them in iteration order."""
 
     def __init__(self, emit: Sink):
         self.emit = emit
         self.rows: list[tuple] = []
+        self.probes: list[tuple[int, torch.Tensor]] = []
         self.last_flush = time.monotonic()
+
+    def add_probe(self, iteration: int, values: torch.Tensor) -> None:
+        self.probes.append((iteration, values))
 
     def add(self, iteration, epoch, lr, loss, acc, reg) -> None:
         self.rows.append((iteration, epoch, lr, torch.stack([loss.float(), acc.float(), reg.float()])))
@@ -405,6 +435,7 @@ class MetricsBuffer:
             self.flush()
 
     def flush(self) -> None:
+        probes = self._probe_events()
         if self.rows:
             values = torch.stack([row[3] for row in self.rows]).tolist()
             for (iteration, epoch, lr, _), (loss, acc, reg) in zip(self.rows, values, strict=True):
@@ -419,5 +450,20 @@ class MetricsBuffer:
                         reg=reg,
                     )
                 )
+                while probes and probes[0]["iteration"] <= iteration:
+                    self.emit(probes.pop(0))
             self.rows.clear()
+        for probe in probes:
+            self.emit(probe)
         self.last_flush = time.monotonic()
+
+    def _probe_events(self) -> list[Event]:
+        if not self.probes:
+            return []
+        values = torch.stack([row[1] for row in self.probes]).tolist()
+        events = [
+            make_event("probe", iteration=iteration, **dict(zip(PROBE_FIELDS, row, strict=True)))
+            for (iteration, _), row in zip(self.probes, values, strict=True)
+        ]
+        self.probes.clear()
+        return events

@@ -18,7 +18,9 @@ class SweepEntry:
 
     name: str  # as the Sweep page and its presets name it
     fields: Mapping[str, Any] = field(default_factory=dict)
-    grad_align: bool = False  # the run adds GradAlign, with the λ the form gives
+    # the regulariser the run adds, by its weight field ("grad_align_lambda", "elle_lambda"), with the λ the
+    # form gives (a fixed λ or trainer.config.lambda_of_eps)
+    regulariser: str | None = None
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,11 @@ METHODS: dict[str, TrainingMethod] = {
             "FGSM",
             _FGSM_STEP,
             {"alpha": 1.0},
-            sweep=(SweepEntry("FGSM"), SweepEntry("FGSM + GradAlign", grad_align=True)),
+            sweep=(
+                SweepEntry("FGSM"),
+                SweepEntry("FGSM + GradAlign", regulariser="grad_align_lambda"),
+                SweepEntry("FGSM + ELLE", regulariser="elle_lambda"),
+            ),
         ),
         # Wong et al. 2020: a random start, then a step of 1.25 ε
         TrainingMethod("fgsm_rs", "FGSM-RS", _FGSM_STEP, {"alpha": 1.25}, sweep=(SweepEntry("FGSM-RS"),)),

@@ -20,8 +20,8 @@ from trainer.config import (
     RunConfig,
     allowed,
     format_eps,
+    lambda_of_eps,
     make_config,
-    paper_lambda,
 )
 from trainer.datafiles import missing_files
 from trainer.fork import LINK_FIELDS, check_fork
@@ -30,7 +30,7 @@ from trainer.presets import DEFAULT_PRESET, DIGITS_GRAD_ALIGN, PRESETS
 
 GROUPS = (
     ("Data and model", ("dataset", "model", "name", "n_layers", "n_filters")),
-    ("Attack and defence", ("method", "eps", "grad_align_lambda", "free_replays", "nfgsm_k")),
+    ("Attack and defence", ("method", "eps", "grad_align_lambda", "elle_lambda", "free_replays", "nfgsm_k")),
     ("Training", ("epochs", "max_iters", "batch_size", "lr", "seed")),
     ("Monitoring and hardware", ("eval_every", "eval_points", "device")),
 )
@@ -44,6 +44,9 @@ ADVANCED = (
     "momentum",
     "weight_decay",
     "eval_pgd_steps",
+    "probe_points",
+    "probe_every",
+    "probe_pgd_steps",
     "final_eval_points",
     "final_pgd_steps",
     "final_pgd_restarts",
@@ -60,6 +63,10 @@ LABELS = {
     "pgd_alpha": "PGD step (× ε)",
     "grad_align_lambda": "GradAlign λ",
     "grad_align_fraction": "GradAlign batch share",
+    "elle_lambda": "ELLE λ (0 = off)",
+    "probe_points": "dense probe: train images",
+    "probe_every": "dense probe every (iterations)",
+    "probe_pgd_steps": "dense probe PGD steps",
     "max_iters": "max iterations (optional)",
     "batch_size": "batch size",
     "lr": "learning rate",
@@ -423,14 +430,15 @@ def _grad_align() -> None:
         help=allowed("grad_align_lambda"),
     )
     eps = _form_values()["eps"]
-    if eps is None:
-        return
-    suggestion = paper_lambda(eps)
     dataset = st.session_state.get(KEY + "dataset")
+    if eps is None or dataset is None:
+        return
+    suggestion = lambda_of_eps("grad_align_lambda", dataset, eps)
+    rule = "Digits λ(ε) fit" if dataset == "digits" else "Paper's λ(ε)"
     in_range = suggestion <= _bounds("grad_align_lambda")["le"]
     if in_range:
-        note = "" if dataset == "cifar10" else " (tuned on CIFAR-10; a starting point here)"
-        st.caption(f"Paper's λ(ε) at ε={format_eps(eps, dataset)}: **{suggestion:g}**{note}")
+        note = "" if dataset in ("cifar10", "digits") else " (tuned on CIFAR-10; a starting point here)"
+        st.caption(f"{rule} at ε={format_eps(eps, dataset)}: **{suggestion:g}**{note}")
     else:
         st.caption(
             f"Paper's λ(ε) gives {suggestion:,.0f} at ε={format_eps(eps, dataset)}: out of range (it is "
@@ -438,7 +446,7 @@ def _grad_align() -> None:
             f"λ={PRESETS[DIGITS_GRAD_ALIGN]['grad_align_lambda']:g}."
         )
     st.button(
-        "Use paper λ(ε)",
+        f"Use {rule[0].lower()}{rule[1:]}",
         key=KEY + "paper_lambda",
         disabled=not on or not in_range,
         on_click=lambda: st.session_state.update({KEY + "grad_align_lambda": suggestion}),

@@ -21,16 +21,18 @@ from app.text import md_escape, method_family, plural
 from jobs import api
 from trainer.config import (
     NATURAL_IMAGES,
+    REGULARISERS,
     ConfigError,
     RunConfig,
     allowed,
+    field_bounds,
     format_eps,
+    lambda_of_eps,
     make_config,
-    paper_lambda,
     parse_eps,
 )
 from trainer.methods import SWEEP
-from trainer.presets import DIGITS_GRAD_ALIGN, PRESETS
+from trainer.presets import DIGITS_ELLE, DIGITS_GRAD_ALIGN, PRESETS
 
 REFRESH_S = 2.0
 DEFAULT_METHODS = ["FGSM", "FGSM + GradAlign", "PGD-10"]
@@ -88,34 +90,36 @@ def sweep_configs(
     base: dict,
     methods: list[str],
     eps_values: list[float],
-    paper_lambdas: bool,
-    fixed_lambda: float,
+    rule: bool,
+    fixed: dict[str, float],
     method_fields: dict[str, dict] | None = None,
 ) -> list[RunConfig]:
     """One config per (method, ε); raises ConfigError naming the first combination that cannot run.
 
-    `method_fields` (a sweep preset's) adds fields per method, e.g. the paper's larger lr for GradAlign.
+    GradAlign's and ELLE's λ follow trainer.config.lambda_of_eps when `rule` is on and the data set has a
+    rule for it, else `fixed` (by field). `method_fields` (a sweep preset's) adds fields per method, e.g.
+    the paper's larger lr for GradAlign.
     """
     configs = []
     for method in methods:
         for eps in eps_values:
             name, line = SWEEP[method]
-            lam = (paper_lambda(eps) if paper_lambdas else fixed_lambda) if line.grad_align else 0.0
+            weights = dict.fromkeys(REGULARISERS, 0.0)
+            if line.regulariser is not None:
+                by_rule = lambda_of_eps(line.regulariser, base["dataset"], eps) if rule else None
+                weights[line.regulariser] = fixed[line.regulariser] if by_rule is None else by_rule
             extra = (method_fields or {}).get(method, {})
-            fields = {
-                "method": name,
-                **line.fields,
-                **extra,
-                "eps": eps,
-                "grad_align_lambda": lam,
-                "name": "",
-            }
-            values = {**base, **fields}
+            values = {**base, "method": name, **line.fields, **extra, "eps": eps, **weights, "name": ""}
             try:
                 configs.append(make_config(values))
             except ConfigError as exc:
                 raise ConfigError(f"{method} at ε={format_eps(eps, base['dataset'])}: {exc}") from None
     return configs
+
+
+def _has_rule(base: dict) -> bool:
+    """λ(ε) is the default where it is calibrated: the digits fit, and the paper's rule on natural images."""
+    return base["dataset"] == "digits" or base["dataset"] in NATURAL_IMAGES
 
 
 def _base(name: str) -> dict:
@@ -126,7 +130,7 @@ def _apply_base(name: str) -> None:
     """A sweep preset fills the whole form; a run preset is only the base (and the λ toggle's default)."""
     natural = _base(name)["dataset"] in NATURAL_IMAGES
     preset = SWEEP_PRESETS.get(name)
-    st.session_state[KEY + "paper"] = preset["paper_lambda"] if preset else natural
+    st.session_state[KEY + "paper"] = preset["paper_lambda"] if preset else _has_rule(_base(name))
     st.session_state[KEY + "epochs"] = make_config(_base(name)).epochs
     if preset:
         st.session_state[KEY + "methods"] = list(preset["methods"])
@@ -147,11 +151,11 @@ def _new_sweep(r) -> None:
     for key, default in {
         KEY + "methods": DEFAULT_METHODS,
         eps_key: DEFAULT_EPS["natural" if natural else "fraction"],
-        KEY + "paper": natural,
+        KEY + "paper": _has_rule(base),
         KEY + "epochs": make_config(base).epochs,
     }.items():
         st.session_state.setdefault(key, default)
-    columns = st.columns([3, 3, 1.3, 2, 2])
+    columns = st.columns([3, 3, 1.3, 2, 2, 2])
     methods = columns[0].multiselect("Methods", list(SWEEP), key=KEY + "methods")
     eps_text = columns[1].text_input(
         "ε values (× 1/255)" if natural else "ε values",
@@ -162,23 +166,33 @@ def _new_sweep(r) -> None:
     epochs = columns[2].number_input(
         "epochs", key=KEY + "epochs", step=1, help="Of every run in the sweep. " + allowed("epochs")
     )
-    paper = columns[3].toggle(
-        "GradAlign: paper λ(ε)", key=KEY + "paper", help="λ = 0.2·10^((ε − 8/255)/(8/255))"
+    digits = base["dataset"] == "digits"
+    rule = columns[3].toggle(
+        "λ(ε): digits fit" if digits else "GradAlign: paper λ(ε)",
+        key=KEY + "paper",
+        help="GradAlign's and ELLE's λ fitted on digits (docs/reproduction.md)"
+        if digits
+        else "λ = 0.2·10^((ε − 8/255)/(8/255)), for GradAlign; ELLE keeps its fixed λ",
     )
-    fixed = columns[4].number_input(
-        "GradAlign: fixed λ",
-        min_value=0.0,
-        max_value=100.0,
-        value=PRESETS[DIGITS_GRAD_ALIGN]["grad_align_lambda"],
-        format="%g",
-        disabled=paper,
-        key=KEY + "lambda",
-        help=f"Starts at the λ of “{DIGITS_GRAD_ALIGN}”; the paper's λ(ε) is calibrated for CIFAR-10.",
-    )
+    fixed = {}
+    for column, field, preset, name in (
+        (columns[4], "grad_align_lambda", DIGITS_GRAD_ALIGN, "GradAlign"),
+        (columns[5], "elle_lambda", DIGITS_ELLE, "ELLE"),
+    ):
+        fixed[field] = column.number_input(
+            f"{name}: fixed λ",
+            min_value=0.0,
+            max_value=float(field_bounds(field)["le"]),
+            value=PRESETS[preset][field],
+            format="%g",
+            disabled=rule and lambda_of_eps(field, base["dataset"], 0.1) is not None,
+            key=KEY + ("lambda" if field == "grad_align_lambda" else "elle_lambda"),
+            help=f"Starts at the λ of “{preset}”; the paper's GradAlign λ(ε) is calibrated for CIFAR-10.",
+        )
     method_fields = SWEEP_PRESETS.get(base_name, {}).get("method_fields")
     try:
         eps_values = parse_eps_list(eps_text, natural)
-        configs = sweep_configs({**base, "epochs": epochs}, methods, eps_values, paper, fixed, method_fields)
+        configs = sweep_configs({**base, "epochs": epochs}, methods, eps_values, rule, fixed, method_fields)
     except ValueError as exc:  # ConfigError is one too
         st.error(md_escape(str(exc)))
         return
@@ -186,7 +200,16 @@ def _new_sweep(r) -> None:
     finished = [run for run in api.list_runs(r) if run.status == "finished"]
     gpu = any(worker.device.startswith("cuda") for worker in workers)
     took = estimate.sweep_expected(configs, finished, gpu, len(workers))
-    st.caption(f"{plural(len(configs), 'run')}, based on “{md_escape(base_name)}”. {took}")
+    weights = [
+        f"{name} λ={getattr(config, field):g} at ε={format_eps(config.eps, config.dataset)}"
+        for config in configs
+        for field, name in (("grad_align_lambda", "GradAlign"), ("elle_lambda", "ELLE"))
+        if getattr(config, field) > 0
+    ]
+    st.caption(
+        f"{plural(len(configs), 'run')}, based on “{md_escape(base_name)}”. {took}"
+        + (f" {md_escape('; '.join(weights))}." if weights else "")
+    )
     refused = api.limit_violations(configs, api.queued_count(r))
     for field, text in refused.items():
         st.error(md_escape(f"{field}: {text}"))

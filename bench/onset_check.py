@@ -1,0 +1,135 @@
+"""Offline check of the CO onset: the dense probe's onset against a full PGD-10 eval of every iteration.
+
+    python -m bench.onset_check [--seeds 0 1 2 3 4] [--iters 450] [--out /tmp/16-onset.json]
+
+Per seed, the digits FGSM preset runs for --iters iterations (dense probe at its defaults) while an
+optimizer step hook keeps every iteration's weights (trainer code untouched). Every kept model in the
+detector's window (after the eval two before the onset eval, up to the confirming eval) is then evaluated
+as the live eval is (trainer.evaluate.eval_metrics: PGD-10, step eps/4, 256 test images, its seed), and
+trainer.co.dense_onset, the rule the detector applies to the probe, places the onset on that per-iteration
+series: the reference for the probe's `onset_iteration`. Prints one line per seed and writes JSON. A
+check, not a test: it takes minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from trainer.checkpoint import model_for
+from trainer.co import dense_onset
+from trainer.config import make_config
+from trainer.data import load_dataset
+from trainer.evaluate import eval_metrics
+from trainer.loop import train
+from trainer.presets import DEFAULT_PRESET, PRESETS
+from trainer.probe import probe_metrics, probe_seed
+
+CADENCES = (1, 2, 5, 10, 20)  # probe_every values the probe's onset is also placed at, offline
+
+
+def check_seed(seed: int, iters: int, overrides: dict) -> dict:
+    config = make_config(
+        {**PRESETS[DEFAULT_PRESET], "seed": seed, "max_iters": iters, "final_eval_points": 0, **overrides}
+    )
+    weights: list[list[torch.Tensor]] = []
+
+    def keep(optimizer, args, kwargs) -> None:
+        weights.append([p.detach().clone() for group in optimizer.param_groups for p in group["params"]])
+
+    events: list[dict] = []
+    handle = register_optimizer_step_post_hook(keep)
+    started = time.perf_counter()
+    try:
+        train(config, events.append)
+    finally:
+        handle.remove()
+    train_s = time.perf_counter() - started
+    co = next((event for event in events if event["type"] == "co"), None)
+    probes = [[e["iteration"], e["pgd_acc"], e["fgsm_acc"]] for e in events if e["type"] == "probe"]
+    result = {"seed": seed, "config": config.model_dump(mode="json"), "train_s": train_s, "probes": probes}
+    if co is None:
+        return {**result, "co": None}
+    data = load_dataset(config.dataset, torch.device("cpu"))
+    eval_x, eval_y = data.test_x[: config.eval_points], data.test_y[: config.eval_points]
+    model = model_for(config)
+    dense_x, dense_y = data.train_x[-config.probe_points :], data.train_y[-config.probe_points :]
+    first = max(1, co["iteration"] - 2 * config.eval_every + 1)  # the detector's window
+    series, probe_series = [], []
+    started = time.perf_counter()
+    for iteration in range(first, co["confirmed_at"] + 1):
+        with torch.no_grad():
+            for param, value in zip(model.parameters(), weights[iteration - 1], strict=True):
+                param.copy_(value)
+        model.eval()
+        values, _ = eval_metrics(
+            model,
+            eval_x,
+            eval_y,
+            data.train_x[:0],
+            data.train_y[:0],
+            config.eps,
+            config.eval_pgd_steps,
+            seed=config.seed + iteration,
+        )
+        series.append([iteration, values["pgd_acc"], values["fgsm_acc"]])
+        generator = torch.Generator().manual_seed(probe_seed(config.seed, iteration))
+        probe = probe_metrics(model, dense_x, dense_y, config.eps, config.probe_pgd_steps, generator)
+        probe_series.append([iteration, probe[1].item(), probe[0].item()])
+    reference = dense_onset(series, co["confirmed_at"])
+    at_cadence = {
+        every: dense_onset([row for row in probe_series if row[0] % every == 0], co["confirmed_at"])
+        for every in CADENCES
+    }
+    return {
+        **result,
+        "co": {key: value for key, value in co.items() if key != "onset_probes"},
+        "eval_series": series,
+        "probe_series": probe_series,
+        "eval_s": time.perf_counter() - started,
+        "probe_onset": co["onset_iteration"],
+        "eval_onset": reference,
+        "difference": None if reference is None else co["onset_iteration"] - reference,
+        "offline_probe_onsets": at_cadence,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.onset_check", description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--iters", type=int, default=450, help="iterations per run (CO comes at 200-300)")
+    parser.add_argument("--probe-every", type=int, help="override the preset's probe_every")
+    parser.add_argument("--probe-points", type=int, help="override the preset's probe_points")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/16-onset.json"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    overrides = {
+        key: value
+        for key, value in {"probe_every": args.probe_every, "probe_points": args.probe_points}.items()
+        if value is not None
+    }
+    results = []
+    for seed in args.seeds:
+        result = check_seed(seed, args.iters, overrides)
+        results.append(result)
+        args.out.write_text(json.dumps(results))
+        co = result["co"]
+        if co is None:
+            print(f"seed {seed}: no CO within {args.iters} iterations")
+        else:
+            print(
+                f"seed {seed}: eval onset {co['iteration']} (confirmed {co['confirmed_at']}), probe onset"
+                f" {result['probe_onset']}, per-iteration PGD-10 onset {result['eval_onset']},"
+                f" difference {result['difference']}; probe onset offline by probe_every:"
+                f" {result['offline_probe_onsets']}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""The dense probe, the CO onset placed from it, and ELLE's regulariser, against direct computations."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import TINY
+from test_attacks import EPS, small_cnn
+from torch import nn
+
+from trainer.attacks import cosine, fgsm, input_grad, pgd, random_point
+from trainer.checkpoint import load_model
+from trainer.co import SMOOTH_ITERS, CODetector, dense_onset
+from trainer.config import make_config
+from trainer.data import load_dataset
+from trainer.elle import elle_reg
+from trainer.events import FIELDS, BadEvent, encode, events_csv, make_event, parse_event
+from trainer.loop import train
+from trainer.probe import PGD_STEP, PROBE_FIELDS, probe_metrics, probe_seed
+
+
+def test_probe_values_equal_an_independent_computation(batch):
+    """FGSM and PGD accuracy and both cosines, each from the attacks module on its own, same draws."""
+    x, y = batch
+    model = small_cnn()
+    got = probe_metrics(model, x, y, EPS, 4, torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    eta = random_point(x, EPS, g)  # drawn first, then PGD's random start from the same stream
+    pgd_delta = pgd(model, x, y, EPS, PGD_STEP * EPS, 4, generator=g)
+    fgsm_delta = fgsm(model, x, y, EPS)
+    with torch.no_grad():
+        expected = [
+            (model(x + fgsm_delta).argmax(1) == y).float().mean().item(),
+            (model(x + pgd_delta).argmax(1) == y).float().mean().item(),
+            cosine(fgsm_delta, pgd_delta).mean().item(),
+            cosine(input_grad(model, x, y), input_grad(model, x, y, eta)).mean().item(),
+        ]
+    assert got.tolist() == pytest.approx(expected, abs=1e-5)
+    assert 0 < expected[1] < 1 and expected[3] < 0.999  # not a degenerate case
+
+
+def test_the_loops_probe_events_equal_the_probe_on_the_same_weights(tmp_path):
+    """The last probe of a run, recomputed from the checkpointed weights on the last training images."""
+    config = make_config({**TINY, "max_iters": 23, "probe_every": 23, "probe_points": 48})
+    events = []
+    train(config, events.append, run_dir=tmp_path)
+    probes = [e for e in events if e["type"] == "probe"]
+    assert [e["iteration"] for e in probes] == [23] and set(probes[0]) - {"type"} == set(FIELDS["probe"])
+    model = load_model(tmp_path, which="last")
+    data = load_dataset("digits", torch.device("cpu"))
+    x, y = data.train_x[-48:], data.train_y[-48:]
+    generator = torch.Generator().manual_seed(probe_seed(config.seed, 23))
+    expected = probe_metrics(model, x, y, config.eps, config.probe_pgd_steps, generator).tolist()
+    assert [probes[0][key] for key in PROBE_FIELDS] == pytest.approx(expected, abs=1e-6)
+    assert sum(row.startswith("probe,") for row in events_csv(events).splitlines()) == 1  # exported
+
+
+def test_probes_can_be_turned_off():
+    events = []
+    train(make_config({**TINY, "max_iters": 4, "probe_points": 0, "final_eval_points": 0}), events.append)
+    assert not [e for e in events if e["type"] == "probe"]
+
+
+def ramp(start, stop, high, low, collapse_at, every=1):
+    """A synthetic dense series: `high` until collapse_at, then `low` (with a little deterministic noise)."""
+    wiggle = [0.02, -0.01, 0.0, 0.015, -0.02]
+    return [
+        [it, (high if it < collapse_at else low) + wiggle[it % 5], 0.5]
+        for it in range(start, stop + 1, every)
+    ]
+
+
+def test_dense_onset_finds_the_first_iteration_of_a_sudden_collapse():
+    # With +-SMOOTH_ITERS smoothing, a step from 0.3 to 0.02 crosses half the peak within a few iterations.
+    onset = dense_onset(ramp(51, 150, 0.3, 0.02, collapse_at=117), confirmed_at=150)
+    assert abs(onset - 117) <= 3
+    # a series that recovers before the confirming eval has no onset
+    recovered = ramp(51, 120, 0.3, 0.02, collapse_at=90) + ramp(121, 150, 0.3, 0.3, collapse_at=0)
+    assert dense_onset(recovered, confirmed_at=150) is None
+    assert SMOOTH_ITERS == 10
+
+
+def test_the_detector_places_the_onset_from_the_probe_when_its_eval_rule_fires():
+    """Evals every 50 iterations collapse at 150 and 200; the probe (every 2) collapsed at 131."""
+    detector = CODetector()
+    probes = ramp(2, 200, 0.3, 0.01, collapse_at=131, every=2)
+    evals = {50: (0.25, 0.4), 100: (0.3, 0.45), 150: (0.05, 0.7), 200: (0.02, 0.8)}
+    fired = []
+    for it, pgd_acc, fgsm_acc in probes:
+        detector.probe(it, pgd_acc, fgsm_acc)
+        if it in evals:
+            fired.append(detector.update(it, *evals[it]))
+    event = [e for e in fired if e][0]
+    assert event["iteration"] == 150 and event["confirmed_at"] == 200
+    assert abs(event["onset_iteration"] - 131) <= 3
+    # the evidence: the probes of the window it was read from (after the eval at 50, up to 200)
+    assert event["onset_probes"][0][0] == 52 and event["onset_probes"][-1][0] == 200
+    assert set(event) - {"type"} == set(FIELDS["co"])
+
+
+def test_without_probes_the_onset_is_the_first_collapsed_eval():
+    detector = CODetector()
+    for it, (pgd_acc, fgsm_acc) in {50: (0.3, 0.4), 100: (0.05, 0.7), 150: (0.0, 0.8)}.items():
+        event = detector.update(it, pgd_acc, fgsm_acc)
+    assert event["onset_iteration"] == 100 and event["onset_probes"] == []
+
+
+def test_elle_equals_a_direct_computation(batch):
+    x, y = batch
+    x, model = x.double(), small_cnn().double()  # the error is ~1e-4 of the loss: float32 would blur it
+    reg = elle_reg(model, x, y, EPS, torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(4)
+    x_a = x + (torch.rand(x.shape, generator=g, dtype=x.dtype) * 2 - 1) * EPS
+    x_b = x + (torch.rand(x.shape, generator=g, dtype=x.dtype) * 2 - 1) * EPS
+    alpha = torch.rand(len(x), generator=g, dtype=x.dtype)
+    errors = []
+    with torch.no_grad():
+        for i in range(len(x)):
+            a = alpha[i].item()
+            x_c = (1 - a) * x_a[i : i + 1] + a * x_b[i : i + 1]
+
+            def loss(point, i=i):
+                return F.cross_entropy(model(point), y[i : i + 1]).item()
+
+            errors.append((loss(x_c) - (1 - a) * loss(x_a[i : i + 1]) - a * loss(x_b[i : i + 1])) ** 2)
+    assert reg.item() == pytest.approx(sum(errors) / len(errors), rel=1e-9)
+    assert reg.item() > 1e-8
+    reg.backward()  # one backward reaches the weights, no double backprop
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+class AffineLoss(nn.Module):
+    """Outputs log-probabilities whose class-0 entry is -(c + w.x): cross-entropy for label 0 is then exactly
+    c + w.x, affine in the input (c keeps it positive on the eps-ball). Cross-entropy over a linear model is
+    convex, not affine, so it would not do."""
+
+    def __init__(self, dim, classes=10):
+        super().__init__()
+        torch.manual_seed(0)
+        self.w = nn.Parameter(torch.randn(dim) * 0.1)
+        self.c, self.classes = 2.0 + 0.1 * dim**0.5 * 3, classes
+
+    def forward(self, x):
+        loss = self.c + x.flatten(1) @ self.w
+        p0 = torch.exp(-loss)
+        rest = torch.log1p(-p0) - torch.log(torch.tensor(self.classes - 1.0))
+        return torch.cat([-loss[:, None], rest[:, None].expand(-1, self.classes - 1)], dim=1)
+
+
+def test_elle_is_zero_when_the_loss_is_affine_in_the_input(batch):
+    x, _ = batch
+    y = torch.zeros(len(x), dtype=torch.long)
+    model = AffineLoss(x[0].numel()).double()
+    x = x.double()
+    losses = F.cross_entropy(model(x), y, reduction="none")
+    assert torch.allclose(losses, model.c + x.flatten(1) @ model.w)  # the construction is what it claims
+    reg = elle_reg(model, x, y, EPS, torch.Generator().manual_seed(4))
+    assert reg.item() < 1e-20
+    assert elle_reg(small_cnn().double(), x, y, EPS, torch.Generator().manual_seed(4)).item() > 1e-8
+
+
+def test_probe_and_co_events_from_redis_are_checked_at_the_boundary():
+    probe = make_event(
+        "probe", iteration=40, fgsm_acc=0.6, pgd_acc=0.1, cos_fgsm_pgd=0.5, cos_grad_random=None
+    )
+    assert parse_event(encode(probe)) == probe
+    for bad in ({"pgd_acc": "0.1"}, {"iteration": 4.5}, {"cos_grad_random": True}):
+        with pytest.raises(BadEvent):
+            parse_event(encode({**probe, **bad}))
+    detector = CODetector()
+    detector.probe(60, 0.3, 0.5)
+    detector.update(50, 0.3, 0.4)
+    detector.probe(100, 0.01, 0.8)
+    detector.update(100, 0.01, 0.8)
+    detector.probe(150, 0.0, 0.9)
+    co = make_event("co", **detector.update(150, 0.0, 0.9))
+    assert parse_event(encode(co)) == co
+    for bad in ({"onset_iteration": "100"}, {"onset_probes": [[1, "x", 0.5]]}, {"onset_probes": {}}):
+        with pytest.raises(BadEvent):
+            parse_event(encode({**co, **bad}))
