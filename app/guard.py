@@ -8,7 +8,8 @@
   and the upload endpoint (codash has no uploader, so nothing may be uploaded).
 - `clear_cache` messages from browsers are dropped: codash has no use for them, and one would empty the
   shared caches (the Redis connection) for every user, signed in or not.
-- Every HTTP answer forbids framing (X-Frame-Options, CSP frame-ancestors) and MIME sniffing.
+- Every HTTP answer forbids framing by other sites (X-Frame-Options, CSP frame-ancestors) and MIME sniffing;
+  the dashboard's own chart components are same-origin iframes, so 'self' stays allowed.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 SERVE_HOST_ENV, ALLOWED_HOSTS_ENV = "CODASH_SERVE_HOST", "CODASH_ALLOWED_HOSTS"
 CLOSED_PATHS = ("/_stcore/metrics", "/_stcore/upload_file")
 SECURITY_HEADERS = [
-    (b"x-frame-options", b"DENY"),
-    (b"content-security-policy", b"frame-ancestors 'none'"),
+    (b"x-frame-options", b"SAMEORIGIN"),
+    (b"content-security-policy", b"frame-ancestors 'self'"),
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
 ]

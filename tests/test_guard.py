@@ -81,8 +81,8 @@ def test_unused_endpoints_are_closed_and_framing_is_forbidden(served):
     assert get(port, "/_stcore/metrics", host).status == 404
     assert get(port, "/_stcore/upload_file/session/file", host, "PUT").status == 404
     page = get(port, "/", host)
-    assert page.getheader("X-Frame-Options") == "DENY"
-    assert page.getheader("Content-Security-Policy") == "frame-ancestors 'none'"
+    assert page.getheader("X-Frame-Options") == "SAMEORIGIN"
+    assert page.getheader("Content-Security-Policy") == "frame-ancestors 'self'"
 
 
 def test_up_serves_the_guarded_app_with_the_smallest_upload_limit():
