@@ -130,7 +130,9 @@ def grad_align(model, x, y, eps, grad_x, gen, fraction=1.0):
     n = max(1, round(len(x) * fraction))
     x, y = x[:n], y[:n]
     grad_x = grad_at(model, x, y) if grad_x is None else grad_x[:n].detach()
-    grad_random = grad_at(model, x, y, noise(x, eps, gen), create_graph=True)
+    # the paper's random point: x + eta, eta ~ U[-eps, eps], not clipped to the [0, 1] box
+    eta = (torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1) * eps
+    grad_random = grad_at(model, x, y, eta, create_graph=True)
     return 1 - F.cosine_similarity(grad_x.flatten(1), grad_random.flatten(1), dim=1).mean()
 
 

@@ -6,7 +6,7 @@ import json
 import time
 
 import pytest
-from conftest import TINY, wait_for
+from conftest import TINY, co_event, wait_for
 from rq.job import Job
 
 from codash.cli import main
@@ -39,7 +39,7 @@ def checkpoint(iteration: int) -> dict:
 
 
 def co(iteration: int) -> dict:
-    return event("co", iteration=iteration, onset_iteration=iteration, rule="x")
+    return co_event(iteration)
 
 
 def config_event(start: int = 0) -> dict:
