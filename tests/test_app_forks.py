@@ -107,22 +107,25 @@ def test_a_shared_fork_link_fills_the_form_and_a_bad_one_says_so(r, trained):
 def test_rescue_forks_before_co_with_gradalign_and_compare_marks_the_fork_runs_shows_lineage(r, trained):
     parent = stored(r, trained)
     at = app(run=parent).run()
-    assert at.button(key="live.rescue").label == "Rescue: fork from iteration 150 with GradAlign λ=4"
+    onset = api.get_run(r, parent).co_iteration  # the CO marker: the dense probe's onset
+    evals = [event["iteration"] for event in api.all_events(r, parent) if event["type"] == "eval"]
+    before = max(it for it in evals if it < onset)
+    assert at.button(key="live.rescue").label == f"Rescue: fork from iteration {before} with GradAlign λ=4"
     at.button(key="live.rescue").click().run()
     child = next(run for run in api.list_runs(r) if run.id != parent)
-    assert (child.config.parent, child.config.fork_iteration) == (parent, 150)
+    assert (child.config.parent, child.config.fork_iteration) == (parent, before)
     assert child.config.grad_align_lambda == 4.0 and child.config.method == "fgsm"
     assert at.query_params["compare"] == f"{parent},{child.id}"
     assert not at.exception
     overlay = charts(at)["compare.overlay"]
-    assert fork_lines(overlay) == [150, 150, 150]
+    assert fork_lines(overlay) == [before] * 3
     assert any(note["text"].startswith("fork: ") for note in overlay["layout"]["annotations"])
 
     other = api.submit(r, make_config({"method": "pgd"}))
     at = app().run()
     at.switch_page("views/runs.py").run()
     table = at.dataframe[0].value
-    assert table.set_index("id").loc[child.id, "fork of"] == f"{parent} @ 150"
+    assert table.set_index("id").loc[child.id, "fork of"] == f"{parent} @ {before}"
     assert table.set_index("id").loc[parent, "forks"] == 1
     at.selectbox(key="runs.lineage").set_value(parent).run()
     assert sorted(at.dataframe[0].value["id"]) == sorted([parent, child.id])
