@@ -100,9 +100,11 @@ def test_a_failing_capture_leaves_the_run_to_the_eager_step_exactly_as_it_stood(
     assert fallback_final["last"] == eager_final["last"]
 
 
-def test_the_captured_step_machinery_trains_exactly_like_the_eager_step():
-    """Static buffers, the lr read from the schedule tensor, the state put back after the warm-up."""
-    cfg = make_config(NOISY)
+@pytest.mark.parametrize("extra", [{}, {"elle_lambda": 20.0, "elle_adaptive": True}], ids=["", "elle_a"])
+def test_the_captured_step_machinery_trains_exactly_like_the_eager_step(extra):
+    """Static buffers, the lr read from the schedule tensor, the state put back after the warm-up (ELLE-A's
+    lambda and error record included)."""
+    cfg = make_config({**NOISY, **extra})
     eager, _ = run(cfg)
     replayed, _ = run(cfg, capture=called_again)
     event = config_event(replayed)

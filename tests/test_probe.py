@@ -1,5 +1,6 @@
 """The dense probe, the CO onset placed from it, and ELLE's regulariser, against direct computations."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,7 @@ from trainer.checkpoint import load_model
 from trainer.co import SMOOTH_ITERS, CODetector, dense_onset
 from trainer.config import make_config
 from trainer.data import load_dataset
-from trainer.elle import elle_reg
+from trainer.elle import DECAY, SENSITIVITY, AdaptiveLambda, elle_reg
 from trainer.events import FIELDS, BadEvent, encode, events_csv, make_event, parse_event
 from trainer.loop import train
 from trainer.probe import PGD_STEP, PROBE_FIELDS, probe_metrics, probe_seed
@@ -156,6 +157,57 @@ def test_elle_is_zero_when_the_loss_is_affine_in_the_input(batch):
     reg = elle_reg(model, x, y, EPS, torch.Generator().manual_seed(4))
     assert reg.item() < 1e-20
     assert elle_reg(small_cnn().double(), x, y, EPS, torch.Generator().manual_seed(4)).item() > 1e-8
+
+
+def test_elle_a_follows_the_authors_rule_step_by_step():
+    """AdaptiveLambda against the authors' loop (core/utils/train.py, lambda_schedule 'onoff'), written out
+    with numpy over the full list of earlier errors, on a series with quiet stretches and spikes."""
+    rng = np.random.default_rng(0)
+    errors = list(rng.uniform(0.01, 0.02, 30)) + [0.5] + list(rng.uniform(0.01, 0.03, 40)) + [0.9, 0.02]
+    adaptive = AdaptiveLambda(64.0, torch.device("cpu"))
+    lam, history, seen = 0.0, [], []
+    for error in errors:
+        assert adaptive.value.item() == pytest.approx(lam, rel=1e-5, abs=1e-12)  # the weight this step used
+        if len(history) > 2 and error > np.mean(history) + SENSITIVITY * np.std(history):
+            lam = 64.0
+        else:
+            lam *= DECAY
+        history.append(error)
+        adaptive.update(torch.tensor(error))
+        seen.append(adaptive.value.item())
+    assert seen[30] == 64.0 and seen[31] == pytest.approx(64.0 * DECAY)  # the spikes raise it, then it decays
+    assert seen[-2] == 64.0 and seen[-1] == pytest.approx(64.0 * DECAY) and min(seen) < 64.0 * DECAY**20
+    assert adaptive.value.item() == pytest.approx(lam, rel=1e-5)
+    assert adaptive.mean.item() == pytest.approx(np.mean(errors), rel=1e-5)
+
+
+def test_an_elle_a_run_resumes_exactly(tmp_path):
+    """λ and the error record are in the checkpoint: a resumed ELLE-A run continues the same schedule."""
+    cfg = make_config(
+        {
+            **TINY,
+            "max_iters": 12,
+            "eval_every": 6,
+            "eval_points": 16,
+            "final_eval_points": 0,
+            "elle_lambda": 50.0,
+            "elle_adaptive": True,
+        }
+    )
+
+    def metrics(events):
+        return [(e["iteration"], e["train_loss"], e["reg"]) for e in events if e["type"] == "metrics"]
+
+    reference: list[dict] = []
+    train(cfg, reference.append, tmp_path / "a")
+    calls = iter(range(1, 10**9))
+    train(cfg, lambda e: None, tmp_path / "b", should_stop=lambda: next(calls) >= 7)
+    resumed: list[dict] = []
+    train(cfg, resumed.append, tmp_path / "b", resume=True)
+    assert metrics(resumed) == [row for row in metrics(reference) if row[0] > 7]
+    fixed: list[dict] = []
+    train(make_config({**cfg.model_dump(), "elle_adaptive": False}), fixed.append, tmp_path / "c")
+    assert metrics(fixed) != metrics(reference)  # the schedule changed the training
 
 
 def test_probe_and_co_events_from_redis_are_checked_at_the_boundary():

@@ -133,6 +133,11 @@ class RunConfig(BaseModel):
     elle_lambda: float = Field(
         0.0, ge=0.0, le=100_000.0, description="ELLE weight λ (0 = off): local-linearity error of the loss"
     )
+    elle_adaptive: bool = Field(
+        False,
+        description="ELLE-A: λ starts at 0, jumps to elle_lambda when the linearity error spikes (above mean"
+        " + 2 std of all earlier steps), else decays x0.99 per step (trainer/elle.py)",
+    )
     free_replays: int = Field(4, ge=1, le=32, description="Free AT: iterations on each minibatch (m)")
     nfgsm_k: float = Field(2.0, ge=0.0, le=8.0, description="N-FGSM: noise size as a multiple of eps (k)")
     epochs: int = Field(30, ge=1, le=1000)
@@ -189,6 +194,13 @@ class RunConfig(BaseModel):
     @classmethod
     def _eps_fraction(cls, value: Any) -> Any:
         return parse_eps(value)
+
+    @field_validator("elle_adaptive")
+    @classmethod
+    def _elle_a_needs_lambda(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and not info.data.get("elle_lambda", 1.0) > 0:  # a bad elle_lambda is named on its own
+            raise ValueError("ELLE-A needs elle_lambda > 0, its λ_max")
+        return value
 
     @field_validator("fork_iteration")
     @classmethod
@@ -275,7 +287,7 @@ class RunConfig(BaseModel):
             if self.grad_align_fraction < 1:
                 text += f" ({self.grad_align_fraction:.0%} batch)"
         if self.uses_elle:
-            text += f"+ELLE λ={self.elle_lambda:g}"
+            text += f"+ELLE{'-A λmax' if self.elle_adaptive else ' λ'}={self.elle_lambda:g}"
         return f"{text} ε={format_eps(self.eps, self.dataset)}"
 
 

@@ -127,7 +127,7 @@ class EagerStep:
             group["lr"] = lr
         with self.path.autocast():
             return run.step(
-                run.model, run.optimizer, run.cfg, self.path.layout(x), y, run.generator, run.free
+                run.model, run.optimizer, run.cfg, self.path.layout(x), y, run.generator, run.free, run.elle_a
             )
 
 
@@ -140,6 +140,7 @@ class RunParts:
     optimizer: torch.optim.Optimizer
     generator: torch.Generator
     free: object | None
+    elle_a: object | None  # trainer.elle.AdaptiveLambda of an ELLE-A run
     step: StepFunction
 
 
@@ -162,11 +163,12 @@ class CapturedStep:
         def step() -> torch.Tensor:
             with path.autocast(capturing=True):
                 loss, acc, reg = run.step(
-                    run.model, run.optimizer, run.cfg, self.x, self.y, run.generator, None
+                    run.model, run.optimizer, run.cfg, self.x, self.y, run.generator, None, run.elle_a
                 )
             return torch.stack([loss.float(), acc.float(), reg.float()])
 
-        restore = keep(run.model, run.optimizer, run.generator)
+        extra = run.elle_a.state_dict().values() if run.elle_a is not None else ()
+        restore = keep(run.model, run.optimizer, run.generator, extra)
         try:
             self.replay = capture(step, run.generator)
         except BaseException:
@@ -196,15 +198,16 @@ def training_step(
         return EagerStep(path, run, f"capture failed: {_one_line(exc)}")
 
 
-def keep(model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator):
-    """Remember the run's state; the returned function puts it back after warm-up and capture.
+def keep(model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator, extra=()):
+    """Remember the run's state (and the `extra` tensors a step updates, e.g. ELLE-A's lambda); the returned
+    function puts it back after warm-up and capture.
 
     Tensors are restored in place, since a captured graph reads and writes them at fixed addresses.
     Optimizer state that the warm-up created (a fresh run has none before its first step) is zeroed when
     the graph keeps it, which is that state's value at creation for Adam (step, moments) and gives the same
     update for SGD momentum (0.9 * 0 + g = g), and dropped otherwise, so that the eager step creates it.
     """
-    tensors = [*model.parameters(), *model.buffers()]
+    tensors = [*model.parameters(), *model.buffers(), *extra]
     tensors += [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
     saved = [(tensor, tensor.detach().clone()) for tensor in tensors]
     had_state = set(optimizer.state)

@@ -34,7 +34,7 @@ from trainer.checkpoint import (
 from trainer.co import CODetector
 from trainer.config import ConfigError, RunConfig
 from trainer.data import DATA_SHAPES, Dataset, augment, load_dataset
-from trainer.elle import elle_reg
+from trainer.elle import AdaptiveLambda, elle_reg
 from trainer.evaluate import accuracy, eval_metrics, pgd_accuracy
 from trainer.events import Event, Sink, make_event
 from trainer.fast import Capture, FastPath, RunParts, fast_path, training_step
@@ -168,6 +168,7 @@ def train(
     gen = torch.Generator(device).manual_seed(config.seed)
     state = RunState()
     free = FreeAT(config) if config.method == "free" else None
+    elle_a = AdaptiveLambda(config.elle_lambda, device) if config.elle_adaptive else None
     steps_per_epoch = max(1, len(data.train_x) // config.batch_size)
     total = min(config.epochs * steps_per_epoch, config.max_iters or math.inf)
     write_config(run_dir, config)
@@ -186,9 +187,11 @@ def train(
         state = RunState(**{**saved["state"], "detector": CODetector(**saved["state"]["detector"])})
         if free is not None and saved.get("free") is not None:
             free.load_state_dict(saved["free"])
+        if elle_a is not None and saved.get("elle_a") is not None:
+            elle_a.load_state_dict(saved["elle_a"])
 
     example = data.train_x[: config.batch_size], data.train_y[: config.batch_size]
-    run = RunParts(config, model, optimizer, gen, free, _train_step)
+    run = RunParts(config, model, optimizer, gen, free, elle_a, _train_step)
     lr_table = lr_schedule(config, total, device) if path.captures else None
     stepper = training_step(path, run, example, lr_table, capture)
     emit(
@@ -228,6 +231,7 @@ def train(
             "torch_rng": torch.get_rng_state(),  # unused by the built-in models; kept for user models
             "state": {**state.__dict__, "detector": state.detector.state_dict()},
             "free": free.state_dict() if free is not None else None,
+            "elle_a": elle_a.state_dict() if elle_a is not None else None,
         }
 
     def save_checkpoint() -> None:
@@ -278,7 +282,9 @@ def train(
     return _final(model, config, data, state, run_dir, emit, path, started)
 
 
-def _train_step(model, optimizer, cfg, x, y, gen, free: FreeAT | None = None):
+def _train_step(
+    model, optimizer, cfg, x, y, gen, free: FreeAT | None = None, elle_a: AdaptiveLambda | None = None
+):
     delta, grad_at_x = (free or ADVERSARY[cfg.method])(model, x, y, cfg, gen)
     logits = model(x + delta)
     loss = F.cross_entropy(logits, y)
@@ -293,12 +299,15 @@ def _train_step(model, optimizer, cfg, x, y, gen, free: FreeAT | None = None):
         inputs = [*model.parameters(), *([delta] if free is not None else [])]
     if cfg.uses_elle:
         linearity = elle_reg(model, x, y, cfg.eps, gen)
-        reg, objective = reg + linearity, objective + cfg.elle_lambda * linearity
+        weight = cfg.elle_lambda if elle_a is None else elle_a.value
+        reg, objective = reg + linearity, objective + weight * linearity
     optimizer.zero_grad(set_to_none=True)
     objective.backward(inputs=inputs)
     optimizer.step()
     if free is not None:  # the same backward pass left the input gradient in delta.grad
         free.update(delta, x)
+    if elle_a is not None:
+        elle_a.update(linearity.detach())
     return loss.detach(), (logits.argmax(1) == y).float().mean(), reg.detach()
 
 

@@ -30,7 +30,10 @@ from trainer.presets import DEFAULT_PRESET, DIGITS_GRAD_ALIGN, PRESETS
 
 GROUPS = (
     ("Data and model", ("dataset", "model", "name", "n_layers", "n_filters")),
-    ("Attack and defence", ("method", "eps", "grad_align_lambda", "elle_lambda", "free_replays", "nfgsm_k")),
+    (
+        "Attack and defence",
+        ("method", "eps", "grad_align_lambda", "elle_lambda", "elle_adaptive", "free_replays", "nfgsm_k"),
+    ),
     ("Training", ("epochs", "max_iters", "batch_size", "lr", "seed")),
     ("Monitoring and hardware", ("eval_every", "eval_points", "device")),
 )
@@ -64,6 +67,7 @@ LABELS = {
     "grad_align_lambda": "GradAlign λ",
     "grad_align_fraction": "GradAlign batch share",
     "elle_lambda": "ELLE λ (0 = off)",
+    "elle_adaptive": "ELLE-A: adaptive λ (ELLE λ is its max)",
     "probe_points": "dense probe: train images",
     "probe_every": "dense probe every (iterations)",
     "probe_pgd_steps": "dense probe PGD steps",
