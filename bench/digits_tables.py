@@ -44,6 +44,12 @@ RUNS: dict[str, tuple[str, dict, tuple[int, ...], str | None]] = {
         (0, 1, 2, 3, 4),
         "pgd+autoattack",
     ),
+    "ellea": (
+        f"FGSM + ELLE-A λmax = {PRESETS[DIGITS_ELLE]['elle_lambda']:g}",
+        {"method": "fgsm", "elle_lambda": PRESETS[DIGITS_ELLE]["elle_lambda"], "elle_adaptive": True},
+        (0, 1, 2, 3, 4),
+        "pgd+autoattack",
+    ),
     "nfgsm": ("N-FGSM (k = 2, α = ε)", {"method": "nfgsm"}, (0, 1, 2, 3, 4), None),
     "free4": ("Free AT (m = 4)", {"method": "free"}, (0, 1, 2, 3, 4), None),
     "pgdcorner": (

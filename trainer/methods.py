@@ -55,6 +55,7 @@ METHODS: dict[str, TrainingMethod] = {
                 SweepEntry("FGSM"),
                 SweepEntry("FGSM + GradAlign", regulariser="grad_align_lambda"),
                 SweepEntry("FGSM + ELLE", regulariser="elle_lambda"),
+                SweepEntry("FGSM + ELLE-A", {"elle_adaptive": True}, regulariser="elle_lambda"),
             ),
         ),
         # Wong et al. 2020: a random start, then a step of 1.25 ε
