@@ -73,10 +73,8 @@ def test_rescue_a_collapsing_run_in_the_browser_and_the_fork_holds(chromium, das
         shown(launch, "the launch form's Launch button", left_ms()).click()
         page.wait_for_url(re.compile(r"/live\?run=[0-9a-f]{12}$"), timeout=left_ms())
         parent = page.url.rsplit("=", 1)[1]
-        assert (
-            api.get_run(r, parent).config.method == "fgsm"
-            and not api.get_run(r, parent).config.uses_grad_align
-        )
+        launched = api.get_run(r, parent).config
+        assert launched.method == "fgsm" and not launched.uses_grad_align
 
         lam = lambda_of_eps("grad_align_lambda", "digits", PRESETS[DEFAULT_PRESET]["eps"])
         rescue = page.get_by_role("button", name=re.compile(r"^Rescue: fork from iteration [\d,]+ with"))
