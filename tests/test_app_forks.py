@@ -12,7 +12,7 @@ from test_app_pages import app, charts
 
 from app.forks import FORK_COLOR
 from jobs import api
-from trainer.config import make_config
+from trainer.config import lambda_of_eps, make_config
 from trainer.presets import DEFAULT_PRESET, PRESETS
 
 # The FGSM preset (catastrophic overfitting at iteration 200 with seed 0, README), cut at 300 iterations
@@ -110,11 +110,13 @@ def test_rescue_forks_before_co_with_gradalign_and_compare_marks_the_fork_runs_s
     onset = api.get_run(r, parent).co_iteration  # the CO marker: the dense probe's onset
     evals = [event["iteration"] for event in api.all_events(r, parent) if event["type"] == "eval"]
     before = max(it for it in evals if it < onset)
-    assert at.button(key="live.rescue").label == f"Rescue: fork from iteration {before} with GradAlign λ=4"
+    lam = lambda_of_eps("grad_align_lambda", "digits", CO_RUN["eps"])  # the digits λ(ε) fit
+    label = f"Rescue: fork from iteration {before} with GradAlign λ={lam:g}"
+    assert at.button(key="live.rescue").label == label
     at.button(key="live.rescue").click().run()
     child = next(run for run in api.list_runs(r) if run.id != parent)
     assert (child.config.parent, child.config.fork_iteration) == (parent, before)
-    assert child.config.grad_align_lambda == 4.0 and child.config.method == "fgsm"
+    assert child.config.grad_align_lambda == lam and child.config.method == "fgsm"
     assert at.query_params["compare"] == f"{parent},{child.id}"
     assert not at.exception
     overlay = charts(at)["compare.overlay"]

@@ -173,6 +173,12 @@ def test_final_pgd_restarts_on_the_unfooled_points_only_measure_the_same_robustn
     assert acc(1, True) == one  # one restart: the same attack on the same points with the same noise
     assert 0 < acc(4, True) <= one  # later restarts can only fool more of the points the first one left
 
+    for skip in (False, True):  # the final evaluation's progress: points attacked, never back, to all
+        done: list[int] = []
+        generator = torch.Generator().manual_seed(5)
+        pgd_accuracy(model, x, y, 0.1, 5, 4, generator, batch=64, skip_fooled=skip, progress=done.append)
+        assert done == sorted(done) and done[-1] == 200 and 16 in done, (skip, done)  # 16: 1 of 4 restarts
+
 
 def test_config_events_stored_before_the_fast_path_still_parse_and_new_ones_are_checked():
     events, _ = run(make_config({**TINY, "max_iters": 1, "eval_points": 8, "final_eval_points": 0}))

@@ -71,14 +71,11 @@ def test_submit_records_a_queued_run_with_its_job(r):
     assert api.get_run(r, "0123456789ab") is None and api.get_run(r, "../etc") is None
 
 
-def test_listing_is_newest_first_and_fast_with_hundreds_of_runs(r):
+def test_listing_is_newest_first_with_hundreds_of_runs(r):  # its time: bench/listing.py
     ids = [api.submit(r, make_config({**TINY, "seed": seed})) for seed in range(300)]
-    started = time.perf_counter()
     runs = api.list_runs(r)
-    elapsed = time.perf_counter() - started
     assert [run.id for run in runs] == ids[::-1]
     assert [run.config.seed for run in runs[:3]] == [299, 298, 297]
-    assert elapsed < 0.5, f"list_runs took {elapsed:.3f} s for 300 runs"
     assert [run.id for run in api.list_runs(r, limit=5)] == ids[::-1][:5]
     assert api.list_runs(r, limit=0) == []
     assert api.queued_count(r) == 300

@@ -9,6 +9,8 @@ shift the training run's random numbers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -101,11 +103,15 @@ def pgd(
     restarts: int = 1,
     random_start: bool = True,
     generator: torch.Generator | None = None,
+    on_restart: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """PGD with restarts; per example keeps the restart that fools the model, else the highest loss."""
+    """PGD with restarts; per example keeps the restart that fools the model, else the highest loss.
+
+    `on_restart(k)` after the k-th of several restarts: the final evaluation's progress within a batch.
+    """
     best = torch.zeros_like(x)
     best_loss = torch.full((x.shape[0],), -float("inf"), device=x.device)
-    for _ in range(restarts):
+    for k in range(1, restarts + 1):
         delta = uniform_noise(x, eps, generator) if random_start else torch.zeros_like(x)
         for _ in range(steps):
             delta = project(delta + alpha * input_grad(model, x, y, delta).sign(), x, eps)
@@ -118,6 +124,8 @@ def pgd(
             better = score > best_loss
             best = torch.where(better.view(-1, *[1] * (x.dim() - 1)), delta, best)  # no host sync
             best_loss = torch.where(better, score, best_loss)
+        if on_restart is not None:
+            on_restart(k)
     return best.detach()
 
 

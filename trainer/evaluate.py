@@ -6,7 +6,7 @@ often never changes the training run itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -37,34 +37,52 @@ def pgd_accuracy(
     generator: torch.Generator,
     batch: int = 1024,
     skip_fooled: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> float:
     """Accuracy under PGD with step eps/4 (the paper's evaluation attack), batched.
 
     A point counts as robust when no restart fools the model. `skip_fooled` runs each restart only on the
     points still robust: the same measure with less work (a broken model is done after one restart), but
     other random starts than the all-points restarts draw, so a run's figures depend on the setting.
+    `progress(done)` after each restart of each batch, `done` counting a batch's points by the share of its
+    restarts run: a bar for the final evaluation that moves even when all its points fit one batch.
     """
-    correct = 0
+    correct = done = 0
     for xb, yb in batches(x, y, batch):
+        restarted = None
+        if progress is not None:
+
+            def restarted(k: int, start: int = done, size: int = len(xb)) -> None:
+                progress(start + size * k // restarts)
+
         if skip_fooled:
-            correct += _robust_after_restarts(model, xb, yb, eps, steps, restarts, generator)
-            continue
-        delta = pgd(model, xb, yb, eps, eps / 4, steps, restarts, generator=generator)
-        with torch.no_grad():
-            correct += int((model(xb + delta).argmax(1) == yb).sum())
+            correct += _robust_after_restarts(model, xb, yb, eps, steps, restarts, generator, restarted)
+        else:
+            delta = pgd(
+                model, xb, yb, eps, eps / 4, steps, restarts, generator=generator, on_restart=restarted
+            )
+            with torch.no_grad():
+                correct += int((model(xb + delta).argmax(1) == yb).sum())
+        done += len(xb)
+        if progress is not None:
+            progress(done)
     return correct / max(len(x), 1)
 
 
-def _robust_after_restarts(model, x, y, eps: float, steps: int, restarts: int, generator) -> int:
+def _robust_after_restarts(
+    model, x, y, eps: float, steps: int, restarts: int, generator, on_restart: Callable[[int], None] | None
+) -> int:
     """How many points of (x, y) no restart of PGD fools, each restart attacking the unfooled ones only."""
     left = torch.arange(len(x), device=x.device)
-    for _ in range(restarts):
+    for k in range(1, restarts + 1):
         if not len(left):
             break
         xs, ys = x[left], y[left]
         delta = pgd(model, xs, ys, eps, eps / 4, steps, generator=generator)
         with torch.no_grad():
             left = left[model(xs + delta).argmax(1) == ys]
+        if on_restart is not None:
+            on_restart(k)
     return len(left)
 
 

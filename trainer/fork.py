@@ -11,8 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from trainer.config import ConfigError, RunConfig, paper_lambda
-from trainer.presets import DIGITS_GRAD_ALIGN, PRESETS
+from trainer.config import ConfigError, RunConfig, lambda_of_eps
 
 FORK_FILE, EVALS_DIR = "fork.pt", "evals"
 LINK_FIELDS = ("parent", "fork_iteration")  # the RunConfig fields that make a run a fork
@@ -69,7 +68,6 @@ def check_fork(parent: RunConfig, child: RunConfig) -> None:
 
 
 def rescue_lambda(config: RunConfig) -> float:
-    """GradAlign's λ for a rescue fork of `config`: the digits preset's on digits, the paper's λ(ε) else."""
-    if config.dataset == "digits":
-        return PRESETS[DIGITS_GRAD_ALIGN]["grad_align_lambda"]
-    return paper_lambda(config.eps)
+    """GradAlign's λ for a rescue fork of `config`: λ(ε) for its data set and ε (the digits fit on digits,
+    the paper's rule elsewhere), so the rescue follows ε as the launch form's suggestion does."""
+    return lambda_of_eps("grad_align_lambda", config.dataset, config.eps)

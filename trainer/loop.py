@@ -42,6 +42,7 @@ from trainer.free import FreeAT
 from trainer.gradalign import grad_align_reg
 from trainer.probe import PROBE_FIELDS, probe_metrics, probe_seed
 
+FINAL_PROGRESS_STEPS = 20  # final_progress events per model, at most, after the one as it begins
 METRICS_FLUSH_S = 0.5  # metrics are read off the device in batches, at most this long after the step
 
 
@@ -351,24 +352,29 @@ def _final(
     same = best_state is None or best_state["iteration"] == state.iteration  # no need to attack it twice
     begun = time.perf_counter()
 
-    def progress(which: str, done: int) -> None:  # the live view's bar: last model, then the best
-        elapsed = time.perf_counter() - begun
-        models = 1 if same else 2
-        emit(
-            make_event(
-                "final_progress", model=which, models=models, done=done, points=points, elapsed_s=elapsed
-            )
-        )
+    def reporter(which: str) -> Callable[[int], None]:
+        """The live view's bar for one model (last, then best): as it begins, then each time another
+        1/FINAL_PROGRESS_STEPS of its points is attacked, and at the end."""
+        shown = -1  # the last step emitted
 
-    progress("last", 0)
-    results = {"last": _final_metrics(model, cfg, data, path, points)}
-    progress("last", points)
+        def progress(done: int) -> None:
+            nonlocal shown
+            step = done * FINAL_PROGRESS_STEPS // points if points else FINAL_PROGRESS_STEPS
+            if step > shown:
+                shown = step
+                elapsed = time.perf_counter() - begun
+                fields = {"model": which, "models": 1 if same else 2, "done": done, "points": points}
+                emit(make_event("final_progress", **fields, elapsed_s=elapsed))
+
+        progress(0)
+        return progress
+
+    results = {"last": _final_metrics(model, cfg, data, path, points, reporter("last"))}
     if same:
         results["best"] = dict(results["last"])
     else:
         model.load_state_dict(best_state["model"])
-        results["best"] = _final_metrics(model, cfg, data, path, points)
-        progress("best", points)
+        results["best"] = _final_metrics(model, cfg, data, path, points, reporter("best"))
     final = make_event(
         "final",
         co_detected=state.detector.fired_at is not None,
@@ -385,9 +391,12 @@ def _final(
     return final
 
 
-def _final_metrics(model, cfg, data: Dataset, path: FastPath, n: int) -> dict[str, float | None]:
+def _final_metrics(
+    model, cfg, data: Dataset, path: FastPath, n: int, progress: Callable[[int], None]
+) -> dict[str, float | None]:
     """On a GPU in bf16 and large batches, each PGD restart attacking only the points no earlier restart
-    fooled (the same measure, a fraction of the work once a model is broken); on the CPU as always."""
+    fooled (the same measure, a fraction of the work once a model is broken); on the CPU as always.
+    `progress(done)`: points attacked so far (evaluate.pgd_accuracy), `n` once the attack is over."""
     model.eval()
     robust = auto = None
     test_x = path.layout(data.test_x)
@@ -405,6 +414,7 @@ def _final_metrics(model, cfg, data: Dataset, path: FastPath, n: int) -> dict[st
                 generator,
                 batch=path.eval_batch,
                 skip_fooled=path.device.type == "cuda",
+                progress=progress,
             )
         if cfg.autoattack:
             auto = autoattack_accuracy(model, xs, ys, cfg.eps, DATA_SHAPES[cfg.dataset][2], cfg.seed)

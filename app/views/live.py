@@ -252,9 +252,9 @@ def _waiting_for(r, run, history: RunHistory) -> str:
 def _failure(run, history: RunHistory) -> None:
     """A failed run says why first, and offers to relaunch it edited (resuming would fail the same way)."""
     where = f"at iteration {history.iteration:,}" if history.metrics else "before its first iteration"
+    st.error(f"**This run failed {where}.** Why, as the worker recorded it:", icon=":material/error:")
+    st.code(run.error or "no reason was recorded", language=None, wrap_lines=True)  # once, verbatim, as text
     reason = md_escape(run.error or "no reason was recorded")
-    st.error(f"**This run failed {where}.** {reason}", icon=":material/error:")
-    st.code(run.error or "no reason was recorded", language=None, wrap_lines=True)  # verbatim, as text
     if st.button("Edit and relaunch", icon=":material/edit:", key="live.relaunch", type="primary"):
         launch.fill_from(run.config, f"A copy of failed run {run.id} ({reason}): edit it, then launch.")
         nav.go("launch")
