@@ -24,7 +24,7 @@ import torch
 from trainer.config import make_config
 from trainer.events import JsonlSink, read_jsonl
 from trainer.loop import train
-from trainer.presets import DIGITS_CNN, DIGITS_ELLE, PRESETS
+from trainer.presets import DIGITS_CNN, DIGITS_ELLE, DIGITS_ELLE_A, PRESETS
 
 # name -> (label, fields, seeds, final evaluation: None (skip), "pgd" or "pgd+autoattack")
 RUNS: dict[str, tuple[str, dict, tuple[int, ...], str | None]] = {
@@ -45,8 +45,8 @@ RUNS: dict[str, tuple[str, dict, tuple[int, ...], str | None]] = {
         "pgd+autoattack",
     ),
     "ellea": (
-        f"FGSM + ELLE-A λmax = {PRESETS[DIGITS_ELLE]['elle_lambda']:g}",
-        {"method": "fgsm", "elle_lambda": PRESETS[DIGITS_ELLE]["elle_lambda"], "elle_adaptive": True},
+        f"FGSM + ELLE-A λmax = {PRESETS[DIGITS_ELLE_A]['elle_lambda']:g}",
+        {key: PRESETS[DIGITS_ELLE_A][key] for key in ("method", "elle_lambda", "elle_adaptive")},
         (0, 1, 2, 3, 4),
         "pgd+autoattack",
     ),

@@ -4,8 +4,8 @@
 
 The same measurement as bench/probe_cost.py (CPU time of a one-thread process, less a 1-iteration run's,
 evaluation and probes out of the way, variants alternating, median of rounds), for the digits FGSM preset
-alone, with GradAlign at the rescue preset's lambda, and with ELLE at its preset's lambda. The weight does
-not change the work, only the loss.
+alone, with GradAlign at the rescue preset's lambda, and with ELLE and ELLE-A at their presets' lambda. The
+weight does not change the work, only the loss.
 """
 
 from __future__ import annotations
@@ -18,9 +18,14 @@ from pathlib import Path
 import torch
 
 from bench.probe_cost import ms_per_iteration, seconds
-from trainer.presets import DEFAULT_PRESET, DIGITS_ELLE, DIGITS_GRAD_ALIGN
+from trainer.presets import DEFAULT_PRESET, DIGITS_ELLE, DIGITS_ELLE_A, DIGITS_GRAD_ALIGN
 
-VARIANTS = {"FGSM": DEFAULT_PRESET, "FGSM + GradAlign": DIGITS_GRAD_ALIGN, "FGSM + ELLE": DIGITS_ELLE}
+VARIANTS = {
+    "FGSM": DEFAULT_PRESET,
+    "FGSM + GradAlign": DIGITS_GRAD_ALIGN,
+    "FGSM + ELLE": DIGITS_ELLE,
+    "FGSM + ELLE-A": DIGITS_ELLE_A,
+}
 
 
 def main(argv: list[str] | None = None) -> None:

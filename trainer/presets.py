@@ -29,10 +29,12 @@ CIFAR_RESNET = {
 DEFAULT_PRESET = "Digits: FGSM catastrophic overfitting"
 DIGITS_GRAD_ALIGN = "Digits: FGSM + GradAlign λ=4 (rescue)"
 DIGITS_ELLE = "Digits: FGSM + ELLE λ=1024 (rescue)"
+DIGITS_ELLE_A = "Digits: FGSM + ELLE-A λmax=1024 (rescue)"
 PRESETS: dict[str, dict[str, Any]] = {
     DEFAULT_PRESET: {**DIGITS_CNN, "method": "fgsm"},
     DIGITS_GRAD_ALIGN: {**DIGITS_CNN, "method": "fgsm", "grad_align_lambda": 4.0},
     DIGITS_ELLE: {**DIGITS_CNN, "method": "fgsm", "elle_lambda": 1024.0},  # measured: docs/reproduction.md
+    DIGITS_ELLE_A: {**DIGITS_CNN, "method": "fgsm", "elle_lambda": 1024.0, "elle_adaptive": True},
     "Digits: PGD-5 baseline": {**DIGITS_CNN, "method": "pgd", "pgd_steps": 5, "pgd_alpha": 0.5},
     "CIFAR-10 ResNet-18: FGSM + GradAlign λ=0.2, ε=8/255 (paper)": {
         **CIFAR_RESNET,
