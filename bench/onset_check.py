@@ -7,8 +7,10 @@ optimizer step hook keeps every iteration's weights (trainer code untouched). Ev
 detector's window (after the eval two before the onset eval, up to the confirming eval) is then evaluated
 as the live eval is (trainer.evaluate.eval_metrics: PGD-10, step eps/4, 256 test images, its seed), and
 trainer.co.dense_onset, the rule the detector applies to the probe, places the onset on that per-iteration
-series: the reference for the probe's `onset_iteration`. Prints one line per seed and writes JSON. A
-check, not a test: it takes minutes.
+series: the reference for the probe's `onset_iteration`. How well that reference is defined is measured
+alongside: the same eval with another PGD random start, and on the first 256 *training* images (what a
+probe on training images could give at best). Prints one line per seed and writes JSON. A check, not a
+test: it takes minutes.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from trainer.presets import DEFAULT_PRESET, PRESETS
 from trainer.probe import probe_metrics, probe_seed
 
 CADENCES = (1, 2, 5, 10, 20)  # probe_every values the probe's onset is also placed at, offline
+OTHER_START = 99_991  # added to the eval's PGD seed for the repeatability series
 
 
 def check_seed(seed: int, iters: int, overrides: dict) -> dict:
@@ -60,27 +63,37 @@ def check_seed(seed: int, iters: int, overrides: dict) -> dict:
     model = model_for(config)
     dense_x, dense_y = data.train_x[-config.probe_points :], data.train_y[-config.probe_points :]
     first = max(1, co["iteration"] - 2 * config.eval_every + 1)  # the detector's window
-    series, probe_series = [], []
+    # the reference (test images, the eval's seed), then how well it is defined: another PGD start, and
+    # the same number of training images
+    references = {
+        "eval": (eval_x, eval_y, 0),
+        "other_start": (eval_x, eval_y, OTHER_START),
+        "train_images": (data.train_x[: config.eval_points], data.train_y[: config.eval_points], 0),
+    }
+    rows: dict[str, list] = {name: [] for name in references}
+    probe_series = []
     started = time.perf_counter()
     for iteration in range(first, co["confirmed_at"] + 1):
         with torch.no_grad():
             for param, value in zip(model.parameters(), weights[iteration - 1], strict=True):
                 param.copy_(value)
         model.eval()
-        values, _ = eval_metrics(
-            model,
-            eval_x,
-            eval_y,
-            data.train_x[:0],
-            data.train_y[:0],
-            config.eps,
-            config.eval_pgd_steps,
-            seed=config.seed + iteration,
-        )
-        series.append([iteration, values["pgd_acc"], values["fgsm_acc"]])
+        for name, (x, y, offset) in references.items():
+            values, _ = eval_metrics(
+                model,
+                x,
+                y,
+                x[:0],
+                y[:0],
+                config.eps,
+                config.eval_pgd_steps,
+                seed=config.seed + iteration + offset,
+            )
+            rows[name].append([iteration, values["pgd_acc"], values["fgsm_acc"]])
         generator = torch.Generator().manual_seed(probe_seed(config.seed, iteration))
         probe = probe_metrics(model, dense_x, dense_y, config.eps, config.probe_pgd_steps, generator)
         probe_series.append([iteration, probe[1].item(), probe[0].item()])
+    series = rows["eval"]
     reference = dense_onset(series, co["confirmed_at"])
     at_cadence = {
         every: dense_onset([row for row in probe_series if row[0] % every == 0], co["confirmed_at"])
@@ -96,6 +109,8 @@ def check_seed(seed: int, iters: int, overrides: dict) -> dict:
         "eval_onset": reference,
         "difference": None if reference is None else co["onset_iteration"] - reference,
         "offline_probe_onsets": at_cadence,
+        "other_start_onset": dense_onset(rows["other_start"], co["confirmed_at"]),
+        "train_images_onset": dense_onset(rows["train_images"], co["confirmed_at"]),
     }
 
 
@@ -126,7 +141,9 @@ def main(argv: list[str] | None = None) -> None:
                 f"seed {seed}: eval onset {co['iteration']} (confirmed {co['confirmed_at']}), probe onset"
                 f" {result['probe_onset']}, per-iteration PGD-10 onset {result['eval_onset']},"
                 f" difference {result['difference']}; probe onset offline by probe_every:"
-                f" {result['offline_probe_onsets']}",
+                f" {result['offline_probe_onsets']}; reference with another PGD start"
+                f" {result['other_start_onset']}, on {result['config']['eval_points']} training images"
+                f" {result['train_images_onset']}",
                 flush=True,
             )
 
