@@ -560,38 +560,60 @@ def _image_axes(fig: go.Figure) -> None:
 
 
 DODGE = 0.08  # how far apart methods are drawn at one ε, as a share of the ε grid's step
+SEED_SPREAD = 0.4  # how far apart one method's seeds are drawn at one ε, as a share of DODGE
 
 
 def sweep_figure(points: pd.DataFrame, natural_units: bool, uirevision: str, dark: bool = False) -> go.Figure:
-    """Lines of PGD accuracy against ε per method; ✕ marks a run that hit CO, hollow marks one still running.
+    """Per method, a line through the mean PGD accuracy over seeds at each ε and a mark per run: ✕ for a run
+    that hit CO, hollow for one still running.
 
-    Each point carries its run id as customdata, so a click (selection event) can open that run. Methods
-    are drawn side by side around each ε (dodged by DODGE of the grid's step), so two runs at the same
-    point, both collapsed to 0, show two ✕ instead of one; the hover names the true ε.
+    Each mark carries its run id as customdata, so a click (selection event) can open that run. Methods
+    are drawn side by side around each ε (dodged by DODGE of the grid's step) and a method's seeds side by
+    side around it, so runs at the same point, all collapsed to 0, show one ✕ each; the hover names the
+    true ε and the seed.
     """
     fig = go.Figure()
     groups = list(points.groupby("method", sort=True))
     grid = sorted(points["x"].unique())
     step = min((b - a for a, b in zip(grid, grid[1:], strict=False)), default=grid[0] if grid else 1.0)
+    seeds = sorted(points["seed"].unique())
     for index, (method, group) in enumerate(groups):
         color = METHOD_COLORS[index % len(METHOD_COLORS)]
         offset = (index - (len(groups) - 1) / 2) * DODGE * step
+        mean = group.groupby("x")["pgd_acc"].mean()
+        fig.add_trace(
+            go.Scatter(
+                x=mean.index + offset,
+                y=mean.to_numpy(),
+                name=html.escape(method),
+                legendgroup=method,
+                mode="lines",
+                line={"color": color, "width": 2},
+                customdata=np.stack([mean.index, group.groupby("x")["run_id"].count()], axis=-1),
+                hovertemplate=f"{html.escape(method)}<br>ε %{{customdata[0]:g}}: mean PGD acc %{{y:.3f}}"
+                " over %{customdata[1]} seed(s)<extra></extra>",
+            )
+        )
+        spread = [
+            (seeds.index(seed) - (len(seeds) - 1) / 2) * SEED_SPREAD * DODGE * step for seed in group["seed"]
+        ]
         symbols = [
             ("x" if co else "circle") + ("" if done else "-open")
             for co, done in zip(group["co"], group["done"], strict=True)
         ]
         fig.add_trace(
             go.Scatter(
-                x=group["x"] + offset,
+                x=group["x"] + offset + spread,
                 y=group["pgd_acc"],
-                name=html.escape(method),
-                mode="lines+markers",
-                line={"color": color, "width": 2},
-                marker={"symbol": symbols, "size": 13, "color": color, "line": {"width": 2, "color": color}},
-                customdata=group[["run_id", "status", "lambda"]].to_numpy(),
+                name=html.escape(method) + " (runs)",
+                legendgroup=method,
+                showlegend=False,
+                mode="markers",
+                marker={"symbol": symbols, "size": 11, "color": color, "line": {"width": 2, "color": color}},
+                customdata=group[["run_id", "status", "lambda", "seed"]].to_numpy(),
                 text=[html.escape(label) for label in group["label"]],  # names the run's ε
-                hovertemplate="%{text}<br>PGD acc %{y:.3f}<br>λ=%{customdata[2]:g}<br>%{customdata[1]}"
-                "<extra></extra>",
+                hovertemplate="%{text}<br>seed %{customdata[3]}<br>PGD acc %{y:.3f}<br>λ=%{customdata[2]:g}"
+                "<br>%{customdata[1]}<extra></extra>",
             )
         )
     for name, symbol in (
@@ -611,7 +633,7 @@ def sweep_figure(points: pd.DataFrame, natural_units: bool, uirevision: str, dar
         template=template(dark),
         height=480,
         uirevision=uirevision,
-        title="Final PGD accuracy against ε",
+        title="Final PGD accuracy against ε: mean over seeds (line) and each run (marks)",
         xaxis_title="ε (×1/255)" if natural_units else "ε",
         xaxis_tickvals=grid if len(grid) <= 16 else None,  # ticks at the true ε, between the dodged marks
         yaxis_title="PGD accuracy",

@@ -323,7 +323,7 @@ def test_sweep_frame_uses_final_pgd_or_the_latest_eval_and_marks_co():
     assert row.loc["d", "method"] == "FGSM+GradAlign" and row.loc["a", "method"] == "FGSM"
 
     fig = sweep_figure(points, natural_units=True, uirevision="s")
-    fgsm = next(trace for trace in fig.data if trace.name == "FGSM")
+    fgsm = next(trace for trace in fig.data if trace.name == "FGSM (runs)")
     assert list(fgsm.x) == pytest.approx([4 - 0.16, 8 - 0.16])  # dodged left of its ε: two methods drawn
     assert list(fig.layout.xaxis.tickvals) == [4, 8]
     assert list(fgsm.marker.symbol) == ["circle-open", "x"]

@@ -542,10 +542,10 @@ def test_sweep_plot_shows_finished_co_and_running_runs_and_a_click_opens_one(r):
     assert not at.exception
     figure = charts(at)["sweep.chart.s1"]
     traces = {trace["name"]: trace for trace in figure["data"] if trace["x"] != [None]}
-    assert traces["FGSM"]["marker"]["symbol"] == ["circle", "x"]
-    assert [row[0] for row in traces["FGSM"]["customdata"]] == [fine, collapsed]
-    assert traces["FGSM+GradAlign"]["marker"]["symbol"] == ["circle-open", "circle"]
-    assert [row[0] for row in traces["FGSM+GradAlign"]["customdata"]] == [running, rescued]
+    assert traces["FGSM (runs)"]["marker"]["symbol"] == ["circle", "x"]
+    assert [row[0] for row in traces["FGSM (runs)"]["customdata"]] == [fine, collapsed]
+    assert traces["FGSM+GradAlign (runs)"]["marker"]["symbol"] == ["circle-open", "circle"]
+    assert [row[0] for row in traces["FGSM+GradAlign (runs)"]["customdata"]] == [running, rescued]
     assert len(at.get("page_link")) == 4
 
     at.session_state["sweep.chart.s1"] = {"customdata": [rescued, "finished", 2.0], "at": 1}

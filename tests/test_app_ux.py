@@ -221,7 +221,7 @@ def test_sweeps_are_listed_by_what_they_are_and_the_form_says_runs_time_and_epoc
     at = app(sweep="s1").run()
     shown = at.selectbox(key="sweep.shown")
     text = shown.format_func(shown.value)
-    assert text.startswith("FGSM, FGSM+GradAlign × ε 0.1–0.2 (digits) · ") and text.endswith(
+    assert text.startswith("FGSM, FGSM+GradAlign × ε 0.1–0.2 × seed 0 (digits) · ") and text.endswith(
         "4 of 4 runs done"
     )
 

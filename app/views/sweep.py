@@ -6,6 +6,7 @@ points, so the plot fills in live. Clicking a point opens that run.
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 
@@ -39,6 +40,7 @@ DEFAULT_METHODS = ["FGSM", "FGSM + GradAlign", "PGD-10"]
 DEFAULT_EPS = {"natural": "2, 4, 6, 8, 10, 12, 14, 16", "fraction": "0.05, 0.1, 0.15, 0.2, 0.25, 0.3"}
 KEY = "sweep."
 MAX_EPS_VALUES = 32
+MAX_SEEDS = 16
 
 
 def render() -> None:
@@ -61,7 +63,8 @@ def render() -> None:
 
 
 def describe_sweep(runs: list[api.Run]) -> str:
-    """A sweep by what it is: 'FGSM, FGSM+GradAlign × ε 0.1–0.2 (digits) · 2026-11-27 18:20 · 3 of 4 done'."""
+    """A sweep by what it is: 'FGSM, FGSM+GradAlign × ε 0.1–0.2 × seeds 0, 1 (digits) · 2026-11-27 18:20 UTC ·
+    3 of 4 runs done'."""
     if not runs:
         return "(no runs left)"
     configs = [run.config for run in runs]
@@ -69,9 +72,14 @@ def describe_sweep(runs: list[api.Run]) -> str:
     dataset = configs[0].dataset
     grid = sorted({config.eps for config in configs})
     eps = format_eps(grid[0], dataset) + (f"–{format_eps(grid[-1], dataset)}" if len(grid) > 1 else "")
+    seeds = sorted({config.seed for config in configs})
+    seeds_text = ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))
     when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(min(run.created_at for run in runs)))
     done = sum(run.status in api.TERMINAL for run in runs)
-    return f"{methods} × ε {eps} ({dataset}) · {when} UTC · {done} of {plural(len(runs), 'run')} done"
+    return (
+        f"{methods} × ε {eps} × {seeds_text} ({dataset}) · {when} UTC · "
+        f"{done} of {plural(len(runs), 'run')} done"
+    )
 
 
 def parse_eps_list(text: str, natural: bool) -> list[float]:
@@ -86,34 +94,53 @@ def parse_eps_list(text: str, natural: bool) -> list[float]:
     return [value / 255 for value in values] if natural else values
 
 
+def parse_seeds(text: str) -> list[int]:
+    """'0, 1, 2' → [0, 1, 2], each within RunConfig's seed range and given once; raises ValueError naming
+    the field on junk (and on more than MAX_SEEDS seeds)."""
+    parts = [part.strip() for part in text.replace(";", ",").split(",") if part.strip()]
+    bounds = field_bounds("seed")
+    problem = None
+    if not parts:
+        problem = "give at least one seed"
+    elif len(parts) > MAX_SEEDS:
+        problem = f"at most {MAX_SEEDS}, got {len(parts)}"
+    elif bad := [part for part in parts if not part.isdigit() or not int(part) <= bounds["le"]]:
+        problem = f"{bad[0]!r} is not a whole number in the allowed {allowed('seed')}"
+    elif len(set(map(int, parts))) < len(parts):
+        problem = "each seed once"
+    if problem:
+        raise ValueError(f"seeds: {problem}")
+    return [int(part) for part in parts]
+
+
 def sweep_configs(
     base: dict,
     methods: list[str],
     eps_values: list[float],
+    seeds: list[int],
     rule: bool,
     fixed: dict[str, float],
     method_fields: dict[str, dict] | None = None,
 ) -> list[RunConfig]:
-    """One config per (method, ε); raises ConfigError naming the first combination that cannot run.
+    """One config per (method, ε, seed); raises ConfigError naming the first combination that cannot run.
 
     GradAlign's and ELLE's λ follow trainer.config.lambda_of_eps when `rule` is on and the data set has a
     rule for it, else `fixed` (by field). `method_fields` (a sweep preset's) adds fields per method, e.g.
     the paper's larger lr for GradAlign.
     """
     configs = []
-    for method in methods:
-        for eps in eps_values:
-            name, line = SWEEP[method]
-            weights = dict.fromkeys(REGULARISERS, 0.0)
-            if line.regulariser is not None:
-                by_rule = lambda_of_eps(line.regulariser, base["dataset"], eps) if rule else None
-                weights[line.regulariser] = fixed[line.regulariser] if by_rule is None else by_rule
-            extra = (method_fields or {}).get(method, {})
-            values = {**base, "method": name, **line.fields, **extra, "eps": eps, **weights, "name": ""}
-            try:
-                configs.append(make_config(values))
-            except ConfigError as exc:
-                raise ConfigError(f"{method} at ε={format_eps(eps, base['dataset'])}: {exc}") from None
+    for method, eps, seed in itertools.product(methods, eps_values, seeds):
+        name, line = SWEEP[method]
+        weights = dict.fromkeys(REGULARISERS, 0.0)
+        if line.regulariser is not None:
+            by_rule = lambda_of_eps(line.regulariser, base["dataset"], eps) if rule else None
+            weights[line.regulariser] = fixed[line.regulariser] if by_rule is None else by_rule
+        extra = (method_fields or {}).get(method, {})
+        values = {**base, "method": name, **line.fields, **extra, "eps": eps, **weights, "seed": seed}
+        try:
+            configs.append(make_config({**values, "name": ""}))
+        except ConfigError as exc:
+            raise ConfigError(f"{method} at ε={format_eps(eps, base['dataset'])}: {exc}") from None
     return configs
 
 
@@ -132,6 +159,7 @@ def _apply_base(name: str) -> None:
     preset = SWEEP_PRESETS.get(name)
     st.session_state[KEY + "paper"] = preset["paper_lambda"] if preset else _has_rule(_base(name))
     st.session_state[KEY + "epochs"] = make_config(_base(name)).epochs
+    st.session_state[KEY + "seeds"] = str(make_config(_base(name)).seed)
     if preset:
         st.session_state[KEY + "methods"] = list(preset["methods"])
         st.session_state[KEY + ("eps255" if natural else "eps")] = preset["eps"]
@@ -153,9 +181,10 @@ def _new_sweep(r) -> None:
         eps_key: DEFAULT_EPS["natural" if natural else "fraction"],
         KEY + "paper": _has_rule(base),
         KEY + "epochs": make_config(base).epochs,
+        KEY + "seeds": str(make_config(base).seed),
     }.items():
         st.session_state.setdefault(key, default)
-    columns = st.columns([3, 3, 1.3, 2, 2, 2])
+    columns = st.columns([3, 3, 1.3, 1.5, 2, 2, 2])
     methods = columns[0].multiselect("Methods", list(SWEEP), key=KEY + "methods")
     eps_text = columns[1].text_input(
         "ε values (× 1/255)" if natural else "ε values",
@@ -166,8 +195,14 @@ def _new_sweep(r) -> None:
     epochs = columns[2].number_input(
         "epochs", key=KEY + "epochs", step=1, help="Of every run in the sweep. " + allowed("epochs")
     )
+    seeds_text = columns[3].text_input(
+        "seeds",
+        key=KEY + "seeds",
+        max_chars=200,  # MAX_SEEDS seeds of a few digits each
+        help=f"Comma-separated; every method runs at every ε once per seed. {allowed('seed')}",
+    )
     digits = base["dataset"] == "digits"
-    rule = columns[3].toggle(
+    rule = columns[4].toggle(
         "λ(ε): digits fit" if digits else "GradAlign: paper λ(ε)",
         key=KEY + "paper",
         help="GradAlign's and ELLE's λ fitted on digits (docs/reproduction.md)"
@@ -176,8 +211,8 @@ def _new_sweep(r) -> None:
     )
     fixed = {}
     for column, field, preset, name in (
-        (columns[4], "grad_align_lambda", DIGITS_GRAD_ALIGN, "GradAlign"),
-        (columns[5], "elle_lambda", DIGITS_ELLE, "ELLE"),
+        (columns[5], "grad_align_lambda", DIGITS_GRAD_ALIGN, "GradAlign"),
+        (columns[6], "elle_lambda", DIGITS_ELLE, "ELLE"),
     ):
         fixed[field] = column.number_input(
             f"{name}: fixed λ",
@@ -192,7 +227,10 @@ def _new_sweep(r) -> None:
     method_fields = SWEEP_PRESETS.get(base_name, {}).get("method_fields")
     try:
         eps_values = parse_eps_list(eps_text, natural)
-        configs = sweep_configs({**base, "epochs": epochs}, methods, eps_values, rule, fixed, method_fields)
+        seeds = parse_seeds(seeds_text)
+        configs = sweep_configs(
+            {**base, "epochs": epochs}, methods, eps_values, seeds, rule, fixed, method_fields
+        )
     except ValueError as exc:  # ConfigError is one too
         st.error(md_escape(str(exc)))
         return
