@@ -110,6 +110,7 @@ def main() -> None:
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         sweep_id = args.sweep or launch(page, args.url)
         print(f"sweep {sweep_id}", flush=True)
+        page.goto("about:blank")  # the open page would redraw every 2 s: CPU the runs need
         runs = wait_until_done(r, sweep_id)
         screenshot(page, args.url, sweep_id)
         browser.close()

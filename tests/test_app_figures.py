@@ -331,6 +331,25 @@ def test_sweep_frame_uses_final_pgd_or_the_latest_eval_and_marks_co():
     assert fig.layout.xaxis.title.text == "ε (×1/255)"
 
 
+def test_sweep_figure_draws_the_mean_over_seeds_and_a_mark_per_seed_run():
+    def run(run_id, eps, seed, pgd, co=None):
+        config = make_config({"eps": eps, "seed": seed})
+        return FakeRun(run_id, "finished", config, final=final_event(co, pgd=pgd))
+
+    runs = [run("a", 0.1, 0, 0.4), run("b", 0.1, 1, 0.2), run("c", 0.2, 0, 0.3), run("d", 0.2, 1, 0.0, co=60)]
+    fig = sweep_figure(sweep_frame(runs, {}), natural_units=False, uirevision="s")
+    traces = traces_by_name(fig)
+    mean, marks = traces["FGSM"], traces["FGSM (runs)"]
+    assert mean.mode == "lines" and list(mean.x) == pytest.approx([0.1, 0.2])
+    assert list(mean.y) == pytest.approx([0.3, 0.15])
+    assert marks.mode == "markers" and not marks.showlegend and marks.legendgroup == mean.legendgroup
+    assert list(marks.y) == pytest.approx([0.4, 0.2, 0.3, 0.0])
+    assert list(marks.marker.symbol) == ["circle", "circle", "circle", "x"]
+    assert [row[3] for row in marks.customdata] == [0, 1, 0, 1]
+    assert "seed %{customdata[3]}" in marks.hovertemplate
+    assert marks.x[0] < 0.1 < marks.x[1]  # a method's seeds side by side around its ε
+
+
 def test_exports_round_trip():
     events = co_run_events(total=20, co_at=20)
     assert read_jsonl(io.StringIO(events_jsonl(events))) == events

@@ -519,6 +519,46 @@ def test_the_paper_fig1_sweep_preset_queues_the_papers_grid_with_lambda_of_eps(r
     assert (by_label["PGD-10 ε=8/255"].pgd_steps, by_label["PGD-10 ε=8/255"].pgd_alpha) == (10, 0.2)
 
 
+def test_sweep_runs_every_method_and_eps_once_per_seed_and_names_the_seeds(r):
+    at = app().run()
+    at.switch_page("views/sweep.py").run()
+    base = make_config(PRESETS["Digits: FGSM catastrophic overfitting"])
+    assert at.text_input(key="sweep.seeds").value == str(base.seed)  # the base preset's
+    at.multiselect(key="sweep.methods").set_value(["FGSM", "PGD-10"])
+    at.text_input(key="sweep.eps").set_value("0.1, 0.2")
+    at.text_input(key="sweep.seeds").set_value("0, 1, 2").run()
+    assert at.button(key="sweep.submit").label == "Launch 12 runs"
+    assert any(caption.value.startswith("12 runs, based on") for caption in at.caption)
+    at.button(key="sweep.submit").click().run()
+    runs = api.sweep_runs(r, at.query_params["sweep"])
+    combinations = {(run.config.method, run.config.eps, run.config.seed) for run in runs}
+    assert len(runs) == len(combinations) == 12
+    assert {seed for _, _, seed in combinations} == {0, 1, 2}
+    shown = at.selectbox(key="sweep.shown")
+    assert "× ε 0.1–0.2 × seeds 0, 1, 2 (digits)" in shown.format_func(shown.value)
+
+
+@pytest.mark.parametrize(
+    ("seeds", "says"),
+    [
+        ("0, one", "'one' is not a whole number in the allowed range [0, 2147483647]"),
+        ("-1", "'-1' is not a whole number in the allowed range [0, 2147483647]"),
+        ("0, 2147483648", "'2147483648' is not a whole number in the allowed range [0, 2147483647]"),
+        ("1, 1", "each seed once"),
+        (" , ", "give at least one seed"),
+        (",".join(map(str, range(17))), "at most 16, got 17"),
+    ],
+)
+def test_sweep_rejects_bad_seeds_naming_the_field_and_its_range(r, seeds, says):
+    at = app().run()
+    at.switch_page("views/sweep.py").run()
+    at.text_input(key="sweep.seeds").set_value(seeds).run()
+    [error] = at.error
+    assert error.value == md_escape(f"seeds: {says}")
+    assert "sweep.submit" not in [button.key for button in at.button]
+    assert api.list_runs(r) == []
+
+
 def test_sweep_rejects_an_invalid_eps_list(r):
     at = app().run()
     at.switch_page("views/sweep.py").run()
