@@ -24,6 +24,7 @@ from conftest import (
     eval_event,
     final_event,
     metrics_event,
+    probe_event,
     running_events,
     snapshot_event,
     store_run,
@@ -592,6 +593,25 @@ def test_sweep_plot_shows_finished_co_and_running_runs_and_a_click_opens_one(r):
     at.run()
     assert at.query_params["run"] == rescued
     assert charts(at)["live.chart"]["layout"]["uirevision"] == rescued
+
+
+def test_sweep_page_draws_each_runs_dense_probe_under_its_evals_per_eps(r):
+    def events(eps, lam=0.0, until=100):
+        probes = [probe_event(it, 0.4 if it < 60 or lam else 0.0) for it in range(5, until + 1, 5)]
+        return [config_event(total=100, eps=eps, grad_align_lambda=lam), *probes, eval_event(50, 0.4)]
+
+    store_run(r, [*events(0.1), final_event(None, 0.4)], sweep_id="s3")
+    store_run(r, [*events(0.2), final_event(60, 0.0)], sweep_id="s3")
+    store_run(r, events(0.2, lam=2.0, until=40), status="running", sweep_id="s3")
+    at = app(sweep="s3").run()
+    assert not at.exception
+    figure = charts(at)["sweep.curves.s3"]
+    assert [a["text"] for a in figure["layout"]["annotations"]] == ["ε = 0.1", "ε = 0.2"]
+    dense = [trace for trace in figure["data"] if trace.get("opacity") == 0.45]
+    assert [len(numbers(trace["x"])) for trace in dense] == [20, 20, 8]  # FGSM at 0.1 and 0.2, then the running one
+    assert [trace["xaxis"] for trace in dense] == ["x", "x2", "x2"]
+    assert numbers(dense[1]["y"])[-1] == 0.0 and numbers(dense[2]["y"])[-1] == 0.4
+    assert {trace["name"] for trace in figure["data"]} == {"FGSM", "FGSM+GradAlign"}
 
 
 def test_fields_the_chosen_method_does_not_read_are_disabled_and_say_why(r):

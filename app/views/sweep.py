@@ -1,7 +1,8 @@
-"""Sweep ε (the paper's Fig. 1): methods × a list of ε as one sweep, then final PGD accuracy against ε.
+"""Sweep ε (the paper's Fig. 1): methods × ε × seeds as one sweep, then final PGD accuracy against ε.
 
 Runs that hit catastrophic overfitting are drawn as ✕; runs still training show their latest eval as hollow
-points, so the plot fills in live. Clicking a point opens that run.
+points, so the plot fills in live. Clicking a point opens that run. Below, each run's PGD accuracy against
+the iteration, a panel per ε, shows where CO struck.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import streamlit as st
 
 from app import estimate, nav, state
 from app.chart import dark_theme, live_chart
-from app.figures import sweep_figure
+from app.figures import SweepCurve, sweep_curves_figure, sweep_figure
 from app.presets import SWEEP_PRESETS
 from app.refresh import while_live
 from app.tables import sweep_frame
@@ -267,9 +268,10 @@ def _results(sweep_id: str) -> bool:
     """The sweep's chart and its runs; returns whether any run can still change."""
     r = state.connection()
     runs = api.sweep_runs(r, sweep_id)
-    # finished runs are drawn from their final results; only runs in progress need their events
-    histories = {run.id: state.history(r, run) for run in runs if run.status == api.RunStatus.RUNNING}
-    points = sweep_frame(runs, histories)
+    # every run that has started, for its curve; the PGD-vs-ε chart takes a finished run's final results
+    histories = {run.id: state.history(r, run) for run in runs if run.started_at is not None}
+    running = {run.id: histories[run.id] for run in runs if run.status == api.RunStatus.RUNNING}
+    points = sweep_frame(runs, running)
     done = sum(run.status in api.TERMINAL for run in runs)
     st.progress(done / len(runs) if runs else 0.0, text=f"{done} of {plural(len(runs), 'run')} done")
     natural = bool(runs) and runs[0].config.dataset in NATURAL_IMAGES
@@ -279,6 +281,20 @@ def _results(sweep_id: str) -> bool:
     )
     if isinstance(clicked, list) and clicked and isinstance(clicked[0], str):  # from the browser: checked
         nav.go("live", run=clicked[0])
+    curves = [
+        SweepCurve(
+            method_family(run.config),
+            run.config.eps,
+            format_eps(run.config.eps, run.config.dataset),
+            run.config.seed,
+            histories[run.id],
+        )
+        for run in runs
+        if run.id in histories
+    ]
+    if curves:
+        figure = sweep_curves_figure(curves, uirevision=f"sweep-curves:{sweep_id}", dark=dark_theme())
+        live_chart(figure, f"sweep.curves.{sweep_id}", f"codash-sweep-{sweep_id}-pgd-vs-iteration")
     with st.expander("Click a point to open its run, or pick it here"):
         for run in runs:
             st.page_link(
