@@ -690,7 +690,7 @@ def sweep_curves_figure(curves: Sequence[SweepCurve], uirevision: str, dark: boo
     for curve in sorted(curves, key=lambda curve: (curve.method, curve.eps, curve.seed)):
         index = grid.index((curve.eps, curve.eps_label))
         frames = _frames(curve.history)
-        for metric in (PGD_PROBE, PGD_EVAL):
+        for metric in (PGD_EVAL, PGD_PROBE):  # the legend shows a method by its evaluations' line
             frame = frames[metric.source]
             if not _has_values(frame, metric):
                 continue
@@ -708,8 +708,8 @@ def sweep_curves_figure(curves: Sequence[SweepCurve], uirevision: str, dark: boo
         height=260 * rows + 110,
         uirevision=uirevision,
         title="PGD accuracy during training, per ε: dense probe (thin line) under the evaluations (marks)",
-        legend={"orientation": "h", "x": 0, "y": -0.06, "yanchor": "top", "title": {"text": "method"}},
-        margin={"l": 60, "r": 10, "t": 80, "b": 60},
+        legend={"x": 1.01, "xanchor": "left", "y": 1, "yanchor": "top", "title": {"text": "method"}},
+        margin={"l": 60, "r": 10, "t": 80, "b": 50},
         hovermode="closest",
     )
     fig.update_yaxes(range=[0, 1.02])

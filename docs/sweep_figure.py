@@ -8,8 +8,9 @@ would, measured on the real stack.
 Opens the Sweep page in Debian's Chromium (/usr/bin/chromium), keeps every default (preset "Digits: FGSM
 catastrophic overfitting", its methods, ε grid, epochs and the digits λ(ε)), types seeds 0, 1, 2 and presses
 Launch, unless --sweep names a sweep already launched (to take the figure again). Then waits for every run
-to end, saves the page's charts to docs/sweep.png (1280 px wide) and prints, per method and ε, the mean
-final PGD accuracy over seeds, the CO count and λ as the README's Markdown table, and the sweep's wall time.
+to end (--now: takes the sweep as it stands), saves the page's charts to docs/sweep.png (1280 px wide) and
+prints, per method and ε, the mean final PGD accuracy over seeds, the CO count and λ as the README's
+Markdown table, and the sweep's wall time.
 The runs take about an hour on one CPU worker.
 """
 
@@ -64,7 +65,9 @@ def wait_until_done(r, sweep_id: str) -> list[api.Run]:
 
 
 def screenshot(page, url: str, sweep_id: str) -> None:
-    """The finished sweep's page, from its title to the last chart."""
+    """The finished sweep's page, from its title to the last chart (the page scrolls inside Streamlit's
+    container, so the window is made tall enough to hold it all)."""
+    page.set_viewport_size({"width": 1280, "height": 3000})
     page.goto(f"{url}/sweep?sweep={sweep_id}")
     charts = page.locator(CHARTS)
     charts.first.wait_for(timeout=60_000)
@@ -73,7 +76,7 @@ def screenshot(page, url: str, sweep_id: str) -> None:
     page.wait_for_timeout(2000)  # the last redraw
     last = charts.nth(charts.count() - 1).bounding_box()
     clip = {"x": 0, "y": 0, "width": 1280, "height": last["y"] + last["height"]}
-    page.screenshot(path=str(FIGURE), clip=clip, full_page=True)
+    page.screenshot(path=str(FIGURE), clip=clip)
 
 
 def table(runs: list[api.Run]) -> str:
@@ -93,7 +96,7 @@ def table(runs: list[api.Run]) -> str:
         )
     failed = [run.id for run in runs if run.status != "finished"]
     if failed:
-        rows.append(f"\nnot finished: {', '.join(failed)}")
+        rows.append(f"\nnot finished, left out of the table: {len(failed)}")
     return "\n".join(rows)
 
 
@@ -101,6 +104,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("url", help="the dashboard, e.g. http://127.0.0.1:8765")
     parser.add_argument("--sweep", help="a sweep already launched: only wait for it and take the figure")
+    parser.add_argument(
+        "--now", action="store_true", help="take the figure and table as they stand (partial)"
+    )
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -111,11 +117,11 @@ def main() -> None:
         sweep_id = args.sweep or launch(page, args.url)
         print(f"sweep {sweep_id}", flush=True)
         page.goto("about:blank")  # the open page would redraw every 2 s: CPU the runs need
-        runs = wait_until_done(r, sweep_id)
+        runs = api.sweep_runs(r, sweep_id) if args.now else wait_until_done(r, sweep_id)
         screenshot(page, args.url, sweep_id)
         browser.close()
     started = min(run.started_at or run.created_at for run in runs)
-    ended = max(run.finished_at or 0 for run in runs)
+    ended = max(run.finished_at or time.time() for run in runs)
     print(table(runs))
     print(f"wall time: {(ended - started) / 60:.0f} min from the first run's start to the last one's end")
 
