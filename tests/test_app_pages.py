@@ -545,6 +545,7 @@ def test_sweep_runs_every_method_and_eps_once_per_seed_and_names_the_seeds(r):
         ("0, one", "'one' is not a whole number in the allowed range [0, 2147483647]"),
         ("-1", "'-1' is not a whole number in the allowed range [0, 2147483647]"),
         ("0, 2147483648", "'2147483648' is not a whole number in the allowed range [0, 2147483647]"),
+        ("²", "'²' is not a whole number in the allowed range [0, 2147483647]"),
         ("1, 1", "each seed once"),
         (" , ", "give at least one seed"),
         (",".join(map(str, range(17))), "at most 16, got 17"),
@@ -608,7 +609,11 @@ def test_sweep_page_draws_each_runs_dense_probe_under_its_evals_per_eps(r):
     figure = charts(at)["sweep.curves.s3"]
     assert [a["text"] for a in figure["layout"]["annotations"]] == ["ε = 0.1", "ε = 0.2"]
     dense = [trace for trace in figure["data"] if trace.get("opacity") == 0.45]
-    assert [len(numbers(trace["x"])) for trace in dense] == [20, 20, 8]  # FGSM at 0.1 and 0.2, then the running one
+    assert [len(numbers(trace["x"])) for trace in dense] == [
+        20,
+        20,
+        8,
+    ]  # FGSM at 0.1 and 0.2, then the running one
     assert [trace["xaxis"] for trace in dense] == ["x", "x2", "x2"]
     assert numbers(dense[1]["y"])[-1] == 0.0 and numbers(dense[2]["y"])[-1] == 0.4
     assert {trace["name"] for trace in figure["data"]} == {"FGSM", "FGSM+GradAlign"}

@@ -105,7 +105,11 @@ def parse_seeds(text: str) -> list[int]:
         problem = "give at least one seed"
     elif len(parts) > MAX_SEEDS:
         problem = f"at most {MAX_SEEDS}, got {len(parts)}"
-    elif bad := [part for part in parts if not part.isdigit() or not int(part) <= bounds["le"]]:
+    elif bad := [
+        part
+        for part in parts
+        if not (part.isascii() and part.isdigit()) or not bounds["ge"] <= int(part) <= bounds["le"]
+    ]:
         problem = f"{bad[0]!r} is not a whole number in the allowed {allowed('seed')}"
     elif len(set(map(int, parts))) < len(parts):
         problem = "each seed once"
