@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import html
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -559,39 +559,69 @@ def _image_axes(fig: go.Figure) -> None:
 # --- the sweep: final PGD accuracy against ε per method (the paper's Fig. 1) ---
 
 
+def method_colors(methods: Iterable[str]) -> dict[str, str]:
+    """A sweep's colour per method, in name order: the same on its PGD-vs-ε chart and its facets."""
+    return {
+        method: METHOD_COLORS[index % len(METHOD_COLORS)] for index, method in enumerate(sorted(set(methods)))
+    }
+
+
 DODGE = 0.08  # how far apart methods are drawn at one ε, as a share of the ε grid's step
+SEED_SPREAD = 0.4  # how far apart one method's seeds are drawn at one ε, as a share of DODGE
 
 
 def sweep_figure(points: pd.DataFrame, natural_units: bool, uirevision: str, dark: bool = False) -> go.Figure:
-    """Lines of PGD accuracy against ε per method; ✕ marks a run that hit CO, hollow marks one still running.
+    """Per method, a line through the mean PGD accuracy over seeds at each ε and a mark per run: ✕ for a run
+    that hit CO, hollow for one still running.
 
-    Each point carries its run id as customdata, so a click (selection event) can open that run. Methods
-    are drawn side by side around each ε (dodged by DODGE of the grid's step), so two runs at the same
-    point, both collapsed to 0, show two ✕ instead of one; the hover names the true ε.
+    Each mark carries its run id as customdata, so a click (selection event) can open that run. Methods
+    are drawn side by side around each ε (dodged by DODGE of the grid's step) and a method's seeds side by
+    side around it, so runs at the same point, all collapsed to 0, show one ✕ each; the hover names the
+    true ε and the seed.
     """
     fig = go.Figure()
     groups = list(points.groupby("method", sort=True))
+    colors = method_colors(points["method"])
     grid = sorted(points["x"].unique())
     step = min((b - a for a, b in zip(grid, grid[1:], strict=False)), default=grid[0] if grid else 1.0)
+    seeds = sorted(points["seed"].unique())
     for index, (method, group) in enumerate(groups):
-        color = METHOD_COLORS[index % len(METHOD_COLORS)]
+        color = colors[method]
         offset = (index - (len(groups) - 1) / 2) * DODGE * step
+        mean = group.groupby("x")["pgd_acc"].mean()
+        fig.add_trace(
+            go.Scatter(
+                x=mean.index + offset,
+                y=mean.to_numpy(),
+                name=html.escape(method),
+                legendgroup=method,
+                mode="lines",
+                line={"color": color, "width": 2},
+                customdata=np.stack([mean.index, group.groupby("x")["run_id"].count()], axis=-1),
+                hovertemplate=f"{html.escape(method)}<br>ε %{{customdata[0]:g}}: mean PGD acc %{{y:.3f}}"
+                " over %{customdata[1]} seed(s)<extra></extra>",
+            )
+        )
+        spread = [
+            (seeds.index(seed) - (len(seeds) - 1) / 2) * SEED_SPREAD * DODGE * step for seed in group["seed"]
+        ]
         symbols = [
             ("x" if co else "circle") + ("" if done else "-open")
             for co, done in zip(group["co"], group["done"], strict=True)
         ]
         fig.add_trace(
             go.Scatter(
-                x=group["x"] + offset,
+                x=group["x"] + offset + spread,
                 y=group["pgd_acc"],
-                name=html.escape(method),
-                mode="lines+markers",
-                line={"color": color, "width": 2},
-                marker={"symbol": symbols, "size": 13, "color": color, "line": {"width": 2, "color": color}},
-                customdata=group[["run_id", "status", "lambda"]].to_numpy(),
+                name=html.escape(method) + " (runs)",
+                legendgroup=method,
+                showlegend=False,
+                mode="markers",
+                marker={"symbol": symbols, "size": 11, "color": color, "line": {"width": 2, "color": color}},
+                customdata=group[["run_id", "status", "lambda", "seed"]].to_numpy(),
                 text=[html.escape(label) for label in group["label"]],  # names the run's ε
-                hovertemplate="%{text}<br>PGD acc %{y:.3f}<br>λ=%{customdata[2]:g}<br>%{customdata[1]}"
-                "<extra></extra>",
+                hovertemplate="%{text}<br>seed %{customdata[3]}<br>PGD acc %{y:.3f}<br>λ=%{customdata[2]:g}"
+                "<br>%{customdata[1]}<extra></extra>",
             )
         )
     for name, symbol in (
@@ -611,7 +641,7 @@ def sweep_figure(points: pd.DataFrame, natural_units: bool, uirevision: str, dar
         template=template(dark),
         height=480,
         uirevision=uirevision,
-        title="Final PGD accuracy against ε",
+        title="Final PGD accuracy against ε: mean over seeds (line) and each run (marks)",
         xaxis_title="ε (×1/255)" if natural_units else "ε",
         xaxis_tickvals=grid if len(grid) <= 16 else None,  # ticks at the true ε, between the dodged marks
         yaxis_title="PGD accuracy",
@@ -620,4 +650,69 @@ def sweep_figure(points: pd.DataFrame, natural_units: bool, uirevision: str, dar
         legend={"title": {"text": "method"}},
         margin={"t": 60, "b": 50},
     )
+    return fig
+
+
+@dataclass(frozen=True)
+class SweepCurve:
+    """One run of a sweep, drawn in the facet of its ε."""
+
+    method: str
+    eps: float
+    eps_label: str  # as the form writes it: 0.15, 8/255
+    seed: int
+    history: RunHistory
+
+
+FACET_COLUMNS = 3
+PGD_EVAL = next(metric for metric in METRICS if metric.column == "pgd_acc" and metric.source == "evals")
+PGD_PROBE = next(metric for metric in METRICS if metric.column == "pgd_acc" and metric.source == "probes")
+
+
+def sweep_curves_figure(curves: Sequence[SweepCurve], uirevision: str, dark: bool = False) -> go.Figure:
+    """PGD accuracy against the iteration, a small panel per ε: each run's dense probe as a thin line under
+    its evaluations' markers (the live view's traces), coloured by method, so where CO strikes at each ε
+    shows next to the final numbers of the PGD-vs-ε chart."""
+    grid = sorted({(curve.eps, curve.eps_label) for curve in curves})
+    columns = min(FACET_COLUMNS, max(1, len(grid)))
+    rows = max(1, -(-len(grid) // columns))
+    fig = make_subplots(
+        rows=rows,
+        cols=columns,
+        shared_xaxes=True,
+        shared_yaxes=True,
+        horizontal_spacing=0.03,
+        vertical_spacing=0.12 / rows,
+        subplot_titles=[f"ε = {html.escape(label)}" for _, label in grid],
+    )
+    colors = method_colors(curve.method for curve in curves)
+    shown: set[str] = set()
+    for curve in sorted(curves, key=lambda curve: (curve.method, curve.eps, curve.seed)):
+        index = grid.index((curve.eps, curve.eps_label))
+        frames = _frames(curve.history)
+        for metric in (PGD_EVAL, PGD_PROBE):  # the legend shows a method by its evaluations' line
+            frame = frames[metric.source]
+            if not _has_values(frame, metric):
+                continue
+            label = f"{curve.method} · seed {curve.seed} · ε {curve.eps_label}"
+            trace = _trace(frame, "iteration", metric, label, colors[curve.method], False, compact=True)
+            trace.update(
+                name=html.escape(curve.method),
+                legendgroup=curve.method,
+                showlegend=curve.method not in shown,
+            )
+            shown.add(curve.method)
+            fig.add_trace(trace, row=index // columns + 1, col=index % columns + 1)
+    fig.update_layout(
+        template=template(dark),
+        height=260 * rows + 110,
+        uirevision=uirevision,
+        title="PGD accuracy during training, per ε: dense probe (thin line) under the evaluations (marks)",
+        legend={"x": 1.01, "xanchor": "left", "y": 1, "yanchor": "top", "title": {"text": "method"}},
+        margin={"l": 60, "r": 10, "t": 80, "b": 50},
+        hovermode="closest",
+    )
+    fig.update_yaxes(range=[0, 1.02])
+    fig.update_yaxes(title_text="PGD accuracy", col=1)
+    fig.update_xaxes(title_text="iteration", row=rows)
     return fig

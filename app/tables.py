@@ -130,6 +130,7 @@ def sweep_frame(runs: Sequence[Run], histories: dict[str, RunHistory]) -> pd.Dat
                 "status": run.status,
                 "label": config.label(),
                 "lambda": config.grad_align_lambda or config.elle_lambda,  # the regulariser's weight
+                "seed": config.seed,
             }
         )
     columns = [
@@ -144,5 +145,6 @@ def sweep_frame(runs: Sequence[Run], histories: dict[str, RunHistory]) -> pd.Dat
         "status",
         "label",
         "lambda",
+        "seed",
     ]
-    return pd.DataFrame(rows, columns=columns).sort_values(["method", "x"], ignore_index=True)
+    return pd.DataFrame(rows, columns=columns).sort_values(["method", "x", "seed"], ignore_index=True)

@@ -240,6 +240,10 @@ def eval_event(it: int, pgd: float, fgsm: float = 0.5) -> dict:
     )
 
 
+def probe_event(it: int, pgd: float) -> dict:
+    return make_event("probe", iteration=it, fgsm_acc=0.6, pgd_acc=pgd, cos_fgsm_pgd=0.7, cos_grad_random=0.8)
+
+
 def co_event(it: int, onset: int | None = None) -> dict:
     """A co event whose onset the dense probe placed at `onset` (default: the first collapsed eval)."""
     return make_event(

@@ -16,23 +16,26 @@ from conftest import (
     eval_event,
     final_event,
     metrics_event,
+    probe_event,
     snapshot_event,
 )
 
 from app.figures import (
     Series,
+    SweepCurve,
     filter_mosaic,
     filters_figure,
     inside_figure,
     run_figure,
     shared_axes,
+    sweep_curves_figure,
     sweep_figure,
 )
 from app.history import MAX_LINE_POINTS, RunHistory, downsample
 from app.tables import runs_frame, sweep_frame
 from app.text import distinguishing_labels, format_duration, md_escape, method_label, snapshot_label
 from trainer.config import make_config
-from trainer.events import events_csv, events_jsonl, make_event, read_jsonl
+from trainer.events import events_csv, events_jsonl, read_jsonl
 from trainer.presets import DEFAULT_PRESET, DIGITS_GRAD_ALIGN, PRESETS
 
 
@@ -80,10 +83,6 @@ def test_resumed_run_replaces_the_replayed_iterations():
     assert history.metrics[51]["reg"] == 0.5
     assert sorted(history.evals) == [40]
     assert history.co is None
-
-
-def probe_event(it: int, pgd: float) -> dict:
-    return make_event("probe", iteration=it, fgsm_acc=0.6, pgd_acc=pgd, cos_fgsm_pgd=0.7, cos_grad_random=0.8)
 
 
 def test_dense_probes_are_drawn_thin_under_the_evals_and_the_co_marker_sits_at_their_onset():
@@ -323,12 +322,60 @@ def test_sweep_frame_uses_final_pgd_or_the_latest_eval_and_marks_co():
     assert row.loc["d", "method"] == "FGSM+GradAlign" and row.loc["a", "method"] == "FGSM"
 
     fig = sweep_figure(points, natural_units=True, uirevision="s")
-    fgsm = next(trace for trace in fig.data if trace.name == "FGSM")
+    fgsm = next(trace for trace in fig.data if trace.name == "FGSM (runs)")
     assert list(fgsm.x) == pytest.approx([4 - 0.16, 8 - 0.16])  # dodged left of its ε: two methods drawn
     assert list(fig.layout.xaxis.tickvals) == [4, 8]
     assert list(fgsm.marker.symbol) == ["circle-open", "x"]
     assert [row[0] for row in fgsm.customdata] == ["b", "a"]
     assert fig.layout.xaxis.title.text == "ε (×1/255)"
+
+
+def test_sweep_figure_draws_the_mean_over_seeds_and_a_mark_per_seed_run():
+    def run(run_id, eps, seed, pgd, co=None):
+        config = make_config({"eps": eps, "seed": seed})
+        return FakeRun(run_id, "finished", config, final=final_event(co, pgd=pgd))
+
+    runs = [run("a", 0.1, 0, 0.4), run("b", 0.1, 1, 0.2), run("c", 0.2, 0, 0.3), run("d", 0.2, 1, 0.0, co=60)]
+    fig = sweep_figure(sweep_frame(runs, {}), natural_units=False, uirevision="s")
+    traces = traces_by_name(fig)
+    mean, marks = traces["FGSM"], traces["FGSM (runs)"]
+    assert mean.mode == "lines" and list(mean.x) == pytest.approx([0.1, 0.2])
+    assert list(mean.y) == pytest.approx([0.3, 0.15])
+    assert marks.mode == "markers" and not marks.showlegend and marks.legendgroup == mean.legendgroup
+    assert list(marks.y) == pytest.approx([0.4, 0.2, 0.3, 0.0])
+    assert list(marks.marker.symbol) == ["circle", "circle", "circle", "x"]
+    assert [row[3] for row in marks.customdata] == [0, 1, 0, 1]
+    assert "seed %{customdata[3]}" in marks.hovertemplate
+    assert marks.x[0] < 0.1 < marks.x[1]  # a method's seeds side by side around its ε
+
+
+def test_sweep_curves_draw_each_runs_probe_under_its_evals_in_the_panel_of_its_eps():
+    def curve(method, eps, seed, collapse_at):
+        events = [config_event(total=100, eps=eps, seed=seed)]
+        events += [probe_event(it, 0.4 if it < collapse_at else 0.0) for it in range(2, 101, 2)]
+        events += [eval_event(it, 0.4 if it < collapse_at else 0.0) for it in range(20, 101, 20)]
+        return SweepCurve(method, eps, f"{eps:g}", seed, history_of(events))
+
+    curves = [
+        curve("FGSM", eps, seed, 50 if eps > 0.1 else 999) for eps in (0.05, 0.1, 0.2, 0.3) for seed in (0, 1)
+    ]
+    curves.append(curve("PGD-10", 0.3, 0, 999))
+    fig = sweep_curves_figure(curves, uirevision="u")
+    titles = [annotation.text for annotation in fig.layout.annotations]
+    assert titles == ["ε = 0.05", "ε = 0.1", "ε = 0.2", "ε = 0.3"]  # a panel per ε, 3 a row
+    dense = [trace for trace in fig.data if trace.opacity == 0.45]
+    evals = [trace for trace in fig.data if trace.opacity == 1.0]
+    assert len(dense) == len(evals) == 9  # a probe line and an eval line per run
+    assert all(trace.mode == "lines" and trace.zorder < 0 for trace in dense)
+    assert all(trace.mode == "lines+markers" and trace.zorder == 0 for trace in evals)
+    fgsm_at_02 = [
+        trace for trace in dense if "FGSM · seed" in trace.hovertemplate and "ε 0.2" in trace.hovertemplate
+    ]
+    assert len(fgsm_at_02) == 2 and {trace.xaxis for trace in fgsm_at_02} == {"x3"}
+    assert list(fgsm_at_02[0].y)[23:26] == [0.4, 0.0, 0.0]  # the collapse at iteration 50, every 2
+    pgd = [trace for trace in fig.data if trace.name == "PGD-10"]
+    assert {trace.xaxis for trace in pgd} == {"x4"} and pgd[0].line.color != dense[0].line.color
+    assert [trace.name for trace in fig.data if trace.showlegend] == ["FGSM", "PGD-10"]  # a legend per method
 
 
 def test_exports_round_trip():

@@ -24,6 +24,7 @@ from conftest import (
     eval_event,
     final_event,
     metrics_event,
+    probe_event,
     running_events,
     snapshot_event,
     store_run,
@@ -519,6 +520,47 @@ def test_the_paper_fig1_sweep_preset_queues_the_papers_grid_with_lambda_of_eps(r
     assert (by_label["PGD-10 ε=8/255"].pgd_steps, by_label["PGD-10 ε=8/255"].pgd_alpha) == (10, 0.2)
 
 
+def test_sweep_runs_every_method_and_eps_once_per_seed_and_names_the_seeds(r):
+    at = app().run()
+    at.switch_page("views/sweep.py").run()
+    base = make_config(PRESETS["Digits: FGSM catastrophic overfitting"])
+    assert at.text_input(key="sweep.seeds").value == str(base.seed)  # the base preset's
+    at.multiselect(key="sweep.methods").set_value(["FGSM", "PGD-10"])
+    at.text_input(key="sweep.eps").set_value("0.1, 0.2")
+    at.text_input(key="sweep.seeds").set_value("0, 1, 2").run()
+    assert at.button(key="sweep.submit").label == "Launch 12 runs"
+    assert any(caption.value.startswith("12 runs, based on") for caption in at.caption)
+    at.button(key="sweep.submit").click().run()
+    runs = api.sweep_runs(r, at.query_params["sweep"])
+    combinations = {(run.config.method, run.config.eps, run.config.seed) for run in runs}
+    assert len(runs) == len(combinations) == 12
+    assert {seed for _, _, seed in combinations} == {0, 1, 2}
+    shown = at.selectbox(key="sweep.shown")
+    assert "× ε 0.1–0.2 × seeds 0, 1, 2 (digits)" in shown.format_func(shown.value)
+
+
+@pytest.mark.parametrize(
+    ("seeds", "says"),
+    [
+        ("0, one", "'one' is not a whole number in the allowed range [0, 2147483647]"),
+        ("-1", "'-1' is not a whole number in the allowed range [0, 2147483647]"),
+        ("0, 2147483648", "'2147483648' is not a whole number in the allowed range [0, 2147483647]"),
+        ("²", "'²' is not a whole number in the allowed range [0, 2147483647]"),
+        ("1, 1", "each seed once"),
+        (" , ", "give at least one seed"),
+        (",".join(map(str, range(17))), "at most 16, got 17"),
+    ],
+)
+def test_sweep_rejects_bad_seeds_naming_the_field_and_its_range(r, seeds, says):
+    at = app().run()
+    at.switch_page("views/sweep.py").run()
+    at.text_input(key="sweep.seeds").set_value(seeds).run()
+    [error] = at.error
+    assert error.value == md_escape(f"seeds: {says}")
+    assert "sweep.submit" not in [button.key for button in at.button]
+    assert api.list_runs(r) == []
+
+
 def test_sweep_rejects_an_invalid_eps_list(r):
     at = app().run()
     at.switch_page("views/sweep.py").run()
@@ -542,16 +584,39 @@ def test_sweep_plot_shows_finished_co_and_running_runs_and_a_click_opens_one(r):
     assert not at.exception
     figure = charts(at)["sweep.chart.s1"]
     traces = {trace["name"]: trace for trace in figure["data"] if trace["x"] != [None]}
-    assert traces["FGSM"]["marker"]["symbol"] == ["circle", "x"]
-    assert [row[0] for row in traces["FGSM"]["customdata"]] == [fine, collapsed]
-    assert traces["FGSM+GradAlign"]["marker"]["symbol"] == ["circle-open", "circle"]
-    assert [row[0] for row in traces["FGSM+GradAlign"]["customdata"]] == [running, rescued]
+    assert traces["FGSM (runs)"]["marker"]["symbol"] == ["circle", "x"]
+    assert [row[0] for row in traces["FGSM (runs)"]["customdata"]] == [fine, collapsed]
+    assert traces["FGSM+GradAlign (runs)"]["marker"]["symbol"] == ["circle-open", "circle"]
+    assert [row[0] for row in traces["FGSM+GradAlign (runs)"]["customdata"]] == [running, rescued]
     assert len(at.get("page_link")) == 4
 
     at.session_state["sweep.chart.s1"] = {"customdata": [rescued, "finished", 2.0], "at": 1}
     at.run()
     assert at.query_params["run"] == rescued
     assert charts(at)["live.chart"]["layout"]["uirevision"] == rescued
+
+
+def test_sweep_page_draws_each_runs_dense_probe_under_its_evals_per_eps(r):
+    def events(eps, lam=0.0, until=100):
+        probes = [probe_event(it, 0.4 if it < 60 or lam else 0.0) for it in range(5, until + 1, 5)]
+        return [config_event(total=100, eps=eps, grad_align_lambda=lam), *probes, eval_event(50, 0.4)]
+
+    store_run(r, [*events(0.1), final_event(None, 0.4)], sweep_id="s3")
+    store_run(r, [*events(0.2), final_event(60, 0.0)], sweep_id="s3")
+    store_run(r, events(0.2, lam=2.0, until=40), status="running", sweep_id="s3")
+    at = app(sweep="s3").run()
+    assert not at.exception
+    figure = charts(at)["sweep.curves.s3"]
+    assert [a["text"] for a in figure["layout"]["annotations"]] == ["ε = 0.1", "ε = 0.2"]
+    dense = [trace for trace in figure["data"] if trace.get("opacity") == 0.45]
+    assert [len(numbers(trace["x"])) for trace in dense] == [
+        20,
+        20,
+        8,
+    ]  # FGSM at 0.1 and 0.2, then the running one
+    assert [trace["xaxis"] for trace in dense] == ["x", "x2", "x2"]
+    assert numbers(dense[1]["y"])[-1] == 0.0 and numbers(dense[2]["y"])[-1] == 0.4
+    assert {trace["name"] for trace in figure["data"]} == {"FGSM", "FGSM+GradAlign"}
 
 
 def test_fields_the_chosen_method_does_not_read_are_disabled_and_say_why(r):

@@ -222,7 +222,7 @@ def test_sweeps_are_listed_by_what_they_are_and_the_form_says_runs_time_and_epoc
     at = app(sweep="s1").run()
     shown = at.selectbox(key="sweep.shown")
     text = shown.format_func(shown.value)
-    assert text.startswith("FGSM, FGSM+GradAlign × ε 0.1–0.2 (digits) · ") and text.endswith(
+    assert text.startswith("FGSM, FGSM+GradAlign × ε 0.1–0.2 × seed 0 (digits) · ") and text.endswith(
         "4 of 4 runs done"
     )
 
@@ -247,7 +247,7 @@ def test_sweep_marks_at_one_point_are_drawn_side_by_side(r):
             r, [config_event(total=100, eps=0.2, grad_align_lambda=lam), final_event(60, 0.0)], sweep_id="s2"
         )
     figure = charts(app(sweep="s2").run())["sweep.chart.s2"]
-    traces = [trace for trace in figure["data"] if trace["x"] != [None]]
+    traces = [trace for trace in figure["data"] if trace["mode"] == "markers" and trace["x"] != [None]]
     xs = [numbers(trace["x"])[0] for trace in traces]
     assert [trace["marker"]["symbol"] for trace in traces] == [["x"], ["x"]]
     assert xs[0] != xs[1] and sum(xs) / 2 == pytest.approx(0.2)

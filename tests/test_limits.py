@@ -53,7 +53,9 @@ def test_every_preset_and_the_paper_sweep_fit_the_default_limits():
         assert run_violations(make_config(preset)) == {}, preset
     for preset in SWEEP_PRESETS.values():
         eps = parse_eps_list(preset["eps"], natural=True)
-        configs = sweep_configs(preset["base"], preset["methods"], eps, True, 1.0, preset["method_fields"])
+        configs = sweep_configs(
+            preset["base"], preset["methods"], eps, [0], True, 1.0, preset["method_fields"]
+        )
         assert violations(configs, queued=0) == {}
 
 

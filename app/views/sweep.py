@@ -1,11 +1,13 @@
-"""Sweep ε (the paper's Fig. 1): methods × a list of ε as one sweep, then final PGD accuracy against ε.
+"""Sweep ε (the paper's Fig. 1): methods × ε × seeds as one sweep, then final PGD accuracy against ε.
 
 Runs that hit catastrophic overfitting are drawn as ✕; runs still training show their latest eval as hollow
-points, so the plot fills in live. Clicking a point opens that run.
+points, so the plot fills in live. Clicking a point opens that run. Below, each run's PGD accuracy against
+the iteration, a panel per ε, shows where CO struck.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 
@@ -13,7 +15,7 @@ import streamlit as st
 
 from app import estimate, nav, state
 from app.chart import dark_theme, live_chart
-from app.figures import sweep_figure
+from app.figures import SweepCurve, sweep_curves_figure, sweep_figure
 from app.presets import SWEEP_PRESETS
 from app.refresh import while_live
 from app.tables import sweep_frame
@@ -39,6 +41,7 @@ DEFAULT_METHODS = ["FGSM", "FGSM + GradAlign", "PGD-10"]
 DEFAULT_EPS = {"natural": "2, 4, 6, 8, 10, 12, 14, 16", "fraction": "0.05, 0.1, 0.15, 0.2, 0.25, 0.3"}
 KEY = "sweep."
 MAX_EPS_VALUES = 32
+MAX_SEEDS = 16
 
 
 def render() -> None:
@@ -61,7 +64,8 @@ def render() -> None:
 
 
 def describe_sweep(runs: list[api.Run]) -> str:
-    """A sweep by what it is: 'FGSM, FGSM+GradAlign × ε 0.1–0.2 (digits) · 2026-11-27 18:20 · 3 of 4 done'."""
+    """A sweep by what it is: 'FGSM, FGSM+GradAlign × ε 0.1–0.2 × seeds 0, 1 (digits) · 2026-11-27 18:20 UTC ·
+    3 of 4 runs done'."""
     if not runs:
         return "(no runs left)"
     configs = [run.config for run in runs]
@@ -69,9 +73,14 @@ def describe_sweep(runs: list[api.Run]) -> str:
     dataset = configs[0].dataset
     grid = sorted({config.eps for config in configs})
     eps = format_eps(grid[0], dataset) + (f"–{format_eps(grid[-1], dataset)}" if len(grid) > 1 else "")
+    seeds = sorted({config.seed for config in configs})
+    seeds_text = ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))
     when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(min(run.created_at for run in runs)))
     done = sum(run.status in api.TERMINAL for run in runs)
-    return f"{methods} × ε {eps} ({dataset}) · {when} UTC · {done} of {plural(len(runs), 'run')} done"
+    return (
+        f"{methods} × ε {eps} × {seeds_text} ({dataset}) · {when} UTC · "
+        f"{done} of {plural(len(runs), 'run')} done"
+    )
 
 
 def parse_eps_list(text: str, natural: bool) -> list[float]:
@@ -86,34 +95,57 @@ def parse_eps_list(text: str, natural: bool) -> list[float]:
     return [value / 255 for value in values] if natural else values
 
 
+def parse_seeds(text: str) -> list[int]:
+    """'0, 1, 2' → [0, 1, 2], each within RunConfig's seed range and given once; raises ValueError naming
+    the field on junk (and on more than MAX_SEEDS seeds)."""
+    parts = [part.strip() for part in text.replace(";", ",").split(",") if part.strip()]
+    bounds = field_bounds("seed")
+    problem = None
+    if not parts:
+        problem = "give at least one seed"
+    elif len(parts) > MAX_SEEDS:
+        problem = f"at most {MAX_SEEDS}, got {len(parts)}"
+    elif bad := [
+        part
+        for part in parts
+        if not (part.isascii() and part.isdigit()) or not bounds["ge"] <= int(part) <= bounds["le"]
+    ]:
+        problem = f"{bad[0]!r} is not a whole number in the allowed {allowed('seed')}"
+    elif len(set(map(int, parts))) < len(parts):
+        problem = "each seed once"
+    if problem:
+        raise ValueError(f"seeds: {problem}")
+    return [int(part) for part in parts]
+
+
 def sweep_configs(
     base: dict,
     methods: list[str],
     eps_values: list[float],
+    seeds: list[int],
     rule: bool,
     fixed: dict[str, float],
     method_fields: dict[str, dict] | None = None,
 ) -> list[RunConfig]:
-    """One config per (method, ε); raises ConfigError naming the first combination that cannot run.
+    """One config per (method, ε, seed); raises ConfigError naming the first combination that cannot run.
 
     GradAlign's and ELLE's λ follow trainer.config.lambda_of_eps when `rule` is on and the data set has a
     rule for it, else `fixed` (by field). `method_fields` (a sweep preset's) adds fields per method, e.g.
     the paper's larger lr for GradAlign.
     """
     configs = []
-    for method in methods:
-        for eps in eps_values:
-            name, line = SWEEP[method]
-            weights = dict.fromkeys(REGULARISERS, 0.0)
-            if line.regulariser is not None:
-                by_rule = lambda_of_eps(line.regulariser, base["dataset"], eps) if rule else None
-                weights[line.regulariser] = fixed[line.regulariser] if by_rule is None else by_rule
-            extra = (method_fields or {}).get(method, {})
-            values = {**base, "method": name, **line.fields, **extra, "eps": eps, **weights, "name": ""}
-            try:
-                configs.append(make_config(values))
-            except ConfigError as exc:
-                raise ConfigError(f"{method} at ε={format_eps(eps, base['dataset'])}: {exc}") from None
+    for method, eps, seed in itertools.product(methods, eps_values, seeds):
+        name, line = SWEEP[method]
+        weights = dict.fromkeys(REGULARISERS, 0.0)
+        if line.regulariser is not None:
+            by_rule = lambda_of_eps(line.regulariser, base["dataset"], eps) if rule else None
+            weights[line.regulariser] = fixed[line.regulariser] if by_rule is None else by_rule
+        extra = (method_fields or {}).get(method, {})
+        values = {**base, "method": name, **line.fields, **extra, "eps": eps, **weights, "seed": seed}
+        try:
+            configs.append(make_config({**values, "name": ""}))
+        except ConfigError as exc:
+            raise ConfigError(f"{method} at ε={format_eps(eps, base['dataset'])}: {exc}") from None
     return configs
 
 
@@ -132,6 +164,7 @@ def _apply_base(name: str) -> None:
     preset = SWEEP_PRESETS.get(name)
     st.session_state[KEY + "paper"] = preset["paper_lambda"] if preset else _has_rule(_base(name))
     st.session_state[KEY + "epochs"] = make_config(_base(name)).epochs
+    st.session_state[KEY + "seeds"] = str(make_config(_base(name)).seed)
     if preset:
         st.session_state[KEY + "methods"] = list(preset["methods"])
         st.session_state[KEY + ("eps255" if natural else "eps")] = preset["eps"]
@@ -153,9 +186,10 @@ def _new_sweep(r) -> None:
         eps_key: DEFAULT_EPS["natural" if natural else "fraction"],
         KEY + "paper": _has_rule(base),
         KEY + "epochs": make_config(base).epochs,
+        KEY + "seeds": str(make_config(base).seed),
     }.items():
         st.session_state.setdefault(key, default)
-    columns = st.columns([3, 3, 1.3, 2, 2, 2])
+    columns = st.columns([3, 3, 1.3, 1.5, 2, 2, 2])
     methods = columns[0].multiselect("Methods", list(SWEEP), key=KEY + "methods")
     eps_text = columns[1].text_input(
         "ε values (× 1/255)" if natural else "ε values",
@@ -166,8 +200,14 @@ def _new_sweep(r) -> None:
     epochs = columns[2].number_input(
         "epochs", key=KEY + "epochs", step=1, help="Of every run in the sweep. " + allowed("epochs")
     )
+    seeds_text = columns[3].text_input(
+        "seeds",
+        key=KEY + "seeds",
+        max_chars=200,  # MAX_SEEDS seeds of a few digits each
+        help=f"Comma-separated; every method runs at every ε once per seed. {allowed('seed')}",
+    )
     digits = base["dataset"] == "digits"
-    rule = columns[3].toggle(
+    rule = columns[4].toggle(
         "λ(ε): digits fit" if digits else "GradAlign: paper λ(ε)",
         key=KEY + "paper",
         help="GradAlign's and ELLE's λ fitted on digits (docs/reproduction.md)"
@@ -176,8 +216,8 @@ def _new_sweep(r) -> None:
     )
     fixed = {}
     for column, field, preset, name in (
-        (columns[4], "grad_align_lambda", DIGITS_GRAD_ALIGN, "GradAlign"),
-        (columns[5], "elle_lambda", DIGITS_ELLE, "ELLE"),
+        (columns[5], "grad_align_lambda", DIGITS_GRAD_ALIGN, "GradAlign"),
+        (columns[6], "elle_lambda", DIGITS_ELLE, "ELLE"),
     ):
         fixed[field] = column.number_input(
             f"{name}: fixed λ",
@@ -192,7 +232,10 @@ def _new_sweep(r) -> None:
     method_fields = SWEEP_PRESETS.get(base_name, {}).get("method_fields")
     try:
         eps_values = parse_eps_list(eps_text, natural)
-        configs = sweep_configs({**base, "epochs": epochs}, methods, eps_values, rule, fixed, method_fields)
+        seeds = parse_seeds(seeds_text)
+        configs = sweep_configs(
+            {**base, "epochs": epochs}, methods, eps_values, seeds, rule, fixed, method_fields
+        )
     except ValueError as exc:  # ConfigError is one too
         st.error(md_escape(str(exc)))
         return
@@ -229,9 +272,10 @@ def _results(sweep_id: str) -> bool:
     """The sweep's chart and its runs; returns whether any run can still change."""
     r = state.connection()
     runs = api.sweep_runs(r, sweep_id)
-    # finished runs are drawn from their final results; only runs in progress need their events
-    histories = {run.id: state.history(r, run) for run in runs if run.status == api.RunStatus.RUNNING}
-    points = sweep_frame(runs, histories)
+    # every run that has started, for its curve; the PGD-vs-ε chart takes a finished run's final results
+    histories = {run.id: state.history(r, run) for run in runs if run.started_at is not None}
+    running = {run.id: histories[run.id] for run in runs if run.status == api.RunStatus.RUNNING}
+    points = sweep_frame(runs, running)
     done = sum(run.status in api.TERMINAL for run in runs)
     st.progress(done / len(runs) if runs else 0.0, text=f"{done} of {plural(len(runs), 'run')} done")
     natural = bool(runs) and runs[0].config.dataset in NATURAL_IMAGES
@@ -241,6 +285,20 @@ def _results(sweep_id: str) -> bool:
     )
     if isinstance(clicked, list) and clicked and isinstance(clicked[0], str):  # from the browser: checked
         nav.go("live", run=clicked[0])
+    curves = [
+        SweepCurve(
+            method_family(run.config),
+            run.config.eps,
+            format_eps(run.config.eps, run.config.dataset),
+            run.config.seed,
+            histories[run.id],
+        )
+        for run in runs
+        if run.id in histories
+    ]
+    if curves:
+        figure = sweep_curves_figure(curves, uirevision=f"sweep-curves:{sweep_id}", dark=dark_theme())
+        live_chart(figure, f"sweep.curves.{sweep_id}", f"codash-sweep-{sweep_id}-pgd-vs-iteration")
     with st.expander("Click a point to open its run, or pick it here"):
         for run in runs:
             st.page_link(
