@@ -39,11 +39,12 @@ def requested(query_params: Mapping[str, str]) -> tuple[str, int] | None:
     return run_id, int(at)
 
 
-def rescue_point(run: api.Run, co_iteration: int | None) -> int | None:
-    """The evaluation to rescue a collapsed run from: the last one with a checkpoint before the CO onset."""
-    if co_iteration is None or run.config.uses_grad_align:
+def rescue_point(run: api.Run, collapse_began: int | None) -> int | None:
+    """The evaluation to rescue a collapsed run from: the last one with a checkpoint before the collapse
+    began (trainer.fork.collapse_began)."""
+    if collapse_began is None or run.config.uses_grad_align:
         return None
-    return last_before(api.fork_points(run.id), co_iteration)
+    return last_before(api.fork_points(run.id), collapse_began)
 
 
 def rescue_label(run: api.Run, at: int) -> str:
@@ -53,9 +54,9 @@ def rescue_label(run: api.Run, at: int) -> str:
 # --- the live view ---
 
 
-def rescue_action(r: redis.Redis, run: api.Run, co_iteration: int | None) -> None:
+def rescue_action(r: redis.Redis, run: api.Run, collapse_began: int | None) -> None:
     """After CO: one click queues the rescue fork and opens the comparison of parent and fork."""
-    at = rescue_point(run, co_iteration)
+    at = rescue_point(run, collapse_began)
     if at is None:
         return
     if st.button(rescue_label(run, at), type="primary", icon=":material/call_split:", key="live.rescue"):

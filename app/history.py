@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from trainer.events import ARRAY_FIELDS
+from trainer.fork import collapse_began
 
 MAX_LINE_POINTS = 600  # per-iteration series are averaged into at most this many bins: SVG stays fast
 SMOOTHING = 0.8  # per-batch training numbers are noisy: drawn as an EMA with this weight (TensorBoard's)
@@ -121,6 +122,11 @@ class RunHistory:
             return None
         onset = self.co.get("onset_iteration")
         return onset if isinstance(onset, int) else self.co["iteration"]
+
+    @property
+    def collapse_began(self) -> int | None:
+        """The first sign of CO (trainer.fork.collapse_began): a rescue forks from before it."""
+        return collapse_began(self.co) if self.co else None
 
     def metrics_frame(self, smoothing: float = SMOOTHING, max_points: int = MAX_LINE_POINTS) -> pd.DataFrame:
         """Per-iteration training numbers as an EMA (TensorBoard's, debiased: weight `smoothing` on the past,

@@ -1,5 +1,5 @@
 """Measure the rescue fork on digits: the FGSM preset, forked with GradAlign from its last evaluation before
-the CO onset (what the live view's "Rescue" button queues), against the parent it was forked from.
+the collapse began (what the live view's "Rescue" button queues), against the parent it was forked from.
 
     OMP_NUM_THREADS=1 python docs/fork_rescue.py SEED [SEED ...]
 
@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from trainer.config import make_config
-from trainer.fork import eval_iterations, last_before, rescue_lambda, seed_fork
+from trainer.fork import collapse_began, eval_iterations, last_before, rescue_lambda, seed_fork
 from trainer.loop import train
 from trainer.presets import DEFAULT_PRESET, PRESETS
 
@@ -23,10 +23,11 @@ def rescue(seed: int, root: Path) -> None:
     config = make_config({**PRESETS[DEFAULT_PRESET], "seed": seed, "device": "cpu"})
     parent: list[dict] = []
     parent_final = train(config, parent.append, root / "parent")
-    onset = parent_final["co_iteration"]
-    if onset is None:
+    co = next((event for event in parent if event["type"] == "co"), None)
+    if co is None:
         print(f"seed {seed}: no catastrophic overfitting, nothing to rescue")
         return
+    onset = collapse_began(co)
     at = last_before(eval_iterations(root / "parent"), onset)
     seed_fork(root / "parent", at, root / "fork")
     link = {"parent": "0" * 12, "fork_iteration": at, "grad_align_lambda": rescue_lambda(config)}
@@ -36,7 +37,8 @@ def rescue(seed: int, root: Path) -> None:
         live = [(e["iteration"], round(e["pgd_acc"], 2)) for e in events if e["type"] == "eval"]
         co, robust = final["co_iteration"], final["last"]["pgd_acc"]
         print(f"seed {seed} {name}: CO {co}, final PGD-50-10 {robust:.3f}, live PGD-10 {live}")
-    print(f"seed {seed}: CO onset {onset}, forked at {at} with GradAlign λ={link['grad_align_lambda']:g}")
+    lam = link["grad_align_lambda"]
+    print(f"seed {seed}: collapse began at {onset}, forked at {at} with GradAlign λ={lam:g}")
 
 
 if __name__ == "__main__":

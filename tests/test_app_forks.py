@@ -107,9 +107,12 @@ def test_a_shared_fork_link_fills_the_form_and_a_bad_one_says_so(r, trained):
 def test_rescue_forks_before_co_with_gradalign_and_compare_marks_the_fork_runs_shows_lineage(r, trained):
     parent = stored(r, trained)
     at = app(run=parent).run()
-    onset = api.get_run(r, parent).co_iteration  # the CO marker: the dense probe's onset
-    evals = [event["iteration"] for event in api.all_events(r, parent) if event["type"] == "eval"]
-    before = max(it for it in evals if it < onset)
+    events = api.all_events(r, parent)
+    co = next(event for event in events if event["type"] == "co")
+    began = min(co["iteration"], co["onset_iteration"])  # the first collapsed eval or the probe's onset
+    before = max(
+        event["iteration"] for event in events if event["type"] == "eval" and event["iteration"] < began
+    )
     lam = lambda_of_eps("grad_align_lambda", "digits", CO_RUN["eps"])  # the digits λ(ε) fit
     label = f"Rescue: fork from iteration {before} with GradAlign λ={lam:g}"
     assert at.button(key="live.rescue").label == label

@@ -77,7 +77,7 @@ def _panel(run_id: str) -> bool:
         _failure(run, history)
     forks.lineage_caption(r, run)
     _status(r, run, history)
-    forks.rescue_action(r, run, history.co_iteration)
+    forks.rescue_action(r, run, history.collapse_began)
     if not history.metrics and not history.evals:  # nothing to draw: say what is happening instead
         if run.status != "failed":
             st.info(_waiting_for(r, run, history), icon=":material/hourglass_top:")
