@@ -39,7 +39,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-BUDGET_S = 420  # the whole session, worker start to the finished run (probes and final eval included)
+BUDGET_S = 600  # the whole session, worker start to the finished run (probes and final eval included)
 ARTIFACT = ROOT / "test-artifacts" / "screenshot.png"
 README_SCREENSHOT = ROOT / "docs" / "screenshot.png"
 INSIDE_ARTIFACT = ROOT / "test-artifacts" / "inside.png"
