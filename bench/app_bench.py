@@ -37,9 +37,6 @@ from jobs import api  # noqa: E402
 from jobs.server import ensure_server, free_port, stop_server  # noqa: E402
 
 MAIN = ROOT / "app" / "main.py"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-CHROMIUM_ARGS += ["--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 def percentiles(samples: list[float]) -> str:
@@ -124,10 +121,10 @@ def bench_latency(r, n_events: int) -> None:
         url = f"http://127.0.0.1:{port}"
         _wait(lambda: dashboard_healthy(url), 60)
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            browser = playwright.chromium.launch(executable_path=str(runs.CHROMIUM), args=runs.CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1200})
             page.goto(f"{url}/live?run={run_id}")
-            page.frame_locator('iframe[title="app.chart.live_plotly"]').locator(
+            page.frame_locator(runs.CHARTS).locator(
                 ".legendtext"
             ).first.wait_for()
             frame = next(frame for frame in page.frames if "live_plotly" in frame.url)

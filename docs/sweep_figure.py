@@ -18,24 +18,18 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 import time
 from pathlib import Path
 
-from app.tables import sweep_frame
-from jobs import api
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the browser's one definition
+
+from conftest import CHARTS, CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+
+from app.tables import sweep_frame  # noqa: E402
+from jobs import api  # noqa: E402
 
 SEEDS = "0, 1, 2"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-CHARTS = 'iframe[title="app.chart.live_plotly"]'
 FIGURE = Path(__file__).parent / "sweep.png"
 POLL_S = 30
 
@@ -112,7 +106,7 @@ def main() -> None:
 
     r = api.connect()
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         sweep_id = args.sweep or launch(page, args.url)
         print(f"sweep {sweep_id}", flush=True)

@@ -31,6 +31,19 @@ from trainer.config import make_config
 from trainer.events import make_event
 
 ROOT = Path(__file__).resolve().parent.parent
+# Debian's Chromium and the flags it runs headless with on a machine without a display or a network: for
+# the browser tests, bench/app_bench.py and docs/sweep_figure.py.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+CHARTS = 'iframe[title="app.chart.live_plotly"]'  # the dashboard's Plotly charts, in page order
 
 # A digits run that takes about a second on one CPU core.
 TINY: dict[str, Any] = {

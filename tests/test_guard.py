@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, wait_for
+from conftest import CHROMIUM, CHROMIUM_ARGS, ROOT, wait_for
 from streamlit.proto.BackMsg_pb2 import BackMsg
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
@@ -133,13 +133,10 @@ def test_clear_cache_from_a_browser_never_reaches_streamlit():
 
 def test_signing_in_on_a_page_lands_on_that_page_in_a_browser(served):
     playwright = pytest.importorskip("playwright.sync_api")
-    chromium = Path("/usr/bin/chromium")
-    if not chromium.exists():
-        pytest.skip("Debian Chromium not found at /usr/bin/chromium")
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-    args += ["--disable-component-update", "--disable-sync", "--no-first-run"]
+    if not CHROMIUM.exists():
+        pytest.skip(f"Debian Chromium not found at {CHROMIUM}")
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(chromium), args=args)
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page()
         page.goto(f"http://127.0.0.1:{served}/runs", timeout=60_000)
         page.get_by_label("Dashboard password").fill(PASSWORD)

@@ -23,28 +23,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, wait_for
+from conftest import CHARTS, CHROMIUM, CHROMIUM_ARGS, ROOT, wait_for
 
 from codash.up import dashboard_healthy
 from jobs import api
 from jobs.server import free_port
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 BUDGET_S = 600  # the whole session, worker start to the finished run (probes and final eval included)
 ARTIFACT = ROOT / "test-artifacts" / "screenshot.png"
 README_SCREENSHOT = ROOT / "docs" / "screenshot.png"
 INSIDE_ARTIFACT = ROOT / "test-artifacts" / "inside.png"
 README_INSIDE = ROOT / "docs" / "inside.png"
-CHARTS = 'iframe[title="app.chart.live_plotly"]'  # in page order: the panels, the filters, the perturbations
 PRESET = "Digits: FGSM catastrophic overfitting"
 SHOW_UNTIL_ITERATION = 400  # let the collapse develop a little past the marker before the screenshot
 

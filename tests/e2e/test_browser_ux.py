@@ -19,6 +19,9 @@ from pathlib import Path
 
 import pytest
 from conftest import (
+    CHARTS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
     ROOT,
     append,
     co_run_events,
@@ -30,14 +33,12 @@ from conftest import (
     store_run,
     wait_for,
 )
-from test_browser import CHROMIUM, CHROMIUM_ARGS
 
 from codash.up import dashboard_healthy
 from jobs import api
 from jobs.registry import transition
 from jobs.server import free_port
 
-CHARTS = 'iframe[title="app.chart.live_plotly"]'
 TIMEOUT_MS = 150_000  # three Plotly frames on a loaded 2-core machine take a while
 
 pytestmark = pytest.mark.timeout(420)

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, wait_for
-from test_browser import CHARTS, CHROMIUM_ARGS, chromium, codash_up, time_left  # noqa: F401 (a fixture)
+from conftest import CHARTS, CHROMIUM_ARGS, ROOT, wait_for
+from test_browser import chromium, codash_up, time_left  # noqa: F401 (a fixture)
 
 from jobs import api
 from trainer.config import lambda_of_eps
