@@ -124,9 +124,7 @@ def bench_latency(r, n_events: int) -> None:
             browser = playwright.chromium.launch(executable_path=str(runs.CHROMIUM), args=runs.CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1200})
             page.goto(f"{url}/live?run={run_id}")
-            page.frame_locator(runs.CHARTS).locator(
-                ".legendtext"
-            ).first.wait_for()
+            page.frame_locator(runs.CHARTS).locator(".legendtext").first.wait_for()
             frame = next(frame for frame in page.frames if "live_plotly" in frame.url)
             shows = "it => (document.getElementById('chart')._fullData || []).some(t => t.name === 'PGD' && "
             shows += "Array.from(t.x).includes(it))"  # _fullData: the arrays as plotted (decoded)
