@@ -30,6 +30,7 @@ LADDERS = {
     "elle_lambda": [16, 64, 256, 1024, 4096, 16384, 65536],
 }
 NONZERO = 0.05  # the least last live PGD accuracy that counts as robustness kept (6 of 128 images)
+MIN_CLEAN = 0.5  # the least last clean accuracy of a model that still classifies (10 classes)
 LEAN = {"eval_every": 100, "eval_points": 128, "final_eval_points": 0, "probe_points": 0, "device": "cpu"}
 
 
@@ -61,24 +62,34 @@ def one_run(eps: float, seed: int, **fields) -> dict:
 
 
 def kept_robustness(run: dict) -> bool:
-    """No CO, and a last live PGD accuracy of at least NONZERO and at least half its peak.
+    """No CO, a model that still classifies, and a last live PGD accuracy of at least NONZERO and at least
+    half its peak.
 
     Robustness can fade without the FGSM-PGD gap the CO rule asks for (GradAlign with too small a lambda at
-    eps 0.2 does), and from eps 0.2 on FGSM collapses before its first evaluation: its peak stays below the
-    detector's MIN_PEAK, so no CO is flagged although it never kept any robustness.
+    eps 0.2 does); from eps 0.2 on FGSM collapses before its first evaluation, so its peak stays below the
+    detector's MIN_PEAK and no CO is flagged although it never kept any robustness; and a large lambda at
+    eps 0.3 can leave a constant classifier, whose PGD accuracy is its clean accuracy, one class's share.
     """
     last = run["last_pgd"]
-    return run["co"] is None and last is not None and last >= max(NONZERO, DROP * run["peak_pgd"])
+    return (
+        run["co"] is None
+        and last is not None
+        and run["last_clean"] >= MIN_CLEAN
+        and last >= max(NONZERO, DROP * run["peak_pgd"])
+    )
 
 
 def fit(points: list[tuple[float, float]]) -> dict | None:
-    """Least squares of log10(lambda) = a + b * eps; None with fewer than two points."""
+    """Least squares of log10(lambda) = a + b * eps, and `a_covering`: a raised until the line is at or above
+    every measured lambda (the rule to use: each measured weight was the smallest that kept every seed).
+    None with fewer than two points."""
     if len(points) < 2:
         return None
     xs, ys = [e for e, _ in points], [math.log10(lam) for _, lam in points]
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
-    return {"a": my - b * mx, "b": b}
+    a = my - b * mx
+    return {"a": a, "b": b, "a_covering": a + max(y - (a + b * x) for x, y in zip(xs, ys, strict=True))}
 
 
 def main(argv: list[str] | None = None) -> None:
