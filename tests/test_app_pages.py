@@ -148,6 +148,24 @@ def test_on_digits_the_form_offers_the_digits_lambda_fit(r):
     assert at.number_input(key="launch.grad_align_lambda").value == suggestion
 
 
+def test_on_digits_the_form_offers_elles_lambda_fit_too_and_elsewhere_no_elle_rule(r):
+    at = app().run()
+    assert lambda_of_eps("elle_lambda", "digits", 0.175) == 1024  # the fit passes through the ELLE preset's λ
+    at.button(key="launch.elle_lambda_rule").click().run()
+    assert at.number_input(key="launch.elle_lambda").value == 1024
+    at.number_input(key="launch.eps").set_value(0.25).run()
+    suggestion = lambda_of_eps("elle_lambda", "digits", 0.25)
+    assert suggestion > 1024  # it grows with ε
+    assert sum(f"Digits λ(ε) fit at ε=0.25: **{suggestion:g}**" in c.value for c in at.caption) == 1
+    at.button(key="launch.elle_lambda_rule").click().run()
+    at.button(key="launch.submit").click().run()
+    [run] = api.list_runs(r)
+    assert (run.config.eps, run.config.elle_lambda) == (0.25, suggestion)
+    at = app().run()
+    at.selectbox(key="launch.dataset").set_value("mnist").run()  # no ELLE rule off digits
+    assert "launch.elle_lambda_rule" not in [button.key for button in at.button]
+
+
 def test_out_of_range_paper_lambda_points_to_the_digits_preset_and_its_lambda(r):
     at = app().run()
     at.selectbox(key="launch.dataset").set_value("mnist").run()

@@ -22,7 +22,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import __main__ as bench_main  # noqa: E402
-from bench import plain_loop  # noqa: E402
+from bench import digits_lambda, plain_loop  # noqa: E402
 from bench.time_to_co import measure  # noqa: E402
 from trainer.config import make_config  # noqa: E402
 from trainer.gradalign import grad_align_reg  # noqa: E402
@@ -148,3 +148,30 @@ def test_codash_bench_outside_a_checkout_says_it_needs_one(tmp_path):
     result = codash_bench(tmp_path, "--quick")
     assert result.returncode == 2
     assert result.stderr.startswith("codash: error: codash bench needs a codash checkout")
+
+
+def _lambda_run(co=None, peak=0.3, last=0.25, clean=0.95) -> dict:
+    return {"co": co, "peak_pgd": peak, "last_pgd": last, "last_clean": clean}
+
+
+@pytest.mark.parametrize(
+    ("run", "kept"),
+    [
+        (_lambda_run(), True),
+        (_lambda_run(co=300), False),  # the detector's verdict
+        (_lambda_run(last=0.1), False),  # faded below half its peak without the CO rule's FGSM-PGD gap
+        (_lambda_run(peak=0.0, last=0.0), False),  # never robust: FGSM from eps 0.2 on, no CO flagged
+        (_lambda_run(peak=0.06, last=0.06, clean=0.06), False),  # a constant classifier
+        (_lambda_run(peak=0.09, last=0.06, clean=0.8), True),
+    ],
+)
+def test_digits_lambda_keeps_only_robustness_of_a_working_classifier(run, kept):
+    assert digits_lambda.kept_robustness(run) is kept
+
+
+def test_digits_lambda_covering_fit_is_at_or_above_every_measured_lambda():
+    points = [(0.15, 256), (0.175, 1024), (0.2, 1024), (0.25, 1024), (0.3, 4096)]
+    line = digits_lambda.fit(points)
+    above = [line["a_covering"] + line["b"] * eps - math.log10(lam) for eps, lam in points]
+    assert min(above) == pytest.approx(0, abs=1e-12)  # at or above every point, touching one
+    assert line["b"] > 0 and digits_lambda.fit(points[:1]) is None

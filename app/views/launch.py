@@ -321,7 +321,7 @@ def _group(title: str, names: tuple[str, ...], per_row: int, problems: dict[str,
 
 
 def _field(name: str, problems: dict[str, str]) -> None:
-    special = {"eps": _eps, "grad_align_lambda": _grad_align, "device": _device}
+    special = {"eps": _eps, "grad_align_lambda": _grad_align, "elle_lambda": _elle, "device": _device}
     if name in special:
         special[name]()
     else:
@@ -424,7 +424,7 @@ def _sync_eps(changed: str) -> None:
 
 
 def _grad_align() -> None:
-    """A toggle and λ, with the paper's λ(ε) offered when it is in range."""
+    """A toggle and λ, with λ(ε) offered when it is in range."""
     on = st.toggle("GradAlign", key=KEY + "grad_align", help="Add λ·(1 − cos(∇x, ∇x+η)) to the loss.")
     st.number_input(
         LABELS["grad_align_lambda"],
@@ -433,13 +433,24 @@ def _grad_align() -> None:
         disabled=not on,
         help=allowed("grad_align_lambda"),
     )
+    _lambda_rule("grad_align_lambda", on)
+
+
+def _elle() -> None:
+    _generic("elle_lambda")
+    _lambda_rule("elle_lambda", True)
+
+
+def _lambda_rule(field: str, on: bool) -> None:
+    """Offer lambda_of_eps for GradAlign's or ELLE's weight at the form's data set and ε (nothing where the
+    data set has no rule for it); a value out of the field's range is explained, not offered."""
     eps = _form_values()["eps"]
     dataset = st.session_state.get(KEY + "dataset")
-    if eps is None or dataset is None:
+    suggestion = None if eps is None or dataset is None else lambda_of_eps(field, dataset, eps)
+    if suggestion is None:
         return
-    suggestion = lambda_of_eps("grad_align_lambda", dataset, eps)
     rule = "Digits λ(ε) fit" if dataset == "digits" else "Paper's λ(ε)"
-    in_range = suggestion <= _bounds("grad_align_lambda")["le"]
+    in_range = suggestion <= _bounds(field)["le"]
     if in_range:
         note = "" if dataset in ("cifar10", "digits") else " (tuned on CIFAR-10; a starting point here)"
         st.caption(f"{rule} at ε={format_eps(eps, dataset)}: **{suggestion:g}**{note}")
@@ -451,9 +462,9 @@ def _grad_align() -> None:
         )
     st.button(
         f"Use {rule[0].lower()}{rule[1:]}",
-        key=KEY + "paper_lambda",
+        key=KEY + ("paper_lambda" if field == "grad_align_lambda" else f"{field}_rule"),
         disabled=not on or not in_range,
-        on_click=lambda: st.session_state.update({KEY + "grad_align_lambda": suggestion}),
+        on_click=lambda: st.session_state.update({KEY + field: suggestion}),
     )
 
 
