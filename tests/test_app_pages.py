@@ -166,6 +166,16 @@ def test_on_digits_the_form_offers_elles_lambda_fit_too_and_elsewhere_no_elle_ru
     assert "launch.elle_lambda_rule" not in [button.key for button in at.button]
 
 
+def test_the_form_says_when_the_digits_lambda_fit_is_extrapolated(r):
+    at = app().run()
+    at.number_input(key="launch.eps").set_value(0.3).run()
+    lam = lambda_of_eps("grad_align_lambda", "digits", 0.3)
+    elle = lambda_of_eps("elle_lambda", "digits", 0.3)
+    captions = [c.value for c in at.caption]
+    assert f"Digits λ(ε) fit at ε=0.3: **{lam:g}** (extrapolated: measured for ε = 0.15–0.25)" in captions
+    assert f"Digits λ(ε) fit at ε=0.3: **{elle:g}**" in captions  # measured there: no remark
+
+
 def test_out_of_range_paper_lambda_points_to_the_digits_preset_and_its_lambda(r):
     at = app().run()
     at.selectbox(key="launch.dataset").set_value("mnist").run()
@@ -505,6 +515,27 @@ def test_the_default_digits_sweep_takes_gradalign_and_elle_lambda_from_the_digit
         assert getattr(config, field) == lambda_of_eps(field, "digits", config.eps) > 0
     weights = sorted(run.config.grad_align_lambda for run in runs if run.config.grad_align_lambda)
     assert weights[0] < weights[1]  # λ grows with ε
+
+
+def test_the_sweep_names_each_weight_once_and_marks_the_extrapolated_ones(r):
+    at = app().run()
+    at.switch_page("views/sweep.py").run()
+    at.multiselect(key="sweep.methods").set_value(["FGSM + GradAlign", "FGSM + ELLE"])
+    at.text_input(key="sweep.eps").set_value("0.1, 0.2, 0.3")
+    at.text_input(key="sweep.seeds").set_value("0, 1").run()
+    [caption] = [c.value.replace("\\", "") for c in at.caption if c.value.startswith("12 runs")]  # md-escaped
+    lam = {eps: lambda_of_eps("grad_align_lambda", "digits", eps) for eps in (0.1, 0.2, 0.3)}
+    elle = lambda_of_eps("elle_lambda", "digits", 0.3)
+    for text in (
+        f"GradAlign λ={lam[0.1]:g} at ε=0.1 (extrapolated)",  # below the measured 0.15-0.25
+        f"GradAlign λ={lam[0.2]:g} at ε=0.2;",
+        f"GradAlign λ={lam[0.3]:g} at ε=0.3 (extrapolated)",
+        f"ELLE λ={elle:g} at ε=0.3.",  # ELLE was measured up to 0.3 (the last item)
+    ):
+        assert caption.count(text) == 1, (text, caption)  # once, not once per seed
+    at.toggle(key="sweep.paper").set_value(False).run()  # fixed weights: nothing is extrapolated
+    [caption] = [c.value for c in at.caption if c.value.startswith("12 runs")]
+    assert "extrapolated" not in caption
 
 
 def test_the_paper_fig1_sweep_preset_queues_the_papers_grid_with_lambda_of_eps(r):

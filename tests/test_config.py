@@ -3,7 +3,14 @@ import math
 
 import pytest
 
-from trainer.config import ConfigError, RunConfig, format_eps, make_config, paper_lambda
+from trainer.config import (
+    ConfigError,
+    RunConfig,
+    format_eps,
+    lambda_extrapolated,
+    make_config,
+    paper_lambda,
+)
 from trainer.methods import METHODS
 
 
@@ -123,3 +130,13 @@ def test_config_errors_keep_each_fields_message_apart():
     assert problems["eps"].startswith("Input should be less than or equal to 1 (got 1.5); allowed: range")
     assert str(caught.value) == "; ".join(f"{field}: {text}" for field, text in problems.items())
     assert ConfigError("--resume needs --run-dir").problems == {"config": "--resume needs --run-dir"}
+
+
+def test_lambda_extrapolated_outside_the_measured_eps_on_digits_only():
+    assert lambda_extrapolated("grad_align_lambda", "digits", 0.2) == ""
+    assert lambda_extrapolated("grad_align_lambda", "digits", 0.25) == ""  # the ends are measured
+    ga = "extrapolated: measured for ε = 0.15–0.25"
+    assert lambda_extrapolated("grad_align_lambda", "digits", 0.3) == ga
+    assert lambda_extrapolated("elle_lambda", "digits", 0.3) == ""
+    assert lambda_extrapolated("elle_lambda", "digits", 0.1) == "extrapolated: measured for ε = 0.15–0.3"
+    assert lambda_extrapolated("grad_align_lambda", "cifar10", 1.0) == ""  # the paper's rule, said elsewhere

@@ -22,6 +22,7 @@ from app.tables import sweep_frame
 from app.text import md_escape, method_family, plural
 from jobs import api
 from trainer.config import (
+    DIGITS_LAMBDA_MEASURED,
     NATURAL_IMAGES,
     REGULARISERS,
     ConfigError,
@@ -29,6 +30,7 @@ from trainer.config import (
     allowed,
     field_bounds,
     format_eps,
+    lambda_extrapolated,
     lambda_of_eps,
     make_config,
     parse_eps,
@@ -37,6 +39,7 @@ from trainer.methods import SWEEP
 from trainer.presets import DIGITS_ELLE, DIGITS_GRAD_ALIGN, PRESETS
 
 REFRESH_S = 2.0
+REGULARISER_NAMES = {"grad_align_lambda": "GradAlign", "elle_lambda": "ELLE"}
 DEFAULT_METHODS = ["FGSM", "FGSM + GradAlign", "PGD-10"]
 DEFAULT_EPS = {"natural": "2, 4, 6, 8, 10, 12, 14, 16", "fraction": "0.05, 0.1, 0.15, 0.2, 0.25, 0.3"}
 KEY = "sweep."
@@ -210,17 +213,20 @@ def _new_sweep(r) -> None:
     rule = columns[4].toggle(
         "λ(ε): digits fit" if digits else "GradAlign: paper λ(ε)",
         key=KEY + "paper",
-        help="GradAlign's and ELLE's λ fitted on digits (docs/reproduction.md)"
+        help="GradAlign's and ELLE's λ fitted on digits (docs/reproduction.md), measured for ε = "
+        + " and ".join(
+            f"{low:g}–{high:g} ({REGULARISER_NAMES[f]})" for f, (low, high) in DIGITS_LAMBDA_MEASURED.items()
+        )
+        + ", extrapolated elsewhere"
         if digits
         else "λ = 0.2·10^((ε − 8/255)/(8/255)), for GradAlign; ELLE keeps its fixed λ",
     )
     fixed = {}
-    for column, field, preset, name in (
-        (columns[5], "grad_align_lambda", DIGITS_GRAD_ALIGN, "GradAlign"),
-        (columns[6], "elle_lambda", DIGITS_ELLE, "ELLE"),
+    for column, (field, preset) in zip(
+        columns[5:7], (("grad_align_lambda", DIGITS_GRAD_ALIGN), ("elle_lambda", DIGITS_ELLE)), strict=True
     ):
         fixed[field] = column.number_input(
-            f"{name}: fixed λ",
+            f"{REGULARISER_NAMES[field]}: fixed λ",
             min_value=0.0,
             max_value=float(field_bounds(field)["le"]),
             value=PRESETS[preset][field],
@@ -243,12 +249,13 @@ def _new_sweep(r) -> None:
     finished = [run for run in api.list_runs(r) if run.status == "finished"]
     gpu = any(worker.device.startswith("cuda") for worker in workers)
     took = estimate.sweep_expected(configs, finished, gpu, len(workers))
-    weights = [
+    weights = dict.fromkeys(  # once per (method, ε), not per seed
         f"{name} λ={getattr(config, field):g} at ε={format_eps(config.eps, config.dataset)}"
+        + (" (extrapolated)" if rule and lambda_extrapolated(field, config.dataset, config.eps) else "")
         for config in configs
-        for field, name in (("grad_align_lambda", "GradAlign"), ("elle_lambda", "ELLE"))
+        for field, name in REGULARISER_NAMES.items()
         if getattr(config, field) > 0
-    ]
+    )
     st.caption(
         f"{plural(len(configs), 'run')}, based on “{md_escape(base_name)}”. {took}"
         + (f" {md_escape('; '.join(weights))}." if weights else "")
