@@ -453,8 +453,8 @@ def _lambda_rule(field: str, on: bool) -> None:
     rule = "Digits λ(ε) fit" if dataset == "digits" else "Paper's λ(ε)"
     in_range = suggestion <= _bounds(field)["le"]
     if in_range:
-        note = "" if dataset in ("cifar10", "digits") else "tuned on CIFAR-10; a starting point here"
-        note = note or lambda_extrapolated(field, dataset, eps)
+        note = "tuned on CIFAR-10; a starting point here"
+        note = lambda_extrapolated(field, dataset, eps) if dataset in ("cifar10", "digits") else note
         note = f" ({note})" if note else ""
         st.caption(f"{rule} at ε={format_eps(eps, dataset)}: **{suggestion:g}**{note}")
     else:
