@@ -22,7 +22,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import __main__ as bench_main  # noqa: E402
-from bench import digits_lambda, plain_loop  # noqa: E402
+from bench import digits_lambda, onset_check, plain_loop  # noqa: E402
 from bench.time_to_co import measure  # noqa: E402
 from trainer.config import make_config  # noqa: E402
 from trainer.gradalign import grad_align_reg  # noqa: E402
@@ -175,3 +175,20 @@ def test_digits_lambda_covering_fit_is_at_or_above_every_measured_lambda():
     above = [line["a_covering"] + line["b"] * eps - math.log10(lam) for eps, lam in points]
     assert min(above) == pytest.approx(0, abs=1e-12)  # at or above every point, touching one
     assert line["b"] > 0 and digits_lambda.fit(points[:1]) is None
+
+
+def test_onset_check_collapse_width_tells_a_step_from_a_slow_drift():
+    """80 % -> 20 % of the peak: a step is ~14 iterations wide after the +-10 smoothing, a 100-iteration linear
+    decline 60; a series that never falls that low has no width."""
+    step = [[it, 0.3 if it < 117 else 0.02] for it in range(1, 301)]
+    assert onset_check.collapse_width(step, onset=117) == 14
+    drift = [[it, 0.3 * min(1.0, max(0.0, (200 - it) / 100))] for it in range(1, 301)]
+    assert onset_check.collapse_width(drift, onset=150) == 60
+    halfway = [[it, 0.3 if it < 117 else 0.15] for it in range(1, 301)]
+    assert onset_check.collapse_width(halfway, onset=117) is None
+
+
+def test_onset_check_settings_are_runconfig_values():
+    assert onset_check.setting("n_filters=64") == ("n_filters", 64)
+    assert onset_check.setting("eps=0.19") == ("eps", 0.19)
+    assert onset_check.setting("optimizer=sgd") == ("optimizer", "sgd")

@@ -33,6 +33,13 @@ ONSET_RULE = (
 )
 
 
+def smoothed(rows: list[tuple[int, float]]) -> list[float]:
+    """Each row's value averaged with the rows within SMOOTH_ITERS iterations of it."""
+    return [
+        statistics.fmean(v for it, v in rows if abs(it - iteration) <= SMOOTH_ITERS) for iteration, _ in rows
+    ]
+
+
 def dense_onset(points: list[list[float]], confirmed_at: int) -> int | None:
     """The first iteration of the collapse in a dense series of [iteration, pgd_acc, ...] rows.
 
@@ -44,9 +51,7 @@ def dense_onset(points: list[list[float]], confirmed_at: int) -> int | None:
     per-iteration evaluation (bench/onset_check.py), so the two can be compared.
     """
     rows = [(int(row[0]), row[1]) for row in points if row[0] <= confirmed_at]
-    means = [
-        statistics.fmean(v for it, v in rows if abs(it - iteration) <= SMOOTH_ITERS) for iteration, _ in rows
-    ]
+    means = smoothed(rows)
     if not means:
         return None
     threshold = DROP * max(means)
