@@ -178,8 +178,8 @@ def test_digits_lambda_covering_fit_is_at_or_above_every_measured_lambda():
 
 
 def test_onset_check_collapse_width_tells_a_step_from_a_slow_drift():
-    """80 % -> 20 % of the peak: a step is ~14 iterations wide after the +-10 smoothing, a 100-iteration linear
-    decline 60; a series that never falls that low has no width."""
+    """80 % -> 20 % of the peak: a step is 14 iterations wide after the +-10 smoothing, a 100-iteration
+    linear decline 60; a series that never falls that low has no width."""
     step = [[it, 0.3 if it < 117 else 0.02] for it in range(1, 301)]
     assert onset_check.collapse_width(step, onset=117) == 14
     drift = [[it, 0.3 * min(1.0, max(0.0, (200 - it) / 100))] for it in range(1, 301)]
