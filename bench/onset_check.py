@@ -43,15 +43,10 @@ def collapse_width(series: list[list[float]], onset: int) -> int | None:
     """Iterations the smoothed PGD accuracy of a whole-run [iteration, pgd_acc, ...] series takes to fall
     from WIDTH_FROM x its peak (the last time it is there, up to `onset`) to WIDTH_TO x that peak (the first
     time after `onset`); None if it never gets that low."""
-    rows = [(int(row[0]), row[1]) for row in series]
-    means = smoothed(rows)
-    before = [(it, mean) for (it, _), mean in zip(rows, means, strict=True) if it <= onset]
-    peak = max(mean for _, mean in before)
-    high = max(it for it, mean in before if mean >= WIDTH_FROM * peak)
-    low = next(
-        (it for (it, _), mean in zip(rows, means, strict=True) if it >= onset and mean <= WIDTH_TO * peak),
-        None,
-    )
+    means = smoothed(series)
+    peak = max(mean for it, mean in means if it <= onset)
+    high = max(it for it, mean in means if it <= onset and mean >= WIDTH_FROM * peak)
+    low = next((it for it, mean in means if it >= onset and mean <= WIDTH_TO * peak), None)
     return None if low is None else low - high
 
 
@@ -99,9 +94,8 @@ def check_seed(seed: int, iters: int, overrides: dict) -> dict:
                 param.copy_(value)
         model.eval()
         in_window = first <= iteration <= co["confirmed_at"]
-        for name, (x, y, offset) in references.items():
-            if name != "eval" and not in_window:
-                continue
+        for name in references if in_window else ("eval",):
+            x, y, offset = references[name]
             values, _ = eval_metrics(
                 model,
                 x,

@@ -33,10 +33,12 @@ ONSET_RULE = (
 )
 
 
-def smoothed(rows: list[tuple[int, float]]) -> list[float]:
-    """Each row's value averaged with the rows within SMOOTH_ITERS iterations of it."""
+def smoothed(points: list[list[float]]) -> list[tuple[int, float]]:
+    """[iteration, pgd_acc, ...] rows -> (iteration, pgd_acc averaged over the rows within SMOOTH_ITERS)."""
+    rows = [(int(row[0]), row[1]) for row in points]
     return [
-        statistics.fmean(v for it, v in rows if abs(it - iteration) <= SMOOTH_ITERS) for iteration, _ in rows
+        (iteration, statistics.fmean(v for it, v in rows if abs(it - iteration) <= SMOOTH_ITERS))
+        for iteration, _ in rows
     ]
 
 
@@ -50,13 +52,12 @@ def dense_onset(points: list[list[float]], confirmed_at: int) -> int | None:
     point is not collapsed). The same function places the onset on the probe (the detector) and on a
     per-iteration evaluation (bench/onset_check.py), so the two can be compared.
     """
-    rows = [(int(row[0]), row[1]) for row in points if row[0] <= confirmed_at]
-    means = smoothed(rows)
+    means = smoothed([row for row in points if row[0] <= confirmed_at])
     if not means:
         return None
-    threshold = DROP * max(means)
+    threshold = DROP * max(mean for _, mean in means)
     onset = None
-    for (iteration, _), mean in zip(rows, means, strict=True):
+    for iteration, mean in means:
         onset = (iteration if onset is None else onset) if mean < threshold else None
     return onset
 
