@@ -1,17 +1,22 @@
 """Offline check of the CO onset: the dense probe's onset against a full PGD-10 eval of every iteration.
 
-    python -m bench.onset_check [--seeds 0 1 2 3 4] [--iters 450] [--set KEY=VALUE ...] [--out FILE]
+    python -m bench.onset_check [--seeds 0 1 2 3 4] [--iters 450] [--preset NAME] [--set KEY=VALUE ...]
+                                [--out FILE]
 
-Per seed, the digits FGSM preset (with --set's RunConfig fields on top) runs for --iters iterations while
-an optimizer step hook keeps every iteration's weights (trainer code untouched). Every kept model is then
-evaluated as the live eval is (trainer.evaluate.eval_metrics: PGD-10, step eps/4, 256 test images, its
-seed). On the detector's window (after the eval two before the onset eval, up to the confirming eval)
-trainer.co.dense_onset, the rule the detector applies to the probe, places the onset on that per-iteration
-series: the reference for the probe's `onset_iteration`. How well that reference is defined is measured
-alongside: the same eval with another PGD random start, and on the first 256 *training* images (what a
-probe on training images could give at best). And how sudden the collapse is: `collapse_width`, the
-iterations the per-iteration PGD accuracy takes to fall from 80 % to 20 % of its peak; an onset can only be
-placed to a few iterations where that width is a few iterations. Prints one line per seed and writes JSON.
+Per seed, a preset (default: the digits FGSM one; --set's RunConfig fields on top, `device=cuda` among
+them) runs for --iters iterations, and after every step (trainer.loop.train's `after_step`) the live
+model is evaluated as the live eval evaluates it (trainer.evaluate.attack_points: PGD-10, step eps/4, the
+eval's 256 test images and seed, its precision and layout). On the detector's window (after the eval two
+before the onset eval, up to the confirming eval) trainer.co.dense_onset, the rule the detector applies
+to the probe, places the onset on that per-iteration series: the reference for the probe's
+`onset_iteration`. How well that reference is defined is measured alongside, on the window's weights
+(kept for its length only, so a PreAct ResNet-18 on a GPU holds ~150 copies, not one per iteration): the
+same eval with another PGD random start, on the first 256 *training* images (what a probe on training
+images could give at best), and the probe itself at every iteration. How sudden the collapse is:
+`collapse_width`, the iterations the per-iteration PGD accuracy takes to fall from 80 % to 20 % of its
+peak; an onset can only be placed to a few iterations where that width is a few iterations. And how far
+image sampling alone moves the onset (`sampling_spread`): the reference re-placed on bootstrap resamples
+of its images, and on random 32/64/128-image subsets of them. Prints one line per seed and writes JSON.
 A check, not a test: it takes minutes.
 """
 
@@ -19,24 +24,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
+from collections import deque
 from pathlib import Path
 
 import torch
-from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch import nn
 
 from trainer.checkpoint import model_for
-from trainer.co import dense_onset, smoothed
+from trainer.co import PATIENCE, dense_onset, smoothed
 from trainer.config import make_config
 from trainer.data import load_dataset
-from trainer.evaluate import eval_metrics
-from trainer.loop import train
+from trainer.evaluate import attack_points
+from trainer.fast import fast_path
+from trainer.loop import resolve_device, train
 from trainer.presets import DEFAULT_PRESET, PRESETS
 from trainer.probe import probe_metrics, probe_seed
 
 CADENCES = (1, 2, 5, 10, 20)  # probe_every values the probe's onset is also placed at, offline
 OTHER_START = 99_991  # added to the eval's PGD seed for the repeatability series
 WIDTH_FROM, WIDTH_TO = 0.8, 0.2  # collapse_width: from this fraction of the peak PGD accuracy to this one
+TOLERANCE = 5  # issue 16's target: the probe's onset within this many iterations of the reference
+PROBE_SIZES = (32, 64, 128)  # image sets, drawn from the eval's, whose onset sampling_spread compares
+DRAWS = 400  # resamples per sampling_spread estimate
 
 
 def collapse_width(series: list[list[float]], onset: int) -> int | None:
@@ -50,89 +61,185 @@ def collapse_width(series: list[list[float]], onset: int) -> int | None:
     return None if low is None else low - high
 
 
-def check_seed(seed: int, iters: int, overrides: dict) -> dict:
+def sampling_spread(robust: torch.Tensor, iterations: list[int], confirmed_at: int, seed: int) -> dict:
+    """How far the choice of images alone moves the onset, from per-image PGD results.
+
+    `robust` is [iteration, image] PGD correctness of the reference eval over the detector's window
+    (`iterations`). The reference's onset is re-placed (the same dense_onset) on DRAWS bootstrap resamples
+    of its images: their standard deviation is the reference's own standard error. Then on DRAWS random
+    subsets of PROBE_SIZES images: the share of them within TOLERANCE of the reference's onset is what a
+    probe of that size, on images like the eval's and with its attack at every iteration, could reach.
+    A subset shares its images with the reference, which pulls the two together; a probe on other images
+    (the issue asks for one separate from the eval subset) can only do worse. So, last, `halves`: DRAWS
+    random splits of the images into two disjoint halves, and how often their onsets agree.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    n = robust.shape[1]
+
+    def onset_of(images: torch.Tensor) -> int | None:
+        means = robust[:, images].float().mean(1).tolist()
+        return dense_onset([[it, acc] for it, acc in zip(iterations, means, strict=True)], confirmed_at)
+
+    def draw(size: int, replace: bool) -> torch.Tensor:
+        if replace:
+            return torch.randint(n, (size,), generator=generator)
+        return torch.randperm(n, generator=generator)[:size]
+
+    def onsets(size: int, replace: bool) -> list[int | None]:
+        return [onset_of(draw(size, replace)) for _ in range(DRAWS)]
+
+    reference = onset_of(torch.arange(n))
+    boot = [onset for onset in onsets(n, replace=True) if onset is not None]
+    result = {
+        "bootstrap_sd": statistics.pstdev(boot) if len(boot) > 1 else None,
+        "bootstrap_range": [_quantile(boot, 0.05), _quantile(boot, 0.95)] if boot else None,
+        "bootstrap_none": 1 - len(boot) / DRAWS,
+        "subsets": {},
+    }
+    for size in PROBE_SIZES:
+        if size < n and reference is not None:
+            subsets = onsets(size, replace=False)
+            result["subsets"][size] = _agreement([None if o is None else abs(o - reference) for o in subsets])
+    halves = []
+    for _ in range(DRAWS):
+        order = torch.randperm(n, generator=generator)
+        one, other = onset_of(order[: n // 2]), onset_of(order[n // 2 :])
+        halves.append(None if one is None or other is None else abs(one - other))
+    result["halves"] = {"size": n // 2, **_agreement(halves)}
+    return result
+
+
+def _agreement(distances: list[int | None]) -> dict:
+    """Onset distances (None: one side placed no onset) -> the share within TOLERANCE, their median and the
+    share with no onset."""
+    placed = [d for d in distances if d is not None]
+    return {
+        "within_tolerance": sum(d <= TOLERANCE for d in placed) / len(distances),
+        "median_distance": statistics.median(placed) if placed else None,
+        "none": 1 - len(placed) / len(distances),
+    }
+
+
+def _quantile(values: list[int], q: float) -> int:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def check_seed(seed: int, iters: int, preset: str, overrides: dict) -> dict:
     config = make_config(
-        {**PRESETS[DEFAULT_PRESET], "seed": seed, "max_iters": iters, "final_eval_points": 0, **overrides}
+        {**PRESETS[preset], "seed": seed, "max_iters": iters, "final_eval_points": 0, **overrides}
     )
-    weights: list[list[torch.Tensor]] = []
-
-    def keep(optimizer, args, kwargs) -> None:
-        weights.append([p.detach().clone() for group in optimizer.param_groups for p in group["params"]])
-
+    device = resolve_device(config.device)
+    path = fast_path(config, device, None)  # the live eval's precision and layout
+    data = load_dataset(config.dataset, device)
+    n = config.eval_points
+    # the reference (test images, the eval's seed), then how well it is defined: another PGD start, and
+    # the same number of training images; and the dense probe's own images
+    references = {
+        "eval": (path.layout(data.test_x[:n]), data.test_y[:n], 0),
+        "other_start": (path.layout(data.test_x[:n]), data.test_y[:n], OTHER_START),
+        "train_images": (path.layout(data.train_x[:n]), data.train_y[:n], 0),
+    }
+    dense_x = path.layout(data.train_x[-config.probe_points :])
+    dense_y = data.train_y[-config.probe_points :]
+    rows: dict[str, list] = {name: [] for name in references}
+    robust: list[torch.Tensor] = []  # per iteration, the reference's per-image PGD correctness
+    probe_series: list[list[float]] = []
+    # The last steps' weights (and batch-norm statistics): when the co event comes, the detector's window
+    # (from just after the eval before the last uncollapsed one to the confirming eval) is among them.
+    recent: deque[tuple[int, dict]] = deque(maxlen=(PATIENCE + 1) * config.eval_every)
     events: list[dict] = []
-    handle = register_optimizer_step_post_hook(keep)
+    eval_s = 0.0
+
+    def evaluate(model: nn.Module, iteration: int, names) -> None:
+        with path.autocast():
+            for name in names:
+                x, y, offset = references[name]
+                pgd_right, fgsm_right = eval_points(model, x, y, config, config.seed + iteration + offset)
+                rows[name].append(
+                    [iteration, pgd_right.float().mean().item(), fgsm_right.float().mean().item()]
+                )
+                if name == "eval":
+                    robust.append(pgd_right.cpu())
+
+    def after_step(iteration: int, model: nn.Module) -> None:
+        """The full live eval of every iteration, on the live model (trainer.loop's after_step)."""
+        nonlocal eval_s
+        started = time.perf_counter()
+        model.eval()
+        evaluate(model, iteration, ["eval"])
+        model.train()
+        if not any(event["type"] == "co" for event in events):
+            recent.append((iteration, {k: v.detach().clone() for k, v in model.state_dict().items()}))
+        eval_s += time.perf_counter() - started
+
+    def sink(event: dict) -> None:
+        """At the co event, the other references and the probe at every iteration of the window."""
+        nonlocal eval_s
+        events.append(event)
+        if event["type"] != "co":
+            return
+        started = time.perf_counter()
+        model = path.prepare(model_for(config).to(device)).eval()
+        for iteration, weights in recent:
+            if iteration <= event["iteration"] - 2 * config.eval_every:
+                continue
+            model.load_state_dict(weights)
+            evaluate(model, iteration, ["other_start", "train_images"])
+            generator = torch.Generator(device).manual_seed(probe_seed(config.seed, iteration))
+            with path.autocast():
+                probe = probe_metrics(model, dense_x, dense_y, config.eps, config.probe_pgd_steps, generator)
+            probe_series.append([iteration, probe[1].item(), probe[0].item()])
+        recent.clear()
+        eval_s += time.perf_counter() - started
+
     started = time.perf_counter()
-    try:
-        train(config, events.append)
-    finally:
-        handle.remove()
-    train_s = time.perf_counter() - started
+    train(config, sink, after_step=after_step)
+    train_s = time.perf_counter() - started - eval_s
     co = next((event for event in events if event["type"] == "co"), None)
     probes = [[e["iteration"], e["pgd_acc"], e["fgsm_acc"]] for e in events if e["type"] == "probe"]
-    result = {"seed": seed, "config": config.model_dump(mode="json"), "train_s": train_s, "probes": probes}
+    result = {
+        "seed": seed,
+        "config": config.model_dump(mode="json"),
+        "train_s": train_s,
+        "eval_s": eval_s,
+        "probes": probes,
+        "eval_series": rows["eval"],
+    }
     if co is None:
         return {**result, "co": None}
-    data = load_dataset(config.dataset, torch.device("cpu"))
-    eval_x, eval_y = data.test_x[: config.eval_points], data.test_y[: config.eval_points]
-    model = model_for(config)
-    dense_x, dense_y = data.train_x[-config.probe_points :], data.train_y[-config.probe_points :]
-    first = max(1, co["iteration"] - 2 * config.eval_every + 1)  # the detector's window
-    last = len(weights)
-    # the reference (test images, the eval's seed), then how well it is defined: another PGD start, and
-    # the same number of training images
-    references = {
-        "eval": (eval_x, eval_y, 0),
-        "other_start": (eval_x, eval_y, OTHER_START),
-        "train_images": (data.train_x[: config.eval_points], data.train_y[: config.eval_points], 0),
-    }
-    rows: dict[str, list] = {name: [] for name in references}
-    probe_series = []
-    started = time.perf_counter()
-    for iteration in range(1, last + 1):  # the eval over the whole run, the rest over the window
-        with torch.no_grad():
-            for param, value in zip(model.parameters(), weights[iteration - 1], strict=True):
-                param.copy_(value)
-        model.eval()
-        in_window = first <= iteration <= co["confirmed_at"]
-        for name in references if in_window else ("eval",):
-            x, y, offset = references[name]
-            values, _ = eval_metrics(
-                model,
-                x,
-                y,
-                x[:0],
-                y[:0],
-                config.eps,
-                config.eval_pgd_steps,
-                seed=config.seed + iteration + offset,
-            )
-            rows[name].append([iteration, values["pgd_acc"], values["fgsm_acc"]])
-        if not in_window:
-            continue
-        generator = torch.Generator().manual_seed(probe_seed(config.seed, iteration))
-        probe = probe_metrics(model, dense_x, dense_y, config.eps, config.probe_pgd_steps, generator)
-        probe_series.append([iteration, probe[1].item(), probe[0].item()])
-    whole_run = rows["eval"]
-    series = [row for row in whole_run if row[0] >= first]
-    reference = dense_onset(series, co["confirmed_at"])
+    first, confirmed_at = probe_series[0][0], co["confirmed_at"]
+    reference = dense_onset(rows["eval"][first - 1 :], confirmed_at)
     at_cadence = {
-        every: dense_onset([row for row in probe_series if row[0] % every == 0], co["confirmed_at"])
+        every: dense_onset([row for row in probe_series if row[0] % every == 0], confirmed_at)
         for every in CADENCES
     }
     return {
         **result,
         "co": {key: value for key, value in co.items() if key != "onset_probes"},
-        "eval_series": whole_run,
         "probe_series": probe_series,
-        "eval_s": time.perf_counter() - started,
         "probe_onset": co["onset_iteration"],
         "eval_onset": reference,
         "difference": None if reference is None else co["onset_iteration"] - reference,
-        "collapse_width": None if reference is None else collapse_width(whole_run, reference),
+        "collapse_width": None if reference is None else collapse_width(rows["eval"], reference),
         "offline_probe_onsets": at_cadence,
-        "other_start_onset": dense_onset(rows["other_start"], co["confirmed_at"]),
-        "train_images_onset": dense_onset(rows["train_images"], co["confirmed_at"]),
+        "other_start_onset": dense_onset(rows["other_start"], confirmed_at),
+        "train_images_onset": dense_onset(rows["train_images"], confirmed_at),
+        "sampling": sampling_spread(
+            torch.stack(robust[first - 1 : confirmed_at]),
+            list(range(first, confirmed_at + 1)),
+            confirmed_at,
+            seed,
+        ),
     }
+
+
+def eval_points(model, x, y, config, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image correctness under the live eval's PGD and FGSM (its attacks and seed; one batch, so their
+    means are eval_metrics' pgd_acc and fgsm_acc)."""
+    generator = torch.Generator(x.device).manual_seed(seed)
+    attacked = attack_points(model, x, y, config.eps, config.eval_pgd_steps, generator)
+    return attacked["pgd"] == y, attacked["fgsm"] == y
 
 
 def setting(item: str) -> tuple[str, object]:
@@ -147,7 +254,8 @@ def setting(item: str) -> tuple[str, object]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.onset_check", description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--iters", type=int, default=450, help="iterations per run (CO comes at 200-300)")
+    parser.add_argument("--iters", type=int, default=450, help="iterations per run (digits: CO at 200-300)")
+    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS), metavar="NAME")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="RunConfig fields")
     parser.add_argument("--out", type=Path, default=Path("/tmp/16-onset.json"))
     args = parser.parse_args(argv)
@@ -155,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides = dict(setting(item) for item in args.set)
     results = []
     for seed in args.seeds:
-        result = check_seed(seed, args.iters, overrides)
+        result = check_seed(seed, args.iters, args.preset, overrides)
         results.append(result)
         args.out.write_text(json.dumps(results))
         co = result["co"]
@@ -169,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
                 f" {result['offline_probe_onsets']}; reference with another PGD start"
                 f" {result['other_start_onset']}, on {result['config']['eval_points']} training images"
                 f" {result['train_images_onset']}; collapse width (80 % to 20 % of peak PGD accuracy)"
-                f" {result['collapse_width']}",
+                f" {result['collapse_width']}; image sampling: {result['sampling']}",
                 flush=True,
             )
 

@@ -26,7 +26,7 @@ from bench import digits_lambda, onset_check, plain_loop  # noqa: E402
 from bench.time_to_co import measure  # noqa: E402
 from trainer.config import make_config  # noqa: E402
 from trainer.gradalign import grad_align_reg  # noqa: E402
-from trainer.loop import ADVERSARY  # noqa: E402
+from trainer.loop import ADVERSARY, train  # noqa: E402
 from trainer.models import build_model  # noqa: E402
 
 
@@ -192,3 +192,57 @@ def test_onset_check_settings_are_runconfig_values():
     assert onset_check.setting("n_filters=64") == ("n_filters", 64)
     assert onset_check.setting("eps=0.19") == ("eps", 0.19)
     assert onset_check.setting("optimizer=sgd") == ("optimizer", "sgd")
+
+
+def test_onset_check_image_sampling_spread_is_nil_for_a_step_and_wide_for_a_drift(monkeypatch):
+    """Per-image PGD results: when every robust image falls at one iteration, every resample and subset
+    places the onset there; when each falls at its own time (spread over ~100 iterations), a 32-image
+    subset rarely lands within the tolerance of the 256-image reference, nor do two disjoint halves."""
+    monkeypatch.setattr(onset_check, "DRAWS", 60)
+    iterations = list(range(101, 301))
+    robust_images = torch.arange(256) < 64
+    at = torch.tensor(iterations)[:, None]
+    step = robust_images & (at < 217)
+    spread = onset_check.sampling_spread(step, iterations, confirmed_at=300, seed=0)
+    assert spread["bootstrap_sd"] == 0 and spread["bootstrap_range"] == [217, 217]
+    agreements = [*spread["subsets"].values(), spread["halves"]]
+    assert all(s["within_tolerance"] == 1 and s["median_distance"] == 0 for s in agreements)
+    falls = 200 + 60 * torch.randn(256, generator=torch.Generator().manual_seed(0))
+    drift = onset_check.sampling_spread(robust_images & (at < falls), iterations, confirmed_at=300, seed=0)
+    assert drift["bootstrap_sd"] > onset_check.TOLERANCE
+    assert drift["subsets"][32]["within_tolerance"] < 0.5 < drift["subsets"][32]["median_distance"]
+    assert sorted(drift["subsets"]) == [32, 64, 128] and drift["halves"]["size"] == 128
+    assert drift["halves"]["within_tolerance"] < 0.5
+
+
+def test_onset_check_evaluates_every_iteration_as_the_live_eval_does():
+    """The reference series is the live eval's numbers at every iteration: at the eval iterations it equals
+    the run's eval events (same weights, attacks, seed)."""
+    overrides = {"eval_every": 10, "eval_points": 64, "probe_points": 16, "probe_every": 5}
+    result = onset_check.check_seed(0, 20, onset_check.DEFAULT_PRESET, overrides)
+    assert result["co"] is None and [row[0] for row in result["eval_series"]] == list(range(1, 21))
+    events = []
+    train(make_config(result["config"]), events.append)
+    evals = {e["iteration"]: (e["pgd_acc"], e["fgsm_acc"]) for e in events if e["type"] == "eval"}
+    assert {it: tuple(result["eval_series"][it - 1][1:]) for it in evals} == evals
+
+
+@pytest.mark.slow
+def test_onset_check_replays_the_detectors_window_with_the_runs_own_weights():
+    """A run that collapses (digits, eps 0.19, seed 1: confirmed at 175): the window's offline probe, run
+    on the kept weights, equals the live probe at every probe iteration, so the weights replayed are the
+    run's; the window spans the detector's (after the eval two before the onset eval, to the confirming
+    one) and every figure of the check is there."""
+    overrides = {"eps": 0.19, "eval_every": 25, "eval_points": 64, "probe_points": 16, "probe_every": 5}
+    result = onset_check.check_seed(1, 180, onset_check.DEFAULT_PRESET, overrides)
+    co = result["co"]
+    assert co is not None and (co["iteration"], co["confirmed_at"]) == (150, 175)
+    window = [row[0] for row in result["probe_series"]]
+    assert window == list(range(co["iteration"] - 2 * 25 + 1, co["confirmed_at"] + 1))
+    offline = {row[0]: row[1:] for row in result["probe_series"]}
+    live = [row for row in result["probes"] if row[0] in offline]
+    assert len(live) == len(window) // 5
+    for iteration, pgd_acc, fgsm_acc in live:
+        assert offline[iteration] == pytest.approx([pgd_acc, fgsm_acc], abs=1e-6)
+    assert result["eval_onset"] is not None and result["sampling"]["bootstrap_sd"] is not None
+    assert set(result["offline_probe_onsets"]) == set(onset_check.CADENCES)

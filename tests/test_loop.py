@@ -8,8 +8,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, without_timing
 
+from trainer.attacks import pgd
 from trainer.checkpoint import load_model, model_for
 from trainer.cli import build_parser, config_from_args
 from trainer.cli import main as cli_main
@@ -106,6 +107,26 @@ def test_resume_continues_exactly(tmp_path, stop_at):
                 assert b[key] == pytest.approx(value, abs=1e-5), (a["type"], a["iteration"], key)
     assert final["iterations"] == 60
     assert final["last"] == pytest.approx(reference[-1]["last"])
+
+
+def test_after_step_sees_every_iteration_and_an_evaluation_there_changes_nothing():
+    """bench/onset_check attacks the live model after every step: the run must be the one without it."""
+    cfg = make_config({**TINY, "max_iters": 25})
+    data = load_dataset("digits", torch.device("cpu"))
+    seen = []
+
+    def attack(iteration, model):
+        assert model.training
+        model.eval()
+        generator = torch.Generator().manual_seed(iteration)
+        pgd(model, data.test_x[:32], data.test_y[:32], cfg.eps, cfg.eps / 4, 3, generator=generator)
+        seen.append(iteration)
+        model.train()
+
+    plain, _ = run(cfg)
+    watched, _ = run(cfg, after_step=attack)
+    assert seen == list(range(1, 26))
+    assert [without_timing(e) for e in watched] == [without_timing(e) for e in plain]
 
 
 def test_resume_without_checkpoint_starts_fresh(tmp_path):

@@ -104,7 +104,7 @@ def eval_metrics(
     cos_fgsm_pgd, cos_grad_random = [], []
     inside: dict[str, Any] = {}
     for xb, yb in batches(x, y, batch):
-        attacked = _attack(model, xb, yb, eps, pgd_steps, generator)
+        attacked = attack_points(model, xb, yb, eps, pgd_steps, generator)
         cos_fgsm_pgd.append(cosine(attacked["fgsm_delta"], attacked["pgd_delta"]))
         cos_grad_random.append(cosine(attacked["grad"], attacked["grad_random"]))
         for key in correct:
@@ -118,9 +118,10 @@ def eval_metrics(
     return metrics, inside
 
 
-def _attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, pgd_steps: int, generator):
+def attack_points(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, pgd_steps: int, generator):
     """Input gradients at x and at a random x + η, the FGSM and PGD perturbations, and the predictions on
-    x, x + δ_FGSM and x + δ_PGD (keys clean, fgsm, pgd)."""
+    x, x + δ_FGSM and x + δ_PGD (keys clean, fgsm, pgd): the eval's attacks, point by point (for one
+    batch, `generator` seeded as eval_metrics seeds it gives eval_metrics' numbers)."""
     grad = input_grad(model, x, y)
     out = {"grad": grad, "fgsm_delta": fgsm(model, x, y, eps, grad=grad)}
     out["pgd_delta"] = pgd(model, x, y, eps, eps / 4, pgd_steps, generator=generator)
@@ -139,7 +140,7 @@ SNAPSHOT_FILTERS = 64  # first-layer filters kept at most (PreAct ResNet-18 has 
 
 
 def _snapshot(model: nn.Module, image: torch.Tensor, label: int, one: dict[str, torch.Tensor], eps: float):
-    """The snapshot event's fields: the model's first-layer filters, and for one image (its `_attack`
+    """The snapshot event's fields: the model's first-layer filters, and for one image (its `attack_points`
     results in `one`) its FGSM and PGD perturbations and the input gradients at x and at a random x + η.
 
     Arrays are nested lists [C][H][W] in display units, rounded to 2 decimals, so a snapshot stays small:

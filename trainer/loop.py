@@ -149,14 +149,17 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     resume: bool = False,
     capture: Capture | None = None,
+    after_step: Callable[[int, nn.Module], None] | None = None,
 ) -> Event | None:
     """Run `config`, emitting events to `sink`; returns the final event, or None if stopped early.
 
     `capture` records the training step for replay (default: a CUDA graph on CUDA, nothing on the CPU).
+    `after_step(iteration, model)` sees the model after every step (in train mode; it must leave it so and
+    unchanged), for analyses finer than any event: bench/onset_check evaluates every iteration with it.
     """
     if run_dir is None:
         with tempfile.TemporaryDirectory(prefix="codash-run-") as tmp:
-            return train(config, sink, tmp, should_stop, resume, capture)
+            return train(config, sink, tmp, should_stop, resume, capture, after_step)
     emit = sink or (lambda event: None)
     run_dir = Path(run_dir)
     started = time.perf_counter()
@@ -263,6 +266,8 @@ def train(
         if config.probe_points and state.iteration % config.probe_every == 0:
             metrics.add_probe(state.iteration, _probe(model, config, dense_x, dense_y, state.iteration))
         metrics.add(state.iteration, state.iteration / steps_per_epoch, lr, loss, acc, reg)
+        if after_step is not None:
+            after_step(state.iteration, model)
 
         at_eval = state.iteration % config.eval_every == 0 or state.iteration == total
         at_epoch_end = state.iteration % steps_per_epoch == 0 or state.iteration == total
