@@ -40,7 +40,7 @@ from trainer.evaluate import attack_points
 from trainer.fast import fast_path
 from trainer.loop import resolve_device, train
 from trainer.presets import DEFAULT_PRESET, PRESETS
-from trainer.probe import probe_metrics, probe_seed
+from trainer.probe import DenseProbe
 
 CADENCES = (1, 2, 5, 10, 20)  # probe_every values the probe's onset is also placed at, offline
 OTHER_START = 99_991  # added to the eval's PGD seed for the repeatability series
@@ -180,16 +180,15 @@ def check_seed(seed: int, iters: int, preset: str, overrides: dict) -> dict:
         if event["type"] != "co":
             return
         started = time.perf_counter()
-        model = path.prepare(model_for(config).to(device)).eval()
+        model = path.prepare(model_for(config).to(device))
+        probe = DenseProbe(model, config, dense_x, dense_y, path, None)  # the run's, on these weights
         for iteration, weights in recent:
             if iteration <= event["iteration"] - 2 * config.eval_every:
                 continue
             model.load_state_dict(weights)
-            evaluate(model, iteration, ["other_start", "train_images"])
-            generator = torch.Generator(device).manual_seed(probe_seed(config.seed, iteration))
-            with path.autocast():
-                probe = probe_metrics(model, dense_x, dense_y, config.eps, config.probe_pgd_steps, generator)
-            probe_series.append([iteration, probe[1].item(), probe[0].item()])
+            evaluate(model.eval(), iteration, ["other_start", "train_images"])
+            fgsm_acc, pgd_acc = probe(iteration)[:2].tolist()
+            probe_series.append([iteration, pgd_acc, fgsm_acc])
         recent.clear()
         eval_s += time.perf_counter() - started
 

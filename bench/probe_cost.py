@@ -7,12 +7,15 @@ CPU time of this one-thread process (time.process_time: a machine shared with ot
 clock, not this), less a 1-iteration run's (data, model, the events around the run). The variants
 alternate within each round and the median of the rounds is reported: the probe's share of training time
 for each probe_points, probe_pgd_steps and probe_every. On a GPU (--device cuda) it is wall time after a
-synchronize. The CPU figures are in docs/benchmarks.md.
+synchronize. --synthetic trains on CIFAR-shaped random images (bench.workloads.synthetic_cifar; a step's
+time does not depend on the pixels), so a CIFAR-10 preset is timed where CIFAR-10 is not on disk (the
+device machine: bench/gpu_check.sh). The CPU figures are in docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from bench.workloads import codash_data, synthetic_cifar
 from trainer.config import make_config
 from trainer.loop import train
 from trainer.presets import DEFAULT_PRESET, DIGITS_GRAD_ALIGN, PRESETS
@@ -59,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[10], help="probe_pgd_steps values")
     parser.add_argument("--presets", nargs="+", default=[DEFAULT_PRESET, DIGITS_GRAD_ALIGN])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--synthetic", action="store_true", help="CIFAR-shaped random data for every preset")
     parser.add_argument("--out", type=Path, default=Path("/tmp/16-probe-cost.json"))
     args = parser.parse_args(argv)
     if args.device == "cpu":
@@ -67,33 +72,40 @@ def main(argv: list[str] | None = None) -> None:
         (points, steps, every) for points in args.points for steps in args.steps for every in args.every
     ]
     results = []
-    for preset in args.presets:
-        seconds(preset, 2, args.device, probe_points=32, probe_every=1)  # imports, data set, first calls
-        times: dict[tuple[int, int, int], list[float]] = {variant: [] for variant in variants}
-        for _ in range(args.rounds):
-            for points, steps, every in variants:
-                fields = {"probe_points": points, "probe_pgd_steps": steps, "probe_every": every}
-                times[(points, steps, every)].append(
-                    ms_per_iteration(preset, args.iters, args.device, **fields)
-                )
-        base = statistics.median(times[variants[0]])
-        for (points, steps, every), values in times.items():
-            ms = statistics.median(values)
-            row = {
-                "preset": preset,
-                "probe_points": points,
-                "probe_pgd_steps": steps,
-                "probe_every": every,
-                "ms_per_iteration": ms,
-                "overhead": ms / base - 1,
-            }
-            results.append(row)
-            print(
-                f"{preset:40s} points {points:3d} PGD-{steps:<3d} every {every:3d}: {ms:6.2f} ms/it,"
-                f" +{row['overhead']:.1%}",
-                flush=True,
-            )
-        args.out.write_text(json.dumps({"device": args.device, "iters": args.iters, "results": results}))
+    data = codash_data(synthetic_cifar(args.device, 10_000)) if args.synthetic else contextlib.nullcontext()
+    with data:
+        for preset in args.presets:
+            results += preset_costs(preset, variants, args)
+            args.out.write_text(json.dumps({"device": args.device, "iters": args.iters, "results": results}))
+
+
+def preset_costs(preset: str, variants: list[tuple[int, int, int]], args: argparse.Namespace) -> list[dict]:
+    """One row per variant: its time per iteration and its overhead over the first variant (no probe)."""
+    results = []
+    seconds(preset, 2, args.device, probe_points=32, probe_every=1)  # imports, data set, first calls
+    times: dict[tuple[int, int, int], list[float]] = {variant: [] for variant in variants}
+    for _ in range(args.rounds):
+        for points, steps, every in variants:
+            fields = {"probe_points": points, "probe_pgd_steps": steps, "probe_every": every}
+            times[(points, steps, every)].append(ms_per_iteration(preset, args.iters, args.device, **fields))
+    base = statistics.median(times[variants[0]])
+    for (points, steps, every), values in times.items():
+        ms = statistics.median(values)
+        row = {
+            "preset": preset,
+            "probe_points": points,
+            "probe_pgd_steps": steps,
+            "probe_every": every,
+            "ms_per_iteration": ms,
+            "overhead": ms / base - 1,
+        }
+        results.append(row)
+        print(
+            f"{preset:40s} points {points:3d} PGD-{steps:<3d} every {every:3d}: {ms:6.2f} ms/it,"
+            f" +{row['overhead']:.1%}",
+            flush=True,
+        )
+    return results
 
 
 if __name__ == "__main__":

@@ -22,12 +22,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import __main__ as bench_main  # noqa: E402
-from bench import digits_lambda, onset_check, plain_loop  # noqa: E402
+from bench import digits_lambda, onset_check, plain_loop, probe_cost  # noqa: E402
 from bench.time_to_co import measure  # noqa: E402
 from trainer.config import make_config  # noqa: E402
 from trainer.gradalign import grad_align_reg  # noqa: E402
 from trainer.loop import ADVERSARY, train  # noqa: E402
 from trainer.models import build_model  # noqa: E402
+from trainer.presets import PRESETS  # noqa: E402
 
 
 def positive(value) -> bool:
@@ -246,3 +247,15 @@ def test_onset_check_replays_the_detectors_window_with_the_runs_own_weights():
         assert offline[iteration] == pytest.approx([pgd_acc, fgsm_acc], abs=1e-6)
     assert result["eval_onset"] is not None and result["sampling"]["bootstrap_sd"] is not None
     assert set(result["offline_probe_onsets"]) == set(onset_check.CADENCES)
+
+
+def test_probe_cost_times_a_cifar_preset_on_cifar_shaped_data(tmp_path):
+    """--synthetic: a CIFAR-10 preset's probe overhead without CIFAR-10 on disk (the GPU check's case)."""
+    preset = next(name for name in PRESETS if name.startswith("CIFAR-10 single-layer CNN"))
+    out = tmp_path / "cost.json"
+    argv = ["--iters", "3", "--rounds", "1", "--every", "1", "--points", "8", "--steps", "2"]
+    probe_cost.main([*argv, "--presets", preset, "--synthetic", "--out", str(out)])
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["probe_points"], r["probe_every"]) for r in rows] == [(0, 1), (8, 1)]
+    assert all(r["preset"] == preset and positive(r["ms_per_iteration"]) for r in rows)
+    assert rows[0]["overhead"] == 0 and math.isfinite(rows[1]["overhead"])

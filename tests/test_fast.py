@@ -16,7 +16,7 @@ from conftest import TINY
 from trainer.cli import build_parser, config_from_args
 from trainer.config import ConfigError, make_config
 from trainer.evaluate import pgd_accuracy
-from trainer.events import BadEvent, encode, parse_event
+from trainer.events import FIELDS, BadEvent, encode, parse_event
 from trainer.loop import lr_at, lr_schedule, train
 from trainer.models import build_model
 
@@ -40,6 +40,10 @@ def metric_values(events):
     ]
 
 
+def probe_values(events):
+    return [tuple(e[key] for key in FIELDS["probe"]) for e in events if e["type"] == "probe"]
+
+
 def called_again(step, generator):
     """A capture for the CPU: warm the step up as cuda_graph does, then replay = run the step again."""
     for _ in range(3):
@@ -51,7 +55,7 @@ def called_again(step, generator):
 # every piece of state the warm-up disturbs and the restore must put back.
 NOISY = {
     **TINY,
-    **{"max_iters": 12, "eval_every": 6, "eval_points": 16, "final_eval_points": 16},
+    **{"max_iters": 12, "eval_every": 6, "eval_points": 16, "final_eval_points": 16, "probe_every": 3},
     **{
         "method": "fgsm_rs",
         "grad_align_lambda": 0.5,
@@ -66,6 +70,7 @@ def test_on_the_cpu_the_step_is_eager_in_float32_and_the_config_event_says_why()
     events, _ = run(make_config({**TINY, "max_iters": 2, "eval_points": 8, "final_eval_points": 0}))
     event = config_event(events)
     assert (event["step"], event["step_reason"], event["precision"]) == ("eager", "cpu", "fp32")
+    assert (event["probe_step"], event["probe_step_reason"]) == ("eager", "cpu")
 
 
 @pytest.mark.parametrize(
@@ -98,6 +103,8 @@ def test_a_failing_capture_leaves_the_run_to_the_eager_step_exactly_as_it_stood(
     )
     assert metric_values(fallback) == metric_values(eager)
     assert fallback_final["last"] == eager_final["last"]
+    assert event["probe_step"] == "eager" and event["probe_step_reason"] == event["step_reason"]
+    assert probe_values(fallback) == probe_values(eager) != []
 
 
 @pytest.mark.parametrize("extra", [{}, {"elle_lambda": 20.0, "elle_adaptive": True}], ids=["", "elle_a"])
@@ -110,6 +117,9 @@ def test_the_captured_step_machinery_trains_exactly_like_the_eager_step(extra):
     event = config_event(replayed)
     assert (event["step"], event["step_reason"]) == ("called_again", None)
     assert metric_values(replayed) == metric_values(eager)
+    assert (event["probe_step"], event["probe_step_reason"]) == ("called_again", None)
+    assert [row[0] for row in probe_values(replayed)] == [3, 6, 9, 12]
+    assert probe_values(replayed) == probe_values(eager)  # reseeded per iteration, in eval mode
     assert len({values[1] for values in metric_values(eager)}) > 5  # the cyclic lr did change
 
 
@@ -124,6 +134,7 @@ def test_a_captured_run_resumes_exactly(tmp_path):
     resumed, _ = run(cfg, run_dir=tmp_path / "b", resume=True, capture=called_again)
     assert config_event(resumed)["start_iteration"] == 7
     assert metric_values(resumed) == [values for values in metric_values(reference) if values[0] > 7]
+    assert probe_values(resumed) == [values for values in probe_values(reference) if values[0] > 7]
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cyclic", "piecewise"])
@@ -184,7 +195,8 @@ def test_config_events_stored_before_the_fast_path_still_parse_and_new_ones_are_
     events, _ = run(make_config({**TINY, "max_iters": 1, "eval_points": 8, "final_eval_points": 0}))
     event = config_event(events)
     assert parse_event(encode(event)) == event
-    old = {key: value for key, value in event.items() if key not in ("step", "step_reason", "precision")}
+    later = ("step", "step_reason", "probe_step", "probe_step_reason", "precision")
+    old = {key: value for key, value in event.items() if key not in later}
     assert parse_event(encode(old)) == old  # a run stored before these fields existed stays readable
     with pytest.raises(BadEvent, match="step_reason must be a string or null"):
         parse_event(encode({**event, "step_reason": 3}))

@@ -15,10 +15,12 @@ from conftest import TINY
 from test_fast import called_again, config_event, metric_values
 
 from bench.workloads import CIFAR_RESNET, codash_data, synthetic_cifar
-from trainer.checkpoint import load_model
+from trainer.checkpoint import load_model, model_for
 from trainer.config import make_config
-from trainer.fast import warm_up
+from trainer.data import load_dataset
+from trainer.fast import fast_path, warm_up
 from trainer.loop import make_optimizer, train
+from trainer.probe import DenseProbe
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -91,6 +93,29 @@ def test_a_captured_resnet_with_batch_norm_fused_sgd_and_the_cyclic_lr_matches_d
         direct, _ = run(cfg, tmp_path / "direct", capture=called_again)
     assert config_event(graphed)["step"] == "cuda_graph"
     assert_close_runs(graphed, direct, (tmp_path / "graph", tmp_path / "direct"), 0.02, 0.02)
+
+
+def test_the_captured_probe_reads_the_live_weights_and_draws_the_eager_probes_numbers():
+    """The dense probe replayed from its graph against the eager probe on the same weights, at iterations
+    between which the weights move: the same random numbers (reseeded per iteration), so the same values up
+    to float32 rounding, which a sign attack may turn into one point of 32 flipped."""
+    cfg = make_config({**BASE, "method": "fgsm", "amp": "off", "probe_points": 32})
+    data = load_dataset("digits", torch.device("cuda"))
+    x, y = data.train_x[-32:], data.train_y[-32:]
+    model = model_for(cfg).cuda()
+    captured = DenseProbe(model, cfg, x, y, fast_path(cfg, torch.device("cuda"), None), None)
+    eager_cfg = make_config({**BASE, "method": "fgsm", "amp": "off", "fast_path": False})
+    eager = DenseProbe(model, eager_cfg, x, y, fast_path(eager_cfg, torch.device("cuda"), None), None)
+    assert (captured.kind, captured.reason, eager.kind) == ("cuda_graph", None, "eager")
+    for iteration in (5, 6, 7):
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(0.05 * torch.randn_like(param))
+        got, want = captured(iteration).tolist(), eager(iteration).tolist()
+        assert captured(iteration).tolist() == got  # reseeded: a replay at one iteration repeats itself
+        assert all(abs(g - w) <= 1 / 32 + 1e-6 for g, w in zip(got[:2], want[:2], strict=True)), (got, want)
+        assert all(abs(g - w) <= 0.02 for g, w in zip(got[2:], want[2:], strict=True)), (got, want)
+    assert model.training
 
 
 def test_a_captured_run_resumed_mid_run_equals_an_uninterrupted_one(tmp_path):

@@ -18,6 +18,7 @@ Sink = Callable[[Event], None]
 FIELDS: dict[str, tuple[str, ...]] = {
     # config also carries every RunConfig field; these are the extra ones.
     # step: "cuda_graph" (captured, replayed) or "eager"; step_reason: why not captured (null when it is);
+    # probe_step, probe_step_reason: the same for the dense probe (trainer.probe.DenseProbe);
     # precision: "bf16" (autocast) or "fp32", the resolved `amp`.
     "config": (
         "config",
@@ -28,6 +29,8 @@ FIELDS: dict[str, tuple[str, ...]] = {
         "total_iterations",
         "step",
         "step_reason",
+        "probe_step",
+        "probe_step_reason",
         "precision",
     ),
     "metrics": ("iteration", "epoch", "lr", "train_loss", "train_acc", "reg"),
@@ -106,7 +109,7 @@ def _is_number(value: Any) -> bool:
 
 
 # Fields added after runs were already stored: a stored event may lack them (it reads as written then).
-LATER_FIELDS = {"config": frozenset({"step", "step_reason", "precision"})}
+LATER_FIELDS = {"config": frozenset({"step", "step_reason", "probe_step", "probe_step_reason", "precision"})}
 
 # What each field must hold, where a reader relies on it; every other field only has to be present.
 WHOLE_FIELDS = (
@@ -138,8 +141,12 @@ FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: isinstance(v, list) and all(isinstance(r, list) and all(map(_is_number, r)) for r in v),
         "a list of [iteration, pgd_acc, fgsm_acc] rows",
     ),
-    **dict.fromkeys(("device", "step", "precision"), (lambda v: isinstance(v, str), "a string")),
-    "step_reason": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    **dict.fromkeys(
+        ("device", "step", "probe_step", "precision"), (lambda v: isinstance(v, str), "a string")
+    ),
+    **dict.fromkeys(
+        ("step_reason", "probe_step_reason"), (lambda v: v is None or isinstance(v, str), "a string or null")
+    ),
 }
 
 

@@ -195,7 +195,7 @@ def training_step(
     except Exception as exc:  # any failure of the fast path leaves the run to the eager step
         for param in run.model.parameters():
             param.grad = None  # the failed capture's gradients may live in the graph's memory pool
-        return EagerStep(path, run, f"capture failed: {_one_line(exc)}")
+        return EagerStep(path, run, f"capture failed: {one_line(exc)}")
 
 
 def keep(model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator, extra=()):
@@ -242,6 +242,6 @@ def warm_up(device: torch.device) -> None:
     torch.cuda.synchronize(device)
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     message = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {message}"[:300] if message else type(exc).__name__

@@ -40,7 +40,7 @@ from trainer.events import Event, Sink, make_event
 from trainer.fast import Capture, FastPath, RunParts, fast_path, training_step
 from trainer.free import FreeAT
 from trainer.gradalign import grad_align_reg
-from trainer.probe import PROBE_FIELDS, probe_metrics, probe_seed
+from trainer.probe import PROBE_FIELDS, DenseProbe
 
 FINAL_PROGRESS_STEPS = 20  # final_progress events per model, at most, after the one as it begins
 METRICS_FLUSH_S = 0.5  # metrics are read off the device in batches, at most this long after the step
@@ -198,6 +198,11 @@ def train(
     run = RunParts(config, model, optimizer, gen, free, elle_a, _train_step)
     lr_table = lr_schedule(config, total, device) if path.captures else None
     stepper = training_step(path, run, example, lr_table, capture)
+    # The dense probe's points: the END of the training set, apart from the eval's training subset below.
+    dense = slice(len(data.train_x) - config.probe_points, None)
+    dense_probe = DenseProbe(
+        model, config, path.layout(data.train_x[dense]), data.train_y[dense], path, capture
+    )
     emit(
         make_event(
             "config",
@@ -209,6 +214,8 @@ def train(
             total_iterations=total,
             step=stepper.kind,
             step_reason=stepper.reason,
+            probe_step=dense_probe.kind,
+            probe_step_reason=dense_probe.reason,
             precision="bf16" if path.bf16 else "fp32",
         )
     )
@@ -222,9 +229,6 @@ def train(
     metrics = MetricsBuffer(emit_dense)
     eval_x, eval_y = path.layout(data.test_x[: config.eval_points]), data.test_y[: config.eval_points]
     probe_x, probe_y = path.layout(data.train_x[: config.eval_points]), data.train_y[: config.eval_points]
-    # The dense probe's points: the END of the training set, apart from the eval's training subset above.
-    dense = slice(len(data.train_x) - config.probe_points, None)
-    dense_x, dense_y = path.layout(data.train_x[dense]), data.train_y[dense]
 
     def resumable() -> dict:
         """Everything a run continues from exactly: in last.pt, and at each evaluation for forks."""
@@ -264,7 +268,7 @@ def train(
         state.iteration += 1
         state.train_images += len(x)
         if config.probe_points and state.iteration % config.probe_every == 0:
-            metrics.add_probe(state.iteration, _probe(model, config, dense_x, dense_y, state.iteration))
+            metrics.add_probe(state.iteration, dense_probe(state.iteration))
         metrics.add(state.iteration, state.iteration / steps_per_epoch, lr, loss, acc, reg)
         if after_step is not None:
             after_step(state.iteration, model)
@@ -315,15 +319,6 @@ def _train_step(
     if elle_a is not None:
         elle_a.update(linearity.detach())
     return loss.detach(), (logits.argmax(1) == y).float().mean(), reg.detach()
-
-
-def _probe(model, cfg: RunConfig, x, y, iteration: int) -> torch.Tensor:
-    """The dense probe of the model after `iteration` steps, in eval mode, with its own random numbers."""
-    model.eval()
-    generator = torch.Generator(x.device).manual_seed(probe_seed(cfg.seed, iteration))
-    values = probe_metrics(model, x, y, cfg.eps, cfg.probe_pgd_steps, generator)
-    model.train()
-    return values
 
 
 def _evaluate(model, cfg, state: RunState, run_dir: Path, emit: Sink, test, probe, path: FastPath) -> None:

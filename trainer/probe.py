@@ -8,16 +8,22 @@ It cannot reuse the training step's gradients: those are on the step's minibatch
 comparable from one iteration to the next on fixed points. Instead it takes its three first-order gradients
 (at x for FGSM and the alignment, at the paper's random point x + eta, at PGD's random start) in ONE
 forward/backward pass over 3P points, then P-point PGD steps, and reads nothing off the device: its values
-stay a tensor until the loop flushes them with the metrics.
+stay a tensor until the loop flushes them with the metrics. On the GPU fast path it is recorded once as a
+CUDA graph and replayed, as the training step is (`DenseProbe`).
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 from trainer.attacks import input_grad, project, random_point, uniform_noise
+from trainer.config import RunConfig
 from trainer.events import FIELDS
+from trainer.fast import Capture, FastPath, cuda_graph, one_line
 from trainer.gradalign import mean_cosine
 
 # What one probe measures, in the order of probe_metrics' result: the probe event's fields after iteration.
@@ -67,6 +73,51 @@ def probe_metrics(
             _cosine(grad_x, grad_eta),
         ]
     )
+
+
+class DenseProbe:
+    """The probe of a run's live model on its fixed points, called with the iteration it follows.
+
+    Eager, one probe is ~P-PGD-steps + 2 small forward/backward passes: on a GPU, where a captured training
+    step takes a few milliseconds, that costs more than the steps between two probes. So on the fast path
+    (trainer.fast) it is recorded once, in eval mode, and replayed; its generator, registered with the
+    graph, is reseeded before every call, so the probe's random numbers stay a function of (seed,
+    iteration) either way. `kind` and `reason` say which, for the config event, as the step's do; a capture
+    that fails leaves the probe eager, never the run failed.
+    """
+
+    def __init__(self, model: nn.Module, cfg: RunConfig, x, y, path: FastPath, capture: Capture | None):
+        self.model, self.seed = model, cfg.seed
+        self.generator = torch.Generator(x.device)
+
+        def measure() -> torch.Tensor:
+            with path.autocast(capturing=path.captures):
+                return probe_metrics(model, x, y, cfg.eps, cfg.probe_pgd_steps, self.generator)
+
+        self.measure, self.kind = measure, "eager"
+        self.reason = path.refusal if cfg.probe_points else "no probe (probe_points 0)"
+        if path.captures and cfg.probe_points:
+            record = capture or cuda_graph
+            try:
+                with self._eval_mode():
+                    self.measure = record(measure, self.generator)
+                self.kind, self.reason = record.__name__, None
+            except Exception as exc:  # the eager probe measures the same
+                self.reason = f"capture failed: {one_line(exc)}"
+
+    def __call__(self, iteration: int) -> torch.Tensor:
+        """probe_metrics after `iteration` steps, a tensor of its own (a replay overwrites its outputs)."""
+        self.generator.manual_seed(probe_seed(self.seed, iteration))
+        with self._eval_mode():
+            return self.measure().clone()
+
+    @contextlib.contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        self.model.eval()
+        try:
+            yield
+        finally:
+            self.model.train()
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
