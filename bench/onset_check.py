@@ -149,7 +149,7 @@ def check_seed(seed: int, iters: int, preset: str, overrides: dict) -> dict:
     # (from just after the eval before the last uncollapsed one to the confirming eval) is among them.
     recent: deque[tuple[int, dict]] = deque(maxlen=(PATIENCE + 1) * config.eval_every)
     events: list[dict] = []
-    eval_s = 0.0
+    eval_s, collapsed = 0.0, False
 
     def evaluate(model: nn.Module, iteration: int, names) -> None:
         with path.autocast():
@@ -169,17 +169,17 @@ def check_seed(seed: int, iters: int, preset: str, overrides: dict) -> dict:
         model.eval()
         evaluate(model, iteration, ["eval"])
         model.train()
-        if not any(event["type"] == "co" for event in events):
+        if not collapsed:
             recent.append((iteration, {k: v.detach().clone() for k, v in model.state_dict().items()}))
         eval_s += time.perf_counter() - started
 
     def sink(event: dict) -> None:
         """At the co event, the other references and the probe at every iteration of the window."""
-        nonlocal eval_s
+        nonlocal eval_s, collapsed
         events.append(event)
         if event["type"] != "co":
             return
-        started = time.perf_counter()
+        collapsed, started = True, time.perf_counter()
         model = path.prepare(model_for(config).to(device))
         probe = DenseProbe(model, config, dense_x, dense_y, path, None)  # the run's, on these weights
         for iteration, weights in recent:
