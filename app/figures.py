@@ -152,8 +152,13 @@ def run_figure(
             first = False
             drawn.add(metric)
         if run.history.co_iteration is not None:
-            co = run.history.co_iteration
-            _co_marker(fig, at(run.history, co), co, color if overlay else CO_COLOR, run.label, overlay)
+            co, interval = run.history.co_iteration, run.history.co_interval
+            band = (
+                None
+                if overlay or interval is None
+                else (at(run.history, interval[0]), at(run.history, interval[1]))
+            )
+            _co_marker(fig, at(run.history, co), co, color if overlay else CO_COLOR, run.label, overlay, band)
     if overlay:
         _style_key(fig, [metric for metric in METRICS if metric in drawn])
     elif series and series[0].history.metrics and not series[0].history.evals:
@@ -278,14 +283,35 @@ def _trace(
     )
 
 
-def _co_marker(fig: go.Figure, x: float, iteration: int, color: str, label: str, overlay: bool) -> None:
-    """A dashed vertical line at the CO iteration (drawn at `x`) on each panel, labelled on each panel."""
+def _co_marker(
+    fig: go.Figure,
+    x: float,
+    iteration: int,
+    color: str,
+    label: str,
+    overlay: bool,
+    band: tuple[float, float] | None = None,
+) -> None:
+    """A dashed vertical line at the CO iteration (drawn at `x`) on each panel, labelled on each panel, and
+    `band` (where the onset falls over resamples of the probe's images, on the x axis) shaded behind it."""
     text = (
         f"CO · {html.escape(label)} @ {iteration:,}"
         if overlay
         else f"catastrophic overfitting @ {iteration:,}"
     )
-    vertical_marker(fig, iteration, color, "dash", (text, f"CO @ {iteration:,}"), "top right")
+    vertical_marker(fig, x, color, "dash", (text, f"CO @ {iteration:,}"), "top right")
+    if band is not None:
+        for row in (1, 2, 3):
+            fig.add_vrect(
+                x0=band[0],
+                x1=band[1],
+                row=row,
+                col=1,
+                fillcolor=color,
+                opacity=0.12,
+                line_width=0,
+                layer="below",
+            )
 
 
 def vertical_marker(

@@ -124,6 +124,13 @@ class RunHistory:
         return onset if isinstance(onset, int) else self.co["iteration"]
 
     @property
+    def co_interval(self) -> tuple[int, int] | None:
+        """Where the onset falls over resamples of the probe's images (trainer.co.onset_interval): how well
+        the probe places it; None for runs without one (no probe, or stored before it existed)."""
+        interval = self.co.get("onset_interval") if self.co else None
+        return (interval[0], interval[1]) if interval else None
+
+    @property
     def collapse_began(self) -> int | None:
         """The first sign of CO (trainer.fork.collapse_began): a rescue forks from before it."""
         return collapse_began(self.co) if self.co else None

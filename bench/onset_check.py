@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import time
 from collections import deque
@@ -33,7 +34,7 @@ import torch
 from torch import nn
 
 from trainer.checkpoint import model_for
-from trainer.co import PATIENCE, dense_onset, smoothed
+from trainer.co import PATIENCE, dense_onset, onset_on_images, resampled_onsets, smoothed
 from trainer.config import make_config
 from trainer.data import load_dataset
 from trainer.evaluate import attack_points
@@ -61,35 +62,24 @@ def collapse_width(series: list[list[float]], onset: int) -> int | None:
     return None if low is None else low - high
 
 
-def sampling_spread(robust: torch.Tensor, iterations: list[int], confirmed_at: int, seed: int) -> dict:
+def sampling_spread(rows: list[list], confirmed_at: int, seed: int) -> dict:
     """How far the choice of images alone moves the onset, from per-image PGD results.
 
-    `robust` is [iteration, image] PGD correctness of the reference eval over the detector's window
-    (`iterations`). The reference's onset is re-placed (the same dense_onset) on DRAWS bootstrap resamples
-    of its images: their standard deviation is the reference's own standard error. Then on DRAWS random
-    subsets of PROBE_SIZES images: the share of them within TOLERANCE of the reference's onset is what a
-    probe of that size, on images like the eval's and with its attack at every iteration, could reach.
-    A subset shares its images with the reference, which pulls the two together; a probe on other images
-    (the issue asks for one separate from the eval subset) can only do worse. So, last, `halves`: DRAWS
-    random splits of the images into two disjoint halves, and how often their onsets agree.
+    `rows` are the reference eval's [iteration, pgd_acc, fgsm_acc, per-image PGD results] over the
+    detector's window. The reference's onset is re-placed (the same dense_onset, via
+    trainer.co.onset_on_images) on DRAWS bootstrap resamples of its images (trainer.co.resampled_onsets,
+    which the detector's onset_interval uses on the probe's images): their standard deviation is the
+    reference's own standard error. Then on DRAWS random subsets of PROBE_SIZES images: the share of them
+    within TOLERANCE of the reference's onset is what a probe of that size, on images like the eval's and
+    with its attack at every iteration, could reach. A subset shares its images with the reference, which
+    pulls the two together; a probe on other images (the issue asks for one separate from the eval subset)
+    can only do worse. So, last, `halves`: DRAWS random splits of the images into two disjoint halves, and
+    how often their onsets agree.
     """
-    generator = torch.Generator().manual_seed(seed)
-    n = robust.shape[1]
-
-    def onset_of(images: torch.Tensor) -> int | None:
-        means = robust[:, images].float().mean(1).tolist()
-        return dense_onset([[it, acc] for it, acc in zip(iterations, means, strict=True)], confirmed_at)
-
-    def draw(size: int, replace: bool) -> torch.Tensor:
-        if replace:
-            return torch.randint(n, (size,), generator=generator)
-        return torch.randperm(n, generator=generator)[:size]
-
-    def onsets(size: int, replace: bool) -> list[int | None]:
-        return [onset_of(draw(size, replace)) for _ in range(DRAWS)]
-
-    reference = onset_of(torch.arange(n))
-    boot = [onset for onset in onsets(n, replace=True) if onset is not None]
+    rng = random.Random(seed)
+    n = len(rows[0][3])
+    reference = dense_onset(rows, confirmed_at)
+    boot = [onset for onset in resampled_onsets(rows, confirmed_at, DRAWS, seed) if onset is not None]
     result = {
         "bootstrap_sd": statistics.pstdev(boot) if len(boot) > 1 else None,
         "bootstrap_range": [_quantile(boot, 0.05), _quantile(boot, 0.95)] if boot else None,
@@ -98,12 +88,14 @@ def sampling_spread(robust: torch.Tensor, iterations: list[int], confirmed_at: i
     }
     for size in PROBE_SIZES:
         if size < n and reference is not None:
-            subsets = onsets(size, replace=False)
-            result["subsets"][size] = _agreement([None if o is None else abs(o - reference) for o in subsets])
+            onsets = [onset_on_images(rows, rng.sample(range(n), size), confirmed_at) for _ in range(DRAWS)]
+            result["subsets"][size] = _agreement([None if o is None else abs(o - reference) for o in onsets])
     halves = []
     for _ in range(DRAWS):
-        order = torch.randperm(n, generator=generator)
-        one, other = onset_of(order[: n // 2]), onset_of(order[n // 2 :])
+        order = rng.sample(range(n), n)
+        one, other = (
+            onset_on_images(rows, half, confirmed_at) for half in (order[: n // 2], order[n // 2 :])
+        )
         halves.append(None if one is None or other is None else abs(one - other))
     result["halves"] = {"size": n // 2, **_agreement(halves)}
     return result
@@ -143,7 +135,7 @@ def check_seed(seed: int, iters: int, preset: str, overrides: dict) -> dict:
     dense_x = path.layout(data.train_x[-config.probe_points :])
     dense_y = data.train_y[-config.probe_points :]
     rows: dict[str, list] = {name: [] for name in references}
-    robust: list[torch.Tensor] = []  # per iteration, the reference's per-image PGD correctness
+    robust: list[list[bool]] = []  # per iteration, the reference's per-image PGD results
     probe_series: list[list[float]] = []
     # The last steps' weights (and batch-norm statistics): when the co event comes, the detector's window
     # (from just after the eval before the last uncollapsed one to the confirming eval) is among them.
@@ -160,7 +152,7 @@ def check_seed(seed: int, iters: int, preset: str, overrides: dict) -> dict:
                     [iteration, pgd_right.float().mean().item(), fgsm_right.float().mean().item()]
                 )
                 if name == "eval":
-                    robust.append(pgd_right.cpu())
+                    robust.append(pgd_right.tolist())
 
     def after_step(iteration: int, model: nn.Module) -> None:
         """The full live eval of every iteration, on the live model (trainer.loop's after_step)."""
@@ -208,7 +200,8 @@ def check_seed(seed: int, iters: int, preset: str, overrides: dict) -> dict:
     if co is None:
         return {**result, "co": None}
     first, confirmed_at = probe_series[0][0], co["confirmed_at"]
-    reference = dense_onset(rows["eval"][first - 1 :], confirmed_at)
+    window = rows["eval"][first - 1 : confirmed_at]
+    reference = dense_onset(window, confirmed_at)
     at_cadence = {
         every: dense_onset([row for row in probe_series if row[0] % every == 0], confirmed_at)
         for every in CADENCES
@@ -225,8 +218,7 @@ def check_seed(seed: int, iters: int, preset: str, overrides: dict) -> dict:
         "other_start_onset": dense_onset(rows["other_start"], confirmed_at),
         "train_images_onset": dense_onset(rows["train_images"], confirmed_at),
         "sampling": sampling_spread(
-            torch.stack(robust[first - 1 : confirmed_at]),
-            list(range(first, confirmed_at + 1)),
+            [row + [images] for row, images in zip(window, robust[first - 1 : confirmed_at], strict=True)],
             confirmed_at,
             seed,
         ),
@@ -271,7 +263,8 @@ def main(argv: list[str] | None = None) -> None:
         else:
             print(
                 f"seed {seed}: eval onset {co['iteration']} (confirmed {co['confirmed_at']}), probe onset"
-                f" {result['probe_onset']}, per-iteration PGD-10 onset {result['eval_onset']},"
+                f" {result['probe_onset']} (interval {co['onset_interval']}), per-iteration PGD-10 onset"
+                f" {result['eval_onset']},"
                 f" difference {result['difference']}; probe onset offline by probe_every:"
                 f" {result['offline_probe_onsets']}; reference with another PGD start"
                 f" {result['other_start_onset']}, on {result['config']['eval_points']} training images"

@@ -230,6 +230,8 @@ def config_event(start: int = 0, total: int = 100, **config) -> dict:
         total_iterations=total,
         step="eager",
         step_reason="cpu",
+        probe_step="eager",
+        probe_step_reason="cpu",
         precision="fp32",
     )
 
@@ -257,8 +259,9 @@ def probe_event(it: int, pgd: float) -> dict:
     return make_event("probe", iteration=it, fgsm_acc=0.6, pgd_acc=pgd, cos_fgsm_pgd=0.7, cos_grad_random=0.8)
 
 
-def co_event(it: int, onset: int | None = None) -> dict:
-    """A co event whose onset the dense probe placed at `onset` (default: the first collapsed eval)."""
+def co_event(it: int, onset: int | None = None, interval: list[int] | None = None) -> dict:
+    """A co event whose onset the dense probe placed at `onset` (default: the first collapsed eval), within
+    `interval` over resamples of its images."""
     return make_event(
         "co",
         iteration=it,
@@ -270,6 +273,7 @@ def co_event(it: int, onset: int | None = None) -> dict:
         onset_iteration=it if onset is None else onset,
         onset_rule="r",
         onset_probes=[],
+        onset_interval=interval,
     )
 
 

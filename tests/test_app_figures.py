@@ -23,6 +23,7 @@ from conftest import (
 from app.figures import (
     Series,
     SweepCurve,
+    View,
     filter_mosaic,
     filters_figure,
     inside_figure,
@@ -103,6 +104,26 @@ def test_dense_probes_are_drawn_thin_under_the_evals_and_the_co_marker_sits_at_t
     assert sum(trace.opacity == 0.45 for trace in overlay.data) == 8  # 4 probe metrics x 2 runs
     history.extend([config_event(start=50, total=100)])  # a resume drops the replayed probes
     assert max(history.probes) == 50
+
+
+def test_the_co_onset_interval_is_shaded_behind_the_marker_of_a_single_run_and_follows_the_clock():
+    """The band is where the onset falls over resamples of the probe's images; on the wall-clock axis the
+    marker and the band sit at the seconds of their iterations (the run took 0.5 s an iteration)."""
+    events = [e for e in co_run_events() if e["type"] != "co"]
+    events.insert(-1, co_event(60, onset=47, interval=[40, 55]))
+    history = RunHistory()
+    history.extend(events, "1-1", times=[1000.0 + 0.5 * e.get("iteration", 0) for e in events])
+    assert history.co_interval == (40, 55)
+    fig = run_figure([Series("FGSM", history)], uirevision="u")
+    bands = [shape for shape in fig.layout.shapes if shape.type == "rect"]
+    assert len(bands) == 3 and all((band.x0, band.x1) == (40, 55) for band in bands)
+    assert {shape.x0 for shape in fig.layout.shapes if shape.type == "line"} == {47}
+    timed = run_figure([Series("FGSM", history)], uirevision="u", view=View(clock=True))
+    assert {shape.x0 for shape in timed.layout.shapes if shape.type == "line"} == {23.0}  # (47 - 1) / 2
+    assert {(shape.x0, shape.x1) for shape in timed.layout.shapes if shape.type == "rect"} == {(19.5, 27.0)}
+    overlay = run_figure([Series("a", history), Series("b", history)], uirevision="u")
+    assert not [shape for shape in overlay.layout.shapes if shape.type == "rect"]  # one band per run: noise
+    assert history_of(co_run_events()).co_interval is None  # no interval (no probe, or an older run)
 
 
 def test_downsample_bins_means_and_keeps_the_last_iteration():

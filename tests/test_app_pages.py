@@ -19,6 +19,7 @@ import pytest
 from conftest import (
     TINY,
     append,
+    co_event,
     co_run_events,
     config_event,
     eval_event,
@@ -261,6 +262,18 @@ def test_live_view_draws_stored_events_with_the_co_marker_and_final_results(r):
     assert "the best PGD-10 accuracy on 256 training images" in captions
     assert "finished" in at.markdown[0].value
     assert not [button for button in at.button if button.label in ("Cancel", "Resume")]
+    assert (
+        "iteration 100 of 100 · catastrophic overfitting at iteration 60" in at.get("progress")[0].proto.text
+    )
+
+
+def test_the_live_view_says_how_well_the_probe_placed_the_onset(r):
+    events = [e for e in co_run_events(total=100, co_at=60) if e["type"] != "co"]
+    events.insert(-1, co_event(60, onset=47, interval=[40, 55]))
+    at = app(run=store_run(r, events)).run()
+    text = at.get("progress")[0].proto.text
+    assert "catastrophic overfitting at iteration 47 (40–55 over resamples of the probe's images)" in text
+    assert len([s for s in charts(at)["live.chart"]["layout"]["shapes"] if s["type"] == "rect"]) == 3
 
 
 def test_live_view_reads_only_the_events_written_since_it_last_looked(r):

@@ -200,16 +200,20 @@ def test_onset_check_image_sampling_spread_is_nil_for_a_step_and_wide_for_a_drif
     places the onset there; when each falls at its own time (spread over ~100 iterations), a 32-image
     subset rarely lands within the tolerance of the 256-image reference, nor do two disjoint halves."""
     monkeypatch.setattr(onset_check, "DRAWS", 60)
-    iterations = list(range(101, 301))
-    robust_images = torch.arange(256) < 64
-    at = torch.tensor(iterations)[:, None]
-    step = robust_images & (at < 217)
-    spread = onset_check.sampling_spread(step, iterations, confirmed_at=300, seed=0)
+
+    def rows(falls) -> list[list]:  # 64 of 256 images robust, image i until iteration falls[i]
+        out = []
+        for it in range(101, 301):
+            robust = [i < 64 and it < falls[i] for i in range(256)]
+            out.append([it, sum(robust) / 256, 0.8, robust])
+        return out
+
+    spread = onset_check.sampling_spread(rows([217] * 256), confirmed_at=300, seed=0)
     assert spread["bootstrap_sd"] == 0 and spread["bootstrap_range"] == [217, 217]
     agreements = [*spread["subsets"].values(), spread["halves"]]
     assert all(s["within_tolerance"] == 1 and s["median_distance"] == 0 for s in agreements)
-    falls = 200 + 60 * torch.randn(256, generator=torch.Generator().manual_seed(0))
-    drift = onset_check.sampling_spread(robust_images & (at < falls), iterations, confirmed_at=300, seed=0)
+    falls = (200 + 60 * torch.randn(256, generator=torch.Generator().manual_seed(0))).tolist()
+    drift = onset_check.sampling_spread(rows(falls), confirmed_at=300, seed=0)
     assert drift["bootstrap_sd"] > onset_check.TOLERANCE
     assert drift["subsets"][32]["within_tolerance"] < 0.5 < drift["subsets"][32]["median_distance"]
     assert sorted(drift["subsets"]) == [32, 64, 128] and drift["halves"]["size"] == 128
@@ -228,13 +232,23 @@ def test_onset_check_evaluates_every_iteration_as_the_live_eval_does():
     assert {it: tuple(result["eval_series"][it - 1][1:]) for it in evals} == evals
 
 
+@pytest.fixture
+def one_thread():
+    """The bench's setting (its main sets one thread): the same numbers, so the same run, as its command."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
-def test_onset_check_replays_the_detectors_window_with_the_runs_own_weights():
+def test_onset_check_replays_the_detectors_window_with_the_runs_own_weights(monkeypatch, one_thread):
     """A run that collapses (digits, eps 0.19, seed 1: confirmed at 175): the window's offline probe, run
     on the kept weights, equals the live probe at every probe iteration, so the weights replayed are the
     run's; the window spans the detector's (after the eval two before the onset eval, to the confirming
     one) and every figure of the check is there."""
-    overrides = {"eps": 0.19, "eval_every": 25, "eval_points": 64, "probe_points": 16, "probe_every": 5}
+    monkeypatch.setattr(onset_check, "DRAWS", 40)
+    overrides = {"eps": 0.19, "eval_every": 25, "eval_points": 64, "probe_points": 32, "probe_every": 5}
     result = onset_check.check_seed(1, 180, onset_check.DEFAULT_PRESET, overrides)
     co = result["co"]
     assert co is not None and (co["iteration"], co["confirmed_at"]) == (150, 175)
@@ -245,6 +259,8 @@ def test_onset_check_replays_the_detectors_window_with_the_runs_own_weights():
     assert len(live) == len(window) // 5
     for iteration, pgd_acc, fgsm_acc in live:
         assert offline[iteration] == pytest.approx([pgd_acc, fgsm_acc], abs=1e-6)
+    low, high = co["onset_interval"]  # the detector's, from the probe's 32 images
+    assert low <= result["probe_onset"] == co["onset_iteration"] <= high
     assert result["eval_onset"] is not None and result["sampling"]["bootstrap_sd"] is not None
     assert set(result["offline_probe_onsets"]) == set(onset_check.CADENCES)
 

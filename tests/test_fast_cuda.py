@@ -111,8 +111,13 @@ def test_the_captured_probe_reads_the_live_weights_and_draws_the_eager_probes_nu
         with torch.no_grad():
             for param in model.parameters():
                 param.add_(0.05 * torch.randn_like(param))
-        got, want = captured(iteration).tolist(), eager(iteration).tolist()
-        assert captured(iteration).tolist() == got  # reseeded: a replay at one iteration repeats itself
+        got, want, again = (
+            captured(iteration).tolist(),
+            eager(iteration).tolist(),
+            captured(iteration).tolist(),
+        )
+        # reseeded: a second replay at one iteration draws the same numbers (the cosines show the draws)
+        assert all(abs(g - a) <= 1e-4 for g, a in zip(got[2:], again[2:], strict=True)), (got, again)
         assert all(abs(g - w) <= 1 / 32 + 1e-6 for g, w in zip(got[:2], want[:2], strict=True)), (got, want)
         assert all(abs(g - w) <= 0.02 for g, w in zip(got[2:], want[2:], strict=True)), (got, want)
     assert model.training

@@ -53,6 +53,8 @@ def config_event(start: int = 0) -> dict:
         total_iterations=100,
         step="eager",
         step_reason="cpu",
+        probe_step="eager",
+        probe_step_reason="cpu",
         precision="fp32",
     )
 

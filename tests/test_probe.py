@@ -10,7 +10,7 @@ from torch import nn
 
 from trainer.attacks import cosine, fgsm, input_grad, pgd, random_point
 from trainer.checkpoint import load_model
-from trainer.co import SMOOTH_ITERS, CODetector, dense_onset
+from trainer.co import SMOOTH_ITERS, CODetector, dense_onset, onset_interval
 from trainer.config import make_config
 from trainer.data import load_dataset
 from trainer.elle import DECAY, SENSITIVITY, AdaptiveLambda, elle_reg
@@ -29,13 +29,15 @@ def test_probe_values_equal_an_independent_computation(batch):
     pgd_delta = pgd(model, x, y, EPS, PGD_STEP * EPS, 4, generator=g)
     fgsm_delta = fgsm(model, x, y, EPS)
     with torch.no_grad():
+        robust = (model(x + pgd_delta).argmax(1) == y).float()
         expected = [
             (model(x + fgsm_delta).argmax(1) == y).float().mean().item(),
-            (model(x + pgd_delta).argmax(1) == y).float().mean().item(),
+            robust.mean().item(),
             cosine(fgsm_delta, pgd_delta).mean().item(),
             cosine(input_grad(model, x, y), input_grad(model, x, y, eta)).mean().item(),
         ]
-    assert got.tolist() == pytest.approx(expected, abs=1e-5)
+    assert got[:4].tolist() == pytest.approx(expected, abs=1e-5)
+    assert got[4:].tolist() == robust.tolist()  # each point's PGD result, for the onset's interval
     assert 0 < expected[1] < 1 and expected[3] < 0.999  # not a degenerate case
 
 
@@ -51,7 +53,7 @@ def test_the_loops_probe_events_equal_the_probe_on_the_same_weights(tmp_path):
     x, y = data.train_x[-48:], data.train_y[-48:]
     generator = torch.Generator().manual_seed(probe_seed(config.seed, 23))
     expected = probe_metrics(model, x, y, config.eps, config.probe_pgd_steps, generator).tolist()
-    assert [probes[0][key] for key in PROBE_FIELDS] == pytest.approx(expected, abs=1e-6)
+    assert [probes[0][key] for key in PROBE_FIELDS] == pytest.approx(expected[:4], abs=1e-6)
     assert sum(row.startswith("probe,") for row in events_csv(events).splitlines()) == 1  # exported
 
 
@@ -98,11 +100,47 @@ def test_the_detector_places_the_onset_from_the_probe_when_its_eval_rule_fires()
     assert set(event) - {"type"} == set(FIELDS["co"])
 
 
+def falling(images: int, start: int, stop: int, every: int, falls) -> list[list]:
+    """Detector rows [iteration, pgd_acc, fgsm_acc, per-image results] where image i is robust until
+    iteration falls(i)."""
+    rows = []
+    for it in range(start, stop + 1, every):
+        robust = [1.0 if it < falls(i) else 0.0 for i in range(images)]
+        rows.append([it, sum(robust) / images, 0.8, robust])
+    return rows
+
+
+def test_the_onset_interval_is_a_point_for_a_step_and_wide_for_a_drift():
+    """Every image falling at 131: each resample of them places the onset there. Each falling at its own
+    iteration, spread over 60-200: the interval spans tens of iterations around the onset."""
+    step = falling(32, 52, 200, 2, lambda i: 131)
+    assert onset_interval(step, 200) == [dense_onset(step, 200)] * 2
+    drift = falling(32, 52, 200, 2, lambda i: 60 + 140 * i // 31)
+    low, high = onset_interval(drift, 200)
+    assert low < dense_onset(drift, 200) < high and high - low >= 20
+    assert onset_interval([row[:3] + [[]] for row in drift], 200) is None  # no per-image results
+
+
+def test_the_detectors_co_event_carries_the_onset_interval_from_the_probes_images():
+    detector = CODetector()
+    evals = {50: (0.25, 0.4), 100: (0.3, 0.45), 150: (0.05, 0.7), 200: (0.02, 0.8)}
+    fired = []
+    for it, pgd_acc, fgsm_acc, robust in falling(32, 2, 200, 2, lambda i: 100 + 60 * i // 31):
+        detector.probe(it, pgd_acc, fgsm_acc, robust)
+        if it in evals:
+            fired.append(detector.update(it, *evals[it]))
+    (event,) = [e for e in fired if e]
+    low, high = event["onset_interval"]
+    assert low <= event["onset_iteration"] <= high
+    assert all(len(row) == 3 for row in event["onset_probes"])  # the evidence, without the images
+
+
 def test_without_probes_the_onset_is_the_first_collapsed_eval():
     detector = CODetector()
     for it, (pgd_acc, fgsm_acc) in {50: (0.3, 0.4), 100: (0.05, 0.7), 150: (0.0, 0.8)}.items():
         event = detector.update(it, pgd_acc, fgsm_acc)
     assert event["onset_iteration"] == 100 and event["onset_probes"] == []
+    assert event["onset_interval"] is None
 
 
 def test_elle_equals_a_direct_computation(batch):
@@ -226,6 +264,17 @@ def test_probe_and_co_events_from_redis_are_checked_at_the_boundary():
     detector.probe(150, 0.0, 0.9)
     co = make_event("co", **detector.update(150, 0.0, 0.9))
     assert parse_event(encode(co)) == co
-    for bad in ({"onset_iteration": "100"}, {"onset_probes": [[1, "x", 0.5]]}, {"onset_probes": {}}):
+    old = {key: value for key, value in co.items() if key != "onset_interval"}
+    assert parse_event(encode(old)) == old  # stored before the interval existed
+    bad_values = (
+        {"onset_iteration": "100"},
+        {"onset_probes": [[1, "x", 0.5]]},
+        {"onset_probes": {}},
+        {"onset_interval": [200, 100]},
+        {"onset_interval": [100]},
+        {"onset_interval": ["<b>", 100]},
+        {"onset_interval": "100-200"},
+    )
+    for bad in bad_values:
         with pytest.raises(BadEvent):
             parse_event(encode({**co, **bad}))

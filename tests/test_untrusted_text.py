@@ -33,7 +33,7 @@ def test_csv_cells_a_spreadsheet_would_run_are_inert():
     events = [
         make_event("config", config=config, device="+cpu", torch_version="@x", codash_version="-1",
                    start_iteration=0, total_iterations=1, step="eager", step_reason="cpu",
-                   precision="float32"),
+                   probe_step="eager", probe_step_reason="cpu", precision="float32"),
         make_event("metrics", iteration=1, epoch=0.5, lr=0.1, train_loss=-0.5, train_acc=0.5, reg=0.0),
     ]  # fmt: skip
     rows = list(csv.DictReader(io.StringIO(events_csv(events))))

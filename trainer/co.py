@@ -13,11 +13,15 @@ It fires once per run.
 The evals come every `eval_every` iterations, so the first collapsed eval only bounds the onset to that
 interval. Once the rule has fired, the onset is placed from the dense probe (trainer.probe, every
 `probe_every` iterations on a fixed training subset): `onset_iteration` is the first iteration of the
-collapse there (`dense_onset`), and the event carries the probe values it was read from.
+collapse there (`dense_onset`), and the event carries the probe values it was read from. On a collapse
+that drifts over a hundred iterations, which images the probe holds moves that onset by tens of
+iterations (docs/reproduction.md), so the event also carries `onset_interval`: where 90 % of the onsets
+fall when the probe's images are resampled (`onset_interval`).
 """
 
 from __future__ import annotations
 
+import random
 import statistics
 from dataclasses import asdict, dataclass, field
 
@@ -31,6 +35,8 @@ ONSET_RULE = (
     f"first iteration of the last run of pgd (mean over +-{SMOOTH_ITERS} its) < {DROP} x its peak since"
     " the eval before the last uncollapsed one, up to the confirming eval"
 )
+INTERVAL_DRAWS = 200  # bootstrap resamples of the probe's images behind onset_interval
+INTERVAL = (0.05, 0.95)  # the quantiles of the resampled onsets it spans
 
 
 def smoothed(points: list[list[float]]) -> list[tuple[int, float]]:
@@ -62,21 +68,50 @@ def dense_onset(points: list[list[float]], confirmed_at: int) -> int | None:
     return onset
 
 
+def onset_on_images(rows: list[list], images: list[int], confirmed_at: int) -> int | None:
+    """dense_onset of the PGD accuracy that only `images` would give: rows are [iteration, pgd_acc,
+    fgsm_acc, per-image PGD results (1 robust, 0 fooled)], `images` indices into those results (repeats
+    allowed)."""
+    series = [[row[0], statistics.fmean(row[3][i] for i in images)] for row in rows]
+    return dense_onset(series, confirmed_at)
+
+
+def resampled_onsets(rows: list[list], confirmed_at: int, draws: int, seed: int) -> list[int | None]:
+    """The onset on `draws` bootstrap resamples of the images behind `rows` (see onset_on_images)."""
+    rng = random.Random(seed)
+    n = len(rows[0][3])
+    return [onset_on_images(rows, [rng.randrange(n) for _ in range(n)], confirmed_at) for _ in range(draws)]
+
+
+def onset_interval(rows: list[list], confirmed_at: int) -> list[int] | None:
+    """[low, high]: the INTERVAL quantiles of the onsets of INTERVAL_DRAWS resamples of the probe's images;
+    None when a row lacks its per-image results or most resamples place no onset."""
+    if not rows or any(len(row) < 4 or not row[3] for row in rows):
+        return None
+    placed = sorted(
+        o for o in resampled_onsets(rows, confirmed_at, INTERVAL_DRAWS, confirmed_at) if o is not None
+    )
+    if len(placed) < INTERVAL_DRAWS / 2:
+        return None
+    return [placed[int(q * (len(placed) - 1))] for q in INTERVAL]
+
+
 @dataclass
 class CODetector:
     best_pgd_acc: float = 0.0
     fired_at: int | None = None
     onset: dict | None = None  # the first collapsed eval of the current streak
     streak: int = 0
-    # Dense probe rows [iteration, pgd_acc, fgsm_acc] since the eval before the last uncollapsed one: the
-    # window an onset can lie in (bounded: at most ~3 eval intervals of probes are kept).
-    probes: list[list[float]] = field(default_factory=list)
+    # Dense probe rows [iteration, pgd_acc, fgsm_acc, per-image PGD results] since the eval before the last
+    # uncollapsed one: the window an onset can lie in (bounded: at most ~3 eval intervals of probes).
+    probes: list[list] = field(default_factory=list)
     previous_eval: int = 0
 
-    def probe(self, iteration: int, pgd_acc: float, fgsm_acc: float) -> None:
-        """Feed one dense probe (in iteration order, before the eval of the same iteration)."""
+    def probe(self, iteration: int, pgd_acc: float, fgsm_acc: float, robust: list[float] = ()) -> None:
+        """Feed one dense probe (in iteration order, before the eval of the same iteration), with each of
+        its images' PGD result (1 robust, 0 fooled) when it has them."""
         if self.fired_at is None:
-            self.probes.append([iteration, pgd_acc, fgsm_acc])
+            self.probes.append([iteration, pgd_acc, fgsm_acc, list(robust)])
 
     def update(self, iteration: int, pgd_acc: float, fgsm_acc: float) -> dict | None:
         """Feed one eval; returns the co event's fields the first time the rule holds."""
@@ -101,7 +136,8 @@ class CODetector:
             }
         if self.streak < PATIENCE:
             return None
-        placed = dense_onset(self.probes, iteration)
+        window = [row for row in self.probes if row[0] <= iteration]
+        placed = dense_onset(window, iteration)
         self.fired_at = (
             self.onset["iteration"] if placed is None else placed
         )  # the final event's co_iteration
@@ -111,7 +147,8 @@ class CODetector:
             "rule": RULE,
             "onset_iteration": self.fired_at,
             "onset_rule": ONSET_RULE if placed is not None else "no dense probe: the first collapsed eval",
-            "onset_probes": [row for row in self.probes if row[0] <= iteration],
+            "onset_probes": [row[:3] for row in window],
+            "onset_interval": onset_interval(window, iteration) if placed is not None else None,
         }
 
     def state_dict(self) -> dict:

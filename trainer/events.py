@@ -69,6 +69,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
         "onset_iteration",
         "onset_rule",
         "onset_probes",
+        "onset_interval",
     ),
     "checkpoint": ("iteration", "epoch"),
     # The final evaluation's PGD: `done` of `points` test images attacked on `model` ("last", then "best"
@@ -109,7 +110,10 @@ def _is_number(value: Any) -> bool:
 
 
 # Fields added after runs were already stored: a stored event may lack them (it reads as written then).
-LATER_FIELDS = {"config": frozenset({"step", "step_reason", "probe_step", "probe_step_reason", "precision"})}
+LATER_FIELDS = {
+    "config": frozenset({"step", "step_reason", "probe_step", "probe_step_reason", "precision"}),
+    "co": frozenset({"onset_interval"}),
+}
 
 # What each field must hold, where a reader relies on it; every other field only has to be present.
 WHOLE_FIELDS = (
@@ -137,6 +141,12 @@ FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     **dict.fromkeys(ARRAY_FIELDS, (lambda v: v is None or isinstance(v, list), "a list or null")),
     "co_detected": (lambda v: isinstance(v, bool), "true or false"),
+    "onset_interval": (
+        lambda v: (
+            v is None or (isinstance(v, list) and len(v) == 2 and all(map(_is_int, v)) and v[0] <= v[1])
+        ),
+        "null or [low, high] iterations",
+    ),
     "onset_probes": (
         lambda v: isinstance(v, list) and all(isinstance(r, list) and all(map(_is_number, r)) for r in v),
         "a list of [iteration, pgd_acc, fgsm_acc] rows",

@@ -220,13 +220,11 @@ def train(
         )
     )
 
-    def emit_dense(event: Event) -> None:
-        """Metrics and probes on their way out; the CO detector reads the probes to place the onset."""
-        if event["type"] == "probe":
-            state.detector.probe(event["iteration"], event["pgd_acc"], event["fgsm_acc"])
-        emit(event)
+    def probed(event: Event, robust: list[float]) -> None:
+        """A probe on its way out: the CO detector reads it, and its images' results, to place the onset."""
+        state.detector.probe(event["iteration"], event["pgd_acc"], event["fgsm_acc"], robust)
 
-    metrics = MetricsBuffer(emit_dense)
+    metrics = MetricsBuffer(emit, probed)
     eval_x, eval_y = path.layout(data.test_x[: config.eval_points]), data.test_y[: config.eval_points]
     probe_x, probe_y = path.layout(data.train_x[: config.eval_points]), data.train_y[: config.eval_points]
 
@@ -437,10 +435,11 @@ def _clock(device: torch.device) -> float:
 
 class MetricsBuffer:
     """Per-iteration metrics and dense probes kept on the device and read back in batches: no host sync
-    every step. `flush` emits them in iteration order."""
+    every step. `flush` emits them in iteration order, each probe handed to `probed` (with its images' PGD
+    results, which no event carries) just before it is emitted."""
 
-    def __init__(self, emit: Sink):
-        self.emit = emit
+    def __init__(self, emit: Sink, probed: Callable[[Event, list[float]], None]):
+        self.emit, self.probed = emit, probed
         self.rows: list[tuple] = []
         self.probes: list[tuple[int, torch.Tensor]] = []
         self.last_flush = time.monotonic()
@@ -469,19 +468,30 @@ class MetricsBuffer:
                         reg=reg,
                     )
                 )
-                while probes and probes[0]["iteration"] <= iteration:
-                    self.emit(probes.pop(0))
+                while probes and probes[0][0]["iteration"] <= iteration:
+                    self._emit_probe(*probes.pop(0))
             self.rows.clear()
         for probe in probes:
-            self.emit(probe)
+            self._emit_probe(*probe)
         self.last_flush = time.monotonic()
 
-    def _probe_events(self) -> list[Event]:
+    def _emit_probe(self, event: Event, robust: list[float]) -> None:
+        self.probed(event, robust)
+        self.emit(event)
+
+    def _probe_events(self) -> list[tuple[Event, list[float]]]:
+        """(probe event, its images' PGD results) for each probe kept, in order."""
         if not self.probes:
             return []
         values = torch.stack([row[1] for row in self.probes]).tolist()
+        fields = len(PROBE_FIELDS)
         events = [
-            make_event("probe", iteration=iteration, **dict(zip(PROBE_FIELDS, row, strict=True)))
+            (
+                make_event(
+                    "probe", iteration=iteration, **dict(zip(PROBE_FIELDS, row[:fields], strict=True))
+                ),
+                row[fields:],
+            )
             for (iteration, _), row in zip(self.probes, values, strict=True)
         ]
         self.probes.clear()

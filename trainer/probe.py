@@ -26,7 +26,8 @@ from trainer.events import FIELDS
 from trainer.fast import Capture, FastPath, cuda_graph, one_line
 from trainer.gradalign import mean_cosine
 
-# What one probe measures, in the order of probe_metrics' result: the probe event's fields after iteration.
+# What one probe measures, in the order of probe_metrics' result: the probe event's fields after iteration
+# (then each image's PGD result, which only the CO detector reads).
 PROBE_FIELDS = FIELDS["probe"][1:]
 PGD_STEP = 0.25  # the eval's PGD step, eps/4: fewer, larger steps (PGD-3 at 2.5 eps/3) keep ~0.25 accuracy
 # on FGSM-trained digits models long after PGD-10 has fallen to ~0.02 (they overshoot, as FGSM does)
@@ -45,7 +46,8 @@ def probe_metrics(
     pgd_steps: int,
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """[FGSM acc, PGD acc, cos(FGSM delta, PGD delta), cos(grad at x, grad at x + eta)] as one tensor.
+    """[FGSM acc, PGD acc, cos(FGSM delta, PGD delta), cos(grad at x, grad at x + eta), then for each point
+    1 if PGD did not fool the model on it, else 0] as one tensor (one output to capture and read back).
 
     The draws, in order: eta (the alignment's unclipped random point, attacks.random_point), then PGD's
     random start (attacks.uniform_noise); so attacks.pgd with the same generator after random_point gives
@@ -65,14 +67,10 @@ def probe_metrics(
         pgd_delta = project(pgd_delta + step * input_grad(model, x, y, pgd_delta).sign(), x, eps)
     with torch.no_grad():
         correct = (model(torch.cat([x + fgsm_delta, x + pgd_delta])).argmax(1) == y.repeat(2)).float()
-    return torch.stack(
-        [
-            correct[:n].mean(),
-            correct[n:].mean(),
-            _cosine(fgsm_delta, pgd_delta),
-            _cosine(grad_x, grad_eta),
-        ]
+    summary = torch.stack(
+        [correct[:n].mean(), correct[n:].mean(), _cosine(fgsm_delta, pgd_delta), _cosine(grad_x, grad_eta)]
     )
+    return torch.cat([summary, correct[n:]])
 
 
 class DenseProbe:

@@ -119,6 +119,9 @@ def _status(r, run, history: RunHistory) -> None:
         text = f"iteration {iteration:,} of {total:,}" if total else f"{run.status}: no iteration yet"
         if history.co_iteration is not None:
             text += f" · catastrophic overfitting at iteration {history.co_iteration:,}"
+            if history.co_interval is not None:
+                low, high = history.co_interval
+                text += f" ({low:,}–{high:,} over resamples of the probe's images)"
         if (
             run.status == api.RunStatus.RUNNING and total in history.evals
         ):  # the last live eval is in: the final runs
