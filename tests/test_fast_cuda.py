@@ -117,9 +117,10 @@ def test_the_captured_probe_reads_the_live_weights_and_draws_the_eager_probes_nu
             captured(iteration).tolist(),
         )
         # reseeded: a second replay at one iteration draws the same numbers (the cosines show the draws)
-        assert all(abs(g - a) <= 1e-4 for g, a in zip(got[2:], again[2:], strict=True)), (got, again)
+        assert all(abs(g - a) <= 1e-4 for g, a in zip(got[2:4], again[2:4], strict=True)), (got, again)
         assert all(abs(g - w) <= 1 / 32 + 1e-6 for g, w in zip(got[:2], want[:2], strict=True)), (got, want)
-        assert all(abs(g - w) <= 0.02 for g, w in zip(got[2:], want[2:], strict=True)), (got, want)
+        assert all(abs(g - w) <= 0.02 for g, w in zip(got[2:4], want[2:4], strict=True)), (got, want)
+        assert sum(g != w for g, w in zip(got[4:], want[4:], strict=True)) <= 1  # each image's PGD result
     assert model.training
 
 
