@@ -152,12 +152,9 @@ def run_figure(
             first = False
             drawn.add(metric)
         if run.history.co_iteration is not None:
-            co, interval = run.history.co_iteration, run.history.co_interval
-            band = (
-                None
-                if overlay or interval is None
-                else (at(run.history, interval[0]), at(run.history, interval[1]))
-            )
+            co, interval, band = run.history.co_iteration, run.history.co_interval, None
+            if interval is not None and not overlay:  # one band per run would bury an overlay's curves
+                band = (at(run.history, interval[0]), at(run.history, interval[1]))
             _co_marker(fig, at(run.history, co), co, color if overlay else CO_COLOR, run.label, overlay, band)
     if overlay:
         _style_key(fig, [metric for metric in METRICS if metric in drawn])

@@ -16,7 +16,7 @@ interval. Once the rule has fired, the onset is placed from the dense probe (tra
 collapse there (`dense_onset`), and the event carries the probe values it was read from. On a collapse
 that drifts over a hundred iterations, which images the probe holds moves that onset by tens of
 iterations (docs/reproduction.md), so the event also carries `onset_interval`: where 90 % of the onsets
-fall when the probe's images are resampled (`onset_interval`).
+fall when the probe's images are resampled.
 """
 
 from __future__ import annotations

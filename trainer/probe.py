@@ -76,8 +76,9 @@ def probe_metrics(
 class DenseProbe:
     """The probe of a run's live model on its fixed points, called with the iteration it follows.
 
-    Eager, one probe is ~P-PGD-steps + 2 small forward/backward passes: on a GPU, where a captured training
-    step takes a few milliseconds, that costs more than the steps between two probes. So on the fast path
+    Eager, a probe is probe_pgd_steps small forward/backward passes and a forward, launch-bound on a GPU:
+    ~80 ms for a ResNet-18 on an H200, against ~100 ms for the 20 captured steps between two probes
+    (estimated in docs/benchmarks.md). So on the fast path
     (trainer.fast) it is recorded once, in eval mode, and replayed; its generator, registered with the
     graph, is reseeded before every call, so the probe's random numbers stay a function of (seed,
     iteration) either way. `kind` and `reason` say which, for the config event, as the step's do; a capture
