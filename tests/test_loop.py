@@ -8,11 +8,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, without_timing
+from conftest import TINY, co_event, without_timing
 
 from trainer.attacks import pgd
 from trainer.checkpoint import load_model, model_for
-from trainer.cli import build_parser, config_from_args
+from trainer.cli import ProgressSink, build_parser, config_from_args
 from trainer.cli import main as cli_main
 from trainer.config import make_config
 from trainer.data import load_dataset
@@ -127,6 +127,18 @@ def test_after_step_sees_every_iteration_and_an_evaluation_there_changes_nothing
     watched, _ = run(cfg, after_step=attack)
     assert seen == list(range(1, 26))
     assert [without_timing(e) for e in watched] == [without_timing(e) for e in plain]
+
+
+def test_the_cli_says_where_co_began_and_how_well_the_probe_placed_it(capsys):
+    sink = ProgressSink(lambda event: None, make_config(TINY), disable=True)
+    sink(co_event(60, onset=47, interval=[40, 55]))
+    sink(co_event(60))  # no interval: a run without a placed onset, or stored before intervals existed
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "catastrophic overfitting at iteration 47 (40–55 over resamples of the probe's images)"
+        " (first collapsed eval: 60)",
+        "catastrophic overfitting at iteration 60 (first collapsed eval: 60)",
+    ]
 
 
 def test_resume_without_checkpoint_starts_fresh(tmp_path):

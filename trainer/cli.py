@@ -14,6 +14,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from trainer.co import interval_words
 from trainer.config import ConfigError, RunConfig, allowed, make_config
 from trainer.events import Event, JsonlSink
 from trainer.presets import PRESETS
@@ -89,7 +90,7 @@ class ProgressSink:
         elif kind == "co":
             self.bar.write(
                 f"catastrophic overfitting at iteration {event['onset_iteration']}"
-                f" (first collapsed eval: {event['iteration']})",
+                f"{interval_words(event.get('onset_interval'))} (first collapsed eval: {event['iteration']})",
                 file=sys.stderr,
             )
         elif kind == "final":

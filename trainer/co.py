@@ -96,6 +96,13 @@ def onset_interval(rows: list[list], confirmed_at: int) -> list[int] | None:
     return [placed[int(q * (len(placed) - 1))] for q in INTERVAL]
 
 
+def interval_words(interval: list[int] | tuple[int, int] | None) -> str:
+    """How the CLI and the dashboard say an onset_interval after the onset: '' when there is none."""
+    return (
+        "" if interval is None else f" ({interval[0]:,}–{interval[1]:,} over resamples of the probe's images)"
+    )
+
+
 @dataclass
 class CODetector:
     best_pgd_acc: float = 0.0

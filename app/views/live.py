@@ -22,6 +22,7 @@ from app.tables import elapsed_s
 from app.text import format_duration, md_escape, model_name, percent, snapshot_label
 from app.views import launch
 from jobs import api
+from trainer.co import interval_words
 
 REFRESH_S = 1.0
 X_AXES = ("iteration", "wall clock")
@@ -119,9 +120,7 @@ def _status(r, run, history: RunHistory) -> None:
         text = f"iteration {iteration:,} of {total:,}" if total else f"{run.status}: no iteration yet"
         if history.co_iteration is not None:
             text += f" · catastrophic overfitting at iteration {history.co_iteration:,}"
-            if history.co_interval is not None:
-                low, high = history.co_interval
-                text += f" ({low:,}–{high:,} over resamples of the probe's images)"
+            text += interval_words(history.co_interval)
         if (
             run.status == api.RunStatus.RUNNING and total in history.evals
         ):  # the last live eval is in: the final runs
