@@ -141,13 +141,15 @@ def check_seed(seed: int, iters: int, preset: str, overrides: dict) -> dict:
     # (from just after the eval before the last uncollapsed one to the confirming eval) is among them.
     recent: deque[tuple[int, dict]] = deque(maxlen=(PATIENCE + 1) * config.eval_every)
     events: list[dict] = []
-    eval_s, collapsed = 0.0, False
+    eval_s, first = 0.0, None  # first: the window's first iteration, once the co event has come
 
     def evaluate(model: nn.Module, iteration: int, names) -> None:
         with path.autocast():
             for name in names:
                 x, y, offset = references[name]
-                pgd_right, fgsm_right = eval_points(model, x, y, config, config.seed + iteration + offset)
+                pgd_right, fgsm_right = per_image_results(
+                    model, x, y, config, config.seed + iteration + offset
+                )
                 rows[name].append(
                     [iteration, pgd_right.float().mean().item(), fgsm_right.float().mean().item()]
                 )
@@ -161,21 +163,21 @@ def check_seed(seed: int, iters: int, preset: str, overrides: dict) -> dict:
         model.eval()
         evaluate(model, iteration, ["eval"])
         model.train()
-        if not collapsed:
+        if first is None:
             recent.append((iteration, {k: v.detach().clone() for k, v in model.state_dict().items()}))
         eval_s += time.perf_counter() - started
 
     def sink(event: dict) -> None:
         """At the co event, the other references and the probe at every iteration of the window."""
-        nonlocal eval_s, collapsed
+        nonlocal eval_s, first
         events.append(event)
         if event["type"] != "co":
             return
-        collapsed, started = True, time.perf_counter()
+        first, started = max(1, event["iteration"] - 2 * config.eval_every + 1), time.perf_counter()
         model = path.prepare(model_for(config).to(device))
         probe = DenseProbe(model, config, dense_x, dense_y, path, None)  # the run's, on these weights
         for iteration, weights in recent:
-            if iteration <= event["iteration"] - 2 * config.eval_every:
+            if iteration < first:
                 continue
             model.load_state_dict(weights)
             evaluate(model.eval(), iteration, ["other_start", "train_images"])
@@ -199,7 +201,7 @@ def check_seed(seed: int, iters: int, preset: str, overrides: dict) -> dict:
     }
     if co is None:
         return {**result, "co": None}
-    first, confirmed_at = probe_series[0][0], co["confirmed_at"]
+    confirmed_at = co["confirmed_at"]
     window = rows["eval"][first - 1 : confirmed_at]
     reference = dense_onset(window, confirmed_at)
     at_cadence = {
@@ -225,7 +227,7 @@ def check_seed(seed: int, iters: int, preset: str, overrides: dict) -> dict:
     }
 
 
-def eval_points(model, x, y, config, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def per_image_results(model, x, y, config, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image correctness under the live eval's PGD and FGSM (its attacks and seed; one batch, so their
     means are eval_metrics' pgd_acc and fgsm_acc)."""
     generator = torch.Generator(x.device).manual_seed(seed)
