@@ -102,7 +102,7 @@ def preset_costs(preset: str, variants: list[tuple[int, int, int]], args: argpar
         results.append(row)
         print(
             f"{preset:40s} points {points:3d} PGD-{steps:<3d} every {every:3d}: {ms:6.2f} ms/it,"
-            f" +{row['overhead']:.1%}",
+            f" {row['overhead']:+.1%}",
             flush=True,
         )
     return results

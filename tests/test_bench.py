@@ -273,5 +273,6 @@ def test_probe_cost_times_a_cifar_preset_on_cifar_shaped_data(tmp_path):
     probe_cost.main([*argv, "--presets", preset, "--synthetic", "--out", str(out)])
     rows = json.loads(out.read_text())["results"]
     assert [(r["probe_points"], r["probe_every"]) for r in rows] == [(0, 1), (8, 1)]
-    assert all(r["preset"] == preset and positive(r["ms_per_iteration"]) for r in rows)
+    # Over 3 iterations a time per iteration is the difference of two noisy timings: its sign means nothing.
+    assert all(r["preset"] == preset and math.isfinite(r["ms_per_iteration"]) for r in rows)
     assert rows[0]["overhead"] == 0 and math.isfinite(rows[1]["overhead"])
