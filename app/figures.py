@@ -290,7 +290,8 @@ def _co_marker(
     band: tuple[float, float] | None = None,
 ) -> None:
     """A dashed vertical line at the CO iteration (drawn at `x`) on each panel, labelled on each panel, and
-    `band` (where the onset falls over resamples of the probe's images, on the x axis) shaded behind it."""
+    `band` (where the onset falls over resamples of the images it was placed on, on the x axis) shaded
+    behind it."""
     text = (
         f"CO · {html.escape(label)} @ {iteration:,}"
         if overlay

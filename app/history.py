@@ -117,7 +117,7 @@ class RunHistory:
 
     @property
     def co_iteration(self) -> int | None:
-        """The CO onset: placed from the dense probe when the run had one, else the first collapsed eval."""
+        """The CO onset: placed on the densest series the run had (trainer.co)."""
         if not self.co:
             return None
         onset = self.co.get("onset_iteration")
@@ -125,8 +125,8 @@ class RunHistory:
 
     @property
     def co_interval(self) -> tuple[int, int] | None:
-        """Where the onset falls over resamples of the probe's images (trainer.co.onset_interval): how well
-        the probe places it; None for runs without one (no probe, or stored before it existed)."""
+        """Where the onset falls over resamples of the images it was placed on (trainer.co.onset_interval):
+        how well it is placed; None for runs without one (no dense series, or stored before it existed)."""
         interval = self.co.get("onset_interval") if self.co else None
         return (interval[0], interval[1]) if interval else None
 

@@ -273,6 +273,7 @@ def co_event(it: int, onset: int | None = None, interval: list[int] | None = Non
         onset_iteration=it if onset is None else onset,
         onset_rule="r",
         onset_probes=[],
+        onset_evals=None,
         onset_interval=interval,
     )
 

@@ -272,7 +272,7 @@ def test_the_live_view_says_how_well_the_probe_placed_the_onset(r):
     events.insert(-1, co_event(60, onset=47, interval=[40, 55]))
     at = app(run=store_run(r, events)).run()
     text = at.get("progress")[0].proto.text
-    assert "catastrophic overfitting at iteration 47 (40–55 over resamples of the probe's images)" in text
+    assert "catastrophic overfitting at iteration 47 (40–55 over resamples of its images)" in text
     assert len([s for s in charts(at)["live.chart"]["layout"]["shapes"] if s["type"] == "rect"]) == 3
 
 

@@ -135,7 +135,7 @@ def test_the_cli_says_where_co_began_and_how_well_the_probe_placed_it(capsys):
     sink(co_event(60))  # no interval: a run without a placed onset, or stored before intervals existed
     lines = capsys.readouterr().err.splitlines()
     assert lines == [
-        "catastrophic overfitting at iteration 47 (40–55 over resamples of the probe's images)"
+        "catastrophic overfitting at iteration 47 (40–55 over resamples of its images)"
         " (first collapsed eval: 60)",
         "catastrophic overfitting at iteration 60 (first collapsed eval: 60)",
     ]

@@ -135,6 +135,39 @@ def test_the_detectors_co_event_carries_the_onset_interval_from_the_probes_image
     assert all(len(row) == 3 for row in event["onset_probes"])  # the evidence, without the images
 
 
+def test_the_detector_places_the_onset_on_the_eval_at_every_iteration_when_it_is_given_one():
+    """The probe (every 2) says 131; the eval at every iteration of the window (its 64 images falling over
+    140-160) is asked for exactly the window, and places the onset; without it, the probe does."""
+    probes = ramp(2, 200, 0.3, 0.01, collapse_at=131, every=2)
+    evals = {50: (0.25, 0.4), 100: (0.3, 0.45), 150: (0.05, 0.7), 200: (0.02, 0.8)}
+    replay = falling(64, 51, 200, 1, lambda i: 140 + 20 * i // 63)
+    asked = []
+
+    def every_iteration(first, last):
+        asked.append((first, last))
+        return [row for row in replay if first <= row[0] <= last]
+
+    def fire(source) -> dict:
+        detector, fired = CODetector(), []
+        for it, pgd_acc, fgsm_acc in probes:
+            detector.probe(it, pgd_acc, fgsm_acc)
+            if it in evals:
+                fired.append(detector.update(it, *evals[it], source))
+        return next(e for e in fired if e)
+
+    event = fire(every_iteration)
+    assert asked == [(51, 200)]
+    assert event["onset_iteration"] == dense_onset(replay, 200) and 140 <= event["onset_iteration"] <= 160
+    assert event["onset_rule"].endswith("on the eval at every iteration")
+    assert event["onset_evals"] == [row[:3] for row in replay]
+    assert event["onset_interval"] == onset_interval(replay, 200)
+    assert len(event["onset_probes"]) == 75  # the probe's evidence stays
+    for missing in (lambda first, last: None, None):
+        event = fire(missing)
+        assert abs(event["onset_iteration"] - 131) <= 3 and event["onset_evals"] is None
+        assert event["onset_rule"].endswith("on the dense probe")
+
+
 def test_without_probes_the_onset_is_the_first_collapsed_eval():
     detector = CODetector()
     for it, (pgd_acc, fgsm_acc) in {50: (0.3, 0.4), 100: (0.05, 0.7), 150: (0.0, 0.8)}.items():
@@ -264,8 +297,10 @@ def test_probe_and_co_events_from_redis_are_checked_at_the_boundary():
     detector.probe(150, 0.0, 0.9)
     co = make_event("co", **detector.update(150, 0.0, 0.9))
     assert parse_event(encode(co)) == co
-    old = {key: value for key, value in co.items() if key != "onset_interval"}
-    assert parse_event(encode(old)) == old  # stored before the interval existed
+    old = {key: value for key, value in co.items() if key not in ("onset_interval", "onset_evals")}
+    assert parse_event(encode(old)) == old  # stored before the interval and the replay existed
+    replayed = {**co, "onset_evals": [[101, 0.2, 0.5], [102, 0.1, 0.6]]}
+    assert parse_event(encode(replayed)) == replayed
     bad_values = (
         {"onset_iteration": "100"},
         {"onset_probes": [[1, "x", 0.5]]},
@@ -274,6 +309,8 @@ def test_probe_and_co_events_from_redis_are_checked_at_the_boundary():
         {"onset_interval": [100]},
         {"onset_interval": ["<b>", 100]},
         {"onset_interval": "100-200"},
+        {"onset_evals": [[101, None, "0.5"]]},
+        {"onset_evals": "101-175"},
     )
     for bad in bad_values:
         with pytest.raises(BadEvent):

@@ -11,18 +11,25 @@ accuracy close, so (3) fails; the patience ignores the one-eval dips that GradAl
 It fires once per run.
 
 The evals come every `eval_every` iterations, so the first collapsed eval only bounds the onset to that
-interval. Once the rule has fired, the onset is placed from the dense probe (trainer.probe, every
-`probe_every` iterations on a fixed training subset): `onset_iteration` is the first iteration of the
-collapse there (`dense_onset`), and the event carries the probe values it was read from. On a collapse
-that drifts over a hundred iterations, which images the probe holds moves that onset by tens of
-iterations (docs/reproduction.md), so the event also carries `onset_interval`: where 90 % of the onsets
-fall when the probe's images are resampled.
+interval. Once the rule has fired, `onset_iteration` is the first iteration of the collapse
+(`dense_onset`) on the densest series the run has of the window it can lie in (from just after the eval
+before the last uncollapsed one to the confirming eval):
+  - the live eval itself at every iteration of the window, replayed on the weights the run kept
+    (trainer.window; `onset_evals` carries its rows), else
+  - the dense probe (trainer.probe, every `probe_every` iterations on a fixed training subset; a resumed
+    or forked run has not kept the window's weights), else
+  - the first collapsed eval.
+The event carries the probe's rows (`onset_probes`) either way, and `onset_interval`: where 90 % of the
+onsets fall when the images of the series it was placed on are resampled. On a collapse that drifts over
+a hundred iterations that is 10-40 iterations for the 256-image eval and more for a 32-image probe
+(docs/reproduction.md).
 """
 
 from __future__ import annotations
 
 import random
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 MIN_PEAK = 0.15
@@ -35,7 +42,7 @@ ONSET_RULE = (
     f"first iteration of the last run of pgd (mean over +-{SMOOTH_ITERS} its) < {DROP} x its peak since"
     " the eval before the last uncollapsed one, up to the confirming eval"
 )
-INTERVAL_DRAWS = 200  # bootstrap resamples of the probe's images behind onset_interval
+INTERVAL_DRAWS = 200  # bootstrap resamples of the images behind onset_interval
 INTERVAL = (0.05, 0.95)  # the quantiles of the resampled onsets it spans
 
 
@@ -84,7 +91,7 @@ def resampled_onsets(rows: list[list], confirmed_at: int, draws: int, seed: int)
 
 
 def onset_interval(rows: list[list], confirmed_at: int) -> list[int] | None:
-    """[low, high]: the INTERVAL quantiles of the onsets of INTERVAL_DRAWS resamples of the probe's images;
+    """[low, high]: the INTERVAL quantiles of the onsets of INTERVAL_DRAWS resamples of the rows' images;
     None when a row lacks its per-image results or most resamples place no onset."""
     if not rows or any(len(row) < 4 or not row[3] for row in rows):
         return None
@@ -98,9 +105,7 @@ def onset_interval(rows: list[list], confirmed_at: int) -> list[int] | None:
 
 def interval_words(interval: list[int] | tuple[int, int] | None) -> str:
     """How the CLI and the dashboard say an onset_interval after the onset: '' when there is none."""
-    return (
-        "" if interval is None else f" ({interval[0]:,}–{interval[1]:,} over resamples of the probe's images)"
-    )
+    return "" if interval is None else f" ({interval[0]:,}–{interval[1]:,} over resamples of its images)"
 
 
 @dataclass
@@ -113,6 +118,7 @@ class CODetector:
     # uncollapsed one: the window an onset can lie in (bounded: at most ~3 eval intervals of probes).
     probes: list[list] = field(default_factory=list)
     previous_eval: int = 0
+    window_start: int = 1  # the first iteration the onset can lie at
 
     def probe(self, iteration: int, pgd_acc: float, fgsm_acc: float, robust: list[float] = ()) -> None:
         """Feed one dense probe (in iteration order, before the eval of the same iteration), with each of
@@ -120,8 +126,16 @@ class CODetector:
         if self.fired_at is None:
             self.probes.append([iteration, pgd_acc, fgsm_acc, list(robust)])
 
-    def update(self, iteration: int, pgd_acc: float, fgsm_acc: float) -> dict | None:
-        """Feed one eval; returns the co event's fields the first time the rule holds."""
+    def update(
+        self,
+        iteration: int,
+        pgd_acc: float,
+        fgsm_acc: float,
+        evals: Callable[[int, int], list[list] | None] | None = None,
+    ) -> dict | None:
+        """Feed one eval; returns the co event's fields the first time the rule holds. `evals(first, last)`,
+        asked then, gives the eval's [iteration, pgd_acc, fgsm_acc, per-image PGD results] rows at every
+        iteration from first to last, or None when it has not got them."""
         self.best_pgd_acc = max(self.best_pgd_acc, pgd_acc)
         if self.fired_at is not None:
             return None
@@ -130,8 +144,8 @@ class CODetector:
         )
         previous, self.previous_eval = self.previous_eval, iteration
         if not collapsed:
-            self.streak, self.onset = 0, None
-            self.probes = [row for row in self.probes if row[0] > previous]
+            self.streak, self.onset, self.window_start = 0, None, previous + 1
+            self.probes = [row for row in self.probes if row[0] >= self.window_start]
             return None
         self.streak += 1
         if self.onset is None:
@@ -143,8 +157,16 @@ class CODetector:
             }
         if self.streak < PATIENCE:
             return None
-        window = [row for row in self.probes if row[0] <= iteration]
-        placed = dense_onset(window, iteration)
+        probes = [row for row in self.probes if row[0] <= iteration]
+        replayed = evals(self.window_start, iteration) if evals is not None else None
+        spacing = replayed[1][0] - replayed[0][0] if replayed and len(replayed) > 1 else 1
+        replay = "the eval at every iteration" if spacing == 1 else f"the eval every {spacing} iterations"
+        placed, rule = None, "no dense series: the first collapsed eval"
+        for series, source in ((replayed, replay), (probes, "the dense probe")):
+            placed = dense_onset(series, iteration) if series else None
+            if placed is not None:
+                rule = f"{ONSET_RULE}, on {source}"
+                break
         self.fired_at = (
             self.onset["iteration"] if placed is None else placed
         )  # the final event's co_iteration
@@ -153,9 +175,10 @@ class CODetector:
             "confirmed_at": iteration,
             "rule": RULE,
             "onset_iteration": self.fired_at,
-            "onset_rule": ONSET_RULE if placed is not None else "no dense probe: the first collapsed eval",
-            "onset_probes": [row[:3] for row in window],
-            "onset_interval": onset_interval(window, iteration) if placed is not None else None,
+            "onset_rule": rule,
+            "onset_probes": [row[:3] for row in probes],
+            "onset_evals": [row[:3] for row in replayed] if replayed else None,
+            "onset_interval": onset_interval(series, iteration) if placed is not None else None,
         }
 
     def state_dict(self) -> dict:

@@ -171,6 +171,11 @@ class RunConfig(BaseModel):
     )
     probe_every: int = Field(20, ge=1, le=100_000, description="iterations between dense probes")
     probe_pgd_steps: int = Field(10, ge=1, le=100, description="PGD steps of the dense probe (step ε/4)")
+    onset_replay: Switch = Field(
+        "auto",
+        description="when CO fires, place its onset on the eval of every iteration of the window, from kept"
+        " weights (auto: on for CUDA; on the CPU digits model ~35 s once, trainer/window.py)",
+    )
     final_eval_points: int = Field(1000, ge=0, le=100_000)
     final_pgd_steps: int = Field(50, ge=1, le=1000)
     final_pgd_restarts: int = Field(10, ge=1, le=100)
@@ -272,6 +277,10 @@ class RunConfig(BaseModel):
     def bf16(self, device_type: str) -> bool:
         """Whether a run on this kind of device trains and evaluates under bf16 autocast (amp resolved)."""
         return device_type == "cuda" and self.amp != "off"
+
+    def replays_onset(self, device_type: str) -> bool:
+        """Whether a run on this kind of device keeps the window's weights to place the onset on the eval."""
+        return self.onset_replay == "on" or (self.onset_replay == "auto" and device_type == "cuda")
 
     @property
     def uses_elle(self) -> bool:

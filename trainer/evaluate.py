@@ -132,6 +132,18 @@ def attack_points(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
     return out
 
 
+def per_image_results(model, x, y, config, seed: int, batch: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image correctness under the live eval's PGD and FGSM: its attacks, batches and generator seeded
+    with `seed` as eval_metrics seeds it, so their means are the eval event's pgd_acc and fgsm_acc."""
+    generator = torch.Generator(x.device).manual_seed(seed)
+    pgd_right, fgsm_right = [], []
+    for xb, yb in batches(x, y, batch):
+        attacked = attack_points(model, xb, yb, config.eps, config.eval_pgd_steps, generator)
+        pgd_right.append(attacked["pgd"] == yb)
+        fgsm_right.append(attacked["fgsm"] == yb)
+    return torch.cat(pgd_right), torch.cat(fgsm_right)
+
+
 def _mean(values: torch.Tensor) -> float:
     return float(values.mean()) if values.numel() else float("nan")
 

@@ -69,6 +69,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
         "onset_iteration",
         "onset_rule",
         "onset_probes",
+        "onset_evals",
         "onset_interval",
     ),
     "checkpoint": ("iteration", "epoch"),
@@ -109,10 +110,14 @@ def _is_number(value: Any) -> bool:
     return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
 
 
+def _is_rows(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(r, list) and all(map(_is_number, r)) for r in value)
+
+
 # Fields added after runs were already stored: a stored event may lack them (it reads as written then).
 LATER_FIELDS = {
     "config": frozenset({"step", "step_reason", "probe_step", "probe_step_reason", "precision"}),
-    "co": frozenset({"onset_interval"}),
+    "co": frozenset({"onset_interval", "onset_evals"}),
 }
 
 # What each field must hold, where a reader relies on it; every other field only has to be present.
@@ -147,9 +152,10 @@ FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         ),
         "null or [low, high] iterations",
     ),
-    "onset_probes": (
-        lambda v: isinstance(v, list) and all(isinstance(r, list) and all(map(_is_number, r)) for r in v),
-        "a list of [iteration, pgd_acc, fgsm_acc] rows",
+    "onset_probes": (_is_rows, "a list of [iteration, pgd_acc, fgsm_acc] rows"),
+    "onset_evals": (
+        lambda v: v is None or _is_rows(v),
+        "null or a list of [iteration, pgd_acc, fgsm_acc] rows",
     ),
     **dict.fromkeys(
         ("device", "step", "probe_step", "precision"), (lambda v: isinstance(v, str), "a string")

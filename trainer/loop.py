@@ -41,6 +41,7 @@ from trainer.fast import Capture, FastPath, RunParts, fast_path, training_step
 from trainer.free import FreeAT
 from trainer.gradalign import grad_align_reg
 from trainer.probe import PROBE_FIELDS, DenseProbe
+from trainer.window import WindowWeights
 
 FINAL_PROGRESS_STEPS = 20  # final_progress events per model, at most, after the one as it begins
 METRICS_FLUSH_S = 0.5  # metrics are read off the device in batches, at most this long after the step
@@ -225,6 +226,8 @@ def train(
         state.detector.probe(event["iteration"], event["pgd_acc"], event["fgsm_acc"], robust)
 
     metrics = MetricsBuffer(emit, probed)
+    replay = config.replays_onset(device.type)
+    window = WindowWeights(model, config, lambda: path.prepare(model_for(config).to(device)))
     eval_x, eval_y = path.layout(data.test_x[: config.eval_points]), data.test_y[: config.eval_points]
     probe_x, probe_y = path.layout(data.train_x[: config.eval_points]), data.train_y[: config.eval_points]
 
@@ -268,6 +271,8 @@ def train(
         if config.probe_points and state.iteration % config.probe_every == 0:
             metrics.add_probe(state.iteration, dense_probe(state.iteration))
         metrics.add(state.iteration, state.iteration / steps_per_epoch, lr, loss, acc, reg)
+        if replay and state.detector.fired_at is None:
+            window.keep(state.iteration)
         if after_step is not None:
             after_step(state.iteration, model)
 
@@ -279,7 +284,17 @@ def train(
             metrics.flush()
             if at_eval:
                 with path.autocast():
-                    _evaluate(model, config, state, run_dir, emit, (eval_x, eval_y), (probe_x, probe_y), path)
+                    _evaluate(
+                        model,
+                        config,
+                        state,
+                        run_dir,
+                        emit,
+                        (eval_x, eval_y),
+                        (probe_x, probe_y),
+                        path,
+                        window,
+                    )
                 save_fork_point()
             if at_epoch_end or stopping:
                 save_checkpoint()
@@ -319,7 +334,9 @@ def _train_step(
     return loss.detach(), (logits.argmax(1) == y).float().mean(), reg.detach()
 
 
-def _evaluate(model, cfg, state: RunState, run_dir: Path, emit: Sink, test, probe, path: FastPath) -> None:
+def _evaluate(
+    model, cfg, state: RunState, run_dir: Path, emit: Sink, test, probe, path: FastPath, window: WindowWeights
+) -> None:
     model.eval()
     seed = cfg.seed + state.iteration
     values, inside = eval_metrics(
@@ -328,8 +345,14 @@ def _evaluate(model, cfg, state: RunState, run_dir: Path, emit: Sink, test, prob
     model.train()
     emit(make_event("eval", iteration=state.iteration, **values))
     emit(make_event("snapshot", iteration=state.iteration, **inside))
-    co = state.detector.update(state.iteration, values["pgd_acc"], values["fgsm_acc"])
+    co = state.detector.update(
+        state.iteration,
+        values["pgd_acc"],
+        values["fgsm_acc"],
+        lambda first, last: window.rows(first, last, *test, path),
+    )
     if co is not None:
+        window.release()
         emit(make_event("co", **co))
     if values["train_pgd_acc"] > state.best_train_pgd_acc:  # the paper's early stopping
         state.best_train_pgd_acc, state.best_iteration = values["train_pgd_acc"], state.iteration

@@ -1,0 +1,103 @@
+"""The detector's window kept as weights (trainer.window): the onset placed on the eval at every iteration."""
+
+import pytest
+import torch
+from conftest import without_timing
+
+from trainer import window
+from trainer.checkpoint import model_for
+from trainer.co import dense_onset
+from trainer.config import make_config
+from trainer.loop import train
+from trainer.presets import DEFAULT_PRESET, PRESETS
+
+# digits FGSM at eps 0.19, seed 1: the eval rule fires at 150 and is confirmed at 175
+COLLAPSING = {
+    **PRESETS[DEFAULT_PRESET],
+    "eps": 0.19,
+    "seed": 1,
+    "max_iters": 180,
+    "eval_every": 25,
+    "eval_points": 64,
+    "probe_every": 5,
+    "final_eval_points": 0,
+    "device": "cpu",
+}
+
+
+def run(**fields) -> list[dict]:
+    events = []
+    train(make_config({**COLLAPSING, **fields}), events.append)
+    return events
+
+
+def co_of(events: list[dict]) -> dict:
+    (co,) = [event for event in events if event["type"] == "co"]
+    return co
+
+
+@pytest.fixture(scope="module")
+def replayed() -> list[dict]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same numbers in every test of the module
+    yield run(onset_replay="on")
+    torch.set_num_threads(threads)
+
+
+def test_the_kept_weights_are_the_runs_own_their_eval_equals_the_live_one_at_every_eval(replayed):
+    co = co_of(replayed)
+    assert (co["iteration"], co["confirmed_at"]) == (150, 175)
+    rows = co["onset_evals"]
+    # the detector's window: after the eval before the last uncollapsed one (100), to the confirming eval
+    assert [row[0] for row in rows] == list(range(101, 176))
+    evals = {e["iteration"]: [e["pgd_acc"], e["fgsm_acc"]] for e in replayed if e["type"] == "eval"}
+    assert {row[0]: row[1:] for row in rows if row[0] in evals} == {it: evals[it] for it in (125, 150, 175)}
+
+
+def test_the_onset_is_placed_on_the_replayed_eval_and_its_interval_on_the_evals_images(replayed):
+    co = co_of(replayed)
+    assert co["onset_iteration"] == dense_onset(co["onset_evals"], co["confirmed_at"])
+    assert co["onset_rule"].endswith("on the eval at every iteration")
+    low, high = co["onset_interval"]
+    assert low <= co["onset_iteration"] <= high
+    assert co["onset_probes"] and all(row[0] % 5 == 0 for row in co["onset_probes"])  # still the evidence
+    (final,) = [e for e in replayed if e["type"] == "final"]
+    assert final["co_iteration"] == co["onset_iteration"]
+
+
+def test_without_the_replay_the_probe_places_the_onset_and_the_run_is_the_same(replayed):
+    plain = run(onset_replay="off")
+    co = co_of(plain)
+    assert co["onset_evals"] is None and co["onset_rule"].endswith("on the dense probe")
+    assert co["onset_iteration"] == dense_onset(co["onset_probes"], co["confirmed_at"])
+    # keeping weights changes nothing in training, its evals or its probes
+    dense = {"metrics", "probe", "eval", "snapshot"}
+    assert [without_timing(e) for e in plain if e["type"] in dense] == [
+        without_timing(e) for e in replayed if e["type"] in dense
+    ]
+    assert make_config({}).replays_onset("cuda") and not make_config({}).replays_onset("cpu")
+
+
+def test_a_model_too_large_for_the_budget_keeps_every_few_steps(monkeypatch, replayed):
+    state_bytes = sum(t.numel() * t.element_size() for t in _model_state(COLLAPSING))
+    monkeypatch.setattr(window, "WINDOW_BYTES", 19 * state_bytes)  # 75 steps' window, 19 fit: every 4th
+    co = co_of(run(onset_replay="on"))
+    rows = co["onset_evals"]
+    assert [row[0] for row in rows] == list(range(104, 176, 4))
+    assert co["onset_rule"].endswith("on the eval every 4 iterations")
+    full = {row[0]: row[1:] for row in co_of(replayed)["onset_evals"]}
+    assert all(full[row[0]] == row[1:] for row in rows)  # the same weights, evaluated the same way
+
+
+def test_a_resumed_run_that_has_not_kept_the_windows_start_places_the_onset_on_the_probe(tmp_path):
+    config = make_config({**COLLAPSING, "onset_replay": "on"})
+    calls = iter(range(1, 10**6))  # should_stop is asked once per iteration: stop at 130, before the fire
+    assert train(config, None, tmp_path, should_stop=lambda: next(calls) == 130) is None
+    events = []
+    train(config, events.append, tmp_path, resume=True)
+    co = co_of(events)
+    assert co["onset_evals"] is None and co["onset_rule"].endswith("on the dense probe")
+
+
+def _model_state(fields: dict) -> list[torch.Tensor]:
+    return list(model_for(make_config(fields)).state_dict().values())
