@@ -52,7 +52,8 @@ class Metric:
     column: str
     name: str
     row: int  # 1 accuracy, 2 alignment, 3 loss
-    source: str  # "evals" (sparse: drawn with markers), "probes" (dense probe: thin) or "metrics" (every it)
+    source: str  # "evals" (sparse: drawn with markers), "probes" (dense probe: thin), "metrics" (every it)
+    # or "window" (the eval at every iteration of the CO window)
     color: str
     dash: str = "solid"  # the line style that tells metrics apart when colour tells runs apart
     symbol: str = "circle"  # and the marker of evaluation points
@@ -74,6 +75,9 @@ METRICS = (
     Metric("fgsm_acc", "FGSM (dense probe, train)", 1, "probes", "#ff7f0e", "dash"),
     Metric("cos_fgsm_pgd", "cos(δ FGSM, δ PGD) (probe)", 2, "probes", "#9467bd"),
     Metric("cos_grad_random", "cos(∇x, ∇x+η) (probe)", 2, "probes", "#2ca02c", "dot"),
+    # The eval itself at every iteration of the window CO's onset was placed in (onset_replay).
+    Metric("pgd_acc", "PGD (eval at every iteration, CO window)", 1, "window", "#d62728", overlay=False),
+    Metric("fgsm_acc", "FGSM (eval at every iteration, CO window)", 1, "window", "#ff7f0e", overlay=False),
 )
 OVERLAY_ACCURACY_TITLE = "Accuracy: clean, FGSM and PGD on the eval subset"
 PANELS = (
@@ -241,6 +245,7 @@ def _frames(history: RunHistory, smoothing: float = SMOOTHING) -> dict[str, pd.D
         "evals": history.evals_frame(),
         "metrics": history.metrics_frame(smoothing),
         "probes": history.probes_frame(),
+        "window": history.window_frame(),
     }
 
 

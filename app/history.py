@@ -159,8 +159,18 @@ class RunHistory:
         """The dense probe's rows, averaged into at most max_points bins (not smoothed: they are sparse)."""
         return downsample(_frame(self.probes.values()), max_points)
 
+    def window_frame(self) -> pd.DataFrame:
+        """The eval at every iteration of the CO window, replayed from kept weights (the co event's
+        onset_evals: trainer.window); empty for runs without it."""
+        rows = (self.co or {}).get("onset_evals") or []
+        frame = pd.DataFrame([row[:3] for row in rows if len(row) >= 3], columns=WINDOW_COLUMNS)
+        return self._timed(frame) if not frame.empty else frame
+
     def latest_eval(self) -> dict[str, Any] | None:
         return self.evals[max(self.evals)] if self.evals else None
+
+
+WINDOW_COLUMNS = ["iteration", "pgd_acc", "fgsm_acc"]  # an onset_evals row
 
 
 def _frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:

@@ -1,15 +1,17 @@
-"""Offline check of the CO onset: the dense probe's onset against a full PGD-10 eval of every iteration.
+"""Offline check of the CO onset: the run's onset against a full PGD-10 eval of every live iteration.
 
     python -m bench.onset_check [--seeds 0 1 2 3 4] [--iters 450] [--preset NAME] [--set KEY=VALUE ...]
                                 [--out FILE]
 
 Per seed, a preset (default: the digits FGSM one; --set's RunConfig fields on top, `device=cuda` among
 them) runs for --iters iterations, and after every step (trainer.loop.train's `after_step`) the live
-model is evaluated as the live eval evaluates it (trainer.evaluate.attack_points: PGD-10, step eps/4, the
-eval's 256 test images and seed, its precision and layout). On the detector's window (after the eval two
-before the onset eval, up to the confirming eval) trainer.co.dense_onset, the rule the detector applies
-to the probe, places the onset on that per-iteration series: the reference for the probe's
-`onset_iteration`. How well that reference is defined is measured alongside, on the window's weights
+model is evaluated as the live eval evaluates it (trainer.evaluate.per_image_results: PGD-10, step
+eps/4, the eval's 256 test images and seed, its precision and layout). On the detector's window (after the
+eval two before the onset eval, up to the confirming eval) trainer.co.dense_onset, the rule the detector
+applies, places the onset on that per-iteration series: the reference for the run's `onset_iteration`
+(placed on the weights the run kept with onset_replay on, trainer.window; else on the dense probe) and
+for the probe's own onset (the same rule on the co event's probe rows). How well that reference is
+defined is measured alongside, on the window's weights
 (kept for its length only, so a PreAct ResNet-18 on a GPU holds ~150 copies, not one per iteration): the
 same eval with another PGD random start, on the first 256 *training* images (what a probe on training
 images could give at best), and the probe itself at every iteration. How sudden the collapse is:
@@ -37,7 +39,7 @@ from trainer.checkpoint import model_for
 from trainer.co import PATIENCE, dense_onset, onset_on_images, resampled_onsets, smoothed
 from trainer.config import make_config
 from trainer.data import load_dataset
-from trainer.evaluate import attack_points
+from trainer.evaluate import per_image_results
 from trainer.fast import fast_path
 from trainer.loop import resolve_device, train
 from trainer.presets import DEFAULT_PRESET, PRESETS
@@ -46,7 +48,7 @@ from trainer.probe import DenseProbe
 CADENCES = (1, 2, 5, 10, 20)  # probe_every values the probe's onset is also placed at, offline
 OTHER_START = 99_991  # added to the eval's PGD seed for the repeatability series
 WIDTH_FROM, WIDTH_TO = 0.8, 0.2  # collapse_width: from this fraction of the peak PGD accuracy to this one
-TOLERANCE = 5  # issue 16's target: the probe's onset within this many iterations of the reference
+TOLERANCE = 5  # issue 16's target: the onset within this many iterations of the reference
 PROBE_SIZES = (32, 64, 128)  # image sets, drawn from the eval's, whose onset sampling_spread compares
 DRAWS = 400  # resamples per sampling_spread estimate
 
@@ -148,7 +150,7 @@ def check_seed(seed: int, iters: int, preset: str, overrides: dict) -> dict:
             for name in names:
                 x, y, offset = references[name]
                 pgd_right, fgsm_right = per_image_results(
-                    model, x, y, config, config.seed + iteration + offset
+                    model, x, y, config, config.seed + iteration + offset, path.eval_batch
                 )
                 rows[name].append(
                     [iteration, pgd_right.float().mean().item(), fgsm_right.float().mean().item()]
@@ -212,7 +214,8 @@ def check_seed(seed: int, iters: int, preset: str, overrides: dict) -> dict:
         **result,
         "co": {key: value for key, value in co.items() if key != "onset_probes"},
         "probe_series": probe_series,
-        "probe_onset": co["onset_iteration"],
+        "run_onset": co["onset_iteration"],  # as the run placed it (co["onset_rule"] says on what)
+        "probe_onset": dense_onset(co["onset_probes"], confirmed_at),
         "eval_onset": reference,
         "difference": None if reference is None else co["onset_iteration"] - reference,
         "collapse_width": None if reference is None else collapse_width(rows["eval"], reference),
@@ -225,14 +228,6 @@ def check_seed(seed: int, iters: int, preset: str, overrides: dict) -> dict:
             seed,
         ),
     }
-
-
-def per_image_results(model, x, y, config, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image correctness under the live eval's PGD and FGSM (its attacks and seed; one batch, so their
-    means are eval_metrics' pgd_acc and fgsm_acc)."""
-    generator = torch.Generator(x.device).manual_seed(seed)
-    attacked = attack_points(model, x, y, config.eps, config.eval_pgd_steps, generator)
-    return attacked["pgd"] == y, attacked["fgsm"] == y
 
 
 def setting(item: str) -> tuple[str, object]:
@@ -263,11 +258,12 @@ def main(argv: list[str] | None = None) -> None:
         if co is None:
             print(f"seed {seed}: no CO within {args.iters} iterations")
         else:
+            source = co["onset_rule"].rpartition(", on ")[2]
             print(
-                f"seed {seed}: eval onset {co['iteration']} (confirmed {co['confirmed_at']}), probe onset"
-                f" {result['probe_onset']} (interval {co['onset_interval']}), per-iteration PGD-10 onset"
-                f" {result['eval_onset']},"
-                f" difference {result['difference']}; probe onset offline by probe_every:"
+                f"seed {seed}: eval onset {co['iteration']} (confirmed {co['confirmed_at']}), the run's onset"
+                f" {result['run_onset']} (interval {co['onset_interval']}, on {source}),"
+                f" per-iteration PGD-10 onset {result['eval_onset']}, difference {result['difference']};"
+                f" the probe's onset {result['probe_onset']}; probe onset offline by probe_every:"
                 f" {result['offline_probe_onsets']}; reference with another PGD start"
                 f" {result['other_start_onset']}, on {result['config']['eval_points']} training images"
                 f" {result['train_images_onset']}; collapse width (80 % to 20 % of peak PGD accuracy)"

@@ -126,6 +126,31 @@ def test_the_co_onset_interval_is_shaded_behind_the_marker_of_a_single_run_and_f
     assert history_of(co_run_events()).co_interval is None  # no interval (no probe, or an older run)
 
 
+def test_the_eval_at_every_iteration_of_the_co_window_is_drawn_on_a_single_run_only():
+    """onset_evals (the eval replayed on kept weights) as PGD and FGSM lines over the window; a row that is
+    not [iteration, pgd_acc, fgsm_acc] is left out; an overlay and a run without it draw none."""
+    events = [e for e in co_run_events() if e["type"] != "co"]
+    rows = [[it, 0.3 - 0.01 * (it - 41), 0.5 + 0.01 * (it - 41)] for it in range(41, 61)]
+    events.insert(-1, {**co_event(60, onset=47), "onset_evals": [*rows, [61]]})
+    history = history_of(events)
+    assert history.window_frame()["iteration"].tolist() == list(range(41, 61))
+    fig = run_figure([Series("FGSM", history)], uirevision="u")
+    window = {trace.name: trace for trace in fig.data if "CO window" in trace.name}
+    assert set(window) == {
+        "PGD (eval at every iteration, CO window)",
+        "FGSM (eval at every iteration, CO window)",
+    }
+    pgd = window["PGD (eval at every iteration, CO window)"]
+    assert list(pgd.x) == list(range(41, 61)) and list(pgd.y) == pytest.approx([row[1] for row in rows])
+    without = history_of([{**e, "onset_evals": None} if e["type"] == "co" else e for e in events])
+    assert without.window_frame().empty
+    assert len(run_figure([Series("FGSM", without)], uirevision="u").data) == len(fig.data) - 2
+    overlay = run_figure([Series("a", history), Series("b", history)], uirevision="u")
+    assert len(overlay.data) == len(
+        run_figure([Series("a", without), Series("b", without)], uirevision="u").data
+    )
+
+
 def test_downsample_bins_means_and_keeps_the_last_iteration():
     frame = pd.DataFrame({"iteration": range(1, 1001), "train_loss": [float(i % 2) for i in range(1000)]})
     small = downsample(frame, 100)

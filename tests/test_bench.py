@@ -246,9 +246,11 @@ def test_onset_check_replays_the_detectors_window_with_the_runs_own_weights(monk
     """A run that collapses (digits, eps 0.19, seed 1: confirmed at 175): the window's offline probe, run
     on the kept weights, equals the live probe at every probe iteration, so the weights replayed are the
     run's; the window spans the detector's (after the eval two before the onset eval, to the confirming
-    one) and every figure of the check is there."""
+    one) and every figure of the check is there. With onset_replay on, the run's onset, placed on the
+    weights it kept, is the reference's, placed on the live model after each step."""
     monkeypatch.setattr(onset_check, "DRAWS", 40)
     overrides = {"eps": 0.19, "eval_every": 25, "eval_points": 64, "probe_points": 32, "probe_every": 5}
+    overrides["onset_replay"] = "on"
     result = onset_check.check_seed(1, 180, onset_check.DEFAULT_PRESET, overrides)
     co = result["co"]
     assert co is not None and (co["iteration"], co["confirmed_at"]) == (150, 175)
@@ -259,8 +261,9 @@ def test_onset_check_replays_the_detectors_window_with_the_runs_own_weights(monk
     assert len(live) == len(window) // 5
     for iteration, pgd_acc, fgsm_acc in live:
         assert offline[iteration] == pytest.approx([pgd_acc, fgsm_acc], abs=1e-6)
-    low, high = co["onset_interval"]  # the detector's, from the probe's 32 images
-    assert low <= result["probe_onset"] == co["onset_iteration"] <= high
+    assert result["run_onset"] == co["onset_iteration"] == result["eval_onset"] and result["difference"] == 0
+    low, high = co["onset_interval"]  # over resamples of the eval's 64 images
+    assert low <= co["onset_iteration"] <= high and result["probe_onset"] is not None
     assert result["eval_onset"] is not None and result["sampling"]["bootstrap_sd"] is not None
     assert set(result["offline_probe_onsets"]) == set(onset_check.CADENCES)
 
