@@ -175,3 +175,22 @@ def test_the_lr_tensor_value_at_replay_is_the_lr_applied(optimizer):
 def test_a_cuda_worker_warms_up_cuda_and_cudnn():
     warm_up(torch.device("cuda"))
     assert torch.backends.cudnn.benchmark
+
+
+def test_on_the_captured_path_the_kept_window_is_the_runs_own_weights(tmp_path):
+    """onset_replay auto is on for CUDA: a collapsing run with the captured step and bf16 keeps its window
+    and replays it as the live eval evaluates (the same weights, attacks, seed, precision and layout), so
+    at each eval iteration of the window the replayed eval is the eval event's."""
+    from test_window import COLLAPSING, co_of
+
+    cfg = make_config({**COLLAPSING, "device": "cuda"})
+    assert cfg.replays_onset("cuda")
+    events, _ = run(cfg, tmp_path)
+    assert events[0]["step"] == "cuda_graph"
+    co = co_of(events)
+    rows = co["onset_evals"]
+    assert rows and co["onset_rule"].endswith("on the eval at every iteration")
+    assert [row[0] for row in rows] == list(range(co["iteration"] - 49, co["confirmed_at"] + 1))
+    evals = {e["iteration"]: [e["pgd_acc"], e["fgsm_acc"]] for e in events if e["type"] == "eval"}
+    replayed = {row[0]: row[1:] for row in rows if row[0] in evals}
+    assert replayed and all(replayed[it] == pytest.approx(evals[it], abs=1 / 64 + 1e-6) for it in replayed)

@@ -31,7 +31,7 @@ def eval_iterations(run_dir: Path) -> list[int]:
 
 
 def collapse_began(co: dict) -> int:
-    """The first sign of a collapse in a `co` event: its first collapsed eval or the probe's onset,
+    """The first sign of a collapse in a `co` event: its first collapsed eval or its placed onset,
     whichever comes first. A rescue forks from the evaluation before it, where the model was still robust
     (and the CO detector it inherits has no collapsed eval on its streak)."""
     onset = co.get("onset_iteration")
