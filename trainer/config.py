@@ -174,7 +174,7 @@ class RunConfig(BaseModel):
     onset_replay: Switch = Field(
         "auto",
         description="when CO fires, place its onset on the eval of every iteration of the window, from kept"
-        " weights (auto: on for CUDA; on the CPU digits model ~35 s once, trainer/window.py)",
+        " weights (auto: on for CUDA; on the CPU the digits FGSM preset pays 45 s once, trainer/window.py)",
     )
     final_eval_points: int = Field(1000, ge=0, le=100_000)
     final_pgd_steps: int = Field(50, ge=1, le=1000)
