@@ -56,7 +56,7 @@ timeout 150 python3 -m bench.probe_cost --device cuda --synthetic --iters 60 --r
   --every 10 20 50 --presets "CIFAR-10 ResNet-18: FGSM + GradAlign λ=0.2, ε=8/255 (paper)" \
   --out "$OUT/probe-cost.json" 2>&1 | tee "$OUT/extras.log" | tail -8
 
-echo "== the onset check on CUDA (digits, seed 0: the CPU gives per-iteration onset 219, probe 240)"
+echo "== the onset check on CUDA (digits, seed 0, onset_replay auto = on: the CPU gives 219 replayed and per-iteration, probe 240)"
 timeout 120 python3 -m bench.onset_check --seeds 0 --iters 300 --set device=cuda \
   --out "$OUT/onset-cuda.json" 2>&1 | tee -a "$OUT/extras.log" | tail -3
 echo "gpu_check: done; files in $OUT"
