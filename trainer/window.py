@@ -30,8 +30,9 @@ WINDOW_BYTES = 1 << 30  # at most this much memory (on the model's device) for t
 
 class WindowWeights:
     def __init__(self, model: nn.Module, config: RunConfig, make_model: Callable[[], nn.Module]):
-        tensors = list(model.state_dict().values())
-        state_bytes = sum(t.numel() * t.element_size() for t in tensors)
+        # the model's own tensors, updated in place by every step (eager or captured): read, never rebuilt
+        self.sources = [t.detach() for t in model.state_dict().values()]
+        state_bytes = sum(t.numel() * t.element_size() for t in self.sources)
         steps = (PATIENCE + 1) * config.eval_every
         self.spacing = max(1, math.ceil(steps * state_bytes / WINDOW_BYTES))
         self.model, self.make_model, self.config = model, make_model, config
@@ -42,11 +43,10 @@ class WindowWeights:
         """Copy the model's weights after step `iteration` (every `spacing`-th step)."""
         if iteration % self.spacing:
             return
-        sources = list(self.model.state_dict().values())
         if len(self.kept) == self.kept.maxlen:
             self.spare.append(self.kept.popleft()[1])
-        buffers = self.spare.pop() if self.spare else [torch.empty_like(t) for t in sources]
-        torch._foreach_copy_(buffers, [t.detach() for t in sources])
+        buffers = self.spare.pop() if self.spare else [torch.empty_like(t) for t in self.sources]
+        torch._foreach_copy_(buffers, self.sources)
         self.kept.append((iteration, buffers))
 
     def release(self) -> None:
