@@ -163,8 +163,7 @@ class RunHistory:
         """The eval at every iteration of the CO window, replayed from kept weights (the co event's
         onset_evals: trainer.window); empty for runs without it."""
         rows = (self.co or {}).get("onset_evals") or []
-        frame = pd.DataFrame([row[:3] for row in rows if len(row) >= 3], columns=WINDOW_COLUMNS)
-        return self._timed(frame) if not frame.empty else frame
+        return self._timed(pd.DataFrame([row[:3] for row in rows if len(row) >= 3], columns=WINDOW_COLUMNS))
 
     def latest_eval(self) -> dict[str, Any] | None:
         return self.evals[max(self.evals)] if self.evals else None

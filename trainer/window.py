@@ -71,6 +71,8 @@ class WindowWeights:
                 pgd_right, fgsm_right = per_image_results(
                     replica, x, y, self.config, self.config.seed + iteration, path.eval_batch
                 )
-                rows.append([iteration, pgd_right.float().mean().item(), fgsm_right.float().mean().item()])
-                rows[-1].append(pgd_right.float().tolist())
+                robust = pgd_right.float()
+                rows.append(
+                    [iteration, robust.mean().item(), fgsm_right.float().mean().item(), robust.tolist()]
+                )
         return rows
