@@ -14,11 +14,13 @@ from app import forks, nav, notes, state
 from app.export import runs_zip
 from app.refresh import while_live
 from app.tables import COLUMNS, MISSING, MORE, ORDER, runs_frame
+from app.text import md_escape
 from jobs import api
 from trainer.events import events_csv, events_jsonl
 
 FILTERS = ("status", "method", "dataset", "model")
 REFRESH_S = 2.0
+SHOWN = "runs.shown"  # the ids of the table's rows as last drawn, by table key
 SEARCHED = ("label", "id", "sweep", "tags", "note")
 
 
@@ -60,7 +62,8 @@ def _table(filters: dict[str, list[str]], text: str, extra: list[str], lineage: 
         haystack = frame[list(SEARCHED)].fillna("").astype(str).agg(" ".join, axis=1)
         frame = frame[haystack.str.contains(text, case=False, regex=False)]
     table_key = f"runs.table.{st.session_state.get('runs.version', 0)}"
-    event = st.dataframe(
+    selected_ids = _keep_ticks_on_their_runs(table_key, frame["id"].tolist())
+    st.dataframe(
         frame,
         key=table_key,
         on_select="rerun",
@@ -72,15 +75,37 @@ def _table(filters: dict[str, list[str]], text: str, extra: list[str], lineage: 
         width="stretch",
     )
     st.caption(f"{len(frame)} run(s). Click a column header to sort; tick rows to act on them.")
-    selected = frame.iloc[event.selection.rows]["id"].tolist()
-    if selected:
+    if selected_ids:
         by_id = {run.id: run for run in runs}
-        _actions(r, [by_id[run_id] for run_id in selected if run_id in by_id])
+        _actions(r, [by_id[run_id] for run_id in selected_ids])
     return any(run.status not in api.TERMINAL for run in runs)
 
 
+def _keep_ticks_on_their_runs(table_key: str, ids: list[str]) -> list[str]:
+    """The ticked runs, by id, with the table's ticks moved to where those runs are now.
+
+    The browser reports ticks as row numbers of the table it last drew. A refresh re-sorts the rows (a new
+    run arrives, a run leaves a status filter), so the row numbers are mapped to ids through the rows as
+    last drawn, and written back as the new rows' numbers before the table is drawn again. A ticked run
+    that left the table is no longer ticked: nothing acts on a run the user cannot see.
+    """
+    drawn = st.session_state.get(SHOWN, {}).get(table_key, [])
+    widget = st.session_state.get(table_key)
+    rows = list(widget["selection"]["rows"]) if widget else []
+    ticked = [drawn[row] for row in rows if 0 <= row < len(drawn)]
+    where = {run_id: row for row, run_id in enumerate(ids)}
+    selected = [run_id for run_id in ticked if run_id in where]
+    if [where[run_id] for run_id in selected] != rows:
+        st.session_state[table_key] = {"selection": {"rows": [where[run_id] for run_id in selected]}}
+    st.session_state[SHOWN] = {table_key: ids}
+    return selected
+
+
 def _actions(r, selected: list[api.Run]) -> None:
+    """Every action takes the ids it was drawn with (the callbacks' args), never the table's row numbers."""
     ids = [run.id for run in selected]
+    named = ", ".join(f"{run.config.label()} ({run.id})" for run in selected)
+    st.caption(f"Selected: {md_escape(named)}")
     columns = st.columns(6)
     if columns[0].button("Open live view", disabled=len(ids) != 1, key="runs.open"):
         nav.go("live", run=ids[0])
@@ -111,20 +136,25 @@ def _actions(r, selected: list[api.Run]) -> None:
         help="runs.csv (the table, tags and notes included) and each run's record and events",
     )
     with columns[5].popover(f"Delete {len(ids)}", icon=":material/delete:"):
-        st.write("Deletes the runs with their events and checkpoints; a running one stops within a second.")
-        if st.button("Yes, delete", type="primary", key="runs.delete"):
-            _delete(r, ids)
+        st.markdown(f"Delete **{len(ids)} run(s)** with their events and checkpoints:")
+        st.markdown(
+            "\n".join(f"- {md_escape(f'{run.config.label()} · {run.id}')} · {run.status}" for run in selected)
+        )
+        st.caption("A running one stops within a second.")
+        st.button("Yes, delete these", type="primary", key="runs.delete", on_click=_delete, args=(ids,))
     if len(selected) == 1:
         notes.editor(r, selected[0], "runs")
 
 
-def _delete(r, run_ids: list[str]) -> None:
+def _delete(run_ids: list[str]) -> None:
+    """The runs the confirm dialog named when it was clicked (its args), whatever the table shows now."""
+    r = state.connection()
     for run_id in run_ids:
         with contextlib.suppress(api.RunNotFound):  # already gone: the goal is reached
             api.delete(r, run_id)
         state.forget(run_id)
     st.session_state["runs.version"] = st.session_state.get("runs.version", 0) + 1  # a fresh selection
-    st.rerun()
+    st.toast(f"Deleted {len(run_ids)} run(s): {', '.join(run_ids)}")
 
 
 if __name__ == "__main__":  # run by st.navigation as a page script

@@ -1,0 +1,68 @@
+"""Every page stays correct while the live refresh changes what it shows: actions act on the runs the user
+picked, never on the rows that now sit where those runs were (AppTest against a real Redis)."""
+
+from __future__ import annotations
+
+import time
+
+from conftest import co_run_events, running_events, store_run
+from streamlit.testing.v1 import AppTest
+from test_app_pages import app
+
+from jobs import api
+from jobs.registry import transition
+from trainer.config import make_config
+
+
+def runs_page(r) -> AppTest:
+    at = app().run()
+    at.switch_page("views/runs.py").run()
+    assert not at.exception
+    return at
+
+
+def tick(at: AppTest, rows: list[int]) -> None:
+    """What the browser sends when the user ticks rows: their numbers in the table it last drew."""
+    key = [k for k in at.session_state if k.startswith("runs.table")][0]
+    at.session_state[key] = {"selection": {"rows": rows, "columns": [], "cells": []}}
+    at.run()
+
+
+def finish(r, run_id: str, status: api.RunStatus = api.RunStatus.FINISHED) -> None:
+    """What the worker does when a run ends."""
+    transition(r, run_id, {api.RunStatus.RUNNING}, {"status": status, "finished_at": time.time()}, attempt=1)
+
+
+def shown_ids(at: AppTest) -> list[str]:
+    return at.dataframe[0].value["id"].tolist()
+
+
+def test_a_new_run_arriving_between_tick_and_delete_does_not_move_the_selection(r):
+    older, newer = store_run(r, co_run_events()), store_run(r, co_run_events())
+    at = runs_page(r)
+    assert shown_ids(at) == [newer, older]
+    tick(at, [1])  # the older run
+    arrived = api.submit(r, make_config({"method": "pgd", "eps": 0.2}))
+    at.run()  # the 2 s refresh: the new run takes the first row
+    assert shown_ids(at) == [arrived, newer, older]
+    assert older in " ".join(md.value for md in at.markdown)  # the dialog names the run it will delete
+    at.button(key="runs.delete").click().run()
+    assert not at.exception
+    assert {run.id for run in api.list_runs(r)} == {arrived, newer}
+
+
+def test_a_run_leaving_the_status_filter_keeps_the_others_ticked_and_raises_nothing(r):
+    finished = store_run(r, co_run_events())
+    first = store_run(r, running_events(), status="running")
+    second = store_run(r, running_events(), status="running")
+    at = runs_page(r)
+    at.multiselect(key="runs.filter.status").set_value(["running"]).run()
+    assert shown_ids(at) == [second, first]
+    tick(at, [0, 1])
+    finish(r, second)  # leaves the filter: the table now holds one row
+    at.run()
+    assert not at.exception
+    assert shown_ids(at) == [first]
+    at.button(key="runs.delete").click().run()
+    assert not at.exception
+    assert {run.id for run in api.list_runs(r)} == {finished, second}
