@@ -337,10 +337,12 @@ def vertical_marker(
 
 
 def _first_eval_note(fig: go.Figure, history: RunHistory) -> None:
-    """Until the first evaluation the accuracy and alignment panels are empty: they say when it comes."""
-    every = (history.config or {}).get("eval_every")
-    text = f"first evaluation at iteration {every:,}" if every else "waiting for the first evaluation"
-    for row in (1, 2):
+    """Until the first evaluation the accuracy and alignment panels are empty: each says what it will show,
+    and the first says when."""
+    first = history.first_eval
+    when = f"at iteration {first:,}" if first is not None else "soon"
+    texts = (f"robust accuracy: first evaluation {when}", "gradient alignment: measured at each evaluation")
+    for row, text in zip((1, 2), texts, strict=True):
         fig.add_annotation(
             text=text,
             x=0.5,

@@ -32,6 +32,7 @@ class RunHistory:
 
     config: dict[str, Any] | None = None
     total_iterations: int | None = None
+    start_iteration: int = 0  # where the latest attempt began: a fork's or a resumed run's first iteration
     device: str | None = None
     metrics: dict[int, dict[str, Any]] = field(default_factory=dict)
     evals: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -91,7 +92,7 @@ class RunHistory:
         self.config = event["config"]
         self.total_iterations = event["total_iterations"]
         self.device = event["device"]
-        start = event["start_iteration"]
+        start = self.start_iteration = event["start_iteration"]
         self.metrics = {it: row for it, row in self.metrics.items() if it <= start}
         self.evals = {it: row for it, row in self.evals.items() if it <= start}
         self.probes = {it: row for it, row in self.probes.items() if it <= start}
@@ -157,7 +158,7 @@ class RunHistory:
 
     def probes_frame(self, max_points: int = MAX_LINE_POINTS) -> pd.DataFrame:
         """The dense probe's rows, averaged into at most max_points bins (not smoothed: they are sparse)."""
-        return downsample(_frame(self.probes.values()), max_points)
+        return downsample(self._timed(_frame(self.probes.values())), max_points)
 
     def window_frame(self) -> pd.DataFrame:
         """The eval at every iteration of the CO window, replayed from kept weights (the co event's
@@ -165,8 +166,20 @@ class RunHistory:
         rows = (self.co or {}).get("onset_evals") or []
         return self._timed(pd.DataFrame([row[:3] for row in rows if len(row) >= 3], columns=WINDOW_COLUMNS))
 
+    @property
+    def first_eval(self) -> int | None:
+        """This attempt's first evaluation: its next multiple of eval_every."""
+        every = (self.config or {}).get("eval_every")
+        return first_eval_after(self.start_iteration, every) if every else None
+
     def latest_eval(self) -> dict[str, Any] | None:
         return self.evals[max(self.evals)] if self.evals else None
+
+
+def first_eval_after(start: int, eval_every: int) -> int:
+    """The first evaluation of an attempt that starts at `start`: the loop evaluates at multiples of
+    eval_every."""
+    return (start // eval_every + 1) * eval_every
 
 
 WINDOW_COLUMNS = ["iteration", "pgd_acc", "fgsm_acc"]  # an onset_evals row

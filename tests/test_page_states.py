@@ -5,9 +5,16 @@ from __future__ import annotations
 
 import time
 
-from conftest import co_run_events, running_events, store_run
+from conftest import (
+    co_run_events,
+    config_event,
+    metrics_event,
+    probe_event,
+    running_events,
+    store_run,
+)
 from streamlit.testing.v1 import AppTest
-from test_app_pages import app
+from test_app_pages import app, charts
 
 from jobs import api
 from jobs.registry import transition
@@ -66,3 +73,29 @@ def test_a_run_leaving_the_status_filter_keeps_the_others_ticked_and_raises_noth
     at.button(key="runs.delete").click().run()
     assert not at.exception
     assert {run.id for run in api.list_runs(r)} == {finished, second}
+
+
+def test_the_wall_clock_axis_draws_every_panel_of_a_running_and_a_finished_run(r):
+    events = co_run_events()
+    events.insert(5, probe_event(4, pgd=0.4))
+    finished = store_run(r, events)
+    running = store_run(r, [*running_events(), probe_event(40, pgd=0.4)], status="running")
+    for run_id in (finished, running):
+        at = app(run=run_id, xaxis="clock").run()
+        assert not at.exception, run_id
+        figure = charts(at)["live.chart"]
+        assert figure["layout"]["xaxis3"]["title"]["text"].startswith("wall clock")
+
+
+def test_a_forks_empty_panels_name_its_own_first_evaluation(r):
+    """A fork from iteration 150 with eval_every 50 evaluates first at 200, not at 50."""
+    events = [
+        config_event(start=150, total=300, eval_every=50),
+        *(metrics_event(it) for it in range(151, 160)),
+    ]
+    fork = store_run(r, events, status="running")
+    at = app(run=fork).run()
+    notes = [
+        a["text"] for a in charts(at)["live.chart"]["layout"]["annotations"] if a.get("name") == "pending"
+    ]
+    assert notes[0] == "robust accuracy: first evaluation at iteration 200"

@@ -16,7 +16,7 @@ import streamlit as st
 from app import forks, nav, notes, state
 from app.chart import dark_theme, live_chart
 from app.figures import Series, View, filters_figure, inside_figure, run_figure
-from app.history import SMOOTHING, RunHistory
+from app.history import SMOOTHING, RunHistory, first_eval_after
 from app.refresh import while_live
 from app.tables import elapsed_s
 from app.text import format_duration, md_escape, model_name, percent, snapshot_label
@@ -241,13 +241,14 @@ def _waiting_for(r, run, history: RunHistory) -> str:
         if all(worker.state == "busy" for worker in workers):
             return f"**Queued**: all {len(workers)} worker(s) are busy; it starts when one is free."
         return "**Queued**: a worker is picking it up."
+    first = history.first_eval or first_eval_after(run.config.fork_iteration or 0, run.config.eval_every)
     if run.status == "running" and history.config is None:
         return (
             f"**Worker {md_escape(run.worker or '')} is starting the run**: loading {run.config.dataset} and "
-            f"building the model. The first evaluation comes at iteration {run.config.eval_every:,}."
+            f"building the model. The first evaluation comes at iteration {first:,}."
         )
     if run.status == "running":
-        return f"**Training has started**: the first evaluation comes at iteration {run.config.eval_every:,}."
+        return f"**Training has started**: the first evaluation comes at iteration {first:,}."
     return f"**{run.status}** before its first iteration."
 
 
