@@ -15,6 +15,7 @@ from app import estimate, forks, nav, state
 from app.text import md_escape, model_name
 from jobs import api
 from trainer.config import (
+    DIGITS_LAMBDA_MEASURED,
     NATURAL_IMAGES,
     ConfigError,
     RunConfig,
@@ -27,7 +28,7 @@ from trainer.config import (
 from trainer.datafiles import missing_files
 from trainer.fork import LINK_FIELDS, check_fork
 from trainer.methods import MODEL_FIELDS, USED_BY, reads
-from trainer.presets import DEFAULT_PRESET, DIGITS_GRAD_ALIGN, PRESETS
+from trainer.presets import DEFAULT_PRESET, DIGITS_ELLE, DIGITS_GRAD_ALIGN, PRESETS
 
 GROUPS = (
     ("Data and model", ("dataset", "model", "name", "n_layers", "n_filters")),
@@ -204,12 +205,15 @@ def fill_from(config: RunConfig, origin: str) -> None:
     st.session_state[ORIGIN] = origin
 
 
+PLACEHOLDER_LAMBDA = 1.0  # GradAlign's λ while it is off: switching it on replaces it with λ(ε)
+
+
 def _fill(values: dict[str, Any]) -> None:
     for field, value in values.items():
         st.session_state[KEY + field] = value
     st.session_state[KEY + "eps255"] = round(values["eps"] * 255, 3)
     st.session_state[KEY + "grad_align"] = values["grad_align_lambda"] > 0
-    st.session_state[KEY + "grad_align_lambda"] = values["grad_align_lambda"] or 1.0
+    st.session_state[KEY + "grad_align_lambda"] = values["grad_align_lambda"] or PLACEHOLDER_LAMBDA
     st.session_state.pop(ORIGIN, None)
     st.session_state[SAVED] = {key: st.session_state[key] for key in WIDGET_KEYS if key in st.session_state}
 
@@ -428,7 +432,12 @@ def _sync_eps(changed: str) -> None:
 
 def _grad_align() -> None:
     """A toggle and λ, with λ(ε) offered when it is in range."""
-    on = st.toggle("GradAlign", key=KEY + "grad_align", help="Add λ·(1 − cos(∇x, ∇x+η)) to the loss.")
+    on = st.toggle(
+        "GradAlign",
+        key=KEY + "grad_align",
+        on_change=_grad_align_switched,
+        help="Add λ·(1 − cos(∇x, ∇x+η)) to the loss.",
+    )
     st.number_input(
         LABELS["grad_align_lambda"],
         key=KEY + "grad_align_lambda",
@@ -439,36 +448,54 @@ def _grad_align() -> None:
     _lambda_rule("grad_align_lambda", on)
 
 
+def _grad_align_switched() -> None:
+    """Switched on over the placeholder λ (one the user did not type), GradAlign starts at the λ(ε) shown
+    beside it, or at the placeholder where there is none in range."""
+    lam = KEY + "grad_align_lambda"
+    if st.session_state[KEY + "grad_align"] and st.session_state.get(lam) == PLACEHOLDER_LAMBDA:
+        st.session_state[lam] = _suggestion("grad_align_lambda") or PLACEHOLDER_LAMBDA
+
+
 def _elle() -> None:
     _generic("elle_lambda")
     _lambda_rule("elle_lambda", True)
 
 
+def _suggestion(field: str) -> float | None:
+    """lambda_of_eps at the form's data set and ε where it is within the field's range, else None."""
+    eps, dataset = _form_values()["eps"], st.session_state.get(KEY + "dataset")
+    suggestion = None if eps is None or dataset is None else lambda_of_eps(field, dataset, eps)
+    return suggestion if suggestion is not None and suggestion <= _bounds(field)["le"] else None
+
+
 def _lambda_rule(field: str, on: bool) -> None:
     """Offer lambda_of_eps for GradAlign's or ELLE's weight at the form's data set and ε (nothing where the
-    data set has no rule for it); a value out of the field's range is explained, not offered."""
+    data set has no rule for it). Out of the field's range it is explained by where the rule was fitted,
+    without its value: far from that range the exponential gives numbers of thirty digits."""
     eps = _form_values()["eps"]
     dataset = st.session_state.get(KEY + "dataset")
-    suggestion = None if eps is None or dataset is None else lambda_of_eps(field, dataset, eps)
-    if suggestion is None:
+    if eps is None or dataset is None or lambda_of_eps(field, dataset, eps) is None:
         return
-    rule = "Digits λ(ε) fit" if dataset == "digits" else "Paper's λ(ε)"
-    in_range = suggestion <= _bounds(field)["le"]
-    if in_range:
+    suggestion = _suggestion(field)
+    digits = dataset == "digits"
+    rule = "Digits λ(ε) fit" if digits else "Paper's λ(ε)"
+    at = f"ε={format_eps(eps, dataset)}"
+    if suggestion is not None:
         note = "tuned on CIFAR-10; a starting point here"
         note = lambda_extrapolated(field, dataset, eps) if dataset in ("cifar10", "digits") else note
-        note = f" ({note})" if note else ""
-        st.caption(f"{rule} at ε={format_eps(eps, dataset)}: **{suggestion:g}**{note}")
+        st.caption(f"{rule} at {at}: **{suggestion:g}**" + (f" ({note})" if note else ""))
     else:
+        low, high = DIGITS_LAMBDA_MEASURED[field]
+        fitted = f"measured for ε = {low:g}–{high:g}" if digits else "calibrated on CIFAR-10 for ε ≤ 16/255"
+        preset = DIGITS_GRAD_ALIGN if field == "grad_align_lambda" else DIGITS_ELLE
         st.caption(
-            f"Paper's λ(ε) gives {suggestion:,.0f} at ε={format_eps(eps, dataset)}: out of range (it is "
-            f"calibrated for CIFAR-10, ε ≤ 16/255); the preset “{DIGITS_GRAD_ALIGN}” uses "
-            f"λ={PRESETS[DIGITS_GRAD_ALIGN]['grad_align_lambda']:g}."
+            f"{rule} at {at}: out of range (λ ≤ {_bounds(field)['le']:,g}); it is {fitted}. "
+            f"The preset “{preset}” uses λ={PRESETS[preset][field]:g}."
         )
     st.button(
         f"Use {rule[0].lower()}{rule[1:]}",
         key=KEY + ("paper_lambda" if field == "grad_align_lambda" else f"{field}_rule"),
-        disabled=not on or not in_range,
+        disabled=not on or suggestion is None,
         on_click=lambda: st.session_state.update({KEY + field: suggestion}),
     )
 
