@@ -1,6 +1,7 @@
-"""How long a run will take before it is launched: scaled from what finished runs of the same kind measured
-here, else (only for the ResNet on a CPU, where the answer is "days") from the CPU figure in
-docs/benchmarks.md. No torch: the dashboard never imports it.
+"""How long a run will take before it is launched: its work in image passes (jobs.limits.cost: training,
+live evaluations, dense probes, final evaluation) times a cost per image pass, measured on finished runs of
+the same kind here, else guessed from the CPU figures of docs/benchmarks.md. Every estimate says which.
+No torch: the dashboard never imports it.
 """
 
 from __future__ import annotations
@@ -10,39 +11,30 @@ from dataclasses import dataclass
 from statistics import median
 from typing import TYPE_CHECKING
 
-from trainer.config import TRAIN_IMAGES, RunConfig
+from app.text import plural
+from jobs.limits import cost
+from trainer.config import DATA_SHAPES, RunConfig
 
 if TYPE_CHECKING:
     from jobs.api import Run
 
-# PreAct ResNet-18, CIFAR-shaped images, FGSM, batch 16, 2 CPU cores: 510 ms an iteration
-# (docs/benchmarks.md), i.e. about 16 ms per image per forward-backward pass.
-CPU_RESNET_S_PER_IMAGE_PASS = 0.510 / 16 / 2
-GRAD_ALIGN_PASSES = (
-    2.6  # GradAlign's double backprop on a ResNet: 2.3× FGSM's two passes (docs/benchmarks.md)
-)
+# Seconds per image pass on 2 CPU cores (docs/benchmarks.md, the full run after the GradAlign pruning), by
+# model, and the values per image they were measured at: the 1-layer CNN took 2.40 ms for an FGSM iteration
+# of 64 digits (16×16, two passes each), the PreAct ResNet-18 510 ms for one of 16 CIFAR-shaped images.
+# Another image size scales the figure with its values; other models have no figure to guess from.
+CPU_S_PER_IMAGE_PASS = {"cnn": (2.40e-3 / 64 / 2, 16 * 16), "preact_resnet18": (0.510 / 16 / 2, 3 * 32 * 32)}
+GUESS_BASIS = "the CPU figures of docs/benchmarks.md"
 
 
 @dataclass(frozen=True)
 class Estimate:
     seconds: float
+    measured: bool  # False: a guess, no finished run of this kind to measure from
     basis: str  # what it was scaled from, in words
 
 
-def iterations(config: RunConfig) -> int:
-    """As trainer.loop counts them: whole batches per epoch, capped by max_iters."""
-    total = config.epochs * max(1, TRAIN_IMAGES[config.dataset] // config.batch_size)
-    return min(total, config.max_iters or total)
-
-
-def passes(config: RunConfig) -> float:
-    """Forward-backward passes per training image: what the methods' costs scale with."""
-    attack = {"standard": 1, "pgd": config.pgd_steps + 1, "pgd_corner": config.pgd_steps + 1, "free": 1}
-    return attack.get(config.method, 2) + (GRAD_ALIGN_PASSES if config.uses_grad_align else 0)
-
-
 def _kind(config: RunConfig) -> tuple:
-    """Runs of one kind cost the same per trained image and pass (PGD's steps are scaled by `passes`)."""
+    """Runs of one kind cost the same per image pass (jobs.limits.cost scales the methods' steps)."""
     return (
         config.dataset,
         config.model,
@@ -54,12 +46,21 @@ def _kind(config: RunConfig) -> tuple:
 
 
 def measured_s_per_image_pass(run: Run) -> float | None:
-    """A finished run's wall time per trained image and pass, evaluation included; None if unknown."""
-    final = run.final or {}
-    wall, done = final.get("wall_s"), final.get("iterations")
-    if run.status != "finished" or not wall or not done:
+    """A finished run's wall time per image pass of its work; None if unknown, for a fork and for a resumed
+    run (their wall_s covers only part of the work)."""
+    wall = (run.final or {}).get("wall_s")
+    if run.status != "finished" or not wall or run.attempt > 1 or run.config.fork_iteration is not None:
         return None
-    return wall / (done * run.config.batch_size * passes(run.config))
+    return wall / cost(run.config).work
+
+
+def _cpu_guess(config: RunConfig) -> float | None:
+    """A CPU's seconds per image pass of this model and image size, from docs/benchmarks.md."""
+    if config.model not in CPU_S_PER_IMAGE_PASS:
+        return None
+    seconds, values = CPU_S_PER_IMAGE_PASS[config.model]
+    channels, size, _ = DATA_SHAPES[config.dataset]
+    return seconds * channels * size * size / values
 
 
 def expected(config: RunConfig, finished: Sequence[Run], gpu: bool) -> Estimate | None:
@@ -74,26 +75,39 @@ def expected(config: RunConfig, finished: Sequence[Run], gpu: bool) -> Estimate 
         and _kind(run.config) == _kind(config)
         and (rate := measured_s_per_image_pass(run)) is not None
     ]
-    images = iterations(config) * config.batch_size * passes(config)
+    work = cost(config).work
     if rates:
-        return Estimate(images * median(rates), f"measured on {len(rates)} finished run(s) like it")
-    if not gpu and config.model == "preact_resnet18":
-        return Estimate(images * CPU_RESNET_S_PER_IMAGE_PASS, "the CPU figure of docs/benchmarks.md")
-    return None
+        runs = plural(len(rates), "finished run")
+        return Estimate(work * median(rates), True, f"measured on {runs} like it")
+    guess = None if gpu else _cpu_guess(config)
+    if guess is None:
+        return None
+    return Estimate(work * guess, False, f"a guess: no finished run like it yet, so from {GUESS_BASIS}")
 
 
 def sweep_expected(configs: Sequence[RunConfig], finished: Sequence[Run], gpu: bool, workers: int) -> str:
-    """The sweep's time in words, spread over the workers; names what could not be estimated."""
+    """The sweep's time in words, spread over the workers: how much of it is measured, guessed, or left out
+    for want of anything to estimate from."""
     estimates = [expected(config, finished, gpu) for config in configs]
-    known = [estimate.seconds for estimate in estimates if estimate is not None]
-    unknown = len(estimates) - len(known)
+    known = [estimate for estimate in estimates if estimate is not None]
     if not known:
         return "No finished run like these yet to estimate their time from."
-    total = sum(known) / max(1, workers)
-    text = f"About {format_hours(total)} on {max(1, workers)} worker(s), from runs measured here"
-    if unknown:
-        text += f" ({unknown} run(s) of a kind not measured yet are not counted)"
-    return text + "."
+    total = sum(estimate.seconds for estimate in known) / max(1, workers)
+    text = f"About {format_hours(total)} on {plural(max(1, workers), 'worker')}"
+    if len(known) < len(configs):
+        text += f" for {len(known)} of {plural(len(configs), 'run')}"
+    measured = sum(estimate.measured for estimate in known)
+    parts = [
+        f"{plural(measured, 'run')} measured on finished runs like them" if measured else "",
+        f"{plural(len(known) - measured, 'run')} of a kind not measured yet guessed from {GUESS_BASIS}"
+        if measured < len(known)
+        else "",
+        f"{plural(len(configs) - len(known), 'run')} of a kind not measured yet not counted (no figure to "
+        "guess from)"
+        if len(known) < len(configs)
+        else "",
+    ]
+    return f"{text}: {'; '.join(filter(None, parts))}."
 
 
 def format_hours(seconds: float) -> str:

@@ -4,9 +4,10 @@ cannot fill the queue, book the GPUs for a week or fill Redis.
 
 RunConfig's own ranges are what a run *can* be; these are what this deployment *allows*, set by the operator
 through CODASH_MAX_* variables. The cost of a run is estimated from its config alone (torch-free): its work
-in image passes (one forward and backward pass of one image: training, live evaluations, final evaluation)
-and the bytes its event stream will hold. The stream is the run's history and is never trimmed; the worker
-stops a run whose stream passes the byte bound anyway (`StreamBudget`), should the estimate ever be short.
+in image passes (one forward and backward pass of one image: training, live evaluations, dense probes, final
+evaluation; app.estimate turns them into time) and the bytes its event stream will hold. The stream is the
+run's history and is never trimmed; the worker stops a run whose stream passes the byte bound anyway
+(`StreamBudget`), should the estimate ever be short.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from trainer.config import DATA_SHAPES, TRAIN_IMAGES, ConfigError, RunConfig
+from trainer.config import DATA_SHAPES, TEST_IMAGES, TRAIN_IMAGES, ConfigError, RunConfig
 
 # Image passes per training example, by method: the attack's steps plus the weight update's pass.
 ATTACK_PASSES = {"standard": 0, "fgsm": 1, "fgsm_rs": 1, "nfgsm": 1, "free": 0, "random_corner": 0}
@@ -66,15 +67,18 @@ class Cost:
     iterations: int
     train: int
     evals: int
+    probes: int
     final: int
     stream_bytes: int
 
     @property
     def work(self) -> int:
-        return self.train + self.evals + self.final
+        return self.train + self.evals + self.probes + self.final
 
 
 def cost(config: RunConfig) -> Cost:
+    """What the run will do, counting a forward alone as a pass; the attacks' points are capped by the data
+    set's images, as the trainer takes them."""
     steps_per_epoch = max(1, TRAIN_IMAGES[config.dataset] // config.batch_size)
     iterations = min(config.epochs * steps_per_epoch, config.max_iters or math.inf)
     attack = ATTACK_PASSES.get(config.method, config.pgd_steps)  # pgd and pgd_corner: pgd_steps
@@ -82,12 +86,17 @@ def cost(config: RunConfig) -> Cost:
         1 + attack + (GRAD_ALIGN_PASSES * config.grad_align_fraction if config.uses_grad_align else 0)
     )
     n_evals = math.ceil(iterations / config.eval_every)
+    test, train = TEST_IMAGES[config.dataset], TRAIN_IMAGES[config.dataset]
     # each eval: clean, FGSM and PGD on the test subset, PGD on as many training images, two cosines
-    per_eval = config.eval_points * (2 * (config.eval_pgd_steps + 1) + 6)
+    per_eval = (min(config.eval_points, test) + min(config.eval_points, train)) * (config.eval_pgd_steps + 4)
+    n_probes = iterations // config.probe_every if config.probe_points else 0
+    # each probe: three input gradients, PGD's other steps, the FGSM and PGD predictions
+    per_probe = config.probe_points * (config.probe_pgd_steps + 4)
     per_model = config.final_pgd_steps * config.final_pgd_restarts + (
         AUTOATTACK_PASSES if config.autoattack else 0
     )
-    final = 2 * config.final_eval_points * per_model  # the last and the early-stopped model
+    # the last and the early-stopped model: the attacks, then clean accuracy on the whole test set
+    final = 2 * (min(config.final_eval_points, test) * per_model + test)
     channels, size, _ = DATA_SHAPES[config.dataset]
     snapshot = NUMBER_BYTES * (5 * channels * size * size + MAX_FILTERS * channels * 9) + EVAL_BYTES
     stream = iterations * METRICS_BYTES + n_evals * (EVAL_BYTES + snapshot) + 10 * OTHER_BYTES
@@ -95,6 +104,7 @@ def cost(config: RunConfig) -> Cost:
         iterations=int(iterations),
         train=int(iterations * config.batch_size * per_example),
         evals=n_evals * per_eval,
+        probes=int(n_probes * per_probe),
         final=final,
         stream_bytes=int(stream),
     )
@@ -113,12 +123,17 @@ def run_violations(config: RunConfig, limits: Limits | None = None) -> dict[str,
         )
     estimate = cost(config)
     if estimate.work > limits.max_work:
-        parts = {"epochs": estimate.train, "eval_every": estimate.evals, "final_eval_points": estimate.final}
+        parts = {
+            "epochs": estimate.train,
+            "eval_every": estimate.evals,
+            "probe_every": estimate.probes,
+            "final_eval_points": estimate.final,
+        }
         problems.setdefault(  # next to the field of the largest part
             max(parts, key=parts.get),
             f"this run would take ~{estimate.work:.2g} image passes (training {estimate.train:.2g}, live "
-            f"evaluations {estimate.evals:.2g}, final evaluation {estimate.final:.2g}); this deployment "
-            f"allows {limits.max_work:.2g} (CODASH_MAX_WORK)",
+            f"evaluations {estimate.evals:.2g}, dense probes {estimate.probes:.2g}, final evaluation "
+            f"{estimate.final:.2g}); this deployment allows {limits.max_work:.2g} (CODASH_MAX_WORK)",
         )
     if estimate.stream_bytes > limits.max_stream_mb * MB:
         problems.setdefault(

@@ -30,6 +30,7 @@ from app.figures import CO_COLOR, METRICS, RUN_PALETTE, Series, View, run_colors
 from app.history import SMOOTHING, RunHistory
 from app.text import md_escape
 from jobs import api
+from jobs.limits import cost
 from jobs.queue import job_id, rq_queue
 from jobs.registry import transition
 from trainer.config import make_config
@@ -83,19 +84,23 @@ def test_cifar_without_its_files_and_resnet_on_cpu_warn_before_launch(r, tmp_pat
 
 
 def test_expected_time_is_scaled_from_finished_runs_of_the_same_kind(r):
-    store_run(r, [config_event(total=100), final_event(None)])  # 12 s for 100 iterations of batch 64
+    store_run(r, [config_event(total=100, max_iters=100), final_event(None)])  # 12 s for its work
     finished = api.list_runs(r)
-    config = make_config({"epochs": 30})  # 30 × (1500 // 64) = 690 iterations, FGSM: same passes
+    per_pass = 12.0 / cost(finished[0].config).work
+    config = make_config({"epochs": 30})  # 30 × (1500 // 64) = 690 iterations, FGSM: the same kind
     guess = estimate.expected(config, finished, gpu=False)
-    assert guess.seconds == pytest.approx(12.0 * 690 / 100)
-    assert "1 finished run" in guess.basis
-    store_run(r, [config_event(total=100, method="pgd", pgd_steps=10), final_event(None)])
+    assert guess.seconds == pytest.approx(per_pass * cost(config).work)
+    assert guess.measured and "1 finished run" in guess.basis
+    store_run(r, [config_event(total=100, max_iters=100, method="pgd", pgd_steps=10), final_event(None)])
     finished = api.list_runs(r)
-    pgd = estimate.expected(make_config({"method": "pgd", "pgd_steps": 5}), finished, gpu=False)
-    assert pgd.seconds == pytest.approx(12.0 * 690 / 100 * 6 / 11)  # 6 passes a batch against PGD-10's 11
-    assert estimate.expected(make_config({"method": "fgsm_rs"}), finished, gpu=False) is None
-    assert estimate.expected(config, finished, gpu=True) is None  # nothing measured on a GPU
-    assert estimate.expected(make_config({"n_filters": 64}), finished, gpu=False) is None
+    pgd10 = next(run.config for run in finished if run.config.method == "pgd")
+    pgd5 = make_config({"method": "pgd", "pgd_steps": 5})
+    pgd = estimate.expected(pgd5, finished, gpu=False)
+    assert pgd.seconds == pytest.approx(12.0 / cost(pgd10).work * cost(pgd5).work)  # PGD's steps: in the work
+    assert not estimate.expected(make_config({"method": "fgsm_rs"}), finished, gpu=False).measured
+    assert estimate.expected(config, finished, gpu=True) is None  # nothing measured on a GPU, no guess there
+    assert not estimate.expected(make_config({"n_filters": 64}), finished, gpu=False).measured
+    assert estimate.expected(make_config({"model": "lenet"}), finished, gpu=False) is None  # no CPU figure
 
 
 # --- item 11: words ---
@@ -219,7 +224,8 @@ def test_before_the_first_iteration_the_page_says_what_is_happening(r):
 
 def test_sweeps_are_listed_by_what_they_are_and_the_form_says_runs_time_and_epochs(r):
     def events(eps, lam=0.0, co=None):
-        return [config_event(total=100, eps=eps, grad_align_lambda=lam), final_event(co, 0.01 if co else 0.3)]
+        config = {"eps": eps, "grad_align_lambda": lam, "max_iters": 100}
+        return [config_event(total=100, **config), final_event(co, 0.01 if co else 0.3)]
 
     for eps, lam, co in ((0.1, 0.0, None), (0.2, 0.0, 60), (0.1, 2.0, None), (0.2, 2.0, None)):
         store_run(r, events(eps, lam, co), sweep_id="s1")
@@ -235,8 +241,9 @@ def test_sweeps_are_listed_by_what_they_are_and_the_form_says_runs_time_and_epoc
     at.number_input(key="sweep.epochs").set_value(10)
     at.run()
     assert at.button(key="sweep.submit").label == "Launch 1 run"
-    # 12 s for 100 iterations measured on the two finished FGSM runs; 10 epochs = 230 iterations
-    assert any("1 run, based on" in c.value and "About 28 s on 1 worker(s)" in c.value for c in at.caption)
+    # 12 s for 100 iterations and the final evaluation (326,970 image passes) measured on the two finished
+    # FGSM runs; 10 epochs = 230 iterations and the same final evaluation: 367,802
+    assert any("1 run, based on" in c.value and "About 13 s on 1 worker:" in c.value for c in at.caption)
     at.button(key="sweep.submit").click().run()
     [run] = api.sweep_runs(r, at.query_params["sweep"])
     assert run.config.epochs == 10

@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import re
 
+from conftest import config_event, final_event, store_run
 from test_app_pages import app
+from test_app_ux import RESNET_PRESET
 
-from trainer.config import lambda_of_eps
+from app import estimate
+from jobs import api
+from jobs.limits import cost
+from trainer.config import lambda_of_eps, make_config
 from trainer.presets import DIGITS_ELLE, DIGITS_GRAD_ALIGN, PRESETS
 
 
@@ -77,3 +82,79 @@ def test_switching_gradalign_off_and_on_keeps_a_typed_lambda(r):
     at.toggle(key="launch.grad_align").set_value(False).run()
     at.toggle(key="launch.grad_align").set_value(True).run()
     assert at.number_input(key="launch.grad_align_lambda").value == 7
+
+
+# --- time estimates ---
+
+
+def _measured(r, **config) -> list:
+    """The finished runs after one of `config` that took 12 s on the CPU (conftest's final event)."""
+    store_run(r, [config_event(total=100, max_iters=100, **config), final_event(None)])
+    return api.list_runs(r)
+
+
+def test_an_estimate_counts_the_evaluations_probes_and_final_attack(r):
+    finished = _measured(r)
+    base = make_config({})
+
+    def seconds(**changes) -> float:
+        return estimate.expected(make_config(changes), finished, gpu=False).seconds
+
+    assert seconds(eval_every=1) > 10 * seconds()  # 690 evaluations instead of 14, each ~7,000 image passes
+    assert seconds(eval_points=16) < seconds() < seconds(eval_points=10_000)
+    assert seconds(eval_points=10_000) == seconds(eval_points=1500)  # all 297 test and 1,500 train images
+    assert seconds(probe_points=0) < seconds() < seconds(probe_every=1)
+    assert seconds(final_eval_points=0) < seconds() < seconds(final_pgd_restarts=20)
+    work = cost(base)
+    assert work.probes == 690 // 20 * 32 * (10 + 4)
+    assert work.final == 2 * (297 * 50 * 10 + 297)  # digits has 297 test images, not final_eval_points' 1,000
+    assert work.evals == 14 * (256 + 256) * (10 + 4)
+
+
+def test_an_estimate_says_whether_it_was_measured_or_is_a_guess(r):
+    guess = estimate.expected(make_config({}), [], gpu=False)
+    assert not guess.measured and guess.basis.startswith("a guess: no finished run like it yet")
+    measured = estimate.expected(make_config({}), _measured(r), gpu=False)
+    assert measured.measured and measured.basis == "measured on 1 finished run like it"
+    at = app().run()
+    at.selectbox(key="launch.preset").set_value(RESNET_PRESET).run()
+    [slow] = [w.value for w in at.warning if "No GPU worker is alive" in w.value]
+    assert "a guess: no finished run like it yet, so from the CPU figures of docs/benchmarks.md" in slow
+
+
+def test_the_launch_warning_counts_evaluations(r):
+    finished = _measured(r)
+    at = app().run()
+    assert not [w for w in at.warning if "No GPU worker is alive" in w.value]  # the preset: seconds
+    for field, value in {"epochs": 200, "eval_every": 1, "eval_pgd_steps": 50}.items():
+        at.number_input(key="launch." + field).set_value(value).run()
+    config = make_config({"epochs": 200, "eval_every": 1, "eval_pgd_steps": 50})
+    hours = estimate.format_hours(estimate.expected(config, finished, gpu=False).seconds)
+    [slow] = [w.value for w in at.warning if "No GPU worker is alive" in w.value]
+    assert f"about {hours}**" in slow and "measured on 1 finished run like it" in slow
+
+
+def test_a_sweep_estimate_says_which_runs_are_measured_guessed_or_left_out(r):
+    finished = _measured(r)
+    configs = [make_config({"seed": seed}) for seed in range(3)] + [make_config({"method": "pgd"})]
+    text = estimate.sweep_expected(configs, finished, gpu=False, workers=1)
+    total = sum(estimate.expected(config, finished, gpu=False).seconds for config in configs)
+    assert text == (
+        f"About {estimate.format_hours(total)} on 1 worker: 3 runs measured on finished runs like them; "
+        "1 run of a kind not measured yet guessed from the CPU figures of docs/benchmarks.md."
+    )
+    lenet = make_config({"model": "lenet"})  # no CPU figure to guess from
+    text = estimate.sweep_expected([*configs, lenet], finished, gpu=False, workers=2)
+    assert text.startswith(f"About {estimate.format_hours(total / 2)} on 2 workers for 4 of 5 runs: ")
+    assert text.endswith("; 1 run of a kind not measured yet not counted (no figure to guess from).")
+    assert estimate.sweep_expected(configs, finished, gpu=True, workers=1).startswith("No finished run")
+
+
+def test_the_sweep_page_counts_its_unmeasured_runs_in_words(r):
+    _measured(r)
+    at = app()
+    at.switch_page("views/sweep.py").run()
+    at.multiselect(key="sweep.methods").set_value(["FGSM", "PGD-10"])
+    at.text_input(key="sweep.eps").set_value("0.1, 0.2").run()
+    [caption] = [c for c in _captions(at) if c.startswith("4 runs")]
+    assert "2 runs measured on finished runs like them; 2 runs of a kind not measured yet guessed" in caption

@@ -26,7 +26,7 @@ from trainer.methods import METHODS
 
 Dataset = Literal["digits", "mnist", "svhn", "cifar10"]
 # What is known of each data set without loading it (torch-free, for jobs.limits and model rebuilding):
-# (channels, image size, classes), and the number of training images.
+# (channels, image size, classes), and the number of training and test images.
 DATA_SHAPES: dict[str, tuple[int, int, int]] = {
     "digits": (1, 16, 10),
     "mnist": (1, 28, 10),
@@ -34,6 +34,7 @@ DATA_SHAPES: dict[str, tuple[int, int, int]] = {
     "cifar10": (3, 32, 10),
 }
 TRAIN_IMAGES: dict[str, int] = {"digits": 1500, "mnist": 60_000, "svhn": 73_257, "cifar10": 50_000}
+TEST_IMAGES: dict[str, int] = {"digits": 297, "mnist": 10_000, "svhn": 26_032, "cifar10": 10_000}
 Model = Literal["cnn", "lenet", "preact_resnet18"]
 Method = Literal[tuple(METHODS)]  # trainer.methods is the list
 Optimizer = Literal["sgd", "adam"]

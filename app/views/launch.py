@@ -14,6 +14,7 @@ import streamlit as st
 from app import estimate, forks, nav, state
 from app.text import md_escape, model_name
 from jobs import api
+from jobs.limits import cost
 from trainer.config import (
     DIGITS_LAMBDA_MEASURED,
     NATURAL_IMAGES,
@@ -181,11 +182,11 @@ def _cannot_run_here(r, config: RunConfig) -> None:
     finished = [run for run in api.list_runs(r) if run.status == "finished"]
     guess = estimate.expected(config, finished, gpu=False)
     if guess is not None and guess.seconds > SLOW_S:
-        hours, iterations = estimate.format_hours(guess.seconds), estimate.iterations(config)
+        hours, iterations = estimate.format_hours(guess.seconds), cost(config).iterations
         st.warning(
             f"**No GPU worker is alive: on a CPU this run takes about {hours}** ({iterations:,} iterations; "
             f"{guess.basis}). Start `codash worker --device cuda` on a GPU machine, or shorten it (epochs, "
-            "max iterations).",
+            "max iterations) or evaluate less (eval every, final eval points).",
             icon=":material/hourglass_top:",
         )
 
@@ -311,8 +312,22 @@ def _validate(values: dict[str, Any], queued: int) -> tuple[RunConfig | None, di
     try:
         config = make_config(values)  # the one validation of this render
     except ConfigError as exc:
-        return None, exc.problems
+        return None, exc.problems | _blank(values)
     return config, api.limit_violations([config], queued)
+
+
+def _blank(values: dict[str, Any]) -> dict[str, str]:
+    """The required fields the user cleared, each said as such rather than as pydantic's "(got None)"."""
+    return {
+        name: f"blank or not a number: enter a number; allowed: {allowed(name)}"
+        for name, value in values.items()
+        if value is None and not _optional(name)
+    }
+
+
+def _optional(name: str) -> bool:
+    """Whether None is a value of the field ("auto": the paper's default for this method and model)."""
+    return type(None) in get_args(RunConfig.model_fields[name].annotation)
 
 
 # --- widgets ---
@@ -340,7 +355,7 @@ def _field(name: str, problems: dict[str, str]) -> None:
 def _generic(name: str) -> None:
     info = RunConfig.model_fields[name]
     args = [arg for arg in get_args(info.annotation) if arg is not type(None)]
-    optional = type(None) in get_args(info.annotation)
+    optional = _optional(name)
     base = args[0] if optional else info.annotation
     label, key = LABELS.get(name, name), KEY + name
     auto = "Empty: the paper's default for this method and model." if optional else ""
@@ -369,8 +384,8 @@ def _generic(name: str) -> None:
             key=key,
             step=1 if base is int else None,
             format=FORMATS.get(name, "%d" if base is int else "%g"),
-            value=None if optional else "min",
-            placeholder="auto" if optional else None,
+            value=None,  # a cleared box reads as None (blank), never as a number the user did not type
+            placeholder="auto" if optional else "required",
             help=help_text,
             disabled=disabled,
         )
@@ -402,6 +417,8 @@ def _eps() -> None:
         st.number_input(
             "ε (× 1/255)",
             key=KEY + "eps255",
+            value=None,
+            placeholder="required",
             step=1.0,
             format="%g",
             on_change=_sync_eps,
@@ -412,6 +429,8 @@ def _eps() -> None:
         st.number_input(
             "ε",
             key=KEY + "eps",
+            value=None,
+            placeholder="required",
             step=0.01,
             format=FORMATS["eps"],
             on_change=_sync_eps,
