@@ -6,12 +6,12 @@ Pure functions of configs and values, so pages and tables name things the same w
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Sequence
 from typing import Any
 
 from trainer.config import RunConfig, format_eps
+from trainer.events import percent as percent  # the CLI's too: one formatter for accuracies
 from trainer.fork import LINK_FIELDS
 from trainer.methods import LABEL_FIELDS, reads
 
@@ -26,10 +26,6 @@ def md_escape(text: str) -> str:
 def plural(count: int, noun: str) -> str:
     """'1 run', '3 runs'."""
     return f"{count:,} {noun}{'' if count == 1 else 's'}"
-
-
-def percent(value: float | None) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1%}"
 
 
 def format_duration(seconds: float | None) -> str:

@@ -16,6 +16,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+import trainer
 from jobs import api, keys
 from jobs.server import ensure_server, public_url, run_in_foreground, stop_server
 from jobs.worker_flags import HELP as WORKER_HELP
@@ -28,12 +29,13 @@ from trainer.cli import (
     flag_values,
     run,
 )
-from trainer.events import events_csv, events_jsonl
+from trainer.events import events_csv, events_jsonl, percent
 from trainer.fork import LINK_FIELDS
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="codash", description="Watch catastrophic overfitting happen live.")
+    parser.add_argument("--version", action=VersionAction)
     commands = parser.add_subparsers(dest="command", required=True)
     add_train_command(commands)
 
@@ -66,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text, handler in (
         ("status", "a run's record as JSON", run_status),
         ("cancel", "stop a running run (resumable) or take a queued one off the queue", run_cancel),
-        ("resume", "continue an interrupted, cancelled or failed run from its last checkpoint", run_resume),
+        ("resume", "continue an interrupted or cancelled run from its last checkpoint", run_resume),
         ("delete", "remove a run's record, events and checkpoints", run_delete),
     ):
         command = commands.add_parser(name, help=help_text)
@@ -113,6 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class VersionAction(argparse.Action):
+    """`codash --version`: asks git for the commit only when asked, so no other command waits for it."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        help_text = "print codash's version (and its git commit, in a checkout) and exit"
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help_text)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args) -> None:
+        print(f"codash {trainer.provenance()}")
+        parser.exit()
+
+
 def run_bench(args: argparse.Namespace) -> int:
     """`python -m bench ...` in the checkout: bench/ (and the tests it reuses) is not part of the package.
 
@@ -149,7 +163,7 @@ def run_runs(args: argparse.Namespace) -> int:
         runs = api.lineage(r, args.lineage)
     else:
         runs = api.sweep_runs(r, args.sweep) if args.sweep else api.list_runs(r, limit=args.limit)
-    print(format_table(runs))
+    print("\n".join([format_table(runs), *reasons(runs)]))
     return 0
 
 
@@ -170,7 +184,7 @@ def format_table(runs: list[api.Run]) -> str:
                 item.status,
                 f"{item.iteration}/{item.total_iterations or '?'}",
                 "-" if item.co_iteration is None else str(item.co_iteration),
-                "-" if pgd is None else f"{pgd:.3f}",
+                "-" if pgd is None else percent(pgd),
                 f"{item.config.parent}@{item.config.fork_iteration}" if item.config.parent else "-",
                 item.worker or "-",
                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(item.created_at)),
@@ -185,6 +199,19 @@ def format_table(runs: list[api.Run]) -> str:
     )
 
 
+STOPPED = frozenset({api.RunStatus.INTERRUPTED, api.RunStatus.FAILED})  # runs whose record says why
+
+
+def reasons(runs: list[api.Run]) -> list[str]:
+    """Below the table, why each interrupted or failed run stopped, as recorded: whether resuming (or
+    relaunching edited) is worth it depends on it."""
+    return [
+        printable(f"{item.id}  {item.status}: {item.error}")
+        for item in runs
+        if item.status in STOPPED and item.error
+    ]
+
+
 def run_status(args: argparse.Namespace) -> int:
     run_record = api.get_run(api.connect(), args.run_id)
     if run_record is None:
@@ -193,13 +220,41 @@ def run_status(args: argparse.Namespace) -> int:
     return 0
 
 
+CANCELLED = {
+    api.RunStatus.QUEUED: "cancelled run {} (was queued): taken off the queue, it never starts",
+    api.RunStatus.RUNNING: "cancelling run {} (was running): its worker stops it at the next iteration "
+    "with a checkpoint and marks it cancelled (resumable)",
+    api.RunStatus.INTERRUPTED: "cancelled run {} (was interrupted)",
+    api.RunStatus.CANCELLED: "run {} was already cancelled",
+}
+
+
 def run_cancel(args: argparse.Namespace) -> int:
-    api.cancel(api.connect(), args.run_id)
+    print(CANCELLED[api.cancel(api.connect(), args.run_id)].format(args.run_id))
     return 0
 
 
 def run_resume(args: argparse.Namespace) -> int:
-    api.resume(api.connect(), args.run_id)
+    """Resume what the dashboard offers to (api.USER_RESUMABLE); say where the new attempt continues from."""
+    r = api.connect()
+    run_record = api.get_run(r, args.run_id)
+    if run_record is None:
+        raise api.RunNotFound(args.run_id)
+    if run_record.status == api.RunStatus.FAILED:
+        raise api.InvalidTransition(
+            f"run {args.run_id} failed, and resuming it would fail the same way: relaunch it with an edited "
+            f"config instead (`codash status {args.run_id}` shows why it failed and its config; "
+            "`codash submit` takes the config's fields as flags)"
+        )
+    if run_record.status not in api.USER_RESUMABLE:
+        allowed = " or ".join(sorted(api.USER_RESUMABLE))
+        raise api.InvalidTransition(
+            f"run {args.run_id} is {run_record.status}: only {allowed} runs can be resumed"
+        )
+    attempt = api.resume(r, args.run_id)
+    checkpoint = api.last_checkpoint(r, args.run_id)
+    where = "from the start (no checkpoint yet)" if checkpoint is None else f"from iteration {checkpoint:,}"
+    print(f"resumed run {args.run_id} {where}: queued as attempt {attempt}")
     return 0
 
 

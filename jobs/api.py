@@ -39,11 +39,14 @@ from jobs.registry import (
     sweep_runs,
     workers,
 )
-from jobs.stream import all_events, read_events
+from jobs.stream import all_events, last_checkpoint, read_events
 
 # What a command line reports as one line and exit status 2: a missing run, a refused status change, Redis
 # gone, or bad input (a ConfigError is a ValueError).
 JOB_ERRORS = (RunNotFound, InvalidTransition, redis.RedisError, ValueError)
+# What a user is offered to resume (the dashboard's button, `codash resume`): the queue also resumes a failed
+# run, but it would fail the same way again; the user relaunches it with an edited config instead.
+USER_RESUMABLE = RESUMABLE - {RunStatus.FAILED}
 
 __all__ = [
     "MAX_NOTE_CHARS",
@@ -51,6 +54,7 @@ __all__ = [
     "DEFAULT_QUEUE",
     "RESUMABLE",
     "TERMINAL",
+    "USER_RESUMABLE",
     "JOB_ERRORS",
     "InvalidTransition",
     "OverLimit",
@@ -67,6 +71,7 @@ __all__ = [
     "fork",
     "fork_points",
     "get_run",
+    "last_checkpoint",
     "lineage",
     "limit_violations",
     "list_runs",

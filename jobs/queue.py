@@ -142,26 +142,31 @@ def _prepare_fork(r: redis.Redis, config: RunConfig, run_id: str) -> None:
     seed_fork(run_dir(config.parent), config.fork_iteration, run_dir(run_id))
 
 
-def cancel(r: redis.Redis, run_id: str) -> None:
+def cancel(r: redis.Redis, run_id: str) -> RunStatus:
     """A queued run leaves the queue and never starts; a running one stops at its next iteration.
 
     The worker saves a checkpoint and marks the run `cancelled` (within a second or two on CPU), so it can be
     resumed; an interrupted one becomes cancelled. Cancelling a cancelled run does nothing; a finished or
-    failed one cannot be cancelled (CANCELLABLE).
+    failed one cannot be cancelled (CANCELLABLE). Returns the status the run had, to say what happened.
     """
     fields = {"status": RunStatus.CANCELLED, "finished_at": time.time()}
     dequeue = lambda pipe, record: _dequeue(pipe, run_id, record)
-    if transition(r, run_id, CANCELLABLE - {RunStatus.RUNNING}, fields, also=dequeue) is not None:
-        return
+    old = transition(r, run_id, CANCELLABLE - {RunStatus.RUNNING}, fields, also=dequeue)
+    if old is not None:
+        return RunStatus(old["status"])
     record = _existing(r, run_id)
     if record["status"] == RunStatus.RUNNING:
         r.set(keys.stop(run_id), 1, ex=STOP_TTL_S)
     elif record["status"] != RunStatus.CANCELLED:
         raise InvalidTransition(f"run {run_id} is {record['status']}: there is nothing to cancel")
+    return RunStatus(record["status"])
 
 
-def resume(r: redis.Redis, run_id: str) -> None:
-    """Queue a new attempt of an interrupted, cancelled or failed run, continuing from its last checkpoint."""
+def resume(r: redis.Redis, run_id: str) -> int:
+    """Queue a new attempt of an interrupted, cancelled or failed run, continuing from its last checkpoint.
+
+    Returns the new attempt's number.
+    """
 
     def requeued(record: Record) -> dict[str, Any]:
         attempt = attempt_of(record) + 1
@@ -171,9 +176,11 @@ def resume(r: redis.Redis, run_id: str) -> None:
         attempt = attempt_of(record) + 1
         _enqueue(r, pipe, record.get("queue") or keys.DEFAULT_QUEUE, run_id, attempt)
 
-    if transition(r, run_id, RESUMABLE, requeued, also=enqueue_next) is None:
+    old = transition(r, run_id, RESUMABLE, requeued, also=enqueue_next)
+    if old is None:
         status = _existing(r, run_id)["status"]
         raise InvalidTransition(f"run {run_id} is {status}: only {_either(RESUMABLE)} runs can be resumed")
+    return attempt_of(old) + 1
 
 
 def _either(statuses: frozenset[RunStatus]) -> str:

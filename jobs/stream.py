@@ -9,6 +9,7 @@ Readers fetch incrementally after the last entry id they saw.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import redis
@@ -156,34 +157,46 @@ def all_events(r: redis.Redis, run_id: str, bad: list[tuple[str, str]] | None = 
         after = last
 
 
+def _newest_first(r: redis.Redis, run_id: str) -> Iterator[tuple[bytes, Event]]:
+    """(entry id, event) from the stream's end backwards, a page at a time; garbage reads as `unreadable`."""
+    key, newest = keys.stream(run_id), "+"
+    while page := r.xrevrange(key, max=newest, min="-", count=PAGE):
+        for entry_id, fields in page:
+            try:
+                yield entry_id, parse_event(fields.get(FIELD_KEY))
+            except BadEvent:
+                yield entry_id, {"type": "unreadable"}
+        newest = "(" + page[-1][0].decode()
+
+
+def last_checkpoint(r: redis.Redis, run_id: str) -> int | None:
+    """The iteration of the run's last checkpoint event (where a resumed attempt continues), None if none."""
+    events = (event for _, event in _newest_first(r, run_id) if event["type"] == "checkpoint")
+    return next(events, {"iteration": None})["iteration"]
+
+
 def rewind_to_checkpoint(r: redis.Redis, run_id: str, attempt: int) -> int | None:
     """Delete every entry after the last checkpoint event: a resumed run recomputes those iterations.
 
     Returns that checkpoint's iteration, or None (deleting nothing) if the stream holds no checkpoint.
+    Garbage after the last checkpoint goes with the rest; before it, it stays.
     """
-    key, stale, dropped_co, checkpoint, newest = keys.stream(run_id), [], False, None, "+"
-    while checkpoint is None:
-        page = r.xrevrange(key, max=newest, min="-", count=PAGE)
-        if not page:
-            return None
-        for entry_id, fields in page:
-            try:
-                event = parse_event(fields.get(FIELD_KEY))
-            except BadEvent:  # garbage after the last checkpoint goes with the rest; before it, it stays
-                event = {"type": "unreadable"}
-            if event["type"] == "checkpoint":
-                checkpoint = event["iteration"]
-                break
-            stale.append(entry_id)
-            dropped_co |= event["type"] == "co"
-        newest = "(" + page[-1][0].decode()
+    stale, dropped_co, checkpoint = [], False, None
+    for entry_id, event in _newest_first(r, run_id):
+        if event["type"] == "checkpoint":
+            checkpoint = event["iteration"]
+            break
+        stale.append(entry_id)
+        dropped_co |= event["type"] == "co"
+    if checkpoint is None:
+        return None
     progress = {"iteration": checkpoint, "final": ""}
     if dropped_co:
         progress["co_iteration"] = ""
 
     def write(pipe: Pipeline) -> None:
         for start in range(0, len(stale), PAGE):
-            pipe.xdel(key, *stale[start : start + PAGE])
+            pipe.xdel(keys.stream(run_id), *stale[start : start + PAGE])
         pipe.hset(keys.run(run_id), mapping=progress)
 
     write_if_owner(r, run_id, attempt, write)

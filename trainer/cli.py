@@ -16,11 +16,12 @@ from tqdm import tqdm
 
 from trainer.co import interval_words
 from trainer.config import ConfigError, RunConfig, allowed, make_config
-from trainer.events import Event, JsonlSink
+from trainer.events import Event, JsonlSink, percent
 from trainer.presets import PRESETS
 
 # OSError covers trainer.data.DatasetMissing (a FileNotFoundError) without importing torch here.
 EXPECTED_ERRORS = (ConfigError, RuntimeError, OSError)
+AUTO = "default: auto (the paper's default for this method and model)"
 
 
 def add_config_flags(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
@@ -34,12 +35,12 @@ def add_config_flags(parser: argparse.ArgumentParser, exclude: tuple[str, ...] =
         help="start from a preset (the launch form's); the flags below override it. "
         f"One of: {'; '.join(PRESETS)}",
     )
+    resolved = make_config({})
     for name, info in RunConfig.model_fields.items():
         if name in exclude:
             continue
         flag = "--" + name.replace("_", "-")
-        default = info.get_default(call_default_factory=True)
-        parts = dict.fromkeys([info.description, allowed(name), f"default: {default}"])  # no repeated text
+        parts = dict.fromkeys([info.description, allowed(name), default_words(name, resolved)])  # no repeats
         help_text = " ".join(filter(None, parts))
         if info.annotation is bool:
             # --flag / --no-flag: a switch that defaults to on (fast_path) can be turned off too
@@ -48,6 +49,14 @@ def add_config_flags(parser: argparse.ArgumentParser, exclude: tuple[str, ...] =
             )
         else:
             group.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=help_text)
+
+
+def default_words(name: str, resolved: RunConfig) -> str:
+    """'default: 64'; a None default the config fills in by method and model reads as the form's "auto"."""
+    default = RunConfig.model_fields[name].get_default(call_default_factory=True)
+    if default is None:
+        return AUTO if getattr(resolved, name) is not None else "default: none"
+    return f"default: {default}"
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -101,14 +110,14 @@ class ProgressSink:
 def final_summary(final: Event, config: RunConfig) -> str:
     """One line of what the run achieved, for a reader of the terminal rather than of the JSONL."""
     last, best = final["last"], final["best"]
-    parts = [f"clean {last['clean_acc']:.1%}"]
+    parts = [f"clean {percent(last['clean_acc'])}"]
     if last["pgd_acc"] is not None:
         parts.append(
-            f"{config.final_pgd} on {final['attack_points']:,} test images {last['pgd_acc']:.1%} "
-            f"(early-stopped at iteration {final['best_iteration']:,}: {best['pgd_acc']:.1%})"
+            f"{config.final_pgd} on {final['attack_points']:,} test images {percent(last['pgd_acc'])} "
+            f"(early-stopped at iteration {final['best_iteration']:,}: {percent(best['pgd_acc'])})"
         )
     if last["autoattack_acc"] is not None:
-        parts.append(f"AutoAttack {last['autoattack_acc']:.1%}")
+        parts.append(f"AutoAttack {percent(last['autoattack_acc'])}")
     co = final["co_iteration"]
     parts.append(f"catastrophic overfitting at iteration {co:,}" if final["co_detected"] else "no CO")
     return "final: " + " · ".join(parts)

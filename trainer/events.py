@@ -191,6 +191,11 @@ def parse_event(data: str | bytes | None) -> Event:
     return event
 
 
+def percent(value: float | None) -> str:
+    """An accuracy (a fraction, as events carry it) as people read it: the dashboard's and the CLI's text."""
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1%}"
+
+
 def make_event(kind: str, **fields: Any) -> Event:
     """Build an event, checking it carries exactly the fields of its type (a typo fails loudly)."""
     expected = FIELDS[kind]
