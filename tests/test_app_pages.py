@@ -37,6 +37,7 @@ from app.views.launch import ADVANCED, GROUPS
 from app.views.live import STATUS_ICONS
 from jobs import api, keys
 from jobs.queue import job_id, rq_queue
+from jobs.registry import LOST
 from trainer.config import RunConfig, lambda_of_eps, make_config, paper_lambda
 from trainer.fork import LINK_FIELDS
 from trainer.presets import DIGITS_GRAD_ALIGN, PRESETS
@@ -346,8 +347,17 @@ def test_the_live_view_offers_exactly_the_actions_the_queue_accepts(r, status):
     resumable = run_with_status(r, status)
     assert (status in api.RESUMABLE) == changes(r, api.resume, resumable)
     # a failed run would fail the same way again: the page offers Edit and relaunch instead (issue 17)
-    assert ("live.resume" in offered) == (status in api.RESUMABLE - {api.RunStatus.FAILED})
+    assert ("live.resume" in offered) == (status in api.USER_RESUMABLE)
     assert ("live.relaunch" in offered) == (status == api.RunStatus.FAILED)
+
+
+def test_an_interrupted_run_says_why(r):
+    run_id = store_run(r, running_events(total=100, until=40), status=api.RunStatus.RUNNING)
+    r.delete(keys.heartbeat(run_id))  # its worker died: the page, reading it, marks it interrupted
+    at = app(run=run_id).run()
+    assert "**interrupted**" in at.markdown[0].value
+    assert [warning.value for warning in at.warning] == [f"Why the run was interrupted: {md_escape(LOST)}"]
+    assert "live.resume" in {button.key for button in at.button}
 
 
 def test_a_shared_root_link_opens_the_run_and_user_text_is_escaped(r):

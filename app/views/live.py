@@ -26,7 +26,6 @@ from trainer.co import interval_words
 
 REFRESH_S = 1.0
 X_AXES = ("iteration", "wall clock")
-RESUME_OFFERED = api.RESUMABLE - {api.RunStatus.FAILED}  # a failed run would fail again
 STATUS_ICONS = {
     api.RunStatus.QUEUED: ":material/hourglass_empty:",
     api.RunStatus.RUNNING: ":material/directions_run:",
@@ -133,6 +132,8 @@ def _status(r, run, history: RunHistory) -> None:
     if run.status == api.RunStatus.UNREADABLE and run.error:  # a failed run says why in _failure
         st.error(f"Why the run is {run.status}:", icon=":material/error:")
         st.code(run.error, language=None, wrap_lines=True)  # as text: it may quote anything from Redis
+    if run.status == api.RunStatus.INTERRUPTED and run.error:  # whether resuming is worth it depends on why
+        st.warning(f"Why the run was interrupted: {md_escape(run.error)}", icon=STATUS_ICONS[run.status])
     if history.skipped:
         st.caption(f"{history.skipped:,} stream entries could not be read and were skipped.")
 
@@ -273,7 +274,7 @@ def _controls(r, run) -> None:
         if run.status in api.CANCELLABLE and st.button("Cancel", icon=":material/stop:", key="live.cancel"):
             api.cancel(r, run.id)
             st.rerun()
-        if run.status in RESUME_OFFERED and st.button(
+        if run.status in api.USER_RESUMABLE and st.button(
             "Resume", icon=":material/play_arrow:", key="live.resume"
         ):
             api.resume(r, run.id)
