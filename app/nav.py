@@ -1,7 +1,8 @@
 """Page registry and navigation, so views can send the user to another page with its query parameters.
 
 Pages are identified by their url_path; a run's live view is `/live?run=ID`, a comparison
-`/compare?compare=ID,ID`. At the root URL, those query parameters open their page, so `/?run=ID` works too.
+`/compare?compare=ID,ID`, the launch form `/launch` (`/launch?fork=ID&at=K` for a fork). The root URL is a
+hidden page that opens the page its query parameters ask for (`/?run=ID` opens the live view), else Launch.
 """
 
 from __future__ import annotations
@@ -20,29 +21,30 @@ TITLES = {
     "sweep": ("Sweep ε", ":material/scatter_plot:"),
 }
 # the page a shared link's query parameter asks for, when the link points at the root URL
-PARAM_PAGES = {"run": "live", "compare": "compare", "sweep": "sweep", "lineage": "runs"}
+PARAM_PAGES = {"run": "live", "compare": "compare", "sweep": "sweep", "lineage": "runs", "fork": "launch"}
 
 
 VIEWS = Path(__file__).parent / "views"
 
 
-def page(name: str, default: bool = False) -> st.Page:
+def page(name: str) -> st.Page:
     """Each page is a views/<name>.py module that renders itself when Streamlit runs it as a script."""
     title, icon = TITLES[name]
-    return st.Page(VIEWS / f"{name}.py", title=title, icon=icon, url_path=name, default=default)
+    return st.Page(VIEWS / f"{name}.py", title=title, icon=icon, url_path=name)
 
 
 def pages() -> list[st.Page]:
-    return [page(name, default=name == "launch") for name in TITLES]
+    """The root is not a page of its own: it forwards (follow_shared_link), so every page has its path."""
+    root = st.Page(lambda: None, title="codash", url_path="home", default=True, visibility="hidden")
+    return [root, *(page(name) for name in TITLES)]
 
 
 def follow_shared_link(current: st.Page, query_params: Mapping[str, str]) -> None:
-    """At the root URL, `?run=ID`, `?compare=...` or `?sweep=...` open the page that shows them, with the
-    link's other parameters (a shared view's zoom and smoothing)."""
+    """At the root URL, `?run=ID`, `?compare=...`, `?fork=...` or `?sweep=...` open the page that shows them,
+    with the link's other parameters (a shared view's zoom and smoothing); a bare root opens Launch."""
     if current.url_path == "":
-        for param, name in PARAM_PAGES.items():
-            if param in query_params:
-                go(name, **{key: query_params[key] for key in query_params})
+        name = next((name for param, name in PARAM_PAGES.items() if param in query_params), "launch")
+        go(name, **{key: query_params[key] for key in query_params})
 
 
 def go(name: str, **query_params: str) -> NoReturn:

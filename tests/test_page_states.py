@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from conftest import (
+    append,
     co_run_events,
     config_event,
     metrics_event,
@@ -99,3 +100,22 @@ def test_a_forks_empty_panels_name_its_own_first_evaluation(r):
         a["text"] for a in charts(at)["live.chart"]["layout"]["annotations"] if a.get("name") == "pending"
     ]
     assert notes[0] == "robust accuracy: first evaluation at iteration 200"
+
+
+def test_a_refused_tag_edit_and_the_typed_text_outlast_the_live_refresh(r):
+    run_id = store_run(r, running_events(), status="running")
+    at = app(run=run_id).run()
+    tags = [f"t{n}" for n in range(13)]
+    at.text_input(key=f"live.tags.{run_id}").set_value(", ".join(tags))
+    at.button[[b.label for b in at.button].index("Save tags and note")].click().run()
+    append(r, run_id, [metrics_event(41)])  # the run moves on; the page refreshes
+    at.run()
+    at.run()
+    assert not at.exception
+    assert any("Not saved" in error.value and "at most 12 tags" in error.value for error in at.error)
+    assert at.text_input(key=f"live.tags.{run_id}").value == ", ".join(tags)  # what the user typed
+    assert api.get_run(r, run_id).tags == ()
+    at.text_input(key=f"live.tags.{run_id}").set_value("co")
+    at.button[[b.label for b in at.button].index("Save tags and note")].click().run()
+    at.run()
+    assert not at.error and api.get_run(r, run_id).tags == ("co",)

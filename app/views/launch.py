@@ -460,6 +460,8 @@ def _grad_align() -> None:
     st.number_input(
         LABELS["grad_align_lambda"],
         key=KEY + "grad_align_lambda",
+        value=None,
+        placeholder="required",
         format="%g",
         disabled=not on,
         help=allowed("grad_align_lambda"),

@@ -71,13 +71,16 @@ def _panel(run_id: str) -> bool:
         return False
     history = state.history(r, run)
     st.header(md_escape(run.config.label()), anchor=False)
-    if notes.shown(run):
-        st.markdown(notes.shown(run))
-    if run.status == "failed":
-        _failure(run, history)
-    forks.lineage_caption(r, run)
-    _status(r, run, history)
-    forks.rescue_action(r, run, history.collapse_began)
+    # Whatever comes and goes above the chart (a failure, Rescue once CO is declared) stays in one block:
+    # the chart's place on the page never moves, so a refresh updates it instead of drawing it anew.
+    with st.container():
+        if notes.shown(run):
+            st.markdown(notes.shown(run))
+        if run.status == "failed":
+            _failure(run, history)
+        forks.lineage_caption(r, run)
+        _status(r, run, history)
+        forks.rescue_action(r, run, history.collapse_began)
     if not history.metrics and not history.evals:  # nothing to draw: say what is happening instead
         if run.status != "failed":
             st.info(_waiting_for(r, run, history), icon=":material/hourglass_top:")

@@ -43,12 +43,12 @@ def render() -> None:
     lineage = forks.lineage_choice(runs, columns[-2])
     extra = st.multiselect("more columns", MORE, key="runs.columns", placeholder="add columns")
     extra = ["fork of", *(c for c in extra if c != "fork of")] if lineage else extra
-    live = any(run.status not in api.TERMINAL for run in runs)
-    while_live(_table, live, REFRESH_S, filters, text, extra, lineage)
+    while_live(_table, True, REFRESH_S, filters, text, extra, lineage)
 
 
 def _table(filters: dict[str, list[str]], text: str, extra: list[str], lineage: str | None) -> bool:
-    """The table and the actions on its selection; returns whether any run can still change."""
+    """The table and the actions on its selection. It always refreshes (returns True): runs arrive from
+    other tabs, the CLI and sweeps even when every run shown has ended."""
     r = state.connection()
     runs = api.list_runs(r)
     frame = runs_frame(runs)
@@ -78,7 +78,7 @@ def _table(filters: dict[str, list[str]], text: str, extra: list[str], lineage: 
     if selected_ids:
         by_id = {run.id: run for run in runs}
         _actions(r, [by_id[run_id] for run_id in selected_ids])
-    return any(run.status not in api.TERMINAL for run in runs)
+    return True
 
 
 def _keep_ticks_on_their_runs(table_key: str, ids: list[str]) -> list[str]:

@@ -1,0 +1,129 @@
+"""What the live refresh does to a user's hands, in a real browser: a selection made before a refresh is
+the one acted on after it; a number box left blank or given text never becomes a number.
+
+Reuses test_browser_ux's dashboard, browser and cleared-Redis fixtures (one dashboard for this module).
+"""
+
+from __future__ import annotations
+
+import re
+
+from conftest import (
+    CHARTS,
+    ROOT,
+    append,
+    co_event,
+    co_run_events,
+    eval_event,
+    metrics_event,
+    running_events,
+    store_run,
+    wait_for,
+)
+from test_browser_ux import TIMEOUT_MS, browser, dashboard, home, r  # noqa: F401 (fixtures)
+
+from jobs import api
+from trainer.config import make_config
+from trainer.fork import EVALS_DIR
+
+ROW_PX = 35  # the data grid's header and row height (Streamlit's default)
+
+
+def test_a_ticked_run_is_the_one_deleted_after_a_new_run_re_sorts_the_table(browser, dashboard, r):  # noqa: F811 (fixtures)
+    older, newer = store_run(r, co_run_events()), store_run(r, co_run_events())
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{dashboard}/runs")
+    table = page.get_by_test_id("stDataFrame")
+    table.wait_for(timeout=TIMEOUT_MS)
+    grid = table.locator("table")
+    wait_for(lambda: older in grid.inner_text(), 60, "both runs in the table")
+    where = table.bounding_box()
+    page.mouse.click(where["x"] + 15, where["y"] + ROW_PX * 2 + ROW_PX / 2)  # row 2: the older run
+    delete = page.get_by_role("button", name=re.compile(r"^Delete 1"))
+    delete.wait_for(timeout=TIMEOUT_MS)
+    arrived = api.submit(r, make_config({"method": "pgd", "eps": 0.2}))  # the refresh puts it on top
+    wait_for(lambda: arrived in grid.inner_text(), 30, "the new run in the table")
+    delete.click()
+    dialog = page.get_by_test_id("stPopoverBody")
+    dialog.get_by_text(older).wait_for(timeout=TIMEOUT_MS)  # the confirmation names the ticked run
+    assert newer not in dialog.inner_text() and arrived not in dialog.inner_text()
+    dialog.get_by_role("button", name="Yes, delete these").click()
+    wait_for(lambda: api.get_run(r, older) is None, 30, "the ticked run to be deleted")
+    assert {run.id for run in api.list_runs(r)} == {newer, arrived}
+    page.close()
+
+
+def test_blank_or_text_in_any_number_box_disables_launch_and_queues_nothing(browser, dashboard, r):  # noqa: F811 (fixtures)
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.goto(dashboard)
+    launch = page.get_by_role("button", name="Launch run")
+    launch.wait_for(timeout=TIMEOUT_MS)
+    page.get_by_text("Advanced: attack steps").click()
+    boxes = page.get_by_test_id("stNumberInput")
+    wait_for(lambda: boxes.count() > 20, 30, "the advanced fields")
+    required = [
+        n
+        for n in range(boxes.count())
+        if boxes.nth(n).locator("input").get_attribute("placeholder") == "required"
+    ]
+    assert len(required) >= 10
+    for n in required:
+        box = boxes.nth(n).locator("input")
+        if box.is_disabled():  # a field this method does not read
+            continue
+        label = box.get_attribute("aria-label")
+        before = box.input_value()
+        for typed in ("abc", ""):
+            box.click()
+            box.press("Control+A")
+            page.keyboard.type(typed) if typed else page.keyboard.press("Backspace")
+            box.press("Enter")
+            column = boxes.nth(n).locator("xpath=ancestor::*[@data-testid='stColumn'][1]")
+            column.get_by_test_id("stAlert").filter(has_text="blank or not a number").wait_for(
+                timeout=TIMEOUT_MS
+            )
+            wait_for(launch.is_disabled, 30, f"Launch disabled with {label!r} = {typed!r}")
+            assert "Will run:" not in page.inner_text("body")
+        box.fill(before)
+        box.press("Enter")
+        wait_for(launch.is_enabled, 30, f"Launch enabled again after {label!r}")
+    assert api.list_runs(r) == []
+    page.close()
+
+
+def test_the_chart_is_updated_in_place_when_co_is_declared_and_rescue_appears(browser, dashboard, r):  # noqa: F811
+    run_id = store_run(r, running_events(total=100, until=40), status="running")
+    evals = api.run_dir(run_id) / EVALS_DIR
+    evals.mkdir(parents=True)
+    for iteration in (20, 40):  # kept evaluations: what Rescue forks from
+        (evals / f"{iteration}.pt").touch()
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{dashboard}/live?run={run_id}")
+    chart = page.frame_locator(CHARTS).first.locator("#chart")
+    chart.wait_for(timeout=TIMEOUT_MS)
+    chart.evaluate("element => { window.keptAcrossRefreshes = true }")
+    collapse = [metrics_event(it) for it in range(41, 61)]
+    append(r, run_id, [*collapse, eval_event(60, pgd=0.01, fgsm=0.9), co_event(60)])
+    page.get_by_role("button", name=re.compile("^Rescue")).wait_for(timeout=TIMEOUT_MS)
+    page.get_by_text("catastrophic overfitting at iteration 60").wait_for(timeout=TIMEOUT_MS)
+    assert chart.evaluate("element => window.keptAcrossRefreshes === true")  # the same frame, not a new one
+    page.close()
+
+
+def test_every_link_the_readme_prints_opens_its_page(browser, dashboard, r):  # noqa: F811
+    run_id = store_run(r, co_run_events())
+    evals = api.run_dir(run_id) / EVALS_DIR
+    evals.mkdir(parents=True)
+    (evals / "40.pt").touch()
+    links = set(re.findall(r"`(/[a-z]*\?[a-z]+=[^`\s]*)`", (ROOT / "README.md").read_text()))
+    assert {"/launch?fork=ID&at=K", "/runs?lineage=ID"} <= links
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    for link in sorted(links | {"/", "/launch", "/?fork=ID&at=K", "/?run=ID"}):
+        page.goto(dashboard + link.replace("ID", run_id).replace("K", "40"))
+        page.get_by_test_id("stMain").get_by_role("heading").first.wait_for(timeout=TIMEOUT_MS)
+        body = page.inner_text("body")
+        assert "Page not found" not in body and "Traceback" not in body, link
+        if "fork=" in link:
+            page.get_by_text("Fork of").first.wait_for(timeout=TIMEOUT_MS)
+            assert "/launch?" in page.url, page.url
+    page.close()
