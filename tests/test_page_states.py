@@ -17,9 +17,10 @@ from conftest import (
 from streamlit.testing.v1 import AppTest
 from test_app_pages import app, charts
 
-from jobs import api
+from jobs import api, keys
 from jobs.registry import transition
 from trainer.config import make_config
+from trainer.fork import EVALS_DIR
 
 
 def runs_page(r) -> AppTest:
@@ -119,3 +120,63 @@ def test_a_refused_tag_edit_and_the_typed_text_outlast_the_live_refresh(r):
     at.button[[b.label for b in at.button].index("Save tags and note")].click().run()
     at.run()
     assert not at.error and api.get_run(r, run_id).tags == ("co",)
+
+
+# --- the property: every page, every run state, every URL parameter the app writes ---
+
+NONSENSE = ["", "zzz", "-1", "1e999", "nan", "0123456789ab", "a,b", "<script>x</script>", "9" * 40]
+
+
+def stored_states(r) -> dict[str, str]:
+    """One run in every state the registry knows, as a worker leaves it (tests/conftest builders)."""
+    states = {"queued": api.submit(r, make_config({"method": "pgd", "eps": 0.2}))}
+    states["before first eval"] = store_run(r, running_events(until=10), status="running")
+    after_co = [*co_run_events()[:-1]]  # everything but the final event: still running
+    states["after CO"] = store_run(r, after_co, status="running")
+    states["finished"] = store_run(r, co_run_events(), sweep_id="s1")
+    for status in ("failed", "cancelled", "interrupted"):
+        states[status] = store_run(r, running_events(), status=status)
+    parent = states["finished"]
+    (api.run_dir(parent) / EVALS_DIR).mkdir(parents=True)
+    (api.run_dir(parent) / EVALS_DIR / "40.pt").touch()  # the checkpoint a fork starts from
+    fork = [config_event(start=40, parent=parent, fork_iteration=40), *co_run_events()[1:]]
+    fork = [event for event in fork if event.get("iteration", 41) > 40]
+    states["fork"] = store_run(r, fork)
+    states["damaged stream"] = store_run(r, co_run_events())
+    r.xadd(keys.stream(states["damaged stream"]), {"event": "{not json"})
+    r.xadd(keys.stream(states["damaged stream"]), {"nonsense": "\x00"})
+    states["unreadable"] = store_run(r, co_run_events())
+    r.hset(keys.run(states["unreadable"]), "final", "{not json")
+    return states
+
+
+def assert_renders(at: AppTest, what: str) -> None:
+    at.run()
+    assert not at.exception, (what, [e.value for e in at.exception])
+    shown = " ".join(str(element.value) for element in [*at.markdown, *at.error, *at.warning])
+    assert "Page not found" not in shown, what
+
+
+def test_every_page_renders_every_run_state_with_every_url_parameter(r):
+    states = stored_states(r)
+    ids = list(states.values())
+    view_params = {"xaxis": ["clock", "iteration"], "smooth": ["0", "0.5"], "log": ["1", "0"], "x": ["10,50"]}
+    for state, run_id in states.items():
+        for values in ([], *[[params[0] for params in view_params.values()]], NONSENSE[:4]):
+            query = {"run": run_id, **dict(zip(view_params, values, strict=False))}
+            assert_renders(app(**query), f"live {state} {query}")
+        for at_value in ("40", "zzz", ""):
+            assert_renders(app(fork=run_id, at=at_value), f"launch fork of {state} at {at_value!r}")
+        assert_renders(app(compare=f"{run_id},{states['finished']}"), f"compare {state}")
+        assert_renders(app(lineage=run_id), f"runs lineage {state}")
+    assert_renders(app(compare=",".join(ids)), "compare all")
+    for nonsense in NONSENSE:
+        for param in ("run", "compare", "lineage", "sweep", "fork"):
+            assert_renders(app(**{param: nonsense}), f"{param}={nonsense!r}")
+        query = {"run": states["finished"], "xaxis": nonsense, "smooth": nonsense, "log": nonsense}
+        assert_renders(app(**query, x=nonsense), f"live with view parameters {nonsense!r}")
+    assert_renders(app(sweep="s1"), "sweep s1")
+    for name in ("runs", "sweep", "compare", "live", "launch"):
+        at = app().run()
+        at.switch_page(f"views/{name}.py")
+        assert_renders(at, f"page {name} without parameters")

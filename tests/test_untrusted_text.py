@@ -91,7 +91,10 @@ def test_codash_runs_shows_terminal_escapes_from_redis_as_codes(r, capsys):
 
 def test_codash_submit_applies_the_deployment_limits(r, capsys, monkeypatch):
     monkeypatch.setenv("CODASH_MAX_QUEUED", "1")
-    assert main(["submit", "--final-eval-points", "100000", "--final-pgd-steps", "1000"]) == 2
+    assert (
+        main(["submit", "--dataset", "cifar10", "--final-eval-points", "100000", "--final-pgd-steps", "1000"])
+        == 2
+    )
     error = capsys.readouterr().err
     assert error.startswith("codash: error: final_eval_points: this run would take")
     assert "CODASH_MAX_WORK" in error

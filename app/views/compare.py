@@ -25,7 +25,7 @@ def render() -> None:
     r = state.connection()
     st.title("Compare runs")
     runs = {run.id: run for run in api.list_runs(r)}
-    wanted = [run_id for run_id in st.query_params.get("compare", "").split(",") if run_id]
+    wanted = list(dict.fromkeys(run_id for run_id in st.query_params.get("compare", "").split(",") if run_id))
     missing = [run_id for run_id in wanted if run_id not in runs]
     if missing:
         st.warning(f"Not found (deleted?): {md_escape(', '.join(missing))}")
