@@ -41,6 +41,7 @@ class RunHistory:
     co: dict[str, Any] | None = None
     final: dict[str, Any] | None = None
     final_progress: dict[str, Any] | None = None  # the latest, while the final evaluation runs
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # who ran each attempt: PROVENANCE
     clock: dict[int, float] = field(default_factory=dict)  # iteration -> when it reached the stream (Unix s)
     last_id: str = "0-0"
     n_events: int = 0
@@ -70,6 +71,7 @@ class RunHistory:
         kind = event.get("type")
         if kind == "config":
             self._restart(event)
+            self.attempts.append({"started": time, **{key: event.get(key) for key in PROVENANCE}})
         elif kind == "metrics":
             self.metrics[event["iteration"]] = event
             if time is not None:
@@ -182,6 +184,16 @@ def first_eval_after(start: int, eval_every: int) -> int:
     return (start // eval_every + 1) * eval_every
 
 
+# What a config event says about who ran an attempt and with what: a run's provenance, shown and exported.
+PROVENANCE = (
+    "start_iteration",
+    "host",
+    "device",
+    "device_name",
+    "codash_version",
+    "codash_commit",
+    "torch_version",
+)
 WINDOW_COLUMNS = ["iteration", "pgd_acc", "fgsm_acc"]  # an onset_evals row
 
 

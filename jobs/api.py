@@ -21,7 +21,7 @@ from jobs.limits import OverLimit
 from jobs.limits import check as check_limits
 from jobs.limits import violations as limit_violations
 from jobs.paths import run_dir
-from jobs.queue import cancel, delete, fork, fork_points, queued_count, resume, submit
+from jobs.queue import cancel, checkpoints, delete, fork, fork_points, queued_count, resume, submit
 from jobs.registry import (
     CANCELLABLE,
     MAX_NOTE_CHARS,
@@ -70,6 +70,7 @@ __all__ = [
     "delete",
     "fork",
     "fork_points",
+    "checkpoints",
     "get_run",
     "last_checkpoint",
     "lineage",

@@ -12,6 +12,7 @@ import re
 import secrets
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -35,7 +36,7 @@ from jobs.registry import (
     transition,
 )
 from trainer.config import ConfigError, RunConfig, make_config
-from trainer.fork import check_fork, eval_iterations, seed_fork
+from trainer.fork import check_fork, checkpoint_files, eval_iterations, seed_fork
 
 RUN_JOB = "jobs.worker.run_job"
 JOB_ID = re.compile(r"([0-9a-f]{12})-([1-9][0-9]*)")
@@ -126,6 +127,11 @@ def fork(r: redis.Redis, run_id: str, at: int, *, queue: str | None = None, **ch
     base = parse(parent).config.model_dump(exclude={"name"})
     config = make_config({**base, **changes, "parent": run_id, "fork_iteration": at})
     return submit(r, config, queue=queue or parent.get("queue") or keys.DEFAULT_QUEUE)
+
+
+def checkpoints(run_id: str) -> dict[str, Path]:
+    """The run's checkpoints a user can download, by name (last, best, "iteration K"), from its directory."""
+    return checkpoint_files(run_dir(run_id))
 
 
 def fork_points(run_id: str) -> list[int]:

@@ -32,6 +32,7 @@ def test_csv_cells_a_spreadsheet_would_run_are_inert():
     config = make_config({"name": '=HYPERLINK("http://x")'}).model_dump(mode="json")
     events = [
         make_event("config", config=config, device="+cpu", torch_version="@x", codash_version="-1",
+                   codash_commit="=1", host="-h", device_name="@cpu",
                    start_iteration=0, total_iterations=1, step="eager", step_reason="cpu",
                    probe_step="eager", probe_step_reason="cpu", precision="float32"),
         make_event("metrics", iteration=1, epoch=0.5, lr=0.1, train_loss=-0.5, train_acc=0.5, reg=0.0),

@@ -20,10 +20,18 @@ from torch import nn
 from trainer.co import PATIENCE
 from trainer.config import ConfigError, RunConfig
 from trainer.data import DATA_SHAPES
-from trainer.fork import FORK_FILE, eval_iterations, eval_path, link_or_copy
+from trainer.fork import (
+    BEST_FILE,
+    FORK_FILE,
+    LAST_FILE,
+    PREVIOUS_FILE,
+    eval_iterations,
+    eval_path,
+    link_or_copy,
+)
 from trainer.models import build_model
 
-CONFIG_FILE, LAST_FILE, PREVIOUS_FILE, BEST_FILE = "config.json", "last.pt", "previous.pt", "best.pt"
+CONFIG_FILE = "config.json"
 CHECKPOINT_FILES = {"last": LAST_FILE, "previous": PREVIOUS_FILE, "best": BEST_FILE, "fork": FORK_FILE}
 BUDGET_ENV = "CODASH_CHECKPOINT_BUDGET_MB"
 DEFAULT_BUDGET_MB = 1024  # every evaluation of a digits run (~0.5 MB each); ~11 of a ResNet-18's (~90 MB)

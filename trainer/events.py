@@ -25,6 +25,9 @@ FIELDS: dict[str, tuple[str, ...]] = {
         "device",
         "torch_version",
         "codash_version",
+        "codash_commit",  # the checkout's commit, None when installed (trainer.git_commit)
+        "host",
+        "device_name",  # the GPU's name, or the CPU's
         "start_iteration",
         "total_iterations",
         "step",
@@ -116,7 +119,10 @@ def _is_rows(value: Any) -> bool:
 
 # Fields added after runs were already stored: a stored event may lack them (it reads as written then).
 LATER_FIELDS = {
-    "config": frozenset({"step", "step_reason", "probe_step", "probe_step_reason", "precision"}),
+    "config": frozenset(
+        {"step", "step_reason", "probe_step", "probe_step_reason", "precision", "codash_commit", "host"}
+        | {"device_name"}
+    ),
     "co": frozenset({"onset_interval", "onset_evals"}),
 }
 

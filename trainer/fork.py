@@ -14,9 +14,18 @@ from pathlib import Path
 from trainer.config import ConfigError, RunConfig, lambda_of_eps
 
 FORK_FILE, EVALS_DIR = "fork.pt", "evals"
+LAST_FILE, PREVIOUS_FILE, BEST_FILE = "last.pt", "previous.pt", "best.pt"
 LINK_FIELDS = ("parent", "fork_iteration")  # the RunConfig fields that make a run a fork
 # The parent's weights and optimizer state must fit the fork's network and optimizer.
 FIXED = ("dataset", "model", "n_layers", "n_filters", "optimizer")
+
+
+def checkpoint_files(run_dir: Path) -> dict[str, Path]:
+    """The checkpoints a user can download, by name: the last, the early-stopped best, each evaluation's."""
+    run_dir = Path(run_dir)
+    named = {"last": run_dir / LAST_FILE, "best": run_dir / BEST_FILE}
+    files = {name: path for name, path in named.items() if path.is_file()}
+    return files | {f"iteration {it}": eval_path(run_dir, it) for it in eval_iterations(run_dir)}
 
 
 def eval_path(run_dir: Path, iteration: int) -> Path:

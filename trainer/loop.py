@@ -8,6 +8,8 @@ generator. So a run resumed from any checkpoint continues exactly as if it had n
 from __future__ import annotations
 
 import math
+import platform
+import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -45,6 +47,13 @@ from trainer.window import WindowWeights
 
 FINAL_PROGRESS_STEPS = 20  # final_progress events per model, at most, after the one as it begins
 METRICS_FLUSH_S = 0.5  # metrics are read off the device in batches, at most this long after the step
+
+
+def device_name(device: torch.device) -> str:
+    """What ran the run, for its provenance: the GPU's model, or the CPU's."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine() or "cpu"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -211,6 +220,9 @@ def train(
             device=str(device),
             torch_version=torch.__version__,
             codash_version=trainer.__version__,
+            codash_commit=trainer.git_commit(),
+            host=socket.gethostname(),
+            device_name=device_name(device),
             start_iteration=state.iteration,
             total_iterations=total,
             step=stepper.kind,

@@ -11,14 +11,15 @@ from __future__ import annotations
 import math
 import time
 
+import pandas as pd
 import streamlit as st
 
 from app import forks, nav, notes, state
 from app.chart import dark_theme, live_chart
 from app.figures import Series, View, filters_figure, inside_figure, run_figure
-from app.history import SMOOTHING, RunHistory, first_eval_after
+from app.history import PROVENANCE, SMOOTHING, RunHistory, first_eval_after
 from app.refresh import while_live
-from app.tables import elapsed_s
+from app.tables import MISSING, elapsed_s
 from app.text import format_duration, md_escape, model_name, percent, snapshot_label
 from app.views import launch
 from jobs import api
@@ -103,7 +104,48 @@ def _panel(run_id: str) -> bool:
         notes.editor(r, run, "live")
     with st.expander("Config"):
         st.json(run.config.model_dump(mode="json"))
+    with st.expander("Provenance and checkpoints"):
+        _provenance(run, history)
+        _checkpoints(run)
     return run.status not in api.TERMINAL
+
+
+def _provenance(run, history: RunHistory) -> None:
+    """Which code, machine and device ran each attempt (started, interrupted, resumed): from the config
+    event each attempt opened with; older runs lack the fields their events did not carry yet."""
+    if not history.attempts:
+        st.caption("No attempt has started yet.")
+        return
+    frame = pd.DataFrame(history.attempts, columns=["started", *PROVENANCE])
+    frame["started"] = pd.to_datetime(frame["started"], unit="s", utc=True)
+    frame.insert(0, "attempt", range(1, len(frame) + 1))
+    st.dataframe(
+        frame,
+        hide_index=True,
+        placeholder=MISSING,
+        column_config={"started": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")},
+    )
+    now = f"{run.status} on worker {run.worker}" if run.worker else run.status
+    st.caption(f"Attempt {run.attempt} is the latest: {md_escape(now)}.")
+
+
+def _checkpoints(run) -> None:
+    """Download any checkpoint the run kept: the last, the early-stopped best, each evaluation's."""
+    files = api.checkpoints(run.id)
+    if not files:
+        st.caption("No checkpoint kept (yet).")
+        return
+    left, right = st.columns([3, 2], vertical_alignment="bottom")
+    name = left.selectbox("checkpoint", list(files), key=f"live.checkpoint.{run.id}")
+    path = files[name]
+    right.download_button(
+        "Download checkpoint",
+        data=path.read_bytes,
+        file_name=f"codash-{run.id}-{name.replace(' ', '-')}.pt",
+        mime="application/octet-stream",
+        key="live.checkpoint.download",
+        help="A torch checkpoint (torch.load(path, weights_only=True)) with the model's state dict.",
+    )
 
 
 def _status(r, run, history: RunHistory) -> None:
