@@ -85,23 +85,13 @@ def distinguishing_labels(configs: Sequence[RunConfig], ids: Sequence[str] | Non
     if len(configs) == 1:
         return [configs[0].label()]
     dumps = [config.model_dump() for config in configs]
-
-    def read(key: str, config: RunConfig) -> bool:
-        return reads(key, config.method, config.uses_grad_align, config.model)
-
-    differing = [
-        key
-        for key in RunConfig.model_fields
-        if key not in _IGNORED
-        and key not in _METHOD_FIELDS
-        and len({json.dumps(d[key]) for c, d in zip(configs, dumps, strict=True) if read(key, c)}) > 1
-    ]
+    differing = [key for key in differing_fields(configs) if key not in _METHOD_FIELDS]
     labels = []
     for config, dump in zip(configs, dumps, strict=True):
         parts = [method_label(config)] + [
             f"{_SHORT.get(key, key)}={_format_value(key, dump[key], config)}"
             for key in differing
-            if read(key, config)  # an FGSM run's PGD step size is no difference worth naming
+            if _reads(key, config)  # an FGSM run's PGD step size is no difference worth naming
         ]
         forked = len({(c.parent, c.fork_iteration) for c in configs}) > 1
         parts += [f"fork @{config.fork_iteration:,}"] if forked and config.parent else []
@@ -113,6 +103,22 @@ def distinguishing_labels(configs: Sequence[RunConfig], ids: Sequence[str] | Non
             for label, run_id in zip(labels, ids, strict=True)
         ]
     return labels
+
+
+def differing_fields(configs: Sequence[RunConfig]) -> list[str]:
+    """The config fields in which the runs differ, among the runs that read each field (an FGSM run's PGD
+    step size is no difference), in RunConfig's order; a run's name and fork link are not settings."""
+    dumps = [config.model_dump() for config in configs]
+    return [
+        key
+        for key in RunConfig.model_fields
+        if key not in _IGNORED
+        and len({json.dumps(d[key]) for c, d in zip(configs, dumps, strict=True) if _reads(key, c)}) > 1
+    ]
+
+
+def _reads(key: str, config: RunConfig) -> bool:
+    return reads(key, config.method, config.uses_grad_align, config.model)
 
 
 def _format_value(key: str, value: Any, config: RunConfig) -> str:

@@ -1,21 +1,25 @@
-"""Every page stays correct while the live refresh changes what it shows: actions act on the runs the user
-picked, never on the rows that now sit where those runs were (AppTest against a real Redis)."""
+"""Every page stays correct while the live refresh changes what it shows, in every state a run can be in:
+actions act on the runs the user picked, never on the rows that now sit where those runs were; every page
+renders every run state and every URL parameter the app writes (AppTest against a real Redis).
+"""
 
 from __future__ import annotations
 
 import time
 
+import pytest
 from conftest import (
     append,
     co_run_events,
     config_event,
+    final_event,
     metrics_event,
     probe_event,
     running_events,
     store_run,
 )
 from streamlit.testing.v1 import AppTest
-from test_app_pages import app, charts
+from test_app_pages import app, charts, numbers
 
 from jobs import api, keys
 from jobs.registry import transition
@@ -180,3 +184,49 @@ def test_every_page_renders_every_run_state_with_every_url_parameter(r):
         at = app().run()
         at.switch_page(f"views/{name}.py")
         assert_renders(at, f"page {name} without parameters")
+
+
+# --- what a W&B user reaches for: settings that differ, a result against a setting, groups ticked at once ---
+
+
+def finished_with(r, pgd: float, sweep_id: str | None = None, **config) -> str:
+    events = [config_event(total=100, **config), *co_run_events()[1:-1], final_event(60, pgd=pgd)]
+    return store_run(r, events, sweep_id=sweep_id)
+
+
+def test_the_runs_table_shows_the_settings_that_differ_and_plots_a_result_against_one(r):
+    runs = {
+        (lam, seed): finished_with(
+            r, 0.1 * lam + 0.01 * seed, grad_align_lambda=lam, seed=seed, lr=0.01 * (1 + seed)
+        )
+        for lam in (0.5, 1.0, 2.0)
+        for seed in (0, 1)
+    }
+    at = runs_page(r)
+    table = at.dataframe[0]
+    order = list(table.proto.column_order)
+    assert "lr" in order and "eps" not in order  # lr differs; ε is the same for every run
+    assert table.value.set_index("id").loc[runs[(2.0, 1)], "lr"] == 0.02
+    at.selectbox(key="runs.setting").set_value("grad_align_lambda").run()
+    figure = charts(at)["runs.results"]
+    means = [trace for trace in figure["data"] if trace["mode"] == "lines"]
+    marks = [trace for trace in figure["data"] if trace["mode"] == "markers"]
+    assert len(marks[0]["customdata"]) == 6  # one mark per run
+    assert numbers(means[0]["x"]) == [0.5, 1.0, 2.0]
+    assert numbers(means[0]["y"]) == pytest.approx([0.055, 0.105, 0.205])  # the mean over the two seeds
+    assert numbers(means[0]["error_y"]["array"]) == pytest.approx([0.00707] * 3, abs=1e-4)  # their spread
+
+
+def test_a_sweep_or_a_tag_is_ticked_at_once(r):
+    in_sweep = [finished_with(r, 0.3, sweep_id="s1", seed=seed) for seed in (0, 1, 2)]
+    tagged = [finished_with(r, 0.3, seed=seed) for seed in (5, 6)]
+    for run_id in tagged:
+        api.annotate(r, run_id, "baseline", "")
+    at = runs_page(r)
+    at.selectbox(key="runs.group").set_value("sweep s1").run()
+    assert not at.exception
+    assert at.button(key="runs.compare").label == "Compare 3"
+    assert all(run_id in " ".join(c.value for c in at.caption) for run_id in in_sweep)
+    at.selectbox(key="runs.group").set_value("tag baseline").run()
+    at.button(key="runs.delete").click().run()
+    assert {run.id for run in api.list_runs(r)} == set(in_sweep)

@@ -11,15 +11,18 @@ import contextlib
 import streamlit as st
 
 from app import forks, nav, notes, state
+from app.chart import dark_theme, live_chart
 from app.export import runs_zip
 from app.refresh import while_live
+from app.results import RESULTS, numeric_settings, result_figure, result_points
 from app.tables import COLUMNS, MISSING, MORE, ORDER, runs_frame
-from app.text import md_escape
+from app.text import differing_fields, md_escape
 from jobs import api
 from trainer.events import events_csv, events_jsonl
 
 FILTERS = ("status", "method", "dataset", "model")
 REFRESH_S = 2.0
+PICKED = "runs.picked"  # the ids of a group ticked at once, until the table next draws
 SHOWN = "runs.shown"  # the ids of the table's rows as last drawn, by table key
 SEARCHED = ("label", "id", "sweep", "tags", "note")
 
@@ -61,6 +64,11 @@ def _table(filters: dict[str, list[str]], text: str, extra: list[str], lineage: 
     if text:
         haystack = frame[list(SEARCHED)].fillna("").astype(str).agg(" ".join, axis=1)
         frame = frame[haystack.str.contains(text, case=False, regex=False)]
+    by_id = {run.id: run for run in runs}
+    shown = [by_id[run_id] for run_id in frame["id"]]
+    _group_choice(shown)
+    settings = [name for name in differing_fields([run.config for run in shown]) if name not in frame]
+    frame = frame.assign(**{name: [_cell(getattr(run.config, name)) for run in shown] for name in settings})
     table_key = f"runs.table.{st.session_state.get('runs.version', 0)}"
     selected_ids = _keep_ticks_on_their_runs(table_key, frame["id"].tolist())
     st.dataframe(
@@ -70,15 +78,89 @@ def _table(filters: dict[str, list[str]], text: str, extra: list[str], lineage: 
         selection_mode="multi-row",
         hide_index=True,
         column_config=COLUMNS,
-        column_order=ORDER + extra,
+        column_order=ORDER + settings + extra,
         placeholder=MISSING,
         width="stretch",
     )
-    st.caption(f"{len(frame)} run(s). Click a column header to sort; tick rows to act on them.")
+    differ = f" Also shown, the settings these runs differ in: {', '.join(settings)}." if settings else ""
+    st.caption(f"{len(frame)} run(s). Click a column header to sort; tick rows to act on them.{differ}")
     if selected_ids:
-        by_id = {run.id: run for run in runs}
         _actions(r, [by_id[run_id] for run_id in selected_ids])
+    with st.expander("A final result against a setting, across the runs shown"):
+        _results(shown, frame)
     return True
+
+
+def _cell(value: object) -> object:
+    """A setting as a table cell: numbers stay numbers (sortable), anything else is its text."""
+    return value if isinstance(value, int | float | str) or value is None else str(value)
+
+
+def _group_choice(shown: list[api.Run]) -> None:
+    """Tick a whole group at once: a sweep, a lineage (a run, its ancestors and its forks) or a tag."""
+    groups = run_groups(shown)
+    if not groups:
+        return
+    st.selectbox(
+        "tick a group",
+        list(groups),
+        index=None,
+        key="runs.group",
+        placeholder="tick a sweep, a lineage or a tag at once",
+        format_func=lambda name: f"{name} ({len(groups[name])} runs)",
+        on_change=_tick_group,
+        args=(groups,),
+    )
+
+
+def _tick_group(groups: dict[str, list[str]]) -> None:
+    st.session_state[PICKED] = groups[st.session_state["runs.group"]]
+    st.session_state["runs.group"] = None  # a choice, not a state: the ticks show what is selected
+
+
+def run_groups(runs: list[api.Run]) -> dict[str, list[str]]:
+    """The groups among `runs` with two or more runs, by name: sweeps, lineages (by their root) and tags."""
+    by_id = {run.id: run for run in runs}
+
+    def root(run: api.Run) -> api.Run:
+        while run.config.parent in by_id:
+            run = by_id[run.config.parent]
+        return run
+
+    groups: dict[str, list[str]] = {}
+    for run in runs:
+        names = [f"sweep {run.sweep_id}"] if run.sweep_id else []
+        if run.config.parent or any(one.config.parent == run.id for one in runs):
+            names.append(f"lineage of {root(run).config.label()} · {root(run).id}")
+        names += [f"tag {tag}" for tag in run.tags]
+        for name in names:
+            groups.setdefault(name, []).append(run.id)
+    return {name: ids for name, ids in sorted(groups.items()) if len(ids) > 1}
+
+
+def _results(shown: list[api.Run], frame) -> None:
+    """Any final result against any setting the shown runs differ in (app.results)."""
+    settings = numeric_settings(shown)
+    if not settings:
+        st.caption("The runs shown differ in no numeric setting: filter or search for runs that do.")
+        return
+    left, right = st.columns(2)
+    result = left.selectbox("result", list(RESULTS), key="runs.result")
+    setting = right.selectbox("setting", settings, key="runs.setting")
+    points = result_points(shown, frame, result, setting)
+    if points.empty:
+        st.caption(f"No run shown has a final {result} yet.")
+        return
+    live_chart(
+        result_figure(points, result, setting, dark_theme()),
+        "runs.results",
+        f"codash-{result}-against-{setting}",
+        revision=len(points),
+    )
+    st.caption(
+        f"{len(points)} run(s), one mark each, coloured by method; a line joins each method's mean over the "
+        "runs at a setting (their seeds), with their standard deviation as error bars."
+    )
 
 
 def _keep_ticks_on_their_runs(table_key: str, ids: list[str]) -> list[str]:
@@ -93,6 +175,7 @@ def _keep_ticks_on_their_runs(table_key: str, ids: list[str]) -> list[str]:
     widget = st.session_state.get(table_key)
     rows = list(widget["selection"]["rows"]) if widget else []
     ticked = [drawn[row] for row in rows if 0 <= row < len(drawn)]
+    ticked = st.session_state.pop(PICKED, ticked)  # a group ticked at once replaces the ticks
     where = {run_id: row for row, run_id in enumerate(ids)}
     selected = [run_id for run_id in ticked if run_id in where]
     if [where[run_id] for run_id in selected] != rows:
