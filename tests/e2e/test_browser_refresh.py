@@ -102,10 +102,22 @@ def test_the_chart_is_updated_in_place_when_co_is_declared_and_rescue_appears(br
     chart = page.frame_locator(CHARTS).first.locator("#chart")
     chart.wait_for(timeout=TIMEOUT_MS)
     chart.evaluate("element => { window.keptAcrossRefreshes = true }")
+    # From now on, every 20 ms: is the chart's frame on the page with its panels drawn?
+    page.evaluate(
+        """() => { window.blinks = 0; window.samples = 0; setInterval(() => {
+            const frame = document.querySelector('iframe[title="app.chart.live_plotly"]');
+            const inside = frame && frame.contentDocument;
+            const drawn = frame && frame.getBoundingClientRect().height > 100 &&
+                inside && inside.querySelectorAll('.scatterlayer .trace').length > 0;
+            window.samples += 1; if (!drawn) window.blinks += 1; }, 20); }"""
+    )
     collapse = [metrics_event(it) for it in range(41, 61)]
     append(r, run_id, [*collapse, eval_event(60, pgd=0.01, fgsm=0.9), co_event(60)])
     page.get_by_role("button", name=re.compile("^Rescue")).wait_for(timeout=TIMEOUT_MS)
     page.get_by_text("catastrophic overfitting at iteration 60").wait_for(timeout=TIMEOUT_MS)
+    page.wait_for_timeout(3000)  # and a few refreshes after
+    blinks, samples = page.evaluate("() => [window.blinks, window.samples]")
+    assert samples > 50 and blinks == 0, (blinks, samples)  # the panels never left the screen
     assert chart.evaluate("element => window.keptAcrossRefreshes === true")  # the same frame, not a new one
     page.close()
 
