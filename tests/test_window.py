@@ -2,12 +2,16 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import without_timing
 
 from trainer import window
 from trainer.checkpoint import model_for
 from trainer.co import dense_onset
 from trainer.config import make_config
+from trainer.data import load_dataset
+from trainer.evaluate import per_image_results
+from trainer.fast import FastPath
 from trainer.loop import train
 from trainer.presets import DEFAULT_PRESET, PRESETS
 
@@ -101,3 +105,35 @@ def test_a_resumed_run_that_has_not_kept_the_windows_start_places_the_onset_on_t
 
 def _model_state(fields: dict) -> list[torch.Tensor]:
     return list(model_for(make_config(fields)).state_dict().values())
+
+
+def test_under_bf16_each_replayed_row_is_its_own_steps_weights_evaluated_alone():
+    """Autocast keeps a weight's bf16 copy until the outermost context exits: the replay, inside the eval's
+    autocast as in the loop, reloads one replica per kept step and must not evaluate the first step's."""
+    config = make_config({**COLLAPSING, "eps": 0.05, "eval_points": 32})
+    path = FastPath(torch.device("cpu"), bf16=True, channels_last=False, refusal="cpu")
+    data = load_dataset(config.dataset, "cpu")
+    x, y = data.test_x[:32], data.test_y[:32]
+    torch.manual_seed(0)
+    model = model_for(config)
+    kept = window.WindowWeights(model, config, lambda: model_for(config))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.2)
+    weights = {}
+    for iteration in range(1, 5):  # clean steps: each changes what the eval sees
+        batch = slice(64 * iteration, 64 * (iteration + 1))
+        optimizer.zero_grad()
+        F.cross_entropy(model(data.train_x[batch]), data.train_y[batch]).backward()
+        optimizer.step()
+        kept.keep(iteration)
+        weights[iteration] = {name: t.clone() for name, t in model.state_dict().items()}
+    with path.autocast():
+        rows = kept.rows(1, 4, x, y, path)
+    alone = []
+    for iteration, state in weights.items():
+        replica = model_for(config).eval()
+        replica.load_state_dict(state)
+        with path.autocast():
+            pgd, fgsm = per_image_results(replica, x, y, config, config.seed + iteration, path.eval_batch)
+        alone.append([iteration, pgd.float().mean().item(), fgsm.float().mean().item(), pgd.float().tolist()])
+    assert len({str(row[1:]) for row in alone}) == 4  # four different evals, so a stale replay shows
+    assert rows == alone

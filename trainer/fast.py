@@ -76,11 +76,14 @@ class FastPath:
         """Adam capturable / SGD fused, which read a device-tensor lr inside a graph (CUDA only)."""
         return self.captures and self.device.type == "cuda"
 
-    def autocast(self, capturing: bool = False):
-        """bf16 autocast when the run uses it; inside a capture autocast must not cache its casts."""
+    def autocast(self, capturing: bool = False, reloading: bool = False):
+        """bf16 autocast when the run uses it. Autocast keeps its bf16 copy of each weight, keyed by the
+        tensor, until the outermost context exits: so it must not cache inside a capture, nor where weights
+        are loaded in place between forwards (`reloading`), which would then run on the first weights."""
         if not self.bf16:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=not capturing)
+        cache = not (capturing or reloading)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=cache)
 
     def layout(self, x: torch.Tensor) -> torch.Tensor:
         """An input batch in the memory layout the model uses."""

@@ -65,7 +65,7 @@ class WindowWeights:
         replica = self.make_model().eval()
         names = list(self.model.state_dict())
         rows = []
-        with path.autocast():
+        with path.autocast(reloading=True):  # one replica reloaded per step, inside the eval's autocast
             for iteration, buffers in inside:
                 replica.load_state_dict(dict(zip(names, buffers, strict=True)))
                 pgd_right, fgsm_right = per_image_results(
