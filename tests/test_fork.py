@@ -10,12 +10,13 @@ from trainer.checkpoint import (
     BUDGET_ENV,
     budget_bytes,
     load_checkpoint,
+    model_for,
     save_eval,
     thin,
 )
 from trainer.config import ConfigError, make_config
 from trainer.fork import eval_iterations, eval_path, seed_fork
-from trainer.loop import train
+from trainer.loop import load_optimizer, make_optimizer, train
 
 PARENT = "0123456789ab"
 
@@ -139,3 +140,44 @@ def test_budget_zero_keeps_no_eval_checkpoints(tmp_path, monkeypatch):
     monkeypatch.setenv(BUDGET_ENV, "0")
     run(make_config({**TINY, "max_iters": 20}), tmp_path)
     assert eval_iterations(tmp_path) == []
+
+
+def test_a_fork_trains_with_its_own_optimizer_settings_and_flags_not_its_parents(tmp_path):
+    """Only the optimizer's state and step count come from the parent: a fork that changes momentum and
+    weight decay, from a parent whose optimizer was of another kind (fused, as a captured step's), trains
+    as a fresh run with its own settings would from the same weights and optimizer state."""
+    cfg = make_config({**TINY, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4})
+    run(cfg, tmp_path / "parent")
+    fork = cfg.model_copy(
+        update={"parent": PARENT, "fork_iteration": 20, "momentum": 0.5, "weight_decay": 0.01}
+    )
+    saved = torch.load(eval_path(tmp_path / "parent", 20), weights_only=True)
+    fresh = make_optimizer(fork, model_for(fork)).state_dict()["param_groups"]
+
+    def start(name, groups):
+        (tmp_path / name).mkdir()
+        optimizer = {**saved["optimizer"], "param_groups": groups}
+        torch.save({**saved, "optimizer": optimizer}, tmp_path / name / "fork.pt")
+        return run(fork, tmp_path / name)[0]
+
+    parents = [{**group, "fused": True, "foreach": False} for group in saved["optimizer"]["param_groups"]]
+    child = start("child", parents)
+    reference = start("reference", fresh)  # the fork's own settings and flags, the parent's state
+    assert fresh[0]["momentum"] == 0.5 and parents[0]["momentum"] == 0.9
+    assert_same(after(reference, 20), after(child, 20))
+
+
+def test_a_loaded_optimizer_keeps_its_own_settings_and_flags_and_takes_the_saved_state():
+    model = torch.nn.Linear(3, 2)
+    parent = torch.optim.Adam(model.parameters(), lr=0.1, weight_decay=0.5, fused=True)
+    model(torch.ones(1, 3)).sum().backward()
+    parent.step()
+    own = torch.optim.Adam(model.parameters(), lr=0.01)
+    settings = [{k: v for k, v in group.items() if k != "params"} for group in own.param_groups]
+    load_optimizer(own, parent.state_dict())
+    assert [{k: v for k, v in group.items() if k != "params"} for group in own.param_groups] == settings
+    state, saved = own.state[model.weight], parent.state[model.weight]
+    assert torch.equal(state["exp_avg"], saved["exp_avg"]) and torch.equal(
+        state["exp_avg_sq"], saved["exp_avg_sq"]
+    )
+    assert (state["step"].item(), state["step"].dtype) == (1.0, torch.float32)

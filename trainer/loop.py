@@ -140,6 +140,25 @@ def make_optimizer(cfg: RunConfig, model: nn.Module, capturable: bool = False) -
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
 
 
+def load_optimizer(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """Take a checkpoint's optimizer state (moments, step counts) and keep this run's own settings.
+
+    `load_state_dict` replaces each param group with the saved one, so a fork that changes weight_decay or
+    momentum, or whose optimizer differs in kind (fused, capturable), would train with its parent's. Each
+    group's hyperparameters and flags are written back from the run's optimizer, and Adam's step counts laid
+    out as its own would be: on the parameter's device when capturable or fused, else on the CPU.
+    """
+    own = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, settings in zip(optimizer.param_groups, own, strict=True):
+        group.update(settings)
+        on_device = group.get("capturable") or group.get("fused")
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            if torch.is_tensor(state.get("step")):
+                state["step"] = state["step"].to(param.device if on_device else "cpu", torch.float32)
+
+
 @dataclass
 class RunState:
     """Everything that evolves during a run besides the model and optimizer."""
@@ -195,7 +214,7 @@ def train(
         saved = fork_state(run_dir, config, device)
     if saved is not None:
         model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
+        load_optimizer(optimizer, saved["optimizer"])
         gen.set_state(saved["generator"].cpu())
         torch.set_rng_state(saved["torch_rng"].cpu())
         state = RunState(**{**saved["state"], "detector": CODetector(**saved["state"]["detector"])})
