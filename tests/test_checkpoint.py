@@ -9,7 +9,7 @@ import torch
 from conftest import TINY
 
 from trainer.checkpoint import UnsafeCheckpoint, load_checkpoint, save_last
-from trainer.config import make_config
+from trainer.config import ConfigError, make_config
 from trainer.loop import train
 
 
@@ -56,3 +56,25 @@ def test_every_checkpoint_codash_writes_loads_weights_only(tmp_path):
         train(make_config({**TINY, **config}), None, run_dir)
         for which in ("last", "best"):
             assert load_checkpoint(run_dir, which) is not None
+
+
+@pytest.mark.parametrize("which", ["resume", "fork"])
+def test_a_checkpoint_from_the_other_kind_of_device_is_refused_before_the_run_starts(tmp_path, which):
+    """A CUDA generator's state (16 bytes: seed and offset) cannot become a CPU one's (5,056 bytes)."""
+    cfg = make_config({**TINY, "max_iters": 20})
+    train(cfg, None, tmp_path / "parent")
+    saved = load_checkpoint(tmp_path / "parent", "last")
+    assert saved["generator"].numel() == 5056
+    saved["generator"] = torch.zeros(16, dtype=torch.uint8)  # as a CUDA run saves it
+    (tmp_path / "run").mkdir()
+    if which == "fork":
+        torch.save({**saved, "best_model": None}, tmp_path / "run" / "fork.pt")
+        cfg = cfg.model_copy(update={"parent": "0123456789ab", "fork_iteration": 20, "max_iters": 40})
+    else:
+        torch.save(saved, tmp_path / "run" / "last.pt")
+    events = []
+    with pytest.raises(
+        ConfigError, match="device: the checkpoint was trained on cuda and this run is on cpu"
+    ):
+        train(cfg, events.append, tmp_path / "run", resume=which == "resume")
+    assert events == []

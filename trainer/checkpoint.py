@@ -34,6 +34,7 @@ from trainer.models import build_model
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILES = {"last": LAST_FILE, "previous": PREVIOUS_FILE, "best": BEST_FILE, "fork": FORK_FILE}
 BUDGET_ENV = "CODASH_CHECKPOINT_BUDGET_MB"
+CPU_GENERATOR_BYTES = torch.Generator().get_state().numel()  # a CUDA generator's state is 16 bytes
 DEFAULT_BUDGET_MB = 1024  # every evaluation of a digits run (~0.5 MB each); ~11 of a ResNet-18's (~90 MB)
 
 
@@ -163,6 +164,22 @@ def fork_state(run_dir: Path, config: RunConfig, device: str | torch.device) -> 
     best = saved["best_model"] if saved["best_model"] is not None else saved["model"]
     atomic_save({"model": best, "iteration": saved["state"]["best_iteration"]}, Path(run_dir) / BEST_FILE)
     return saved
+
+
+def check_device(saved: dict, generator: torch.Generator) -> None:
+    """Refuse, before the run starts, a checkpoint trained on the other kind of device: its training
+    generator's state cannot become this one's (a CPU generator's is 5,056 bytes, a CUDA one's 16), so the
+    run could not continue as it would have. Between CUDA devices a checkpoint moves as it is."""
+    held = saved["generator"].numel()
+    if held == generator.get_state().numel():
+        return
+    trained_on = "cpu" if held == CPU_GENERATOR_BYTES else "cuda"
+    raise ConfigError(
+        {
+            "device": f"the checkpoint was trained on {trained_on} and this run is on {generator.device}: "
+            f"a training generator's state cannot move between the CPU and a GPU; run it on {trained_on}"
+        }
+    )
 
 
 def model_for(config: RunConfig) -> nn.Module:

@@ -26,6 +26,7 @@ from trainer.autoattack import autoattack_accuracy
 from trainer.checkpoint import (
     BEST_FILE,
     atomic_save,
+    check_device,
     fork_state,
     load_checkpoint,
     model_for,
@@ -213,6 +214,7 @@ def train(
     if saved is None and config.fork_iteration is not None:  # a fork's first start (or start over)
         saved = fork_state(run_dir, config, device)
     if saved is not None:
+        check_device(saved, gen)
         model.load_state_dict(saved["model"])
         load_optimizer(optimizer, saved["optimizer"])
         gen.set_state(saved["generator"].cpu())
