@@ -13,10 +13,12 @@ import pytest
 import torch
 from conftest import TINY
 
+from trainer import loop
 from trainer.cli import build_parser, config_from_args
 from trainer.config import ConfigError, make_config
 from trainer.evaluate import pgd_accuracy
 from trainer.events import FIELDS, BadEvent, encode, parse_event
+from trainer.fast import check_replay
 from trainer.loop import lr_at, lr_schedule, train
 from trainer.models import build_model
 
@@ -202,3 +204,46 @@ def test_config_events_stored_before_the_fast_path_still_parse_and_new_ones_are_
         parse_event(encode({**event, "step_reason": 3}))
     with pytest.raises(BadEvent, match="config event without device"):
         parse_event(encode({key: value for key, value in event.items() if key != "device"}))
+
+
+def test_a_recorded_step_whose_replay_leaves_the_weights_unchanged_is_refused():
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(RuntimeError, match="left the weights unchanged"):
+        check_replay(lambda: torch.zeros(3), model)
+    check_replay(lambda: model.bias.data.add_(1e-6), model)  # any weight that moves is enough
+
+
+def test_an_empty_graph_leaves_the_run_to_the_eager_step_exactly_as_it_stood():
+    def records_nothing(step, generator):
+        out = step()  # warmed up, but a replay does nothing and returns the same outputs
+        return lambda: out
+
+    cfg = make_config(NOISY)
+    eager, _ = run(cfg)
+    fallback, _ = run(cfg, capture=records_nothing)
+    event = config_event(fallback)
+    assert event["step"] == "eager" and "left the weights unchanged" in event["step_reason"]
+    assert metric_values(fallback) == metric_values(eager)
+
+
+class Recorded(Exception):
+    """Stops a run once the device is chosen: no GPU here to go on with."""
+
+
+def test_a_run_on_cuda_n_makes_it_the_current_device_before_building_anything(monkeypatch):
+    """torch.cuda.graph captures on a stream of the current device: on cuda:1 without set_device the graph
+    would be recorded on device 0 and hold nothing of the run's work."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", device)))
+
+    def load_dataset(name, device):
+        calls.append(("load_dataset", device))
+        raise Recorded
+
+    monkeypatch.setattr(loop, "load_dataset", load_dataset)
+    for device, expected in [("cuda:1", [("set_device", torch.device("cuda:1"))]), ("cuda", [])]:
+        calls.clear()
+        with pytest.raises(Recorded):
+            train(make_config({**TINY, "device": device}))
+        assert calls == [*expected, ("load_dataset", torch.device(device))]

@@ -14,8 +14,9 @@ channels_last). So on CUDA a run, unless its config turns `fast_path` off:
 
 The warm-up and the capture change the weights, optimizer state, batch-norm statistics and generator;
 all of it is put back in place (the graph holds the tensors' addresses), so the first replay starts
-exactly where the run stood. If the capture fails, the run goes on with the eager step and its config
-event says why: the fast path never fails a run. On the CPU the step is the eager one (reason "cpu").
+exactly where the run stood. If the capture fails, or a first replay leaves the weights as they were
+(an empty graph), the run goes on with the eager step and its config event says why: the fast path never
+fails a run. On the CPU the step is the eager one (reason "cpu").
 """
 
 from __future__ import annotations
@@ -39,16 +40,22 @@ Capture = Callable[[Callable[[], torch.Tensor], torch.Generator], Callable[[], t
 
 
 def cuda_graph(step: Callable[[], torch.Tensor], generator: torch.Generator) -> Callable[[], torch.Tensor]:
-    """Warm up `step` on a side stream, record it as one CUDA graph, and return its replay."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
+    """Warm up `step` on a side stream, record it as one CUDA graph, and return its replay.
+
+    Both streams are on the generator's device (the run's): a graph captured on another device's stream
+    records nothing of this one's work. The side stream is also the capture stream, as torch.cuda.graph's
+    own is made once per process, on whichever device was current then.
+    """
+    device = generator.device
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):
         for _ in range(WARMUP_STEPS):
             step()
-    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     graph.register_generator_state(generator)  # else its noise would be frozen at its capture-time values
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, stream=side):
         out = step()
 
     def replay() -> torch.Tensor:
@@ -174,6 +181,8 @@ class CapturedStep:
         restore = keep(run.model, run.optimizer, run.generator, extra)
         try:
             self.replay = capture(step, run.generator)
+            restore(keep_tensors=True)
+            check_replay(self.replay, run.model)
         except BaseException:
             restore(keep_tensors=False)
             raise
@@ -199,6 +208,15 @@ def training_step(
         for param in run.model.parameters():
             param.grad = None  # the failed capture's gradients may live in the graph's memory pool
         return EagerStep(path, run, f"capture failed: {one_line(exc)}")
+
+
+def check_replay(replay: Callable[[], torch.Tensor], model: nn.Module) -> None:
+    """Replay a recorded step once and raise unless it changed the weights: an empty graph (recorded on
+    another device's stream) replays as nothing, and the run would stand still without an error."""
+    before = [param.detach().clone() for param in model.parameters()]
+    replay()
+    if all(torch.equal(param, old) for param, old in zip(model.parameters(), before, strict=True)):
+        raise RuntimeError("a replay of the captured step left the weights unchanged (an empty graph?)")
 
 
 def keep(model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator, extra=()):

@@ -194,6 +194,8 @@ def train(
     run_dir = Path(run_dir)
     started = time.perf_counter()
     device = resolve_device(config.device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # streams and graph captures are made on the current device
     data = load_dataset(config.dataset, device)
     path = fast_path(config, device, capture)
     torch.manual_seed(config.seed)
