@@ -244,7 +244,11 @@ def _configure(home: Path, previous_url: str | None, daemonize: bool) -> tuple[s
         "appendonly yes",
         "appendfsync everysec",
         NORMAL_CLIENT_BUFFER,
-        'rename-command RESTORE ""',  # codash never restores dumps; see KNOWN_FIXED
+        # codash never restores dumps (see KNOWN_FIXED): both ways in are gone, and a payload that reaches
+        # the server anyway (a replica's sync) is checked in full
+        'rename-command RESTORE ""',
+        'rename-command RESTORE-ASKING ""',
+        "sanitize-dump-payload yes",
         f"daemonize {'yes' if daemonize else 'no'}",
         f'pidfile "{data / "redis.pid"}"',
         f'logfile "{data / "redis.log" if daemonize else ""}"',

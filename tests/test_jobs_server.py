@@ -75,6 +75,9 @@ def test_the_embedded_default_is_a_current_valkey_with_bounded_client_buffers(r)
     assert limits.startswith(f"normal {256 * 2**20} {64 * 2**20} 60"), limits
     with pytest.raises(redis.ResponseError, match="unknown command"):
         r.restore("k", 0, b"\x00")  # RESTORE is off: the path of CVE-2026-63639
+    with pytest.raises(redis.ResponseError, match="unknown command"):
+        r.execute_command("RESTORE-ASKING", "k", 0, b"\x00")  # and its twin
+    assert r.config_get("sanitize-dump-payload")["sanitize-dump-payload"] == "yes"
 
 
 @pytest.mark.parametrize(
