@@ -45,18 +45,28 @@ RESULT_TTL_S = 7 * 86_400  # RQ's own records of finished and failed jobs; the r
 
 
 class RunJob(Job):
-    """An RQ job that can only call run_job: a payload naming any other function fails, unimported."""
+    """An RQ job that can only call run_job: a payload naming any other function, or any callback (RQ
+    imports and calls those too), fails before anything is imported."""
 
     @property
     def func(self):
         if self.func_name != RUN_JOB or self.instance is not None:
             raise ValueError(f"malformed job payload: not a codash job ({self.func_name!r})")
+        callbacks = [name for name in self._callback_names() if name]
+        if callbacks:
+            raise ValueError(f"malformed job payload: codash jobs have no callbacks ({callbacks[0]!r})")
         if len(self.args) != 2 or self.kwargs:
             raise ValueError(
                 f"malformed job payload: run_job takes (run id, attempt), got {len(self.args)} argument(s)"
                 f" and keywords {sorted(self.kwargs)}"
             )
         return super().func
+
+    def _callback_names(self) -> tuple[str | None, ...]:
+        return (self._success_callback_name, self._failure_callback_name, self._stopped_callback_name)
+
+    # codash queues no callbacks: whatever a job record names here is never imported, whatever path asks
+    success_callback = failure_callback = stopped_callback = property(lambda self: None)
 
 
 def rq_queue(r: redis.Redis, name: str) -> Queue:

@@ -120,7 +120,8 @@ def test_cancel_stops_a_running_run_within_2s_and_a_queued_run_never_starts(r, p
 def test_failing_runs_say_why_and_the_workers_keep_serving(r, pool, tmp_path):
     """Malformed configs and job payloads written into Redis, a missing data set: each fails in one line."""
     config = make_config(TINY)
-    held = {name: api.submit(r, config, queue="held") for name in ("config", "payload", "foreign", "record")}
+    names = ("config", "payload", "foreign", "record", "callback")
+    held = {name: api.submit(r, config, queue="held") for name in names}
     marker = tmp_path / "pwned"
 
     def job_key(name: str) -> str:
@@ -130,6 +131,8 @@ def test_failing_runs_say_why_and_the_workers_keep_serving(r, pool, tmp_path):
     r.hset(job_key("payload"), "data", b"\x00 not json")
     r.hset(job_key("foreign"), "data", json.dumps(["os.system", None, [f"touch {marker}"], {}]))
     r.hset(job_key("record"), "status", "no-such-status")
+    forged = {"success_callback_name": "builtins.print", "failure_callback_name": "os.system"}
+    r.hset(job_key("callback"), mapping={**forged, "stopped_callback_name": "this.s"})
     missing = api.submit(r, make_config({**TINY, "dataset": "mnist"}))
     while r.lmove("rq:queue:held", "rq:queue:" + keys.DEFAULT_QUEUE):  # now the workers see them
         pass
@@ -140,6 +143,7 @@ def test_failing_runs_say_why_and_the_workers_keep_serving(r, pool, tmp_path):
     assert errors["payload"].startswith("malformed job payload: JSONDecodeError")
     assert "not a codash job ('os.system')" in errors["foreign"] and not marker.exists()
     assert errors["record"].startswith("malformed job record: ValueError")
+    assert "codash jobs have no callbacks ('builtins.print')" in errors["callback"]
     error = wait_status(r, missing, {"failed"}, 60).error
     assert error.startswith("DatasetMissing: data set 'mnist' not found") and "\n" not in error
 
