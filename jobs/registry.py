@@ -160,7 +160,9 @@ def lineage(r: redis.Redis, run_id: str) -> list[Run]:
 
 
 def load_many(r: redis.Redis, run_ids: Iterable[str]) -> list[Run]:
-    run_ids = list(run_ids)
+    """The runs of ids read from Redis (an index, a sweep, a children set): an id that is not a run id's form
+    (`../../x` planted in an index) is no run, so it never reaches a key, a path or an export."""
+    run_ids = [run_id for run_id in run_ids if keys.RUN_ID.fullmatch(run_id)]
     with r.pipeline(transaction=False) as pipe:
         for run_id in run_ids:
             pipe.hgetall(keys.run(run_id))

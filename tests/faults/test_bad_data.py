@@ -5,12 +5,16 @@ with the reason, and every other run renders exactly as before.
 
 from __future__ import annotations
 
+import io
 import json
+import time
+import zipfile
 
 import pytest
 from streamlit.testing.v1 import AppTest
-from test_app_pages import store_run
+from test_app_pages import co_run_events, store_run
 
+from app.export import runs_zip
 from codash.cli import main
 from jobs import api, keys
 from trainer.config import make_config
@@ -129,3 +133,19 @@ def app_at(page: str, **query: str) -> AppTest:
     at.query_params.update(query)
     at.switch_page(page)
     return at
+
+
+def test_a_planted_id_in_the_run_index_is_no_run_anywhere(r):
+    """Ids read back from Redis are checked like ids typed in: a planted `../` member never reaches a key,
+    a path or an export."""
+    good = store_run(r, co_run_events())
+    record = r.hgetall(keys.run(good))
+    for planted in ("../../../etc", "0123456789ab\n", "ABCDEF012345"):
+        r.hset(keys.run(planted), mapping=record)
+        r.zadd(keys.RUNS, {planted: time.time()})
+        r.zadd(keys.sweep("s1"), {planted: time.time()})
+        r.zadd(keys.children(good), {planted: time.time()})
+    assert [run.id for run in api.list_runs(r)] == [good]
+    assert api.sweep_runs(r, "s1") == [] and [run.id for run in api.lineage(r, good)] == [good]
+    archive = zipfile.ZipFile(io.BytesIO(runs_zip(api.list_runs(r), lambda one: api.all_events(r, one))))
+    assert not [name for name in archive.namelist() if ".." in name or name.startswith("/")]
