@@ -172,15 +172,23 @@ FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+# The largest event codash writes is a CIFAR-10 ResNet-18 snapshot (~90 KB): anything far past it is garbage.
+MAX_EVENT_BYTES = 8 << 20
+
+
 def parse_event(data: str | bytes | None) -> Event:
     """One stored event (a stream entry's JSON, a JSONL line), checked at the boundary: every byte in Redis
     is untrusted. Raises BadEvent naming what is wrong; extra fields are allowed (a newer writer's)."""
     if data is None:
         raise BadEvent("no event field")
+    if len(data) > MAX_EVENT_BYTES:
+        raise BadEvent(f"{len(data):,} bytes: an event is at most {MAX_EVENT_BYTES:,}")
     try:
         event = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadEvent(f"not JSON: {exc}") from None
+    except RecursionError:  # e.g. 100k nested "[": the decoder gives up at the interpreter's depth
+        raise BadEvent("nested too deeply to be an event") from None
     if not isinstance(event, dict):
         raise BadEvent(f"not an object: {type(event).__name__}")
     kind = event.get("type")

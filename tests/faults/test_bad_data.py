@@ -18,7 +18,7 @@ from app.export import runs_zip
 from codash.cli import main
 from jobs import api, keys
 from trainer.config import make_config
-from trainer.events import encode, read_jsonl
+from trainer.events import MAX_EVENT_BYTES, encode, read_jsonl
 from trainer.loop import train
 
 from .conftest import ROOT, TINY, snapshot
@@ -40,6 +40,8 @@ BAD_ENTRIES: dict[str, dict[str, bytes | str]] = {
                                              "predictions": {}, "cos_grad_random": 0.5,
                                              "image": [[1, 2], [3]], "fgsm_delta": None, "pgd_delta": None,
                                              "grad_x": None, "grad_random": None, "filters": None})},
+    "nested 100k deep": {"event": "[" * 100_000},
+    "past the size bound": {"event": json.dumps({"type": "metrics", "pad": "x" * MAX_EVENT_BYTES})},
 }  # fmt: skip
 # Run-hash fields that cannot be parsed, each in a run of its own.
 BAD_FIELDS = {
