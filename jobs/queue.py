@@ -12,6 +12,7 @@ import re
 import secrets
 import shutil
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,21 @@ class RunJob(Job):
 
     # codash queues no callbacks: whatever a job record names here is never imported, whatever path asks
     success_callback = failure_callback = stopped_callback = property(lambda self: None)
+
+    @property
+    def description(self) -> str | None:
+        return self._description
+
+    @description.setter
+    def description(self, text: str | None) -> None:
+        """The worker logs a job's description: one printable line, so a record cannot forge log lines or
+        send terminal escapes."""
+        self._description = None if text is None else printable(text)[:200]
+
+
+def printable(text: str) -> str:
+    """`text` with every control and format character (ANSI escapes, newlines, bidi overrides) as '?'."""
+    return "".join("?" if unicodedata.category(char) in ("Cc", "Cf") else char for char in text)
 
 
 def rq_queue(r: redis.Redis, name: str) -> Queue:

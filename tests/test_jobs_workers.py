@@ -252,3 +252,14 @@ def test_everything_survives_a_redis_restart(r, pool, home):
     assert after == before
     good = api.submit(r, make_config(TINY))  # and the workers reconnected
     assert wait_status(r, good, {"finished"}, 60).final is not None
+
+
+def test_a_forged_job_description_cannot_forge_worker_log_lines(r, pool):
+    run_id = api.submit(r, make_config(TINY), queue="held")
+    forged = "\x1b[2J\x1b[31mrun_job\nw9: Job OK (forged)\u202e"
+    r.hset(Job.key_for(queue.job_id(run_id, 1)), "description", forged)
+    r.lmove("rq:queue:held", "rq:queue:" + keys.DEFAULT_QUEUE)
+    wait_status(r, run_id, {"finished"}, 60)
+    logs = "".join(worker.output() for worker in pool.started)
+    assert "?[2J?[31mrun_job?w9: Job OK (forged)?" in logs
+    assert "\x1b[2J" not in logs and "\nw9: Job OK (forged)" not in logs and "\u202e" not in logs
