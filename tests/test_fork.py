@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import stat
+from unittest import mock
+
 import pytest
 import torch
 from conftest import TINY
@@ -15,7 +18,7 @@ from trainer.checkpoint import (
     thin,
 )
 from trainer.config import ConfigError, make_config
-from trainer.fork import eval_iterations, eval_path, seed_fork
+from trainer.fork import EVALS_DIR, FORK_FILE, eval_iterations, eval_path, link_or_copy, seed_fork
 from trainer.loop import load_optimizer, make_optimizer, train
 
 PARENT = "0123456789ab"
@@ -181,3 +184,23 @@ def test_a_loaded_optimizer_keeps_its_own_settings_and_flags_and_takes_the_saved
         state["exp_avg_sq"], saved["exp_avg_sq"]
     )
     assert (state["step"].item(), state["step"].dtype) == (1.0, torch.float32)
+
+
+def test_a_fork_refuses_a_linked_checkpoint_and_a_copy_keeps_the_files_mode(tmp_path):
+    """A planted symlink in the parent's evals/ would make a fork copy whatever it points at."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"private")
+    secret.chmod(0o600)
+    parent = tmp_path / "parent"
+    (parent / EVALS_DIR).mkdir(parents=True)
+    (parent / EVALS_DIR / "20.pt").symlink_to(secret)
+    with pytest.raises(ConfigError, match="iteration 20 is a link"):
+        seed_fork(parent, 20, tmp_path / "child")
+    assert not (tmp_path / "child" / FORK_FILE).exists()
+
+    (parent / EVALS_DIR / "40.pt").write_bytes(b"state")
+    (parent / EVALS_DIR / "40.pt").chmod(0o600)
+    copy = tmp_path / "copy"
+    with mock.patch("os.link", side_effect=OSError("cross-device")):  # the copy fallback
+        link_or_copy(parent / EVALS_DIR / "40.pt", copy)
+    assert copy.read_bytes() == b"state" and stat.S_IMODE(copy.stat().st_mode) == 0o600

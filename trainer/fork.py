@@ -58,9 +58,10 @@ def link_or_copy(source: Path, target: Path) -> None:
     tmp = target.with_name(target.name + ".tmp")
     tmp.unlink(missing_ok=True)
     try:
-        os.link(source, tmp)
+        os.link(source, tmp, follow_symlinks=False)
     except OSError:
-        shutil.copyfile(source, tmp)
+        shutil.copyfile(source, tmp, follow_symlinks=False)
+        shutil.copymode(source, tmp, follow_symlinks=False)  # a private checkpoint stays private
     os.replace(tmp, target)
 
 
@@ -68,6 +69,8 @@ def seed_fork(parent_dir: Path, iteration: int, child_dir: Path) -> None:
     """Give a fork its own copy of the parent's evaluation checkpoint (a hard link where possible), so
     deleting the parent, or the parent thinning its checkpoints, leaves the fork able to start and resume."""
     source = eval_path(parent_dir, iteration)
+    if source.is_symlink() or source.parent.is_symlink():  # a planted link would copy whatever it points at
+        raise ConfigError({"fork_iteration": f"the parent's checkpoint at iteration {iteration} is a link"})
     if not source.exists():
         available = ", ".join(map(str, eval_iterations(parent_dir))) or "none"
         message = f"the parent has no checkpoint at iteration {iteration}; available: {available}"
