@@ -10,6 +10,7 @@ list_runs; prints every repeat and the median.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -25,6 +26,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    os.environ["CODASH_MAX_QUEUED"] = str(max(args.runs, 1))  # every run stays queued: no worker serves them
     with tempfile.TemporaryDirectory(prefix="codash-bench-") as home:
         r = api.connect(ensure_server(Path(home)))
         try:

@@ -29,7 +29,7 @@ from trainer.cli import (
     flag_values,
     run,
 )
-from trainer.events import events_csv, events_jsonl, percent
+from trainer.events import events_csv, events_jsonl, percent, printable
 from trainer.fork import LINK_FIELDS
 
 
@@ -142,9 +142,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def run_submit(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    r = api.connect()
-    api.check_limits([config], api.queued_count(r))  # the dashboard's limits apply here too
-    print(api.submit(r, config, sweep_id=args.sweep, queue=args.queue))
+    print(api.submit(api.connect(), config, sweep_id=args.sweep, queue=args.queue))
     return 0
 
 
@@ -165,12 +163,6 @@ def run_runs(args: argparse.Namespace) -> int:
         runs = api.sweep_runs(r, args.sweep) if args.sweep else api.list_runs(r, limit=args.limit)
     print("\n".join([format_table(runs), *reasons(runs)]))
     return 0
-
-
-def printable(text: str) -> str:
-    """A cell for a terminal: any character that is not visible text (an escape sequence, U+202E) is shown
-    as its code, so a run's name can never rewrite the screen."""
-    return "".join(char if char.isprintable() else f"\\u{ord(char):04x}" for char in text)
 
 
 def format_table(runs: list[api.Run]) -> str:

@@ -12,7 +12,6 @@ import re
 import secrets
 import shutil
 import time
-import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from jobs import keys
+from jobs.limits import check as check_limits
 from jobs.paths import run_dir
 from jobs.registry import (
     CANCELLABLE,
@@ -37,6 +37,7 @@ from jobs.registry import (
     transition,
 )
 from trainer.config import ConfigError, RunConfig, make_config
+from trainer.events import printable
 from trainer.fork import check_fork, checkpoint_files, eval_iterations, seed_fork
 
 RUN_JOB = "jobs.worker.run_job"
@@ -80,11 +81,6 @@ class RunJob(Job):
         self._description = None if text is None else printable(text)[:200]
 
 
-def printable(text: str) -> str:
-    """`text` with every control and format character (ANSI escapes, newlines, bidi overrides) as '?'."""
-    return "".join("?" if unicodedata.category(char) in ("Cc", "Cf") else char for char in text)
-
-
 def rq_queue(r: redis.Redis, name: str) -> Queue:
     return Queue(name, connection=r, serializer=JSONSerializer, job_class=RunJob)
 
@@ -108,9 +104,14 @@ def check_name(field: str, value: str) -> str:
 def submit(
     r: redis.Redis, config: RunConfig, sweep_id: str | None = None, *, queue: str = keys.DEFAULT_QUEUE
 ) -> str:
-    """Record the run and enqueue its first attempt in one transaction; returns the run id (12 hex chars)."""
+    """Record the run and enqueue its first attempt in one transaction; returns the run id (12 hex chars).
+
+    Every path that queues a run (the form, a sweep, Rescue, `codash submit` and `fork`) comes here, so this
+    deployment's limits (jobs.limits: queue length, work, stream) are checked here, once, for all of them.
+    """
     if not isinstance(config, RunConfig):
         raise TypeError(f"config must be a RunConfig, got {type(config).__name__}")
+    check_limits([config], queued_count(r))
     if sweep_id is not None:
         check_name("sweep_id", sweep_id)
     check_name("queue", queue)
@@ -197,8 +198,9 @@ def cancel(r: redis.Redis, run_id: str) -> RunStatus:
 def resume(r: redis.Redis, run_id: str) -> int:
     """Queue a new attempt of an interrupted, cancelled or failed run, continuing from its last checkpoint.
 
-    Returns the new attempt's number.
+    Returns the new attempt's number. A new attempt joins the queue, so the queue's limit applies.
     """
+    check_limits([parse(_existing(r, run_id)).config], queued_count(r))
 
     def requeued(record: Record) -> dict[str, Any]:
         attempt = attempt_of(record) + 1

@@ -261,5 +261,5 @@ def test_a_forged_job_description_cannot_forge_worker_log_lines(r, pool):
     r.lmove("rq:queue:held", "rq:queue:" + keys.DEFAULT_QUEUE)
     wait_status(r, run_id, {"finished"}, 60)
     logs = "".join(worker.output() for worker in pool.started)
-    assert "?[2J?[31mrun_job?w9: Job OK (forged)?" in logs
+    assert "\\u001b[2J\\u001b[31mrun_job\\u000aw9: Job OK (forged)\\u202e" in logs
     assert "\x1b[2J" not in logs and "\nw9: Job OK (forged)" not in logs and "\u202e" not in logs

@@ -120,3 +120,24 @@ def test_the_sweep_refuses_a_sweep_past_the_limits(r, monkeypatch):
     assert any("CODASH\\_MAX\\_WORK" in error.value for error in at.error), [e.value for e in at.error]
     assert at.button(key="sweep.submit").disabled
     assert api.list_runs(r) == []
+
+
+def test_every_path_that_queues_a_run_is_held_to_the_limits(r, monkeypatch, capsys):
+    """Rescue (api.fork), `codash fork` and resume queue through api.submit or the queue, which check."""
+    from codash.cli import main
+    from trainer.fork import EVALS_DIR
+
+    parent = api.submit(r, make_config({"max_iters": 20}))
+    (api.run_dir(parent) / EVALS_DIR).mkdir(parents=True)
+    (api.run_dir(parent) / EVALS_DIR / "10.pt").touch()
+    monkeypatch.setenv("CODASH_MAX_QUEUED", "1")
+    with pytest.raises(api.OverLimit, match="CODASH_MAX_QUEUED"):
+        api.fork(r, parent, at=10, grad_align_lambda=4.0)
+    assert main(["fork", parent, "--at", "10", "--epochs", "1000"]) == 2
+    assert "codash: error: " in capsys.readouterr().err
+    api.cancel(r, parent)
+    waiting = api.submit(r, make_config({"max_iters": 20}))  # the queue is full again
+    with pytest.raises(api.OverLimit, match="CODASH_MAX_QUEUED"):
+        api.resume(r, parent)
+    assert [run.id for run in api.list_runs(r)] == [waiting, parent]
+    assert api.get_run(r, parent).status == "cancelled"

@@ -284,3 +284,9 @@ class JsonlSink:
 
 def read_jsonl(stream: IO[str]) -> list[Event]:
     return [json.loads(line) for line in stream if line.strip()]
+
+
+def printable(text: str) -> str:
+    """Text for a terminal or a log line: any character that is not visible text (an escape sequence, a
+    newline, U+202E) is shown as its code, so stored text can never rewrite the screen or forge a line."""
+    return "".join(char if char.isprintable() else f"\\u{ord(char):04x}" for char in text)
