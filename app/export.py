@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from app.history import RunHistory
 from app.tables import runs_frame
-from trainer.events import Event, events_csv, events_jsonl
+from trainer.events import Event, events_csv, events_jsonl, inert
 
 if TYPE_CHECKING:
     from jobs.api import Run
@@ -24,7 +24,7 @@ def runs_zip(runs: Sequence[Run], events_of: Callable[[str], list[Event]]) -> by
     for each run."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("runs.csv", runs_frame(runs).to_csv(index=False))
+        archive.writestr("runs.csv", runs_frame(runs).map(inert).to_csv(index=False))
         for run in runs:
             events = events_of(run.id)
             archive.writestr(f"{run.id}/run.json", json.dumps(run.to_dict(), indent=1, ensure_ascii=False))

@@ -269,6 +269,9 @@ def annotate(r: redis.Redis, run_id: str, tags: str | Iterable[str], note: str) 
     cleaned = parse_tags(tags)
     if len(note) > MAX_NOTE_CHARS:
         raise ValueError(f"note: at most {MAX_NOTE_CHARS:,} characters (got {len(note):,})")
+    hidden = [char for char in note if char not in "\n\t" and not char.isprintable()]
+    if hidden:  # an escape sequence or a bidi override would change how the note (and what follows) reads
+        raise ValueError(f"note: only visible text, lines and tabs (got U+{ord(hidden[0]):04X})")
     key = keys.run(run_id)
 
     def apply(pipe: Pipeline) -> None:

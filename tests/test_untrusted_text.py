@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import io
+import zipfile
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 from test_app_pages import running_events, store_run
 
+from app.export import runs_zip
+from app.text import md_escape
 from app.views.sweep import parse_eps_list
 from codash.cli import main
 from jobs import api, keys
@@ -103,3 +106,27 @@ def test_codash_submit_applies_the_deployment_limits(r, capsys, monkeypatch):
     assert main(["submit", "--max-iters", "5"]) == 2
     assert "CODASH_MAX_QUEUED" in capsys.readouterr().err
     assert len(api.list_runs(r)) == 1
+
+
+def test_the_runs_table_in_an_export_is_inert_and_notes_hold_only_visible_text(r):
+    run_id = api.submit(r, make_config({"name": '=HYPERLINK("http://x")', "max_iters": 5}))
+    api.annotate(r, run_id, "baseline", "@SUM(A1) looks like a formula")
+    archive = zipfile.ZipFile(io.BytesIO(runs_zip(api.list_runs(r), lambda one: api.all_events(r, one))))
+    [row] = csv.DictReader(io.StringIO(archive.read("runs.csv").decode()))
+    assert row["label"].startswith("'=HYPERLINK") and row["note"].startswith("'@SUM")
+    for hidden in ("\x1b[2J", "\u202e", "\x00"):
+        with pytest.raises(ValueError, match="note: only visible text"):
+            api.annotate(r, run_id, "", f"fine {hidden} text")
+    api.annotate(r, run_id, "", "two lines\n\tand a tab")  # the note's own layout stays allowed
+    assert api.get_run(r, run_id).note == "two lines\n\tand a tab"
+
+
+def test_a_workers_fields_from_redis_render_as_text_on_the_launch_page(r):
+    r.hset(
+        keys.worker("w-1"),
+        mapping={"pid": "1", "device": "[click](http://evil.example)", "state": "**idle**"},
+    )
+    r.sadd(keys.WORKERS, "w-1")
+    at = AppTest.from_file(str(MAIN), default_timeout=30).run()
+    [alive] = [box.value for box in at.success if "alive" in box.value]
+    assert md_escape("w-1 ([click](http://evil.example), **idle**)") in alive

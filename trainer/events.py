@@ -240,7 +240,7 @@ def events_csv(events: Iterable[Event]) -> str:
     events (images and filters) are left out: the JSONL export has them. Text that a spreadsheet would take
     for a formula is made inert; numbers (negative ones too) stay numbers."""
     rows = [
-        {column: _inert(value) for column, value in _flatten(event).items()}
+        {column: inert(value) for column, value in _flatten(event).items()}
         for event in events
         if event["type"] not in ARRAY_EVENTS
     ]
@@ -255,8 +255,9 @@ def events_csv(events: Iterable[Event]) -> str:
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _inert(value: Any) -> Any:
-    """A text cell a spreadsheet would run as a formula (=, +, -, @ ...) gets a leading apostrophe."""
+def inert(value: Any) -> Any:
+    """A text cell of any CSV codash writes that a spreadsheet would run as a formula (=, +, -, @ ...) gets
+    a leading apostrophe."""
     return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
 
 

@@ -162,7 +162,7 @@ def _workers(r) -> None:
         )
         st.code("codash worker", language="bash")
         return
-    described = ", ".join(f"{md_escape(w.name)} ({w.device}, {w.state})" for w in workers)
+    described = ", ".join(md_escape(f"{w.name} ({w.device}, {w.state})") for w in workers)  # from Redis
     st.success(f"{len(workers)} worker(s) alive: {described} · {queued} run(s) queued", icon=":material/dns:")
 
 
