@@ -4,15 +4,15 @@ st.plotly_chart identifies a chart by a hash of its figure, so every refresh wit
 chart: the plot is rebuilt and the user's zoom is lost, whatever layout.uirevision says. This component
 keeps one plot per key and feeds each new figure to Plotly.react, which honours uirevision.
 The frontend is the page below plus the plotly.min.js that ships with the plotly package (same version as
-the Python side), served together from a per-version cache directory. The page lives in this module, not in
-a data file, so every way of installing the package (editable, wheel, Docker image) carries it.
+the Python side), served together from a private directory each dashboard process builds for itself. The
+page lives in this module, not in a data file, so every way of installing the package (editable, wheel,
+Docker image) carries it.
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
-import hashlib
-import os
 import re
 import shutil
 import tempfile
@@ -109,19 +109,15 @@ FRONTEND = """<!doctype html>
 
 @functools.cache
 def _component() -> Any:
-    """Assemble the frontend directory once per process (atomically: servers may start side by side)."""
-    digest = hashlib.sha256(FRONTEND.encode()).hexdigest()[:12]
-    user = getattr(os, "getuid", lambda: "")()  # per user: mkdtemp makes 0700 directories
-    name = f"codash-chart-{user}-{plotly.__version__}-{digest}"
-    directory = Path(tempfile.gettempdir()) / name
-    if not (directory / "index.html").exists():
-        staging = Path(tempfile.mkdtemp(prefix="codash-chart-"))
-        shutil.copy(PLOTLY_JS, staging / "plotly.min.js")
-        (staging / "index.html").write_text(FRONTEND)
-        try:
-            os.replace(staging, directory)
-        except OSError:  # another process got there first
-            shutil.rmtree(staging, ignore_errors=True)
+    """Assemble the frontend once per process, in a directory of its own (mkdtemp: 0700, this user's).
+
+    A shared, guessable path in /tmp would let another user plant the page whose JavaScript runs in the
+    dashboard's origin; a private copy (plotly.min.js is ~4.6 MB, copied once) leaves nothing to trust.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="codash-chart-"))
+    shutil.copy(PLOTLY_JS, directory / "plotly.min.js")
+    (directory / "index.html").write_text(FRONTEND)
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
     return components.declare_component("live_plotly", path=str(directory))
 
 

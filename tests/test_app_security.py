@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -153,3 +155,28 @@ def test_signing_in_on_a_page_lands_on_that_page(r, monkeypatch, clock, page, ti
     assert [t.value for t in at.title] == ["codash"]
     sign_in(at, "correct horse battery")
     assert title in [t.value for t in at.title]
+
+
+def test_the_chart_page_is_served_from_a_private_directory_not_a_planted_one(tmp_path, monkeypatch):
+    """Another user could create the old shared path in /tmp first; its page would run in our origin."""
+    import hashlib
+    import stat
+
+    import plotly
+
+    from app import chart
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    digest = hashlib.sha256(chart.FRONTEND.encode()).hexdigest()[:12]  # the name it once had: guessable
+    for name in (f"codash-chart-{os.getuid()}-{plotly.__version__}-{digest}", "codash-chart-planted"):
+        planted = tmp_path / name
+        planted.mkdir()
+        (planted / "index.html").write_text("<script>alert('planted')</script>")
+    chart._component.cache_clear()
+    try:
+        served = Path(chart._component().path)
+    finally:
+        chart._component.cache_clear()
+    assert served.parent == tmp_path and served.name.startswith("codash-chart-")
+    assert (served / "index.html").read_text() == chart.FRONTEND
+    assert served.stat().st_uid == os.getuid() and stat.S_IMODE(served.stat().st_mode) == 0o700
