@@ -4,6 +4,10 @@
   rebinding) sends its own name as Host and is refused, so it cannot drive a loopback dashboard. Allowed:
   the loopback names, the address `codash up --host` serves (CODASH_SERVE_HOST; for 0.0.0.0 or :: this
   machine's host names), and the names in CODASH_ALLOWED_HOSTS (comma-separated; `*` allows any).
+- Origin check on the websocket and on every state-changing HTTP request: a browser names the page that
+  opened them, and a page served from anywhere but the dashboard itself (another port on localhost too: a
+  dev server, a notebook) is refused, unless CODASH_ALLOWED_ORIGINS names it. Clients that send no Origin
+  (not browsers) are not the threat this closes and pass.
 - Streamlit routes codash has no use for answer 404 to everyone, signed in or not: `/_stcore/metrics`,
   and the upload endpoint (codash has no uploader, so nothing may be uploaded).
 - `clear_cache` messages from browsers are dropped: codash has no use for them, and one would empty the
@@ -14,11 +18,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
+import re
 import socket
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from streamlit.proto.BackMsg_pb2 import BackMsg
 
@@ -30,6 +37,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 SERVE_HOST_ENV, ALLOWED_HOSTS_ENV = "CODASH_SERVE_HOST", "CODASH_ALLOWED_HOSTS"
+ALLOWED_ORIGINS_ENV = "CODASH_ALLOWED_ORIGINS"  # e.g. https://dash.lab.org, behind a proxy that rewrites Host
+HOST_NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")  # labels; one trailing dot (the root) at most
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CLOSED_PATHS = ("/_stcore/metrics", "/_stcore/upload_file")
 SECURITY_HEADERS = [
     (b"x-frame-options", b"SAMEORIGIN"),
@@ -52,11 +62,36 @@ def allowed_hosts(serve_host: str | None = None, extra: str | None = None) -> fr
 
 
 def host_name(header: str) -> str:
-    """The name in a Host header: 'Example.org:8501' -> 'example.org', '[::1]:8501' -> '::1'."""
+    """The name in a Host header: 'Example.org:8501' -> 'example.org', '[::1]:8501' -> '::1'; '' for
+    anything that is not exactly a name or an address with an optional port ('[::1].evil.example',
+    'localhost..')."""
     header = header.strip().lower()
-    if header.startswith("["):
-        return header[1 : header.find("]")] if "]" in header else ""
-    return header.rsplit(":", 1)[0].rstrip(".") if header.count(":") == 1 else header.rstrip(".")
+    bracketed = re.fullmatch(r"\[([^\]]+)\](?::\d{1,5})?", header)
+    if bracketed:
+        return bracketed[1] if _is_address(bracketed[1]) else ""
+    if _is_address(header):  # a bare address: IPv4, or IPv6 without brackets
+        return header
+    name, port = re.fullmatch(r"(.*?)(?::(\d{1,5}))?", header).groups()
+    return name.removesuffix(".") if HOST_NAME.fullmatch(name) else ""
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def same_origin(origin: str, host: str, allowed: frozenset[str]) -> bool:
+    """Whether a request's Origin is the dashboard's own (the scheme's host and port are the Host it was
+    sent to) or one CODASH_ALLOWED_ORIGINS names: a page served anywhere else (another port on localhost
+    too) may not drive the dashboard."""
+    origin = origin.strip().lower().rstrip("/")
+    if origin in allowed or "*" in allowed:
+        return True
+    parts = urlsplit(origin)
+    return parts.scheme in ("http", "https") and bool(parts.netloc) and parts.netloc == host.strip().lower()
 
 
 def is_clear_cache(data: bytes | None) -> bool:
@@ -71,9 +106,15 @@ def is_clear_cache(data: bytes | None) -> bool:
 
 
 class Guard:
-    def __init__(self, app: ASGIApp, hosts: frozenset[str] | None = None):
+    def __init__(
+        self, app: ASGIApp, hosts: frozenset[str] | None = None, origins: frozenset[str] | None = None
+    ):
         self.app = app
         self.hosts = hosts or allowed_hosts(os.environ.get(SERVE_HOST_ENV), os.environ.get(ALLOWED_HOSTS_ENV))
+        listed = os.environ.get(ALLOWED_ORIGINS_ENV, "")
+        self.origins = origins or frozenset(
+            o.strip().lower().rstrip("/") for o in listed.split(",") if o.strip()
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -86,6 +127,17 @@ class Guard:
             client = (scope.get("client") or ("?",))[0]
             log.warning("codash: refused a request for host %r from %s (CODASH_ALLOWED_HOSTS)", host, client)
             await self._refuse(kind, send, 403, b"unknown host: add it to CODASH_ALLOWED_HOSTS")
+            return
+        origin = headers.get(b"origin")
+        changes_state = kind == "websocket" or scope.get("method", "GET") not in SAFE_METHODS
+        raw_host = headers.get(b"host", b"").decode("latin-1")
+        if (
+            changes_state
+            and origin is not None
+            and not same_origin(origin.decode("latin-1"), raw_host, self.origins)
+        ):
+            log.warning("codash: refused a %s request from origin %r (CODASH_ALLOWED_ORIGINS)", kind, origin)
+            await self._refuse(kind, send, 403, b"foreign origin: add it to CODASH_ALLOWED_ORIGINS")
             return
         if kind == "http" and any(path in scope["path"] for path in CLOSED_PATHS):
             await self._refuse(kind, send, 404, b"not found")

@@ -10,6 +10,7 @@ import http.client
 import os
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,10 +57,19 @@ def get(port: int, path: str, host: str, method: str = "GET") -> http.client.HTT
     return response
 
 
-def websocket(port: int, host: str) -> None:
-    """Open the app's websocket with `host` in the Host header, as a rebound page's script would."""
+def websocket(port: int, host: str, origin: str | None = None) -> None:
+    """Open the app's websocket with `host` in the Host header (and `origin` as the page that opens it), as
+    a rebound page's script, or another origin's, would."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    with connect(f"ws://{host}/_stcore/stream", sock=sock, subprotocols=["streamlit"], open_timeout=10):
+    headers = {"Origin": origin} if origin else None
+    with connect(
+        f"ws://{host}/_stcore/stream",
+        sock=sock,
+        subprotocols=["streamlit"],
+        open_timeout=10,
+        additional_headers=headers,
+        origin=None,
+    ):
         pass
 
 
@@ -102,6 +112,57 @@ def test_allowed_hosts():
         "::1",
         "a.org",
     ]
+    strict = ("[::1].evil.example", "localhost..", "[::1]x", "[evil]:80", "localhost:abc", "a..b", "a b")
+    assert [host_name(header) for header in strict] == [""] * len(strict)
+
+
+def test_a_page_from_another_origin_cannot_open_the_websocket(served):
+    """Another port on the same host is another origin: a dev server's page must not drive the dashboard."""
+    port = served
+    websocket(port, f"127.0.0.1:{port}", origin=f"http://127.0.0.1:{port}")  # the dashboard's own page
+    websocket(port, f"127.0.0.1:{port}")  # no Origin: not a browser
+    for origin in (f"http://127.0.0.1:{port + 1}", f"http://localhost:{port}", "null", "http://evil.example"):
+        with pytest.raises(InvalidStatus, match="403"):
+            websocket(port, f"127.0.0.1:{port}", origin=origin)
+
+
+def test_chromium_on_a_second_local_origin_cannot_reach_the_dashboard(served, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.exists():
+        pytest.skip(f"Debian Chromium not found at {CHROMIUM}")
+    page_port = free_port()
+    (tmp_path / "index.html").write_text(
+        "<script>const ws = new WebSocket('ws://127.0.0.1:PORT/_stcore/stream', 'streamlit');"
+        "ws.onopen = () => { document.title = 'opened'; };"
+        "ws.onerror = ws.onclose = () => { if (document.title !== 'opened') document.title = 'refused'; };"
+        "</script>".replace("PORT", str(served))
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(page_port), "--bind", "127.0.0.1"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: dashboard_reachable(page_port), 30, "the second origin's server")
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{page_port}/index.html")
+            wait_for(lambda: page.title() in ("opened", "refused"), 30, "the websocket to open or fail")
+            assert page.title() == "refused"
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def dashboard_reachable(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def test_clear_cache_from_a_browser_never_reaches_streamlit():
