@@ -10,6 +10,8 @@
   (not browsers) are not the threat this closes and pass.
 - Streamlit routes codash has no use for answer 404 to everyone, signed in or not: `/_stcore/metrics`,
   and the upload endpoint (codash has no uploader, so nothing may be uploaded).
+- `load_git_info` messages are dropped: the answer names the checkout's repository, branch and untracked
+  files, to anyone, before sign-in.
 - `clear_cache` messages from browsers are dropped: codash has no use for them, and one would empty the
   shared caches (the Redis connection) for every user, signed in or not.
 - Every HTTP answer forbids framing by other sites (X-Frame-Options, CSP frame-ancestors) and MIME sniffing;
@@ -40,6 +42,9 @@ SERVE_HOST_ENV, ALLOWED_HOSTS_ENV = "CODASH_SERVE_HOST", "CODASH_ALLOWED_HOSTS"
 ALLOWED_ORIGINS_ENV = "CODASH_ALLOWED_ORIGINS"  # e.g. https://dash.lab.org, behind a proxy that rewrites Host
 HOST_NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")  # labels; one trailing dot (the root) at most
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Browser messages codash has no use for: one empties the caches every session shares, the other answers
+# with the checkout's repository, branch and untracked file names to anyone, signed in or not.
+DROPPED = frozenset({"clear_cache", "load_git_info"})
 CLOSED_PATHS = ("/_stcore/metrics", "/_stcore/upload_file")
 SECURITY_HEADERS = [
     (b"x-frame-options", b"SAMEORIGIN"),
@@ -94,15 +99,17 @@ def same_origin(origin: str, host: str, allowed: frozenset[str]) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.netloc) and parts.netloc == host.strip().lower()
 
 
-def is_clear_cache(data: bytes | None) -> bool:
+def dropped(data: bytes | None) -> str | None:
+    """The type of a browser message codash drops (DROPPED), else None."""
     if not data:
-        return False
+        return None
     message = BackMsg()
     try:
         message.ParseFromString(data)
     except Exception:  # not ours to judge: Streamlit refuses what it cannot parse
-        return False
-    return message.WhichOneof("type") == "clear_cache"
+        return None
+    kind = message.WhichOneof("type")
+    return kind if kind in DROPPED else None
 
 
 class Guard:
@@ -145,7 +152,7 @@ class Guard:
         if kind == "http":
             await self.app(scope, receive, self._with_headers(send))
         else:
-            await self.app(scope, self._without_clear_cache(receive), send)
+            await self.app(scope, self._without_dropped(receive), send)
 
     @staticmethod
     async def _refuse(kind: str, send: Send, status: int, body: bytes) -> None:
@@ -168,12 +175,13 @@ class Guard:
         return sending
 
     @staticmethod
-    def _without_clear_cache(receive: Receive) -> Receive:
+    def _without_dropped(receive: Receive) -> Receive:
         async def receiving() -> Message:
             while True:
                 message = await receive()
-                if message["type"] == "websocket.receive" and is_clear_cache(message.get("bytes")):
-                    log.warning("codash: dropped a clear_cache message from a browser")
+                kind = dropped(message.get("bytes")) if message["type"] == "websocket.receive" else None
+                if kind:
+                    log.warning("codash: dropped a %s message from a browser", kind)
                     continue
                 return message
 

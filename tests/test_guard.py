@@ -165,12 +165,14 @@ def dashboard_reachable(port: int) -> bool:
     return True
 
 
-def test_clear_cache_from_a_browser_never_reaches_streamlit():
-    """Any client (signed in or not) could otherwise empty the caches every session shares."""
-    clear, rerun = BackMsg(), BackMsg()
+def test_clear_cache_and_git_info_from_a_browser_never_reach_streamlit():
+    """Any client (signed in or not) could otherwise empty the caches every session shares, or read the
+    checkout's repository, branch and untracked file names."""
+    clear, rerun, git = BackMsg(), BackMsg(), BackMsg()
     clear.clear_cache = True
+    git.load_git_info = True
     rerun.rerun_script.page_name = "runs"
-    incoming = [clear, rerun, clear]
+    incoming = [clear, git, rerun, clear]
     messages = [{"type": "websocket.receive", "bytes": m.SerializeToString()} for m in incoming]
     messages.append({"type": "websocket.disconnect"})
     seen = []
