@@ -4,8 +4,10 @@ Without the variable the dashboard is open — `codash up` then only listens on 
 browser session stays signed in across pages and refreshes of the app's own state; a new tab asks again.
 
 Guessing is slow: after a client's first failure each further one doubles the wait before it may try again
-(1 s, 2 s, 4 s, … up to 5 minutes), and past GLOBAL_FREE_FAILURES failures from anywhere every client waits
-as well, so many addresses guessing at once are slowed too. While a wait runs the password is not even
+(1 s, 2 s, 4 s, … up to 5 minutes), and past GLOBAL_FREE_FAILURES failures from anywhere every client that
+has failed waits as well, so many addresses guessing at once are slowed too, while a first try (the owner's,
+from anywhere) always goes through. The address is the connection's own: forwarded headers count only
+from the proxies CODASH_TRUSTED_PROXIES names (codash up). While a wait runs the password is not even
 compared. Each failure is logged with the client's address. Served beyond loopback, put it behind TLS
 (README): the password crosses the network in every sign-in.
 """
@@ -58,7 +60,9 @@ class Backoff:
             mine, mine_at = self._current(self._clients.get(client, (0, 0.0)), now)
             total, total_at = self._current(self._total, now)
         own = delay_s(mine, free=1) - (now - mine_at)
-        everyone = delay_s(total, free=GLOBAL_FREE_FAILURES) - (now - total_at)
+        # many addresses guessing slow every guesser down, but never a client's first try: a guesser cannot
+        # lock the owner out
+        everyone = delay_s(total, free=GLOBAL_FREE_FAILURES) - (now - total_at) if mine else 0.0
         return max(0.0, own, everyone)
 
     def failed(self, client: str) -> float:

@@ -35,6 +35,7 @@ STOP_TIMEOUT_S = 20.0
 # than two (docs/benchmarks.md, shared notes): a sweep's runs go two to a GPU.
 WORKERS_PER_GPU = 2
 RESTART_LIMIT = 5  # restarts per child; past it the child is left down and the fault reported
+TRUSTED_PROXIES_ENV = "CODASH_TRUSTED_PROXIES"  # comma-separated addresses or networks of reverse proxies
 
 
 class AlreadyRunning(RuntimeError):
@@ -83,6 +84,13 @@ def plan_workers(count: int | None) -> list[str]:
     if count is None:
         count = WORKERS_PER_GPU * gpus or 1
     return [f"cuda:{i % gpus}" if gpus else "cpu" for i in range(count)]
+
+
+def app_env(host: str) -> dict[str, str]:
+    """The dashboard's own environment: the address it serves, and the proxies whose forwarded headers
+    (X-Forwarded-For) it believes: only those CODASH_TRUSTED_PROXIES names. uvicorn's default believes any
+    client on loopback, which would let one guess passwords under a fresh address each time."""
+    return {SERVE_HOST_ENV: host, "FORWARDED_ALLOW_IPS": os.environ.get(TRUSTED_PROXIES_ENV, "")}
 
 
 def app_argv(host: str, port: int) -> list[str]:
@@ -167,7 +175,7 @@ def up(host: str, port: int, workers: int | None, no_worker: bool) -> int:
             Child(f"worker {i} ({device})", [*worker_argv, device], env=env, hidden=(PASSWORD_ENV,))
             for i, device in enumerate([] if no_worker else plan_workers(workers))
         ]
-        app = Child("dashboard", app_argv(host, port), env={**env, SERVE_HOST_ENV: host})
+        app = Child("dashboard", app_argv(host, port), env={**env, **app_env(host)})
         url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
         stopping = []
 

@@ -21,7 +21,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from app.guard import Guard, allowed_hosts, host_name
-from codash.up import app_argv, dashboard_healthy
+from codash.up import app_argv, app_env, dashboard_healthy
 from jobs.server import free_port, stored_url
 
 PASSWORD = "correct horse battery"
@@ -36,6 +36,7 @@ def served(redis_home: Path, tmp_path: Path) -> Iterator[int]:
         "REDIS_URL": stored_url(redis_home),
         "CODASH_PASSWORD": PASSWORD,
         "CODASH_ALLOWED_HOSTS": "dash.example.org",
+        **app_env("127.0.0.1"),
     }
     with open(tmp_path / "streamlit.log", "w") as log:
         process = subprocess.Popen(app_argv("127.0.0.1", port), cwd=ROOT, env=env, stdout=log, stderr=log)
@@ -192,6 +193,23 @@ def test_clear_cache_and_git_info_from_a_browser_never_reach_streamlit():
     scope = {"type": "websocket", "path": "/_stcore/stream", "headers": [(b"host", b"localhost:8501")]}
     asyncio.run(Guard(streamlit)(scope, receive, send))
     assert seen == ["rerun_script"]
+
+
+def test_a_forwarded_address_from_loopback_is_not_believed(served, tmp_path):
+    """Each guess under a fresh X-Forwarded-For would get a fresh budget, and forge the logged address."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.exists():
+        pytest.skip(f"Debian Chromium not found at {CHROMIUM}")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(extra_http_headers={"X-Forwarded-For": "6.6.6.6", "X-Real-IP": "6.6.6.6"})
+        page.goto(f"http://127.0.0.1:{served}/", timeout=60_000)
+        page.get_by_label("Dashboard password").fill("not the password")
+        page.get_by_role("button", name="Sign in").click()
+        page.get_by_text("Wrong password").wait_for(timeout=60_000)
+        browser.close()
+    log = (tmp_path / "streamlit.log").read_text()
+    assert "failed sign-in from" in log and "6.6.6.6" not in log  # loopback itself logs as "unknown"
 
 
 def test_signing_in_on_a_page_lands_on_that_page_in_a_browser(served):
