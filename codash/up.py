@@ -146,6 +146,21 @@ def single_instance(home: Path):
                 (home / UP_FILE).unlink()
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse a port something else listens on: the dashboard would not start, and a health check answered
+    by the other server (another Streamlit) would announce a stack that is not there."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is free
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise RuntimeError(
+                f"--port {port}: {host}:{port} is in use by another program ({exc.strerror}); choose another "
+                "port, or stop that program"
+            ) from None
+
+
 def check_password(host: str, password: str | None) -> None:
     """A dashboard beyond loopback needs a password, and any password must be long enough; the error
     offers a freshly generated one."""
@@ -163,6 +178,7 @@ def up(host: str, port: int, workers: int | None, no_worker: bool) -> int:
     check_password(host, os.environ.get(PASSWORD_ENV))
     home = codash_home()
     with single_instance(home):
+        check_port(host, port)
         started_redis = False
         redis_url = os.environ.get("REDIS_URL")
         if not redis_url:

@@ -131,3 +131,27 @@ def test_codash_up_runs_two_workers_per_gpu_by_default(monkeypatch):
     monkeypatch.setattr(up_module, "visible_gpus", lambda: 0)
     assert up_module.plan_workers(None) == ["cpu"]
     assert up_module.WORKERS_PER_GPU == 2
+
+
+def test_up_refuses_a_port_another_server_holds(env):
+    """Someone else's server on the port would answer the health check: up must not say it is up."""
+    port = free_port()
+    other = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"], cwd=ROOT
+    )
+    try:
+        wait_for(lambda: not up_module_port_free(port), 30, "the other server to listen")
+        result = codash("up", "--port", str(port), "--no-worker", env=env, timeout=60)
+        assert result.returncode != 0 and "codash is up" not in result.stdout
+        assert f"--port {port}: 127.0.0.1:{port} is in use by another program" in result.stderr
+    finally:
+        other.terminate()
+        other.wait(timeout=10)
+
+
+def up_module_port_free(port: int) -> bool:
+    try:
+        up_module.check_port("127.0.0.1", port)
+    except RuntimeError:
+        return False
+    return True
