@@ -16,11 +16,13 @@ import math
 import os
 from dataclasses import dataclass
 
+from trainer.co import PATIENCE
 from trainer.config import DATA_SHAPES, TEST_IMAGES, TRAIN_IMAGES, ConfigError, RunConfig
 
 # Image passes per training example, by method: the attack's steps plus the weight update's pass.
 ATTACK_PASSES = {"standard": 0, "fgsm": 1, "fgsm_rs": 1, "nfgsm": 1, "free": 0, "random_corner": 0}
 GRAD_ALIGN_PASSES = 3  # two input gradients and the double backprop, on grad_align_fraction of the batch
+ELLE_PASSES = 6  # three more points through the model, forward and backward (trainer.elle)
 AUTOATTACK_PASSES = 5_000  # per image and model, roughly: APGD-CE, APGD-T, FAB-T and Square's queries
 METRICS_BYTES, EVAL_BYTES, OTHER_BYTES = 220, 260, 4_000  # a stream entry's JSON (config, co, final: others)
 NUMBER_BYTES = 6  # a snapshot number, rounded to 2 decimals, with its comma
@@ -70,10 +72,11 @@ class Cost:
     probes: int
     final: int
     stream_bytes: int
+    replay: int = 0  # the onset replay's evaluations of the CO window, once, when CO fires (trainer.window)
 
     @property
     def work(self) -> int:
-        return self.train + self.evals + self.probes + self.final
+        return self.train + self.evals + self.probes + self.final + self.replay
 
 
 def cost(config: RunConfig) -> Cost:
@@ -83,7 +86,10 @@ def cost(config: RunConfig) -> Cost:
     iterations = min(config.epochs * steps_per_epoch, config.max_iters or math.inf)
     attack = ATTACK_PASSES.get(config.method, config.pgd_steps)  # pgd and pgd_corner: pgd_steps
     per_example = (
-        1 + attack + (GRAD_ALIGN_PASSES * config.grad_align_fraction if config.uses_grad_align else 0)
+        1
+        + attack
+        + (GRAD_ALIGN_PASSES * config.grad_align_fraction if config.uses_grad_align else 0)
+        + (ELLE_PASSES if config.uses_elle else 0)
     )
     n_evals = math.ceil(iterations / config.eval_every)
     test, train = TEST_IMAGES[config.dataset], TRAIN_IMAGES[config.dataset]
@@ -100,7 +106,12 @@ def cost(config: RunConfig) -> Cost:
     channels, size, _ = DATA_SHAPES[config.dataset]
     snapshot = NUMBER_BYTES * (5 * channels * size * size + MAX_FILTERS * channels * 9) + EVAL_BYTES
     stream = iterations * METRICS_BYTES + n_evals * (EVAL_BYTES + snapshot) + 10 * OTHER_BYTES
+    # the onset replay evaluates every kept step of the detector's window; a run that may land on a GPU
+    # worker (device auto) is counted as if it will
+    replays = config.replays_onset("cpu" if config.device == "cpu" else "cuda")
+    window = min((PATIENCE + 1) * config.eval_every, iterations)
     return Cost(
+        replay=int(window * min(config.eval_points, test) * (config.eval_pgd_steps + 4)) if replays else 0,
         iterations=int(iterations),
         train=int(iterations * config.batch_size * per_example),
         evals=n_evals * per_eval,
@@ -128,12 +139,14 @@ def run_violations(config: RunConfig, limits: Limits | None = None) -> dict[str,
             "eval_every": estimate.evals,
             "probe_every": estimate.probes,
             "final_eval_points": estimate.final,
+            "onset_replay": estimate.replay,
         }
         problems.setdefault(  # next to the field of the largest part
             max(parts, key=parts.get),
             f"this run would take ~{estimate.work:.2g} image passes (training {estimate.train:.2g}, live "
             f"evaluations {estimate.evals:.2g}, dense probes {estimate.probes:.2g}, final evaluation "
-            f"{estimate.final:.2g}); this deployment allows {limits.max_work:.2g} (CODASH_MAX_WORK)",
+            f"{estimate.final:.2g}, onset replay {estimate.replay:.2g}); this deployment allows "
+            f"{limits.max_work:.2g} (CODASH_MAX_WORK)",
         )
     if estimate.stream_bytes > limits.max_stream_mb * MB:
         problems.setdefault(

@@ -141,3 +141,18 @@ def test_every_path_that_queues_a_run_is_held_to_the_limits(r, monkeypatch, caps
         api.resume(r, parent)
     assert [run.id for run in api.list_runs(r)] == [waiting, parent]
     assert api.get_run(r, parent).status == "cancelled"
+
+
+def test_the_cost_counts_elle_and_the_onset_replay():
+    base = make_config({**TINY, "eval_every": 50, "eval_points": 256, "onset_replay": "off"})
+    elle = base.model_copy(update={"elle_lambda": 1.0})
+    replayed = base.model_copy(update={"onset_replay": "on"})
+    plain = cost(base)
+    assert cost(elle).train - plain.train == plain.iterations * base.batch_size * 6  # three points, both ways
+    window = min(3 * base.eval_every, plain.iterations)  # the detector's window: PATIENCE + 1 evals
+    assert cost(replayed).replay == window * 256 * (base.eval_pgd_steps + 4) and plain.replay == 0
+    assert cost(base.model_copy(update={"onset_replay": "auto", "device": "auto"})).replay > 0  # may be CUDA
+    assert cost(base.model_copy(update={"onset_replay": "auto", "device": "cpu"})).replay == 0
+    limits = Limits(max_work=cost(replayed).work - 1)
+    assert run_violations(base, limits) == {}
+    assert "onset replay" in run_violations(replayed, limits).get("onset_replay", "")
