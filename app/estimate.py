@@ -51,7 +51,7 @@ def measured_s_per_image_pass(run: Run) -> float | None:
     wall = (run.final or {}).get("wall_s")
     if run.status != "finished" or not wall or run.attempt > 1 or run.config.fork_iteration is not None:
         return None
-    return wall / cost(run.config).work
+    return wall / cost(run.config, "cuda" if (run.device or "").startswith("cuda") else "cpu").work
 
 
 def _cpu_guess(config: RunConfig) -> float | None:
@@ -75,7 +75,7 @@ def expected(config: RunConfig, finished: Sequence[Run], gpu: bool) -> Estimate 
         and _kind(run.config) == _kind(config)
         and (rate := measured_s_per_image_pass(run)) is not None
     ]
-    work = cost(config).work
+    work = cost(config, "cuda" if gpu else "cpu").work
     if rates:
         runs = plural(len(rates), "finished run")
         return Estimate(work * median(rates), True, f"measured on {runs} like it")

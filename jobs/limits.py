@@ -79,9 +79,10 @@ class Cost:
         return self.train + self.evals + self.probes + self.final + self.replay
 
 
-def cost(config: RunConfig) -> Cost:
-    """What the run will do, counting a forward alone as a pass; the attacks' points are capped by the data
-    set's images, as the trainer takes them."""
+def cost(config: RunConfig, device_type: str | None = None) -> Cost:
+    """What the run will do on a `device_type` ("cpu", "cuda"; None: wherever it may land, counted as the
+    dearer), counting a forward alone as a pass; the attacks' points are capped by the data set's images,
+    as the trainer takes them."""
     steps_per_epoch = max(1, TRAIN_IMAGES[config.dataset] // config.batch_size)
     iterations = min(config.epochs * steps_per_epoch, config.max_iters or math.inf)
     attack = ATTACK_PASSES.get(config.method, config.pgd_steps)  # pgd and pgd_corner: pgd_steps
@@ -106,9 +107,8 @@ def cost(config: RunConfig) -> Cost:
     channels, size, _ = DATA_SHAPES[config.dataset]
     snapshot = NUMBER_BYTES * (5 * channels * size * size + MAX_FILTERS * channels * 9) + EVAL_BYTES
     stream = iterations * METRICS_BYTES + n_evals * (EVAL_BYTES + snapshot) + 10 * OTHER_BYTES
-    # the onset replay evaluates every kept step of the detector's window; a run that may land on a GPU
-    # worker (device auto) is counted as if it will
-    replays = config.replays_onset("cpu" if config.device == "cpu" else "cuda")
+    # the onset replay evaluates every kept step of the detector's window
+    replays = config.replays_onset(device_type or ("cpu" if config.device == "cpu" else "cuda"))
     window = min((PATIENCE + 1) * config.eval_every, iterations)
     return Cost(
         replay=int(window * min(config.eval_points, test) * (config.eval_pgd_steps + 4)) if replays else 0,
