@@ -431,9 +431,10 @@ def test_the_live_view_shows_the_final_evaluation_progress_and_time_left(r):
     bars = [bar.proto for bar in at.get("progress")]
     assert len(bars) == 2
     assert bars[1].text == (
-        "final PGD-50-10 on the last model (1 of 2): 150 of 300 test images attacked · about 1:30 left"
+        "final PGD-50-10 on the last model (1 of 2): 150 of 300 test images attacked · 25% of the final "
+        "evaluation · about 1:30 left"
     )
-    assert bars[1].value == 25
+    assert bars[1].value == 25  # the bar's share is said in its words
     append(
         r,
         run_id,

@@ -12,10 +12,12 @@ from conftest import (
     append,
     co_run_events,
     config_event,
+    eval_event,
     final_event,
     metrics_event,
     probe_event,
     running_events,
+    snapshot_event,
     store_run,
 )
 from streamlit.testing.v1 import AppTest
@@ -230,3 +232,23 @@ def test_a_sweep_or_a_tag_is_ticked_at_once(r):
     at.selectbox(key="runs.group").set_value("tag baseline").run()
     at.button(key="runs.delete").click().run()
     assert {run.id for run in api.list_runs(r)} == set(in_sweep)
+
+
+def test_the_charts_mark_follows_the_slider_in_the_same_refresh(r):
+    events = [*running_events(until=40), snapshot_event(20), snapshot_event(40)]
+    run_id = store_run(r, events, status="running")
+    at = app(run=run_id).run()
+
+    def marked() -> list[str]:
+        figure = charts(at)["live.chart"]
+        return [a["text"] for a in figure["layout"]["annotations"] if a.get("name") == "mark"]
+
+    assert marked() == ["inside the model: 40"]
+    append(
+        r, run_id, [*(metrics_event(it) for it in range(41, 61)), eval_event(60, pgd=0.3), snapshot_event(60)]
+    )
+    at.run()  # the refresh that brings a new evaluation: slider and mark both move to it
+    assert at.select_slider(key=f"live.snapshot.{run_id}").value == 60
+    assert marked() == ["inside the model: 60"]
+    at.select_slider(key=f"live.snapshot.{run_id}").set_value(20).run()
+    assert marked() == ["inside the model: 20"]

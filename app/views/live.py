@@ -86,7 +86,7 @@ def _panel(run_id: str) -> bool:
         if run.status != "failed":
             st.info(_waiting_for(r, run, history), icon=":material/hourglass_top:")
         return run.status not in api.TERMINAL
-    view = _view_controls(st.session_state.get(f"live.snapshot.{run.id}"))
+    view = _view_controls(_shown_snapshot(run, history))
     series = [Series(run.config.label(), history)]
     action = live_chart(
         run_figure(series, uirevision=run_id, view=view),
@@ -271,6 +271,7 @@ def final_progress(event: dict, attack: str) -> tuple[float, str]:
     which = "last model" if event["model"] == "last" else "early-stopped (best) model"
     step = f"{1 if event['model'] == 'last' else 2} of {models}"
     text = f"final {attack} on the {which} ({step}): {done:,} of {points:,} test images attacked"
+    text += f" · {fraction:.0%} of the final evaluation" if models > 1 else ""  # what the bar shows
     text += f" · about {format_duration(left)} left" if left is not None else ""
     return min(fraction, 1.0), text
 
@@ -328,21 +329,29 @@ def _controls(r, run) -> None:
         st.error(md_escape(str(exc)))
 
 
-def _inside(run, history: RunHistory, dark: bool) -> None:
-    """The first-layer filters and one eval image's perturbations and gradients, at a chosen evaluation.
-
-    The slider follows the latest evaluation until the user moves it, and stays where they put it after.
-    """
-    st.subheader("Inside the model", anchor=False)
+def _shown_snapshot(run, history: RunHistory) -> int | None:
+    """The evaluation "Inside the model" shows, decided before anything is drawn, so the chart's mark and
+    the slider say the same iteration: the latest until the user moves the slider, then where they put it."""
     if not history.snapshots:
-        st.caption("The first-layer filters and one image's perturbations appear with the first evaluation.")
-        return
+        return None
     iterations = sorted(history.snapshots)
     key, latest = f"live.snapshot.{run.id}", iterations[-1]
     followed = st.session_state.get(key + ".latest")
     if st.session_state.get(key) not in iterations or st.session_state.get(key) == followed:
         st.session_state[key] = latest
     st.session_state[key + ".latest"] = latest
+    return st.session_state[key]
+
+
+def _inside(run, history: RunHistory, dark: bool) -> None:
+    """The first-layer filters and one eval image's perturbations and gradients, at the evaluation
+    _shown_snapshot chose (a slider scrubs through them)."""
+    st.subheader("Inside the model", anchor=False)
+    if not history.snapshots:
+        st.caption("The first-layer filters and one image's perturbations appear with the first evaluation.")
+        return
+    iterations = sorted(history.snapshots)
+    key = f"live.snapshot.{run.id}"
     if len(iterations) > 1:
         st.select_slider(
             "Evaluation (iteration)",
