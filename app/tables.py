@@ -76,7 +76,7 @@ def runs_frame(runs: Sequence[Run], now: float | None = None) -> pd.DataFrame:
                 "AA acc": last.get("autoattack_acc"),
                 "device": run.device,
                 "created": pd.Timestamp(run.created_at, unit="s", tz="UTC"),
-                "elapsed": format_duration(elapsed_s(run, now)),
+                "elapsed": format_duration(run.elapsed_s(now)),
                 "sweep": run.sweep_id,
                 "seed": config.seed,
                 "tags": ", ".join(run.tags),
@@ -91,12 +91,6 @@ def runs_frame(runs: Sequence[Run], now: float | None = None) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=columns)
     accuracies = {name: "float64" for name in ("clean acc", "PGD acc", "AA acc")}
     return frame.astype({"CO iteration": "Int64", **accuracies})
-
-
-def elapsed_s(run: Run, now: float) -> float | None:
-    if run.started_at is None:
-        return None
-    return (run.finished_at or now) - run.started_at
 
 
 def sweep_frame(runs: Sequence[Run], histories: dict[str, RunHistory]) -> pd.DataFrame:

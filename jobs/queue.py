@@ -204,7 +204,16 @@ def resume(r: redis.Redis, run_id: str) -> int:
 
     def requeued(record: Record) -> dict[str, Any]:
         attempt = attempt_of(record) + 1
-        return {"status": RunStatus.QUEUED, "attempt": attempt, "error": "", "finished_at": "", "worker": ""}
+        ran = parse(record).elapsed_s(time.time()) or 0.0  # the attempts so far, kept for the run's clock
+        return {
+            "status": RunStatus.QUEUED,
+            "attempt": attempt,
+            "error": "",
+            "finished_at": "",
+            "worker": "",
+            "started_at": "",
+            "elapsed_before": ran,
+        }
 
     def enqueue_next(pipe: Pipeline, record: Record) -> None:
         attempt = attempt_of(record) + 1

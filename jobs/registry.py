@@ -89,6 +89,13 @@ class Run:
     queue: str = keys.DEFAULT_QUEUE
     tags: tuple[str, ...] = ()  # the user's labels for the run (annotate)
     note: str = ""  # the user's free-text note
+    elapsed_before: float = 0.0  # seconds the earlier attempts ran (a resumed run's clock goes on from there)
+
+    def elapsed_s(self, now: float) -> float | None:
+        """Seconds the run has run, all its attempts together; None before it first started."""
+        if self.started_at is None:
+            return self.elapsed_before or None
+        return self.elapsed_before + (self.finished_at or now) - self.started_at
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values (what `codash status` prints)."""
@@ -231,6 +238,7 @@ def _parse(record: Record, run_id: str) -> Run:
         queue=record.get("queue") or keys.DEFAULT_QUEUE,
         tags=_stored_tags(record.get("tags", "")),
         note=record.get("note", "")[:MAX_NOTE_CHARS],
+        elapsed_before=_number(record, "elapsed_before", float) or 0.0,
     )
 
 

@@ -11,6 +11,7 @@ from rq.job import Job
 
 from codash.cli import main
 from jobs import api, keys, queue, registry, stream
+from jobs.registry import transition
 from jobs.stream import StreamSink
 from trainer.config import make_config
 from trainer.events import FIELDS, make_event
@@ -314,3 +315,20 @@ def test_cli_bad_input_is_one_line_naming_the_field_and_exit_2(r, capsys, argv, 
     err = capsys.readouterr().err.strip()
     assert err.startswith("codash: error: ") and named in err and "\n" not in err
     assert api.list_runs(r) == []
+
+
+def test_a_resumed_runs_elapsed_time_goes_on_from_its_earlier_attempts(r):
+    run_id = api.submit(r, CONFIG)
+    start = time.time() - 100
+    claim = {"status": "running", "started_at": start, "worker": "w", "device": "cpu"}
+    transition(r, run_id, {"queued"}, claim, attempt=1, heartbeat=("w", 60_000))
+    transition(r, run_id, {"running"}, {"status": "interrupted", "finished_at": start + 60}, attempt=1)
+    assert api.get_run(r, run_id).elapsed_s(time.time()) == pytest.approx(60)
+    api.resume(r, run_id)
+    queued = api.get_run(r, run_id)
+    assert queued.elapsed_s(time.time()) == pytest.approx(60)  # waiting in the queue adds nothing
+    again = time.time() - 5
+    transition(r, run_id, {"queued"}, {**claim, "started_at": again}, attempt=2, heartbeat=("w", 60_000))
+    assert api.get_run(r, run_id).elapsed_s(again + 5) == pytest.approx(65)  # not 5: it goes on
+    r.hset(keys.run(run_id), "elapsed_before", "-3")
+    assert api.get_run(r, run_id).status == "unreadable"  # a bad field is named, not believed

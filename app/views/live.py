@@ -19,7 +19,7 @@ from app.chart import dark_theme, live_chart
 from app.figures import Series, View, filters_figure, inside_figure, run_figure
 from app.history import PROVENANCE, SMOOTHING, RunHistory, first_eval_after
 from app.refresh import while_live
-from app.tables import MISSING, elapsed_s
+from app.tables import MISSING
 from app.text import format_duration, md_escape, model_name, percent, snapshot_label
 from app.views import launch
 from jobs import api
@@ -155,7 +155,7 @@ def _status(r, run, history: RunHistory) -> None:
     with left:
         st.markdown(f"{STATUS_ICONS[run.status]} **{md_escape(run.status)}**")
         parts = [run.config.dataset, model_name(run.config)]
-        parts += [f"elapsed {format_duration(elapsed_s(run, time.time()))}"]
+        parts += [f"elapsed {format_duration(run.elapsed_s(time.time()))}"]
         parts += [f"device {md_escape(run.device or history.device or '–')}"]
         parts += [f"worker {md_escape(run.worker)}"] if run.worker else []
         st.caption(" · ".join(parts))
