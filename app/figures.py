@@ -148,7 +148,14 @@ def run_figure(
                 continue
             fig.add_trace(
                 _trace(
-                    frame, x, metric, run.label, color if overlay else None, not overlay or first, compact
+                    frame,
+                    x,
+                    metric,
+                    run.label,
+                    color if overlay else None,
+                    not overlay or first,
+                    compact,
+                    view.dark,
                 ),
                 row=metric.row,
                 col=1,
@@ -257,9 +264,17 @@ def _has_values(frame: pd.DataFrame, metric: Metric) -> bool:
 
 
 def _trace(
-    frame: pd.DataFrame, x: str, metric: Metric, label: str, run_color: str | None, show: bool, compact: bool
+    frame: pd.DataFrame,
+    x: str,
+    metric: Metric,
+    label: str,
+    run_color: str | None,
+    show: bool,
+    compact: bool,
+    dark: bool = False,
 ) -> go.Scatter:
     sparse, dense = metric.source == "evals", metric.source == "probes"
+    opacity = (0.8 if dark else 0.45) if dense else 1.0  # faint, under the evals; on black, not too faint
     name = html.escape(label) if run_color else metric.name
     # one legend (Plotly draws no entries in a second legend here): a group per run with several runs,
     # else a group per panel, titled with the panel
@@ -274,15 +289,49 @@ def _trace(
         mode="lines+markers" if sparse else "lines",
         marker={"size": 5 if run_color is None else 7, "symbol": metric.symbol if run_color else "circle"},
         line={
-            "color": run_color or metric.color,
+            "color": legible(run_color or metric.color, dark, opacity),
             "dash": metric.dash if run_color else "solid",
             "width": 2.2 if sparse else 0.8 if dense else 1.4,
         },
-        opacity=0.45 if dense else 1.0,
+        opacity=opacity,
         zorder=-1 if dense else 0,  # under the evals' markers
         hovertemplate=(f"{html.escape(label)} · " if run_color else "")
         + f"{metric.name}: %{{y:.3f}}<extra></extra>",
     )
+
+
+DARK_PLOT = (17, 17, 17)  # plotly_dark's plot area
+MIN_CONTRAST = 3.0  # WCAG's minimum for graphics against their background
+
+
+def legible(color: str, dark: bool, opacity: float = 1.0) -> str:
+    """`color` as drawn on the dark template: mixed with white in tenths until, at `opacity` over the plot
+    area, it stands out 3:1 (a dark grey loss line on black would vanish). Unchanged on the light one."""
+    if not dark:
+        return color
+    rgb = tuple(int(color.lstrip("#")[i : i + 2], 16) for i in (0, 2, 4))
+    for tenth in range(11):
+        mixed = tuple(round(c + (255 - c) * tenth / 10) for c in rgb)
+        if contrast(blend(mixed, DARK_PLOT, opacity), DARK_PLOT) >= MIN_CONTRAST:
+            return "#" + "".join(f"{c:02x}" for c in mixed)
+    return "#ffffff"
+
+
+def blend(rgb: Sequence[float], under: Sequence[float], opacity: float) -> tuple[float, ...]:
+    return tuple(opacity * c + (1 - opacity) * u for c, u in zip(rgb, under, strict=True))
+
+
+def contrast(a: Sequence[float], b: Sequence[float]) -> float:
+    """WCAG's contrast ratio of two sRGB colours (0-255 channels)."""
+
+    def luminance(rgb: Sequence[float]) -> float:
+        linear = [
+            (c / 255 / 12.92) if c / 255 <= 0.04045 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in rgb
+        ]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+    high, low = sorted((luminance(a), luminance(b)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
 
 
 def _co_marker(
@@ -648,6 +697,7 @@ def sweep_figure(points: pd.DataFrame, natural_units: bool, uirevision: str, dar
                 legendgroup=method,
                 showlegend=False,
                 mode="markers",
+                cliponaxis=False,  # a ✕ at PGD accuracy 0 is drawn whole, not cut by the axis
                 marker={"symbol": symbols, "size": 11, "color": color, "line": {"width": 2, "color": color}},
                 customdata=group[["run_id", "status", "lambda", "seed"]].to_numpy(),
                 text=[html.escape(label) for label in group["label"]],  # names the run's ε
@@ -726,7 +776,7 @@ def sweep_curves_figure(curves: Sequence[SweepCurve], uirevision: str, dark: boo
             if not _has_values(frame, metric):
                 continue
             label = f"{curve.method} · seed {curve.seed} · ε {curve.eps_label}"
-            trace = _trace(frame, "iteration", metric, label, colors[curve.method], False, compact=True)
+            trace = _trace(frame, "iteration", metric, label, colors[curve.method], False, True, dark)
             trace.update(
                 name=html.escape(curve.method),
                 legendgroup=curve.method,

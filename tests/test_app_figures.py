@@ -21,9 +21,12 @@ from conftest import (
 )
 
 from app.figures import (
+    DARK_PLOT,
     Series,
     SweepCurve,
     View,
+    blend,
+    contrast,
     filter_mosaic,
     filters_figure,
     inside_figure,
@@ -35,6 +38,7 @@ from app.figures import (
 from app.history import MAX_LINE_POINTS, RunHistory, downsample
 from app.tables import runs_frame, sweep_frame
 from app.text import distinguishing_labels, format_duration, md_escape, method_label, snapshot_label
+from jobs.api import Run
 from trainer.config import make_config
 from trainer.events import events_csv, events_jsonl, read_jsonl
 from trainer.presets import DEFAULT_PRESET, DIGITS_GRAD_ALIGN, PRESETS
@@ -312,6 +316,9 @@ class FakeRun:
     sweep_id: str | None = None
     tags: tuple[str, ...] = ()
     note: str = ""
+    elapsed_before: float = 0.0
+
+    elapsed_s = Run.elapsed_s  # the real rule, on these fields
 
 
 def test_runs_frame_has_one_row_per_run_with_progress_and_results():
@@ -521,3 +528,29 @@ def test_md_escape_neutralises_markdown_and_html():
 
 def test_format_duration():
     assert [format_duration(s) for s in (None, 5, 65, 3725)] == ["–", "0:05", "1:05", "1:02:05"]
+
+
+def test_every_line_stands_out_on_the_dark_theme():
+    """The loss line (#37474f) and the faint dense-probe lines almost vanished on plotly_dark's black."""
+    events = [*co_run_events(), *(probe_event(it, pgd=0.3) for it in range(5, 100, 5))]
+    history = history_of(events)
+    for series in (
+        [Series("a", history)],
+        [Series("a", history, "#0b3d91"), Series("b", history, "#762a83")],
+    ):
+        fig = run_figure(series, uirevision="u", view=View(dark=True))
+        for trace in fig.data:
+            if trace.line.color is None or trace.visible == "legendonly":
+                continue
+            rgb = [int(trace.line.color.lstrip("#")[i : i + 2], 16) for i in (0, 2, 4)]
+            drawn = blend(rgb, DARK_PLOT, trace.opacity if trace.opacity is not None else 1.0)
+            assert contrast(drawn, DARK_PLOT) >= 3.0, (trace.name, trace.line.color, trace.opacity)
+    light = run_figure([Series("a", history)], uirevision="u")
+    assert {trace.line.color for trace in light.data} >= {"#37474f"}  # the light theme keeps its colours
+
+
+def test_a_co_mark_at_pgd_accuracy_zero_is_not_cut_by_the_axis():
+    runs = [FakeRun("a", "finished", make_config({"eps": 0.2}), final=final_event(60, pgd=0.0))]
+    fig = sweep_figure(sweep_frame(runs, {}), natural_units=False, uirevision="s")
+    marks = traces_by_name(fig)["FGSM (runs)"]
+    assert list(marks.y) == [0.0] and marks.cliponaxis is False
