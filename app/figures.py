@@ -136,6 +136,7 @@ def run_figure(
         """Where an iteration sits on the x axis."""
         return float(history.seconds([iteration])[0]) if clock else iteration
 
+    co_labels = 0  # CO markers drawn so far: each run's labels sit below the previous run's
     for index, run in enumerate(series):
         color = run.color or RUN_PALETTE[index % len(RUN_PALETTE)]
         frames = _frames(run.history, view.smoothing)
@@ -166,7 +167,9 @@ def run_figure(
             co, interval, band = run.history.co_iteration, run.history.co_interval, None
             if interval is not None and not overlay:  # one band per run would bury an overlay's curves
                 band = (at(run.history, interval[0]), at(run.history, interval[1]))
-            _co_marker(fig, at(run.history, co), co, color if overlay else CO_COLOR, run.label, overlay, band)
+            x_co, marker_color = at(run.history, co), color if overlay else CO_COLOR
+            _co_marker(fig, x_co, co, marker_color, run.label, overlay, band, stack=co_labels)
+            co_labels += 1
     if overlay:
         _style_key(fig, [metric for metric in METRICS if metric in drawn])
     elif series and series[0].history.metrics and not series[0].history.evals:
@@ -342,16 +345,18 @@ def _co_marker(
     label: str,
     overlay: bool,
     band: tuple[float, float] | None = None,
+    stack: int = 0,
 ) -> None:
     """A dashed vertical line at the CO iteration (drawn at `x`) on each panel, labelled on each panel, and
     `band` (where the onset falls over resamples of the images it was placed on, on the x axis) shaded
-    behind it."""
+    behind it. `stack` puts the labels that many lines lower: an overlay's runs that collapse at the same
+    iteration keep readable labels."""
     text = (
         f"CO · {html.escape(label)} @ {iteration:,}"
         if overlay
         else f"catastrophic overfitting @ {iteration:,}"
     )
-    vertical_marker(fig, x, color, "dash", (text, f"CO @ {iteration:,}"), "top right")
+    vertical_marker(fig, x, color, "dash", (text, f"CO @ {iteration:,}"), "top right", stack)
     if band is not None:
         for row in (1, 2, 3):
             fig.add_vrect(
@@ -367,9 +372,10 @@ def _co_marker(
 
 
 def vertical_marker(
-    fig: go.Figure, x: float, color: str, dash: str, texts: tuple[str, str], position: str
+    fig: go.Figure, x: float, color: str, dash: str, texts: tuple[str, str], position: str, stack: int = 0
 ) -> None:
-    """A vertical line at `x` on each of the three panels, the first text on the top one, the second below."""
+    """A vertical line at `x` on each of the three panels, the first text on the top one, the second below,
+    `stack` text lines lower than the first such label."""
     for row in (1, 2, 3):
         fig.add_vline(
             x=x,
@@ -380,6 +386,7 @@ def vertical_marker(
                 "text": texts[0] if row == 1 else texts[1],
                 "font": {"color": color, "size": 12},
                 "bgcolor": "rgba(255,255,255,0.8)",
+                "yshift": -16 * stack,
             },
             annotation_position=position,
         )
@@ -433,17 +440,22 @@ def _style_key(fig: go.Figure, metrics: list[Metric]) -> None:
         )
 
 
+COMPACT_LEGEND_PX = 150  # the foot of a compact chart: tick labels, the axis title, then the legend's rows
+
+
 def _layout(fig: go.Figure, uirevision: str, height: int, overlay: bool, compact: bool, dark: bool) -> None:
     fig.update_layout(
         template=template(dark),
         height=height,
         uirevision=uirevision,
         hovermode="x unified",
-        margin={"l": 60, "r": 10 if compact else 210, "t": 40, "b": 90 if compact else 50},
+        margin={"l": 60, "r": 10 if compact else 210, "t": 40, "b": COMPACT_LEGEND_PX if compact else 50},
         font={"size": 12 if compact else 13},
     )
-    if compact:  # a small multiple: one horizontal legend under the panels
-        fig.update_layout(legend={"orientation": "h", "x": 0, "y": -0.1, "yanchor": "top"})
+    if compact:  # a small multiple or a phone: one horizontal legend at the foot, under the axis title
+        fig.update_layout(
+            legend={"orientation": "h", "x": 0, "y": 0, "yanchor": "bottom", "yref": "container"}
+        )
     else:  # one legend beside the panels, in groups (runs, then the line-style key; or one per panel)
         fig.update_layout(
             legend={

@@ -252,3 +252,27 @@ def test_the_charts_mark_follows_the_slider_in_the_same_refresh(r):
     assert marked() == ["inside the model: 60"]
     at.select_slider(key=f"live.snapshot.{run_id}").set_value(20).run()
     assert marked() == ["inside the model: 20"]
+
+
+def test_compare_with_a_fork_starts_at_zero_stacks_equal_co_labels_and_keeps_chips_current(r):
+    parent = store_run(r, co_run_events(total=300, co_at=200))
+    twin = store_run(r, co_run_events(total=300, co_at=200))  # the same onset as the parent
+    (api.run_dir(parent) / EVALS_DIR).mkdir(parents=True)
+    (api.run_dir(parent) / EVALS_DIR / "140.pt").touch()
+    events = [config_event(start=140, total=300, parent=parent, fork_iteration=140, grad_align_lambda=2.0)]
+    events += [metrics_event(it) for it in range(141, 161)]
+    fork = store_run(r, events, status="running")
+    at = app(compare=f"{parent},{twin},{fork}").run()
+    assert not at.exception
+    overlay = charts(at)["compare.overlay"]
+    assert overlay["layout"]["xaxis3"]["range"] == [0, 300]  # not widened left by the fork's label
+    shifts = [a.get("yshift", 0) for a in overlay["layout"]["annotations"] if a["text"].startswith("CO · ")]
+    assert len(shifts) == 2 and shifts[0] != shifts[1]  # one label per run, both readable
+    small = charts(at)[f"compare.small.{fork}"]
+    notes = [a["text"] for a in small["layout"]["annotations"] if a.get("name") == "pending"]
+    assert notes[0] == "robust accuracy: first evaluation at iteration 150"  # the fork's own, not 50
+    chips = at.multiselect(key="compare.ids")
+    assert all("running" not in chips.format_func(run_id) for run_id in (parent, twin, fork))
+    finish(r, fork)
+    at.run()
+    assert any("fork" in md.value and md.value.endswith("· finished") for md in at.markdown)

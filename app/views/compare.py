@@ -34,7 +34,8 @@ def render() -> None:
         "Runs to compare",
         list(runs),
         key=KEY,
-        format_func=lambda run_id: f"{runs[run_id].config.label()} · {runs[run_id].status} · {run_id}",
+        # no status here: these chips are drawn once per page, the refreshed status is on each run's panel
+        format_func=lambda run_id: f"{runs[run_id].config.label()} · {run_id}",
         placeholder="Pick two or more runs (or select them on the Runs page)",
     )
     if chosen:  # the URL always shares what is shown
@@ -60,9 +61,18 @@ def _charts(run_ids: list[str]) -> bool:
     ]
     revision = sum(one.history.n_events for one in series)
     view = View(dark=dark_theme())
-    overlay = run_figure(series, uirevision="compare:" + ",".join(run_ids), view=view)
-    forks.mark_forks(overlay, runs, labels)
-    live_chart(overlay, "compare.overlay", f"codash-compare-{'-'.join(run_ids)}-overlay", revision)
+    axes = shared_axes(series)
+    # the iterations fixed, not left to autorange: a fork's label, anchored left of its line, would widen it
+    iterations = {"xaxis3": axes["xaxis3"]}
+    uirevision = "compare:" + ",".join(run_ids)
+    overlay, narrow = (
+        run_figure(series, uirevision=uirevision, view=view, axes=iterations, compact=compact, height=height)
+        for compact, height in ((False, 760), (True, 900))
+    )
+    for figure in (overlay, narrow):
+        forks.mark_forks(figure, runs, labels)
+    name = f"codash-compare-{'-'.join(run_ids)}-overlay"
+    live_chart(overlay, "compare.overlay", name, revision, narrow=narrow)
     table = runs_frame(runs)
     table.insert(1, "legend", labels)
     in_colour = table.style.apply(lambda _: [f"color: {colors[run.id]}" for run in runs], subset=["legend"])
@@ -76,7 +86,6 @@ def _charts(run_ids: list[str]) -> bool:
 
     st.subheader("Side by side", anchor=False)
     pairs = list(zip(series, runs, strict=True))
-    axes = shared_axes(series)
     for start in range(0, len(pairs), SMALL_MULTIPLES_PER_ROW):
         row = pairs[start : start + SMALL_MULTIPLES_PER_ROW]
         for column, (one, run) in zip(st.columns(SMALL_MULTIPLES_PER_ROW), row, strict=False):
