@@ -18,7 +18,7 @@ from trainer.cli import build_parser, config_from_args
 from trainer.config import ConfigError, make_config
 from trainer.evaluate import pgd_accuracy
 from trainer.events import FIELDS, BadEvent, encode, parse_event
-from trainer.fast import check_replay
+from trainer.fast import check_replay, fresh_generator
 from trainer.loop import lr_at, lr_schedule, train
 from trainer.models import build_model
 
@@ -247,3 +247,47 @@ def test_a_run_on_cuda_n_makes_it_the_current_device_before_building_anything(mo
         with pytest.raises(Recorded):
             train(make_config({**TINY, "device": device}))
         assert calls == [*expected, ("load_dataset", torch.device(device))]
+
+
+def test_a_failed_capture_leaves_its_generators_behind_and_the_run_draws_the_same_numbers():
+    """A capture that fails after registering a generator may leave it flagged as capturing (torch with
+    eager registration), so that an eager draw from it would raise: the step and the probe go on with fresh
+    generators in the state the old ones had, and never touch the ones the capture saw again."""
+    seen = []
+
+    def fails_mid_capture(step, generator):
+        step()
+        seen.append((generator, generator.get_state()))
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    cfg = make_config(NOISY)
+    eager, _ = run(cfg)
+    fallback, _ = run(cfg, capture=fails_mid_capture)
+    assert metric_values(fallback) == metric_values(eager)
+    assert probe_values(fallback) == probe_values(eager) != []
+    assert len(seen) == 2  # the step's generator and the probe's
+    assert all(torch.equal(generator.get_state(), state) for generator, state in seen)
+
+
+def test_a_fresh_generator_draws_what_the_one_it_replaces_would_have():
+    old = torch.Generator().manual_seed(3)
+    torch.rand(5, generator=old)
+    new = fresh_generator(old, old.get_state())
+    assert new is not old and new.device == old.device
+    assert torch.equal(torch.rand(7, generator=new), torch.rand(7, generator=old))
+
+
+def test_the_final_attack_runs_with_cudnn_benchmark_off_and_puts_it_back(monkeypatch):
+    """On CUDA its restarts attack ever smaller subsets: with benchmark on, cuDNN would tune every size."""
+    seen = []
+    attack = loop.pgd_accuracy
+
+    def recorded(*args, **kwargs):
+        seen.append(torch.backends.cudnn.benchmark)
+        return attack(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "pgd_accuracy", recorded)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    run(make_config({**TINY, "max_iters": 2, "eval_points": 8, "final_eval_points": 8}))
+    assert seen and not any(seen)
+    assert torch.backends.cudnn.benchmark

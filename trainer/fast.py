@@ -15,14 +15,15 @@ channels_last). So on CUDA a run, unless its config turns `fast_path` off:
 The warm-up and the capture change the weights, optimizer state, batch-norm statistics and generator;
 all of it is put back in place (the graph holds the tensors' addresses), so the first replay starts
 exactly where the run stood. If the capture fails, or a first replay leaves the weights as they were
-(an empty graph), the run goes on with the eager step and its config event says why: the fast path never
-fails a run. On the CPU the step is the eager one (reason "cpu").
+(an empty graph), the run goes on with the eager step, from a fresh generator in the state the failed
+capture was handed, and its config event says why: the fast path never fails a run. On the CPU the step
+is the eager one (reason "cpu").
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -178,15 +179,19 @@ class CapturedStep:
             return torch.stack([loss.float(), acc.float(), reg.float()])
 
         extra = run.elle_a.state_dict().values() if run.elle_a is not None else ()
-        restore = keep(run.model, run.optimizer, run.generator, extra)
+        restore = keep(run.model, run.optimizer, extra)
+        generator_state = run.generator.get_state()
         try:
             self.replay = capture(step, run.generator)
             restore(keep_tensors=True)
+            run.generator.set_state(generator_state)
             check_replay(self.replay, run.model)
         except BaseException:
             restore(keep_tensors=False)
+            run.generator = fresh_generator(run.generator, generator_state)
             raise
         restore(keep_tensors=True)
+        run.generator.set_state(generator_state)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, iteration: int, lr: float) -> StepResult:
         self.x.copy_(x)
@@ -204,7 +209,7 @@ def training_step(
         return EagerStep(path, run, path.refusal or "")
     try:
         return CapturedStep(path, run, *example, lr_table, capture or cuda_graph)
-    except Exception as exc:  # any failure of the fast path leaves the run to the eager step
+    except Exception as exc:  # any failure of the fast path leaves the run to the eager step (and generator)
         for param in run.model.parameters():
             param.grad = None  # the failed capture's gradients may live in the graph's memory pool
         return EagerStep(path, run, f"capture failed: {one_line(exc)}")
@@ -219,8 +224,8 @@ def check_replay(replay: Callable[[], torch.Tensor], model: nn.Module) -> None:
         raise RuntimeError("a replay of the captured step left the weights unchanged (an empty graph?)")
 
 
-def keep(model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator, extra=()):
-    """Remember the run's state (and the `extra` tensors a step updates, e.g. ELLE-A's lambda); the returned
+def keep(model: nn.Module, optimizer: torch.optim.Optimizer, extra=()):
+    """Remember the run's tensors (and the `extra` tensors a step updates, e.g. ELLE-A's lambda); the returned
     function puts it back after warm-up and capture.
 
     Tensors are restored in place, since a captured graph reads and writes them at fixed addresses.
@@ -232,7 +237,6 @@ def keep(model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Ge
     tensors += [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
     saved = [(tensor, tensor.detach().clone()) for tensor in tensors]
     had_state = set(optimizer.state)
-    generator_state = generator.get_state()
 
     def restore(keep_tensors: bool) -> None:
         with torch.no_grad():
@@ -245,9 +249,29 @@ def keep(model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Ge
                             value.zero_()
                 else:
                     del optimizer.state[param]
-        generator.set_state(generator_state)
 
     return restore
+
+
+def fresh_generator(generator: torch.Generator, state: torch.Tensor) -> torch.Generator:
+    """A new generator on `generator`'s device, in `state`, to replace one a failed capture saw: once
+    registered with a graph whose capture did not end, a generator may stay flagged as capturing (on torch
+    releases that register it eagerly), and its next eager draw would raise."""
+    fresh = torch.Generator(generator.device)
+    fresh.set_state(state)
+    return fresh
+
+
+@contextlib.contextmanager
+def cudnn_benchmark(on: bool) -> Iterator[None]:
+    """cudnn.benchmark set to `on` within, as it was after: the final attack turns it off, since each
+    restart attacks a smaller subset and cuDNN would tune its algorithms anew for every batch size."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def warm_up(device: torch.device) -> None:

@@ -40,7 +40,7 @@ from trainer.data import DATA_SHAPES, Dataset, augment, load_dataset
 from trainer.elle import AdaptiveLambda, elle_reg
 from trainer.evaluate import accuracy, eval_metrics, pgd_accuracy
 from trainer.events import Event, Sink, make_event
-from trainer.fast import Capture, FastPath, RunParts, fast_path, training_step
+from trainer.fast import Capture, FastPath, RunParts, cudnn_benchmark, fast_path, training_step
 from trainer.free import FreeAT
 from trainer.gradalign import grad_align_reg
 from trainer.probe import PROBE_FIELDS, DenseProbe
@@ -231,6 +231,7 @@ def train(
     run = RunParts(config, model, optimizer, gen, free, elle_a, _train_step)
     lr_table = lr_schedule(config, total, device) if path.captures else None
     stepper = training_step(path, run, example, lr_table, capture)
+    gen = run.generator  # a failed capture hands the run a fresh one (trainer.fast.fresh_generator)
     # The dense probe's points: the END of the training set, apart from the eval's training subset below.
     dense = slice(len(data.train_x) - config.probe_points, None)
     dense_probe = DenseProbe(
@@ -459,7 +460,7 @@ def _final_metrics(
     if n:
         generator = torch.Generator(path.device).manual_seed(cfg.seed)
         xs, ys = test_x[:n], data.test_y[:n]
-        with path.autocast():
+        with path.autocast(), cudnn_benchmark(False):
             robust = pgd_accuracy(
                 model,
                 xs,

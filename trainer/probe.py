@@ -103,6 +103,7 @@ class DenseProbe:
                 self.kind, self.reason = record.__name__, None
             except Exception as exc:  # the eager probe measures the same
                 self.reason = f"capture failed: {one_line(exc)}"
+                self.generator = torch.Generator(x.device)  # the failed capture's may stay flagged capturing
 
     def __call__(self, iteration: int) -> torch.Tensor:
         """probe_metrics after `iteration` steps, a tensor of its own (a replay overwrites its outputs)."""
