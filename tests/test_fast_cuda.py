@@ -18,7 +18,9 @@ from bench.workloads import CIFAR_RESNET, codash_data, synthetic_cifar
 from trainer.checkpoint import load_model, model_for
 from trainer.config import make_config
 from trainer.data import load_dataset
-from trainer.fast import fast_path, warm_up
+from trainer.evaluate import per_image_results, pgd_accuracy
+from trainer.fast import cuda_graph, fast_path, warm_up
+from trainer.fork import eval_path, seed_fork
 from trainer.loop import make_optimizer, train
 from trainer.probe import DenseProbe
 
@@ -44,6 +46,8 @@ CAPTURED = [
     {"method": "fgsm_rs", "grad_align_lambda": 0.5, "grad_align_fraction": 0.5},
     {"method": "pgd", "pgd_steps": 2, "grad_align_lambda": 0.5},
     {"method": "nfgsm", "grad_align_lambda": 0.5, "optimizer": "sgd", "lr": 0.05, "lr_schedule": "cyclic"},
+    {"method": "fgsm", "elle_lambda": 20.0},
+    {"method": "fgsm_rs", "elle_lambda": 20.0, "elle_adaptive": True},
 ]
 
 
@@ -124,7 +128,12 @@ def test_the_captured_probe_reads_the_live_weights_and_draws_the_eager_probes_nu
     assert model.training
 
 
-def test_a_captured_run_resumed_mid_run_equals_an_uninterrupted_one(tmp_path):
+def test_a_captured_run_resumed_mid_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+    """Deterministic cuDNN algorithms and no TF32: a sign attack would turn their last-bit differences
+    between the two runs into more than the tolerance, which is about the resumed state, not rounding."""
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     cfg = make_config({**BASE, "method": "fgsm_rs", "grad_align_lambda": 0.5, "amp": "off"})
     reference, _ = run(cfg, tmp_path / "a")
     calls = iter(range(1, 10**9))
@@ -177,16 +186,30 @@ def test_a_cuda_worker_warms_up_cuda_and_cudnn():
     assert torch.backends.cudnn.benchmark
 
 
-def test_on_the_captured_path_the_kept_window_is_the_runs_own_weights(tmp_path):
-    """onset_replay auto is on for CUDA: a collapsing run with the captured step and bf16 keeps its window
-    and replays it as the live eval evaluates (the same weights, attacks, seed, precision and layout), so
-    at each eval iteration of the window the replayed eval is the eval event's."""
-    from test_window import COLLAPSING, co_of
+@pytest.fixture(scope="module")
+def collapsed(tmp_path_factory):
+    """A collapsing digits run on the captured path in bf16 (onset_replay auto: on for CUDA), its events
+    and each step's weights, recorded after the step."""
+    from test_window import COLLAPSING
 
     cfg = make_config({**COLLAPSING, "device": "cuda"})
     assert cfg.replays_onset("cuda")
-    events, _ = run(cfg, tmp_path)
-    assert events[0]["step"] == "cuda_graph"
+    weights = {}
+
+    def record(iteration, model):
+        weights[iteration] = {name: t.detach().clone() for name, t in model.state_dict().items()}
+
+    events, _ = run(cfg, tmp_path_factory.mktemp("collapsed"), after_step=record)
+    return cfg, events, weights
+
+
+def test_on_the_captured_path_the_kept_window_is_the_runs_own_weights(collapsed):
+    """The window replayed as the live eval evaluates (the same weights, attacks, seed, precision and
+    layout): at each eval iteration of the window the replayed eval is the eval event's."""
+    from test_window import co_of
+
+    _, events, _ = collapsed
+    assert events[0]["step"] == "cuda_graph" and events[0]["precision"] == "bf16"
     co = co_of(events)
     rows = co["onset_evals"]
     assert rows and co["onset_rule"].endswith("on the eval at every iteration")
@@ -194,3 +217,100 @@ def test_on_the_captured_path_the_kept_window_is_the_runs_own_weights(tmp_path):
     evals = {e["iteration"]: [e["pgd_acc"], e["fgsm_acc"]] for e in events if e["type"] == "eval"}
     replayed = {row[0]: row[1:] for row in rows if row[0] in evals}
     assert replayed and all(replayed[it] == pytest.approx(evals[it], abs=1 / 64 + 1e-6) for it in replayed)
+
+
+def test_under_bf16_each_replayed_row_is_its_own_steps_weights_evaluated_alone(collapsed):
+    """Autocast keeps a weight's bf16 copy until the outermost context exits: a replay that reloads one
+    replica per step inside one autocast must still evaluate each step's own weights, not the first's."""
+    from test_window import co_of
+
+    cfg, events, weights = collapsed
+    path = fast_path(cfg, torch.device("cuda"), None)
+    data = load_dataset(cfg.dataset, torch.device("cuda"))
+    x, y = path.layout(data.test_x[: cfg.eval_points]), data.test_y[: cfg.eval_points]
+    rows = co_of(events)["onset_evals"]
+    alone = []
+    for row in rows:
+        replica = path.prepare(model_for(cfg).cuda()).eval()
+        replica.load_state_dict(weights[row[0]])
+        with path.autocast():
+            pgd, fgsm = per_image_results(replica, x, y, cfg, cfg.seed + row[0], path.eval_batch)
+        alone.append([row[0], pgd.float().mean().item(), fgsm.float().mean().item(), pgd.float().tolist()])
+    assert len({str(row[1:3]) for row in alone}) > 1  # the evals differ, so a stale replay shows
+    for got, want in zip(rows, alone, strict=True):
+        assert got[0] == want[0] and got[1:3] == pytest.approx(want[1:3], abs=1 / 64 + 1e-6), (got, want)
+        assert sum(a != b for a, b in zip(got[3], want[3], strict=True)) <= 1, got[0]
+
+
+def test_a_fork_on_the_gpu_trains_with_its_own_optimizer_settings(tmp_path):
+    """The parent's captured SGD is fused and reads a tensor lr; the fork changes momentum and weight decay
+    and must train as its own settings would from the parent's weights and optimizer state."""
+    cfg = make_config(
+        {**BASE, "method": "fgsm", "amp": "off", "optimizer": "sgd", "lr": 0.05, "momentum": 0.9,
+         "weight_decay": 5e-4}
+    )  # fmt: skip
+    run(cfg, tmp_path / "parent")
+    fork = cfg.model_copy(
+        update={"parent": "0123456789ab", "fork_iteration": 10, "momentum": 0.5, "weight_decay": 0.01}
+    )
+    saved = torch.load(eval_path(tmp_path / "parent", 10), weights_only=True)
+    assert [(g["momentum"], g["fused"]) for g in saved["optimizer"]["param_groups"]] == [(0.9, True)]
+    seed_fork(tmp_path / "parent", 10, tmp_path / "child")
+    child, _ = run(fork, tmp_path / "child")
+    fresh = make_optimizer(fork, model_for(fork)).state_dict()["param_groups"]
+    (tmp_path / "reference").mkdir()
+    own = {**saved, "optimizer": {**saved["optimizer"], "param_groups": fresh}}
+    torch.save(own, tmp_path / "reference" / "fork.pt")
+    reference, _ = run(fork, tmp_path / "reference")
+    assert (config_event(child)["step"], config_event(child)["start_iteration"]) == ("cuda_graph", 10)
+    got, want = metric_values(child), metric_values(reference)
+    assert [row[0] for row in got] == [row[0] for row in want] == list(range(11, 21))
+    for (it, _, loss_a, _, _), (_, _, loss_b, _, _) in zip(got, want, strict=True):
+        assert abs(loss_a - loss_b) <= 1e-3 * max(1.0, abs(loss_a)), (it, loss_a, loss_b)
+
+
+def test_a_captured_runs_final_attack_on_subsets_agrees_with_attacking_every_point(tmp_path):
+    """On CUDA each restart attacks only the points still robust, with cudnn.benchmark off for the attack
+    and on again after it; the figure must be the all-points attack's up to other random starts."""
+    cfg = make_config({**BASE, "method": "fgsm", "final_eval_points": 128, "final_pgd_restarts": 3})
+    _, final = run(cfg, tmp_path)
+    assert final["attack_points"] == 128 and torch.backends.cudnn.benchmark
+    path = fast_path(cfg, torch.device("cuda"), None)
+    model = path.prepare(load_model(tmp_path, "last", "cuda")).eval()
+    data = load_dataset(cfg.dataset, torch.device("cuda"))
+    x, y = path.layout(data.test_x[:128]), data.test_y[:128]
+    generator = torch.Generator("cuda").manual_seed(cfg.seed)
+    with path.autocast():
+        every = pgd_accuracy(model, x, y, cfg.eps, cfg.final_pgd_steps, 3, generator, path.eval_batch)
+    assert final["last"]["pgd_acc"] == pytest.approx(every, abs=0.1)
+
+
+def failing(how: str):
+    """A real capture (cuda_graph) whose step fails once the graph is recording: after the generator is
+    registered and has drawn inside the capture."""
+
+    def capture(step, generator):
+        def failing_step():
+            out = step()
+            if torch.cuda.is_current_stream_capturing():
+                if how == "sync":
+                    out.sum().item()  # not permitted while capturing: invalidates the capture
+                raise RuntimeError("fails mid-capture")
+            return out
+
+        return cuda_graph(failing_step, generator)
+
+    return capture
+
+
+@pytest.mark.parametrize("how", ["raise", "sync"])
+def test_a_capture_failing_on_the_gpu_leaves_the_run_to_the_eager_step(tmp_path, how):
+    """The fast path never fails a run: the step and the probe, whose generators a failed capture may leave
+    flagged as capturing, go on eagerly from fresh ones and train as the direct steps do."""
+    cfg = make_config({**BASE, "method": "fgsm_rs", "amp": "off", "probe_points": 16, "probe_every": 5})
+    fallback, _ = run(cfg, tmp_path / "fallback", capture=failing(how))
+    event = config_event(fallback)
+    assert event["step"] == "eager" and event["step_reason"].startswith("capture failed: ")
+    assert event["probe_step"] == "eager" and event["probe_step_reason"].startswith("capture failed: ")
+    direct, _ = run(cfg, tmp_path / "direct", capture=called_again)
+    assert_close_runs(fallback, direct, (tmp_path / "fallback", tmp_path / "direct"), 1e-3, 1e-3)
