@@ -194,7 +194,23 @@ def run_figure(
     _apply_view(fig, view, mark)
     if clock:
         fig.update_xaxes(title_text="wall clock (s since the first iteration)", row=3, col=1)
+    _one_x_axis(fig)
     return fig
+
+
+def _one_x_axis(fig: go.Figure) -> None:
+    """Put the three panels on one x axis (the bottom one's), so that hovering an iteration shows every
+    panel's values there, for every run: Plotly's unified hover spans the subplots that share an axis
+    (hoversubplots="axis"), and make_subplots gives each panel its own linked one."""
+    bottom = fig.layout.xaxis3.to_plotly_json()
+    refs = {"x2": "x", "x3": "x", "x2 domain": "x domain", "x3 domain": "x domain"}
+    for trace in fig.data:
+        trace.xaxis = "x"
+    for item in (*fig.layout.shapes, *fig.layout.annotations):
+        item.xref = refs.get(item.xref, item.xref)
+    fig.layout.xaxis2 = fig.layout.xaxis3 = None
+    fig.layout.xaxis = {**bottom, "anchor": "y3", "matches": None}
+    fig.update_layout(yaxis2_anchor="x", yaxis3_anchor="x", hoversubplots="axis", hovermode="x unified")
 
 
 def _apply_view(fig: go.Figure, view: View, mark: float | None) -> None:
@@ -375,20 +391,33 @@ def vertical_marker(
     fig: go.Figure, x: float, color: str, dash: str, texts: tuple[str, str], position: str, stack: int = 0
 ) -> None:
     """A vertical line at `x` on each of the three panels, the first text on the top one, the second below,
-    `stack` text lines lower than the first such label."""
+    `stack` text lines lower than the first such label; `position` is "top right" or "bottom left" of
+    the line. Drawn against the one x axis every panel shares (_one_x_axis)."""
+    top = position.startswith("top")
     for row in (1, 2, 3):
-        fig.add_vline(
-            x=x,
-            row=row,
-            col=1,
+        panel = f"y{'' if row == 1 else row} domain"
+        fig.add_shape(
+            type="line",
+            x0=x,
+            x1=x,
+            xref="x",
+            y0=0,
+            y1=1,
+            yref=panel,
             line={"color": color, "dash": dash, "width": 2},
-            annotation={
-                "text": texts[0] if row == 1 else texts[1],
-                "font": {"color": color, "size": 12},
-                "bgcolor": "rgba(255,255,255,0.8)",
-                "yshift": -16 * stack,
-            },
-            annotation_position=position,
+        )
+        fig.add_annotation(
+            x=x,
+            xref="x",
+            y=1 if top else 0,
+            yref=panel,
+            text=texts[0] if row == 1 else texts[1],
+            showarrow=False,
+            xanchor="left" if position.endswith("right") else "right",
+            yanchor="top" if top else "bottom",
+            font={"color": color, "size": 12},
+            bgcolor="rgba(255,255,255,0.8)",
+            yshift=-16 * stack,
         )
 
 
@@ -404,7 +433,7 @@ def _first_eval_note(fig: go.Figure, history: RunHistory) -> None:
             x=0.5,
             y=0.5,
             xref=f"x{'' if row == 1 else row} domain",
-            yref=f"y{'' if row == 1 else row} domain",
+            yref=f"y{'' if row == 1 else row}",  # add_vline spans the panel's domain
             showarrow=False,
             font={"size": 14, "color": "#757575"},
             name="pending",

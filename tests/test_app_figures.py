@@ -177,14 +177,21 @@ def test_single_run_figure_has_three_panels_colours_per_metric_and_a_co_marker_o
     assert "regulariser (GradAlign, ELLE)" not in traces  # all zero: the run has no regulariser
     assert len({traces[name].line.color for name in ("PGD", "FGSM", "clean")}) == 3  # told apart by colour
     assert [fig.layout[f"yaxis{n}"].title.text for n in ("", "2", "3")] == ["accuracy", "cosine", "loss"]
-    assert fig.layout.xaxis3.title.text == "iteration"
+    assert fig.layout.xaxis.title.text == "iteration"
     assert list(traces["PGD"].x) == [20, 40, 60, 80, 100]
     assert {traces["PGD"].yaxis, traces["cos(∇x, ∇x+η)"].yaxis, traces["train loss"].yaxis} == {
         "y",
         "y2",
         "y3",
     }
-    assert fig.layout.xaxis.matches == fig.layout.xaxis2.matches == "x3"  # one shared iteration axis
+    # one iteration axis for every panel, so one hover lists every panel's values at an iteration
+    assert {trace.xaxis for trace in fig.data} == {"x"}
+    assert not {"xaxis2", "xaxis3"} & set(fig.to_plotly_json()["layout"])
+    assert (fig.layout.hovermode, fig.layout.hoversubplots, fig.layout.xaxis.anchor) == (
+        "x unified",
+        "axis",
+        "y3",
+    )
     lines = [shape for shape in fig.layout.shapes if shape.type == "line"]
     assert sorted(shape.yref for shape in lines) == ["y domain", "y2 domain", "y3 domain"]
     assert all(shape.x0 == shape.x1 == 60 for shape in lines)
@@ -254,7 +261,7 @@ def test_small_multiples_share_one_scale_for_iterations_cosines_and_losses():
     assert low < 0.2 < 0.9 < high < 1.0  # the collapse and the steady cosines on one scale
     figures = [run_figure([one], "u", compact=True, axes=axes).layout for one in series]
     assert [list(f.yaxis2.range) for f in figures] == [axes["yaxis2"]] * 2
-    assert [list(f.xaxis3.range) for f in figures] == [[0, 200]] * 2
+    assert [list(f.xaxis.range) for f in figures] == [[0, 200]] * 2
 
 
 def test_distinguishing_labels_name_only_what_differs():

@@ -92,7 +92,7 @@ def test_the_wall_clock_axis_draws_every_panel_of_a_running_and_a_finished_run(r
         at = app(run=run_id, xaxis="clock").run()
         assert not at.exception, run_id
         figure = charts(at)["live.chart"]
-        assert figure["layout"]["xaxis3"]["title"]["text"].startswith("wall clock")
+        assert figure["layout"]["xaxis"]["title"]["text"].startswith("wall clock")
 
 
 def test_a_forks_empty_panels_name_its_own_first_evaluation(r):
@@ -265,7 +265,7 @@ def test_compare_with_a_fork_starts_at_zero_stacks_equal_co_labels_and_keeps_chi
     at = app(compare=f"{parent},{twin},{fork}").run()
     assert not at.exception
     overlay = charts(at)["compare.overlay"]
-    assert overlay["layout"]["xaxis3"]["range"] == [0, 300]  # not widened left by the fork's label
+    assert overlay["layout"]["xaxis"]["range"] == [0, 300]  # not widened left by the fork's label
     shifts = [a.get("yshift", 0) for a in overlay["layout"]["annotations"] if a["text"].startswith("CO · ")]
     assert len(shifts) == 2 and shifts[0] != shifts[1]  # one label per run, both readable
     small = charts(at)[f"compare.small.{fork}"]

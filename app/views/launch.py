@@ -162,7 +162,9 @@ def _workers(r) -> None:
         )
         st.code("codash worker", language="bash")
         return
-    described = ", ".join(md_escape(f"{w.name} ({w.device}, {w.state})") for w in workers)  # from Redis
+    described = ", ".join(  # every field from Redis, as text
+        f"{md_escape(w.name)} ({md_escape(w.device)}, {md_escape(w.state)})" for w in workers
+    )
     st.success(f"{len(workers)} worker(s) alive: {described} · {queued} run(s) queued", icon=":material/dns:")
 
 
