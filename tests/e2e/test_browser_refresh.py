@@ -158,3 +158,23 @@ def test_compare_on_a_phone_keeps_the_legend_off_the_plot_and_the_axis_title(bro
     assert not overlap(legend, title), (legend, title)
     assert all(area["width"] > 250 for area in areas)  # not squeezed to a strip beside a legend
     page.close()
+
+
+def test_one_hover_lists_every_panels_values_at_the_hovered_iteration(browser, dashboard, r):  # noqa: F811
+    run_id = store_run(r, co_run_events())
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{dashboard}/live?run={run_id}")
+    frame = page.frame_locator(CHARTS).first
+    frame.locator(".legendtext", has_text=re.compile(r"^PGD$")).wait_for(timeout=TIMEOUT_MS)
+    accuracy = box(frame.locator(".nsewdrag").first)  # the top panel
+    offset = box(page.locator(CHARTS).first)["x"]
+    at_60 = frame.locator("#chart").evaluate(
+        "el => el._fullLayout.xaxis._offset + el._fullLayout.xaxis.l2p(60)"
+    )
+    page.mouse.move(offset + at_60, accuracy["y"] + accuracy["height"] * 0.5)  # an evaluation's iteration
+    label = frame.locator(".hoverlayer .legend")
+    wait_for(lambda: label.count() > 0, 30, "the unified hover label")
+    text = label.first.text_content()  # an SVG group
+    for name in ("PGD", "cos(∇x, ∇x+η)", "train loss"):  # accuracy, alignment and loss panels at once
+        assert name in text, text
+    page.close()
