@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import plotly.io as pio
 import pytest
 from conftest import (
     co_event,
@@ -21,12 +22,9 @@ from conftest import (
 )
 
 from app.figures import (
-    DARK_PLOT,
     Series,
     SweepCurve,
     View,
-    blend,
-    contrast,
     filter_mosaic,
     filters_figure,
     inside_figure,
@@ -537,21 +535,61 @@ def test_format_duration():
     assert [format_duration(s) for s in (None, 5, 65, 3725)] == ["–", "0:05", "1:05", "1:02:05"]
 
 
+def luminance(rgb: tuple[float, ...]) -> float:
+    """WCAG 2's relative luminance of an sRGB colour (0-255 channels), computed here, not by the code under
+    test."""
+    linear = [c / 255 / 12.92 if c <= 0.04045 * 255 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in rgb]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def channels(color: str) -> tuple[float, ...]:
+    if color.startswith("#"):
+        return tuple(int(color[i : i + 2], 16) for i in (1, 3, 5))
+    return tuple(float(c) for c in color[color.index("(") + 1 : -1].split(","))  # rgb(17,17,17)
+
+
+def drawn_colors(fig) -> list[tuple[str, str, float]]:
+    """Every line and marker colour a figure draws (legend-only traces too: a click shows them), with the
+    trace's opacity."""
+    found = []
+    for trace in fig.data:
+        opacity = trace.opacity if trace.opacity is not None else 1.0
+        for color in (trace.line.color, trace.marker.color):
+            for one in color if isinstance(color, list | tuple) else [color]:
+                if isinstance(one, str):
+                    found.append((trace.name, one, opacity))
+    return found
+
+
 def test_every_line_stands_out_on_the_dark_theme():
-    """The loss line (#37474f) and the faint dense-probe lines almost vanished on plotly_dark's black."""
+    """The loss line (#37474f) and the faint dense-probe lines almost vanished on plotly_dark's black: every
+    colour, as drawn over the plot area at its trace's opacity, stands out at least 3:1 (WCAG's minimum
+    for graphics)."""
+    background = channels(pio.templates["plotly_dark"].layout.plot_bgcolor)
     events = [*co_run_events(), *(probe_event(it, pgd=0.3) for it in range(5, 100, 5))]
     history = history_of(events)
-    for series in (
-        [Series("a", history)],
-        [Series("a", history, "#0b3d91"), Series("b", history, "#762a83")],
-    ):
-        fig = run_figure(series, uirevision="u", view=View(dark=True))
-        for trace in fig.data:
-            if trace.line.color is None or trace.visible == "legendonly":
-                continue
-            rgb = [int(trace.line.color.lstrip("#")[i : i + 2], 16) for i in (0, 2, 4)]
-            drawn = blend(rgb, DARK_PLOT, trace.opacity if trace.opacity is not None else 1.0)
-            assert contrast(drawn, DARK_PLOT) >= 3.0, (trace.name, trace.line.color, trace.opacity)
+    methods = ("standard", "fgsm", "fgsm_rs", "pgd", "free", "nfgsm", "pgd_corner", "random_corner")
+    runs = [
+        FakeRun(str(i), "finished", make_config({"method": m}), final=final_event(60, pgd=0.0))
+        for i, m in enumerate(methods)
+    ]
+    figures = [
+        run_figure([Series("a", history)], uirevision="u", view=View(dark=True)),
+        run_figure(
+            [Series("a", history, "#0b3d91"), Series("b", history, "#762a83")], "u", view=View(dark=True)
+        ),
+        sweep_figure(sweep_frame(runs, {}), natural_units=False, uirevision="s", dark=True),
+        sweep_curves_figure([SweepCurve(m, 0.1, "0.1", 0, history) for m in methods], "u", dark=True),
+    ]
+    drawn = [color for fig in figures for color in drawn_colors(fig)]
+    assert {"#8c564b", "#616161"} <= {color for _, color, _ in drawn}  # the sweep's darkest, checked too
+    plot = luminance(background)
+    for name, color, opacity in drawn:
+        mixed = tuple(
+            opacity * c + (1 - opacity) * b for c, b in zip(channels(color), background, strict=True)
+        )
+        line = luminance(mixed)
+        assert (max(line, plot) + 0.05) / (min(line, plot) + 0.05) >= 3.0, (name, color, opacity)
     light = run_figure([Series("a", history)], uirevision="u")
     assert {trace.line.color for trace in light.data} >= {"#37474f"}  # the light theme keeps its colours
 

@@ -37,7 +37,7 @@ from app.views.launch import ADVANCED, GROUPS
 from app.views.live import STATUS_ICONS
 from jobs import api, keys
 from jobs.queue import job_id, rq_queue
-from jobs.registry import LOST
+from jobs.registry import LOST, transition
 from trainer.config import RunConfig, lambda_of_eps, make_config, paper_lambda
 from trainer.fork import LINK_FIELDS
 from trainer.presets import DIGITS_GRAD_ALIGN, PRESETS
@@ -424,6 +424,17 @@ def test_a_run_without_snapshots_says_when_they_come(r):
     assert set(charts(at)) == {"live.chart"}
 
 
+def test_a_resumed_runs_elapsed_time_counts_its_first_attempt(r):
+    run_id = store_run(r, running_events(until=10), status="interrupted")  # ran about 30 s
+    api.resume(r, run_id)
+    claim = {"status": "running", "started_at": time.time() - 5, "worker": "w2", "device": "cpu"}
+    transition(r, run_id, {"queued"}, claim, attempt=2, heartbeat=("w2", 600_000))
+    at = app(run=run_id).run()
+    [status] = [caption.value for caption in at.caption if "elapsed" in caption.value]
+    minutes, seconds = status.split("elapsed ")[1].split(" ")[0].split(":")
+    assert 35 <= 60 * int(minutes) + int(seconds) < 60  # 30 s, then 5 s and counting; not 0:05
+
+
 def test_unknown_run_says_so(r):
     at = app(run="0123456789ab").run()
     assert "No run with id" in at.error[0].value
@@ -689,6 +700,17 @@ def test_sweep_page_draws_each_runs_dense_probe_under_its_evals_per_eps(r):
     assert [trace["xaxis"] for trace in dense] == ["x", "x2", "x2"]
     assert numbers(dense[1]["y"])[-1] == 0.0 and numbers(dense[2]["y"])[-1] == 0.4
     assert {trace["name"] for trace in figure["data"]} == {"FGSM", "FGSM+GradAlign"}
+
+
+def test_a_resumed_run_waiting_in_the_queue_keeps_its_sweep_curve(r):
+    events = [config_event(total=100, eps=0.2), *(probe_event(it, 0.4) for it in range(5, 41, 5))]
+    run_id = store_run(r, [*events, eval_event(20, 0.4)], status="interrupted", sweep_id="s4")
+    api.resume(r, run_id)
+    assert api.get_run(r, run_id).status == "queued"
+    at = app(sweep="s4").run()
+    assert not at.exception
+    dense = [trace for trace in charts(at)["sweep.curves.s4"]["data"] if trace.get("opacity") == 0.45]
+    assert [len(numbers(trace["x"])) for trace in dense] == [8]  # what its first attempt drew
 
 
 def test_fields_the_chosen_method_does_not_read_are_disabled_and_say_why(r):

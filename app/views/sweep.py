@@ -279,8 +279,10 @@ def _results(sweep_id: str) -> bool:
     """The sweep's chart and its runs; returns whether any run can still change."""
     r = state.connection()
     runs = api.sweep_runs(r, sweep_id)
-    # every run that has started, for its curve; the PGD-vs-ε chart takes a finished run's final results
-    histories = {run.id: state.history(r, run) for run in runs if run.started_at is not None}
+    # every run that has ever started, for its curve (a resumed one waiting in the queue has no started_at but
+    # the time its attempts ran); the PGD-vs-ε chart takes a finished run's final results
+    started = [run for run in runs if run.started_at is not None or run.elapsed_before]
+    histories = {run.id: state.history(r, run) for run in started}
     running = {run.id: histories[run.id] for run in runs if run.status == api.RunStatus.RUNNING}
     points = sweep_frame(runs, running)
     done = sum(run.status in api.TERMINAL for run in runs)
