@@ -689,6 +689,9 @@ def method_colors(methods: Iterable[str]) -> dict[str, str]:
 
 DODGE = 0.08  # how far apart methods are drawn at one ε, as a share of the ε grid's step
 SEED_SPREAD = 0.4  # how far apart one method's seeds are drawn at one ε, as a share of DODGE
+# PGD accuracy on the sweep's charts, with room below 0: a run collapsed to 0 (its ✕, its marks, its line)
+# is drawn whole, not half cut by the axis
+SWEEP_ACCURACY_RANGE = [-0.04, 1.02]
 
 
 def sweep_figure(points: pd.DataFrame, natural_units: bool, uirevision: str, dark: bool = False) -> go.Figure:
@@ -738,7 +741,7 @@ def sweep_figure(points: pd.DataFrame, natural_units: bool, uirevision: str, dar
                 legendgroup=method,
                 showlegend=False,
                 mode="markers",
-                cliponaxis=False,  # a ✕ at PGD accuracy 0 is drawn whole, not cut by the axis
+                cliponaxis=False,  # drawn whole on the edge of a zoomed range too
                 marker={"symbol": symbols, "size": 11, "color": color, "line": {"width": 2, "color": color}},
                 customdata=group[["run_id", "status", "lambda", "seed"]].to_numpy(),
                 text=[html.escape(label) for label in group["label"]],  # names the run's ε
@@ -767,7 +770,7 @@ def sweep_figure(points: pd.DataFrame, natural_units: bool, uirevision: str, dar
         xaxis_title="ε (×1/255)" if natural_units else "ε",
         xaxis_tickvals=grid if len(grid) <= 16 else None,  # ticks at the true ε, between the dodged marks
         yaxis_title="PGD accuracy",
-        yaxis_range=[0, 1.02],
+        yaxis_range=SWEEP_ACCURACY_RANGE,
         clickmode="event",
         legend={"title": {"text": "method"}},
         margin={"t": 60, "b": 50},
@@ -834,7 +837,7 @@ def sweep_curves_figure(curves: Sequence[SweepCurve], uirevision: str, dark: boo
         margin={"l": 60, "r": 10, "t": 80, "b": 50},
         hovermode="closest",
     )
-    fig.update_yaxes(range=[0, 1.02])
+    fig.update_yaxes(range=SWEEP_ACCURACY_RANGE)
     fig.update_yaxes(title_text="PGD accuracy", col=1)
     fig.update_xaxes(title_text="iteration", row=rows)
     return fig

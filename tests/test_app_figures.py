@@ -594,8 +594,23 @@ def test_every_line_stands_out_on_the_dark_theme():
     assert {trace.line.color for trace in light.data} >= {"#37474f"}  # the light theme keeps its colours
 
 
-def test_a_co_mark_at_pgd_accuracy_zero_is_not_cut_by_the_axis():
+def below_zero_px(fig, axis) -> float:
+    """How many pixels of plot area lie below accuracy 0 on a y axis (its share of the plot's height)."""
+    plot = fig.layout.height - fig.layout.margin.t - fig.layout.margin.b
+    low, high = axis.range
+    bottom, top = axis.domain or (0, 1)
+    return -low * plot * (top - bottom) / (high - low)
+
+
+def test_a_run_at_pgd_accuracy_zero_is_drawn_whole_on_the_sweeps_charts():
     runs = [FakeRun("a", "finished", make_config({"eps": 0.2}), final=final_event(60, pgd=0.0))]
     fig = sweep_figure(sweep_frame(runs, {}), natural_units=False, uirevision="s")
     marks = traces_by_name(fig)["FGSM (runs)"]
     assert list(marks.y) == [0.0] and marks.cliponaxis is False
+    half = marks.marker.size / 2 + marks.marker.line.width
+    assert below_zero_px(fig, fig.layout.yaxis) >= half  # the ✕'s lower half, below the axis's 0
+    events = [config_event(total=100, eps=0.2), *(eval_event(it, 0.0) for it in range(20, 101, 20))]
+    curves = sweep_curves_figure([SweepCurve("FGSM", 0.2, "0.2", 0, history_of(events))], uirevision="u")
+    [evals] = [trace for trace in curves.data if trace.mode == "lines+markers"]
+    assert set(evals.y) == {0.0}
+    assert below_zero_px(curves, curves.layout.yaxis) >= evals.marker.size / 2 + evals.line.width
