@@ -182,9 +182,13 @@ def cancel(r: redis.Redis, run_id: str) -> RunStatus:
     resumed; an interrupted one becomes cancelled. Cancelling a cancelled run does nothing; a finished or
     failed one cannot be cancelled (CANCELLABLE). Returns the status the run had, to say what happened.
     """
-    fields = {"status": RunStatus.CANCELLED, "finished_at": time.time()}
+
+    def cancelled(record: Record) -> dict[str, Any]:
+        """An interrupted run keeps the time its attempt ended: the wait since ran nothing (its elapsed)."""
+        return {"status": RunStatus.CANCELLED, "finished_at": record.get("finished_at") or time.time()}
+
     dequeue = lambda pipe, record: _dequeue(pipe, run_id, record)
-    old = transition(r, run_id, CANCELLABLE - {RunStatus.RUNNING}, fields, also=dequeue)
+    old = transition(r, run_id, CANCELLABLE - {RunStatus.RUNNING}, cancelled, also=dequeue)
     if old is not None:
         return RunStatus(old["status"])
     record = _existing(r, run_id)

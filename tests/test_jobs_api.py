@@ -332,3 +332,15 @@ def test_a_resumed_runs_elapsed_time_goes_on_from_its_earlier_attempts(r):
     assert api.get_run(r, run_id).elapsed_s(again + 5) == pytest.approx(65)  # not 5: it goes on
     r.hset(keys.run(run_id), "elapsed_before", "-3")
     assert api.get_run(r, run_id).status == "unreadable"  # a bad field is named, not believed
+
+
+def test_cancelling_an_interrupted_run_does_not_count_the_wait_as_running_time(r):
+    run_id = api.submit(r, CONFIG)
+    start = time.time() - 100
+    claim = {"status": "running", "started_at": start, "worker": "w", "device": "cpu"}
+    transition(r, run_id, {"queued"}, claim, attempt=1, heartbeat=("w", 60_000))
+    transition(r, run_id, {"running"}, {"status": "interrupted", "finished_at": start + 40}, attempt=1)
+    assert api.cancel(r, run_id) == "interrupted"
+    cancelled = api.get_run(r, run_id)
+    assert cancelled.status == "cancelled"
+    assert cancelled.elapsed_s(time.time()) == pytest.approx(40)  # not 100: it ran 40 s, then waited
