@@ -125,7 +125,9 @@ def run_figure(
     """
     overlay = len(series) > 1
     titles = [title for title, _ in PANELS] if not compact else [axis.capitalize() for _, axis in PANELS]
-    if overlay:  # the training accuracy is left out of overlays: the title says only what is drawn
+    # the training accuracy is left out of overlays: the title says only what is drawn (a compact overlay
+    # keeps its one word: the long title runs off a phone)
+    if overlay and not compact:
         titles[0] = OVERLAY_ACCURACY_TITLE
     fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.07, subplot_titles=titles)
     drawn: set[Metric] = set()
@@ -168,7 +170,7 @@ def run_figure(
             if interval is not None and not overlay:  # one band per run would bury an overlay's curves
                 band = (at(run.history, interval[0]), at(run.history, interval[1]))
             x_co, marker_color = at(run.history, co), color if overlay else CO_COLOR
-            _co_marker(fig, x_co, co, marker_color, run.label, overlay, band, stack=co_labels)
+            _co_marker(fig, x_co, co, marker_color, run.label, overlay, band, co_labels, compact)
             co_labels += 1
     if overlay:
         _style_key(fig, [metric for metric in METRICS if metric in drawn])
@@ -362,17 +364,19 @@ def _co_marker(
     overlay: bool,
     band: tuple[float, float] | None = None,
     stack: int = 0,
+    compact: bool = False,
 ) -> None:
     """A dashed vertical line at the CO iteration (drawn at `x`) on each panel, labelled on each panel, and
     `band` (where the onset falls over resamples of the images it was placed on, on the x axis) shaded
     behind it. `stack` puts the labels that many lines lower: an overlay's runs that collapse at the same
-    iteration keep readable labels."""
-    text = (
-        f"CO · {html.escape(label)} @ {iteration:,}"
-        if overlay
-        else f"catastrophic overfitting @ {iteration:,}"
-    )
-    vertical_marker(fig, x, color, "dash", (text, f"CO @ {iteration:,}"), "top right", stack)
+    iteration keep readable labels. A compact overlay (a phone) labels each panel only "CO @ k": a run's
+    name would run off the chart, and the label's colour names the run."""
+    short = f"CO @ {iteration:,}"
+    if not overlay:
+        text = f"catastrophic overfitting @ {iteration:,}"
+    else:
+        text = short if compact else f"CO · {html.escape(label)} @ {iteration:,}"
+    vertical_marker(fig, x, color, "dash", (text, short), "top right", stack)
     if band is not None:
         for row in (1, 2, 3):
             fig.add_vrect(

@@ -112,15 +112,24 @@ def lineage_caption(r: redis.Redis, run: api.Run) -> None:
 # --- Compare ---
 
 
-def mark_forks(fig: go.Figure, runs: Sequence[api.Run], labels: Sequence[str]) -> None:
-    """A dotted line at each fork's starting iteration, on every panel, naming the fork and its parent."""
+def mark_forks(fig: go.Figure, runs: Sequence[api.Run], labels: Sequence[str], compact: bool = False) -> None:
+    """A dotted line at each fork's starting iteration, on every panel, naming the fork and its parent.
+
+    `compact` (the phone layout) labels each line only "fork @ k": the names would run off the chart, and
+    the legend already names each fork with its iteration.
+    """
     names = {run.id: label for run, label in zip(runs, labels, strict=True)}
     for run in runs:
         if run.config.parent is None:
             continue
         parent = html.escape(names.get(run.config.parent, "its parent"))
-        text = f"fork: {html.escape(names[run.id])} from {parent} @ {run.config.fork_iteration:,}"
-        texts = (text, f"fork @ {run.config.fork_iteration:,}")
+        short = f"fork @ {run.config.fork_iteration:,}"
+        text = (
+            short
+            if compact
+            else f"fork: {html.escape(names[run.id])} from {parent} @ {run.config.fork_iteration:,}"
+        )
+        texts = (text, short)
         vertical_marker(fig, run.config.fork_iteration, FORK_COLOR, "dot", texts, "bottom left")
 
 

@@ -5,6 +5,7 @@ renders every run state and every URL parameter the app writes (AppTest against 
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -254,14 +255,19 @@ def test_the_charts_mark_follows_the_slider_in_the_same_refresh(r):
     assert marked() == ["inside the model: 20"]
 
 
-def test_compare_with_a_fork_starts_at_zero_stacks_equal_co_labels_and_keeps_chips_current(r):
+def fork_comparison(r) -> tuple[str, str, str]:
+    """A run, a twin that collapses at the same iteration (200), and a fork of the first from 140, running."""
     parent = store_run(r, co_run_events(total=300, co_at=200))
-    twin = store_run(r, co_run_events(total=300, co_at=200))  # the same onset as the parent
+    twin = store_run(r, co_run_events(total=300, co_at=200))
     (api.run_dir(parent) / EVALS_DIR).mkdir(parents=True)
     (api.run_dir(parent) / EVALS_DIR / "140.pt").touch()
     events = [config_event(start=140, total=300, parent=parent, fork_iteration=140, grad_align_lambda=2.0)]
     events += [metrics_event(it) for it in range(141, 161)]
-    fork = store_run(r, events, status="running")
+    return parent, twin, store_run(r, events, status="running")
+
+
+def test_compare_with_a_fork_starts_at_zero_stacks_equal_co_labels_and_keeps_chips_current(r):
+    parent, twin, fork = fork_comparison(r)
     at = app(compare=f"{parent},{twin},{fork}").run()
     assert not at.exception
     overlay = charts(at)["compare.overlay"]
@@ -276,3 +282,12 @@ def test_compare_with_a_fork_starts_at_zero_stacks_equal_co_labels_and_keeps_chi
     finish(r, fork)
     at.run()
     assert any("fork" in md.value and md.value.endswith("· finished") for md in at.markdown)
+
+
+def test_compare_on_a_phone_labels_panels_co_and_forks_short_enough_to_fit(r):
+    parent, twin, fork = fork_comparison(r)
+    at = app(compare=f"{parent},{twin},{fork}").run()
+    overlay = json.loads(at.get("component_instance")[0].proto.json_args)  # the page's first chart
+    texts = [note["text"] for note in json.loads(overlay["narrow"])["layout"]["annotations"]]
+    assert texts[:3] == ["Accuracy", "Cosine", "Loss"]  # one word: a long title runs off a phone's chart
+    assert sorted(set(texts[3:])) == ["CO @ 200", "fork @ 140"]  # no run names: they ran off it too

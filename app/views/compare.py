@@ -69,8 +69,8 @@ def _charts(run_ids: list[str]) -> bool:
         run_figure(series, uirevision=uirevision, view=view, axes=iterations, compact=compact, height=height)
         for compact, height in ((False, 760), (True, 900))
     )
-    for figure in (overlay, narrow):
-        forks.mark_forks(figure, runs, labels)
+    for figure, compact in ((overlay, False), (narrow, True)):
+        forks.mark_forks(figure, runs, labels, compact)
     name = f"codash-compare-{'-'.join(run_ids)}-overlay"
     live_chart(overlay, "compare.overlay", name, revision, narrow=narrow)
     table = runs_frame(runs)

@@ -20,7 +20,7 @@ from conftest import (
     store_run,
     wait_for,
 )
-from test_browser_ux import TIMEOUT_MS, box, browser, dashboard, home, overlap, r  # noqa: F401 (fixtures)
+from test_browser_ux import TIMEOUT_MS, box, browser, dashboard, home, r  # noqa: F401 (fixtures)
 
 from jobs import api
 from trainer.config import make_config
@@ -138,25 +138,6 @@ def test_every_link_the_readme_prints_opens_its_page(browser, dashboard, r):  # 
         if "fork=" in link:
             page.get_by_text("Fork of").first.wait_for(timeout=TIMEOUT_MS)
             assert "/launch?" in page.url, page.url
-    page.close()
-
-
-def test_compare_on_a_phone_keeps_the_legend_off_the_plot_and_the_axis_title(browser, dashboard, r):  # noqa: F811
-    ids = [store_run(r, co_run_events()) for _ in range(3)]
-    page = browser.new_page(viewport={"width": 400, "height": 800})
-    page.goto(f"{dashboard}/compare?compare={','.join(ids)}")
-    frame = page.frame_locator(CHARTS).first
-    chart = frame.locator("#chart")
-    chart.wait_for(timeout=TIMEOUT_MS)
-    wait_for(lambda: chart.get_attribute("data-layout") == "narrow", 60, "the narrow overlay")
-    frame.locator(".legend").wait_for(timeout=TIMEOUT_MS)
-    legend = box(frame.locator(".legend"))
-    plots = frame.locator(".nsewdrag")
-    areas = [box(plots.nth(n)) for n in range(plots.count())]
-    title = box(frame.locator(".g-xtitle, .xtitle").last)
-    assert all(not overlap(legend, area) for area in areas), (legend, areas)  # the plot stays visible
-    assert not overlap(legend, title), (legend, title)
-    assert all(area["width"] > 250 for area in areas)  # not squeezed to a strip beside a legend
     page.close()
 
 

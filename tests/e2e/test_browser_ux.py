@@ -28,6 +28,7 @@ from conftest import (
     config_event,
     embedded_redis,
     final_event,
+    metrics_event,
     running_events,
     snapshot_event,
     store_run,
@@ -38,6 +39,7 @@ from codash.up import dashboard_healthy
 from jobs import api
 from jobs.registry import transition
 from jobs.server import free_port
+from trainer.fork import EVALS_DIR
 
 TIMEOUT_MS = 150_000  # three Plotly frames on a loaded 2-core machine take a while
 
@@ -231,6 +233,32 @@ def test_compare_legends_do_not_overprint_with_four_runs(browser, dashboard, r):
     assert_apart(entries)  # every run and every key entry readable, none printed over another
     plot = box(frame.locator(".nsewdrag").first)
     assert all(b["x"] >= plot["x"] + plot["width"] - 1 for b in entries.values())  # beside the panels
+    page.close()
+
+
+def test_compare_with_a_fork_on_a_phone_keeps_legend_and_labels_in_view_off_the_plot(browser, dashboard, r):
+    parent, twin = (store_run(r, co_run_events(total=300, co_at=200)) for _ in range(2))
+    (api.run_dir(parent) / EVALS_DIR).mkdir(parents=True)
+    (api.run_dir(parent) / EVALS_DIR / "140.pt").touch()
+    events = [config_event(start=140, total=300, parent=parent, fork_iteration=140, grad_align_lambda=2.0)]
+    fork = store_run(r, events + [metrics_event(it) for it in range(141, 161)])
+    page = browser.new_page(viewport={"width": 400, "height": 800})
+    page.goto(f"{dashboard}/compare?compare={parent},{twin},{fork}")
+    frame = page.frame_locator(CHARTS).first
+    chart = frame.locator("#chart")
+    chart.wait_for(timeout=TIMEOUT_MS)
+    wait_for(lambda: chart.get_attribute("data-layout") == "narrow", 60, "the narrow overlay")
+    frame.locator(".legend").wait_for(timeout=TIMEOUT_MS)
+    legend, title, whole = box(frame.locator(".legend")), box(frame.locator(".g-xtitle")), box(chart)
+    plots = frame.locator(".nsewdrag")
+    areas = [box(plots.nth(n)) for n in range(plots.count())]
+    assert all(not overlap(legend, area) for area in areas), (legend, areas)  # the plot stays visible
+    assert not overlap(legend, title), (legend, title)
+    assert all(area["width"] > 250 for area in areas)  # not squeezed to a strip beside a legend
+    labels = frame.locator(".annotation")
+    for label in (box(labels.nth(n)) for n in range(labels.count())):  # no label runs off the chart
+        assert whole["x"] - 1 <= label["x"] and label["x"] + label["width"] <= whole["x"] + whole["width"] + 1
+    assert legend["y"] + legend["height"] <= whole["y"] + whole["height"] + 1  # the legend is not cut off
     page.close()
 
 
