@@ -196,9 +196,10 @@ def worker_pool(tmp_path: Path) -> Iterator[Workers]:
 
 # --- what the tests compare: events without their timings, the embedded server's process ---
 
+# differ between two runs of one config: their timings, and where and by which code each ran (provenance)
 TIMING_FIELDS = frozenset(
-    {"train_images_per_s", "wall_s", "elapsed_s"}
-)  # differ between two runs of one config
+    {"train_images_per_s", "wall_s", "elapsed_s", "codash_commit", "host", "device_name"}
+)
 
 
 def without_timing(event: dict[str, Any]) -> dict[str, Any]:
