@@ -107,7 +107,7 @@ def grad_at(model, x, y, delta=None, create_graph=False):
 
 
 def adversary(method, model, x, y, eps, alpha, pgd_steps, pgd_alpha, gen):
-    """(delta, gradient at x or None) for one batch."""
+    """(delta, the attack's gradient GradAlign reuses, or None) for one batch."""
     if method == "standard":
         return torch.zeros_like(x), None
     if method == "fgsm":
@@ -115,7 +115,8 @@ def adversary(method, model, x, y, eps, alpha, pgd_steps, pgd_alpha, gen):
         return clip(alpha * grad.sign(), x, eps), grad
     if method == "fgsm_rs":
         start = noise(x, eps, gen)
-        return clip(start + alpha * grad_at(model, x, y, start).sign(), x, eps), None
+        grad = grad_at(model, x, y, start)  # GradAlign's first gradient, as in the authors' code
+        return clip(start + alpha * grad.sign(), x, eps), grad
     if method == "pgd":
         delta = noise(x, eps, gen)
         for _ in range(pgd_steps):
@@ -129,7 +130,7 @@ def grad_align(model, x, y, eps, grad_x, gen, fraction=1.0):
     on the first `fraction` of the batch."""
     n = max(1, round(len(x) * fraction))
     x, y = x[:n], y[:n]
-    grad_x = grad_at(model, x, y) if grad_x is None else grad_x[:n].detach()
+    grad_x = grad_at(model, x, y, create_graph=True) if grad_x is None else grad_x[:n].detach()
     # the paper's random point: x + eta, eta ~ U[-eps, eps], not clipped to the [0, 1] box
     eta = (torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1) * eps
     grad_random = grad_at(model, x, y, eta, create_graph=True)
@@ -263,7 +264,8 @@ def time_training(
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         progress = (it + 1) / iters
-        step_lr = lr * (2 * progress if progress <= 0.5 else 2 * (1 - progress)) if cyclic else lr  # triangle
+        # the authors' triangle, peaking at 2/5 of the run
+        step_lr = lr * (progress / 0.4 if progress <= 0.4 else (1 - progress) / 0.6) if cyclic else lr
         if capture:
             static_x.copy_(x)
             static_y.copy_(y)

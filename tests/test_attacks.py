@@ -124,7 +124,7 @@ def test_grad_align_on_a_fraction_of_the_batch_is_grad_align_on_its_first_rows(b
 def test_grad_align_gradient_reaches_the_weights_through_double_backprop(batch):
     x, y = batch
     model = small_cnn()
-    reg = grad_align_reg(model, x, y, EPS, grad_at_x=input_grad(model, x, y))
+    reg = grad_align_reg(model, x, y, EPS, first_grad=input_grad(model, x, y))
     reg.backward()
     for param in model.parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0

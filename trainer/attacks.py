@@ -87,10 +87,16 @@ def fgsm_rs(
     eps: float,
     alpha: float,
     generator: torch.Generator | None = None,
+    start: torch.Tensor | None = None,
+    grad: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """FGSM from a uniform random start (Wong et al. 2020), alpha typically 1.25 * eps."""
-    start = uniform_noise(x, eps, generator)
-    return project(start + alpha * input_grad(model, x, y, start).sign(), x, eps)
+    """FGSM from a uniform random start (Wong et al. 2020), alpha typically 1.25 * eps.
+
+    `start` and `grad` may pass the random start and the gradient there (GradAlign reuses that gradient).
+    """
+    start = uniform_noise(x, eps, generator) if start is None else start
+    grad = input_grad(model, x, y, start) if grad is None else grad
+    return project(start + alpha * grad.sign(), x, eps)
 
 
 def pgd(

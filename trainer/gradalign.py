@@ -3,7 +3,10 @@
     reg = 1 - mean_i cos(grad_x l(x_i), grad_x l(x_i + eta_i)),  eta ~ U[-eps, eps]
 
 The gradient at the random point is built with create_graph=True, so the weight update sees how the
-cosine changes with the weights (double backprop); as in the paper's code the gradient at x is a constant.
+cosine changes with the weights (double backprop). The first gradient is as in the authors' code: the one
+FGSM or FGSM-RS already took (at x, or at the random start) is a constant; every other method has none, and
+it is taken at x with create_graph=True too (their `get_input_grad(..., backprop=True)`), so the weight
+update also sees how it moves.
 """
 
 from __future__ import annotations
@@ -19,20 +22,20 @@ def grad_align_reg(
     x: torch.Tensor,
     y: torch.Tensor,
     eps: float,
-    grad_at_x: torch.Tensor | None = None,
+    first_grad: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     fraction: float = 1.0,
 ) -> torch.Tensor:
-    """The unweighted regulariser (multiply by lambda); pass grad_at_x to reuse FGSM's gradient at x.
+    """The unweighted regulariser (multiply by lambda); pass first_grad to reuse the attack's gradient.
 
     fraction < 1 takes it on the first part of the batch only (batches are in random order): the same
     mean cosine estimated from fewer points, for proportionally less double-backprop work.
     """
     n = max(1, round(len(x) * fraction))
     x, y = x[:n], y[:n]
-    grad_x = input_grad(model, x, y) if grad_at_x is None else grad_at_x[:n].detach()
+    grad_first = input_grad(model, x, y, create_graph=True) if first_grad is None else first_grad[:n].detach()
     grad_random = random_point_grad(model, x, y, eps, generator, create_graph=True)
-    return 1 - mean_cosine(grad_x, grad_random)
+    return 1 - mean_cosine(grad_first, grad_random)
 
 
 def mean_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,16 @@ import torch.nn.functional as F
 from torch import nn
 
 import trainer
-from trainer.attacks import fgsm, fgsm_rs, input_grad, nfgsm, pgd, pgd_corner, random_corner
+from trainer.attacks import (
+    fgsm,
+    fgsm_rs,
+    input_grad,
+    nfgsm,
+    pgd,
+    pgd_corner,
+    random_corner,
+    uniform_noise,
+)
 from trainer.autoattack import autoattack_accuracy
 from trainer.checkpoint import (
     BEST_FILE,
@@ -67,7 +76,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-# --- the adversary of each method: (model, x, y, config, generator) -> (delta, gradient at x or None) ---
+# --- each method's adversary: (model, x, y, config, generator) -> (delta, GradAlign's first gradient) ---
+# The first gradient is the one the attack already took (FGSM's at x, FGSM-RS's at its random start), as in
+# the authors' code; None: GradAlign takes it at x itself, double-backpropagated (trainer/gradalign.py).
 
 
 def _standard(model, x, y, cfg, gen):
@@ -80,7 +91,9 @@ def _fgsm(model, x, y, cfg, gen):
 
 
 def _fgsm_rs(model, x, y, cfg, gen):
-    return fgsm_rs(model, x, y, cfg.eps, cfg.alpha * cfg.eps, gen), None
+    start = uniform_noise(x, cfg.eps, gen)
+    grad = input_grad(model, x, y, start)  # GradAlign's first gradient, as in the authors' code: at the start
+    return fgsm_rs(model, x, y, cfg.eps, cfg.alpha * cfg.eps, start=start, grad=grad), grad
 
 
 def _pgd(model, x, y, cfg, gen):
@@ -114,8 +127,11 @@ ADVERSARY = {
 def lr_at(cfg: RunConfig, iteration: int, total: int) -> float:
     """Learning rate for the step that follows `iteration` steps (a pure function: nothing to checkpoint)."""
     progress = (iteration + 1) / total
-    if cfg.lr_schedule == "cyclic":  # triangle 0 -> lr -> 0, peak at half-way, as in the paper
-        return cfg.lr * (2 * progress if progress <= 0.5 else 2 * (1 - progress))
+    if cfg.lr_schedule == "cyclic":
+        # The authors' triangle 0 -> lr -> 0 in fractional epochs t, peaking at epoch `epochs * 2 // 5`
+        # (integer division: np.interp(t, [0, epochs * 2 // 5, epochs], [0, lr, 0]) in their utils.py).
+        t, peak = (iteration + 1) * cfg.epochs / total, cfg.epochs * 2 // 5
+        return cfg.lr * (t / peak if t <= peak else (cfg.epochs - t) / (cfg.epochs - peak))
     if cfg.lr_schedule == "piecewise":
         return cfg.lr * (1.0 if progress < 0.5 else 0.1 if progress < 0.75 else 0.01)
     return cfg.lr
@@ -344,14 +360,14 @@ def train(
 def _train_step(
     model, optimizer, cfg, x, y, gen, free: FreeAT | None = None, elle_a: AdaptiveLambda | None = None
 ):
-    delta, grad_at_x = (free or ADVERSARY[cfg.method])(model, x, y, cfg, gen)
+    delta, first_grad = (free or ADVERSARY[cfg.method])(model, x, y, cfg, gen)
     logits = model(x + delta)
     loss = F.cross_entropy(logits, y)
     inputs = None  # everything that requires a gradient
     reg = torch.zeros((), device=x.device)
     objective = loss
     if cfg.uses_grad_align:
-        align = grad_align_reg(model, x, y, cfg.eps, grad_at_x, gen, cfg.grad_align_fraction)
+        align = grad_align_reg(model, x, y, cfg.eps, first_grad, gen, cfg.grad_align_fraction)
         reg, objective = reg + align, objective + cfg.grad_align_lambda * align
         # Name what needs a gradient, or autograd also differentiates the double-backprop graph with
         # respect to its random input point: ~10% of a GradAlign step on CPU (docs/benchmarks.md).

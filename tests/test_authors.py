@@ -1,0 +1,146 @@
+"""The recipe around the step against the authors' code (tml-epfl/understanding-fast-adv-training), each
+from an oracle written here from the formula, in float64: the cyclic lr, GradAlign's first gradient."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from trainer.attacks import pgd
+from trainer.config import make_config
+from trainer.gradalign import grad_align_reg
+from trainer.loop import _train_step, lr_at, make_optimizer
+
+EPS, LAMBDA, LR = 0.2, 2.0, 0.1
+
+
+def test_the_cyclic_lr_of_a_30_epoch_run_of_391_steps_is_the_authors_triangle_peaking_at_2_5():
+    """train.py: lr = np.interp(t, [0, epochs * 2 // 5, epochs], [0, lr_max, 0]) at t = epoch - 1 +
+    (i + 1) / len(batches) for epochs 1..30 and batches i; codash's iteration is (epoch - 1) * 391 + i."""
+    epochs, steps = 30, 391
+    cfg = make_config({"optimizer": "sgd", "lr": 0.2, "lr_schedule": "cyclic", "epochs": epochs})
+    for epoch in range(1, epochs + 1):
+        for i in range(steps):
+            t = epoch - 1 + (i + 1) / steps
+            want = float(np.interp(t, [0, epochs * 2 // 5, epochs], [0, 0.2, 0]))
+            assert lr_at(cfg, (epoch - 1) * steps + i, epochs * steps) == pytest.approx(want, rel=1e-12)
+    assert max(range(epochs * steps), key=lambda k: lr_at(cfg, k, epochs * steps)) == 12 * steps - 1
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 3, 7, 15])
+def test_the_cyclic_peak_is_at_the_integer_division_of_the_authors(epochs):
+    cfg = make_config({"optimizer": "sgd", "lr": 0.05, "lr_schedule": "cyclic", "epochs": epochs})
+    total = epochs * 10
+    for k in range(total):
+        t = (k + 1) / 10
+        want = float(np.interp(t, [0, epochs * 2 // 5, epochs], [0, 0.05, 0]))
+        assert lr_at(cfg, k, total) == pytest.approx(want, rel=1e-12, abs=1e-15)
+
+
+# --- GradAlign's first gradient, on a linear model whose input gradient is written out by hand ---
+
+
+def linear_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 10)).double()
+
+
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(8, 1, 4, 4, generator=gen, dtype=torch.float64)
+    return x, torch.randint(0, 10, (8,), generator=gen)
+
+
+def input_gradient(weight, bias, x, y):
+    """d/dx of the mean cross-entropy of softmax(W x + b): (softmax - onehot) W / n, per example."""
+    p = torch.softmax(x.flatten(1) @ weight.T + bias, dim=1)
+    return ((p - nn.functional.one_hot(y, 10).double()) @ weight / len(x)).view_as(x)
+
+
+def oracle_reg(weight, bias, x, y, first, eta):
+    """1 - mean cos(first gradient, gradient at x + eta): the formula, on the hand-written gradients."""
+    a, b = first.flatten(1), input_gradient(weight, bias, x + eta, y).flatten(1)
+    return 1 - ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).mean()
+
+
+def noise(gen: torch.Generator, x: torch.Tensor) -> torch.Tensor:
+    """U[-1, 1] draws as codash's attacks take them from the run's generator."""
+    return torch.rand(x.shape, generator=gen, dtype=x.dtype) * 2 - 1
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_grad_align_with_no_first_gradient_double_backpropagates_through_it_as_the_authors(detach):
+    """PGD (and every method without an FGSM step): the authors' first gradient is get_input_grad(...,
+    backprop=True), so the regulariser's weight gradient includes how it moves; detaching it gives the same
+    value but another weight gradient."""
+    model, (x, y) = linear_model(), batch()
+    reg = grad_align_reg(model, x, y, EPS, None, torch.Generator().manual_seed(5))
+    got = torch.autograd.grad(reg, list(model.parameters()))
+
+    weight, bias = (p.detach().clone().requires_grad_(True) for p in model.parameters())
+    eta = noise(torch.Generator().manual_seed(5), x) * EPS
+    first = input_gradient(weight, bias, x, y)
+    want_reg = oracle_reg(weight, bias, x, y, first.detach() if detach else first, eta)
+    want = torch.autograd.grad(want_reg, [weight, bias])
+    assert reg.item() == pytest.approx(want_reg.item(), rel=1e-12)
+    same = all(torch.allclose(g, w, rtol=1e-10, atol=1e-14) for g, w in zip(got, want, strict=True))
+    assert same != detach  # equal to the authors' (not detached), and not to the detached one
+    if detach:
+        assert max((g - w).abs().max().item() for g, w in zip(got, want, strict=True)) > 1e-4
+
+
+def sgd_config(method: str):
+    sgd = {"optimizer": "sgd", "lr": LR, "momentum": 0, "weight_decay": 0, "lr_schedule": "constant"}
+    return make_config({"method": method, "eps": EPS, "grad_align_lambda": LAMBDA, **sgd})
+
+
+def sgd_step(objective, *params):
+    """The weights after one plain SGD step on `objective`."""
+    grads = torch.autograd.grad(objective, list(params))
+    return [p - LR * g for p, g in zip(params, grads, strict=True)]
+
+
+def test_fgsm_rs_grad_align_takes_the_fgsm_gradient_at_the_random_start_and_no_more_passes():
+    """train.py, attack_init=random: grad is the FGSM gradient at x + delta_rs (detached), reused by
+    GradAlign. So one step is three forward passes (start, x + delta, random point), not four."""
+    cfg, model, (x, y) = sgd_config("fgsm_rs"), linear_model(), batch()
+    weight, bias = (p.detach().clone().requires_grad_(True) for p in model.parameters())
+
+    gen = torch.Generator().manual_seed(7)
+    start = torch.clamp(torch.clamp(noise(gen, x) * EPS, -EPS, EPS), -x, 1 - x)
+    grad_start = input_gradient(weight, bias, x + start, y).detach()
+    delta = torch.clamp(torch.clamp(start + 1.25 * EPS * grad_start.sign(), -EPS, EPS), -x, 1 - x)
+    eta = noise(gen, x) * EPS
+    logits = (x + delta).flatten(1) @ weight.T + bias
+    reg = oracle_reg(weight, bias, x, y, grad_start, eta)
+    want = sgd_step(nn.functional.cross_entropy(logits, y) + LAMBDA * reg, weight, bias)
+
+    passes = []
+    model.register_forward_hook(lambda *_: passes.append(1))
+    _train_step(model, make_optimizer(cfg, model), cfg, x, y, torch.Generator().manual_seed(7))
+    assert len(passes) == 3
+    for got, w in zip(model.parameters(), want, strict=True):
+        torch.testing.assert_close(got.detach(), w.detach(), rtol=1e-10, atol=1e-13)
+
+
+def test_a_pgd_grad_align_step_differentiates_the_first_gradient_at_x():
+    """The whole PGD + GradAlign step: PGD's delta from the run's generator, then the regulariser with the
+    first gradient at x differentiated, as the authors' train.py does for --attack=pgd."""
+    cfg, model, (x, y) = sgd_config("pgd"), linear_model(), batch()
+    before = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(9)
+    delta = pgd(before, x, y, EPS, 0.25 * EPS, 10, generator=gen)  # PGD itself is tested in test_attacks
+    weight, bias = (p.detach().clone().requires_grad_(True) for p in before.parameters())
+    eta = noise(gen, x) * EPS
+    logits = (x + delta).flatten(1) @ weight.T + bias
+    first = input_gradient(weight, bias, x, y)
+    reg = oracle_reg(weight, bias, x, y, first, eta)
+    want = sgd_step(nn.functional.cross_entropy(logits, y) + LAMBDA * reg, weight, bias)
+
+    _train_step(model, make_optimizer(cfg, model), cfg, x, y, torch.Generator().manual_seed(9))
+    for got, w in zip(model.parameters(), want, strict=True):
+        torch.testing.assert_close(got.detach(), w.detach(), rtol=1e-10, atol=1e-13)
