@@ -27,7 +27,7 @@ COLUMNS = {
     "λ": st.column_config.NumberColumn("λ", format="%g"),
     "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
     "CO iteration": st.column_config.NumberColumn("CO at", format="%d", help="catastrophic overfitting"),
-    "clean acc": st.column_config.NumberColumn("clean acc", format="percent", help="final, whole test set"),
+    "clean acc": st.column_config.NumberColumn("clean acc", format="percent", help="final, attacked images"),
     "PGD acc": st.column_config.NumberColumn("PGD acc", format="percent", help="final PGD evaluation"),
     "AA acc": st.column_config.NumberColumn(
         "AA acc", format="percent", help="final AutoAttack evaluation (when enabled)"

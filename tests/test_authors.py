@@ -1,5 +1,6 @@
 """The recipe around the step against the authors' code (tml-epfl/understanding-fast-adv-training), each
-from an oracle written here from the formula, in float64: the cyclic lr, GradAlign's first gradient."""
+from an oracle written here from the formula, in float64: the cyclic lr, GradAlign's first gradient, the
+final clean accuracy."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from torch import nn
 
 from trainer.attacks import pgd
 from trainer.config import make_config
+from trainer.data import load_dataset
 from trainer.gradalign import grad_align_reg
-from trainer.loop import _train_step, lr_at, make_optimizer
+from trainer.loop import _train_step, lr_at, make_optimizer, train
 
 EPS, LAMBDA, LR = 0.2, 2.0, 0.1
 
@@ -144,3 +146,29 @@ def test_a_pgd_grad_align_step_differentiates_the_first_gradient_at_x():
     _train_step(model, make_optimizer(cfg, model), cfg, x, y, torch.Generator().manual_seed(9))
     for got, w in zip(model.parameters(), want, strict=True):
         torch.testing.assert_close(got.detach(), w.detach(), rtol=1e-10, atol=1e-13)
+
+
+def test_final_clean_accuracy_is_on_the_attacked_points_and_the_whole_set_is_a_second_figure():
+    """train.py evaluates clean and PGD accuracy on the same first n_final_eval test points."""
+    cfg = make_config(
+        {
+            "dataset": "digits",
+            "method": "fgsm",
+            "max_iters": 3,
+            "eval_every": 3,
+            "eval_points": 16,
+            "probe_points": 0,
+            "final_eval_points": 40,
+            "final_pgd_steps": 1,
+            "final_pgd_restarts": 1,
+        }
+    )
+    kept = {}
+    final = train(cfg, after_step=lambda k, model: kept.update(model=copy.deepcopy(model).eval()))
+    data = load_dataset("digits", torch.device("cpu"))
+    with torch.no_grad():
+        right = (kept["model"](data.test_x).argmax(1) == data.test_y).double()
+    assert final["attack_points"] == 40
+    assert final["last"]["clean_acc"] == pytest.approx(right[:40].mean().item(), abs=1e-12)
+    assert final["last"]["clean_acc_all"] == pytest.approx(right.mean().item(), abs=1e-12)
+    assert right[:40].mean() != right.mean()  # the two figures differ here, so the test tells them apart

@@ -414,7 +414,8 @@ def _evaluate(
 def _final(
     model, cfg, data: Dataset, state: RunState, run_dir: Path, emit: Sink, path: FastPath, started
 ) -> Event:
-    """Clean accuracy on the whole test set and PGD-50-10 on the first final_eval_points, last and best.
+    """Clean accuracy and PGD-50-10 on the first final_eval_points test images (the authors' n_final_eval),
+    last and best; clean accuracy on the whole test set too (`clean_acc_all`).
 
     attack_points says how many test images the attacks saw (final_eval_points caps it at the test set).
 
@@ -492,8 +493,9 @@ def _final_metrics(
         if cfg.autoattack:
             auto = autoattack_accuracy(model, xs, ys, cfg.eps, DATA_SHAPES[cfg.dataset][2], cfg.seed)
     with path.autocast():
-        clean = accuracy(model, test_x, data.test_y, path.eval_batch)
-    return {"clean_acc": clean, "pgd_acc": robust, "autoattack_acc": auto}
+        clean_all = accuracy(model, test_x, data.test_y, path.eval_batch)
+        clean = accuracy(model, test_x[:n], data.test_y[:n], path.eval_batch) if n else clean_all
+    return {"clean_acc": clean, "clean_acc_all": clean_all, "pgd_acc": robust, "autoattack_acc": auto}
 
 
 def _epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:

@@ -412,6 +412,8 @@ def _final(final: dict, config) -> None:
     last, best = final.get("last") or {}, final.get("best") or {}
     columns = st.columns(5)
     columns[0].metric("clean accuracy (last)", percent(last.get("clean_acc")))
+    if "clean_acc_all" in last:  # absent from runs stored when clean accuracy was on the whole test set
+        columns[0].caption(f"whole test set: **{percent(last['clean_acc_all'])}**")
     columns[1].metric("PGD accuracy (last)", percent(last.get("pgd_acc")))
     columns[2].metric(
         f"PGD accuracy (early-stopped, iteration {final.get('best_iteration', 0):,})",
@@ -433,8 +435,9 @@ def _final_caption(final: dict, config) -> str:
     images = f"the first {points:,} test images" if points is not None else "the first test images"
     attack = f"{config.final_pgd} (step ε/4)"
     attack += " and AutoAttack" if config.autoattack else ""
+    clean = "the same images" if "clean_acc_all" in (final.get("last") or {}) else "the whole test set"
     return (
-        f"Clean accuracy: the whole test set. {attack} on {images}. Early-stopped: the checkpoint with "
+        f"{attack} on {images}; clean accuracy on {clean}. Early-stopped: the checkpoint with "
         f"the best PGD-{config.eval_pgd_steps} accuracy on {config.eval_points:,} training images. "
         f"Wall time {format_duration(final.get('wall_s'))}."
     )
