@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainer.presets import CIFAR_RESNET
+from trainer.presets import CIFAR_RESNET, PAPER_NOTE
 
 # The sweep page's presets: a base config, the methods (names in trainer.methods.SWEEP), the ε list as
 # typed in the form, and per-method fields that differ from the base.
@@ -15,5 +15,6 @@ SWEEP_PRESETS: dict[str, dict[str, Any]] = {
         "eps": "2, 4, 6, 8, 10, 12, 14, 16",
         "paper_lambda": True,  # GradAlign's λ follows ε: paper_lambda
         "method_fields": {"FGSM + GradAlign": {"lr": 0.3}, "PGD-10": {"pgd_alpha": 0.2}},
+        "note": PAPER_NOTE,
     },
 }

@@ -1,21 +1,25 @@
 """The recipe around the step against the authors' code (tml-epfl/understanding-fast-adv-training), each
 from an oracle written here from the formula, in float64: the cyclic lr, GradAlign's first gradient, the
-final clean accuracy."""
+final clean accuracy, SVHN's λ(ε), the initialisation and the paper presets."""
 
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from app.presets import SWEEP_PRESETS
 from trainer.attacks import pgd
-from trainer.config import make_config
+from trainer.config import lambda_of_eps, make_config
 from trainer.data import load_dataset
 from trainer.gradalign import grad_align_reg
 from trainer.loop import _train_step, lr_at, make_optimizer, train
+from trainer.models import build_model
+from trainer.presets import CIFAR_RESNET, CNN_PRESET, PRESET_NOTES, PRESETS
 
 EPS, LAMBDA, LR = 0.2, 2.0, 0.1
 
@@ -172,3 +176,56 @@ def test_final_clean_accuracy_is_on_the_attacked_points_and_the_whole_set_is_a_s
     assert final["last"]["clean_acc"] == pytest.approx(right[:40].mean().item(), abs=1e-12)
     assert final["last"]["clean_acc_all"] == pytest.approx(right.mean().item(), abs=1e-12)
     assert right[:40].mean() != right.mean()  # the two figures differ here, so the test tells them apart
+
+
+# sh/exps_diff_eps_svhn.sh's --grad_align_cos_lambda at --eps=1..12
+SVHN_SCRIPT_LAMBDAS = [1.657, 1.757, 1.864, 1.976, 2.096, 2.223, 2.357, 2.500, 2.651, 2.812, 2.982, 3.162]
+
+
+def test_svhn_grad_align_lambda_is_the_authors_svhn_scripts_and_cifar_keeps_its_rule():
+    for k, want in enumerate(SVHN_SCRIPT_LAMBDAS, start=1):
+        assert lambda_of_eps("grad_align_lambda", "svhn", k / 255) == want
+    assert lambda_of_eps("grad_align_lambda", "cifar10", 8 / 255) == pytest.approx(0.2)
+
+
+def authors_initialize_weights(module):
+    """utils.initialize_weights of the authors' code, as written there."""
+    if isinstance(module, nn.Conv2d):
+        n = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
+        module.weight.data.normal_(0, math.sqrt(2.0 / n))
+        if module.bias is not None:
+            module.bias.data.zero_()
+    elif isinstance(module, nn.Linear):
+        module.weight.data.normal_(0, math.sqrt(2.0 / module.in_features))
+        if module.bias is not None:
+            module.bias.data.zero_()
+    elif isinstance(module, nn.BatchNorm2d):
+        module.weight.data.fill_(1)
+        module.bias.data.zero_()
+
+
+@pytest.mark.parametrize("name", ["cnn", "lenet", "preact_resnet18"])
+def test_he_init_is_the_authors_initialize_weights_applied_to_the_built_model(name):
+    shape = {"in_channels": 3, "image_size": 32, "n_classes": 10, "n_filters": 4}
+    torch.manual_seed(3)
+    ours = build_model(name, **shape, init="he")
+    torch.manual_seed(3)
+    theirs = build_model(name, **shape, init="torch")
+    theirs.apply(authors_initialize_weights)
+    for (key, a), b in zip(ours.state_dict().items(), theirs.state_dict().values(), strict=True):
+        assert torch.equal(a, b), key
+
+
+def test_the_paper_presets_train_with_the_authors_recipe():
+    """train.py's defaults (He init, weight decay 5e-4, cyclic lr, batch 128) and the scripts' settings."""
+    sweep = SWEEP_PRESETS["Paper Fig. 1: CIFAR-10 ε sweep"]["base"]
+    for name, preset in [*((n, p) for n, p in PRESETS.items() if "(paper" in n), ("Paper Fig. 1", sweep)]:
+        cfg = make_config(preset)
+        recipe = (cfg.init, cfg.weight_decay, cfg.lr_schedule, cfg.batch_size, cfg.epochs)
+        assert recipe == ("he", 5e-4, "cyclic", 128, 30), name
+        assert (cfg.final_eval_points, cfg.final_pgd) == (1000, "PGD-50-10"), name
+        assert name in PRESET_NOTES or name == "Paper Fig. 1", name
+    cnn = make_config(PRESETS[CNN_PRESET])  # the README's command for the Fig. 4/5 CNN
+    assert (cnn.optimizer, cnn.lr, cnn.n_filters, cnn.eval_every) == ("adam", 0.003, 4, 50)
+    resnet = make_config(CIFAR_RESNET)
+    assert (resnet.optimizer, resnet.momentum, resnet.eval_every) == ("sgd", 0.9, 200)

@@ -191,6 +191,7 @@ def model_for(config: RunConfig) -> nn.Module:
         n_classes=classes,
         n_layers=config.n_layers,
         n_filters=config.n_filters,
+        init=config.init,
     )
 
 

@@ -6,6 +6,8 @@ the single-layer CNN is visible there as filters turning into high-frequency noi
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -100,14 +102,42 @@ class PreActResNet18(nn.Module):
         return self.linear(out.flatten(1))
 
 
+def he_init(module: nn.Module) -> None:
+    """The authors' `initialize_weights`: He-normal weights, by fan-out for convolutions and fan-in for
+    linear layers, zero biases, batch norm at 1 and 0."""
+    if isinstance(module, nn.Conv2d):
+        fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
+        nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
+    elif isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / module.in_features))
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.ones_(module.weight)
+    else:
+        return
+    if module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
 def build_model(
-    name: str, *, in_channels: int, image_size: int, n_classes: int, n_layers: int = 1, n_filters: int = 4
+    name: str,
+    *,
+    in_channels: int,
+    image_size: int,
+    n_classes: int,
+    n_layers: int = 1,
+    n_filters: int = 4,
+    init: str = "torch",
 ) -> nn.Module:
-    """A freshly initialised model (from torch's global RNG); n_layers and n_filters apply to cnn only."""
+    """A freshly initialised model (from torch's global RNG); n_layers and n_filters apply to cnn only.
+    `init` "he": PyTorch's initialisation, then the authors' He-normal over it (their model.apply)."""
     if name == "cnn":
-        return CNN(in_channels, image_size, n_classes, n_layers, n_filters)
-    if name == "lenet":
-        return LeNet(in_channels, image_size, n_classes)
-    if name == "preact_resnet18":
-        return PreActResNet18(in_channels, n_classes)
-    raise ValueError(f"model: must be one of {', '.join(MODELS)}; got {name!r}")
+        model = CNN(in_channels, image_size, n_classes, n_layers, n_filters)
+    elif name == "lenet":
+        model = LeNet(in_channels, image_size, n_classes)
+    elif name == "preact_resnet18":
+        model = PreActResNet18(in_channels, n_classes)
+    else:
+        raise ValueError(f"model: must be one of {', '.join(MODELS)}; got {name!r}")
+    if init == "he":
+        model.apply(he_init)
+    return model

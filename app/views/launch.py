@@ -29,7 +29,7 @@ from trainer.config import (
 from trainer.datafiles import missing_files
 from trainer.fork import LINK_FIELDS, check_fork
 from trainer.methods import MODEL_FIELDS, USED_BY, reads
-from trainer.presets import DEFAULT_PRESET, DIGITS_ELLE, DIGITS_GRAD_ALIGN, PRESETS
+from trainer.presets import DEFAULT_PRESET, DIGITS_ELLE, DIGITS_GRAD_ALIGN, PRESET_NOTES, PRESETS
 
 GROUPS = (
     ("Data and model", ("dataset", "model", "name", "n_layers", "n_filters")),
@@ -49,6 +49,7 @@ ADVANCED = (
     "lr_schedule",
     "momentum",
     "weight_decay",
+    "init",
     "eval_pgd_steps",
     "probe_points",
     "probe_every",
@@ -81,6 +82,7 @@ LABELS = {
     "lr": "learning rate",
     "lr_schedule": "lr schedule",
     "weight_decay": "weight decay",
+    "init": "weight initialisation",
     "eval_every": "eval every (iterations)",
     "eval_points": "eval subset size",
     "eval_pgd_steps": "eval PGD steps",
@@ -120,6 +122,8 @@ def render() -> None:
         on_change=lambda: _apply_preset(st.session_state[KEY + "preset"]),
         help="Fills every field below; edit any of them before launching.",
     )
+    if st.session_state[KEY + "preset"] in PRESET_NOTES:
+        st.caption(PRESET_NOTES[st.session_state[KEY + "preset"]])
     values = _form_values()
     parent = api.get_run(r, values["parent"]) if values["parent"] else None
     config, problems = _validate(values, api.queued_count(r))

@@ -36,7 +36,7 @@ from trainer.config import (
     parse_eps,
 )
 from trainer.methods import SWEEP
-from trainer.presets import DIGITS_ELLE, DIGITS_GRAD_ALIGN, PRESETS
+from trainer.presets import DIGITS_ELLE, DIGITS_GRAD_ALIGN, PRESET_NOTES, PRESETS
 
 REFRESH_S = 2.0
 REGULARISER_NAMES = {"grad_align_lambda": "GradAlign", "elle_lambda": "ELLE"}
@@ -182,6 +182,9 @@ def _new_sweep(r) -> None:
         help="A run preset is the config every run starts from; a sweep preset also picks methods and ε.",
     )
     base = _base(base_name)
+    note = SWEEP_PRESETS[base_name].get("note") if base_name in SWEEP_PRESETS else PRESET_NOTES.get(base_name)
+    if note:
+        st.caption(note)
     natural = base["dataset"] in NATURAL_IMAGES
     eps_key = KEY + ("eps255" if natural else "eps")
     for key, default in {
