@@ -18,7 +18,16 @@ from pathlib import Path
 
 import trainer
 from jobs import api, keys
-from jobs.server import ensure_server, public_url, run_in_foreground, stop_server
+from jobs.paths import codash_home
+from jobs.server import (
+    PASSWORD_FILE,
+    ensure_server,
+    parse_tcp,
+    public_url,
+    run_in_foreground,
+    stop_server,
+    tcp_url,
+)
 from jobs.worker_flags import HELP as WORKER_HELP
 from jobs.worker_flags import add_worker_flags
 from trainer.cli import (
@@ -91,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     mode = server.add_mutually_exclusive_group()
     mode.add_argument("--foreground", action="store_true", help="run it in the foreground instead")
     mode.add_argument("--stop", action="store_true", help="shut it down (it saves its data first)")
+    server.add_argument(
+        "--tcp",
+        metavar="HOST:PORT",
+        help="also listen on TCP, for workers on other hosts (default: a Unix socket in CODASH_HOME only)",
+    )
     server.set_defaults(handler=run_redis)
 
     stack = commands.add_parser("up", help="Redis, workers and the dashboard together; Ctrl-C stops them all")
@@ -102,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="worker processes, spread over the GPUs (default: 2 per visible GPU, else 1)",
     )
     stack.add_argument("--no-worker", action="store_true", help="start no worker (they run on other hosts)")
+    stack.add_argument(
+        "--redis-tcp",
+        metavar="HOST:PORT",
+        help="the embedded Redis also listens on TCP, for workers on other hosts (default: Unix socket only)",
+    )
     stack.set_defaults(handler=run_up)
 
     bench = commands.add_parser(
@@ -273,12 +292,17 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 def run_redis(args: argparse.Namespace) -> int:
+    tcp = parse_tcp(args.tcp) if args.tcp else None
     if args.stop:
+        if tcp:
+            raise ValueError("--tcp: not with --stop")
         print("stopped" if stop_server() else "not running")
     elif args.foreground:
-        run_in_foreground()
+        run_in_foreground(tcp=tcp)
     else:
-        print(public_url(ensure_server()))
+        print(public_url(ensure_server(tcp=tcp)))
+        if tcp:
+            print(f"{tcp_url(tcp)} (for other hosts; the password is in {codash_home() / PASSWORD_FILE})")
     return 0
 
 
@@ -290,7 +314,8 @@ def run_up(args: argparse.Namespace) -> int:
     if args.workers is not None and not 0 <= args.workers <= 64:
         raise ValueError(f"--workers: must be in 0..64, got {args.workers}")
     try:
-        return up(args.host, args.port, args.workers, args.no_worker)
+        redis_tcp = parse_tcp(args.redis_tcp) if args.redis_tcp else None
+        return up(args.host, args.port, args.workers, args.no_worker, redis_tcp)
     except AlreadyRunning as exc:
         print(exc)
         return 0

@@ -25,7 +25,7 @@ import app
 from app.guard import SERVE_HOST_ENV
 from app.password import PASSWORD_ENV, generated_password, password_problem
 from jobs.paths import codash_home
-from jobs.server import ensure_server, ping, public_url, stop_server, stored_url
+from jobs.server import PASSWORD_FILE, public_url, start_server, stop_server, tcp_url
 
 APP_SCRIPT = Path(app.__file__).resolve().with_name("server.py")  # main.py behind app.guard, as a path
 UP_FILE = "up.json"
@@ -174,17 +174,21 @@ def check_password(host: str, password: str | None) -> None:
         )
 
 
-def up(host: str, port: int, workers: int | None, no_worker: bool) -> int:
+def up(
+    host: str, port: int, workers: int | None, no_worker: bool, redis_tcp: tuple[str, int] | None = None
+) -> int:
+    """`redis_tcp`: the embedded Redis also listens there, for workers on other hosts (by default it has
+    only its Unix socket: jobs.server says why)."""
     check_password(host, os.environ.get(PASSWORD_ENV))
     home = codash_home()
     with single_instance(home):
         check_port(host, port)
         started_redis = False
         redis_url = os.environ.get("REDIS_URL")
+        if redis_url and redis_tcp:
+            raise RuntimeError("--redis-tcp is for the embedded Redis; REDIS_URL names a server of your own")
         if not redis_url:
-            previous = stored_url(home)
-            started_redis = not (previous and ping(previous))
-            redis_url = ensure_server(home)
+            redis_url, started_redis = start_server(home, redis_tcp)
         env = {"REDIS_URL": redis_url}
         worker_argv = [sys.executable, "-m", "jobs.worker", "--device"]
         children = [
@@ -206,6 +210,8 @@ def up(host: str, port: int, workers: int | None, no_worker: bool) -> int:
             (home / UP_FILE).write_text(json.dumps({"url": url, "pid": os.getpid()}))
             print(f"codash is up: {url}", flush=True)
             print(f"  redis   {public_url(redis_url)}{' (embedded)' if started_redis else ''}", flush=True)
+            if redis_tcp:
+                print(f"  redis   {tcp_url(redis_tcp)} for other hosts (password in {home / PASSWORD_FILE})")
             print(f"  workers {len(children) or 'none (--no-worker)'}", flush=True)
             print("Press Ctrl-C to stop.", flush=True)
             while not stopping:

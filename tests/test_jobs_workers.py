@@ -247,7 +247,7 @@ def test_everything_survives_a_redis_restart(r, pool, home):
     url = stored_url(home)
     os.kill(server_pid(home), signal.SIGTERM)
     wait_for(lambda: not ping(url), 10, "the server to stop")
-    assert ensure_server(home) == url  # same port, same password, same data dir
+    assert ensure_server(home) == url  # same socket, same password, same data dir
 
     after = {run.id: (run, api.all_events(r, run.id)) for run in api.list_runs(r)}
     assert after == before

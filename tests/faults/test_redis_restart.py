@@ -25,7 +25,7 @@ import pytest
 from conftest import server_pid, without_timing
 
 from jobs import api, registry
-from jobs.server import ensure_server, ping, stop_server, stored_url
+from jobs.server import ensure_server, ping, socket_path, stop_server, stored_url
 from trainer.config import make_config
 
 from .conftest import (
@@ -93,7 +93,7 @@ def test_a_quick_restart_is_ridden_out_and_the_run_finishes_in_its_first_attempt
 
     assert stop_server(redis_home)  # SHUTDOWN: Redis writes its AOF and exits
     assert not ping(url)
-    assert ensure_server(redis_home) == url  # same port, password and data dir
+    assert ensure_server(redis_home) == url  # same socket, password and data dir
     figures.fault(f"SHUTDOWN + restart of Redis at iteration {before.records[training]['iteration']}")
     compare_after_restart(r, before, training, figures)
 
@@ -123,7 +123,7 @@ def test_a_long_outage_stops_the_worker_and_leaves_the_run_resumable(redis_home,
     # Redis stays away until the worker gives up (after its heartbeat timeout, 2 s here)
     wait_for(lambda: not worker.alive(), 60, "the worker to give up on Redis", 0.05)
     assert worker.process.returncode == 2
-    assert "codash: error: Error 111 connecting to 127.0.0.1" in worker.output()
+    assert f"codash: error: Error 2 connecting to {socket_path(url)}." in worker.output()  # no socket
     assert ensure_server(redis_home) == url
     compare_after_restart(r, before, training, figures)
 
