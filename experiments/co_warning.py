@@ -1,0 +1,348 @@
+"""Can a run see catastrophic overfitting coming? Candidate early-warning rules scored on digits.
+
+    python -m experiments.co_warning collect CACHE [--names fgsm fgsmrs ga4 pgd5 elle nfgsm] [--seeds 0 ... 9]
+    python -m experiments.co_warning score CACHE [--out rules.json]
+
+`collect` trains each (preset, seed) of RUNS on the CPU, one thread, and writes its events as
+CACHE/NAME-SEED.jsonl (a file that already holds a final event is kept: an interrupted collection resumes),
+with the local-linearity error (ELLE's, unweighted, trainer.elle.elle_reg) measured on the side every
+LLE_EVERY iterations on the eval's test images and on the dense probe's training images, as
+CACHE/NAME-SEED.lle.json (no event carries it: a run does not measure it unless it trains with ELLE).
+The collapsing runs keep the detector's window (`onset_replay` on), so their `co` event's onset_iteration
+is placed on the live eval replayed at every iteration: the onset a warning is judged against.
+
+`score` reads the cache only (no training) and replays candidate rules over what a run measures live:
+each eval's and each dense probe's cos(∇x, ∇x+η) and cos(δ_FGSM, δ_PGD), their FGSM−PGD accuracy gap,
+and the side measure of the local-linearity error. A rule fires at most once, at the first eval or probe
+where it holds, and only before the run's `co` event (as the trainer would). Per rule: how many collapsing
+runs it warned before their onset (a warning at or after the onset is a miss), the lead (onset − warning)
+per seed with its median and range, and its false alarms per non-collapsing preset. The targets: warned
+on >= 9 of 10 FGSM runs with a median lead >= 50 iterations, and no warning on the non-collapsing runs.
+
+Time (shared 2-core CPU, one thread): an FGSM run ~80 s (45 s of it the onset replay), a run without CO
+17-35 s; the default collection (6 presets x 10 seeds) ~38 min; `score` ~20 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from itertools import product
+from pathlib import Path
+
+from trainer.events import JsonlSink, read_jsonl
+from trainer.presets import DEFAULT_PRESET, DIGITS_ELLE, DIGITS_GRAD_ALIGN, PRESETS
+
+PGD5 = "Digits: PGD-5 baseline"
+# name -> (label, the run's config fields, whether the preset collapses, final evaluation)
+RUNS: dict[str, tuple[str, dict, bool, bool]] = {
+    "fgsm": ("FGSM", PRESETS[DEFAULT_PRESET], True, True),
+    "fgsmrs": ("FGSM-RS (α = 1.25ε)", {**PRESETS[DEFAULT_PRESET], "method": "fgsm_rs"}, True, False),
+    "ga4": ("FGSM + GradAlign λ = 4", PRESETS[DIGITS_GRAD_ALIGN], False, False),
+    "pgd5": ("PGD-5 (α = ε/2)", PRESETS[PGD5], False, False),
+    "elle": ("FGSM + ELLE λ = 1024", PRESETS[DIGITS_ELLE], False, False),
+    "nfgsm": ("N-FGSM (k = 2)", {**PRESETS[DEFAULT_PRESET], "method": "nfgsm"}, False, False),
+}
+NON_COLLAPSING = tuple(name for name, run in RUNS.items() if not run[2])
+LLE_EVERY = 10  # iterations between side measures of the local-linearity error
+
+
+def config_for(name: str, seed: int, extra: dict | None = None):
+    from trainer.config import make_config
+
+    _, fields, collapsing, final = RUNS[name]
+    return make_config(
+        {
+            **fields,
+            "seed": seed,
+            "device": "cpu",
+            "onset_replay": "on",  # the onset a warning is judged against (only costs where CO fires)
+            "final_eval_points": 297 if final else 0,
+            **(extra or {}),
+        }
+    )
+
+
+def collect_one(cache: Path, name: str, seed: int) -> Path:
+    """Train one (preset, seed) unless its file is complete; its events and the side LLE measures."""
+    import torch
+
+    from trainer.data import load_dataset
+    from trainer.elle import elle_reg
+    from trainer.loop import train
+
+    path = cache / f"{name}-{seed}.jsonl"
+    if path.exists() and any(event["type"] == "final" for event in read_jsonl(path.open())):
+        return path
+    config = config_for(name, seed)
+    data = load_dataset(config.dataset, "cpu")
+    points = {
+        "eval": (data.test_x[: config.eval_points], data.test_y[: config.eval_points]),
+        "probe": (data.train_x[-config.probe_points :], data.train_y[-config.probe_points :]),
+    }
+    lle: list[list[float]] = []
+
+    def after_step(iteration: int, model) -> None:
+        if iteration % LLE_EVERY:
+            return
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + iteration)
+        model.eval()
+        with torch.no_grad():
+            lle.append(
+                [
+                    iteration,
+                    *(elle_reg(model, x, y, config.eps, generator).item() for x, y in points.values()),
+                ]
+            )
+        model.train()
+
+    started = time.perf_counter()
+    with path.open("w") as out:
+        train(config, JsonlSink(out), after_step=after_step)
+    (cache / f"{name}-{seed}.lle.json").write_text(
+        json.dumps({"columns": ["iteration", *points], "rows": lle})
+    )
+    print(f"{name}-{seed}: {time.perf_counter() - started:.0f} s", flush=True)
+    return path
+
+
+# --- offline scoring -------------------------------------------------------------------------------------
+
+Series = list[tuple[int, float]]
+
+
+@dataclass
+class Run:
+    name: str
+    seed: int
+    onset: int | None  # the co event's onset_iteration (None: no CO)
+    confirmed: int | None  # the co event's iteration of emission (its confirming eval)
+    signals: dict[str, Series]
+
+
+def load_run(path: Path) -> Run:
+    events = read_jsonl(path.open())
+    co = next((e for e in events if e["type"] == "co"), None)
+    signals: dict[str, Series] = {}
+    for kind in ("eval", "probe"):
+        rows = [e for e in events if e["type"] == kind]
+        signals[f"{kind}_cos"] = [(e["iteration"], e["cos_grad_random"]) for e in rows]
+        signals[f"{kind}_cos_fgsm_pgd"] = [(e["iteration"], e["cos_fgsm_pgd"]) for e in rows]
+        signals[f"{kind}_gap"] = [(e["iteration"], e["fgsm_acc"] - e["pgd_acc"]) for e in rows]
+    eval_every = next(e for e in events if e["type"] == "config")["config"]["eval_every"]
+    side = path.with_name(path.name.replace(".jsonl", ".lle.json"))
+    if side.exists():
+        lle = json.loads(side.read_text())["rows"]
+        signals["eval_lle"] = [(int(r[0]), r[1]) for r in lle if r[0] % eval_every == 0]
+        signals["probe_lle"] = [(int(r[0]), r[2]) for r in lle if r[0] % 20 == 0]
+    name, seed = path.stem.rsplit("-", 1)
+    signals = {k: [(it, v) for it, v in s if v is not None] for k, s in signals.items()}
+    return Run(name, int(seed), co and co["onset_iteration"], co and co["confirmed_at"], signals)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A candidate: on `signal`, smoothed over the last `smooth` points, fires at the first point where
+    `test(history)` holds on `persist` points in a row, not before iteration `after`."""
+
+    signal: str
+    kind: str  # "ratio": value < f x running max; "drop": running max - value >= d; "fall": by d over k
+    # points; "fallratio": value < f x the value k points back;
+    # "above": value >= t; "rise": value >= f x running min (the LLE and the gap grow as CO comes)
+    threshold: float
+    k: int = 1
+    smooth: int = 1
+    persist: int = 1
+    after: int = 0
+
+    def label(self) -> str:
+        extra = "".join(
+            [
+                f" over {self.k} pts" if self.kind in ("fall", "fallratio") else "",
+                f", mean of {self.smooth}" if self.smooth > 1 else "",
+                f", {self.persist} in a row" if self.persist > 1 else "",
+                f", from it {self.after}" if self.after else "",
+            ]
+        )
+        return f"{self.signal} {self.kind} {self.threshold:g}{extra}"
+
+    def fires(self, series: Series, before: int | None) -> int | None:
+        values: list[float] = []
+        best_high, best_low, streak = -float("inf"), float("inf"), 0
+        for i, (iteration, _raw) in enumerate(series):
+            if before is not None and iteration >= before:
+                return None  # the co event came first: no warning after it
+            window = [v for _, v in series[max(0, i - self.smooth + 1) : i + 1]]
+            value = statistics.fmean(window)
+            values.append(value)
+            best_high, best_low = max(best_high, value), min(best_low, value)
+            if self.kind == "ratio":
+                hit = value < self.threshold * best_high
+            elif self.kind == "drop":
+                hit = best_high - value >= self.threshold
+            elif self.kind == "fall":
+                hit = len(values) > self.k and values[-1 - self.k] - value >= self.threshold
+            elif self.kind == "fallratio":
+                hit = len(values) > self.k and value < self.threshold * values[-1 - self.k]
+            elif self.kind == "above":
+                hit = value >= self.threshold
+            else:  # rise
+                hit = len(values) > 2 and value >= self.threshold * best_low
+            streak = streak + 1 if hit and iteration >= self.after else 0
+            if streak >= self.persist:
+                return iteration
+        return None
+
+
+def candidates() -> Iterable[Rule]:
+    """The grid of candidate rules: each signal with the families that fit its direction."""
+    for kind in ("eval", "probe"):
+        smooths = (1,) if kind == "eval" else (1, 3, 5)
+        falls = (1, 2) if kind == "eval" else (3, 5)
+        for signal in (f"{kind}_cos", f"{kind}_cos_fgsm_pgd"):
+            for f, smooth, persist in product([x / 100 for x in range(60, 98, 2)], smooths, (1, 2)):
+                yield Rule(signal, "ratio", f, smooth=smooth, persist=persist)
+                for k in falls:
+                    yield Rule(signal, "fallratio", f, k=k, smooth=smooth, persist=persist)
+            for d, smooth, persist in product([x / 100 for x in range(4, 42, 2)], smooths, (1, 2)):
+                yield Rule(signal, "drop", d, smooth=smooth, persist=persist)
+                for k in falls:
+                    yield Rule(signal, "fall", d, k=k, smooth=smooth, persist=persist)
+        for t, smooth, persist in product([x / 100 for x in range(4, 42, 2)], smooths, (1, 2)):
+            yield Rule(f"{kind}_gap", "above", t, smooth=smooth, persist=persist)
+        for f, smooth, persist in product((1.5, 2, 3, 4, 6, 8, 12, 16), smooths, (1, 2)):
+            yield Rule(f"{kind}_lle", "rise", f, smooth=smooth, persist=persist)
+
+
+def score(rule: Rule, runs: list[Run]) -> dict:
+    """Hits, leads and false alarms of one rule over the cached runs."""
+    leads: dict[str, list[int | None]] = {}
+    alarms: dict[str, int] = {}
+    for run in runs:
+        series = run.signals.get(rule.signal)
+        if not series:
+            continue
+        warned = rule.fires(series, run.confirmed)
+        if run.onset is not None:  # a collapse: the lead, or None for a miss (none, or not before onset)
+            lead = run.onset - warned if warned is not None and warned < run.onset else None
+            leads.setdefault(run.name, []).append(lead)
+        else:
+            alarms[run.name] = alarms.get(run.name, 0) + (warned is not None)
+    fgsm = leads.get("fgsm", [])
+    hit = sorted(x for x in fgsm if x is not None)
+    return {
+        "rule": rule.label(),
+        "hits": len(hit),
+        "collapsing": len(fgsm),
+        "median_lead": statistics.median(hit) if hit else None,
+        "leads": fgsm,
+        "leads_other": {k: v for k, v in leads.items() if k != "fgsm"},
+        "false_alarms": {name: alarms.get(name, 0) for name in NON_COLLAPSING},
+        "false_alarms_total": sum(alarms.get(name, 0) for name in NON_COLLAPSING),
+        "alarms_other": {k: v for k, v in alarms.items() if k not in NON_COLLAPSING},
+    }
+
+
+def frontier(scores: list[dict]) -> list[dict]:
+    """The trade-off curve: for each number of false alarms, the rule that warns the most FGSM runs (then
+    with the longest median lead) among those with at most that many."""
+    out = []
+    for allowed in sorted({s["false_alarms_total"] for s in scores}):
+        fitting = [s for s in scores if s["false_alarms_total"] <= allowed]
+        best = max(fitting, key=lambda s: (s["hits"], s["median_lead"] or 0))
+        if not out or (best["hits"], best["median_lead"]) != (out[-1]["hits"], out[-1]["median_lead"]):
+            out.append({**best, "allowed": allowed})
+    return out
+
+
+def show(s: dict) -> str:
+    leads = [x for x in s["leads"] if x is not None]
+    spread = f"{min(leads)}–{max(leads)}" if leads else "–"
+    alarms = " ".join(f"{k} {v}" for k, v in s["false_alarms"].items())
+    return (
+        f"{s['rule']}: warned {s['hits']}/{s['collapsing']}, median lead {s['median_lead']}, range {spread};"
+        f" false alarms {s['false_alarms_total']} ({alarms})"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.co_warning", description=__doc__.splitlines()[0]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    collect = sub.add_parser("collect", help="train the runs into CACHE")
+    collect.add_argument("cache", type=Path)
+    collect.add_argument("--names", nargs="+", choices=tuple(RUNS), default=list(RUNS))
+    collect.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
+    scoring = sub.add_parser("score", help="score the candidate rules on CACHE (no training)")
+    scoring.add_argument("cache", type=Path)
+    scoring.add_argument("--out", type=Path, help="every rule's score as JSON")
+    scoring.add_argument(
+        "--fit-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="choose on these, check on the rest"
+    )
+    args = parser.parse_args(argv)
+    if args.command == "collect":
+        import torch
+
+        torch.set_num_threads(1)
+        args.cache.mkdir(parents=True, exist_ok=True)
+        for seed in args.seeds:  # seed by seed: every preset has its first seeds early
+            for name in args.names:
+                collect_one(args.cache, name, seed)
+        return
+    runs = [load_run(p) for p in sorted(args.cache.glob("*.jsonl"))]
+    print_runs(runs)
+    scores = [score(rule, runs) for rule in candidates()]
+    meeting = [s for s in scores if meets(s)]
+    print(f"\n{len(scores)} candidate rules; {len(meeting)} meet both targets on every seed")
+    for s in sorted(meeting, key=lambda s: (-s["hits"], -(s["median_lead"] or 0)))[:25]:
+        print("  " + show(s))
+    print("\ntrade-off (most FGSM runs warned for each number of false alarms), per signal:")
+    for signal in sorted({s["rule"].split()[0] for s in scores}):
+        print(f" {signal}")
+        for s in frontier([s for s in scores if s["rule"].split()[0] == signal]):
+            print("  " + show(s))
+    fit = [r for r in runs if r.seed in args.fit_seeds]
+    held = [r for r in runs if r.seed not in args.fit_seeds]
+    if fit and held:
+        fitted = [(rule, score(rule, fit)) for rule in candidates()]
+        chosen = [(rule, s) for rule, s in fitted if meets(s)]
+        chosen.sort(key=lambda pair: (-pair[1]["hits"], -(pair[1]["median_lead"] or 0)))
+        held_ok = sum(meets(score(rule, held)) for rule, _ in chosen)
+        print(
+            f"\nheld out: {len(chosen)} rules meet both targets on seeds {args.fit_seeds};"
+            f" {held_ok} of them also on the other seeds. The 10 with the longest lead there, on the others:"
+        )
+        for rule, _ in chosen[:10]:
+            print("  " + show(score(rule, held)))
+    if args.out:
+        args.out.write_text(json.dumps(scores))
+
+
+def meets(s: dict) -> bool:
+    """The targets: >= 90 % of the FGSM runs warned before their onset, median lead >= 50 iterations, no
+    false alarm on the non-collapsing presets."""
+    return (
+        s["collapsing"] > 0
+        and s["hits"] >= 0.9 * s["collapsing"]
+        and (s["median_lead"] or 0) >= 50
+        and not s["false_alarms_total"]
+    )
+
+
+def print_runs(runs: list[Run]) -> None:
+    """The runs in the cache: CO and onset per preset."""
+    for name in RUNS:
+        mine = sorted((r for r in runs if r.name == name), key=lambda r: r.seed)
+        if mine:
+            onsets = ", ".join(f"{r.seed}: {r.onset if r.onset is not None else '-'}" for r in mine)
+            collapsed = sum(r.onset is not None for r in mine)
+            print(f"{name}: CO {collapsed}/{len(mine)} (onset per seed {onsets})")
+
+
+if __name__ == "__main__":
+    main()
