@@ -321,6 +321,56 @@ def main(argv: list[str] | None = None) -> None:
             print("  " + show(score(rule, held)))
     if args.out:
         args.out.write_text(json.dumps(scores))
+    shipped_table(args.cache)
+
+
+def shipped(path: Path) -> tuple[int | None, int | None]:
+    """The run's onset and where codash's own rule (trainer.warning.COWarning) warns, replayed on its evals
+    as the loop feeds them (no warning at or after the co event's eval)."""
+    from trainer.warning import COWarning
+
+    events = read_jsonl(path.open())
+    co = next((e for e in events if e["type"] == "co"), None)
+    warning = COWarning()
+    for event in (e for e in events if e["type"] == "eval"):
+        fired = co is not None and event["iteration"] > co["confirmed_at"]
+        if warning.update(event["iteration"], event, co_fired=fired) is not None:
+            break
+    return (co and co["onset_iteration"]), warning.fired_at
+
+
+def shipped_table(cache: Path) -> None:
+    """Per preset and seed: the onset, codash's warning and the lead, as docs/reproduction.md shows them."""
+    from trainer.warning import RULE
+
+    print(f"\ncodash's rule ({RULE}):")
+    print(
+        "| preset | CO | warned before the onset | lead per seed (onset − warning) | median lead | range |"
+        " warned without CO (false alarms) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name, (label, *_rest) in RUNS.items():
+        rows = sorted(
+            ((int(p.stem.rsplit("-", 1)[1]), *shipped(p)) for p in cache.glob(f"{name}-*.jsonl")),
+        )
+        if not rows:
+            continue
+        collapsed = [(seed, onset, warned) for seed, onset, warned in rows if onset is not None]
+        leads = [
+            onset - warned if warned is not None and warned < onset else None
+            for _, onset, warned in collapsed
+        ]
+        hit = sorted(x for x in leads if x is not None)
+        per_seed = ", ".join(
+            f"{seed}: {lead}" if lead is not None else f"{seed}: {'late' if warned is not None else 'none'}"
+            for (seed, _, warned), lead in zip(collapsed, leads, strict=True)
+        )
+        alarms = [seed for seed, onset, warned in rows if onset is None and warned is not None]
+        print(
+            f"| {label} | {len(collapsed)}/{len(rows)} | {len(hit)}/{len(collapsed)} | {per_seed or '–'} |"
+            f" {statistics.median(hit) if hit else '–'} | {f'{hit[0]}–{hit[-1]}' if hit else '–'} |"
+            f" {len(alarms)}/{len(rows) - len(collapsed)} {alarms or ''} |"
+        )
 
 
 def meets(s: dict) -> bool:

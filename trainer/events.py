@@ -75,6 +75,15 @@ FIELDS: dict[str, tuple[str, ...]] = {
         "onset_evals",
         "onset_interval",
     ),
+    # The CO early warning (trainer.warning): at most once per run, never after its co event. `signal` names
+    # what fell (an eval or probe field), `value` is its value there and `threshold` what it fell below;
+    # `rule` is the rule in words.
+    "co_warning": ("iteration", "signal", "value", "threshold", "rule"),
+    # The autopilot's switch (`rescue: auto`, trainer.rescue): after step `iteration` the run trains with
+    # GradAlign at `grad_align_lambda` for the rest of the run; `step` and `step_reason` are the new step's,
+    # as in the config event ("cuda_graph": re-recorded with GradAlign). Once per run, right after its
+    # co_warning.
+    "rescue": ("iteration", "grad_align_lambda", "step", "step_reason"),
     "checkpoint": ("iteration", "epoch"),
     # The final evaluation's PGD: `done` of `points` test images attacked on `model` ("last", then "best"
     # when it differs: `models` is 1 or 2), `elapsed_s` since it began. Per model: one as its attack begins
@@ -136,11 +145,16 @@ WHOLE_FIELDS = (
     "confirmed_at",
     "onset_iteration",
 )
-# every number of the metrics, probe, eval, co and final events that is not a count
-NUMBER_FIELDS = sorted(
-    {*FIELDS["metrics"], *FIELDS["probe"], *FIELDS["eval"], "best_pgd_acc", "train_images_per_s", "wall_s"}
-    - set(WHOLE_FIELDS)
-)
+# every number of the metrics, probe, eval, co, co_warning, rescue and final events that is not a count
+MEASURES = {
+    *FIELDS["metrics"],
+    *FIELDS["probe"],
+    *FIELDS["eval"],
+    "best_pgd_acc",
+    "train_images_per_s",
+    "wall_s",
+}
+NUMBER_FIELDS = sorted((MEASURES | {"value", "threshold", "grad_align_lambda"}) - set(WHOLE_FIELDS))
 FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     **dict.fromkeys(WHOLE_FIELDS, (_is_int, "a whole number")),
     **dict.fromkeys(("co_iteration", "attack_points"), (lambda v: v is None or _is_int(v), "a whole number")),
@@ -164,7 +178,8 @@ FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "null or a list of [iteration, pgd_acc, fgsm_acc] rows",
     ),
     **dict.fromkeys(
-        ("device", "step", "probe_step", "precision"), (lambda v: isinstance(v, str), "a string")
+        ("device", "step", "probe_step", "precision", "signal", "rule"),
+        (lambda v: isinstance(v, str), "a string"),
     ),
     **dict.fromkeys(
         ("step_reason", "probe_step_reason"), (lambda v: v is None or isinstance(v, str), "a string or null")

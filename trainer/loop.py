@@ -53,6 +53,7 @@ from trainer.fast import Capture, FastPath, RunParts, cudnn_benchmark, fast_path
 from trainer.free import FreeAT
 from trainer.gradalign import grad_align_reg
 from trainer.probe import PROBE_FIELDS, DenseProbe
+from trainer.warning import COWarning
 from trainer.window import WindowWeights
 
 FINAL_PROGRESS_STEPS = 20  # final_progress events per model, at most, after the one as it begins
@@ -182,6 +183,7 @@ class RunState:
 
     iteration: int = 0
     detector: CODetector = field(default_factory=CODetector)
+    warning: COWarning = field(default_factory=COWarning)  # the CO early warning (trainer.warning)
     best_train_pgd_acc: float = -1.0
     best_iteration: int = 0
     train_s: float = 0.0
@@ -237,7 +239,14 @@ def train(
         load_optimizer(optimizer, saved["optimizer"])
         gen.set_state(saved["generator"].cpu())
         torch.set_rng_state(saved["torch_rng"].cpu())
-        state = RunState(**{**saved["state"], "detector": CODetector(**saved["state"]["detector"])})
+        saved_state = saved["state"]
+        state = RunState(
+            **{
+                **saved_state,
+                "detector": CODetector(**saved_state["detector"]),
+                "warning": COWarning.from_state(saved_state.get("warning")),
+            }
+        )
         if free is not None and saved.get("free") is not None:
             free.load_state_dict(saved["free"])
         if elle_a is not None and saved.get("elle_a") is not None:
@@ -290,7 +299,11 @@ def train(
             "optimizer": optimizer.state_dict(),
             "generator": gen.get_state(),
             "torch_rng": torch.get_rng_state(),  # unused by the built-in models; kept for user models
-            "state": {**state.__dict__, "detector": state.detector.state_dict()},
+            "state": {
+                **state.__dict__,
+                "detector": state.detector.state_dict(),
+                "warning": state.warning.state_dict(),
+            },
             "free": free.state_dict() if free is not None else None,
             "elle_a": elle_a.state_dict() if elle_a is not None else None,
         }
@@ -397,6 +410,9 @@ def _evaluate(
     model.train()
     emit(make_event("eval", iteration=state.iteration, **values))
     emit(make_event("snapshot", iteration=state.iteration, **inside))
+    warned = state.warning.update(state.iteration, values, co_fired=state.detector.fired_at is not None)
+    if warned is not None:
+        emit(make_event("co_warning", **warned))
     co = state.detector.update(
         state.iteration,
         values["pgd_acc"],
