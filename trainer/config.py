@@ -40,6 +40,8 @@ Method = Literal[tuple(METHODS)]  # trainer.methods is the list
 Optimizer = Literal["sgd", "adam"]
 Schedule = Literal["constant", "cyclic", "piecewise"]
 Init = Literal["he", "torch"]
+Rescue = Literal["off", "auto"]  # the autopilot: trainer/rescue.py
+RESCUE_METHODS = ("fgsm", "fgsm_rs")  # the methods an autopilot run may train with until its warning
 Switch = Literal["auto", "on", "off"]  # auto: on where it pays (CUDA), off elsewhere; resolved at run start
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -163,6 +165,11 @@ class RunConfig(BaseModel):
         description="ELLE-A: λ starts at 0, jumps to elle_lambda when the linearity error spikes (above mean"
         " + 2 std of all earlier steps), else decays x0.99 per step (trainer/elle.py)",
     )
+    rescue: Rescue = Field(
+        "off",
+        description="auto: train without a regulariser until the CO early warning (a co_warning event), then"
+        " with GradAlign at λ(ε) for the rest of the run (trainer/rescue.py); FGSM and FGSM-RS only",
+    )
     free_replays: int = Field(4, ge=1, le=32, description="Free AT: iterations on each minibatch (m)")
     nfgsm_k: float = Field(2.0, ge=0.0, le=8.0, description="N-FGSM: noise size as a multiple of eps (k)")
     epochs: int = Field(30, ge=1, le=1000)
@@ -235,6 +242,27 @@ class RunConfig(BaseModel):
     def _elle_a_needs_lambda(cls, value: bool, info: ValidationInfo) -> bool:
         if value and not info.data.get("elle_lambda", 1.0) > 0:  # a bad elle_lambda is named on its own
             raise ValueError("ELLE-A needs elle_lambda > 0, its λ_max")
+        return value
+
+    @field_validator("rescue")
+    @classmethod
+    def _rescue_from_plain_fgsm(cls, value: str, info: ValidationInfo) -> str:
+        """The autopilot turns GradAlign on in a run of FGSM or FGSM-RS that has no regulariser yet, with a
+        λ(ε) inside GradAlign's range."""
+        if value == "off":
+            return value
+        data = info.data
+        if data.get("method", "fgsm") not in RESCUE_METHODS:
+            raise ValueError(f"auto needs method {' or '.join(RESCUE_METHODS)} (it switches GradAlign on)")
+        if data.get("grad_align_lambda", 0) or data.get("elle_lambda", 0):
+            raise ValueError("auto needs grad_align_lambda 0 and elle_lambda 0: it turns GradAlign on itself")
+        if "eps" in data and "dataset" in data:
+            weight = lambda_of_eps("grad_align_lambda", data["dataset"], data["eps"])
+            top = field_bounds("grad_align_lambda")["le"]
+            if weight > top:
+                raise ValueError(
+                    f"auto: GradAlign's λ(ε) = {weight:g} at this ε is above its range (≤ {top:g})"
+                )
         return value
 
     @field_validator("fork_iteration")
@@ -331,6 +359,8 @@ class RunConfig(BaseModel):
                 text += f" ({self.grad_align_fraction:.0%} batch)"
         if self.uses_elle:
             text += f"+ELLE{'-A λmax' if self.elle_adaptive else ' λ'}={self.elle_lambda:g}"
+        if self.rescue == "auto":
+            text += "+auto GradAlign"
         return f"{text} ε={format_eps(self.eps, self.dataset)}"
 
 

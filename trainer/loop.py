@@ -53,6 +53,7 @@ from trainer.fast import Capture, FastPath, RunParts, cudnn_benchmark, fast_path
 from trainer.free import FreeAT
 from trainer.gradalign import grad_align_reg
 from trainer.probe import PROBE_FIELDS, DenseProbe
+from trainer.rescue import step_config, switch, switches
 from trainer.warning import COWarning
 from trainer.window import WindowWeights
 
@@ -184,6 +185,7 @@ class RunState:
     iteration: int = 0
     detector: CODetector = field(default_factory=CODetector)
     warning: COWarning = field(default_factory=COWarning)  # the CO early warning (trainer.warning)
+    rescued_at: int | None = None  # the step after which the autopilot turned GradAlign on (trainer.rescue)
     best_train_pgd_acc: float = -1.0
     best_iteration: int = 0
     train_s: float = 0.0
@@ -253,7 +255,7 @@ def train(
             elle_a.load_state_dict(saved["elle_a"])
 
     example = data.train_x[: config.batch_size], data.train_y[: config.batch_size]
-    run = RunParts(config, model, optimizer, gen, free, elle_a, _train_step)
+    run = RunParts(step_config(config, state.rescued_at), model, optimizer, gen, free, elle_a, _train_step)
     lr_table = lr_schedule(config, total, device) if path.captures else None
     stepper = training_step(path, run, example, lr_table, capture)
     gen = run.generator  # a failed capture hands the run a fresh one (trainer.fast.fresh_generator)
@@ -349,7 +351,7 @@ def train(
             metrics.flush()
             if at_eval:
                 with path.autocast():
-                    _evaluate(
+                    warned = _evaluate(
                         model,
                         config,
                         state,
@@ -360,6 +362,11 @@ def train(
                         path,
                         window,
                     )
+                if warned and switches(config, state.rescued_at, state.iteration, total):  # the autopilot
+                    state.rescued_at = state.iteration
+                    stepper, event = switch(config, state.iteration, run, path, example, lr_table, capture)
+                    gen = run.generator
+                    emit(event)
                 save_fork_point()
             if at_epoch_end or stopping:
                 save_checkpoint()
@@ -401,7 +408,9 @@ def _train_step(
 
 def _evaluate(
     model, cfg, state: RunState, run_dir: Path, emit: Sink, test, probe, path: FastPath, window: WindowWeights
-) -> None:
+) -> bool:
+    """One live evaluation and what follows from it (early warning, CO, the best checkpoint); whether the
+    early warning fired at it."""
     model.eval()
     seed = cfg.seed + state.iteration
     values, inside = eval_metrics(
@@ -425,6 +434,7 @@ def _evaluate(
     if values["train_pgd_acc"] > state.best_train_pgd_acc:  # the paper's early stopping
         state.best_train_pgd_acc, state.best_iteration = values["train_pgd_acc"], state.iteration
         atomic_save({"model": model.state_dict(), "iteration": state.iteration}, run_dir / BEST_FILE)
+    return warned is not None
 
 
 def _final(

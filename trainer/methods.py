@@ -49,7 +49,7 @@ METHODS: dict[str, TrainingMethod] = {
         TrainingMethod(
             "fgsm",
             "FGSM",
-            _FGSM_STEP,
+            (*_FGSM_STEP, "rescue"),
             {"alpha": 1.0},
             sweep=(
                 SweepEntry("FGSM"),
@@ -59,7 +59,9 @@ METHODS: dict[str, TrainingMethod] = {
             ),
         ),
         # Wong et al. 2020: a random start, then a step of 1.25 ε
-        TrainingMethod("fgsm_rs", "FGSM-RS", _FGSM_STEP, {"alpha": 1.25}, sweep=(SweepEntry("FGSM-RS"),)),
+        TrainingMethod(
+            "fgsm_rs", "FGSM-RS", (*_FGSM_STEP, "rescue"), {"alpha": 1.25}, sweep=(SweepEntry("FGSM-RS"),)
+        ),
         TrainingMethod(
             "pgd",
             "PGD-{pgd_steps}",

@@ -39,12 +39,15 @@ PAPER_NOTE = (
 
 DEFAULT_PRESET = "Digits: FGSM catastrophic overfitting"
 DIGITS_GRAD_ALIGN = "Digits: FGSM + GradAlign λ=4 (rescue)"
+DIGITS_AUTOPILOT = "Digits: FGSM + autopilot (rescue on the CO warning)"
 DIGITS_ELLE = "Digits: FGSM + ELLE λ=1024 (rescue)"
 DIGITS_ELLE_A = "Digits: FGSM + ELLE-A λmax=1024 (rescue)"
 CNN_PRESET = "CIFAR-10 single-layer CNN, 4 filters: FGSM, ε=10/255 (paper)"
 PRESETS: dict[str, dict[str, Any]] = {
     DEFAULT_PRESET: {**DIGITS_CNN, "method": "fgsm"},
     DIGITS_GRAD_ALIGN: {**DIGITS_CNN, "method": "fgsm", "grad_align_lambda": 4.0},
+    # plain FGSM until the CO early warning, then GradAlign at λ(ε) (trainer/rescue.py)
+    DIGITS_AUTOPILOT: {**DIGITS_CNN, "method": "fgsm", "rescue": "auto"},
     DIGITS_ELLE: {**DIGITS_CNN, "method": "fgsm", "elle_lambda": 1024.0},  # measured: docs/reproduction.md
     DIGITS_ELLE_A: {**DIGITS_CNN, "method": "fgsm", "elle_lambda": 1024.0, "elle_adaptive": True},
     "Digits: PGD-5 baseline": {**DIGITS_CNN, "method": "pgd", "pgd_steps": 5, "pgd_alpha": 0.5},

@@ -35,7 +35,16 @@ GROUPS = (
     ("Data and model", ("dataset", "model", "name", "n_layers", "n_filters")),
     (
         "Attack and defence",
-        ("method", "eps", "grad_align_lambda", "elle_lambda", "elle_adaptive", "free_replays", "nfgsm_k"),
+        (
+            "method",
+            "eps",
+            "grad_align_lambda",
+            "elle_lambda",
+            "elle_adaptive",
+            "rescue",
+            "free_replays",
+            "nfgsm_k",
+        ),
     ),
     ("Training", ("epochs", "max_iters", "batch_size", "lr", "seed")),
     ("Monitoring and hardware", ("eval_every", "eval_points", "device")),
@@ -73,6 +82,7 @@ LABELS = {
     "grad_align_fraction": "GradAlign batch share",
     "elle_lambda": "ELLE λ (0 = off)",
     "elle_adaptive": "ELLE-A: adaptive λ (ELLE λ is its max)",
+    "rescue": "autopilot: GradAlign λ(ε) from the CO warning on",
     "probe_points": "dense probe: train images",
     "probe_every": "dense probe every (iterations)",
     "probe_pgd_steps": "dense probe PGD steps",
@@ -305,6 +315,8 @@ def _form_values() -> dict[str, Any]:
         values["eps"] = None if eps255 is None else eps255 / 255
     if not st.session_state.get(KEY + "grad_align"):
         values["grad_align_lambda"] = 0.0
+    if not reads("rescue", values["method"], False, values["model"]):  # its widget is disabled there
+        values["rescue"] = "off"
     return values
 
 
