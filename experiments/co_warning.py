@@ -1,7 +1,8 @@
 """Can a run see catastrophic overfitting coming? Candidate early-warning rules scored on digits.
 
     python -m experiments.co_warning collect CACHE [--names fgsm fgsmrs ga4 pgd5 elle nfgsm] [--seeds 0 ... 9]
-    python -m experiments.co_warning score CACHE [--out rules.json]
+    python -m experiments.co_warning score CACHE [--out rules.json] [--fit-seeds 0 1 2 3 4]
+    python -m experiments.co_warning autopilot CACHE [--seeds 0 ... 9] [--table] [--no-autoattack]
 
 `collect` trains each (preset, seed) of RUNS on the CPU, one thread, and writes its events as
 CACHE/NAME-SEED.jsonl (a file that already holds a final event is kept: an interrupted collection resumes),
@@ -19,8 +20,14 @@ runs it warned before their onset (a warning at or after the onset is a miss), t
 per seed with its median and range, and its false alarms per non-collapsing preset. The targets: warned
 on >= 9 of 10 FGSM runs with a median lead >= 50 iterations, and no warning on the non-collapsing runs.
 
+`autopilot` trains the autopilot (`rescue: auto`, trainer.rescue) and GradAlign at the same λ(ε) from the
+start on the same seeds, runs AutoAttack on their last models (the first AUTOATTACK_POINTS test images), and
+compares both with the FGSM runs of `collect`: CO, the switch, final PGD-50-10 (last and best), AutoAttack,
+training time and whole-run time.
+
 Time (shared 2-core CPU, one thread): an FGSM run ~80 s (45 s of it the onset replay), a run without CO
-17-35 s; the default collection (6 presets x 10 seeds) ~38 min; `score` ~20 s.
+17-35 s; the default collection (6 presets x 10 seeds) ~38 min; `score` ~20 s; `autopilot` ~15 min of
+training and ~3 min of AutoAttack.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
 
+from trainer.config import lambda_of_eps
 from trainer.events import JsonlSink, read_jsonl
 from trainer.presets import DEFAULT_PRESET, DIGITS_ELLE, DIGITS_GRAD_ALIGN, PRESETS
 
@@ -48,13 +56,26 @@ RUNS: dict[str, tuple[str, dict, bool, bool]] = {
     "nfgsm": ("N-FGSM (k = 2)", {**PRESETS[DEFAULT_PRESET], "method": "nfgsm"}, False, False),
 }
 NON_COLLAPSING = tuple(name for name, run in RUNS.items() if not run[2])
+# The autopilot against FGSM (the "fgsm" runs above) and GradAlign on from the start at the same λ(ε)
+# (trainer.fork.rescue_lambda: 5.66 at ε = 0.175 on digits); each keeps its run directory, for AutoAttack.
+GRAD_ALIGN_EPS = lambda_of_eps("grad_align_lambda", "digits", PRESETS[DEFAULT_PRESET]["eps"])
+AUTOPILOT_RUNS: dict[str, tuple[str, dict, bool, bool]] = {
+    "auto": ("FGSM + autopilot (rescue: auto)", {**PRESETS[DEFAULT_PRESET], "rescue": "auto"}, False, True),
+    "galam": (
+        f"FGSM + GradAlign λ(ε) = {GRAD_ALIGN_EPS:g} from the start",
+        {**PRESETS[DEFAULT_PRESET], "grad_align_lambda": GRAD_ALIGN_EPS},
+        False,
+        True,
+    ),
+}
+AUTOATTACK_POINTS = 100  # the first test images AutoAttack attacks (of the 297 PGD-50-10 attacks)
 LLE_EVERY = 10  # iterations between side measures of the local-linearity error
 
 
 def config_for(name: str, seed: int, extra: dict | None = None):
     from trainer.config import make_config
 
-    _, fields, collapsing, final = RUNS[name]
+    _, fields, collapsing, final = (RUNS | AUTOPILOT_RUNS)[name]
     return make_config(
         {
             **fields,
@@ -101,8 +122,9 @@ def collect_one(cache: Path, name: str, seed: int) -> Path:
         model.train()
 
     started = time.perf_counter()
+    run_dir = cache / "dirs" / f"{name}-{seed}" if name in AUTOPILOT_RUNS else None
     with path.open("w") as out:
-        train(config, JsonlSink(out), after_step=after_step)
+        train(config, JsonlSink(out), run_dir=run_dir, after_step=after_step)
     (cache / f"{name}-{seed}.lle.json").write_text(
         json.dumps({"columns": ["iteration", *points], "rows": lle})
     )
@@ -278,6 +300,11 @@ def main(argv: list[str] | None = None) -> None:
     collect.add_argument("cache", type=Path)
     collect.add_argument("--names", nargs="+", choices=tuple(RUNS), default=list(RUNS))
     collect.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
+    pilot = sub.add_parser("autopilot", help="train the autopilot and GradAlign runs into CACHE; compare")
+    pilot.add_argument("cache", type=Path)
+    pilot.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
+    pilot.add_argument("--table", action="store_true", help="only print the comparison of what CACHE holds")
+    pilot.add_argument("--no-autoattack", action="store_true", help="skip AutoAttack on the subset")
     scoring = sub.add_parser("score", help="score the candidate rules on CACHE (no training)")
     scoring.add_argument("cache", type=Path)
     scoring.add_argument("--out", type=Path, help="every rule's score as JSON")
@@ -294,7 +321,20 @@ def main(argv: list[str] | None = None) -> None:
             for name in args.names:
                 collect_one(args.cache, name, seed)
         return
-    runs = [load_run(p) for p in sorted(args.cache.glob("*.jsonl"))]
+    if args.command == "autopilot":
+        if not args.table:
+            import torch
+
+            torch.set_num_threads(1)
+            args.cache.mkdir(parents=True, exist_ok=True)
+            for seed in args.seeds:
+                for name in AUTOPILOT_RUNS:
+                    collect_one(args.cache, name, seed)
+            if not args.no_autoattack:
+                autoattack_subset(args.cache, args.seeds)
+        autopilot_table(args.cache)
+        return
+    runs = [load_run(p) for p in sorted(args.cache.glob("*.jsonl")) if p.stem.rsplit("-", 1)[0] in RUNS]
     print_runs(runs)
     scores = [score(rule, runs) for rule in candidates()]
     meeting = [s for s in scores if meets(s)]
@@ -306,6 +346,42 @@ def main(argv: list[str] | None = None) -> None:
         print(f" {signal}")
         for s in frontier([s for s in scores if s["rule"].split()[0] == signal]):
             print("  " + show(s))
+    print(
+        "\nper signal, the rule without a false alarm that warns the most FGSM runs (then the longest lead):"
+    )
+    print("| signal | rule | FGSM runs warned before the onset | median lead | range |")
+    print("|---|---|---|---|---|")
+    for signal in sorted({s["rule"].split()[0] for s in scores}):
+        quiet = [s for s in scores if s["rule"].split()[0] == signal and not s["false_alarms_total"]]
+        if not quiet:
+            fewest = min(s["false_alarms_total"] for s in scores if s["rule"].split()[0] == signal)
+            print(f"| {signal} | none without a false alarm (the fewest: {fewest}) | – | – | – |")
+            continue
+        best = max(quiet, key=lambda s: (s["hits"], s["median_lead"] or 0))
+        leads = sorted(x for x in best["leads"] if x is not None)
+        span = f"{leads[0]}–{leads[-1]}" if leads else "–"
+        print(
+            f"| {signal} | {best['rule']} | {best['hits']}/{best['collapsing']} | {best['median_lead']} |"
+            f" {span} |"
+        )
+    print("\nthe shipped rule's family, eval_cos falling by d over 2 evals (100 iterations), and over 1:")
+    print(
+        "| d | over | FGSM runs warned before the onset | median lead | range |"
+        " false alarms (ga4/pgd5/elle/nfgsm) |"
+    )
+    print("|---|---|---|---|---|---|")
+    for k, falls in (
+        (2, (0.04, 0.06, 0.07, 0.10, 0.14, 0.16, 0.18, 0.20)),
+        (1, (0.05, 0.06, 0.07, 0.08, 0.09)),
+    ):
+        for d in falls:
+            s = score(Rule("eval_cos", "fall", d, k=k), runs)
+            leads = sorted(x for x in s["leads"] if x is not None)
+            alarms = "/".join(str(v) for v in s["false_alarms"].values())
+            print(
+                f"| {d:g} | {50 * k} its | {s['hits']}/{s['collapsing']} | {s['median_lead']} |"
+                f" {f'{leads[0]}–{leads[-1]}' if leads else '–'} | {s['false_alarms_total']} ({alarms}) |"
+            )
     fit = [r for r in runs if r.seed in args.fit_seeds]
     held = [r for r in runs if r.seed not in args.fit_seeds]
     if fit and held:
@@ -370,6 +446,88 @@ def shipped_table(cache: Path) -> None:
             f"| {label} | {len(collapsed)}/{len(rows)} | {len(hit)}/{len(collapsed)} | {per_seed or '–'} |"
             f" {statistics.median(hit) if hit else '–'} | {f'{hit[0]}–{hit[-1]}' if hit else '–'} |"
             f" {len(alarms)}/{len(rows) - len(collapsed)} {alarms or ''} |"
+        )
+
+
+def autoattack_subset(cache: Path, seeds: list[int]) -> None:
+    """AutoAttack (standard, L-inf) on the first AUTOATTACK_POINTS test images against the last model of
+    each autopilot and GradAlign run, into CACHE/autoattack.json (a result already there is kept)."""
+    from trainer.autoattack import autoattack_accuracy
+    from trainer.checkpoint import load_model
+    from trainer.data import load_dataset
+
+    out = cache / "autoattack.json"
+    done = json.loads(out.read_text()) if out.exists() else {}
+    data = load_dataset("digits", "cpu")
+    x, y = data.test_x[:AUTOATTACK_POINTS], data.test_y[:AUTOATTACK_POINTS]
+    for seed in seeds:
+        for name in AUTOPILOT_RUNS:
+            key = f"{name}-{seed}"
+            if key in done or not (cache / "dirs" / key).is_dir():
+                continue
+            started = time.perf_counter()
+            model = load_model(cache / "dirs" / key, "last")
+            done[key] = autoattack_accuracy(model, x, y, config_for(name, seed).eps, 10, seed)
+            out.write_text(json.dumps(done))
+            print(f"AutoAttack {key}: {done[key]:.3f} ({time.perf_counter() - started:.0f} s)", flush=True)
+
+
+def autopilot_table(cache: Path) -> None:
+    """FGSM, the autopilot and GradAlign from the start, over the seeds CACHE holds for all three: CO, the
+    switch, final PGD-50-10 (last and early-stopped best, all 297 test images), AutoAttack on the subset,
+    and time (training alone, and the whole run)."""
+    aa = json.loads((cache / "autoattack.json").read_text()) if (cache / "autoattack.json").exists() else {}
+    labels = {"fgsm": RUNS["fgsm"][0], **{name: run[0] for name, run in AUTOPILOT_RUNS.items()}}
+
+    def finished(name: str) -> dict[int, list]:
+        out = {}
+        for path in cache.glob(f"{name}-*.jsonl"):
+            events = read_jsonl(path.open())
+            if events and events[-1]["type"] == "final":
+                out[int(path.stem.rsplit("-", 1)[1])] = events
+        return out
+
+    runs = {name: finished(name) for name in labels}
+    seeds = sorted(set.intersection(*(set(r) for r in runs.values())))
+    if not seeds:
+        print("no seed has all three runs yet")
+        return
+
+    def spread(values: list[float], digits: int = 3) -> str:
+        if not values:
+            return "–"
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        low, high = min(values), max(values)
+        return f"{statistics.fmean(values):.{digits}f} ± {sd:.{digits}f} ({low:.{digits}f}–{high:.{digits}f})"
+
+    print(
+        f"\nseeds {seeds[0]}–{seeds[-1]} ({len(seeds)}); final PGD-50-10 on all 297 test images;"
+        " mean ± sd (range)"
+    )
+    print(
+        "| run | CO | switched at (warning) | final PGD-50-10, last | early-stopped best |"
+        f" final clean (last) | AutoAttack, last, first {AUTOATTACK_POINTS} images | training s | run s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, label in labels.items():
+        rows = [runs[name][seed] for seed in seeds]
+        finals = [events[-1] for events in rows]
+        co = [next((e["onset_iteration"] for e in ev if e["type"] == "co"), None) for ev in rows]
+        switched = [next((e["iteration"] for e in ev if e["type"] == "rescue"), None) for ev in rows]
+        at = [x for x in switched if x is not None]
+        train_s = [f["iterations"] * 64 / f["train_images_per_s"] for f in finals]
+        attacked = [aa[f"{name}-{seed}"] for seed in seeds if f"{name}-{seed}" in aa]
+        switch = (
+            f"{len(at)}/{len(rows)}, median {statistics.median(at):g} ({min(at)}–{max(at)})" if at else "–"
+        )
+        last, best = ([f[which]["pgd_acc"] for f in finals] for which in ("last", "best"))
+        print(
+            f"| {label} | {sum(x is not None for x in co)}/{len(rows)}"
+            f"{' (onsets ' + ', '.join(str(x) for x in co if x is not None) + ')' if any(co) else ''} |"
+            f" {switch} | {spread(last)} | {spread(best)} |"
+            f" {statistics.fmean(f['last']['clean_acc'] for f in finals):.3f} |"
+            f" {spread(attacked) + f' (n={len(attacked)})' if attacked else '–'} |"
+            f" {statistics.median(train_s):.1f} | {statistics.median(f['wall_s'] for f in finals):.0f} |"
         )
 
 
