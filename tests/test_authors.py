@@ -1,6 +1,6 @@
 """The recipe around the step against the authors' code (tml-epfl/understanding-fast-adv-training), each
 from an oracle written here from the formula, in float64: the cyclic lr, GradAlign's first gradient, the
-final clean accuracy, SVHN's λ(ε), the initialisation and the paper presets."""
+final clean accuracy, SVHN's λ(ε) and warm-up, the initialisation and the paper presets."""
 
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ from app.presets import SWEEP_PRESETS
 from trainer.attacks import pgd
 from trainer.config import lambda_of_eps, make_config
 from trainer.data import load_dataset
+from trainer.free import FreeAT
 from trainer.gradalign import grad_align_reg
-from trainer.loop import _train_step, lr_at, make_optimizer, train
+from trainer.loop import _radius, _step_size, _train_step, lr_at, make_optimizer, train
 from trainer.models import build_model
 from trainer.presets import CIFAR_RESNET, CNN_PRESET, PRESET_NOTES, PRESETS
+from trainer.ramp import ramp_at, ramp_table, warmup_steps
 
 EPS, LAMBDA, LR = 0.2, 2.0, 0.1
 
@@ -150,6 +152,72 @@ def test_a_pgd_grad_align_step_differentiates_the_first_gradient_at_x():
     _train_step(model, make_optimizer(cfg, model), cfg, x, y, torch.Generator().manual_seed(9))
     for got, w in zip(model.parameters(), want, strict=True):
         torch.testing.assert_close(got.detach(), w.detach(), rtol=1e-10, atol=1e-13)
+
+
+# --- SVHN's warm-up: train.py's n_alpha_warmup_epochs = n_eps_warmup_epochs = 5, on SVHN only ---
+
+
+def test_the_svhn_warm_up_is_train_py_ramp_at_every_step_to_the_last_bit():
+    """train.py at its iteration it (codash's step k = it - 1, since its epoch 0 is one step without an
+    update): fgsm_alpha = min(it / n_max * 1.25, 1.25), its step fgsm_alpha * eps * sign(grad), and
+    eps_pgd_train = min(it / n_max * eps, eps), with n_max = 5 * 73257 // 128 = 2861. Over 8 epochs of 572
+    steps, as the eager step computes them (a float) and as the captured step does (a float64 tensor)."""
+    eps, n_max = 8 / 255, 5 * 73257 // 128
+    svhn = {"dataset": "svhn", "eps": eps, "batch_size": 128}
+    fgsm_rs, pgd_cfg = make_config({**svhn, "method": "fgsm_rs"}), make_config({**svhn, "method": "pgd"})
+    steps = warmup_steps(fgsm_rs)
+    assert steps == warmup_steps(pgd_cfg) == n_max
+    table = ramp_table(steps, "cpu")
+    assert table.dtype == torch.float64
+    for k in range(8 * (73257 // 128)):
+        it = k + 1
+        want_step, want_eps = min(it / n_max * 1.25, 1.25) * eps, min(it / n_max * eps, eps)
+        ramp = ramp_at(k, steps)
+        assert (_step_size(fgsm_rs, ramp), _radius(pgd_cfg, ramp)) == (want_step, want_eps), k
+        shared = table[min(k, steps - 1)]
+        assert (_step_size(fgsm_rs, shared).item(), _radius(pgd_cfg, shared).item()) == (want_step, want_eps)
+    assert ramp_at(0, steps) == 1 / n_max and ramp_at(n_max - 1, steps) is None  # full from step 2860 on
+    for fields in ({"dataset": "cifar10"}, {"dataset": "mnist"}, {"dataset": "digits"}, {"method": "nfgsm"}):
+        assert warmup_steps(make_config({**svhn, "method": "fgsm", **fields})) == 0, fields
+
+
+@pytest.mark.parametrize("method", ["fgsm", "pgd"])
+def test_a_step_in_the_svhn_warm_up_attacks_with_the_ramped_size_and_regularises_at_the_full_eps(method):
+    """FGSM's step r * alpha * eps, or PGD within r * eps at its full step; GradAlign's random point, as
+    train.py's get_input_grad(..., delta_init='random_uniform'), at the full eps."""
+    ramp = 300 / 2861
+    cfg, model, (x, y) = sgd_config(method), linear_model(), batch()
+    before = copy.deepcopy(model)
+    weight, bias = (p.detach().clone().requires_grad_(True) for p in before.parameters())
+    gen = torch.Generator().manual_seed(11)
+    first = input_gradient(weight, bias, x, y)
+    if method == "fgsm":
+        step = ramp * 1.0 * EPS * first.detach().sign()
+        delta, first = torch.clamp(torch.clamp(step, -EPS, EPS), -x, 1 - x), first.detach()
+        assert 0 < delta.abs().max() <= ramp * EPS
+    else:
+        delta = pgd(before, x, y, ramp * EPS, 0.25 * EPS, 10, generator=gen)
+        assert delta.abs().max() <= ramp * EPS + 1e-15 and delta.abs().max() > 0.9 * ramp * EPS
+    eta = noise(gen, x) * EPS
+    logits = (x + delta).flatten(1) @ weight.T + bias
+    reg = oracle_reg(weight, bias, x, y, first, eta)
+    want = sgd_step(nn.functional.cross_entropy(logits, y) + LAMBDA * reg, weight, bias)
+
+    _train_step(model, make_optimizer(cfg, model), cfg, x, y, torch.Generator().manual_seed(11), ramp=ramp)
+    for got, w in zip(model.parameters(), want, strict=True):
+        torch.testing.assert_close(got.detach(), w.detach(), rtol=1e-10, atol=1e-13)
+
+
+def test_free_at_in_the_svhn_warm_up_steps_its_delta_by_the_ramped_alpha():
+    """train.py's Free AT (--minibatch_replay) is its FGSM branch: delta + fgsm_alpha * eps * sign(grad),
+    with fgsm_alpha ramped, then clamped to the ball and the box."""
+    ramp, (x, _) = 300 / 2861, batch()
+    free = FreeAT(make_config({"dataset": "svhn", "method": "free", "eps": EPS}))
+    delta = (noise(torch.Generator().manual_seed(3), x) * EPS / 2).requires_grad_(True)
+    delta.grad = noise(torch.Generator().manual_seed(4), x)
+    free.update(delta, x, ramp)
+    step = ramp * 1.0 * EPS * delta.grad.sign()
+    assert torch.equal(free.delta, torch.clamp(torch.clamp(delta.detach() + step, -EPS, EPS), -x, 1 - x))
 
 
 def test_final_clean_accuracy_is_on_the_attacked_points_and_the_whole_set_is_a_second_figure():

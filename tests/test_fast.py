@@ -15,12 +15,14 @@ from conftest import TINY
 
 from trainer import loop
 from trainer.cli import build_parser, config_from_args
-from trainer.config import ConfigError, make_config
+from trainer.config import TRAIN_IMAGES, ConfigError, make_config
+from trainer.data import Dataset
 from trainer.evaluate import pgd_accuracy
 from trainer.events import FIELDS, BadEvent, encode, parse_event
 from trainer.fast import check_replay, fresh_generator
 from trainer.loop import lr_at, lr_schedule, train
 from trainer.models import build_model
+from trainer.ramp import ramp_at
 
 
 def run(config, **kwargs):
@@ -123,6 +125,40 @@ def test_the_captured_step_machinery_trains_exactly_like_the_eager_step(extra):
     assert [row[0] for row in probe_values(replayed)] == [3, 6, 9, 12]
     assert probe_values(replayed) == probe_values(eager)  # reseeded per iteration, in eval mode
     assert len({values[1] for values in metric_values(eager)}) > 5  # the cyclic lr did change
+
+
+def small_svhn(name, device):
+    """48 training and 16 test images shaped like SVHN's, for runs that need no SVHN files."""
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(64, 3, 32, 32, generator=gen).to(device)
+    labels = torch.randint(0, 10, (64,), generator=gen).to(device)
+    return Dataset("svhn", images[:48], labels[:48], images[48:], labels[48:], n_classes=10)
+
+
+@pytest.mark.parametrize("method", ["fgsm", "pgd"])
+def test_the_captured_step_reads_the_svhn_warm_up_at_every_replay_as_the_eager_step(monkeypatch, method):
+    """The attack's share of its size changes at every step of the warm-up (trainer/ramp.py): a recorded
+    step reads it from a device tensor filled before each replay, so it trains exactly as the eager step."""
+    monkeypatch.setattr(loop, "load_dataset", small_svhn)
+    monkeypatch.setitem(TRAIN_IMAGES, "svhn", 48)  # so the warm-up is 5 * 48 // 16 = 15 steps
+    seen = []
+    adversary = loop.ADVERSARY[method]
+
+    def recorded(model, x, y, cfg, gen, ramp=None):
+        seen.append(None if ramp is None else float(ramp))
+        return adversary(model, x, y, cfg, gen, ramp)
+
+    monkeypatch.setitem(loop.ADVERSARY, method, recorded)
+    fields = {"dataset": "svhn", "n_filters": 4, "batch_size": 16, "pgd_steps": 2, "max_iters": 20}
+    cfg = make_config({**NOISY, **fields, "method": method, "grad_align_lambda": 0.0, "probe_points": 0})
+    eager, _ = run(cfg)
+    want = [ramp_at(k, 15) for k in range(20)]
+    assert seen == want and want[0] == 1 / 15 and want[14:] == [None] * 6
+    seen.clear()
+    replayed, _ = run(cfg, capture=called_again)
+    assert config_event(replayed)["step"] == "called_again"
+    assert seen[-20:] == [1.0 if share is None else share for share in want]  # after warm-up and capture
+    assert metric_values(replayed) == metric_values(eager)
 
 
 def test_a_captured_run_resumes_exactly(tmp_path):

@@ -12,11 +12,12 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import TINY
-from test_fast import called_again, config_event, metric_values
+from test_fast import called_again, config_event, metric_values, small_svhn
 
 from bench.workloads import CIFAR_RESNET, codash_data, synthetic_cifar
+from trainer import loop
 from trainer.checkpoint import load_model, model_for
-from trainer.config import make_config
+from trainer.config import TRAIN_IMAGES, make_config
 from trainer.data import load_dataset
 from trainer.evaluate import per_image_results, pgd_accuracy
 from trainer.fast import cuda_graph, fast_path, warm_up
@@ -77,6 +78,20 @@ def test_20_captured_steps_equal_20_steps_run_directly(tmp_path, fields):
     direct, _ = run(cfg, tmp_path / "direct", capture=called_again)
     assert (config_event(graphed)["step"], config_event(graphed)["step_reason"]) == ("cuda_graph", None)
     assert config_event(graphed)["precision"] == "fp32"
+    assert_close_runs(graphed, direct, (tmp_path / "graph", tmp_path / "direct"), 1e-3, 1e-3)
+
+
+@pytest.mark.parametrize("method", ["fgsm", "pgd"])
+def test_captured_steps_in_the_svhn_warm_up_equal_steps_run_directly(tmp_path, monkeypatch, method):
+    """The graph reads the attack's share of its size (trainer/ramp.py) from a tensor filled before each
+    replay: 15 steps of warm-up, then 5 at the full size."""
+    monkeypatch.setattr(loop, "load_dataset", small_svhn)
+    monkeypatch.setitem(TRAIN_IMAGES, "svhn", 48)  # a warm-up of 5 * 48 // 16 = 15 steps
+    fields = {"dataset": "svhn", "n_filters": 4, "batch_size": 16, "pgd_steps": 2, "probe_points": 0}
+    cfg = make_config({**BASE, **fields, "method": method, "amp": "off"})
+    graphed, _ = run(cfg, tmp_path / "graph")
+    direct, _ = run(cfg, tmp_path / "direct", capture=called_again)
+    assert config_event(graphed)["step"] == "cuda_graph"
     assert_close_runs(graphed, direct, (tmp_path / "graph", tmp_path / "direct"), 1e-3, 1e-3)
 
 

@@ -8,7 +8,8 @@ channels_last). So on CUDA a run, unless its config turns `fast_path` off:
   channels_last and cudnn.benchmark on;
 - records attack, loss, backward and optimizer step in one `torch.cuda.CUDAGraph` after a warm-up on a
   side stream (PyTorch's rule for capture), and each iteration copies the batch into static input buffers
-  and the lr into a device tensor the optimizer reads (Adam with capturable=True, SGD fused), then replays;
+  and the lr into a device tensor the optimizer reads (Adam with capturable=True, SGD fused), and in the
+  SVHN warm-up (trainer/ramp.py) the attack's share of its size into another, then replays;
 - registers the training generator with the graph, so every replay draws fresh noise from it and a
   resumed run, which restores that generator, draws the same numbers as an uninterrupted one.
 
@@ -30,6 +31,7 @@ import torch
 from torch import nn
 
 from trainer.config import RunConfig
+from trainer.ramp import ramp_at, ramp_table, warmup_steps
 
 WARMUP_STEPS = 3  # eager steps on a side stream before capture (PyTorch's whole-network example uses 3)
 
@@ -125,20 +127,30 @@ def fast_path(cfg: RunConfig, device: torch.device, capture: Capture | None) -> 
 
 
 class EagerStep:
-    """Today's step, called once per iteration with the host's lr."""
+    """Today's step, called once per iteration with the host's lr (and the warm-up's share, a float)."""
 
     kind = "eager"
 
     def __init__(self, path: FastPath, run: RunParts, reason: str):
         self.path, self.run, self.reason = path, run, reason
+        self.warmup = warmup_steps(run.cfg)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, iteration: int, lr: float) -> StepResult:
         run = self.run
         for group in run.optimizer.param_groups:
             group["lr"] = lr
+        ramp = ramp_at(iteration, self.warmup) if self.warmup else None
         with self.path.autocast():
             return run.step(
-                run.model, run.optimizer, run.cfg, self.path.layout(x), y, run.generator, run.free, run.elle_a
+                run.model,
+                run.optimizer,
+                run.cfg,
+                self.path.layout(x),
+                y,
+                run.generator,
+                run.free,
+                run.elle_a,
+                ramp,
             )
 
 
@@ -158,6 +170,11 @@ class RunParts:
 class CapturedStep:
     """The step replayed from a graph: static x, y and lr buffers are filled, then the graph runs.
 
+    In the SVHN warm-up (trainer/ramp.py) the attack's size changes at every step: a graph replays the
+    numbers it was recorded with, so the step reads the share from a static float64 tensor, filled from the
+    warm-up's table before each replay as the lr is (and 1 after it). Recording the step only once the
+    warm-up is over would leave its first 5 epochs to the slower eager step.
+
     Its kind is the capture's name: "cuda_graph" for the CUDA graph.
     """
 
@@ -170,11 +187,22 @@ class CapturedStep:
         self.lr = lr_table[0].clone()
         for group in run.optimizer.param_groups:
             group["lr"] = self.lr  # the optimizer reads the lr from this tensor at every replay
+        warmup = warmup_steps(run.cfg)
+        self.ramp_table = ramp_table(warmup, self.x.device) if warmup else None
+        self.ramp = self.ramp_table[0].clone() if warmup else None  # the step reads the share from it
 
         def step() -> torch.Tensor:
             with path.autocast(capturing=True):
                 loss, acc, reg = run.step(
-                    run.model, run.optimizer, run.cfg, self.x, self.y, run.generator, None, run.elle_a
+                    run.model,
+                    run.optimizer,
+                    run.cfg,
+                    self.x,
+                    self.y,
+                    run.generator,
+                    None,
+                    run.elle_a,
+                    self.ramp,
                 )
             return torch.stack([loss.float(), acc.float(), reg.float()])
 
@@ -197,6 +225,8 @@ class CapturedStep:
         self.x.copy_(x)
         self.y.copy_(y)
         self.lr.copy_(self.lr_table[iteration])
+        if self.ramp is not None:
+            self.ramp.copy_(self.ramp_table[min(iteration, len(self.ramp_table) - 1)])
         loss, acc, reg = self.replay().clone()  # the graph's outputs are overwritten by the next replay
         return loss, acc, reg
 

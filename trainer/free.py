@@ -30,7 +30,7 @@ class FreeAT:
     """The Free AT adversary of one run: called like the ADVERSARY functions; `update` after backward."""
 
     def __init__(self, cfg: RunConfig):
-        self.replays, self.eps, self.step = cfg.free_replays, cfg.eps, cfg.alpha * cfg.eps
+        self.replays, self.eps, self.alpha = cfg.free_replays, cfg.eps, cfg.alpha
         self.x: torch.Tensor | None = None
         self.y: torch.Tensor | None = None
         self.delta: torch.Tensor | None = None
@@ -41,15 +41,17 @@ class FreeAT:
             self.x, self.y = x, y
         return self.x, self.y
 
-    def __call__(self, model, x, y, cfg, gen) -> tuple[torch.Tensor, None]:
+    def __call__(self, model, x, y, cfg, gen, ramp=None) -> tuple[torch.Tensor, None]:
         """The current delta (kept in x's box) as a leaf that collects the input gradient of the step."""
         if self.delta is None or self.delta.shape != x.shape:  # first step, or the batch size changed
             self.delta = torch.zeros_like(x)
         return project(self.delta, x, self.eps).requires_grad_(True), None
 
-    def update(self, delta: torch.Tensor, x: torch.Tensor) -> None:
-        """One signed step with the gradient the training step's backward pass left in delta.grad."""
-        self.delta = project(delta.detach() + self.step * delta.grad.sign(), x, self.eps)
+    def update(self, delta: torch.Tensor, x: torch.Tensor, ramp: float | None = None) -> None:
+        """One signed step with the gradient the training step's backward pass left in delta.grad; `ramp`:
+        the step's share of alpha in the SVHN warm-up (trainer/ramp.py), None for the full alpha."""
+        step = self.alpha * self.eps if ramp is None else ramp * self.alpha * self.eps
+        self.delta = project(delta.detach() + step * delta.grad.sign(), x, self.eps)
 
     def state_dict(self) -> dict[str, torch.Tensor | None]:
         return {"x": self.x, "y": self.y, "delta": self.delta}

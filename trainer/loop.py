@@ -27,8 +27,8 @@ from trainer.attacks import (
     input_grad,
     nfgsm,
     pgd,
-    pgd_corner,
     random_corner,
+    to_corner,
     uniform_noise,
 )
 from trainer.autoattack import autoattack_accuracy
@@ -78,39 +78,53 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-# --- each method's adversary: (model, x, y, config, generator) -> (delta, GradAlign's first gradient) ---
+# --- each method's adversary: (model, x, y, config, generator, ramp) -> (delta, GradAlign's first gradient)
 # The first gradient is the one the attack already took (FGSM's at x, FGSM-RS's at its random start), as in
 # the authors' code; None: GradAlign takes it at x itself, double-backpropagated (trainer/gradalign.py).
+# `ramp`: None, or the share of its size the attack has in the SVHN warm-up (trainer/ramp.py): a float on the
+# eager step, a float64 device tensor on the captured one (read at every replay, as the lr).
 
 
-def _standard(model, x, y, cfg, gen):
+def _step_size(cfg, ramp):
+    """FGSM's step alpha * eps, ramped as train.py's fgsm_alpha: (r * alpha) * eps."""
+    return cfg.alpha * cfg.eps if ramp is None else ramp * cfg.alpha * cfg.eps
+
+
+def _radius(cfg, ramp):
+    """PGD training's eps, ramped as train.py's eps_pgd_train (its step size stays pgd_alpha * eps)."""
+    return cfg.eps if ramp is None else ramp * cfg.eps
+
+
+def _standard(model, x, y, cfg, gen, ramp=None):
     return torch.zeros_like(x), None
 
 
-def _fgsm(model, x, y, cfg, gen):
+def _fgsm(model, x, y, cfg, gen, ramp=None):
     grad = input_grad(model, x, y)  # reused by GradAlign: the paper's code computes it only once
-    return fgsm(model, x, y, cfg.eps, cfg.alpha * cfg.eps, grad=grad), grad
+    return fgsm(model, x, y, cfg.eps, _step_size(cfg, ramp), grad=grad), grad
 
 
-def _fgsm_rs(model, x, y, cfg, gen):
+def _fgsm_rs(model, x, y, cfg, gen, ramp=None):
     start = uniform_noise(x, cfg.eps, gen)
     grad = input_grad(model, x, y, start)  # GradAlign's first gradient, as in the authors' code: at the start
-    return fgsm_rs(model, x, y, cfg.eps, cfg.alpha * cfg.eps, start=start, grad=grad), grad
+    return fgsm_rs(model, x, y, cfg.eps, _step_size(cfg, ramp), start=start, grad=grad), grad
 
 
-def _pgd(model, x, y, cfg, gen):
-    return pgd(model, x, y, cfg.eps, cfg.pgd_alpha * cfg.eps, cfg.pgd_steps, generator=gen), None
+def _pgd(model, x, y, cfg, gen, ramp=None):
+    alpha = cfg.pgd_alpha * cfg.eps
+    return pgd(model, x, y, _radius(cfg, ramp), alpha, cfg.pgd_steps, generator=gen), None
 
 
-def _nfgsm(model, x, y, cfg, gen):
+def _nfgsm(model, x, y, cfg, gen, ramp=None):
     return nfgsm(model, x, y, cfg.eps, cfg.nfgsm_k, cfg.alpha * cfg.eps, gen), None
 
 
-def _pgd_corner(model, x, y, cfg, gen):
-    return pgd_corner(model, x, y, cfg.eps, cfg.pgd_alpha * cfg.eps, cfg.pgd_steps, gen), None
+def _pgd_corner(model, x, y, cfg, gen, ramp=None):
+    delta = pgd(model, x, y, _radius(cfg, ramp), cfg.pgd_alpha * cfg.eps, cfg.pgd_steps, generator=gen)
+    return to_corner(delta, x, cfg.eps), None  # the corner at the full eps, as train.py's
 
 
-def _random_corner(model, x, y, cfg, gen):
+def _random_corner(model, x, y, cfg, gen, ramp=None):
     return random_corner(x, cfg.eps, gen), None
 
 
@@ -378,9 +392,17 @@ def train(
 
 
 def _train_step(
-    model, optimizer, cfg, x, y, gen, free: FreeAT | None = None, elle_a: AdaptiveLambda | None = None
+    model,
+    optimizer,
+    cfg,
+    x,
+    y,
+    gen,
+    free: FreeAT | None = None,
+    elle_a: AdaptiveLambda | None = None,
+    ramp: float | torch.Tensor | None = None,
 ):
-    delta, first_grad = (free or ADVERSARY[cfg.method])(model, x, y, cfg, gen)
+    delta, first_grad = (free or ADVERSARY[cfg.method])(model, x, y, cfg, gen, ramp)
     logits = model(x + delta)
     loss = F.cross_entropy(logits, y)
     inputs = None  # everything that requires a gradient
@@ -400,7 +422,7 @@ def _train_step(
     objective.backward(inputs=inputs)
     optimizer.step()
     if free is not None:  # the same backward pass left the input gradient in delta.grad
-        free.update(delta, x)
+        free.update(delta, x, ramp)
     if elle_a is not None:
         elle_a.update(linearity.detach())
     return loss.detach(), (logits.argmax(1) == y).float().mean(), reg.detach()
