@@ -35,7 +35,7 @@ TARGETS = {
     "codash_over_plain_min": 0.95,
     "gradalign_over_fgsm_max": 2.0,
     "cpu_digits_time_to_co_s": 20.0,
-    # Issue 13 (H100/H200, batch 128): FGSM >= 25,000 img/s, GradAlign >= 4,000 img/s, PGD-10 >= 3x 1,530.
+    # Targets on an H100/H200 (batch 128): FGSM >= 25,000 img/s, GradAlign >= 4,000 img/s, PGD-10 >= 3x 1,530.
     "cuda_resnet_fgsm_epoch_s": 2.0,
     "cuda_resnet_gradalign_epoch_s": 12.5,
     "cuda_resnet_pgd10_images_per_s": 4590.0,
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def save() -> None:  # after each part, so that a run cut short (a GPU session's limit) keeps its figures
         args.out.write_text(json.dumps(results, indent=2) + "\n")
 
-    if device == "cuda":  # first: a time-limited GPU session gets the new figures even if cut short
+    if device == "cuda":  # first: a time-limited GPU lease gets the new figures even if cut short
         results["final_eval"] = throughput.final_eval_time(device)
         print(_final_eval_line(results["final_eval"]), flush=True)
         if not args.no_concurrent:

@@ -105,7 +105,7 @@ EOF
 echo "== bench"
 limit 60 python3 -m bench --device cuda --models preact_resnet18 --no-extras \
   --methods fgsm fgsm+gradalign pgd-10 fgsm_rs --out "$OUT/bench-cuda.json" 2>&1 | tee "$OUT/bench.log" | tail -40
-echo "== the dense probe's overhead on the paper's ResNet-18 preset (issue 16: at most 10 % on a GPU)"
+echo "== the dense probe's overhead on the paper's ResNet-18 preset (target: at most 10 % on a GPU)"
 limit 30 python3 -m bench.probe_cost --device cuda --synthetic --iters 60 --rounds 1 --points 32 \
   --every 10 20 50 --presets "CIFAR-10 ResNet-18: FGSM + GradAlign λ=0.2, ε=8/255 (paper)" \
   --out "$OUT/probe-cost.json" 2>&1 | tee -a "$OUT/extras.log" | tail -8

@@ -48,7 +48,7 @@ from trainer.probe import DenseProbe
 CADENCES = (1, 2, 5, 10, 20)  # probe_every values the probe's onset is also placed at, offline
 OTHER_START = 99_991  # added to the eval's PGD seed for the repeatability series
 WIDTH_FROM, WIDTH_TO = 0.8, 0.2  # collapse_width: from this fraction of the peak PGD accuracy to this one
-TOLERANCE = 5  # issue 16's target: the onset within this many iterations of the reference
+TOLERANCE = 5  # the target: the onset within this many iterations of the reference
 PROBE_SIZES = (32, 64, 128)  # image sets, drawn from the eval's, whose onset sampling_spread compares
 DRAWS = 400  # resamples per sampling_spread estimate
 

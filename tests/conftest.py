@@ -364,3 +364,26 @@ def running_events(total: int = 100, until: int = 40, **config) -> list[dict]:
         if it % 20 == 0:
             events.append(eval_event(it, pgd=0.4))
     return events
+
+
+# The suite's tiers. `make test-fast` runs the tests that need none of these; `make test` runs them all.
+# A test's tier follows from where it lives and what it uses, so a new test lands in the right tier
+# without being told: browser tests live in e2e/, the fault suite in faults/, and a test that takes the
+# `worker_pool` or an embedded Redis (`redis_home`, `r`) fixture needs those servers. Tests that train
+# beyond a few steps say so with `pytest.mark.train` (or `science`, for a claim of the paper checked over
+# seeds).
+TIERS = ("browser", "faults", "workers", "redis", "train", "science")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        path = item.path.as_posix()
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if "/tests/e2e/" in path:
+            item.add_marker(pytest.mark.browser)
+        if "/tests/faults/" in path:
+            item.add_marker(pytest.mark.faults)
+        if "worker_pool" in fixtures:
+            item.add_marker(pytest.mark.workers)
+        if "redis_home" in fixtures:
+            item.add_marker(pytest.mark.redis)

@@ -346,7 +346,7 @@ def test_the_live_view_offers_exactly_the_actions_the_queue_accepts(r, status):
     assert ("live.cancel" in offered) == (status in api.CANCELLABLE) == changes(r, api.cancel, run_id)
     resumable = run_with_status(r, status)
     assert (status in api.RESUMABLE) == changes(r, api.resume, resumable)
-    # a failed run would fail the same way again: the page offers Edit and relaunch instead (issue 17)
+    # a failed run would fail the same way again: the page offers Edit and relaunch instead
     assert ("live.resume" in offered) == (status in api.USER_RESUMABLE)
     assert ("live.relaunch" in offered) == (status == api.RunStatus.FAILED)
 

@@ -1,4 +1,4 @@
-"""What a new user is told and offered (issue 17): honest presets and estimates, failed runs, the final
+"""What a new user is told and offered: honest presets and estimates, failed runs, the final
 evaluation's progress, words that match the pictures. AppTest against a real Redis, as test_app_pages.
 """
 

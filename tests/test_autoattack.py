@@ -1,4 +1,4 @@
-"""AutoAttack as the independent final evaluation, on a tiny digits model (issue 7).
+"""AutoAttack as the independent final evaluation, on a tiny digits model.
 
 AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square) costs on CPU mostly per iteration, not per point;
 16 points and one thread keep this test to seconds.

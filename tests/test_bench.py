@@ -241,7 +241,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.slow
+@pytest.mark.train
 def test_onset_check_replays_the_detectors_window_with_the_runs_own_weights(monkeypatch, one_thread):
     """A run that collapses (digits, eps 0.19, seed 1: confirmed at 175): the window's offline probe, run
     on the kept weights, equals the live probe at every probe iteration, so the weights replayed are the

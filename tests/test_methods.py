@@ -1,4 +1,4 @@
-"""The defining property of each training method added after the paper's three (issue 7).
+"""The defining property of each training method added after the paper's three.
 
 N-FGSM leaves the eps-ball; PGD-corner and random-corner sit on its vertices; Free AT replays each minibatch
 and updates its persistent delta with the gradient of the very backward pass that trains the weights.

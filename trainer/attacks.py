@@ -55,7 +55,7 @@ def random_point(x: torch.Tensor, eps: float, generator: torch.Generator | None 
 
     The paper's `get_input_grad(..., delta_init='random_uniform')` takes the gradient at x + eta unclipped;
     clipping moved the probe onto the box's faces on digits' many 0-valued pixels and never helped there
-    (issue 16: final PGD-20 0.40/0.43/0.43/0.07 unclipped vs 0.16/0.42/0.39/0.07 clipped over 4 seeds).
+    (digits: final PGD-20 0.40/0.43/0.43/0.07 unclipped vs 0.16/0.42/0.39/0.07 clipped over 4 seeds).
     """
     return unit_noise(x, generator) * eps
 

@@ -122,12 +122,15 @@ def test_the_chart_is_updated_in_place_when_co_is_declared_and_rescue_appears(br
     page.close()
 
 
-def test_every_link_the_readme_prints_opens_its_page(browser, dashboard, r):  # noqa: F811
+def test_every_link_the_readme_and_docs_print_opens_its_page(browser, dashboard, r):  # noqa: F811
     run_id = store_run(r, co_run_events())
     evals = api.run_dir(run_id) / EVALS_DIR
     evals.mkdir(parents=True)
     (evals / "40.pt").touch()
-    links = set(re.findall(r"`(/[a-z]*\?[a-z]+=[^`\s]*)`", (ROOT / "README.md").read_text()))
+    documents = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    links = {
+        link for doc in documents for link in re.findall(r"`(/[a-z]*\?[a-z]+=[^`\s]*)`", doc.read_text())
+    }
     assert {"/launch?fork=ID&at=K", "/runs?lineage=ID"} <= links
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     for link in sorted(links | {"/", "/launch", "/?fork=ID&at=K", "/?run=ID"}):
