@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint bench clean
+.PHONY: up test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -13,6 +13,10 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q
+
+# The unit tier: no servers, no browser, no training beyond a few steps (tiers: tests/conftest.py).
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -q -m "not (browser or faults or workers or redis or train or science)"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from trainer.checkpoint import model_for
 from trainer.config import make_config
 from trainer.loop import _train_step, make_optimizer
+
+pytestmark = pytest.mark.train  # trains models beyond a few steps
 
 
 def step(model, cfg, x, y, autocast: bool):

@@ -14,6 +14,8 @@ from trainer.data import load_dataset
 from trainer.evaluate import accuracy
 from trainer.loop import train
 
+pytestmark = pytest.mark.train  # trains models beyond a few steps
+
 TINY = {
     "dataset": "digits",
     "method": "pgd",

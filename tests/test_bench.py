@@ -30,6 +30,8 @@ from trainer.loop import ADVERSARY, train  # noqa: E402
 from trainer.models import build_model  # noqa: E402
 from trainer.presets import PRESETS  # noqa: E402
 
+pytestmark = pytest.mark.train  # trains models beyond a few steps
+
 
 def positive(value) -> bool:
     return isinstance(value, float) and math.isfinite(value) and value > 0

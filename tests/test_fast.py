@@ -24,6 +24,8 @@ from trainer.loop import lr_at, lr_schedule, train
 from trainer.models import build_model
 from trainer.ramp import ramp_at
 
+pytestmark = pytest.mark.train  # trains models beyond a few steps
+
 
 def run(config, **kwargs):
     events = []

@@ -21,6 +21,8 @@ from trainer.config import ConfigError, make_config
 from trainer.fork import EVALS_DIR, FORK_FILE, eval_iterations, eval_path, link_or_copy, seed_fork
 from trainer.loop import load_optimizer, make_optimizer, train
 
+pytestmark = pytest.mark.train  # trains models beyond a few steps
+
 PARENT = "0123456789ab"
 
 

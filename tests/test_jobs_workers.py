@@ -25,6 +25,8 @@ from trainer.checkpoint import load_model
 from trainer.config import make_config
 from trainer.events import read_jsonl
 
+pytestmark = pytest.mark.workers  # starts worker processes
+
 LONG = {**TINY, "epochs": 200, "max_iters": None}  # 4,600 iterations (the limits allow 200 epochs)
 
 

@@ -20,6 +20,8 @@ from trainer.evaluate import SNAPSHOT_FILTERS, accuracy, batches, eval_metrics
 from trainer.events import FIELDS, JsonlSink, make_event, read_jsonl
 from trainer.loop import train
 
+pytestmark = pytest.mark.train  # trains models beyond a few steps
+
 
 def run(config, **kwargs):
     events = []

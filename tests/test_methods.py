@@ -19,6 +19,8 @@ from trainer.gradalign import grad_align_reg
 from trainer.loop import ADVERSARY, _train_step, make_optimizer, train
 from trainer.methods import METHODS
 
+pytestmark = pytest.mark.train  # trains models beyond a few steps
+
 
 def interior(x, delta):
     """Coordinates where the [0,1] box did not bind."""

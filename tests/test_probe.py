@@ -18,6 +18,8 @@ from trainer.events import FIELDS, BadEvent, encode, events_csv, make_event, par
 from trainer.loop import train
 from trainer.probe import PGD_STEP, PROBE_FIELDS, probe_metrics, probe_seed
 
+pytestmark = pytest.mark.train  # trains models beyond a few steps
+
 
 def test_probe_values_equal_an_independent_computation(batch):
     """FGSM and PGD accuracy and both cosines, each from the attacks module on its own, same draws."""

@@ -14,6 +14,8 @@ from trainer.fork import rescue_lambda
 from trainer.loop import train
 from trainer.rescue import step_config
 
+pytestmark = pytest.mark.train  # trains models beyond a few steps
+
 AUTO = {**TINY, "rescue": "auto", "final_eval_points": 0}
 
 

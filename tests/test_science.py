@@ -10,6 +10,8 @@ import pytest
 from trainer.config import make_config
 from trainer.loop import train
 
+pytestmark = pytest.mark.science
+
 BASE = {
     "dataset": "digits",
     "model": "cnn",

@@ -17,6 +17,8 @@ from codash import up as up_module
 from codash.up import dashboard_healthy
 from jobs.server import free_port
 
+pytestmark = pytest.mark.workers  # starts worker processes
+
 pytestmark = pytest.mark.timeout(180)
 
 

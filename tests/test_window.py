@@ -15,6 +15,8 @@ from trainer.fast import FastPath
 from trainer.loop import train
 from trainer.presets import DEFAULT_PRESET, PRESETS
 
+pytestmark = pytest.mark.train  # trains models beyond a few steps
+
 # digits FGSM at eps 0.19, seed 1: the eval rule fires at 150 and is confirmed at 175
 COLLAPSING = {
     **PRESETS[DEFAULT_PRESET],
