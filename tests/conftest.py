@@ -366,6 +366,16 @@ def running_events(total: int = 100, until: int = 40, **config) -> list[dict]:
     return events
 
 
+@pytest.fixture
+def eager_rule(monkeypatch):
+    """The CO warning's rule made to fire at the second eval of a tiny run (a fall of >= -1 over one eval)."""
+    from trainer import warning
+
+    monkeypatch.setattr(warning, "FALL", -1.0)
+    monkeypatch.setattr(warning, "SPAN", 20)
+    monkeypatch.setattr(warning, "MIN_PEAK", 0.0)
+
+
 # The suite's tiers. `make test-fast` runs the tests that need none of these; `make test` runs them all.
 # A test's tier follows from where it lives and what it uses, so a new test lands in the right tier
 # without being told: browser tests live in e2e/, the fault suite in faults/, and a test that takes the

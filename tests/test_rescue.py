@@ -6,36 +6,16 @@ The early warning is made to fire at the second eval of a tiny run (iteration 40
 import pytest
 import torch
 from conftest import TINY
+from test_warning import run, stop_after
 
-from trainer import warning
 from trainer.cli import build_parser, config_from_args
 from trainer.config import ConfigError, make_config
 from trainer.fork import rescue_lambda
-from trainer.loop import train
 from trainer.rescue import step_config
 
 pytestmark = pytest.mark.train  # trains models beyond a few steps
 
 AUTO = {**TINY, "rescue": "auto", "final_eval_points": 0}
-
-
-@pytest.fixture
-def eager_rule(monkeypatch):
-    monkeypatch.setattr(warning, "FALL", -1.0)
-    monkeypatch.setattr(warning, "SPAN", 20)
-    monkeypatch.setattr(warning, "MIN_PEAK", 0.0)
-
-
-def stop_after(n):
-    """should_stop is polled once after every iteration: stop after the n-th."""
-    calls = iter(range(1, 10**9))
-    return lambda: next(calls) >= n
-
-
-def run(config, **kwargs):
-    events = []
-    train(config, events.append, **kwargs)
-    return events
 
 
 def regs(events):

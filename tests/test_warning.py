@@ -5,7 +5,6 @@ import random
 import pytest
 from conftest import TINY
 
-from trainer import warning
 from trainer.config import make_config
 from trainer.events import BadEvent, encode, make_event, parse_event
 from trainer.loop import train
@@ -95,14 +94,6 @@ def test_the_rescue_event_round_trips_and_is_checked_at_the_boundary():
     for bad in ({"iteration": "150"}, {"grad_align_lambda": "5"}, {"step": None}, {"step_reason": 1}):
         with pytest.raises(BadEvent):
             parse_event(encode({**event, **bad}))
-
-
-@pytest.fixture
-def eager_rule(monkeypatch):
-    """The rule made to fire at the second eval of a tiny run (it falls by >= -1 over one eval)."""
-    monkeypatch.setattr(warning, "FALL", -1.0)
-    monkeypatch.setattr(warning, "SPAN", 20)
-    monkeypatch.setattr(warning, "MIN_PEAK", 0.0)
 
 
 def stop_after(n):
