@@ -22,6 +22,7 @@ from app.history import SMOOTHING, RunHistory
 
 METHOD_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 CO_COLOR = "#b30000"
+WARNING_COLOR = "#c77800"  # amber, 3:1 against the light plot area (the CO early warning)
 # Run colours on Compare: none is a metric's colour on the live view (red is PGD there, never a run).
 RUN_PALETTE = ("#1b9e77", "#e7298a", "#e6ab02", "#8c510a", "#0b3d91", "#762a83", "#7fbc41", "#01665e")
 
@@ -138,7 +139,7 @@ def run_figure(
         """Where an iteration sits on the x axis."""
         return float(history.seconds([iteration])[0]) if clock else iteration
 
-    co_labels = 0  # CO markers drawn so far: each run's labels sit below the previous run's
+    co_labels = warnings = 0  # CO and warning markers drawn so far: each run's labels sit below the last's
     for index, run in enumerate(series):
         color = run.color or RUN_PALETTE[index % len(RUN_PALETTE)]
         frames = _frames(run.history, view.smoothing)
@@ -172,6 +173,15 @@ def run_figure(
             x_co, marker_color = at(run.history, co), color if overlay else CO_COLOR
             _co_marker(fig, x_co, co, marker_color, run.label, overlay, band, co_labels, compact)
             co_labels += 1
+        if run.history.warning is not None:
+            warned = run.history.warning["iteration"]
+            marker_color = color if overlay else legible(WARNING_COLOR, view.dark)
+            texts = _warning_texts(run.history, run.label, overlay, compact)
+            x_warned = at(run.history, warned)
+            vertical_marker(
+                fig, x_warned, marker_color, "dashdot", texts, "top left", warnings, name="co_warning"
+            )
+            warnings += 1
     if overlay:
         _style_key(fig, [metric for metric in METRICS if metric in drawn])
     elif series and series[0].history.metrics and not series[0].history.evals:
@@ -376,7 +386,7 @@ def _co_marker(
         text = f"catastrophic overfitting @ {iteration:,}"
     else:
         text = short if compact else f"CO · {html.escape(label)} @ {iteration:,}"
-    vertical_marker(fig, x, color, "dash", (text, short), "top right", stack)
+    vertical_marker(fig, x, color, "dash", (text, short), "top right", stack, name="co")
     if band is not None:
         for row in (1, 2, 3):
             fig.add_vrect(
@@ -391,16 +401,36 @@ def _co_marker(
             )
 
 
+def _warning_texts(history: RunHistory, label: str, overlay: bool, compact: bool) -> tuple[str, str]:
+    """The early warning's labels (top panel, the others), saying too when an autopilot run switched."""
+    iteration = history.warning["iteration"]
+    short = f"warning @ {iteration:,}"
+    switched = " · GradAlign on" if history.rescue is not None else ""
+    if not overlay:
+        return f"CO warning @ {iteration:,}{switched}", short
+    return (short if compact else f"warning · {html.escape(label)} @ {iteration:,}{switched}"), short
+
+
 def vertical_marker(
-    fig: go.Figure, x: float, color: str, dash: str, texts: tuple[str, str], position: str, stack: int = 0
+    fig: go.Figure,
+    x: float,
+    color: str,
+    dash: str,
+    texts: tuple[str, str],
+    position: str,
+    stack: int = 0,
+    *,
+    name: str,
 ) -> None:
     """A vertical line at `x` on each of the three panels, the first text on the top one, the second below,
-    `stack` text lines lower than the first such label; `position` is "top right" or "bottom left" of
-    the line. Drawn against the one x axis every panel shares (_one_x_axis)."""
+    `stack` text lines lower than the first such label; `position` is "top right", "top left" or "bottom
+    left" of the line. Drawn against the one x axis every panel shares (_one_x_axis). `name` names the
+    lines and labels ("co", "co_warning", "fork"), for whoever reads the figure back."""
     top = position.startswith("top")
     for row in (1, 2, 3):
         panel = f"y{'' if row == 1 else row} domain"
         fig.add_shape(
+            name=name,
             type="line",
             x0=x,
             x1=x,
@@ -422,6 +452,7 @@ def vertical_marker(
             font={"color": color, "size": 12},
             bgcolor="rgba(255,255,255,0.8)",
             yshift=-16 * stack,
+            name=name,
         )
 
 
@@ -700,7 +731,7 @@ SWEEP_ACCURACY_RANGE = [-0.04, 1.02]
 
 def sweep_figure(points: pd.DataFrame, natural_units: bool, uirevision: str, dark: bool = False) -> go.Figure:
     """Per method, a line through the mean PGD accuracy over seeds at each ε and a mark per run: ✕ for a run
-    that hit CO, hollow for one still running.
+    that hit CO, hollow for one still running, ringed in amber for one the CO early warning fired on.
 
     Each mark carries its run id as customdata, so a click (selection event) can open that run. Methods
     are drawn side by side around each ε (dodged by DODGE of the grid's step) and a method's seeds side by
@@ -746,16 +777,27 @@ def sweep_figure(points: pd.DataFrame, natural_units: bool, uirevision: str, dar
                 showlegend=False,
                 mode="markers",
                 cliponaxis=False,  # drawn whole on the edge of a zoomed range too
-                marker={"symbol": symbols, "size": 11, "color": color, "line": {"width": 2, "color": color}},
+                marker={
+                    "symbol": symbols,
+                    "size": 11,
+                    "color": color,
+                    "line": {
+                        "width": 2,
+                        "color": [
+                            legible(WARNING_COLOR, dark) if warned else color for warned in group["warned"]
+                        ],
+                    },
+                },
                 customdata=group[["run_id", "status", "lambda", "seed"]].to_numpy(),
                 text=[html.escape(label) for label in group["label"]],  # names the run's ε
                 hovertemplate="%{text}<br>seed %{customdata[3]}<br>PGD acc %{y:.3f}<br>λ=%{customdata[2]:g}"
                 "<br>%{customdata[1]}<extra></extra>",
             )
         )
-    for name, symbol in (
-        ("✕ catastrophic overfitting", "x"),
-        ("○ hollow: still running (latest eval)", "circle-open"),
+    for name, symbol, line in (
+        ("✕ catastrophic overfitting", "x", "#616161"),
+        ("○ hollow: still running (latest eval)", "circle-open", "#616161"),
+        ("amber ring: CO warning", "circle-open", legible(WARNING_COLOR, dark)),
     ):
         fig.add_trace(
             go.Scatter(
@@ -763,7 +805,12 @@ def sweep_figure(points: pd.DataFrame, natural_units: bool, uirevision: str, dar
                 y=[None],
                 name=name,
                 mode="markers",
-                marker={"symbol": symbol, "color": "#616161", "size": 11},
+                marker={
+                    "symbol": symbol,
+                    "color": "#616161",
+                    "size": 11,
+                    "line": {"width": 2, "color": line},
+                },
             )
         )
     fig.update_layout(
@@ -798,6 +845,26 @@ PGD_EVAL = next(metric for metric in METRICS if metric.column == "pgd_acc" and m
 PGD_PROBE = next(metric for metric in METRICS if metric.column == "pgd_acc" and metric.source == "probes")
 
 
+def _warning_mark(curve: SweepCurve, iteration: int, color: str, dark: bool, legend: bool) -> go.Scatter:
+    """An amber triangle on a run's eval PGD accuracy where its CO early warning fired."""
+    return go.Scatter(
+        x=[iteration],
+        y=[curve.history.evals[iteration]["pgd_acc"]],
+        name="CO warning",
+        legendgroup="CO warning",
+        showlegend=legend,
+        mode="markers",
+        marker={
+            "symbol": "triangle-down",
+            "size": 12,
+            "color": legible(WARNING_COLOR, dark),
+            "line": {"width": 1.5, "color": color},
+        },
+        hovertemplate=f"{html.escape(curve.method)} · seed {curve.seed}: CO warning at iteration "
+        "%{x:,}<extra></extra>",
+    )
+
+
 def sweep_curves_figure(curves: Sequence[SweepCurve], uirevision: str, dark: bool = False) -> go.Figure:
     """PGD accuracy against the iteration, a small panel per ε: each run's dense probe as a thin line under
     its evaluations' markers (the live view's traces), coloured by method, so where CO strikes at each ε
@@ -816,6 +883,7 @@ def sweep_curves_figure(curves: Sequence[SweepCurve], uirevision: str, dark: boo
     )
     colors = method_colors(curve.method for curve in curves)
     shown: set[str] = set()
+    warning_legend = True  # the warnings' legend entry, once
     for curve in sorted(curves, key=lambda curve: (curve.method, curve.eps, curve.seed)):
         index = grid.index((curve.eps, curve.eps_label))
         frames = _frames(curve.history)
@@ -832,6 +900,11 @@ def sweep_curves_figure(curves: Sequence[SweepCurve], uirevision: str, dark: boo
             )
             shown.add(curve.method)
             fig.add_trace(trace, row=index // columns + 1, col=index % columns + 1)
+        warning = curve.history.warning
+        if warning is not None and warning["iteration"] in curve.history.evals:
+            mark = _warning_mark(curve, warning["iteration"], colors[curve.method], dark, warning_legend)
+            fig.add_trace(mark, row=index // columns + 1, col=index % columns + 1)
+            warning_legend = False
     fig.update_layout(
         template=template(dark),
         height=260 * rows + 110,

@@ -18,10 +18,12 @@ import streamlit as st
 
 from app import nav
 from app.figures import vertical_marker
+from app.history import RunHistory
 from app.text import md_escape
 from jobs import api
 from trainer.config import ConfigError
 from trainer.fork import last_before, rescue_lambda
+from trainer.warning import warning_words
 
 FORK, AT, LINEAGE = "fork", "at", "lineage"  # query parameters: the launch form's, the Runs page's
 FORK_COLOR = "#5e35b1"
@@ -47,19 +49,43 @@ def rescue_point(run: api.Run, collapse_began: int | None) -> int | None:
     return last_before(api.fork_points(run.id), collapse_began)
 
 
-def rescue_label(run: api.Run, at: int) -> str:
-    return f"Rescue: fork from iteration {at:,} with GradAlign λ={rescue_lambda(run.config):g}"
+def rescue_label(run: api.Run, at: int, now: bool = False) -> str:
+    name = "Rescue now" if now else "Rescue"
+    return f"{name}: fork from iteration {at:,} with GradAlign λ={rescue_lambda(run.config):g}"
 
 
 # --- the live view ---
 
 
-def rescue_action(r: redis.Redis, run: api.Run, collapse_began: int | None) -> None:
-    """After CO: one click queues the rescue fork and opens the comparison of parent and fork."""
-    at = rescue_point(run, collapse_began)
-    if at is None:
+def rescue_action(r: redis.Redis, run: api.Run, history: RunHistory) -> None:
+    """After CO: one click queues the rescue fork and opens the comparison of parent and fork. Before it,
+    once the early warning has fired: what it says, and Rescue now, from the warning's evaluation (or the
+    last one kept before it); an autopilot run says it switched instead."""
+    if history.co is None and history.warning is not None:
+        _warned(r, run, history)
         return
-    if st.button(rescue_label(run, at), type="primary", icon=":material/call_split:", key="live.rescue"):
+    at = rescue_point(run, history.collapse_began)
+    if at is not None:
+        _rescue_button(r, run, at, now=False)
+
+
+def _warned(r: redis.Redis, run: api.Run, history: RunHistory) -> None:
+    words = warning_words(history.warning)
+    if history.rescue is not None:
+        words += f" The autopilot turned GradAlign on (λ={history.rescue['grad_align_lambda']:g}) after it."
+        st.info(md_escape(words), icon=":material/auto_mode:")
+        return
+    st.warning(md_escape(words), icon=":material/warning:")
+    if run.config.uses_grad_align or run.config.rescue == "auto":  # GradAlign on already, or about to be
+        return
+    at = last_before(api.fork_points(run.id), history.warning["iteration"] + 1)
+    if at is not None:
+        _rescue_button(r, run, at, now=True)
+
+
+def _rescue_button(r: redis.Redis, run: api.Run, at: int, now: bool) -> None:
+    """Queue the rescue fork from `at` and open the comparison of parent and fork."""
+    if st.button(rescue_label(run, at, now), type="primary", icon=":material/call_split:", key="live.rescue"):
         try:
             child = api.fork(r, run.id, at=at, grad_align_lambda=rescue_lambda(run.config))
         except (ConfigError, api.RunNotFound) as exc:  # deleted, or its checkpoint thinned away meanwhile
@@ -130,7 +156,7 @@ def mark_forks(fig: go.Figure, runs: Sequence[api.Run], labels: Sequence[str], c
             else f"fork: {html.escape(names[run.id])} from {parent} @ {run.config.fork_iteration:,}"
         )
         texts = (text, short)
-        vertical_marker(fig, run.config.fork_iteration, FORK_COLOR, "dot", texts, "bottom left")
+        vertical_marker(fig, run.config.fork_iteration, FORK_COLOR, "dot", texts, "bottom left", name="fork")
 
 
 # --- Runs ---

@@ -39,6 +39,8 @@ class RunHistory:
     probes: dict[int, dict[str, Any]] = field(default_factory=dict)  # the dense probe (trainer.probe)
     snapshots: dict[int, dict[str, Any]] = field(default_factory=dict)  # arrays as float32 numpy arrays
     co: dict[str, Any] | None = None
+    warning: dict[str, Any] | None = None  # the co_warning event (trainer.warning)
+    rescue: dict[str, Any] | None = None  # the autopilot's switch to GradAlign (trainer.rescue)
     final: dict[str, Any] | None = None
     final_progress: dict[str, Any] | None = None  # the latest, while the final evaluation runs
     attempts: list[dict[str, Any]] = field(default_factory=list)  # who ran each attempt: PROVENANCE
@@ -84,6 +86,10 @@ class RunHistory:
             self.snapshots[event["iteration"]] = compact_snapshot(event)
         elif kind == "co":
             self.co = event
+        elif kind == "co_warning":
+            self.warning = event
+        elif kind == "rescue":
+            self.rescue = event
         elif kind == "final_progress":
             self.final_progress = event
         elif kind == "final":
@@ -102,6 +108,10 @@ class RunHistory:
         self.clock = {it: time for it, time in self.clock.items() if it <= start}
         if self.co is not None and self.co["iteration"] > start:
             self.co = None
+        self.warning, self.rescue = (
+            event if event is not None and event["iteration"] <= start else None
+            for event in (self.warning, self.rescue)
+        )
         self.final = self.final_progress = None
 
     @property

@@ -27,6 +27,9 @@ COLUMNS = {
     "λ": st.column_config.NumberColumn("λ", format="%g"),
     "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
     "CO iteration": st.column_config.NumberColumn("CO at", format="%d", help="catastrophic overfitting"),
+    "warned at": st.column_config.NumberColumn(
+        "warned at", format="%d", help="the CO early warning: gradient alignment falling fast"
+    ),
     "clean acc": st.column_config.NumberColumn("clean acc", format="percent", help="final, attacked images"),
     "PGD acc": st.column_config.NumberColumn("PGD acc", format="percent", help="final PGD evaluation"),
     "AA acc": st.column_config.NumberColumn(
@@ -44,7 +47,19 @@ COLUMNS = {
 # What a table shows where a run has no value (no CO, AutoAttack off, not finished yet).
 MISSING = "—"
 # The columns a table shows (the first fit a laptop screen; the Runs page can add the rest) and the rest.
-ORDER = ["open", "label", "status", "progress", "CO iteration", "PGD acc", "clean acc", "seed", "tags", "id"]
+ORDER = [
+    "open",
+    "label",
+    "status",
+    "progress",
+    "CO iteration",
+    "warned at",
+    "PGD acc",
+    "clean acc",
+    "seed",
+    "tags",
+    "id",
+]
 MORE = ["ε", "λ", "method", "dataset", "model", "AA acc", "iteration", "elapsed", "device", "created"]
 MORE += ["sweep", "note", "fork of", "forks"]
 
@@ -71,6 +86,7 @@ def runs_frame(runs: Sequence[Run], now: float | None = None) -> pd.DataFrame:
                 "progress": min(run.iteration / total, 1.0) if total else 0.0,
                 "iteration": run.iteration,
                 "CO iteration": run.co_iteration,
+                "warned at": run.warning_iteration,
                 "clean acc": last.get("clean_acc"),
                 "PGD acc": last.get("pgd_acc"),
                 "AA acc": last.get("autoattack_acc"),
@@ -86,11 +102,11 @@ def runs_frame(runs: Sequence[Run], now: float | None = None) -> pd.DataFrame:
             }
         )
     columns = ["id", "label", "status", "method", "ε", "λ", "dataset", "model", "progress", "iteration"]
-    columns += ["CO iteration", "clean acc", "PGD acc", "AA acc", "device", "created", "elapsed", "sweep"]
-    columns += ["seed", "tags", "note", "fork of", "forks"]
+    columns += ["CO iteration", "warned at", "clean acc", "PGD acc", "AA acc", "device", "created", "elapsed"]
+    columns += ["sweep", "seed", "tags", "note", "fork of", "forks"]
     frame = pd.DataFrame(rows, columns=columns)
     accuracies = {name: "float64" for name in ("clean acc", "PGD acc", "AA acc")}
-    return frame.astype({"CO iteration": "Int64", **accuracies})
+    return frame.astype({"CO iteration": "Int64", "warned at": "Int64", **accuracies})
 
 
 def sweep_frame(runs: Sequence[Run], histories: dict[str, RunHistory]) -> pd.DataFrame:
@@ -108,6 +124,7 @@ def sweep_frame(runs: Sequence[Run], histories: dict[str, RunHistory]) -> pd.Dat
             pgd = latest["pgd_acc"] if latest else None
             clean = latest["clean_acc"] if latest else None
             co = bool(history and history.co) or run.co_iteration is not None
+        warned = run.warning_iteration is not None or bool(history and history.warning)
         if pgd is None:
             continue
         natural = config.dataset in NATURAL_IMAGES
@@ -120,6 +137,7 @@ def sweep_frame(runs: Sequence[Run], histories: dict[str, RunHistory]) -> pd.Dat
                 "pgd_acc": pgd,
                 "clean_acc": clean,
                 "co": co,
+                "warned": warned,
                 "done": final is not None,
                 "status": run.status,
                 "label": config.label(),
@@ -135,6 +153,7 @@ def sweep_frame(runs: Sequence[Run], histories: dict[str, RunHistory]) -> pd.Dat
         "pgd_acc",
         "clean_acc",
         "co",
+        "warned",
         "done",
         "status",
         "label",

@@ -185,7 +185,7 @@ def run_runs(args: argparse.Namespace) -> int:
 
 
 def format_table(runs: list[api.Run]) -> str:
-    header = ("ID", "STATUS", "PROGRESS", "CO AT", "PGD ACC", "FORK OF", "WORKER", "CREATED", "RUN")
+    header = ("ID", "STATUS", "PROGRESS", "CO AT", "WARNED", "PGD ACC", "FORK OF", "WORKER", "CREATED", "RUN")
     rows = [header]
     for item in runs:
         pgd = ((item.final or {}).get("last") or {}).get("pgd_acc")
@@ -195,6 +195,7 @@ def format_table(runs: list[api.Run]) -> str:
                 item.status,
                 f"{item.iteration}/{item.total_iterations or '?'}",
                 "-" if item.co_iteration is None else str(item.co_iteration),
+                "-" if item.warning_iteration is None else str(item.warning_iteration),
                 "-" if pgd is None else percent(pgd),
                 f"{item.config.parent}@{item.config.fork_iteration}" if item.config.parent else "-",
                 item.worker or "-",

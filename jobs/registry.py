@@ -90,6 +90,7 @@ class Run:
     tags: tuple[str, ...] = ()  # the user's labels for the run (annotate)
     note: str = ""  # the user's free-text note
     elapsed_before: float = 0.0  # seconds the earlier attempts ran (a resumed run's clock goes on from there)
+    warning_iteration: int | None = None  # the CO early warning's eval (trainer.warning), None without one
 
     def elapsed_s(self, now: float) -> float | None:
         """Seconds the run has run, all its attempts together; None before it first started."""
@@ -231,6 +232,7 @@ def _parse(record: Record, run_id: str) -> Run:
         iteration=_number(record, "iteration") or 0,
         total_iterations=_number(record, "total_iterations"),
         co_iteration=_number(record, "co_iteration"),
+        warning_iteration=_number(record, "warning_iteration"),
         final=final,
         error=record.get("error") or None,
         sweep_id=record.get("sweep_id") or None,

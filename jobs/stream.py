@@ -25,6 +25,9 @@ FIELD_KEY = FIELD.encode()  # replies are bytes
 FLUSH_S = 0.25  # metrics reach Redis at most this long after the trainer hands them over
 MAX_BATCH = 2000  # events per transaction, so one flush never holds Redis for long
 PAGE = 500
+# The registry fields that mark where a run's events placed something (progress_fields), by the event that
+# sets each: a rewind that drops that event clears its field.
+MARKS = {"co": "co_iteration", "co_warning": "warning_iteration"}
 
 
 class StreamSink:
@@ -108,6 +111,8 @@ def progress_fields(event: Event) -> dict[str, Any]:
         return {"iteration": event["iteration"]}
     if kind == "co":
         return {"co_iteration": event.get("onset_iteration", event["iteration"])}
+    if kind == "co_warning":
+        return {"warning_iteration": event["iteration"]}
     if kind == "final":
         return {"final": encode(event), "iteration": event["iterations"]}
     return {}
@@ -181,18 +186,17 @@ def rewind_to_checkpoint(r: redis.Redis, run_id: str, attempt: int) -> int | Non
     Returns that checkpoint's iteration, or None (deleting nothing) if the stream holds no checkpoint.
     Garbage after the last checkpoint goes with the rest; before it, it stays.
     """
-    stale, dropped_co, checkpoint = [], False, None
+    stale, dropped, checkpoint = [], set(), None
     for entry_id, event in _newest_first(r, run_id):
         if event["type"] == "checkpoint":
             checkpoint = event["iteration"]
             break
         stale.append(entry_id)
-        dropped_co |= event["type"] == "co"
+        dropped.add(event["type"])
     if checkpoint is None:
         return None
     progress = {"iteration": checkpoint, "final": ""}
-    if dropped_co:
-        progress["co_iteration"] = ""
+    progress |= {field: "" for kind, field in MARKS.items() if kind in dropped}
 
     def write(pipe: Pipeline) -> None:
         for start in range(0, len(stale), PAGE):
@@ -208,6 +212,8 @@ def clear(r: redis.Redis, run_id: str, attempt: int) -> None:
 
     def write(pipe: Pipeline) -> None:
         pipe.delete(keys.stream(run_id))
-        pipe.hset(keys.run(run_id), mapping={"iteration": 0, "co_iteration": "", "final": ""})
+        pipe.hset(
+            keys.run(run_id), mapping={"iteration": 0, "final": "", **dict.fromkeys(MARKS.values(), "")}
+        )
 
     write_if_owner(r, run_id, attempt, write)

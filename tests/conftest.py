@@ -282,6 +282,13 @@ def co_event(it: int, onset: int | None = None, interval: list[int] | None = Non
     )
 
 
+def warning_event(it: int, value: float = 0.6, threshold: float = 0.75) -> dict:
+    """A co_warning event as trainer.warning.COWarning gives it: the alignment fell below `threshold`."""
+    from trainer.warning import RULE, SIGNAL
+
+    return make_event("co_warning", iteration=it, signal=SIGNAL, value=value, threshold=threshold, rule=RULE)
+
+
 def final_event(co: int | None, pgd: float = 0.01) -> dict:
     return make_event(
         "final",

@@ -316,6 +316,7 @@ class FakeRun:
     iteration: int = 50
     total_iterations: int | None = 100
     co_iteration: int | None = None
+    warning_iteration: int | None = None
     final: dict | None = None
     error: str | None = None
     sweep_id: str | None = None

@@ -18,6 +18,7 @@ from trainer.co import interval_words
 from trainer.config import ConfigError, RunConfig, allowed, make_config
 from trainer.events import Event, JsonlSink, percent
 from trainer.presets import PRESETS
+from trainer.warning import warning_words
 
 # OSError covers trainer.data.DatasetMissing (a FileNotFoundError) without importing torch here.
 EXPECTED_ERRORS = (ConfigError, RuntimeError, OSError)
@@ -78,6 +79,8 @@ class ProgressSink:
         self.forward = forward
         self.config = config
         self.total = 0
+        self.warned_at: int | None = None
+        self.switched_at: int | None = None
         self.bar = tqdm(total=0, unit="it", file=sys.stderr, disable=disable, dynamic_ncols=True)
 
     def __call__(self, event: Event) -> None:
@@ -102,13 +105,25 @@ class ProgressSink:
                 f"{interval_words(event.get('onset_interval'))} (first collapsed eval: {event['iteration']})",
                 file=sys.stderr,
             )
+        elif kind == "co_warning":
+            self.warned_at = event["iteration"]
+            self.bar.write(f"CO warning: {warning_words(event)}", file=sys.stderr)
+        elif kind == "rescue":
+            self.switched_at = event["iteration"]
+            switch = f"GradAlign λ={event['grad_align_lambda']:g} on after iteration {event['iteration']}"
+            self.bar.write(f"autopilot: {switch}", file=sys.stderr)
         elif kind == "final":
             self.bar.close()
-            self.bar.write(final_summary(event, self.config), file=sys.stderr)
+            self.bar.write(
+                final_summary(event, self.config, self.warned_at, self.switched_at), file=sys.stderr
+            )
 
 
-def final_summary(final: Event, config: RunConfig) -> str:
-    """One line of what the run achieved, for a reader of the terminal rather than of the JSONL."""
+def final_summary(
+    final: Event, config: RunConfig, warned_at: int | None = None, switched_at: int | None = None
+) -> str:
+    """One line of what the run achieved, for a reader of the terminal rather than of the JSONL: with the
+    CO early warning's iteration and the autopilot's switch when the run had them."""
     last, best = final["last"], final["best"]
     parts = [f"clean {percent(last['clean_acc'])}"]
     if last["pgd_acc"] is not None:
@@ -118,6 +133,10 @@ def final_summary(final: Event, config: RunConfig) -> str:
         )
     if last["autoattack_acc"] is not None:
         parts.append(f"AutoAttack {percent(last['autoattack_acc'])}")
+    if warned_at is not None:
+        parts.append(f"CO warning at iteration {warned_at:,}")
+    if switched_at is not None:
+        parts.append(f"GradAlign on from iteration {switched_at:,}")
     co = final["co_iteration"]
     parts.append(f"catastrophic overfitting at iteration {co:,}" if final["co_detected"] else "no CO")
     return "final: " + " · ".join(parts)

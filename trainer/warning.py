@@ -29,6 +29,9 @@ from trainer.co import MIN_PEAK
 SIGNAL = "cos_grad_random"  # the eval event's field the rule reads
 FALL = 0.10  # warn when the signal is this much below its value at the reference eval ...
 SPAN = 100  # ... the latest eval at least this many iterations earlier
+# How long after the warning the onset came, median over the digits FGSM preset's seeds 0-9 (108.5, range
+# 50-182: docs/reproduction.md): what the dashboard tells a user to expect, a digits figure like the rule's.
+MEDIAN_LEAD = 110
 RULE = (
     f"eval {SIGNAL} fell by >= {FALL} since the latest eval >= {SPAN} iterations earlier,"
     f" once the best eval pgd_acc has reached {MIN_PEAK}"
@@ -77,3 +80,12 @@ class COWarning:
     def from_state(cls, state: dict | None) -> COWarning:
         """The rule's state from a checkpoint; a fresh one from a checkpoint written before it existed."""
         return cls(**state) if state else cls()
+
+
+def warning_words(warning: dict) -> str:
+    """A co_warning event as a user reads it (the live view, the CLI): what it expects and what it saw."""
+    return (
+        f"Alignment falling: catastrophic overfitting likely within ~{MEDIAN_LEAD} iterations. "
+        f"At iteration {warning['iteration']:,} {warning['signal']} was {warning['value']:.3f}, below "
+        f"{warning['threshold']:.3f} (its value {SPAN}+ iterations earlier, less {FALL})."
+    )

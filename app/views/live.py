@@ -72,7 +72,7 @@ def _panel(run_id: str) -> bool:
         return False
     history = state.history(r, run)
     st.header(md_escape(run.config.label()), anchor=False)
-    # Whatever comes and goes above the chart (a failure, Rescue once CO is declared) stays in one block:
+    # Whatever comes and goes above the chart (a failure, the CO warning, Rescue) stays in one block:
     # the chart's place on the page never moves, so a refresh updates it instead of drawing it anew.
     with st.container():
         if notes.shown(run):
@@ -81,7 +81,7 @@ def _panel(run_id: str) -> bool:
             _failure(run, history)
         forks.lineage_caption(r, run)
         _status(r, run, history)
-        forks.rescue_action(r, run, history.collapse_began)
+        forks.rescue_action(r, run, history)
     if not history.metrics and not history.evals:  # nothing to draw: say what is happening instead
         if run.status != "failed":
             st.info(_waiting_for(r, run, history), icon=":material/hourglass_top:")
@@ -162,6 +162,8 @@ def _status(r, run, history: RunHistory) -> None:
     with middle:
         fraction = min(iteration / total, 1.0) if total else 0.0
         text = f"iteration {iteration:,} of {total:,}" if total else f"{run.status}: no iteration yet"
+        if history.warning is not None:
+            text += f" · CO warning at iteration {history.warning['iteration']:,}"
         if history.co_iteration is not None:
             text += f" · catastrophic overfitting at iteration {history.co_iteration:,}"
             text += interval_words(history.co_interval)

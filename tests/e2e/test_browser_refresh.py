@@ -19,12 +19,14 @@ from conftest import (
     running_events,
     store_run,
     wait_for,
+    warning_event,
 )
 from test_browser_ux import TIMEOUT_MS, box, browser, dashboard, home, r  # noqa: F401 (fixtures)
 
+from app.figures import WARNING_COLOR
 from jobs import api
 from trainer.config import make_config
-from trainer.fork import EVALS_DIR
+from trainer.fork import EVALS_DIR, rescue_lambda
 
 ROW_PX = 35  # the data grid's header and row height (Streamlit's default)
 
@@ -119,6 +121,41 @@ def test_the_chart_is_updated_in_place_when_co_is_declared_and_rescue_appears(br
     blinks, samples = page.evaluate("() => [window.blinks, window.samples]")
     assert samples > 50 and blinks == 0, (blinks, samples)  # the panels never left the screen
     assert chart.evaluate("element => window.keptAcrossRefreshes === true")  # the same frame, not a new one
+    page.close()
+
+
+def test_the_co_warning_draws_an_amber_line_and_rescue_now_forks_from_its_evaluation(browser, dashboard, r):  # noqa: F811
+    run_id = store_run(r, running_events(total=200, until=60), status="running")
+    evals = api.run_dir(run_id) / EVALS_DIR
+    evals.mkdir(parents=True)
+    for iteration in (20, 40, 60):  # kept evaluations: Rescue now forks from the warning's
+        (evals / f"{iteration}.pt").touch()
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{dashboard}/live?run={run_id}")
+    chart = page.frame_locator(CHARTS).first.locator("#chart")
+    chart.wait_for(timeout=TIMEOUT_MS)
+    append(r, run_id, [warning_event(60)])  # it arrives while the page is open, before any CO
+    page.get_by_text("Alignment falling: catastrophic overfitting likely within").wait_for(timeout=TIMEOUT_MS)
+    rescue = page.get_by_role(
+        "button", name=re.compile(r"^Rescue now: fork from iteration 60 with GradAlign")
+    )
+    rescue.wait_for(timeout=TIMEOUT_MS)
+
+    def amber_lines():
+        shapes = "element => (element.layout.shapes || []).filter(s => s.name === 'co_warning')"
+        return chart.evaluate(shapes + ".map(s => [s.x0, s.line.color, s.line.dash])")
+
+    wait_for(lambda: amber_lines(), TIMEOUT_MS / 1000, "the warning's line on the chart", interval=0.5)
+    assert amber_lines() == [[60, WARNING_COLOR, "dashdot"]] * 3  # on every panel
+    assert "CO warning @ 60" in chart.evaluate("element => element.innerText || element.textContent")
+    rescue.click()
+    page.wait_for_url(
+        re.compile(r"/compare\?compare=" + run_id + r"(%2C|,)[0-9a-f]{12}$"), timeout=TIMEOUT_MS
+    )
+    child = api.get_run(r, re.split("%2C|,", page.url)[-1])
+    parent = api.get_run(r, run_id)
+    assert (child.config.parent, child.config.fork_iteration) == (run_id, 60)
+    assert child.config.grad_align_lambda == rescue_lambda(parent.config) > 0
     page.close()
 
 
