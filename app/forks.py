@@ -17,8 +17,8 @@ import redis
 import streamlit as st
 
 from app import nav
-from app.figures import vertical_marker
 from app.history import RunHistory
+from app.markers import vertical_marker
 from app.text import md_escape
 from jobs import api
 from trainer.config import ConfigError

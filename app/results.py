@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import plotly.graph_objects as go
 
-from app.figures import method_colors, template
+from app.palette import method_colors, template
 from app.text import differing_fields, method_family
 
 if TYPE_CHECKING:

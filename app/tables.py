@@ -47,21 +47,9 @@ COLUMNS = {
 # What a table shows where a run has no value (no CO, AutoAttack off, not finished yet).
 MISSING = "—"
 # The columns a table shows (the first fit a laptop screen; the Runs page can add the rest) and the rest.
-ORDER = [
-    "open",
-    "label",
-    "status",
-    "progress",
-    "CO iteration",
-    "warned at",
-    "PGD acc",
-    "clean acc",
-    "seed",
-    "tags",
-    "id",
-]
-MORE = ["ε", "λ", "method", "dataset", "model", "AA acc", "iteration", "elapsed", "device", "created"]
-MORE += ["sweep", "note", "fork of", "forks"]
+ORDER = ["open", "label", "status", "progress", "CO iteration", "PGD acc", "clean acc", "seed", "tags", "id"]
+MORE = ["warned at", "ε", "λ", "method", "dataset", "model", "AA acc", "iteration", "elapsed", "device"]
+MORE += ["created", "sweep", "note", "fork of", "forks"]
 
 
 def runs_frame(runs: Sequence[Run], now: float | None = None) -> pd.DataFrame:

@@ -16,7 +16,7 @@
 #      time; time to CO through Redis and a freshly started (warm-up) worker; the final evaluation's time;
 #      1, 2 and 4 concurrent captured FGSM runs on the GPU;
 #   4. the dense probe's share of a captured ResNet-18 step (bench.probe_cost --synthetic), and
-#      bench.onset_check on CUDA (digits, one seed).
+#      experiments.onset_check on CUDA (digits, one seed).
 # Everything is written under $OUT (at most 8 files come back): env.txt, cuda-tests.log, bench.log,
 # bench-cuda.json, probe-cost.json, onset-cuda.json, extras.log (the final attack's times, probe, onset).
 #
@@ -111,6 +111,6 @@ limit 30 python3 -m bench.probe_cost --device cuda --synthetic --iters 60 --roun
   --out "$OUT/probe-cost.json" 2>&1 | tee -a "$OUT/extras.log" | tail -8
 
 echo "== the onset check on CUDA (digits, seed 0, onset_replay auto = on: the CPU gives 219 replayed and per-iteration, probe 240)"
-limit 35 python3 -m bench.onset_check --seeds 0 --iters 300 --set device=cuda \
+limit 35 python3 -m experiments.onset_check --seeds 0 --iters 300 --set device=cuda \
   --out "$OUT/onset-cuda.json" 2>&1 | tee -a "$OUT/extras.log" | tail -3
 echo "gpu_check: done in ${SECONDS} s; files in $OUT"

@@ -1,4 +1,5 @@
-"""app/history.py, figures.py, tables.py, text.py: events in, what the dashboard shows out; no Redis."""
+"""app/history.py, panels.py, markers.py, inside.py, sweep_charts.py, tables.py, text.py: events in, what
+the dashboard shows out; no Redis."""
 
 from __future__ import annotations
 
@@ -21,19 +22,10 @@ from conftest import (
     snapshot_event,
 )
 
-from app.figures import (
-    Series,
-    SweepCurve,
-    View,
-    filter_mosaic,
-    filters_figure,
-    inside_figure,
-    run_figure,
-    shared_axes,
-    sweep_curves_figure,
-    sweep_figure,
-)
 from app.history import MAX_LINE_POINTS, RunHistory, downsample
+from app.inside import filter_mosaic, filters_figure, inside_figure
+from app.panels import Series, View, run_figure, shared_axes
+from app.sweep_charts import SweepCurve, sweep_curves_figure, sweep_figure
 from app.tables import runs_frame, sweep_frame
 from app.text import distinguishing_labels, format_duration, md_escape, method_label, snapshot_label
 from jobs.api import Run
@@ -46,6 +38,11 @@ def history_of(events: list[dict]) -> RunHistory:
     history = RunHistory()
     history.extend(events, "1-1")
     return history
+
+
+def source_of(trace) -> str | None:
+    """Which series of a run a trace draws (evals, probes, metrics, window), from its metadata."""
+    return (trace.meta or {}).get("source")
 
 
 def traces_by_name(fig) -> dict:
@@ -103,7 +100,7 @@ def test_dense_probes_are_drawn_thin_under_the_evals_and_the_co_marker_sits_at_t
     assert traces["cos(∇x, ∇x+η) (probe)"].yaxis == "y2"
     assert {shape.x0 for shape in fig.layout.shapes if shape.type == "line"} == {47}
     overlay = run_figure([Series("a", history), Series("b", history)], uirevision="u")
-    assert sum(trace.opacity == 0.45 for trace in overlay.data) == 8  # 4 probe metrics x 2 runs
+    assert sum(source_of(trace) == "probes" for trace in overlay.data) == 8  # 4 probe metrics x 2 runs
     history.extend([config_event(start=50, total=100)])  # a resume drops the replayed probes
     assert max(history.probes) == 50
 
@@ -422,8 +419,8 @@ def test_sweep_curves_draw_each_runs_probe_under_its_evals_in_the_panel_of_its_e
     fig = sweep_curves_figure(curves, uirevision="u")
     titles = [annotation.text for annotation in fig.layout.annotations]
     assert titles == ["ε = 0.05", "ε = 0.1", "ε = 0.2", "ε = 0.3"]  # a panel per ε, 3 a row
-    dense = [trace for trace in fig.data if trace.opacity == 0.45]
-    evals = [trace for trace in fig.data if trace.opacity == 1.0]
+    dense = [trace for trace in fig.data if source_of(trace) == "probes"]
+    evals = [trace for trace in fig.data if source_of(trace) == "evals"]
     assert len(dense) == len(evals) == 9  # a probe line and an eval line per run
     assert all(trace.mode == "lines" and trace.zorder < 0 for trace in dense)
     assert all(trace.mode == "lines+markers" and trace.zorder == 0 for trace in evals)

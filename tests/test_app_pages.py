@@ -691,7 +691,7 @@ def test_sweep_page_draws_each_runs_dense_probe_under_its_evals_per_eps(r):
     assert not at.exception
     figure = charts(at)["sweep.curves.s3"]
     assert [a["text"] for a in figure["layout"]["annotations"]] == ["ε = 0.1", "ε = 0.2"]
-    dense = [trace for trace in figure["data"] if trace.get("opacity") == 0.45]
+    dense = [trace for trace in figure["data"] if (trace.get("meta") or {}).get("source") == "probes"]
     assert [len(numbers(trace["x"])) for trace in dense] == [
         20,
         20,
@@ -709,7 +709,8 @@ def test_a_resumed_run_waiting_in_the_queue_keeps_its_sweep_curve(r):
     assert api.get_run(r, run_id).status == "queued"
     at = app(sweep="s4").run()
     assert not at.exception
-    dense = [trace for trace in charts(at)["sweep.curves.s4"]["data"] if trace.get("opacity") == 0.45]
+    data = charts(at)["sweep.curves.s4"]["data"]
+    dense = [trace for trace in data if (trace.get("meta") or {}).get("source") == "probes"]
     assert [len(numbers(trace["x"])) for trace in dense] == [8]  # what its first attempt drew
 
 

@@ -26,8 +26,9 @@ from test_app_pages import app, charts, numbers
 
 from app import estimate
 from app.export import runs_zip
-from app.figures import CO_COLOR, METRICS, RUN_PALETTE, Series, View, run_colors, run_figure, template
 from app.history import SMOOTHING, RunHistory
+from app.palette import CO_COLOR, RUN_PALETTE, run_colors, template
+from app.panels import METRICS, Series, View, run_figure
 from app.text import md_escape
 from jobs import api
 from jobs.limits import cost

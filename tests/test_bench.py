@@ -22,8 +22,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import __main__ as bench_main  # noqa: E402
-from bench import digits_lambda, onset_check, plain_loop, probe_cost  # noqa: E402
+from bench import plain_loop, probe_cost  # noqa: E402
 from bench.time_to_co import measure  # noqa: E402
+from experiments import digits_lambda, onset_check  # noqa: E402
 from trainer.config import make_config  # noqa: E402
 from trainer.gradalign import grad_align_reg  # noqa: E402
 from trainer.loop import ADVERSARY, train  # noqa: E402

@@ -112,7 +112,7 @@ def test_resume_continues_exactly(tmp_path, stop_at):
 
 
 def test_after_step_sees_every_iteration_and_an_evaluation_there_changes_nothing():
-    """bench/onset_check attacks the live model after every step: the run must be the one without it."""
+    """experiments/onset_check attacks the live model after every step: the run must be the one without it."""
     cfg = make_config({**TINY, "max_iters": 25})
     data = load_dataset("digits", torch.device("cpu"))
     seen = []

@@ -63,7 +63,7 @@ def dense_onset(points: list[list[float]], confirmed_at: int) -> int | None:
     a point is collapsed when that mean is below DROP x the largest mean in the window, and the onset is
     the first point of the last unbroken run of collapsed points up to `confirmed_at` (None if the last
     point is not collapsed). The same function places the onset on the probe (the detector) and on a
-    per-iteration evaluation (bench/onset_check.py), so the two can be compared.
+    per-iteration evaluation (experiments/onset_check.py), so the two can be compared.
     """
     means = smoothed([row for row in points if row[0] <= confirmed_at])
     if not means:

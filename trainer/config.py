@@ -82,12 +82,14 @@ def svhn_lambda(eps: float) -> float:
     return round(2.5**2 / 4 * 1.6 ** (eps * 255 / 8), 3)
 
 
-# log10(lambda) = a + b * eps on digits (`python -m bench.digits_lambda --seeds 0 1 2`; docs/reproduction.md):
-# each weight is at or above the smallest one on the bench's ladder that kept the robustness of seeds 0-2.
-# GradAlign needed 2, 4, 8, 8 at eps 0.15, 0.175, 0.2, 0.25 (none from 0.5 to 64 kept a working classifier
-# at 0.3): the rule is lambda = 4 * 2 ** ((eps - 0.15) / 0.05), first fitted on seed 0, which the bench's
-# covering fit over seeds 0-2 (10 ** (-0.267 + 5.849 eps)) matches within 6 % on the sweep's grid.
-# ELLE needed 256, 1024, 1024, 1024, 4096 at 0.15 ... 0.3: the bench's covering fit, through 1024 at 0.175.
+# log10(lambda) = a + b * eps on digits (`python -m experiments.digits_lambda --seeds 0 1 2`;
+# docs/reproduction.md): each weight is at or above the smallest one on the experiment's ladder that kept
+# the robustness of seeds 0-2. GradAlign needed 2, 4, 8, 8 at eps 0.15, 0.175, 0.2, 0.25 (none from 0.5 to
+# 64 kept a working classifier at 0.3): the rule is lambda = 4 * 2 ** ((eps - 0.15) / 0.05), first fitted
+# on seed 0, which the experiment's covering fit over seeds 0-2 (10 ** (-0.267 + 5.849 eps)) matches
+# within 6 % on the sweep's grid.
+# ELLE needed 256, 1024, 1024, 1024, 4096 at 0.15 ... 0.3: the experiment's covering fit, through 1024
+# at 0.175.
 DIGITS_LAMBDA_FIT = {
     "grad_align_lambda": (math.log10(2 * 2) - math.log10(2) / 0.05 * 0.15, math.log10(2) / 0.05),
     "elle_lambda": (math.log10(1024) - 6.2282 * 0.175, 6.2282),

@@ -219,7 +219,7 @@ def train(
 
     `capture` records the training step for replay (default: a CUDA graph on CUDA, nothing on the CPU).
     `after_step(iteration, model)` sees the model after every step (in train mode; it must leave it so and
-    unchanged), for analyses finer than any event: bench/onset_check evaluates every iteration with it.
+    unchanged), for analyses finer than any event: experiments/onset_check evaluates every iteration with it.
     """
     if run_dir is None:
         with tempfile.TemporaryDirectory(prefix="codash-run-") as tmp:

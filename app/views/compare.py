@@ -10,7 +10,8 @@ import streamlit as st
 
 from app import forks, state
 from app.chart import dark_theme, live_chart
-from app.figures import Series, View, run_colors, run_figure, shared_axes
+from app.palette import run_colors
+from app.panels import Series, View, run_figure, shared_axes
 from app.refresh import while_live
 from app.tables import COLUMNS, MISSING, MORE, ORDER, runs_frame
 from app.text import distinguishing_labels, md_escape

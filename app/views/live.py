@@ -16,8 +16,9 @@ import streamlit as st
 
 from app import forks, nav, notes, state
 from app.chart import dark_theme, live_chart
-from app.figures import Series, View, filters_figure, inside_figure, run_figure
 from app.history import PROVENANCE, SMOOTHING, RunHistory, first_eval_after
+from app.inside import filters_figure, inside_figure
+from app.panels import Series, View, run_figure
 from app.refresh import while_live
 from app.tables import MISSING
 from app.text import format_duration, md_escape, model_name, percent, snapshot_label

@@ -15,9 +15,9 @@ import streamlit as st
 
 from app import estimate, nav, state
 from app.chart import dark_theme, live_chart
-from app.figures import SweepCurve, sweep_curves_figure, sweep_figure
 from app.presets import SWEEP_PRESETS
 from app.refresh import while_live
+from app.sweep_charts import SweepCurve, sweep_curves_figure, sweep_figure
 from app.tables import sweep_frame
 from app.text import md_escape, method_family, plural
 from jobs import api

@@ -23,7 +23,7 @@ from conftest import (
 )
 from test_browser_ux import TIMEOUT_MS, box, browser, dashboard, home, r  # noqa: F401 (fixtures)
 
-from app.figures import WARNING_COLOR
+from app.palette import WARNING_COLOR
 from jobs import api
 from trainer.config import make_config
 from trainer.fork import EVALS_DIR, rescue_lambda

@@ -1,7 +1,7 @@
 """Measure the rescue fork on digits: the FGSM preset, forked with GradAlign from its last evaluation before
 the collapse began (what the live view's "Rescue" button queues), against the parent it was forked from.
 
-    OMP_NUM_THREADS=1 python docs/fork_rescue.py SEED [SEED ...]
+    OMP_NUM_THREADS=1 python -m experiments.fork_rescue SEED [SEED ...]
 
 Prints, per seed, the parent's CO onset, the fork point, and the live PGD-10 accuracy (256 test images) and
 final PGD-50-10 accuracy (297 test images) of parent and fork. The README's figures come from seeds 0 and 1.

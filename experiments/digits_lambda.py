@@ -1,6 +1,6 @@
 """The GradAlign and ELLE weight each eps of the digits sweep needs, and a lambda(eps) rule fitted to it.
 
-    python -m bench.digits_lambda [--eps 0.05 0.1 ... 0.3] [--seeds 0 1 2] [--out /tmp/16-lambda.json]
+    python -m experiments.digits_lambda [--eps 0.05 0.1 ... 0.3] [--seeds 0 1 2] [--out /tmp/16-lambda.json]
 
 On the digits preset (1-layer CNN, 16 filters, 690 iterations; evaluations every 100), for each eps in
 ascending order: FGSM on each seed (does it keep its robustness?), then for each regulariser the smallest
@@ -94,7 +94,7 @@ def fit(points: list[tuple[float, float]]) -> dict | None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.digits_lambda", description=__doc__.splitlines()[0]
+        prog="python -m experiments.digits_lambda", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--eps", type=float, nargs="+", default=[0.05, 0.1, 0.15, 0.175, 0.2, 0.25, 0.3])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

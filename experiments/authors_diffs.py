@@ -1,12 +1,12 @@
 """Measure on digits what each of codash's choices that differ from the authors' code changes
 (docs/reproduction.md, "Differences from the authors' code"), one function per difference:
 
-    python -m bench.authors_diffs cadence --seeds 0 1 2      # early stopping's eval every 50 or 200
-    python -m bench.authors_diffs restarts --runs grad_align  # the final attack's choice of restart
-    python -m bench.authors_diffs box                        # FGSM-RS's start kept in [0, 1] or not
-    python -m bench.authors_diffs tie                        # GradAlign's first gradient through clamp
-    python -m bench.authors_diffs elle --seeds 0 1 2         # the ELLE repository's step
-    python -m bench.authors_diffs pgd_start --seeds 0 1 2    # PGD-2 training from a random or zero start
+    python -m experiments.authors_diffs cadence --seeds 0 1 2      # early stopping's eval every 50 or 200
+    python -m experiments.authors_diffs restarts --runs grad_align  # the final attack's choice of restart
+    python -m experiments.authors_diffs box                        # FGSM-RS's start kept in [0, 1] or not
+    python -m experiments.authors_diffs tie                        # GradAlign's first gradient through clamp
+    python -m experiments.authors_diffs elle --seeds 0 1 2         # the ELLE repository's step
+    python -m experiments.authors_diffs pgd_start --seeds 0 1 2    # PGD-2 from a random or zero start
 
 Seeds 0-4 unless --seeds; `restarts` trains FGSM and GradAlign λ = 4 unless --runs. Each run is the digits
 preset setting (1-layer CNN, 16 filters, 690 iterations, eps 0.175 unless --eps); the authors' variant

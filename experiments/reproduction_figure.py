@@ -1,6 +1,6 @@
 """Draw docs/reproduction_digits.png from the JSONL event files of the digits runs in docs/reproduction.md.
 
-    python docs/reproduction_figure.py RUNS_DIR [OUT.png]
+    python -m experiments.reproduction_figure RUNS_DIR [OUT.png]
 
 RUNS_DIR holds NAME-SEED.jsonl files (`codash train --out`). Two panels: the live PGD-10 accuracy on 256 test
 images and cos(grad at x, grad at x + eta), each averaged over the seeds of a method, against the iteration.
@@ -65,7 +65,8 @@ def draw_panel(draw, font, top, curves, title, y_range, max_iter):
 
 def main(argv: list[str]) -> None:
     runs_dir = Path(argv[0])
-    out = Path(argv[1]) if len(argv) > 1 else Path(__file__).with_name("reproduction_digits.png")
+    default = Path(__file__).resolve().parent.parent / "docs" / "reproduction_digits.png"
+    out = Path(argv[1]) if len(argv) > 1 else default
     image = Image.new("RGB", (W, H), "white")
     draw = ImageDraw.Draw(image)
     try:  # DejaVu has the Greek letters and ∇; Pillow's built-in font does not

@@ -3,7 +3,7 @@ would, measured on the real stack.
 
     export CODASH_HOME=$(mktemp -d) OMP_NUM_THREADS=1
     codash up --port 8765 --workers 1 &       # embedded Valkey, one worker, the dashboard
-    python docs/sweep_figure.py http://127.0.0.1:8765 [--sweep ID]
+    python -m experiments.sweep_figure http://127.0.0.1:8765 [--sweep ID]
 
 Opens the Sweep page in Debian's Chromium (/usr/bin/chromium), keeps every default (preset "Digits: FGSM
 catastrophic overfitting", its methods, ε grid, epochs and the digits λ(ε)), types seeds 0, 1, 2 and presses
@@ -30,7 +30,7 @@ from app.tables import sweep_frame  # noqa: E402
 from jobs import api  # noqa: E402
 
 SEEDS = "0, 1, 2"
-FIGURE = Path(__file__).parent / "sweep.png"
+FIGURE = Path(__file__).resolve().parent.parent / "docs" / "sweep.png"
 POLL_S = 30
 
 

@@ -1,6 +1,6 @@
 """Offline check of the CO onset: the run's onset against a full PGD-10 eval of every live iteration.
 
-    python -m bench.onset_check [--seeds 0 1 2 3 4] [--iters 450] [--preset NAME] [--set KEY=VALUE ...]
+    python -m experiments.onset_check [--seeds 0 1 2 3 4] [--iters 450] [--preset NAME] [--set KEY=VALUE ...]
                                 [--out FILE]
 
 Per seed, a preset (default: the digits FGSM one; --set's RunConfig fields on top, `device=cuda` among
@@ -240,7 +240,8 @@ def setting(item: str) -> tuple[str, object]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.onset_check", description=__doc__.splitlines()[0])
+    description = __doc__.splitlines()[0]
+    parser = argparse.ArgumentParser(prog="python -m experiments.onset_check", description=description)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--iters", type=int, default=450, help="iterations per run (digits: CO at 200-300)")
     parser.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS), metavar="NAME")

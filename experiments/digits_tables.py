@@ -1,10 +1,10 @@
 """Measure the digits tables of README.md and docs/reproduction.md: each method over seeds, in one process.
 
-    python -m bench.digits_tables RUNS_DIR [--names fgsm ga4 ...] [--seeds 0 1 2 3 4]
-    python -m bench.digits_tables RUNS_DIR --table          # only print the table rows from RUNS_DIR
+    python -m experiments.digits_tables RUNS_DIR [--names fgsm ga4 ...] [--seeds 0 1 2 3 4]
+    python -m experiments.digits_tables RUNS_DIR --table          # only print the table rows from RUNS_DIR
 
 Each run is the digits preset setting (1-layer CNN, 16 filters, eps 0.175, 690 iterations) with the method's
-fields, written as RUNS_DIR/NAME-SEED.jsonl (docs/reproduction_figure.py draws from the same files); a
+fields, written as RUNS_DIR/NAME-SEED.jsonl (experiments/reproduction_figure.py draws from the same files); a
 file that already holds a final event is kept, so an interrupted measurement resumes. One thread: run one
 of these at a time on a shared machine. The final evaluation (PGD-50-10 on the 297 test images, and
 AutoAttack where the row has it) runs only for the rows marked `final`: the other methods' training is
@@ -154,7 +154,7 @@ def table(runs_dir: Path) -> dict[str, dict]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.digits_tables", description=__doc__.splitlines()[0]
+        prog="python -m experiments.digits_tables", description=__doc__.splitlines()[0]
     )
     parser.add_argument("runs_dir", type=Path)
     parser.add_argument("--names", nargs="+", choices=tuple(RUNS), default=list(RUNS))
