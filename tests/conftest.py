@@ -1,15 +1,17 @@
 """Shared fixtures and builders: a real redis-server, real worker processes, realistic event streams.
 
-Each server is codash's own embedded one (jobs.server) in a temporary CODASH_HOME, on a free port, with a
-generated password; workers are `python -m jobs.worker` subprocesses, killed at teardown. Runs are built
-from events as the trainer writes them (trainer.events.make_event) and stored through the worker's own
-writers (registry.transition, stream.StreamSink), so what a page or a test reads is what production reads.
+The server is codash's own embedded one (jobs.server), with a generated password: one per test process,
+emptied before each test, which has a temporary CODASH_HOME of its own (`redis_home`). Workers are
+`python -m jobs.worker` subprocesses, killed at teardown. Runs are built from events as the trainer writes
+them (trainer.events.make_event) and stored through the worker's own writers (registry.transition,
+stream.StreamSink), so what a page or a test reads is what production reads.
 bench/app_bench.py reuses the builders: one definition of each.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -108,10 +110,46 @@ def kill_server(home: Path) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+@pytest.fixture(scope="session")
+def shared_redis_home(tmp_path_factory) -> Iterator[Path]:
+    """The CODASH_HOME of the embedded server that the `redis_home` tests share: one per test process (each
+    xdist worker has its own base temporary directory, so its own server)."""
+    from jobs.server import ensure_server
+
+    home = tmp_path_factory.mktemp("valkey") / "home"
+    ensure_server(home)
+    yield home
+    kill_server(home)
+
+
 @pytest.fixture
-def redis_home(tmp_path: Path) -> Iterator[Path]:
-    """A fresh embedded Redis for one test."""
-    with embedded_redis(tmp_path / "home") as home:
+def redis_home(request, tmp_path: Path, shared_redis_home: Path) -> Iterator[Path]:
+    """CODASH_HOME for one test, its embedded Redis emptied (FLUSHALL) before the test.
+
+    The server is the one the test process shares: this home's redis.url names its socket, so everything
+    that discovers the server from CODASH_HOME (api.connect, `codash up`, workers) uses it, while the runs
+    directory and the other files under CODASH_HOME are the test's own. A test marked `own_redis` (one that
+    stops, kills or restarts the server, or reads its files) gets a server of its own instead.
+    """
+    import redis
+
+    from jobs.server import URL_FILE, ensure_server
+
+    home = tmp_path / "home"
+    if request.node.get_closest_marker("own_redis"):
+        with embedded_redis(home):
+            yield home
+        return
+    url = ensure_server(shared_redis_home)  # started again if a test took it down
+    home.mkdir(mode=0o700)
+    with open(os.open(home / URL_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+        file.write(url + "\n")  # the password, 0600 as the server's own file
+    with redis.Redis.from_url(url) as client:
+        client.flushall()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CODASH_HOME", str(home))
+        patch.delenv("REDIS_URL", raising=False)
+        patch.delenv("CODASH_RUNS_DIR", raising=False)
         yield home
 
 
@@ -404,3 +442,34 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.workers)
         if "redis_home" in fixtures:
             item.add_marker(pytest.mark.redis)
+
+
+# The fault suite's figures (tests/faults/conftest.py): each test's row travels with its teardown report,
+# so the table is whole when the tests ran in several processes (pytest-xdist) too.
+FAULT_FIGURES: list[dict[str, Any]] = []
+FAULT_FIGURES_ARTIFACT = ROOT / "test-artifacts" / "fault-figures.json"
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "teardown":
+        FAULT_FIGURES.extend(row for name, row in report.user_properties if name == "fault_figures")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    rows = FAULT_FIGURES
+    if not rows:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("codash fault suite figures")
+    width = max(len(row["scenario"]) for row in rows)
+    write(f"{'scenario':<{width}}  faults  events checked  events lost")
+    for row in rows:
+        write(
+            f"{row['scenario']:<{width}}  {row['faults_injected']:>6}  {row['events_checked']:>14}"
+            f"  {row['events_lost']:>11}"
+        )
+    totals = [sum(row[key] for row in rows) for key in ("faults_injected", "events_checked", "events_lost")]
+    write(f"{'total':<{width}}  {totals[0]:>6}  {totals[1]:>14}  {totals[2]:>11}")
+    with contextlib.suppress(OSError):
+        FAULT_FIGURES_ARTIFACT.parent.mkdir(exist_ok=True)
+        FAULT_FIGURES_ARTIFACT.write_text(json.dumps(rows, indent=2) + "\n")

@@ -24,6 +24,7 @@ from jobs.server import (
 )
 
 
+@pytest.mark.own_redis
 def test_the_embedded_server_is_private_and_started_once(redis_home, capsys):
     url = stored_url(redis_home)
     password = (redis_home / PASSWORD_FILE).read_text().strip()
@@ -50,6 +51,7 @@ def test_connect_prefers_redis_url(redis_home, monkeypatch):
     assert api.connect(stored_url(redis_home)).connection_pool.connection_kwargs["db"] == 0
 
 
+@pytest.mark.own_redis
 def test_stopped_and_started_again_it_keeps_socket_password_and_data(redis_home):
     url = stored_url(redis_home)
     with api.connect() as client:
@@ -61,6 +63,7 @@ def test_stopped_and_started_again_it_keeps_socket_password_and_data(redis_home)
         assert client.xlen("s") == 1
 
 
+@pytest.mark.own_redis
 def test_a_stale_url_file_starts_a_new_server(redis_home):
     kill_server(redis_home)  # killed without a word: the URL file stays behind
     wait_for(lambda: not ping(stored_url(redis_home)), 10, "the killed server to stop answering")

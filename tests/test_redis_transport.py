@@ -87,6 +87,7 @@ def home(tmp_path: Path, monkeypatch) -> Path:
     kill_server(home)
 
 
+@pytest.mark.own_redis
 def test_the_embedded_server_has_no_tcp_listener_and_a_private_socket(r, redis_home):
     url = stored_url(redis_home)
     password = (redis_home / PASSWORD_FILE).read_text().strip()
@@ -101,6 +102,7 @@ def test_the_embedded_server_has_no_tcp_listener_and_a_private_socket(r, redis_h
         assert f"pid={server_pid(redis_home)}," not in listening  # nothing of the server's on TCP
 
 
+@pytest.mark.own_redis
 def test_a_socket_directory_others_can_write_to_is_refused(redis_home):
     data = redis_home / DATA_DIR
     data.chmod(0o755)  # read and enter: others could not plant a socket yet, but it is not 0700 either
@@ -112,6 +114,7 @@ def test_a_socket_directory_others_can_write_to_is_refused(redis_home):
     assert api.connect().ping()
 
 
+@pytest.mark.own_redis
 @pytest.mark.skipif(os.getuid() != 0, reason="giving a directory to another user needs root")
 def test_a_socket_directory_of_another_user_is_refused(redis_home):
     data = redis_home / DATA_DIR
@@ -195,6 +198,7 @@ def test_remote_workers_train_over_tcp_only_when_asked_and_a_stopped_servers_por
     assert squatter.connections == 0 and password.encode() not in squatter.received
 
 
+@pytest.mark.own_redis
 def test_a_stale_socket_of_a_crashed_server_is_replaced(redis_home):
     sock = socket_path(stored_url(redis_home))
     kill_server(redis_home)
@@ -203,6 +207,7 @@ def test_a_stale_socket_of_a_crashed_server_is_replaced(redis_home):
     assert ensure_server(redis_home) == stored_url(redis_home) and api.connect().ping()
 
 
+@pytest.mark.own_redis
 def test_a_server_that_is_slow_to_answer_is_waited_for_not_started_twice(redis_home):
     """PING fails while the server loads a large AOF (or is stopped, here): a second server on the same data
     would fight the first over it, and take its socket."""

@@ -32,9 +32,6 @@ from jobs import api, keys
 from jobs.limits import Limits
 from jobs.server import free_port
 
-FIGURES: list[dict[str, Any]] = []
-ARTIFACT = ROOT / "test-artifacts" / "fault-figures.json"
-
 # A digits run of N iterations: about 10 ms per iteration on one core, so it is still running when the
 # fault hits. Evaluations every 25 iterations; a checkpoint at every epoch end (23 iterations at batch 64).
 EVAL_EVERY = 25
@@ -64,6 +61,7 @@ class Figures:
 
 @pytest.fixture
 def figures(request) -> Iterator[Figures]:
+    """The test's figures, handed to the session's table (tests/conftest.py) with its teardown report."""
     figures = Figures(request.node.name)
     yield figures
     row = {
@@ -73,29 +71,8 @@ def figures(request) -> Iterator[Figures]:
         "events_checked": figures.checked,
         "events_lost": figures.lost,
     }
-    FIGURES.append(row)
+    request.node.user_properties.append(("fault_figures", row))
     print(f"figures: {json.dumps(row)}")
-
-
-def pytest_terminal_summary(terminalreporter) -> None:
-    if not FIGURES:
-        return
-    write = terminalreporter.write_line
-    terminalreporter.section("codash fault suite figures")
-    width = max(len(row["scenario"]) for row in FIGURES)
-    write(f"{'scenario':<{width}}  faults  events checked  events lost")
-    for row in FIGURES:
-        write(
-            f"{row['scenario']:<{width}}  {row['faults_injected']:>6}  {row['events_checked']:>14}"
-            f"  {row['events_lost']:>11}"
-        )
-    totals = [
-        sum(row[key] for row in FIGURES) for key in ("faults_injected", "events_checked", "events_lost")
-    ]
-    write(f"{'total':<{width}}  {totals[0]:>6}  {totals[1]:>14}  {totals[2]:>11}")
-    with contextlib.suppress(OSError):
-        ARTIFACT.parent.mkdir(exist_ok=True)
-        ARTIFACT.write_text(json.dumps(FIGURES, indent=2) + "\n")
 
 
 # --- environment ---

@@ -42,7 +42,7 @@ from .conftest import (
     wait_status,
 )
 
-pytestmark = pytest.mark.timeout(150)
+pytestmark = [pytest.mark.timeout(150), pytest.mark.own_redis]  # each test restarts its server
 
 HEARTBEAT_S = 2.0
 TOTAL = 300
