@@ -43,7 +43,7 @@ def requested(query_params: Mapping[str, str]) -> tuple[str, int] | None:
 
 def rescue_point(run: api.Run, collapse_began: int | None) -> int | None:
     """The evaluation to rescue a collapsed run from: the last one with a checkpoint before the collapse
-    began (trainer.fork.collapse_began)."""
+    began (trainer.co.collapse_began)."""
     if collapse_began is None or run.config.uses_grad_align:
         return None
     return last_before(api.fork_points(run.id), collapse_began)

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from trainer.co import collapse_began
 from trainer.events import ARRAY_FIELDS
-from trainer.fork import collapse_began
 
 MAX_LINE_POINTS = 600  # per-iteration series are averaged into at most this many bins: SVG stays fast
 SMOOTHING = 0.8  # per-batch training numbers are noisy: drawn as an EMA with this weight (TensorBoard's)
@@ -145,7 +145,7 @@ class RunHistory:
 
     @property
     def collapse_began(self) -> int | None:
-        """The first sign of CO (trainer.fork.collapse_began): a rescue forks from before it."""
+        """The first sign of CO (trainer.co.collapse_began): a rescue forks from before it."""
         return collapse_began(self.co) if self.co else None
 
     def metrics_frame(self, smoothing: float = SMOOTHING, max_points: int = MAX_LINE_POINTS) -> pd.DataFrame:

@@ -180,7 +180,7 @@ def final_eval_time(device: str, points: int = 1000, test_images: int = 10_000) 
     from trainer.config import make_config
     from trainer.evaluate import pgd_accuracy
     from trainer.fast import fast_path
-    from trainer.loop import _final_metrics
+    from trainer.final import final_metrics
 
     cfg = make_config({**CIFAR_RESNET, "device": device, "final_eval_points": points})
     path = fast_path(cfg, torch.device(device), None)
@@ -213,6 +213,6 @@ def final_eval_time(device: str, points: int = 1000, test_images: int = 10_000) 
         "points": points,
         "attack": cfg.final_pgd,
         "precision": "bf16" if path.bf16 else "fp32",
-        "as_run_s": timed(lambda: _final_metrics(model, cfg, data, path, points)),
+        "as_run_s": timed(lambda: final_metrics(model, cfg, data, path, points, lambda done: None)),
         "every_restart_s": timed(every_restart),
     }

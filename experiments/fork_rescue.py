@@ -13,8 +13,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from trainer.co import collapse_began
 from trainer.config import make_config
-from trainer.fork import collapse_began, eval_iterations, last_before, rescue_lambda, seed_fork
+from trainer.fork import eval_iterations, last_before, rescue_lambda, seed_fork
 from trainer.loop import train
 from trainer.presets import DEFAULT_PRESET, PRESETS
 

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from trainer.checkpoint import model_for
-from trainer.co import PATIENCE, dense_onset, onset_on_images, resampled_onsets, smoothed
+from trainer.co import PATIENCE, Row, dense_onset, onset_on_images, resampled_onsets, smoothed
 from trainer.config import make_config
 from trainer.data import load_dataset
 from trainer.evaluate import per_image_results
@@ -64,22 +64,22 @@ def collapse_width(series: list[list[float]], onset: int) -> int | None:
     return None if low is None else low - high
 
 
-def sampling_spread(rows: list[list], confirmed_at: int, seed: int) -> dict:
+def sampling_spread(rows: list[Row], confirmed_at: int, seed: int) -> dict:
     """How far the choice of images alone moves the onset, from per-image PGD results.
 
-    `rows` are the reference eval's [iteration, pgd_acc, fgsm_acc, per-image PGD results] over the
-    detector's window. The reference's onset is re-placed (the same dense_onset, via
-    trainer.co.onset_on_images) on DRAWS bootstrap resamples of its images (trainer.co.resampled_onsets,
-    which the detector's onset_interval uses on the probe's images): their standard deviation is the
+    `rows` are the reference eval's, with its per-image PGD results, over the detector's window. The
+    reference's onset is re-placed (the same dense_onset, via trainer.co.onset_on_images) on DRAWS
+    bootstrap resamples of its images (trainer.co.resampled_onsets, which the detector's onset_interval
+    uses on the probe's images): their standard deviation is the
     reference's own standard error. Then on DRAWS random subsets of PROBE_SIZES images: the share of them
     within TOLERANCE of the reference's onset is what a probe of that size, on images like the eval's and
     with its attack at every iteration, could reach. A subset shares its images with the reference, which
-    pulls the two together; a probe on other images (the issue asks for one separate from the eval subset)
+    pulls the two together; a probe on other images (one separate from the eval subset)
     can only do worse. So, last, `halves`: DRAWS random splits of the images into two disjoint halves, and
     how often their onsets agree.
     """
     rng = random.Random(seed)
-    n = len(rows[0][3])
+    n = len(rows[0].robust)
     reference = dense_onset(rows, confirmed_at)
     boot = [onset for onset in resampled_onsets(rows, confirmed_at, DRAWS, seed) if onset is not None]
     result = {
@@ -223,7 +223,7 @@ def check_seed(seed: int, iters: int, preset: str, overrides: dict) -> dict:
         "other_start_onset": dense_onset(rows["other_start"], confirmed_at),
         "train_images_onset": dense_onset(rows["train_images"], confirmed_at),
         "sampling": sampling_spread(
-            [row + [images] for row, images in zip(window, robust[first - 1 : confirmed_at], strict=True)],
+            [Row(*row, images) for row, images in zip(window, robust[first - 1 : confirmed_at], strict=True)],
             confirmed_at,
             seed,
         ),

@@ -36,7 +36,7 @@ from jobs.queue import job_id, rq_queue
 from jobs.registry import transition
 from trainer.config import make_config
 from trainer.events import make_event
-from trainer.loop import FINAL_PROGRESS_STEPS
+from trainer.final import FINAL_PROGRESS_STEPS
 from trainer.presets import PRESETS
 
 RESNET_PRESET = "CIFAR-10 ResNet-18: FGSM + GradAlign λ=0.2, ε=8/255 (paper)"

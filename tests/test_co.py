@@ -4,7 +4,7 @@ from trainer.co import CODetector
 def feed(series):
     detector = CODetector()
     fired = [detector.update(i, pgd, fgsm) for i, (pgd, fgsm) in enumerate(series, 1)]
-    return [event for event in fired if event]
+    return [detector.place(collapse) for collapse in fired if collapse]
 
 
 def test_fires_once_at_the_onset_when_pgd_collapses_while_fgsm_holds():
@@ -37,4 +37,4 @@ def test_state_round_trips_for_resume():
     detector.update(1, 0.4, 0.5)
     detector.update(2, 0.1, 0.6)
     restored = CODetector(**detector.state_dict())
-    assert restored.update(3, 0.0, 0.7)["iteration"] == 2
+    assert restored.update(3, 0.0, 0.7).first["iteration"] == 2

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import TINY
 
-from trainer import loop
+from trainer import final, loop
 from trainer.cli import build_parser, config_from_args
 from trainer.config import TRAIN_IMAGES, ConfigError, make_config
 from trainer.data import Dataset
@@ -318,13 +318,13 @@ def test_a_fresh_generator_draws_what_the_one_it_replaces_would_have():
 def test_the_final_attack_runs_with_cudnn_benchmark_off_and_puts_it_back(monkeypatch):
     """On CUDA its restarts attack ever smaller subsets: with benchmark on, cuDNN would tune every size."""
     seen = []
-    attack = loop.pgd_accuracy
+    attack = final.pgd_accuracy
 
     def recorded(*args, **kwargs):
         seen.append(torch.backends.cudnn.benchmark)
         return attack(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "pgd_accuracy", recorded)
+    monkeypatch.setattr(final, "pgd_accuracy", recorded)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
     run(make_config({**TINY, "max_iters": 2, "eval_points": 8, "final_eval_points": 8}))
     assert seen and not any(seen)

@@ -10,7 +10,7 @@ from torch import nn
 
 from trainer.attacks import cosine, fgsm, input_grad, pgd, random_point
 from trainer.checkpoint import load_model
-from trainer.co import SMOOTH_ITERS, CODetector, dense_onset, onset_interval
+from trainer.co import SMOOTH_ITERS, CODetector, Row, dense_onset, onset_interval
 from trainer.config import make_config
 from trainer.data import load_dataset
 from trainer.elle import DECAY, SENSITIVITY, AdaptiveLambda, elle_reg
@@ -84,6 +84,15 @@ def test_dense_onset_finds_the_first_iteration_of_a_sudden_collapse():
     assert SMOOTH_ITERS == 10
 
 
+def judge(detector: CODetector, it: int, pgd_acc: float, fgsm_acc: float, replay=None) -> dict | None:
+    """One eval through the detector as the loop runs it: the co event's fields when the rule fires, the
+    onset placed on `replay(start, confirmed_at)`'s rows when it has them."""
+    collapse = detector.update(it, pgd_acc, fgsm_acc)
+    if collapse is None:
+        return None
+    return detector.place(collapse, replay(collapse.start, collapse.confirmed_at) if replay else None)
+
+
 def test_the_detector_places_the_onset_from_the_probe_when_its_eval_rule_fires():
     """Evals every 50 iterations collapse at 150 and 200; the probe (every 2) collapsed at 131."""
     detector = CODetector()
@@ -93,7 +102,7 @@ def test_the_detector_places_the_onset_from_the_probe_when_its_eval_rule_fires()
     for it, pgd_acc, fgsm_acc in probes:
         detector.probe(it, pgd_acc, fgsm_acc)
         if it in evals:
-            fired.append(detector.update(it, *evals[it]))
+            fired.append(judge(detector, it, *evals[it]))
     event = [e for e in fired if e][0]
     assert event["iteration"] == 150 and event["confirmed_at"] == 200
     assert abs(event["onset_iteration"] - 131) <= 3
@@ -102,13 +111,12 @@ def test_the_detector_places_the_onset_from_the_probe_when_its_eval_rule_fires()
     assert set(event) - {"type"} == set(FIELDS["co"])
 
 
-def falling(images: int, start: int, stop: int, every: int, falls) -> list[list]:
-    """Detector rows [iteration, pgd_acc, fgsm_acc, per-image results] where image i is robust until
-    iteration falls(i)."""
+def falling(images: int, start: int, stop: int, every: int, falls) -> list[Row]:
+    """Detector rows where image i is robust until iteration falls(i)."""
     rows = []
     for it in range(start, stop + 1, every):
         robust = [1.0 if it < falls(i) else 0.0 for i in range(images)]
-        rows.append([it, sum(robust) / images, 0.8, robust])
+        rows.append(Row(it, sum(robust) / images, 0.8, robust))
     return rows
 
 
@@ -120,7 +128,7 @@ def test_the_onset_interval_is_a_point_for_a_step_and_wide_for_a_drift():
     drift = falling(32, 52, 200, 2, lambda i: 60 + 140 * i // 31)
     low, high = onset_interval(drift, 200)
     assert low < dense_onset(drift, 200) < high and high - low >= 20
-    assert onset_interval([row[:3] + [[]] for row in drift], 200) is None  # no per-image results
+    assert onset_interval([row._replace(robust=()) for row in drift], 200) is None  # no per-image results
 
 
 def test_the_detectors_co_event_carries_the_onset_interval_from_the_probes_images():
@@ -130,7 +138,7 @@ def test_the_detectors_co_event_carries_the_onset_interval_from_the_probes_image
     for it, pgd_acc, fgsm_acc, robust in falling(32, 2, 200, 2, lambda i: 100 + 60 * i // 31):
         detector.probe(it, pgd_acc, fgsm_acc, robust)
         if it in evals:
-            fired.append(detector.update(it, *evals[it]))
+            fired.append(judge(detector, it, *evals[it]))
     (event,) = [e for e in fired if e]
     low, high = event["onset_interval"]
     assert low <= event["onset_iteration"] <= high
@@ -147,21 +155,21 @@ def test_the_detector_places_the_onset_on_the_eval_at_every_iteration_when_it_is
 
     def every_iteration(first, last):
         asked.append((first, last))
-        return [row for row in replay if first <= row[0] <= last]
+        return [row for row in replay if first <= row.iteration <= last]
 
     def fire(source) -> dict:
         detector, fired = CODetector(), []
         for it, pgd_acc, fgsm_acc in probes:
             detector.probe(it, pgd_acc, fgsm_acc)
             if it in evals:
-                fired.append(detector.update(it, *evals[it], source))
+                fired.append(judge(detector, it, *evals[it], source))
         return next(e for e in fired if e)
 
     event = fire(every_iteration)
     assert asked == [(51, 200)]
     assert event["onset_iteration"] == dense_onset(replay, 200) and 140 <= event["onset_iteration"] <= 160
     assert event["onset_rule"].endswith("on the eval at every iteration")
-    assert event["onset_evals"] == [row[:3] for row in replay]
+    assert event["onset_evals"] == [row.shown() for row in replay]
     assert event["onset_interval"] == onset_interval(replay, 200)
     assert len(event["onset_probes"]) == 75  # the probe's evidence stays
     for missing in (lambda first, last: None, None):
@@ -173,7 +181,7 @@ def test_the_detector_places_the_onset_on_the_eval_at_every_iteration_when_it_is
 def test_without_probes_the_onset_is_the_first_collapsed_eval():
     detector = CODetector()
     for it, (pgd_acc, fgsm_acc) in {50: (0.3, 0.4), 100: (0.05, 0.7), 150: (0.0, 0.8)}.items():
-        event = detector.update(it, pgd_acc, fgsm_acc)
+        event = judge(detector, it, pgd_acc, fgsm_acc)
     assert event["onset_iteration"] == 100 and event["onset_probes"] == []
     assert event["onset_interval"] is None
 
@@ -297,7 +305,7 @@ def test_probe_and_co_events_from_redis_are_checked_at_the_boundary():
     detector.probe(100, 0.01, 0.8)
     detector.update(100, 0.01, 0.8)
     detector.probe(150, 0.0, 0.9)
-    co = make_event("co", **detector.update(150, 0.0, 0.9))
+    co = make_event("co", **judge(detector, 150, 0.0, 0.9))
     assert parse_event(encode(co)) == co
     old = {key: value for key, value in co.items() if key not in ("onset_interval", "onset_evals")}
     assert parse_event(encode(old)) == old  # stored before the interval and the replay existed

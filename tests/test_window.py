@@ -7,7 +7,7 @@ from conftest import without_timing
 
 from trainer import window
 from trainer.checkpoint import model_for
-from trainer.co import dense_onset
+from trainer.co import Row, dense_onset
 from trainer.config import make_config
 from trainer.data import load_dataset
 from trainer.evaluate import per_image_results
@@ -136,6 +136,7 @@ def test_under_bf16_each_replayed_row_is_its_own_steps_weights_evaluated_alone()
         replica.load_state_dict(state)
         with path.autocast():
             pgd, fgsm = per_image_results(replica, x, y, config, config.seed + iteration, path.eval_batch)
-        alone.append([iteration, pgd.float().mean().item(), fgsm.float().mean().item(), pgd.float().tolist()])
+        robust = pgd.float()
+        alone.append(Row(iteration, robust.mean().item(), fgsm.float().mean().item(), robust.tolist()))
     assert len({str(row[1:]) for row in alone}) == 4  # four different evals, so a stale replay shows
     assert rows == alone

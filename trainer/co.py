@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import random
 import statistics
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 MIN_PEAK = 0.15
 DROP = 0.5
@@ -46,8 +47,22 @@ INTERVAL_DRAWS = 200  # bootstrap resamples of the images behind onset_interval
 INTERVAL = (0.05, 0.95)  # the quantiles of the resampled onsets it spans
 
 
-def smoothed(points: list[list[float]]) -> list[tuple[int, float]]:
-    """[iteration, pgd_acc, ...] rows -> (iteration, pgd_acc averaged over the rows within SMOOTH_ITERS)."""
+class Row(NamedTuple):
+    """One point of a dense series an onset is placed on: a dense probe, or the eval replayed at one
+    iteration. Events carry its first three fields (`shown`); checkpoints carry it as a list."""
+
+    iteration: int
+    pgd_acc: float
+    fgsm_acc: float
+    robust: Sequence[float] = ()  # each image's PGD result (1 robust, 0 fooled); empty when not kept
+
+    def shown(self) -> list:
+        return [self.iteration, self.pgd_acc, self.fgsm_acc]
+
+
+def smoothed(points: Sequence[Sequence[float]]) -> list[tuple[int, float]]:
+    """Rows (a Row, or [iteration, pgd_acc, ...] as an event carries it) -> (iteration, pgd_acc averaged over
+    the rows within SMOOTH_ITERS)."""
     rows = [(int(row[0]), row[1]) for row in points]
     return [
         (iteration, statistics.fmean(v for it, v in rows if abs(it - iteration) <= SMOOTH_ITERS))
@@ -55,8 +70,8 @@ def smoothed(points: list[list[float]]) -> list[tuple[int, float]]:
     ]
 
 
-def dense_onset(points: list[list[float]], confirmed_at: int) -> int | None:
-    """The first iteration of the collapse in a dense series of [iteration, pgd_acc, ...] rows.
+def dense_onset(points: Sequence[Sequence[float]], confirmed_at: int) -> int | None:
+    """The first iteration of the collapse in a dense series of rows (as `smoothed` reads them).
 
     The series is the window the detector keeps (from just after the eval before the last uncollapsed one).
     Each point's PGD accuracy is averaged over SMOOTH_ITERS on either side (32-64 probe images are noisy);
@@ -75,25 +90,24 @@ def dense_onset(points: list[list[float]], confirmed_at: int) -> int | None:
     return onset
 
 
-def onset_on_images(rows: list[list], images: list[int], confirmed_at: int) -> int | None:
-    """dense_onset of the PGD accuracy that only `images` would give: rows are [iteration, pgd_acc,
-    fgsm_acc, per-image PGD results (1 robust, 0 fooled)], `images` indices into those results (repeats
-    allowed)."""
-    series = [[row[0], statistics.fmean(row[3][i] for i in images)] for row in rows]
+def onset_on_images(rows: Sequence[Row], images: list[int], confirmed_at: int) -> int | None:
+    """dense_onset of the PGD accuracy that only `images` would give: `images` index into each row's
+    per-image results (repeats allowed)."""
+    series = [[row.iteration, statistics.fmean(row.robust[i] for i in images)] for row in rows]
     return dense_onset(series, confirmed_at)
 
 
-def resampled_onsets(rows: list[list], confirmed_at: int, draws: int, seed: int) -> list[int | None]:
+def resampled_onsets(rows: Sequence[Row], confirmed_at: int, draws: int, seed: int) -> list[int | None]:
     """The onset on `draws` bootstrap resamples of the images behind `rows` (see onset_on_images)."""
     rng = random.Random(seed)
-    n = len(rows[0][3])
+    n = len(rows[0].robust)
     return [onset_on_images(rows, [rng.randrange(n) for _ in range(n)], confirmed_at) for _ in range(draws)]
 
 
-def onset_interval(rows: list[list], confirmed_at: int) -> list[int] | None:
+def onset_interval(rows: Sequence[Row], confirmed_at: int) -> list[int] | None:
     """[low, high]: the INTERVAL quantiles of the onsets of INTERVAL_DRAWS resamples of the rows' images;
     None when a row lacks its per-image results or most resamples place no onset."""
-    if not rows or any(len(row) < 4 or not row[3] for row in rows):
+    if not rows or any(not row.robust for row in rows):
         return None
     placed = sorted(
         o for o in resampled_onsets(rows, confirmed_at, INTERVAL_DRAWS, confirmed_at) if o is not None
@@ -108,34 +122,78 @@ def interval_words(interval: list[int] | tuple[int, int] | None) -> str:
     return "" if interval is None else f" ({interval[0]:,}–{interval[1]:,} over resamples of its images)"
 
 
+def collapse_began(co: dict) -> int:
+    """The first sign of a collapse in a `co` event: its first collapsed eval or its placed onset,
+    whichever comes first. A rescue forks from the evaluation before it, where the model was still robust
+    (and the CO detector it inherits has no collapsed eval on its streak)."""
+    onset = co.get("onset_iteration")
+    return min(co["iteration"], onset) if isinstance(onset, int) else co["iteration"]
+
+
+@dataclass(frozen=True)
+class Collapse:
+    """The rule held (`CODetector.update`): the first collapsed eval of the streak, the window the onset
+    can lie in (`start` to `confirmed_at`, the confirming eval) and the dense probes of that window."""
+
+    first: dict  # iteration, pgd_acc, best_pgd_acc, fgsm_acc
+    start: int
+    confirmed_at: int
+    probes: list[Row]
+
+
+def place_onset(collapse: Collapse, replayed: list[Row] | None) -> dict:
+    """The co event's fields: the onset placed on the densest series of the window there is (the eval
+    replayed at every iteration, else the dense probe, else the first collapsed eval), with the interval
+    resampling its images gives."""
+    confirmed = collapse.confirmed_at
+    spacing = replayed[1].iteration - replayed[0].iteration if replayed and len(replayed) > 1 else 1
+    replay = "the eval at every iteration" if spacing == 1 else f"the eval every {spacing} iterations"
+    for series, source in ((replayed, replay), (collapse.probes, "the dense probe")):
+        onset = dense_onset(series, confirmed) if series else None
+        if onset is not None:
+            rule, interval = f"{ONSET_RULE}, on {source}", onset_interval(series, confirmed)
+            break
+    else:
+        onset, rule, interval = collapse.first["iteration"], "no dense series: the first collapsed eval", None
+    return {
+        **collapse.first,
+        "confirmed_at": confirmed,
+        "rule": RULE,
+        "onset_iteration": onset,
+        "onset_rule": rule,
+        "onset_probes": [row.shown() for row in collapse.probes],
+        "onset_evals": [row.shown() for row in replayed] if replayed else None,
+        "onset_interval": interval,
+    }
+
+
 @dataclass
 class CODetector:
+    """The rule over a run's evals, with the dense probes of the window an onset can lie in. Its state is
+    checkpointed (`state_dict`, as plain lists) and restored with CODetector(**state)."""
+
     best_pgd_acc: float = 0.0
-    fired_at: int | None = None
+    fired_at: int | None = None  # the onset once CO is declared: the first collapsed eval until `place`
     onset: dict | None = None  # the first collapsed eval of the current streak
     streak: int = 0
-    # Dense probe rows [iteration, pgd_acc, fgsm_acc, per-image PGD results] since the eval before the last
-    # uncollapsed one: the window an onset can lie in (bounded: at most ~3 eval intervals of probes).
-    probes: list[list] = field(default_factory=list)
+    # Dense probe rows since the eval before the last uncollapsed one: the window an onset can lie in
+    # (bounded: at most ~3 eval intervals of probes).
+    probes: list[Row] = field(default_factory=list)
     previous_eval: int = 0
     window_start: int = 1  # the first iteration the onset can lie at
 
-    def probe(self, iteration: int, pgd_acc: float, fgsm_acc: float, robust: list[float] = ()) -> None:
-        """Feed one dense probe (in iteration order, before the eval of the same iteration), with each of
-        its images' PGD result (1 robust, 0 fooled) when it has them."""
-        if self.fired_at is None:
-            self.probes.append([iteration, pgd_acc, fgsm_acc, list(robust)])
+    def __post_init__(self) -> None:
+        self.probes = [Row(*row) for row in self.probes]  # a checkpoint holds them as lists
 
-    def update(
-        self,
-        iteration: int,
-        pgd_acc: float,
-        fgsm_acc: float,
-        evals: Callable[[int, int], list[list] | None] | None = None,
-    ) -> dict | None:
-        """Feed one eval; returns the co event's fields the first time the rule holds. `evals(first, last)`,
-        asked then, gives the eval's [iteration, pgd_acc, fgsm_acc, per-image PGD results] rows at every
-        iteration from first to last, or None when it has not got them."""
+    def probe(self, iteration: int, pgd_acc: float, fgsm_acc: float, robust: Sequence[float] = ()) -> None:
+        """Feed one dense probe, with each of its images' PGD result when it has them. Probes come in
+        iteration order and before the eval of the same iteration (the loop flushes them first), so the
+        window holds every probe up to the eval being judged."""
+        if self.fired_at is None:
+            self.probes.append(Row(iteration, pgd_acc, fgsm_acc, list(robust)))
+
+    def update(self, iteration: int, pgd_acc: float, fgsm_acc: float) -> Collapse | None:
+        """Feed one eval; the Collapse the first time the rule holds (then `place` it), else None."""
         self.best_pgd_acc = max(self.best_pgd_acc, pgd_acc)
         if self.fired_at is not None:
             return None
@@ -145,7 +203,7 @@ class CODetector:
         previous, self.previous_eval = self.previous_eval, iteration
         if not collapsed:
             self.streak, self.onset, self.window_start = 0, None, previous + 1
-            self.probes = [row for row in self.probes if row[0] >= self.window_start]
+            self.probes = [row for row in self.probes if row.iteration >= self.window_start]
             return None
         self.streak += 1
         if self.onset is None:
@@ -157,29 +215,15 @@ class CODetector:
             }
         if self.streak < PATIENCE:
             return None
-        probes = [row for row in self.probes if row[0] <= iteration]
-        replayed = evals(self.window_start, iteration) if evals is not None else None
-        spacing = replayed[1][0] - replayed[0][0] if replayed and len(replayed) > 1 else 1
-        replay = "the eval at every iteration" if spacing == 1 else f"the eval every {spacing} iterations"
-        placed, rule = None, "no dense series: the first collapsed eval"
-        for series, source in ((replayed, replay), (probes, "the dense probe")):
-            placed = dense_onset(series, iteration) if series else None
-            if placed is not None:
-                rule = f"{ONSET_RULE}, on {source}"
-                break
-        self.fired_at = (
-            self.onset["iteration"] if placed is None else placed
-        )  # the final event's co_iteration
-        return {
-            **self.onset,
-            "confirmed_at": iteration,
-            "rule": RULE,
-            "onset_iteration": self.fired_at,
-            "onset_rule": rule,
-            "onset_probes": [row[:3] for row in probes],
-            "onset_evals": [row[:3] for row in replayed] if replayed else None,
-            "onset_interval": onset_interval(series, iteration) if placed is not None else None,
-        }
+        self.fired_at = self.onset["iteration"]
+        probes = [row for row in self.probes if row.iteration <= iteration]
+        return Collapse(self.onset, self.window_start, iteration, probes)
+
+    def place(self, collapse: Collapse, replayed: list[Row] | None = None) -> dict:
+        """The co event's fields for `collapse` (place_onset), its onset kept as the run's CO iteration."""
+        co = place_onset(collapse, replayed)
+        self.fired_at = co["onset_iteration"]
+        return co
 
     def state_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "probes": [list(row) for row in self.probes]}

@@ -87,7 +87,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "checkpoint": ("iteration", "epoch"),
     # The final evaluation's PGD: `done` of `points` test images attacked on `model` ("last", then "best"
     # when it differs: `models` is 1 or 2), `elapsed_s` since it began. Per model: one as its attack begins
-    # (done 0), then as each further 1/FINAL_PROGRESS_STEPS (trainer/loop.py) of its points is attacked
+    # (done 0), then as each further 1/FINAL_PROGRESS_STEPS (trainer/final.py) of its points is attacked
     # (counted after each PGD restart of each batch), the last at done == points.
     "final_progress": ("model", "models", "done", "points", "elapsed_s"),
     "final": (

@@ -39,14 +39,6 @@ def eval_iterations(run_dir: Path) -> list[int]:
     return sorted(int(name) for name in names if name.isdigit())
 
 
-def collapse_began(co: dict) -> int:
-    """The first sign of a collapse in a `co` event: its first collapsed eval or its placed onset,
-    whichever comes first. A rescue forks from the evaluation before it, where the model was still robust
-    (and the CO detector it inherits has no collapsed eval on its streak)."""
-    onset = co.get("onset_iteration")
-    return min(co["iteration"], onset) if isinstance(onset, int) else co["iteration"]
-
-
 def last_before(iterations: list[int], iteration: int) -> int | None:
     """The latest of `iterations` before `iteration`: the evaluation to fork from before a CO onset."""
     return max((it for it in iterations if it < iteration), default=None)

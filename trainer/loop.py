@@ -31,7 +31,6 @@ from trainer.attacks import (
     to_corner,
     uniform_noise,
 )
-from trainer.autoattack import autoattack_accuracy
 from trainer.checkpoint import (
     BEST_FILE,
     atomic_save,
@@ -45,20 +44,20 @@ from trainer.checkpoint import (
 )
 from trainer.co import CODetector
 from trainer.config import ConfigError, RunConfig
-from trainer.data import DATA_SHAPES, Dataset, augment, load_dataset
+from trainer.data import augment, load_dataset
 from trainer.elle import AdaptiveLambda, elle_reg
-from trainer.evaluate import accuracy, eval_metrics, pgd_accuracy
+from trainer.evaluate import eval_metrics
 from trainer.events import Event, Sink, make_event
-from trainer.fast import Capture, FastPath, RunParts, cudnn_benchmark, fast_path, training_step
+from trainer.fast import Capture, FastPath, RunParts, fast_path, training_step
+from trainer.final import final_evaluation
 from trainer.free import FreeAT
 from trainer.gradalign import grad_align_reg
-from trainer.probe import PROBE_FIELDS, DenseProbe
+from trainer.metrics import MetricsBuffer
+from trainer.optim import load_optimizer, lr_at, lr_schedule, make_optimizer
+from trainer.probe import DenseProbe
 from trainer.rescue import step_config, switch, switches
 from trainer.warning import COWarning
 from trainer.window import WindowWeights
-
-FINAL_PROGRESS_STEPS = 20  # final_progress events per model, at most, after the one as it begins
-METRICS_FLUSH_S = 0.5  # metrics are read off the device in batches, at most this long after the step
 
 
 def device_name(device: torch.device) -> str:
@@ -140,58 +139,6 @@ ADVERSARY = {
 }
 
 
-def lr_at(cfg: RunConfig, iteration: int, total: int) -> float:
-    """Learning rate for the step that follows `iteration` steps (a pure function: nothing to checkpoint)."""
-    progress = (iteration + 1) / total
-    if cfg.lr_schedule == "cyclic":
-        # The authors' triangle 0 -> lr -> 0 in fractional epochs t, peaking at epoch `epochs * 2 // 5`
-        # (integer division: np.interp(t, [0, epochs * 2 // 5, epochs], [0, lr, 0]) in their utils.py).
-        t, peak = (iteration + 1) * cfg.epochs / total, cfg.epochs * 2 // 5
-        return cfg.lr * (t / peak if t <= peak else (cfg.epochs - t) / (cfg.epochs - peak))
-    if cfg.lr_schedule == "piecewise":
-        return cfg.lr * (1.0 if progress < 0.5 else 0.1 if progress < 0.75 else 0.01)
-    return cfg.lr
-
-
-def lr_schedule(cfg: RunConfig, total: int, device: torch.device | str) -> torch.Tensor:
-    """lr_at for every step as one float32 tensor on the device: what a captured step's optimizer reads."""
-    return torch.tensor([lr_at(cfg, i, total) for i in range(total)], dtype=torch.float32, device=device)
-
-
-def make_optimizer(cfg: RunConfig, model: nn.Module, capturable: bool = False) -> torch.optim.Optimizer:
-    """The paper's optimizers. `capturable`: the variant whose step runs inside a CUDA graph and reads a
-    device-tensor lr (Adam capturable=True; SGD fused, as its foreach variant reads the lr on the host)."""
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
-            model.parameters(),
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-            **({"fused": True} if capturable else {}),
-        )
-    extra = {"capturable": True} if capturable else {}
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
-
-
-def load_optimizer(optimizer: torch.optim.Optimizer, saved: dict) -> None:
-    """Take a checkpoint's optimizer state (moments, step counts) and keep this run's own settings.
-
-    `load_state_dict` replaces each param group with the saved one, so a fork that changes weight_decay or
-    momentum, or whose optimizer differs in kind (fused, capturable), would train with its parent's. Each
-    group's hyperparameters and flags are written back from the run's optimizer, and Adam's step counts laid
-    out as its own would be: on the parameter's device when capturable or fused, else on the CPU.
-    """
-    own = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-    optimizer.load_state_dict(saved)
-    for group, settings in zip(optimizer.param_groups, own, strict=True):
-        group.update(settings)
-        on_device = group.get("capturable") or group.get("fused")
-        for param in group["params"]:
-            state = optimizer.state.get(param, {})
-            if torch.is_tensor(state.get("step")):
-                state["step"] = state["step"].to(param.device if on_device else "cpu", torch.float32)
-
-
 @dataclass
 class RunState:
     """Everything that evolves during a run besides the model and optimizer."""
@@ -204,6 +151,20 @@ class RunState:
     best_iteration: int = 0
     train_s: float = 0.0
     train_images: int = 0
+
+    def state_dict(self) -> dict:
+        """Plain values for a checkpoint (loaded with weights_only)."""
+        return {**self.__dict__, "detector": self.detector.state_dict(), "warning": self.warning.state_dict()}
+
+    @classmethod
+    def from_state(cls, state: dict) -> RunState:
+        return cls(
+            **{
+                **state,
+                "detector": CODetector(**state["detector"]),
+                "warning": COWarning.from_state(state.get("warning")),
+            }
+        )
 
 
 def train(
@@ -250,23 +211,7 @@ def train(
     if saved is None and config.fork_iteration is not None:  # a fork's first start (or start over)
         saved = fork_state(run_dir, config, device)
     if saved is not None:
-        check_device(saved, gen)
-        model.load_state_dict(saved["model"])
-        load_optimizer(optimizer, saved["optimizer"])
-        gen.set_state(saved["generator"].cpu())
-        torch.set_rng_state(saved["torch_rng"].cpu())
-        saved_state = saved["state"]
-        state = RunState(
-            **{
-                **saved_state,
-                "detector": CODetector(**saved_state["detector"]),
-                "warning": COWarning.from_state(saved_state.get("warning")),
-            }
-        )
-        if free is not None and saved.get("free") is not None:
-            free.load_state_dict(saved["free"])
-        if elle_a is not None and saved.get("elle_a") is not None:
-            elle_a.load_state_dict(saved["elle_a"])
+        state = _restore(saved, model, optimizer, gen, free, elle_a)
 
     example = data.train_x[: config.batch_size], data.train_y[: config.batch_size]
     run = RunParts(step_config(config, state.rescued_at), model, optimizer, gen, free, elle_a, _train_step)
@@ -278,25 +223,7 @@ def train(
     dense_probe = DenseProbe(
         model, config, path.layout(data.train_x[dense]), data.train_y[dense], path, capture
     )
-    emit(
-        make_event(
-            "config",
-            config=config.model_dump(mode="json"),
-            device=str(device),
-            torch_version=torch.__version__,
-            codash_version=trainer.__version__,
-            codash_commit=trainer.git_commit(),
-            host=socket.gethostname(),
-            device_name=device_name(device),
-            start_iteration=state.iteration,
-            total_iterations=total,
-            step=stepper.kind,
-            step_reason=stepper.reason,
-            probe_step=dense_probe.kind,
-            probe_step_reason=dense_probe.reason,
-            precision="bf16" if path.bf16 else "fp32",
-        )
-    )
+    emit(_config_event(config, device, path, state.iteration, total, stepper, dense_probe))
 
     def probed(event: Event, robust: list[float]) -> None:
         """A probe on its way out: the CO detector reads it, and its images' results, to place the onset."""
@@ -306,7 +233,9 @@ def train(
     replay = config.replays_onset(device.type)
     window = WindowWeights(model, config, lambda: path.prepare(model_for(config).to(device)))
     eval_x, eval_y = path.layout(data.test_x[: config.eval_points]), data.test_y[: config.eval_points]
-    probe_x, probe_y = path.layout(data.train_x[: config.eval_points]), data.train_y[: config.eval_points]
+    # The early-stopping subset: the first eval_points training images, whose PGD accuracy (train_pgd_acc)
+    # picks the best model, as in the authors' code.
+    stop_x, stop_y = path.layout(data.train_x[: config.eval_points]), data.train_y[: config.eval_points]
 
     def resumable() -> dict:
         """Everything a run continues from exactly: in last.pt, and at each evaluation for forks."""
@@ -315,11 +244,7 @@ def train(
             "optimizer": optimizer.state_dict(),
             "generator": gen.get_state(),
             "torch_rng": torch.get_rng_state(),  # unused by the built-in models; kept for user models
-            "state": {
-                **state.__dict__,
-                "detector": state.detector.state_dict(),
-                "warning": state.warning.state_dict(),
-            },
+            "state": state.state_dict(),
             "free": free.state_dict() if free is not None else None,
             "elle_a": elle_a.state_dict() if elle_a is not None else None,
         }
@@ -372,7 +297,7 @@ def train(
                         run_dir,
                         emit,
                         (eval_x, eval_y),
-                        (probe_x, probe_y),
+                        (stop_x, stop_y),
                         path,
                         window,
                     )
@@ -388,7 +313,46 @@ def train(
                 return None
             segment_start = _clock(device)
 
-    return _final(model, config, data, state, run_dir, emit, path, started)
+    return final_evaluation(model, config, data, state, run_dir, emit, path, started)
+
+
+def _restore(
+    saved: dict, model, optimizer, gen, free: FreeAT | None, elle_a: AdaptiveLambda | None
+) -> RunState:
+    """Load a checkpoint (a resumed run's last, or a fork's starting point) into the run's parts."""
+    check_device(saved, gen)
+    model.load_state_dict(saved["model"])
+    load_optimizer(optimizer, saved["optimizer"])
+    gen.set_state(saved["generator"].cpu())
+    torch.set_rng_state(saved["torch_rng"].cpu())
+    if free is not None and saved.get("free") is not None:
+        free.load_state_dict(saved["free"])
+    if elle_a is not None and saved.get("elle_a") is not None:
+        elle_a.load_state_dict(saved["elle_a"])
+    return RunState.from_state(saved["state"])
+
+
+def _config_event(
+    config, device, path: FastPath, start: int, total: int, stepper, probe: DenseProbe
+) -> Event:
+    """The event each attempt opens with: what runs, where, from which iteration, and how."""
+    return make_event(
+        "config",
+        config=config.model_dump(mode="json"),
+        device=str(device),
+        torch_version=torch.__version__,
+        codash_version=trainer.__version__,
+        codash_commit=trainer.git_commit(),
+        host=socket.gethostname(),
+        device_name=device_name(device),
+        start_iteration=start,
+        total_iterations=total,
+        step=stepper.kind,
+        step_reason=stepper.reason,
+        probe_step=probe.kind,
+        probe_step_reason=probe.reason,
+        precision="bf16" if path.bf16 else "fp32",
+    )
 
 
 def _train_step(
@@ -429,14 +393,16 @@ def _train_step(
 
 
 def _evaluate(
-    model, cfg, state: RunState, run_dir: Path, emit: Sink, test, probe, path: FastPath, window: WindowWeights
+    model, cfg, state: RunState, run_dir: Path, emit: Sink, test, stop, path: FastPath, window: WindowWeights
 ) -> bool:
-    """One live evaluation and what follows from it (early warning, CO, the best checkpoint); whether the
-    early warning fired at it."""
+    """One live evaluation and what follows from it, in order: its events, the early warning, CO (the
+    detector says it fired and over which window, the window's weights are replayed, the onset placed),
+    the early-stopped best model. Returns whether the early warning fired at it. The dense probes up to
+    this iteration reached the detector before (the loop flushes them first)."""
     model.eval()
     seed = cfg.seed + state.iteration
     values, inside = eval_metrics(
-        model, *test, *probe, cfg.eps, cfg.eval_pgd_steps, seed=seed, batch=path.eval_batch
+        model, *test, *stop, cfg.eps, cfg.eval_pgd_steps, seed=seed, batch=path.eval_batch
     )
     model.train()
     emit(make_event("eval", iteration=state.iteration, **values))
@@ -444,106 +410,15 @@ def _evaluate(
     warned = state.warning.update(state.iteration, values, co_fired=state.detector.fired_at is not None)
     if warned is not None:
         emit(make_event("co_warning", **warned))
-    co = state.detector.update(
-        state.iteration,
-        values["pgd_acc"],
-        values["fgsm_acc"],
-        lambda first, last: window.rows(first, last, *test, path),
-    )
-    if co is not None:
+    collapse = state.detector.update(state.iteration, values["pgd_acc"], values["fgsm_acc"])
+    if collapse is not None:
+        replayed = window.rows(collapse.start, collapse.confirmed_at, *test, path)
         window.release()
-        emit(make_event("co", **co))
+        emit(make_event("co", **state.detector.place(collapse, replayed)))
     if values["train_pgd_acc"] > state.best_train_pgd_acc:  # the paper's early stopping
         state.best_train_pgd_acc, state.best_iteration = values["train_pgd_acc"], state.iteration
         atomic_save({"model": model.state_dict(), "iteration": state.iteration}, run_dir / BEST_FILE)
     return warned is not None
-
-
-def _final(
-    model, cfg, data: Dataset, state: RunState, run_dir: Path, emit: Sink, path: FastPath, started
-) -> Event:
-    """Clean accuracy and PGD-50-10 on the first final_eval_points test images (the authors' n_final_eval),
-    last and best; clean accuracy on the whole test set too (`clean_acc_all`).
-
-    attack_points says how many test images the attacks saw (final_eval_points caps it at the test set).
-
-    With `autoattack` on, AutoAttack (standard, L-inf) also runs on the same points (None when off).
-    """
-    points = min(cfg.final_eval_points, len(data.test_x))
-    best_state = load_checkpoint(run_dir, "best", path.device)
-    same = best_state is None or best_state["iteration"] == state.iteration  # no need to attack it twice
-    begun = time.perf_counter()
-
-    def reporter(which: str) -> Callable[[int], None]:
-        """The live view's bar for one model (last, then best): as it begins, then each time another
-        1/FINAL_PROGRESS_STEPS of its points is attacked, and at the end."""
-        shown = -1  # the last step emitted
-
-        def progress(done: int) -> None:
-            nonlocal shown
-            step = done * FINAL_PROGRESS_STEPS // points if points else FINAL_PROGRESS_STEPS
-            if step > shown:
-                shown = step
-                elapsed = time.perf_counter() - begun
-                fields = {"model": which, "models": 1 if same else 2, "done": done, "points": points}
-                emit(make_event("final_progress", **fields, elapsed_s=elapsed))
-
-        progress(0)
-        return progress
-
-    results = {"last": _final_metrics(model, cfg, data, path, points, reporter("last"))}
-    if same:
-        results["best"] = dict(results["last"])
-    else:
-        model.load_state_dict(best_state["model"])
-        results["best"] = _final_metrics(model, cfg, data, path, points, reporter("best"))
-    final = make_event(
-        "final",
-        co_detected=state.detector.fired_at is not None,
-        co_iteration=state.detector.fired_at,
-        last=results["last"],
-        best=results["best"],
-        best_iteration=state.best_iteration,
-        attack_points=points,
-        train_images_per_s=state.train_images / state.train_s if state.train_s > 0 else None,
-        wall_s=time.perf_counter() - started,
-        iterations=state.iteration,
-    )
-    emit(final)
-    return final
-
-
-def _final_metrics(
-    model, cfg, data: Dataset, path: FastPath, n: int, progress: Callable[[int], None]
-) -> dict[str, float | None]:
-    """On a GPU in bf16 and large batches, each PGD restart attacking only the points no earlier restart
-    fooled (the same measure, a fraction of the work once a model is broken); on the CPU as always.
-    `progress(done)`: points attacked so far (evaluate.pgd_accuracy), `n` once the attack is over."""
-    model.eval()
-    robust = auto = None
-    test_x = path.layout(data.test_x)
-    if n:
-        generator = torch.Generator(path.device).manual_seed(cfg.seed)
-        xs, ys = test_x[:n], data.test_y[:n]
-        with path.autocast(), cudnn_benchmark(False):
-            robust = pgd_accuracy(
-                model,
-                xs,
-                ys,
-                cfg.eps,
-                cfg.final_pgd_steps,
-                cfg.final_pgd_restarts,
-                generator,
-                batch=path.eval_batch,
-                skip_fooled=path.device.type == "cuda",
-                progress=progress,
-            )
-        if cfg.autoattack:
-            auto = autoattack_accuracy(model, xs, ys, cfg.eps, DATA_SHAPES[cfg.dataset][2], cfg.seed)
-    with path.autocast():
-        clean_all = accuracy(model, test_x, data.test_y, path.eval_batch)
-        clean = accuracy(model, test_x[:n], data.test_y[:n], path.eval_batch) if n else clean_all
-    return {"clean_acc": clean, "clean_acc_all": clean_all, "pgd_acc": robust, "autoattack_acc": auto}
 
 
 def _epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
@@ -556,68 +431,3 @@ def _clock(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()
-
-
-class MetricsBuffer:
-    """Per-iteration metrics and dense probes kept on the device and read back in batches: no host sync
-    every step. `flush` emits them in iteration order, each probe handed to `probed` (with its images' PGD
-    results, which no event carries) just before it is emitted."""
-
-    def __init__(self, emit: Sink, probed: Callable[[Event, list[float]], None]):
-        self.emit, self.probed = emit, probed
-        self.rows: list[tuple] = []
-        self.probes: list[tuple[int, torch.Tensor]] = []
-        self.last_flush = time.monotonic()
-
-    def add_probe(self, iteration: int, values: torch.Tensor) -> None:
-        self.probes.append((iteration, values))
-
-    def add(self, iteration, epoch, lr, loss, acc, reg) -> None:
-        self.rows.append((iteration, epoch, lr, torch.stack([loss.float(), acc.float(), reg.float()])))
-        if time.monotonic() - self.last_flush > METRICS_FLUSH_S:
-            self.flush()
-
-    def flush(self) -> None:
-        probes = self._probe_events()
-        if self.rows:
-            values = torch.stack([row[3] for row in self.rows]).tolist()
-            for (iteration, epoch, lr, _), (loss, acc, reg) in zip(self.rows, values, strict=True):
-                self.emit(
-                    make_event(
-                        "metrics",
-                        iteration=iteration,
-                        epoch=epoch,
-                        lr=lr,
-                        train_loss=loss,
-                        train_acc=acc,
-                        reg=reg,
-                    )
-                )
-                while probes and probes[0][0]["iteration"] <= iteration:
-                    self._emit_probe(*probes.pop(0))
-            self.rows.clear()
-        for probe in probes:
-            self._emit_probe(*probe)
-        self.last_flush = time.monotonic()
-
-    def _emit_probe(self, event: Event, robust: list[float]) -> None:
-        self.probed(event, robust)
-        self.emit(event)
-
-    def _probe_events(self) -> list[tuple[Event, list[float]]]:
-        """(probe event, its images' PGD results) for each probe kept, in order."""
-        if not self.probes:
-            return []
-        values = torch.stack([row[1] for row in self.probes]).tolist()
-        fields = len(PROBE_FIELDS)
-        events = [
-            (
-                make_event(
-                    "probe", iteration=iteration, **dict(zip(PROBE_FIELDS, row[:fields], strict=True))
-                ),
-                row[fields:],
-            )
-            for (iteration, _), row in zip(self.probes, values, strict=True)
-        ]
-        self.probes.clear()
-        return events

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from trainer.co import PATIENCE
+from trainer.co import PATIENCE, Row
 from trainer.config import RunConfig
 from trainer.evaluate import per_image_results
 from trainer.fast import FastPath
@@ -56,9 +56,9 @@ class WindowWeights:
 
     def rows(
         self, first: int, last: int, x: torch.Tensor, y: torch.Tensor, path: FastPath
-    ) -> list[list] | None:
-        """[iteration, pgd_acc, fgsm_acc, per-image PGD results] of the live eval on each kept step from
-        `first` to `last`; None unless the steps kept span them (to within `spacing`)."""
+    ) -> list[Row] | None:
+        """The live eval, image by image, on each kept step from `first` to `last`; None unless the steps
+        kept span them (to within `spacing`)."""
         inside = [(iteration, buffers) for iteration, buffers in self.kept if first <= iteration <= last]
         if not inside or inside[0][0] >= first + self.spacing or inside[-1][0] <= last - self.spacing:
             return None
@@ -73,6 +73,6 @@ class WindowWeights:
                 )
                 robust = pgd_right.float()
                 rows.append(
-                    [iteration, robust.mean().item(), fgsm_right.float().mean().item(), robust.tolist()]
+                    Row(iteration, robust.mean().item(), fgsm_right.float().mean().item(), robust.tolist())
                 )
         return rows
