@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import json
 import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.timer import now, timed  # noqa: E402
 from bench.workloads import METHODS, workloads  # noqa: E402  (torch is imported only to run)
 
 CIFAR_TRAIN = 50_000  # images in a CIFAR-10 epoch, for the GPU epoch-time targets
@@ -46,7 +47,12 @@ TARGETS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    suites = "; ".join(f"{name}: {what}" for name, (_, what) in SUITES.items())
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__.splitlines()[0],
+        epilog=f"Other benchmarks: python -m bench NAME [--help], NAME one of: {suites}.",
+    )
     add_arguments(parser)
     return parser
 
@@ -112,7 +118,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench: --device cuda but CUDA is not available on this machine")
-    started = time.perf_counter()
+    started = now()
     results: dict[str, Any] = {
         "date": datetime.date.today().isoformat(),
         "command": "python -m bench " + " ".join(sys.argv[1:]),
@@ -173,7 +179,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     results["load_average_end"] = _load()
     results["targets"] = judge(results, device)
-    results["bench_s"] = time.perf_counter() - started
+    results["bench_s"] = now() - started
     return results
 
 
@@ -192,11 +198,11 @@ def variants(device: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     digits = load_dataset("digits", device)
     common = {"batch_size": 64, "eps": 0.175, "amp": device == "cuda"}
-    t0 = time.perf_counter()
-    plain_loop.time_training(
-        "cnn", "fgsm", digits.train_x, digits.train_y, iters=3, compile_model=True, **common
-    )
-    compile_s = time.perf_counter() - t0
+    compile_s: list[float] = []
+    with timed(compile_s, device):
+        plain_loop.time_training(
+            "cnn", "fgsm", digits.train_x, digits.train_y, iters=3, compile_model=True, **common
+        )
     medians = _alternating(
         {"eager": {}, "compiled": {"compile_model": True}},
         "cnn",
@@ -205,7 +211,7 @@ def variants(device: str) -> dict[str, Any]:
         iters=100,
         **common,
     )
-    out["compile_cnn_fgsm"] = {"first_call_s": compile_s, **medians}
+    out["compile_cnn_fgsm"] = {"first_call_s": compile_s[0], **medians}
     cifar = synthetic_cifar(device, 512 if device == "cpu" else 10_000)
     batch, iters = (16, 3) if device == "cpu" else (128, 40)
     resnet = {
@@ -377,7 +383,23 @@ def _s(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f} s"
 
 
+# `python -m bench NAME [ARGS]`: the benchmarks of one part, each a module with its own flags (`--help`).
+SUITES = {
+    "app": ("bench.app_bench", "the dashboard: page render time with many runs, event-to-chart latency"),
+    "listing": ("bench.listing", "api.list_runs with many runs stored"),
+    "stream": ("bench.stream_bench", "streaming events to Redis: training overhead and reader latency"),
+    "probe": ("bench.probe_cost", "the dense probe's cost per iteration"),
+    "regulariser": ("bench.regulariser_cost", "a step with GradAlign and with ELLE against plain FGSM"),
+    "concurrent": ("bench.concurrent", "1, 2 and 4 concurrent runs on one GPU"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The speed benchmark, or with a suite's name first, that suite (SUITES)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in SUITES:
+        module = importlib.import_module(SUITES[argv[0]][0])
+        return module.main(argv[1:]) or 0
     args = build_parser().parse_args(argv)
     return run_and_report(args)
 

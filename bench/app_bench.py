@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the tests' builders of realistic runs
 import conftest as runs  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from bench.timer import now, timed  # noqa: E402
 from codash.up import dashboard_healthy  # noqa: E402
 from jobs import api  # noqa: E402
 from jobs.server import ensure_server, free_port, stop_server  # noqa: E402
@@ -48,7 +49,7 @@ def percentiles(samples: list[float]) -> str:
 
 def populate(r, n_runs: int) -> dict[str, str]:
     """n_runs digits-sized runs (a tenth of them running, the rest finished, the last 15 a sweep)."""
-    started, ids, stored = time.perf_counter(), [], 0
+    started, ids, stored = now(), [], 0
     for index in range(n_runs):
         events = runs.co_run_events(total=690, co_at=150) if index % 2 else _healthy_events(690)
         status = api.RunStatus.RUNNING if index % 10 == 0 else api.RunStatus.FINISHED
@@ -56,7 +57,7 @@ def populate(r, n_runs: int) -> dict[str, str]:
         sweep = "bench" if index >= n_runs - 15 else None
         ids.append(runs.store_run(r, events, status=status, sweep_id=sweep))
         stored += len(events)
-    print(f"stored {n_runs} runs with {stored:,} events in {time.perf_counter() - started:.1f} s")
+    print(f"stored {n_runs} runs with {stored:,} events in {now() - started:.1f} s")
     return {"finished": ids[1], "running": ids[0], "compare": f"{ids[1]},{ids[2]},{ids[3]}"}
 
 
@@ -73,13 +74,11 @@ def time_renders(label: str, make: Callable[[], AppTest], renders: int) -> None:
     cold, warm = [], []
     for _ in range(renders):
         at = make()
-        started = time.perf_counter()
-        at.run()
-        cold.append(time.perf_counter() - started)
+        with timed(cold):
+            at.run()
         assert not at.exception, [e.value for e in at.exception]
-        started = time.perf_counter()
-        at.run()
-        warm.append(time.perf_counter() - started)
+        with timed(warm):
+            at.run()
     print(f"  {label:<34} cold {percentiles(cold)}")
     print(f"  {'':<34} warm {percentiles(warm)}")
 
@@ -132,10 +131,11 @@ def bench_latency(r, n_events: int) -> None:
             for index in range(n_events):
                 time.sleep(random.uniform(0.2, 1.3))
                 iteration = 100 + 10 * (index + 1)
-                started = time.perf_counter()
-                runs.append(r, run_id, [runs.metrics_event(iteration), runs.eval_event(iteration, pgd=0.4)])
-                frame.wait_for_function(shows, arg=iteration, polling="raf", timeout=30_000)
-                latencies.append(time.perf_counter() - started)
+                with timed(latencies):
+                    runs.append(
+                        r, run_id, [runs.metrics_event(iteration), runs.eval_event(iteration, pgd=0.4)]
+                    )
+                    frame.wait_for_function(shows, arg=iteration, polling="raf", timeout=30_000)
             browser.close()
         print(f"event-to-chart latency (browser): {percentiles(latencies)}")
     finally:
@@ -151,13 +151,13 @@ def _wait(predicate: Callable[[], bool], timeout: float) -> None:
         time.sleep(0.1)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--renders", type=int, default=20)
     parser.add_argument("--events", type=int, default=20)
     parser.add_argument("--no-browser", action="store_true", help="skip the latency part (needs Chromium)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="codash-bench-") as home:
         os.environ["CODASH_HOME"] = home
         os.environ.pop("REDIS_URL", None)

@@ -13,19 +13,19 @@ import argparse
 import os
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
+from bench.timer import timed
 from jobs import api
 from jobs.server import ensure_server, stop_server
 from trainer.config import make_config
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     os.environ["CODASH_MAX_QUEUED"] = str(max(args.runs, 1))  # every run stays queued: no worker serves them
     with tempfile.TemporaryDirectory(prefix="codash-bench-") as home:
         r = api.connect(ensure_server(Path(home)))
@@ -34,9 +34,8 @@ def main() -> None:
                 api.submit(r, make_config({"dataset": "digits", "seed": seed, "device": "cpu"}))
             times = []
             for _ in range(args.repeats):
-                started = time.perf_counter()
-                listed = api.list_runs(r)
-                times.append(time.perf_counter() - started)
+                with timed(times):
+                    listed = api.list_runs(r)
                 assert len(listed) == args.runs
         finally:
             r.close()

@@ -1,7 +1,8 @@
 """The reference: the same training algorithms written as a plain PyTorch loop, with no codash code.
 
-This module imports only torch. It is what someone would write by hand from the papers (Wong et al.'s
-fast_adversarial, Andriushchenko & Flammarion's GradAlign code), on tensors already on the device:
+This module imports only torch (and the benchmarks' timer). It is what someone would write by hand
+from the papers (Wong et al.'s fast_adversarial, Andriushchenko & Flammarion's GradAlign code), on
+tensors already on the device:
 
 - batches are index lookups into a per-epoch permutation; cifar-shaped data gets a random crop from
   4-pixel zero padding and a horizontal flip, as one gather on the device;
@@ -19,12 +20,13 @@ same network; bench/__main__.py checks the parameter counts match.
 
 from __future__ import annotations
 
-import time
 from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from bench.timer import now
 
 # --- models (copies of the paper's architectures) ---
 
@@ -157,11 +159,6 @@ def crop_flip(x, gen, pad=4):
 # --- training ---
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_training(
     model_name: str,
     method: str,
@@ -251,8 +248,7 @@ def time_training(
         graph.register_generator_state(gen)
         with torch.cuda.graph(graph):
             static_loss, static_correct = train_step(static_x, static_y, cache_enabled=False)
-    sync(device)
-    started = time.perf_counter()
+    started = now(device)
     for it in range(iters):
         step = it % steps_per_epoch
         if step == 0:
@@ -278,8 +274,7 @@ def time_training(
             loss, hits = train_step(x, y)
         loss_sum += loss
         correct += hits
-    sync(device)
-    seconds = time.perf_counter() - started
+    seconds = now(device) - started
     images = iters * batch_size
     return {
         "images_per_s": images / seconds,

@@ -18,11 +18,11 @@ import argparse
 import contextlib
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
+from bench.timer import timed
 from bench.workloads import codash_data, synthetic_cifar
 from trainer.config import make_config
 from trainer.loop import train
@@ -40,12 +40,10 @@ def seconds(preset: str, iters: int, device: str, **fields) -> float:
             **fields,
         }
     )
-    clock = time.process_time if device == "cpu" else time.perf_counter
-    started = clock()
-    train(config)
-    if device != "cpu":
-        torch.cuda.synchronize()
-    return clock() - started
+    spent: list[float] = []
+    with timed(spent, device, cpu=True):
+        train(config)
+    return spent[0]
 
 
 def ms_per_iteration(preset: str, iters: int, device: str, **fields) -> float:

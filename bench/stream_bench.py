@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
+from bench.timer import timed  # noqa: E402
 from jobs import api, keys, registry  # noqa: E402
 from jobs.server import ensure_server, stop_server  # noqa: E402
 from jobs.stream import FIELD, StreamSink  # noqa: E402
@@ -59,11 +60,12 @@ class Timed:
         self.target, self.seconds = target, 0.0
 
     def __call__(self, *args):
-        started = time.perf_counter()
+        spent: list[float] = []
         try:
-            return self.target(*args)
+            with timed(spent):
+                return self.target(*args)
         finally:
-            self.seconds += time.perf_counter() - started
+            self.seconds += spent[0]
 
 
 def overhead(r, iterations: int, repeats: int) -> None:
@@ -88,12 +90,12 @@ def overhead(r, iterations: int, repeats: int) -> None:
                 run_id = start_attempt(r, config)
                 sink = Timed(StreamSink(r, run_id, 1))
                 stop = Timed(StopFlag(r, run_id, 1, threading.Event()))
-            started = time.perf_counter()
-            assert train(config, sink, should_stop=stop) is not None
+            with timed(walls[mode]):
+                assert train(config, sink, should_stop=stop) is not None
+                if sink is not None:
+                    sink.target.close()
             if sink is not None:
-                sink.target.close()
                 inside.append(sink.seconds + stop.seconds)
-            walls[mode].append(time.perf_counter() - started)
     base = statistics.median(walls["no sink"])
     threads = torch.get_num_threads()
     print(f"overhead: digits, {iterations} iterations, median of {repeats}, torch threads {threads}")
@@ -149,13 +151,13 @@ def percentiles(values: list[float]) -> str:
     return f"p50 {p50:7.2f} ms  p95 {p95:7.2f} ms  max {ms[-1]:7.2f} ms  (n={len(ms)})"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--events", type=int, default=1000)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         import torch
 

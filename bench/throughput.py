@@ -12,7 +12,6 @@ ratio is best codash / best plain; the median of the paired ratios and every rep
 from __future__ import annotations
 
 import statistics
-import time
 from typing import Any
 
 import torch
@@ -139,13 +138,8 @@ def eval_overhead(
     original = trainer.loop._evaluate
 
     def timed(*args, **kwargs):
-        _sync()
-        started = time.perf_counter()
-        try:
+        with timed(seconds, device):
             return original(*args, **kwargs)
-        finally:
-            _sync()
-            seconds.append(time.perf_counter() - started)
 
     trainer.loop._evaluate = timed
     try:
@@ -163,11 +157,6 @@ def eval_overhead(
         "train_s_between_evals": train_s,
         "percent_of_wall": 100 * eval_s / (eval_s + train_s),
     }
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def final_eval_time(device: str, points: int = 1000, test_images: int = 10_000) -> dict[str, Any]:
@@ -189,11 +178,10 @@ def final_eval_time(device: str, points: int = 1000, test_images: int = 10_000) 
 
     def timed(work) -> float:
         work()  # warm-up: cuDNN's choices for these batch sizes
-        _sync()
-        started = time.perf_counter()
-        work()
-        _sync()
-        return time.perf_counter() - started
+        spent: list[float] = []
+        with timed(spent, device):
+            work()
+        return spent[0]
 
     def every_restart() -> None:
         generator = torch.Generator(device).manual_seed(0)

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bench.timer import now
+
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS_PRESET = "Digits: FGSM catastrophic overfitting"
 
@@ -82,22 +84,22 @@ def measure(r, config: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]
     from trainer.config import make_config
 
     cfg = make_config(config)
-    started = time.perf_counter()
+    started = now()
     run_id = api.submit(r, cfg)
     result: dict[str, Any] = {"run_id": run_id, "co_s": None, "co_iteration": None, "confirmed_at": None}
     after, deadline = "0-0", time.monotonic() + timeout
     while time.monotonic() < deadline:
         events, after = api.read_events(r, run_id, after, block_ms=1000)
-        now = time.perf_counter() - started
+        elapsed = now() - started
         for event in events:
             if event["type"] == "config" and "start_s" not in result:
-                result["start_s"] = now
+                result["start_s"] = elapsed
             if event["type"] == "co":
                 result.update(
-                    co_s=now, co_iteration=event["iteration"], confirmed_at=event.get("confirmed_at")
+                    co_s=elapsed, co_iteration=event["iteration"], confirmed_at=event.get("confirmed_at")
                 )
             if event["type"] == "final":
-                result["finished_s"] = now
+                result["finished_s"] = elapsed
         if result["co_s"] is not None or "finished_s" in result:
             break
         record = api.get_run(r, run_id)
