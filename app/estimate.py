@@ -1,5 +1,6 @@
 """How long a run will take before it is launched: its work in image passes (jobs.limits.cost: training,
-live evaluations, dense probes, final evaluation) times a cost per image pass, measured on finished runs of
+counted per method and regulariser by trainer.methods, live evaluations, dense probes, onset replay, final
+evaluation) times a cost per image pass, measured on finished runs of
 the same kind here, else guessed from the CPU figures of docs/benchmarks.md. Every estimate says which.
 No torch: the dashboard never imports it.
 """
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 from app.text import plural
 from jobs.limits import cost
 from trainer.config import DATA_SHAPES, RunConfig
+from trainer.methods import regularisers
 
 if TYPE_CHECKING:
     from jobs.api import Run
@@ -34,14 +36,15 @@ class Estimate:
 
 
 def _kind(config: RunConfig) -> tuple:
-    """Runs of one kind cost the same per image pass (jobs.limits.cost scales the methods' steps)."""
+    """Runs of one kind cost the same per image pass (jobs.limits.cost scales the methods' steps by their
+    passes, trainer.methods): same data, model, method and regularisers."""
     return (
         config.dataset,
         config.model,
         config.n_layers,
         config.n_filters,
         config.method,
-        config.uses_grad_align,
+        tuple(reg.name for reg in regularisers(config)),  # an autopilot run counts as GradAlign's
     )
 
 

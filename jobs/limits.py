@@ -18,11 +18,8 @@ from dataclasses import dataclass
 
 from trainer.co import PATIENCE
 from trainer.config import DATA_SHAPES, TEST_IMAGES, TRAIN_IMAGES, ConfigError, RunConfig
+from trainer.methods import step_passes
 
-# Image passes per training example, by method: the attack's steps plus the weight update's pass.
-ATTACK_PASSES = {"standard": 0, "fgsm": 1, "fgsm_rs": 1, "nfgsm": 1, "free": 0, "random_corner": 0}
-GRAD_ALIGN_PASSES = 3  # two input gradients and the double backprop, on grad_align_fraction of the batch
-ELLE_PASSES = 6  # three more points through the model, forward and backward (trainer.elle)
 AUTOATTACK_PASSES = 5_000  # per image and model, roughly: APGD-CE, APGD-T, FAB-T and Square's queries
 METRICS_BYTES, EVAL_BYTES, OTHER_BYTES = 220, 260, 4_000  # a stream entry's JSON (config, co, final: others)
 NUMBER_BYTES = 6  # a snapshot number, rounded to 2 decimals, with its comma
@@ -82,16 +79,11 @@ class Cost:
 def cost(config: RunConfig, device_type: str | None = None) -> Cost:
     """What the run will do on a `device_type` ("cpu", "cuda"; None: wherever it may land, counted as the
     dearer), counting a forward alone as a pass; the attacks' points are capped by the data set's images,
-    as the trainer takes them."""
+    as the trainer takes them. A training step costs what trainer.methods counts for its method and
+    regularisers (an autopilot run as GradAlign throughout, its worst case)."""
     steps_per_epoch = max(1, TRAIN_IMAGES[config.dataset] // config.batch_size)
     iterations = min(config.epochs * steps_per_epoch, config.max_iters or math.inf)
-    attack = ATTACK_PASSES.get(config.method, config.pgd_steps)  # pgd and pgd_corner: pgd_steps
-    per_example = (
-        1
-        + attack
-        + (GRAD_ALIGN_PASSES * config.grad_align_fraction if config.uses_grad_align else 0)
-        + (ELLE_PASSES if config.uses_elle else 0)
-    )
+    per_example = step_passes(config)  # the method's and its regularisers' (trainer.methods)
     n_evals = math.ceil(iterations / config.eval_every)
     test, train = TEST_IMAGES[config.dataset], TRAIN_IMAGES[config.dataset]
     # each eval: clean, FGSM and PGD on the test subset, PGD on as many training images, two cosines

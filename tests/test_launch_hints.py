@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from conftest import config_event, final_event, store_run
 from test_app_pages import app
 from test_app_ux import RESNET_PRESET
@@ -158,3 +159,21 @@ def test_the_sweep_page_counts_its_unmeasured_runs_in_words(r):
     at.text_input(key="sweep.eps").set_value("0.1, 0.2").run()
     [caption] = [c for c in _captions(at) if c.startswith("4 runs")]
     assert "2 runs measured on finished runs like them; 2 runs of a kind not measured yet guessed" in caption
+
+
+def test_an_estimate_counts_elle_and_the_autopilot_at_their_passes(r):
+    """An ELLE run's step is 5 image passes per example to FGSM's 2 (trainer.methods), and an autopilot run
+    is counted at GradAlign's for the whole run (its worst case); neither is measured on FGSM runs."""
+    fgsm = make_config({"probe_points": 0})
+    elle = make_config({"probe_points": 0, "elle_lambda": 1024.0})
+    autopilot = make_config({"probe_points": 0, "rescue": "auto"})
+    guess = {config: estimate.expected(config, [], gpu=False).seconds for config in (fgsm, elle, autopilot)}
+    extra = 690 * 64 * 3  # 690 steps of 64 examples, 3 more passes each
+    per_pass = guess[fgsm] / cost(fgsm, "cpu").work
+    assert cost(elle, "cpu").train == 2.5 * cost(fgsm, "cpu").train
+    assert guess[elle] - guess[fgsm] == pytest.approx(extra * per_pass)
+    assert guess[autopilot] == pytest.approx(guess[elle])
+    finished = _measured(r)  # an FGSM run: not the kind of an ELLE or autopilot run
+    assert estimate.expected(fgsm, finished, gpu=False).measured
+    assert not estimate.expected(elle, finished, gpu=False).measured
+    assert not estimate.expected(autopilot, finished, gpu=False).measured

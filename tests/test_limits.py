@@ -148,7 +148,7 @@ def test_the_cost_counts_elle_and_the_onset_replay():
     elle = base.model_copy(update={"elle_lambda": 1.0})
     replayed = base.model_copy(update={"onset_replay": "on"})
     plain = cost(base)
-    assert cost(elle).train - plain.train == plain.iterations * base.batch_size * 6  # three points, both ways
+    assert cost(elle).train - plain.train == plain.iterations * base.batch_size * 3  # three points, both ways
     window = min(3 * base.eval_every, plain.iterations)  # the detector's window: PATIENCE + 1 evals
     assert cost(replayed).replay == window * 256 * (base.eval_pgd_steps + 4) and plain.replay == 0
     assert cost(base.model_copy(update={"onset_replay": "auto", "device": "auto"})).replay > 0  # may be CUDA
@@ -156,3 +156,32 @@ def test_the_cost_counts_elle_and_the_onset_replay():
     limits = Limits(max_work=cost(replayed).work - 1)
     assert run_violations(base, limits) == {}
     assert "onset replay" in run_violations(replayed, limits).get("onset_replay", "")
+
+
+def test_a_step_costs_its_methods_passes_and_its_regularisers():
+    """One fact per method (trainer.methods): FGSM's step is 2 passes per example, GradAlign and ELLE add 3
+    each (x2.5: the digits CNN measures x2.22 and x2.29), an autopilot run counts GradAlign throughout."""
+    fgsm = make_config({**TINY, "onset_replay": "off"})
+    train = {
+        name: cost(fgsm.model_copy(update=changes)).train / cost(fgsm).train
+        for name, changes in {
+            "elle": {"elle_lambda": 1.0},
+            "grad_align": {"grad_align_lambda": 1.0},
+            "grad_align_half": {"grad_align_lambda": 1.0, "grad_align_fraction": 0.5},
+            "pgd10": {"method": "pgd", "pgd_steps": 10},
+            "free": {"method": "free"},
+            "standard": {"method": "standard"},
+            "random_corner": {"method": "random_corner"},
+        }.items()
+    }
+    assert train == {
+        "elle": 2.5,
+        "grad_align": 2.5,
+        "grad_align_half": 1.75,
+        "pgd10": 5.5,
+        "free": 0.5,
+        "standard": 0.5,
+        "random_corner": 0.5,
+    }
+    autopilot = make_config({**TINY, "onset_replay": "off", "rescue": "auto"})
+    assert cost(autopilot).train == cost(fgsm.model_copy(update={"grad_align_lambda": 1.0})).train

@@ -14,10 +14,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from trainer.attacks import input_grad, nfgsm, pgd, pgd_corner, project, random_corner
 from trainer.config import make_config
+from trainer.fast import fast_path
 from trainer.free import FreeAT
 from trainer.gradalign import grad_align_reg
 from trainer.loop import ADVERSARY, _train_step, make_optimizer, train
-from trainer.methods import METHODS
+from trainer.methods import METHODS, step_passes
 
 pytestmark = pytest.mark.train  # trains models beyond a few steps
 
@@ -219,3 +220,14 @@ def test_every_registered_method_has_an_adversary_and_trains_end_to_end(method):
     final = train(make_config({**TINY, "method": method, "max_iters": 10, "eval_every": 10}), events.append)
     assert final["iterations"] == 10 and final["last"]["autoattack_acc"] is None
     assert 0 <= final["last"]["pgd_acc"] <= 1
+
+
+def test_each_method_is_one_entry_its_adversary_capture_and_cost_derive_from():
+    """trainer.methods holds what the loop, the fast path and the cost model read of a method."""
+    for name, method in METHODS.items():
+        config = make_config({**TINY, "method": name})
+        assert (name in ADVERSARY) == (method.adversary is not None) != (name == "free")
+        assert fast_path(config, torch.device("cpu"), lambda step, gen: step).refusal == method.refusal
+        assert step_passes(config) == method.passes(config) >= 1
+    assert step_passes(make_config({**TINY, "method": "pgd", "pgd_steps": 7})) == 8  # 7 gradients, 1 update
+    assert METHODS["free"].refusal and METHODS["free"].adversary is None

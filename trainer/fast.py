@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from trainer.config import RunConfig
+from trainer.methods import METHODS
 from trainer.ramp import ramp_at, ramp_table, warmup_steps
 
 WARMUP_STEPS = 3  # eager steps on a side stream before capture (PyTorch's whole-network example uses 3)
@@ -117,8 +118,8 @@ def fast_path(cfg: RunConfig, device: torch.device, capture: Capture | None) -> 
     cuda = device.type == "cuda"
     if not cfg.fast_path:
         refusal = "fast_path off"
-    elif cfg.method == "free":
-        refusal = "free: the replayed minibatch and the carried perturbation are host-side state"
+    elif METHODS[cfg.method].refusal:  # a method whose step cannot be recorded (trainer.methods)
+        refusal = METHODS[cfg.method].refusal
     elif not cuda and capture is None:
         refusal = "cpu"
     else:

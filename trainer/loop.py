@@ -52,6 +52,7 @@ from trainer.fast import Capture, FastPath, RunParts, fast_path, training_step
 from trainer.final import final_evaluation
 from trainer.free import FreeAT
 from trainer.gradalign import grad_align_reg
+from trainer.methods import METHODS
 from trainer.metrics import MetricsBuffer
 from trainer.optim import load_optimizer, lr_at, lr_schedule, make_optimizer
 from trainer.probe import DenseProbe
@@ -127,16 +128,9 @@ def _random_corner(model, x, y, cfg, gen, ramp=None):
     return random_corner(x, cfg.eps, gen), None
 
 
-# Free AT is stateful (a replayed batch, a persistent delta): trainer.free.FreeAT, one per run.
-ADVERSARY = {
-    "standard": _standard,
-    "fgsm": _fgsm,
-    "fgsm_rs": _fgsm_rs,
-    "pgd": _pgd,
-    "nfgsm": _nfgsm,
-    "pgd_corner": _pgd_corner,
-    "random_corner": _random_corner,
-}
+# Each method's adversary, named by its entry in trainer.methods. Free AT is stateful (a replayed batch, a
+# persistent delta): trainer.free.FreeAT, one per run.
+ADVERSARY = {name: globals()[method.adversary] for name, method in METHODS.items() if method.adversary}
 
 
 @dataclass
