@@ -36,8 +36,12 @@ from trainer.ramp import ramp_at, ramp_table, warmup_steps
 
 WARMUP_STEPS = 3  # eager steps on a side stream before capture (PyTorch's whole-network example uses 3)
 
-StepResult = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # loss, accuracy, GradAlign term
-# The loop's step function: (model, optimizer, config, x, y, generator, free) -> StepResult.
+# loss, accuracy and the regularisers' unweighted terms summed (GradAlign's 1 - cos, ELLE's linearity error)
+StepResult = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+# The loop's step function (trainer.loop._train_step):
+# (model, optimizer, config, x, y, generator, free, elle_a, ramp) -> StepResult, where `free` is Free AT's
+# state (trainer.free; None on a captured step), `elle_a` ELLE-A's λ (trainer.elle) and `ramp` the attack's
+# share of its size in the SVHN warm-up (trainer.ramp; None outside it).
 StepFunction = Callable[..., StepResult]
 # Records `step` (a function of no arguments returning tensors) and returns a function that replays it.
 Capture = Callable[[Callable[[], torch.Tensor], torch.Generator], Callable[[], torch.Tensor]]
@@ -128,7 +132,8 @@ def fast_path(cfg: RunConfig, device: torch.device, capture: Capture | None) -> 
 
 
 class EagerStep:
-    """Today's step, called once per iteration with the host's lr (and the warm-up's share, a float)."""
+    """The step run as eager PyTorch, called once per iteration with the host's lr (and the warm-up's share,
+    a float): on the CPU, for a method or config that refuses capture, and after a failed capture."""
 
     kind = "eager"
 
