@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from bench import plain_loop
+from bench.timer import timed
 from bench.workloads import Workload, codash_data
 
 NO_EVAL = {"eval_every": 100_000, "eval_points": 16, "eval_pgd_steps": 1, "final_eval_points": 0}
@@ -137,11 +138,11 @@ def eval_overhead(
     seconds: list[float] = []
     original = trainer.loop._evaluate
 
-    def timed(*args, **kwargs):
+    def evaluate_timed(*args, **kwargs):
         with timed(seconds, device):
             return original(*args, **kwargs)
 
-    trainer.loop._evaluate = timed
+    trainer.loop._evaluate = evaluate_timed
     try:
         with codash_data(data):
             trainer.loop.train(cfg)
@@ -176,7 +177,7 @@ def final_eval_time(device: str, points: int = 1000, test_images: int = 10_000) 
     data = synthetic_cifar(device, 512, n_test=test_images)
     model = path.prepare(model_for(cfg).to(device)).eval()
 
-    def timed(work) -> float:
+    def seconds_of(work) -> float:
         work()  # warm-up: cuDNN's choices for these batch sizes
         spent: list[float] = []
         with timed(spent, device):
@@ -201,6 +202,6 @@ def final_eval_time(device: str, points: int = 1000, test_images: int = 10_000) 
         "points": points,
         "attack": cfg.final_pgd,
         "precision": "bf16" if path.bf16 else "fp32",
-        "as_run_s": timed(lambda: final_metrics(model, cfg, data, path, points, lambda done: None)),
-        "every_restart_s": timed(every_restart),
+        "as_run_s": seconds_of(lambda: final_metrics(model, cfg, data, path, points, lambda done: None)),
+        "every_restart_s": seconds_of(every_restart),
     }

@@ -25,6 +25,7 @@ from bench import __main__ as bench_main  # noqa: E402
 from bench import plain_loop, probe_cost  # noqa: E402
 from bench.time_to_co import measure  # noqa: E402
 from experiments import digits_lambda, onset_check  # noqa: E402
+from trainer.co import Row  # noqa: E402
 from trainer.config import make_config  # noqa: E402
 from trainer.gradalign import grad_align_reg  # noqa: E402
 from trainer.loop import ADVERSARY, train  # noqa: E402
@@ -204,11 +205,11 @@ def test_onset_check_image_sampling_spread_is_nil_for_a_step_and_wide_for_a_drif
     subset rarely lands within the tolerance of the 256-image reference, nor do two disjoint halves."""
     monkeypatch.setattr(onset_check, "DRAWS", 60)
 
-    def rows(falls) -> list[list]:  # 64 of 256 images robust, image i until iteration falls[i]
+    def rows(falls) -> list[Row]:  # 64 of 256 images robust, image i until iteration falls[i]
         out = []
         for it in range(101, 301):
             robust = [i < 64 and it < falls[i] for i in range(256)]
-            out.append([it, sum(robust) / 256, 0.8, robust])
+            out.append(Row(it, sum(robust) / 256, 0.8, robust))
         return out
 
     spread = onset_check.sampling_spread(rows([217] * 256), confirmed_at=300, seed=0)
