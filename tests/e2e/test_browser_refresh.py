@@ -148,6 +148,8 @@ def test_the_co_warning_draws_an_amber_line_and_rescue_now_forks_from_its_evalua
     wait_for(lambda: amber_lines(), TIMEOUT_MS / 1000, "the warning's line on the chart", interval=0.5)
     assert amber_lines() == [[60, WARNING_COLOR, "dashdot"]] * 3  # on every panel
     assert "CO warning @ 60" in chart.evaluate("element => element.innerText || element.textContent")
+    (ROOT / "test-artifacts").mkdir(exist_ok=True)
+    page.screenshot(path=str(ROOT / "test-artifacts" / "co_warning.png"), full_page=True)  # for a reviewer
     rescue.click()
     page.wait_for_url(
         re.compile(r"/compare\?compare=" + run_id + r"(%2C|,)[0-9a-f]{12}$"), timeout=TIMEOUT_MS
