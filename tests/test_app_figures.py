@@ -4,10 +4,8 @@ the dashboard shows out; no Redis."""
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 import plotly.io as pio
 import pytest
@@ -23,11 +21,10 @@ from conftest import (
 )
 
 from app.history import MAX_LINE_POINTS, RunHistory, downsample
-from app.inside import filter_mosaic, filters_figure, inside_figure
 from app.panels import Series, View, run_figure, shared_axes
 from app.sweep_charts import SweepCurve, sweep_curves_figure, sweep_figure
-from app.tables import runs_frame, sweep_frame
-from app.text import distinguishing_labels, format_duration, md_escape, method_label, snapshot_label
+from app.tables import sweep_frame
+from app.text import distinguishing_labels, format_duration, md_escape, method_label
 from jobs.api import Run
 from trainer.config import make_config
 from trainer.events import events_csv, events_jsonl, read_jsonl
@@ -298,6 +295,35 @@ def test_method_label_drops_eps_and_name():
     assert method_label(make_config({"name": "x", "grad_align_lambda": 0.5})) == "FGSM+GradAlign λ=0.5"
 
 
+def test_exports_round_trip():
+    events = co_run_events(total=20, co_at=20)
+    assert read_jsonl(io.StringIO(events_jsonl(events))) == events
+    frame = pd.read_csv(io.StringIO(events_csv(events)))
+    assert len(frame) == len(events)
+    assert {"type", "iteration", "pgd_acc", "config.eps", "last.pgd_acc"} <= set(frame.columns)
+
+
+def test_exports_leave_snapshot_arrays_out_of_the_csv_only():
+    events = co_run_events(total=20, co_at=20)
+    events.insert(3, snapshot_event(20))
+    assert read_jsonl(io.StringIO(events_jsonl(events))) == events
+    frame = pd.read_csv(io.StringIO(events_csv(events)))
+    assert len(frame) == len(events) - 1 and "snapshot" not in set(frame["type"])
+    assert not {"image", "filters", "grad_x"} & set(frame.columns)
+
+
+# --- inside the model ---
+
+
+def test_md_escape_neutralises_markdown_and_html():
+    assert md_escape("[x](javascript:y) **b** <img>") == r"\[x\]\(javascript\:y\) \*\*b\*\* \<img\>"
+    assert md_escape("plain words 42") == "plain words 42"
+
+
+def test_format_duration():
+    assert [format_duration(s) for s in (None, 5, 65, 3725)] == ["–", "0:05", "1:05", "1:02:05"]
+
+
 @dataclass(frozen=True)
 class FakeRun:
     """The fields of jobs.api.Run that the tables read (tables.py duck-types runs)."""
@@ -322,215 +348,6 @@ class FakeRun:
     elapsed_before: float = 0.0
 
     elapsed_s = Run.elapsed_s  # the real rule, on these fields
-
-
-def test_runs_frame_has_one_row_per_run_with_progress_and_results():
-    finished = FakeRun(
-        "a",
-        "finished",
-        make_config({"grad_align_lambda": 2, "eps": 0.2, "n_filters": 4}),
-        iteration=100,
-        finished_at=1_700_000_100.0,
-        co_iteration=None,
-        final={"last": {"clean_acc": 0.8, "pgd_acc": 0.4}},
-    )
-    running = FakeRun("b", "running", make_config({"dataset": "cifar10", "eps": "8/255"}), co_iteration=40)
-    queued = FakeRun(
-        "c", "queued", make_config({"eps": 0.2}), started_at=None, iteration=0, total_iterations=None
-    )
-    frame = runs_frame([finished, running, queued], now=1_700_000_070.0)
-    assert frame["id"].tolist() == ["a", "b", "c"]
-    assert frame["progress"].tolist() == [1.0, 0.5, 0.0]
-    assert frame["ε"].tolist() == ["0.2", "8/255", "0.2"]
-    assert frame["λ"].tolist() == [2.0, 0.0, 0.0]
-    assert frame["CO iteration"].tolist()[1] == 40 and pd.isna(frame["CO iteration"].iloc[0])
-    assert frame["PGD acc"].iloc[0] == 0.4 and pd.isna(frame["PGD acc"].iloc[1])
-    assert frame["elapsed"].tolist() == ["1:30", "1:00", "–"]
-    assert frame["model"].iloc[0] == "cnn 1×4"
-    assert runs_frame([]).empty
-
-
-def test_sweep_frame_uses_final_pgd_or_the_latest_eval_and_marks_co():
-    base = {"dataset": "cifar10"}
-    runs = [
-        FakeRun(
-            "a",
-            "finished",
-            make_config({**base, "eps": "8/255"}),
-            final=json.loads(json.dumps(final_event(60))),
-        ),
-        FakeRun("b", "running", make_config({**base, "eps": "4/255"})),
-        FakeRun("c", "queued", make_config({**base, "eps": "2/255"})),
-        FakeRun(
-            "d",
-            "finished",
-            make_config({**base, "eps": "8/255", "grad_align_lambda": 0.2}),
-            final=final_event(None, pgd=0.45),
-        ),
-    ]
-    running = history_of([config_event(), eval_event(20, 0.3), eval_event(40, 0.35)])
-    points = sweep_frame(runs, {"b": running})
-    assert set(points["run_id"]) == {"a", "b", "d"}
-    row = points.set_index("run_id")
-    assert row.loc["a", "pgd_acc"] == 0.01 and row.loc["a", "co"] and row.loc["a", "done"]
-    assert row.loc["b", "pgd_acc"] == 0.35 and not row.loc["b", "done"] and not row.loc["b", "co"]
-    assert row.loc["a", "x"] == pytest.approx(8) and row.loc["b", "x"] == pytest.approx(4)
-    assert row.loc["d", "method"] == "FGSM+GradAlign" and row.loc["a", "method"] == "FGSM"
-
-    fig = sweep_figure(points, natural_units=True, uirevision="s")
-    fgsm = next(trace for trace in fig.data if trace.name == "FGSM (runs)")
-    assert list(fgsm.x) == pytest.approx([4 - 0.16, 8 - 0.16])  # dodged left of its ε: two methods drawn
-    assert list(fig.layout.xaxis.tickvals) == [4, 8]
-    assert list(fgsm.marker.symbol) == ["circle-open", "x"]
-    assert [row[0] for row in fgsm.customdata] == ["b", "a"]
-    assert fig.layout.xaxis.title.text == "ε (×1/255)"
-
-
-def test_sweep_figure_draws_the_mean_over_seeds_and_a_mark_per_seed_run():
-    def run(run_id, eps, seed, pgd, co=None):
-        config = make_config({"eps": eps, "seed": seed})
-        return FakeRun(run_id, "finished", config, final=final_event(co, pgd=pgd))
-
-    runs = [run("a", 0.1, 0, 0.4), run("b", 0.1, 1, 0.2), run("c", 0.2, 0, 0.3), run("d", 0.2, 1, 0.0, co=60)]
-    fig = sweep_figure(sweep_frame(runs, {}), natural_units=False, uirevision="s")
-    traces = traces_by_name(fig)
-    mean, marks = traces["FGSM"], traces["FGSM (runs)"]
-    assert mean.mode == "lines" and list(mean.x) == pytest.approx([0.1, 0.2])
-    assert list(mean.y) == pytest.approx([0.3, 0.15])
-    assert marks.mode == "markers" and not marks.showlegend and marks.legendgroup == mean.legendgroup
-    assert list(marks.y) == pytest.approx([0.4, 0.2, 0.3, 0.0])
-    assert list(marks.marker.symbol) == ["circle", "circle", "circle", "x"]
-    assert [row[3] for row in marks.customdata] == [0, 1, 0, 1]
-    assert "seed %{customdata[3]}" in marks.hovertemplate
-    assert marks.x[0] < 0.1 < marks.x[1]  # a method's seeds side by side around its ε
-
-
-def test_sweep_curves_draw_each_runs_probe_under_its_evals_in_the_panel_of_its_eps():
-    def curve(method, eps, seed, collapse_at):
-        events = [config_event(total=100, eps=eps, seed=seed)]
-        events += [probe_event(it, 0.4 if it < collapse_at else 0.0) for it in range(2, 101, 2)]
-        events += [eval_event(it, 0.4 if it < collapse_at else 0.0) for it in range(20, 101, 20)]
-        return SweepCurve(method, eps, f"{eps:g}", seed, history_of(events))
-
-    curves = [
-        curve("FGSM", eps, seed, 50 if eps > 0.1 else 999) for eps in (0.05, 0.1, 0.2, 0.3) for seed in (0, 1)
-    ]
-    curves.append(curve("PGD-10", 0.3, 0, 999))
-    fig = sweep_curves_figure(curves, uirevision="u")
-    titles = [annotation.text for annotation in fig.layout.annotations]
-    assert titles == ["ε = 0.05", "ε = 0.1", "ε = 0.2", "ε = 0.3"]  # a panel per ε, 3 a row
-    dense = [trace for trace in fig.data if source_of(trace) == "probes"]
-    evals = [trace for trace in fig.data if source_of(trace) == "evals"]
-    assert len(dense) == len(evals) == 9  # a probe line and an eval line per run
-    assert all(trace.mode == "lines" and trace.zorder < 0 for trace in dense)
-    assert all(trace.mode == "lines+markers" and trace.zorder == 0 for trace in evals)
-    fgsm_at_02 = [
-        trace for trace in dense if "FGSM · seed" in trace.hovertemplate and "ε 0.2" in trace.hovertemplate
-    ]
-    assert len(fgsm_at_02) == 2 and {trace.xaxis for trace in fgsm_at_02} == {"x3"}
-    assert list(fgsm_at_02[0].y)[23:26] == [0.4, 0.0, 0.0]  # the collapse at iteration 50, every 2
-    pgd = [trace for trace in fig.data if trace.name == "PGD-10"]
-    assert {trace.xaxis for trace in pgd} == {"x4"} and pgd[0].line.color != dense[0].line.color
-    assert [trace.name for trace in fig.data if trace.showlegend] == ["FGSM", "PGD-10"]  # a legend per method
-
-
-def test_exports_round_trip():
-    events = co_run_events(total=20, co_at=20)
-    assert read_jsonl(io.StringIO(events_jsonl(events))) == events
-    frame = pd.read_csv(io.StringIO(events_csv(events)))
-    assert len(frame) == len(events)
-    assert {"type", "iteration", "pgd_acc", "config.eps", "last.pgd_acc"} <= set(frame.columns)
-
-
-def test_exports_leave_snapshot_arrays_out_of_the_csv_only():
-    events = co_run_events(total=20, co_at=20)
-    events.insert(3, snapshot_event(20))
-    assert read_jsonl(io.StringIO(events_jsonl(events))) == events
-    frame = pd.read_csv(io.StringIO(events_csv(events)))
-    assert len(frame) == len(events) - 1 and "snapshot" not in set(frame["type"])
-    assert not {"image", "filters", "grad_x"} & set(frame.columns)
-
-
-# --- inside the model ---
-
-
-def test_history_keeps_snapshots_as_arrays_and_a_resume_drops_the_replayed_ones():
-    events = co_run_events(total=100, co_at=60)
-    for it in (20, 40, 60, 80):
-        events.insert(
-            events.index(next(e for e in events if e.get("iteration") == it + 1)), snapshot_event(it)
-        )
-    history = history_of(events)
-    assert sorted(history.snapshots) == [20, 40, 60, 80]
-    snap = history.snapshots[60]
-    assert snap["image"].dtype == np.float32 and snap["image"].shape == (1, 16, 16)
-    assert snap["filters"].shape == (16, 1, 3, 3) and snap["predictions"]["pgd"] == 5
-    history.extend([config_event(start=50, total=100)])
-    assert sorted(history.snapshots) == [20, 40]
-
-
-@pytest.mark.parametrize(
-    ("n_filters", "channels", "kernel", "grid"),
-    [(4, 3, 3, (1, 4)), (16, 1, 3, (2, 8)), (32, 1, 5, (4, 8)), (64, 3, 3, (4, 16))],
-)
-def test_filter_mosaic_tiles_every_filter_on_its_own_scale(n_filters, channels, kernel, grid):
-    snap = history_of([snapshot_event(20, channels=channels, size=32, n_filters=n_filters, kernel=kernel)])
-    filters = snap.snapshots[20]["filters"]
-    rows, columns = grid
-    mosaic = filter_mosaic(filters, columns)
-    assert mosaic.shape[:2] == (rows * (kernel + 1) - 1, columns * (kernel + 1) - 1)
-    if channels == 3:  # an RGB image with white gaps
-        assert mosaic.shape[2] == 3 and mosaic.dtype == np.uint8
-        first = mosaic[:kernel, :kernel].astype(float) / 127.5 - 1
-        np.testing.assert_allclose(first, filters[0].transpose(1, 2, 0) / np.abs(filters[0]).max(), atol=0.01)
-    else:  # signed, each filter divided by its own max |w|, NaN between filters
-        tiles = [
-            mosaic[r * (kernel + 1) :][:kernel, c * (kernel + 1) :][:, :kernel]
-            for r in range(rows)
-            for c in range(columns)
-        ]
-        assert len(tiles) == n_filters
-        assert all(np.nanmax(np.abs(tile)) == pytest.approx(1) for tile in tiles)
-        assert np.isnan(mosaic[kernel]).all()  # the gap under the first row of filters
-    fig = filters_figure(snap.snapshots[20], uirevision="r")
-    assert len(fig.data) == 1 and f"{n_filters} × {kernel}×{kernel}" in fig.layout.title.text
-
-
-def test_inside_figure_shows_image_perturbations_and_gradients_with_predictions():
-    snap = history_of([snapshot_event(40)]).snapshots[40]
-    fig = inside_figure(snap, "digits", uirevision="r")
-    assert [trace.type for trace in fig.data] == ["heatmap"] * 5
-    assert all(np.shape(trace.z) == (16, 16) for trace in fig.data)
-    assert [trace.coloraxis for trace in fig.data] == ["coloraxis2"] + ["coloraxis"] * 4  # grey, then signed
-    assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (-1, 1)
-    titles = [annotation.text for annotation in fig.layout.annotations]
-    assert titles[0] == "image · label 3<br>predicted 3 ✓"
-    assert titles[2] == "PGD δ/ε<br>predicted 5 ✗"
-    assert "cos with ∇ℓ at x: 0.25" in titles[4]
-    assert fig.layout.yaxis.autorange == "reversed" and fig.layout.yaxis5.scaleanchor == "x5"
-
-
-def test_inside_figure_draws_colour_images_as_rgb_with_class_names():
-    snap = history_of([snapshot_event(40, channels=3, size=32, n_filters=64)]).snapshots[40]
-    fig = inside_figure(snap, "cifar10", uirevision="r")
-    assert [trace.type for trace in fig.data] == ["image"] * 5
-    assert np.shape(fig.data[0].z) == (32, 32, 3)
-    np.testing.assert_array_equal(fig.data[0].z, np.rint(snap["image"].transpose(1, 2, 0) * 255))
-    assert fig.layout.annotations[0].text == "image · label cat<br>predicted cat ✓"
-
-
-def test_snapshot_slider_labels_mark_catastrophic_overfitting():
-    assert [snapshot_label(it, 60) for it in (40, 60, 80)] == ["40", "60 · CO", "80 · after CO"]
-    assert snapshot_label(1200, None) == "1,200"
-
-
-def test_md_escape_neutralises_markdown_and_html():
-    assert md_escape("[x](javascript:y) **b** <img>") == r"\[x\]\(javascript\:y\) \*\*b\*\* \<img\>"
-    assert md_escape("plain words 42") == "plain words 42"
-
-
-def test_format_duration():
-    assert [format_duration(s) for s in (None, 5, 65, 3725)] == ["–", "0:05", "1:05", "1:02:05"]
 
 
 def luminance(rgb: tuple[float, ...]) -> float:
@@ -590,25 +407,3 @@ def test_every_line_stands_out_on_the_dark_theme():
         assert (max(line, plot) + 0.05) / (min(line, plot) + 0.05) >= 3.0, (name, color, opacity)
     light = run_figure([Series("a", history)], uirevision="u")
     assert {trace.line.color for trace in light.data} >= {"#37474f"}  # the light theme keeps its colours
-
-
-def below_zero_px(fig, axis) -> float:
-    """How many pixels of plot area lie below accuracy 0 on a y axis (its share of the plot's height)."""
-    plot = fig.layout.height - fig.layout.margin.t - fig.layout.margin.b
-    low, high = axis.range
-    bottom, top = axis.domain or (0, 1)
-    return -low * plot * (top - bottom) / (high - low)
-
-
-def test_a_run_at_pgd_accuracy_zero_is_drawn_whole_on_the_sweeps_charts():
-    runs = [FakeRun("a", "finished", make_config({"eps": 0.2}), final=final_event(60, pgd=0.0))]
-    fig = sweep_figure(sweep_frame(runs, {}), natural_units=False, uirevision="s")
-    marks = traces_by_name(fig)["FGSM (runs)"]
-    assert list(marks.y) == [0.0] and marks.cliponaxis is False
-    half = marks.marker.size / 2 + marks.marker.line.width
-    assert below_zero_px(fig, fig.layout.yaxis) >= half  # the ✕'s lower half, below the axis's 0
-    events = [config_event(total=100, eps=0.2), *(eval_event(it, 0.0) for it in range(20, 101, 20))]
-    curves = sweep_curves_figure([SweepCurve("FGSM", 0.2, "0.2", 0, history_of(events))], uirevision="u")
-    [evals] = [trace for trace in curves.data if trace.mode == "lines+markers"]
-    assert set(evals.y) == {0.0}
-    assert below_zero_px(curves, curves.layout.yaxis) >= evals.marker.size / 2 + evals.line.width
