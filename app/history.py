@@ -19,7 +19,6 @@ from trainer.events import ARRAY_FIELDS
 
 MAX_LINE_POINTS = 600  # per-iteration series are averaged into at most this many bins: SVG stays fast
 SMOOTHING = 0.8  # per-batch training numbers are noisy: drawn as an EMA with this weight (TensorBoard's)
-SNAPSHOT_ARRAYS = ("image", "fgsm_delta", "pgd_delta", "grad_x", "grad_random", "filters")
 
 
 @dataclass

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from trainer.checkpoint import model_for
-from trainer.co import PATIENCE, Row, dense_onset, onset_on_images, resampled_onsets, smoothed
+from trainer.co import Row, dense_onset, onset_on_images, resampled_onsets, smoothed, window_steps
 from trainer.config import make_config
 from trainer.data import load_dataset
 from trainer.evaluate import per_image_results
@@ -141,7 +141,7 @@ def check_seed(seed: int, iters: int, preset: str, overrides: dict) -> dict:
     probe_series: list[list[float]] = []
     # The last steps' weights (and batch-norm statistics): when the co event comes, the detector's window
     # (from just after the eval before the last uncollapsed one to the confirming eval) is among them.
-    recent: deque[tuple[int, dict]] = deque(maxlen=(PATIENCE + 1) * config.eval_every)
+    recent: deque[tuple[int, dict]] = deque(maxlen=window_steps(config.eval_every))
     events: list[dict] = []
     eval_s, first = 0.0, None  # first: the window's first iteration, once the co event has come
 

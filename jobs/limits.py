@@ -16,14 +16,21 @@ import math
 import os
 from dataclasses import dataclass
 
-from trainer.co import PATIENCE
-from trainer.config import DATA_SHAPES, TEST_IMAGES, TRAIN_IMAGES, ConfigError, RunConfig
+from trainer.co import window_steps
+from trainer.config import (
+    DATA_SHAPES,
+    FIRST_CONV,
+    SNAPSHOT_FILTERS,
+    TEST_IMAGES,
+    TRAIN_IMAGES,
+    ConfigError,
+    RunConfig,
+)
 from trainer.methods import step_passes
 
 AUTOATTACK_PASSES = 5_000  # per image and model, roughly: APGD-CE, APGD-T, FAB-T and Square's queries
 METRICS_BYTES, EVAL_BYTES, OTHER_BYTES = 220, 260, 4_000  # a stream entry's JSON (config, co, final: others)
 NUMBER_BYTES = 6  # a snapshot number, rounded to 2 decimals, with its comma
-MAX_FILTERS = 64  # a snapshot carries at most this many first-layer 3x3 filters
 MB = 2**20
 
 
@@ -81,8 +88,7 @@ def cost(config: RunConfig, device_type: str | None = None) -> Cost:
     dearer), counting a forward alone as a pass; the attacks' points are capped by the data set's images,
     as the trainer takes them. A training step costs what trainer.methods counts for its method and
     regularisers (an autopilot run as GradAlign throughout, its worst case)."""
-    steps_per_epoch = max(1, TRAIN_IMAGES[config.dataset] // config.batch_size)
-    iterations = min(config.epochs * steps_per_epoch, config.max_iters or math.inf)
+    iterations = config.total_iterations()
     per_example = step_passes(config)  # the method's and its regularisers' (trainer.methods)
     n_evals = math.ceil(iterations / config.eval_every)
     test, train = TEST_IMAGES[config.dataset], TRAIN_IMAGES[config.dataset]
@@ -97,11 +103,14 @@ def cost(config: RunConfig, device_type: str | None = None) -> Cost:
     # the last and the early-stopped model: the attacks, then clean accuracy on the whole test set
     final = 2 * (min(config.final_eval_points, test) * per_model + test)
     channels, size, _ = DATA_SHAPES[config.dataset]
-    snapshot = NUMBER_BYTES * (5 * channels * size * size + MAX_FILTERS * channels * 9) + EVAL_BYTES
+    kernel = FIRST_CONV[config.model][1]  # at most SNAPSHOT_FILTERS first-layer filters, kernel x kernel
+    snapshot = (
+        NUMBER_BYTES * (5 * channels * size * size + SNAPSHOT_FILTERS * channels * kernel**2) + EVAL_BYTES
+    )
     stream = iterations * METRICS_BYTES + n_evals * (EVAL_BYTES + snapshot) + 10 * OTHER_BYTES
     # the onset replay evaluates every kept step of the detector's window
     replays = config.replays_onset(device_type or ("cpu" if config.device == "cpu" else "cuda"))
-    window = min((PATIENCE + 1) * config.eval_every, iterations)
+    window = min(window_steps(config.eval_every), iterations)
     return Cost(
         replay=int(window * min(config.eval_points, test) * (config.eval_pgd_steps + 4)) if replays else 0,
         iterations=int(iterations),

@@ -52,6 +52,7 @@ from jobs.worker_flags import HELP, add_worker_flags
 from trainer.checkpoint import BEST_FILE, LAST_FILE, PREVIOUS_FILE, load_checkpoint
 from trainer.cli import EXPECTED_ERRORS, run
 from trainer.config import ConfigError, make_config
+from trainer.events import one_line
 from trainer.fast import warm_up
 from trainer.loop import resolve_device, train
 
@@ -77,12 +78,6 @@ def worker_device(name: str | None) -> str:
     """The device a worker trains on: 'auto' becomes cuda if there is one, else cpu."""
     device = make_config({"device": name or "auto"}).device  # errors name the field and its allowed values
     return str(resolve_device(device))
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as the single line a run list can show: type and message, whitespace collapsed."""
-    message = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {message}"[:1000] if message else type(exc).__name__
 
 
 def failure_reason(exc: BaseException) -> str:

@@ -11,9 +11,20 @@ from streamlit.testing.v1 import AppTest
 from app.presets import SWEEP_PRESETS
 from app.views.sweep import parse_eps_list, sweep_configs
 from jobs import api
-from jobs.limits import MB, Limits, OverLimit, StreamBudget, check, cost, run_violations, violations
+from jobs.limits import (
+    MB,
+    NUMBER_BYTES,
+    Limits,
+    OverLimit,
+    StreamBudget,
+    check,
+    cost,
+    run_violations,
+    violations,
+)
 from jobs.stream import StreamSink
-from trainer.config import make_config
+from trainer.checkpoint import model_for
+from trainer.config import FIRST_CONV, SNAPSHOT_FILTERS, make_config
 from trainer.events import encode
 from trainer.loop import train
 from trainer.presets import PRESETS
@@ -185,3 +196,17 @@ def test_a_step_costs_its_methods_passes_and_its_regularisers():
     }
     autopilot = make_config({**TINY, "onset_replay": "off", "rescue": "auto"})
     assert cost(autopilot).train == cost(fgsm.model_copy(update={"grad_align_lambda": 1.0})).train
+
+
+def test_the_stream_bound_counts_each_models_first_filters_at_their_size():
+    """trainer.config.FIRST_CONV is what the models build and what the snapshot bound counts: LeNet's first
+    filters are 5x5, the CNN's and the ResNet's 3x3."""
+    for name, (filters, kernel) in FIRST_CONV.items():
+        conv = model_for(make_config({"model": name, "dataset": "mnist"})).first_conv
+        assert conv.kernel_size == (kernel, kernel) and conv.out_channels == (filters or conv.out_channels)
+    lenet, cnn = (
+        make_config({"model": model, "dataset": "mnist", "epochs": 1}) for model in ("lenet", "cnn")
+    )
+    n_evals = -(-cnn.total_iterations() // cnn.eval_every)
+    extra = n_evals * NUMBER_BYTES * SNAPSHOT_FILTERS * (5 * 5 - 3 * 3)  # one channel
+    assert cost(lenet).stream_bytes - cost(cnn).stream_bytes == extra

@@ -14,9 +14,9 @@ from trainer.attacks import pgd
 from trainer.checkpoint import load_model, model_for
 from trainer.cli import ProgressSink, build_parser, config_from_args
 from trainer.cli import main as cli_main
-from trainer.config import make_config
+from trainer.config import SNAPSHOT_FILTERS, make_config
 from trainer.data import load_dataset
-from trainer.evaluate import SNAPSHOT_FILTERS, accuracy, batches, eval_metrics
+from trainer.evaluate import accuracy, batches, eval_metrics
 from trainer.events import FIELDS, JsonlSink, make_event, read_jsonl
 from trainer.loop import train
 

@@ -14,9 +14,10 @@ from trainer.co import SMOOTH_ITERS, CODetector, Row, dense_onset, onset_interva
 from trainer.config import make_config
 from trainer.data import load_dataset
 from trainer.elle import DECAY, SENSITIVITY, AdaptiveLambda, elle_reg
+from trainer.evaluate import EVAL_PGD_STEP
 from trainer.events import FIELDS, BadEvent, encode, events_csv, make_event, parse_event
 from trainer.loop import train
-from trainer.probe import PGD_STEP, PROBE_FIELDS, probe_metrics, probe_seed
+from trainer.probe import PROBE_FIELDS, probe_metrics, probe_seed
 
 pytestmark = pytest.mark.train  # trains models beyond a few steps
 
@@ -28,7 +29,7 @@ def test_probe_values_equal_an_independent_computation(batch):
     got = probe_metrics(model, x, y, EPS, 4, torch.Generator().manual_seed(7))
     g = torch.Generator().manual_seed(7)
     eta = random_point(x, EPS, g)  # drawn first, then PGD's random start from the same stream
-    pgd_delta = pgd(model, x, y, EPS, PGD_STEP * EPS, 4, generator=g)
+    pgd_delta = pgd(model, x, y, EPS, EVAL_PGD_STEP * EPS, 4, generator=g)
     fgsm_delta = fgsm(model, x, y, EPS)
     with torch.no_grad():
         robust = (model(x + pgd_delta).argmax(1) == y).float()

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainer.co import PATIENCE
+from trainer.co import WINDOW_EVALS
 from trainer.config import ConfigError, RunConfig
 from trainer.data import DATA_SHAPES
 from trainer.fork import (
@@ -105,7 +105,7 @@ def budget_bytes() -> int:
 def save_eval(obj: dict, run_dir: Path, iteration: int, co_onset: int | None) -> None:
     """Keep the run's state at this evaluation, then thin the older ones to the disk budget.
 
-    Always kept: the newest PATIENCE + 1 (a CO onset can still be declared among them, and the evaluation
+    Always kept: the newest WINDOW_EVALS (a CO onset can still be declared among them, and the evaluation
     before it is the one to fork from) and, once CO is declared, its onset and the evaluation before it.
     """
     budget = budget_bytes()
@@ -116,7 +116,7 @@ def save_eval(obj: dict, run_dir: Path, iteration: int, co_onset: int | None) ->
     atomic_save(obj, path)
     sizes = {it: eval_path(run_dir, it).stat().st_size for it in eval_iterations(run_dir)}
     kept = sorted(sizes)
-    protected = set(kept[-(PATIENCE + 1) :])
+    protected = set(kept[-WINDOW_EVALS:])
     if co_onset is not None:
         protected |= {co_onset, *[it for it in kept if it < co_onset][-1:]}
     for dropped in thin(sizes, protected, budget):

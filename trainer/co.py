@@ -37,6 +37,14 @@ MIN_PEAK = 0.15
 DROP = 0.5
 GAP = 0.3
 PATIENCE = 2
+WINDOW_EVALS = PATIENCE + 1  # the evaluations a CO onset can lie among: the collapsed ones and the one before
+
+
+def window_steps(eval_every: int) -> int:
+    """The training steps a CO onset can lie in: WINDOW_EVALS evaluations' worth."""
+    return WINDOW_EVALS * eval_every
+
+
 RULE = f"best_pgd>={MIN_PEAK} and pgd<{DROP}*best_pgd and fgsm-pgd>={GAP}, {PATIENCE} evals in a row"
 SMOOTH_ITERS = 10  # a dense point is the mean of the points within this many iterations of it
 ONSET_RULE = (

@@ -36,6 +36,14 @@ DATA_SHAPES: dict[str, tuple[int, int, int]] = {
 TRAIN_IMAGES: dict[str, int] = {"digits": 1500, "mnist": 60_000, "svhn": 73_257, "cifar10": 50_000}
 TEST_IMAGES: dict[str, int] = {"digits": 297, "mnist": 10_000, "svhn": 26_032, "cifar10": 10_000}
 Model = Literal["cnn", "lenet", "preact_resnet18"]
+# Each model's first convolution, the one a snapshot shows: (its filters, None for the cnn's n_filters; the
+# side of its square kernel). trainer.models builds it from here; jobs.limits sizes snapshots by it.
+FIRST_CONV: dict[str, tuple[int | None, int]] = {
+    "cnn": (None, 3),
+    "lenet": (32, 5),
+    "preact_resnet18": (64, 3),
+}
+SNAPSHOT_FILTERS = 64  # first-layer filters a snapshot keeps at most (PreAct ResNet-18 has exactly 64)
 Method = Literal[tuple(METHODS)]  # trainer.methods is the list
 Optimizer = Literal["sgd", "adam"]
 Schedule = Literal["constant", "cyclic", "piecewise"]
@@ -323,6 +331,16 @@ class RunConfig(BaseModel):
     @property
     def uses_grad_align(self) -> bool:
         return self.grad_align_lambda > 0
+
+    def steps_per_epoch(self, train_images: int | None = None) -> int:
+        """Training steps per epoch: the whole batches of its training set (`train_images`, by default the
+        data set's TRAIN_IMAGES), at least one."""
+        images = TRAIN_IMAGES[self.dataset] if train_images is None else train_images
+        return max(1, images // self.batch_size)
+
+    def total_iterations(self, train_images: int | None = None) -> int:
+        """The run's training steps: its epochs' steps, or `max_iters` if that is fewer."""
+        return int(min(self.epochs * self.steps_per_epoch(train_images), self.max_iters or math.inf))
 
     def bf16(self, device_type: str) -> bool:
         """Whether a run on this kind of device trains and evaluates under bf16 autocast (amp resolved)."""

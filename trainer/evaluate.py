@@ -13,6 +13,9 @@ import torch
 from torch import nn
 
 from trainer.attacks import cosine, fgsm, input_grad, pgd, random_point_grad
+from trainer.config import SNAPSHOT_FILTERS
+
+EVAL_PGD_STEP = 0.25  # the evaluations' PGD step as a multiple of eps (eps/4, the paper's); the probe's too
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, batch: int = 1024) -> Iterator[tuple]:
@@ -39,7 +42,7 @@ def pgd_accuracy(
     skip_fooled: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> float:
-    """Accuracy under PGD with step eps/4 (the paper's evaluation attack), batched.
+    """Accuracy under PGD with step EVAL_PGD_STEP * eps (the paper's evaluation attack), batched.
 
     A point counts as robust when no restart fools the model. `skip_fooled` runs each restart only on the
     points still robust: the same measure with less work (a broken model is done after one restart), but
@@ -58,9 +61,8 @@ def pgd_accuracy(
         if skip_fooled:
             correct += _robust_after_restarts(model, xb, yb, eps, steps, restarts, generator, restarted)
         else:
-            delta = pgd(
-                model, xb, yb, eps, eps / 4, steps, restarts, generator=generator, on_restart=restarted
-            )
+            step = EVAL_PGD_STEP * eps
+            delta = pgd(model, xb, yb, eps, step, steps, restarts, generator=generator, on_restart=restarted)
             with torch.no_grad():
                 correct += int((model(xb + delta).argmax(1) == yb).sum())
         done += len(xb)
@@ -78,7 +80,7 @@ def _robust_after_restarts(
         if not len(left):
             break
         xs, ys = x[left], y[left]
-        delta = pgd(model, xs, ys, eps, eps / 4, steps, generator=generator)
+        delta = pgd(model, xs, ys, eps, EVAL_PGD_STEP * eps, steps, generator=generator)
         with torch.no_grad():
             left = left[model(xs + delta).argmax(1) == ys]
         if on_restart is not None:
@@ -124,7 +126,7 @@ def attack_points(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
     batch, `generator` seeded as eval_metrics seeds it gives eval_metrics' numbers)."""
     grad = input_grad(model, x, y)
     out = {"grad": grad, "fgsm_delta": fgsm(model, x, y, eps, grad=grad)}
-    out["pgd_delta"] = pgd(model, x, y, eps, eps / 4, pgd_steps, generator=generator)
+    out["pgd_delta"] = pgd(model, x, y, eps, EVAL_PGD_STEP * eps, pgd_steps, generator=generator)
     out["grad_random"] = random_point_grad(model, x, y, eps, generator)
     with torch.no_grad():
         for name, delta in (("clean", 0), ("fgsm", out["fgsm_delta"]), ("pgd", out["pgd_delta"])):
@@ -146,9 +148,6 @@ def per_image_results(model, x, y, config, seed: int, batch: int = 1024) -> tupl
 
 def _mean(values: torch.Tensor) -> float:
     return float(values.mean()) if values.numel() else float("nan")
-
-
-SNAPSHOT_FILTERS = 64  # first-layer filters kept at most (PreAct ResNet-18 has exactly 64, 3×3×3)
 
 
 def _snapshot(model: nn.Module, image: torch.Tensor, label: int, one: dict[str, torch.Tensor], eps: float):

@@ -306,3 +306,10 @@ def printable(text: str) -> str:
     """Text for a terminal or a log line: any character that is not visible text (an escape sequence, a
     newline, U+202E) is shown as its code, so stored text can never rewrite the screen or forge a line."""
     return "".join(char if char.isprintable() else f"\\u{ord(char):04x}" for char in text)
+
+
+def one_line(exc: BaseException, limit: int = 1000) -> str:
+    """An exception as the single line a run list or a config event can show: type and message, whitespace
+    collapsed, at most `limit` characters."""
+    message = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {message}"[:limit] if message else type(exc).__name__

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from trainer.config import RunConfig
+from trainer.events import one_line
 from trainer.methods import METHODS
 from trainer.ramp import ramp_at, ramp_table, warmup_steps
 
@@ -248,7 +249,7 @@ def training_step(
     except Exception as exc:  # any failure of the fast path leaves the run to the eager step (and generator)
         for param in run.model.parameters():
             param.grad = None  # the failed capture's gradients may live in the graph's memory pool
-        return EagerStep(path, run, f"capture failed: {one_line(exc)}")
+        return EagerStep(path, run, f"capture failed: {one_line(exc, 300)}")
 
 
 def check_replay(replay: Callable[[], torch.Tensor], model: nn.Module) -> None:
@@ -321,8 +322,3 @@ def warm_up(device: torch.device) -> None:
     with torch.autocast("cuda", dtype=torch.bfloat16):
         conv(x.requires_grad_(True)).float().square().mean().backward()
     torch.cuda.synchronize(device)
-
-
-def one_line(exc: BaseException) -> str:
-    message = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {message}"[:300] if message else type(exc).__name__

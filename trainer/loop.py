@@ -7,7 +7,6 @@ generator. So a run resumed from any checkpoint continues exactly as if it had n
 
 from __future__ import annotations
 
-import math
 import platform
 import socket
 import tempfile
@@ -194,8 +193,8 @@ def train(
     state = RunState()
     free = FreeAT(config) if config.method == "free" else None
     elle_a = AdaptiveLambda(config.elle_lambda, device) if config.elle_adaptive else None
-    steps_per_epoch = max(1, len(data.train_x) // config.batch_size)
-    total = min(config.epochs * steps_per_epoch, config.max_iters or math.inf)
+    steps_per_epoch = config.steps_per_epoch(len(data.train_x))
+    total = config.total_iterations(len(data.train_x))
     write_config(run_dir, config)
 
     if config.fork_iteration is not None and config.fork_iteration >= total:

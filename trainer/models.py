@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainer.config import FIRST_CONV
+
 MODELS = ("cnn", "lenet", "preact_resnet18")
 
 
@@ -21,8 +23,10 @@ class CNN(nn.Module):
     def __init__(self, in_channels: int, image_size: int, n_classes: int, n_layers: int, n_filters: int):
         super().__init__()
         layers: list[nn.Module] = []
+        kernel = FIRST_CONV["cnn"][1]  # every layer's
         for i in range(n_layers):
-            layers += [nn.Conv2d(in_channels if i == 0 else n_filters, n_filters, 3, padding=1), nn.ReLU()]
+            conv = nn.Conv2d(in_channels if i == 0 else n_filters, n_filters, kernel, padding=kernel // 2)
+            layers += [conv, nn.ReLU()]
         self.features = nn.Sequential(*layers)
         self.linear = nn.Linear(n_filters * image_size**2, n_classes)
 
@@ -39,8 +43,9 @@ class LeNet(nn.Module):
 
     def __init__(self, in_channels: int, image_size: int, n_classes: int):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 32, 5, padding=2)
-        self.conv2 = nn.Conv2d(32, 64, 5, padding=2)
+        filters, kernel = FIRST_CONV["lenet"]
+        self.conv1 = nn.Conv2d(in_channels, filters, kernel, padding=kernel // 2)
+        self.conv2 = nn.Conv2d(filters, 64, 5, padding=2)
         side = image_size // 2 // 2  # each 2×2 max-pool floors the size
         self.fc1 = nn.Linear(64 * side * side, 1024)
         self.fc2 = nn.Linear(1024, n_classes)
@@ -83,8 +88,9 @@ class PreActResNet18(nn.Module):
 
     def __init__(self, in_channels: int, n_classes: int):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
-        stages, in_planes = [], 64
+        filters, kernel = FIRST_CONV["preact_resnet18"]
+        self.conv1 = nn.Conv2d(in_channels, filters, kernel, stride=1, padding=kernel // 2, bias=False)
+        stages, in_planes = [], filters
         for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
             stages.append(nn.Sequential(PreActBlock(in_planes, planes, stride), PreActBlock(planes, planes)))
             in_planes = planes

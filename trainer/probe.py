@@ -22,14 +22,14 @@ from torch import nn
 
 from trainer.attacks import input_grad, project, random_point, uniform_noise
 from trainer.config import RunConfig
-from trainer.events import FIELDS
-from trainer.fast import Capture, FastPath, cuda_graph, one_line
+from trainer.evaluate import EVAL_PGD_STEP
+from trainer.events import FIELDS, one_line
+from trainer.fast import Capture, FastPath, cuda_graph
 from trainer.gradalign import mean_cosine
 
 # What one probe measures, in the order of probe_metrics' result: the probe event's fields after iteration
 # (then each image's PGD result, which only the CO detector reads).
 PROBE_FIELDS = FIELDS["probe"][1:]
-PGD_STEP = 0.25  # the eval's PGD step, eps/4: fewer, larger steps (PGD-3 at 2.5 eps/3) keep ~0.25 accuracy
 # on FGSM-trained digits models long after PGD-10 has fallen to ~0.02 (they overshoot, as FGSM does)
 
 
@@ -56,7 +56,7 @@ def probe_metrics(
     n = len(x)
     eta = random_point(x, eps, generator)
     start = uniform_noise(x, eps, generator)
-    step = PGD_STEP * eps
+    step = EVAL_PGD_STEP * eps  # the eval's: fewer, larger steps (PGD-3 at 2.5 eps/3) keep ~0.25 accuracy
     # One pass for three gradients: per-example input gradients do not mix (the model is in eval mode), and
     # the shared 1/(3P) scale of the mean loss changes neither a sign nor a cosine.
     grads = input_grad(model, torch.cat([x, x + eta, x + start]), y.repeat(3)).split(n)
@@ -102,7 +102,7 @@ class DenseProbe:
                     self.measure = record(measure, self.generator)
                 self.kind, self.reason = record.__name__, None
             except Exception as exc:  # the eager probe measures the same
-                self.reason = f"capture failed: {one_line(exc)}"
+                self.reason = f"capture failed: {one_line(exc, 300)}"
                 self.generator = torch.Generator(x.device)  # the failed capture's may stay flagged capturing
 
     def __call__(self, iteration: int) -> torch.Tensor:

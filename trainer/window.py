@@ -3,7 +3,7 @@
 A probe of 32-64 training images places the onset to tens of iterations on a collapse that drifts (its
 images, not its cadence, decide where "half the peak" is crossed: docs/reproduction.md). The eval's own
 test subset, evaluated at every iteration, is what the onset is judged against. So the run keeps the last
-(PATIENCE + 1) x eval_every steps' weights (and batch-norm buffers): the window an onset can lie in
+trainer.co.window_steps(eval_every) steps' weights (and batch-norm buffers): the window an onset can lie in
 (trainer.co). When the detector fires, each kept step is evaluated as the live eval evaluates
 (trainer.evaluate.per_image_results: its attacks, test images, seed, precision and layout), once, and the
 onset is placed on that series. Copies go into buffers allocated once, one `_foreach_copy_` per step.
@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from trainer.co import PATIENCE, Row
+from trainer.co import Row, window_steps
 from trainer.config import RunConfig
 from trainer.evaluate import per_image_results
 from trainer.fast import FastPath
@@ -33,7 +33,7 @@ class WindowWeights:
         # the model's own tensors, updated in place by every step (eager or captured): read, never rebuilt
         self.sources = [t.detach() for t in model.state_dict().values()]
         state_bytes = sum(t.numel() * t.element_size() for t in self.sources)
-        steps = (PATIENCE + 1) * config.eval_every
+        steps = window_steps(config.eval_every)
         self.spacing = max(1, math.ceil(steps * state_bytes / WINDOW_BYTES))
         self.model, self.make_model, self.config = model, make_model, config
         self.kept: deque[tuple[int, list[torch.Tensor]]] = deque(maxlen=math.ceil(steps / self.spacing))
