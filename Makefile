@@ -10,9 +10,11 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The whole suite in two processes (pytest-xdist): many tests wait on a subprocess, a server or the browser,
+# so a second process keeps the cores busier. Each process has its own embedded Valkey (tests/conftest.py).
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n 2 --dist loadgroup
 
 # The unit tier: no servers, no browser, no training beyond a few steps (tiers: tests/conftest.py).
 test-fast: $(STAMP)
