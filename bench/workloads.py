@@ -15,7 +15,7 @@ from typing import Any
 from trainer import presets
 from trainer.presets import DIGITS_CNN, DIGITS_GRAD_ALIGN, PRESETS
 
-# The five methods of the issue, and GradAlign on half the batch (grad_align_fraction, docs/benchmarks.md):
+# The five methods benchmarked, and GradAlign on half the batch (grad_align_fraction, docs/benchmarks.md):
 # name in the table -> RunConfig fields (lambda filled in per model).
 METHODS: dict[str, dict[str, Any]] = {
     "standard": {"method": "standard"},

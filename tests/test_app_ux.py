@@ -42,7 +42,7 @@ from trainer.presets import PRESETS
 RESNET_PRESET = "CIFAR-10 ResNet-18: FGSM + GradAlign λ=0.2, ε=8/255 (paper)"
 
 
-# --- item 10: presets that cannot run here, fields the model ignores, names that say everything ---
+# --- presets that cannot run here, fields the model ignores, names that say everything ---
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -106,7 +106,7 @@ def test_expected_time_is_scaled_from_finished_runs_of_the_same_kind(r):
     assert estimate.expected(make_config({"model": "lenet"}), finished, gpu=False) is None  # no CPU figure
 
 
-# --- item 11: words ---
+# --- words that match the pictures ---
 
 
 def test_inside_the_model_caption_tells_this_runs_story(r):
@@ -147,7 +147,7 @@ def test_an_overlay_title_leaves_out_the_training_accuracy_it_does_not_draw(r):
     assert not [trace for trace in overlay["data"] if trace.get("name") == "train (adversarial batches)"]
 
 
-# --- item 4: a failed run ---
+# --- a failed run ---
 
 
 def fail_run(r, events: list[dict], error: str) -> str:
@@ -193,7 +193,7 @@ def test_a_run_failed_midway_keeps_its_charts_and_cancelled_runs_still_resume(r)
     assert [button.label for button in at.button] == ["Resume", "Save tags and note"]
 
 
-# --- item 7: what a run waits for before its first picture ---
+# --- what a run waits for before its first picture ---
 
 
 def test_before_the_first_iteration_the_page_says_what_is_happening(r):
@@ -222,53 +222,7 @@ def test_before_the_first_iteration_the_page_says_what_is_happening(r):
     assert not [a for a in charts(at)["live.chart"]["layout"]["annotations"] if a.get("name") == "pending"]
 
 
-# --- item 9: the sweep ---
-
-
-def test_sweeps_are_listed_by_what_they_are_and_the_form_says_runs_time_and_epochs(r):
-    def events(eps, lam=0.0, co=None):
-        config = {"eps": eps, "grad_align_lambda": lam, "max_iters": 100}
-        return [config_event(total=100, **config), final_event(co, 0.01 if co else 0.3)]
-
-    for eps, lam, co in ((0.1, 0.0, None), (0.2, 0.0, 60), (0.1, 2.0, None), (0.2, 2.0, None)):
-        store_run(r, events(eps, lam, co), sweep_id="s1")
-    at = app(sweep="s1").run()
-    shown = at.selectbox(key="sweep.shown")
-    text = shown.format_func(shown.value)
-    assert text.startswith("FGSM, FGSM+GradAlign × ε 0.1–0.2 × seed 0 (digits) · ") and text.endswith(
-        "4 of 4 runs done"
-    )
-
-    at.multiselect(key="sweep.methods").set_value(["FGSM"])
-    at.text_input(key="sweep.eps").set_value("0.15")
-    at.number_input(key="sweep.epochs").set_value(10)
-    at.run()
-    assert at.button(key="sweep.submit").label == "Launch 1 run"
-    # 12 s for 100 iterations and the final evaluation (326,970 image passes) measured on the two finished
-    # FGSM runs; 10 epochs = 230 iterations and the same final evaluation: 367,802
-    assert any("1 run, based on" in c.value and "About 13 s on 1 worker:" in c.value for c in at.caption)
-    at.button(key="sweep.submit").click().run()
-    [run] = api.sweep_runs(r, at.query_params["sweep"])
-    assert run.config.epochs == 10
-
-    at.number_input(key="sweep.epochs").set_value(0).run()
-    assert any("epochs" in error.value for error in at.error)
-
-
-def test_sweep_marks_at_one_point_are_drawn_side_by_side(r):
-    for lam in (0.0, 2.0):
-        store_run(
-            r, [config_event(total=100, eps=0.2, grad_align_lambda=lam), final_event(60, 0.0)], sweep_id="s2"
-        )
-    figure = charts(app(sweep="s2").run())["sweep.chart.s2"]
-    traces = [trace for trace in figure["data"] if trace["mode"] == "markers" and trace["x"] != [None]]
-    xs = [numbers(trace["x"])[0] for trace in traces]
-    assert [trace["marker"]["symbol"] for trace in traces] == [["x"], ["x"]]
-    assert xs[0] != xs[1] and sum(xs) / 2 == pytest.approx(0.2)
-    assert figure["layout"]["xaxis"]["tickvals"] == [0.2]
-
-
-# --- item 2: Compare ---
+# --- Compare ---
 
 
 def test_each_run_has_one_colour_from_its_id_none_a_metric_colour():
@@ -318,7 +272,7 @@ def test_compare_colours_follow_the_run_and_the_legends_cannot_collide(r):
     assert sum("[" in label for label in first) == 2
 
 
-# --- item 8: the Runs page; item 12: tags and notes ---
+# --- the Runs page; tags and notes ---
 
 
 def select_rows(at, rows: list[int]) -> None:
@@ -398,7 +352,7 @@ def test_tags_written_into_redis_by_hand_are_parsed_not_trusted(r):
     assert run.tags == ("fine",) and len(run.note) == api.MAX_NOTE_CHARS
 
 
-# --- item 6: the final evaluation's progress ---
+# --- the final evaluation's progress ---
 
 
 def test_the_final_evaluation_reports_points_attacked_last_then_best(tmp_path):
@@ -448,7 +402,7 @@ def test_the_live_view_shows_the_final_evaluation_progress_and_time_left(r):
     assert (bar.value, "early-stopped (best) model (2 of 2): 300 of 300" in bar.text) == (100, True)
 
 
-# --- item 12: what W&B and TensorBoard users reach for ---
+# --- what W&B and TensorBoard users reach for ---
 
 
 def trace(figure: dict, name: str) -> dict:
