@@ -34,7 +34,7 @@ from trainer.events import make_event
 
 ROOT = Path(__file__).resolve().parent.parent
 # Debian's Chromium and the flags it runs headless with on a machine without a display or a network: for
-# the browser tests, bench/app_bench.py and docs/sweep_figure.py.
+# the browser tests, bench/app_bench.py and experiments/sweep_figure.py.
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
