@@ -30,7 +30,7 @@ from trainer.loop import train
 from trainer.presets import PRESETS
 
 MAIN = Path(__file__).resolve().parent.parent / "app" / "main.py"
-# The runs the issue showed getting through the form: each one within RunConfig's ranges.
+# Runs that the form once let through: each one within RunConfig's ranges.
 EVAL_HEAVY = {"eval_every": 1, "eval_points": 10_000, "eval_pgd_steps": 1000}
 # on CIFAR-10: digits has 297 test images to attack, whatever final_eval_points says
 FINAL_HEAVY = {
