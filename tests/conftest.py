@@ -169,9 +169,11 @@ class WorkerProcess:
     log: Path
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send `sig` and wait for the exit: a SIGTERM'd worker first checkpoints its run, which on a
+        loaded 2-core machine can take a minute."""
         with contextlib.suppress(ProcessLookupError):
             self.process.send_signal(sig)
-        self.process.wait(timeout=30)
+        self.process.wait(timeout=30 if sig == signal.SIGKILL else 120)
 
     def alive(self) -> bool:
         return self.process.poll() is None
