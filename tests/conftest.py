@@ -432,16 +432,10 @@ def eager_rule(monkeypatch):
 TIERS = ("browser", "faults", "workers", "redis", "train", "science")
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         path = item.path.as_posix()
         fixtures = set(getattr(item, "fixturenames", ()))
-        # Under `make test` (pytest-xdist, --dist loadgroup) the tests that share a module-scoped fixture
-        # (a dashboard, a pool of workers, a trained run) go to one process, which builds it once.
-        definitions = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
-        if any(defs[-1].scope == "module" for defs in definitions.values()):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
         if "/tests/e2e/" in path:
             item.add_marker(pytest.mark.browser)
         if "/tests/faults/" in path:
