@@ -1,14 +1,19 @@
-"""The dashboard in a real browser: `codash up` (what `make up` runs) on a free port, Chromium driving.
+"""The dashboard in a real browser: `codash up --workers 2` (what `make up` runs, with a second worker) on a
+free port against the test's embedded Redis, Chromium driving. `codash up` must answer /_stcore/health
+within 60 s.
 
-`codash up` starts the worker and the dashboard against the test's embedded Redis (in a temporary
-CODASH_HOME) and must answer /_stcore/health within 60 s.
+One flow, as a user meets it: pick the FGSM digits preset in the form and launch it; the live chart shows the
+PGD line and, updated in place, the catastrophic-overfitting marker; **Rescue** forks the run from before the
+collapse with GradAlign on, and the fork holds (its PGD accuracy well above its collapsed parent's at the same
+evaluation, past the collapse) while the parent goes on collapsing beside it. Both runs are then cancelled,
+and the parent's "Inside the model" shows its filters and perturbations at its last evaluation. Every wait is
+on a Streamlit element or on the runs' stored events, each bounded by what is left of BUDGET_S.
 
-Launches the FGSM digits preset from the form and waits until the live chart shows the PGD line and the
-catastrophic-overfitting marker, then saves a screenshot to test-artifacts/screenshot.png (kept after the
-run) and, with CODASH_UPDATE_SCREENSHOT=1, to docs/screenshot.png (the README's); then scrolls to "Inside
-the model" (first-layer filters and one image's perturbations, after CO) for test-artifacts/inside.png and
-docs/inside.png. Needs Debian's Chromium at /usr/bin/chromium: skipped without it, except on CI (CI=true),
-where a missing browser fails the test.
+Screenshots (kept after the run): the parent's live view (test-artifacts/screenshot.png), its "Inside the
+model" (inside.png) and Compare with parent and fork (fork.png); with CODASH_UPDATE_SCREENSHOT=1 both runs
+train to their end, their final evaluations are checked, and the pictures go to docs/ (the README's). Needs
+Debian's Chromium at /usr/bin/chromium: skipped without it, except on CI (CI=true), where a missing browser
+fails the test.
 """
 
 from __future__ import annotations
@@ -28,14 +33,18 @@ from conftest import CHARTS, CHROMIUM, CHROMIUM_ARGS, ROOT, wait_for
 from codash.up import dashboard_healthy
 from jobs import api
 from jobs.server import free_port
+from trainer.config import lambda_of_eps
 
-BUDGET_S = 600  # the whole session, worker start to the finished run (probes and final eval included)
-ARTIFACT = ROOT / "test-artifacts" / "screenshot.png"
-README_SCREENSHOT = ROOT / "docs" / "screenshot.png"
-INSIDE_ARTIFACT = ROOT / "test-artifacts" / "inside.png"
-README_INSIDE = ROOT / "docs" / "inside.png"
+BUDGET_S = 900  # parent to its collapse, then parent and fork side by side to HOLD_EVALS evaluations past it
+UPDATE_SCREENSHOT = os.environ.get("CODASH_UPDATE_SCREENSHOT") == "1"
+PICTURES = {  # test artifact, the README's copy
+    "live": (ROOT / "test-artifacts" / "screenshot.png", ROOT / "docs" / "screenshot.png"),
+    "inside": (ROOT / "test-artifacts" / "inside.png", ROOT / "docs" / "inside.png"),
+    "fork": (ROOT / "test-artifacts" / "fork.png", ROOT / "docs" / "fork.png"),
+}
 PRESET = "Digits: FGSM catastrophic overfitting"
-SHOW_UNTIL_ITERATION = 400  # let the collapse develop a little past the marker before the screenshot
+HOLD_EVALS = 3  # the fork is compared with its parent at the third evaluation after the parent's onset
+HOLDS_BY = 0.1  # there, the fork's live PGD accuracy is at least this far above its collapsed parent's
 
 pytestmark = pytest.mark.timeout(BUDGET_S + 90)
 
@@ -79,8 +88,8 @@ def codash_up(redis_home: Path, tmp_path: Path, *flags: str) -> Iterator[str]:
 
 @pytest.fixture
 def dashboard(redis_home: Path, tmp_path: Path) -> Iterator[str]:
-    """`codash up --port P`: one CPU worker and the dashboard."""
-    with codash_up(redis_home, tmp_path) as url:
+    """`codash up --port P --workers 2`: a fork trains while its parent goes on collapsing."""
+    with codash_up(redis_home, tmp_path, "--workers", "2") as url:
         yield url
 
 
@@ -96,12 +105,44 @@ def open_page(playwright, chromium: Path):
     return browser, browser.new_page(viewport={"width": 1400, "height": 1250})
 
 
-def test_launch_the_fgsm_preset_and_watch_catastrophic_overfitting(chromium, dashboard, tmp_path):
+def shown(locator, what: str, timeout_ms: float):
+    """`locator` once visible; fails with `what` (not Playwright's selector dump) when it is not in time."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        locator.first.wait_for(state="visible", timeout=timeout_ms)
+    except PlaywrightTimeout:
+        pytest.fail(f"not shown after {timeout_ms / 1000:.0f} s: {what}")
+    return locator.first
+
+
+def events_until(r, run_id: str, iteration: int) -> list[dict] | None:
+    """The run's events up to its evaluation at `iteration`; None until that evaluation is stored."""
+    events = api.all_events(r, run_id)
+    for n, event in enumerate(events):
+        if event["type"] == "eval" and event["iteration"] == iteration:
+            return events[: n + 1]
+    return None
+
+
+def of_type(r, run_id: str, kind: str) -> list[dict]:
+    return [event for event in api.all_events(r, run_id) if event["type"] == kind]
+
+
+def screenshot(page, picture: str) -> None:
+    artifact, readme = PICTURES[picture]
+    artifact.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(artifact))
+    if UPDATE_SCREENSHOT:
+        page.screenshot(path=str(readme))
+
+
+def test_launch_the_fgsm_preset_watch_it_collapse_and_rescue_it(chromium, dashboard):
     from playwright.sync_api import sync_playwright
 
     deadline = time.monotonic() + BUDGET_S
     left_ms = time_left(BUDGET_S)
-
+    r = api.connect()
     with sync_playwright() as playwright:
         browser, page = open_page(playwright, chromium)
         page.goto(dashboard)
@@ -110,48 +151,87 @@ def test_launch_the_fgsm_preset_and_watch_catastrophic_overfitting(chromium, das
         page.get_by_role("option", name=PRESET).click()
         page.get_by_role("button", name="Launch run").click()
         page.wait_for_url(re.compile(r"/live\?run=[0-9a-f]{12}$"), timeout=left_ms())
-        run_id = page.url.rsplit("=", 1)[1]
+        parent = page.url.rsplit("=", 1)[1]
+        launched = api.get_run(r, parent).config
+        assert launched.method == "fgsm" and not launched.uses_grad_align
 
+        # the live view, from launch to the collapse: the marker arrives in the chart that was drawn first
         chart = page.frame_locator(CHARTS).first
         chart.locator(".legendtext", has_text=re.compile(r"^PGD$")).wait_for(timeout=left_ms())
         plot = chart.locator("#chart")
         plot.evaluate("element => { element.dataset.mark = 'mounted once' }")
-        chart.locator(".annotation-text", has_text="catastrophic overfitting").first.wait_for(
-            timeout=left_ms()
-        )
+        marker = chart.locator(".annotation-text", has_text="catastrophic overfitting")
+        shown(marker, "the catastrophic-overfitting marker on the live chart", left_ms())
+        assert plot.get_attribute("data-mark") == "mounted once"  # updated in place: zoom kept, no flicker
 
-        r = api.connect()
-        run = api.get_run(r, run_id)
-        assert run.co_iteration is not None and run.config.method == "fgsm"
-        # the chart was updated in place all along, not rebuilt: what keeps zoom and avoids flicker
-        assert plot.get_attribute("data-mark") == "mounted once"
-        wait_for(
-            lambda: (
-                api.get_run(r, run_id).iteration >= SHOW_UNTIL_ITERATION or time.monotonic() > deadline - 20
-            ),
-            BUDGET_S,
-            "the run to train a little past the collapse",
-            interval=0.5,
-        )
-        page.wait_for_timeout(1500)  # one more refresh reaches the browser
-        ARTIFACT.parent.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACT))
-        if os.environ.get("CODASH_UPDATE_SCREENSHOT") == "1":
-            page.screenshot(path=str(README_SCREENSHOT))
+        lam = lambda_of_eps("grad_align_lambda", "digits", launched.eps)
+        rescue = page.get_by_role("button", name=re.compile(r"^Rescue: fork from iteration [\d,]+ with"))
+        label = shown(rescue, "the rescue button, once the live view marks CO", left_ms()).inner_text()
+        at = int(re.search(r"iteration ([\d,]+)", label).group(1).replace(",", ""))
+        assert label.endswith(f"GradAlign λ={lam:g}"), label
+        co = api.get_run(r, parent).co_iteration
+        assert co is not None and at < co  # forked before the collapse
+        rescue.click()
+        page.wait_for_url(re.compile(rf"/compare\?compare={parent}%2C[0-9a-f]{{12}}$"), timeout=left_ms())
+        child = page.url.rsplit("%2C", 1)[1]
 
-        # inside the model, once the run has stopped (the page stops refreshing): the filters and the
-        # perturbations at its last evaluation, after the collapse. The README's screenshots wait for the
-        # whole run; the test cancels it there instead of waiting for the rest and its final evaluation.
-        if os.environ.get("CODASH_UPDATE_SCREENSHOT") != "1":
-            api.cancel(r, run_id)
-        wait_for(
-            lambda: api.get_run(r, run_id).status in api.TERMINAL,
-            left_ms() / 1000,
-            "the run to stop",
-            interval=0.5,
+        page.goto(f"{dashboard}/live?run={child}")
+        lineage = (
+            page.get_by_test_id("stMarkdown")
+            .filter(has_text="Fork of")
+            .filter(has_text=f"at iteration {at:,}")
         )
-        last = max(e["iteration"] for e in api.all_events(r, run_id) if e["type"] == "snapshot")
-        assert last > run.co_iteration
+        shown(lineage, f"the fork's live view naming its parent and iteration {at}", left_ms())
+        assert lineage.first.locator(f'a[href*="run={parent}"]').count() == 1
+        config = api.get_run(r, child).config
+        assert (config.parent, config.fork_iteration, config.grad_align_lambda) == (parent, at, lam)
+
+        # the fork holds: both runs at one evaluation well past the parent's collapse
+        page.goto("about:blank")  # a live view left open re-renders its charts: CPU the two runs need
+        held = (co // launched.eval_every + HOLD_EVALS) * launched.eval_every
+        assert held < api.get_run(r, parent).total_iterations
+        streams = {}
+        for run_id, name in ((parent, "parent"), (child, "fork")):
+            streams[name] = wait_for(
+                lambda run_id=run_id: (
+                    events_until(r, run_id, held) or api.get_run(r, run_id).status in api.TERMINAL
+                ),
+                max(1.0, deadline - time.monotonic()),
+                f"the {name} run's evaluation at iteration {held}",
+                interval=0.5,
+            )
+            assert streams[name] is not True, f"the {name} run ended first: {api.get_run(r, run_id)}"
+        parent_pgd, child_pgd = (streams[name][-1]["pgd_acc"] for name in ("parent", "fork"))
+        assert [event["type"] for event in streams["fork"]].count("co") == 0
+        assert child_pgd >= parent_pgd + HOLDS_BY, (parent_pgd, child_pgd)
+        print(f"fork at {at} (CO {co}), λ={lam:g}: PGD accuracy at {held}: parent {parent_pgd:.2f}, ", end="")
+        print(f"fork {child_pgd:.2f}; {BUDGET_S - (deadline - time.monotonic()):.0f} s")
+
+        # what was to be seen is seen: both runs stop there (for the README's pictures, at their end)
+        for run_id, name in ((parent, "parent"), (child, "fork")):
+            if not UPDATE_SCREENSHOT:
+                api.cancel(r, run_id)
+            wait_for(
+                lambda run_id=run_id: api.get_run(r, run_id).status in api.TERMINAL,
+                max(1.0, deadline - time.monotonic()),
+                f"the {name} run to {'finish' if UPDATE_SCREENSHOT else 'stop'}",
+                interval=0.5,
+            )
+        if UPDATE_SCREENSHOT:
+            for run_id in (parent, child):
+                assert api.get_run(r, run_id).status == "finished", api.get_run(r, run_id).error
+            parent_pgd, child_pgd = (of_type(r, run_id, "eval")[-1]["pgd_acc"] for run_id in (parent, child))
+            assert (
+                of_type(r, parent, "final")[0]["co_detected"]
+                and not of_type(r, child, "final")[0]["co_detected"]
+            )
+            assert child_pgd >= parent_pgd + HOLDS_BY, (parent_pgd, child_pgd)
+
+        # the parent's live view past its collapse, and inside the model at its last evaluation
+        page.goto(f"{dashboard}/live?run={parent}")
+        shown(page.frame_locator(CHARTS).first.locator(".annotation-text"), "the parent's chart", left_ms())
+        last = of_type(r, parent, "snapshot")[-1]["iteration"]
+        assert last > co
         inside = page.frame_locator(CHARTS).nth(2).locator("#chart")
         wait_for(
             lambda: inside.get_attribute("data-revision") == str(last),
@@ -159,14 +239,21 @@ def test_launch_the_fgsm_preset_and_watch_catastrophic_overfitting(chromium, das
             "the perturbation images of the last evaluation",
             interval=0.5,
         )
+        page.wait_for_timeout(1500)  # Plotly's transitions settle
+        screenshot(page, "live")
         filters = page.frame_locator(CHARTS).nth(1).locator("#chart")
         assert filters.locator(".gtitle", has_text="First-layer filters").count() == 1
         assert inside.locator(".annotation-text", has_text="PGD δ/ε").count() == 1
         heading = page.get_by_role("heading", name="Inside the model")
         heading.evaluate("element => element.scrollIntoView({block: 'start'})")
         page.wait_for_timeout(500)
-        page.screenshot(path=str(INSIDE_ARTIFACT))
-        if os.environ.get("CODASH_UPDATE_SCREENSHOT") == "1":
-            page.screenshot(path=str(README_INSIDE))
+        screenshot(page, "inside")
+
+        # Compare: parent and rescued fork overlaid, the fork point marked
+        page.goto(f"{dashboard}/compare?compare={parent},{child}")
+        shown(page.get_by_test_id("stDataFrame"), "the Compare page's table", left_ms())
+        shown(page.frame_locator(CHARTS).first.locator("#chart .main-svg"), "the overlay drawn", left_ms())
+        page.wait_for_timeout(1500)
+        screenshot(page, "fork")
         browser.close()
-        r.close()
+    r.close()
