@@ -86,6 +86,15 @@ def plan_workers(count: int | None) -> list[str]:
     return [f"cuda:{i % gpus}" if gpus else "cpu" for i in range(count)]
 
 
+def worker_env(devices: list[str]) -> dict[str, str]:
+    """CPU workers split the cores between them: each of N gets cores/N torch threads, where each would
+    otherwise take them all and N workers would contend for every core. OMP_NUM_THREADS, if set, wins."""
+    cpu_workers = devices.count("cpu")
+    if not cpu_workers or "OMP_NUM_THREADS" in os.environ:
+        return {}
+    return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // cpu_workers))}
+
+
 def app_env(host: str) -> dict[str, str]:
     """The dashboard's own environment: the address it serves, and the proxies whose forwarded headers
     (X-Forwarded-For) it believes: only those CODASH_TRUSTED_PROXIES names. uvicorn's default believes any
@@ -191,9 +200,15 @@ def up(
             redis_url, started_redis = start_server(home, redis_tcp)
         env = {"REDIS_URL": redis_url}
         worker_argv = [sys.executable, "-m", "jobs.worker", "--device"]
+        devices = [] if no_worker else plan_workers(workers)
         children = [
-            Child(f"worker {i} ({device})", [*worker_argv, device], env=env, hidden=(PASSWORD_ENV,))
-            for i, device in enumerate([] if no_worker else plan_workers(workers))
+            Child(
+                f"worker {i} ({device})",
+                [*worker_argv, device],
+                env={**env, **worker_env(devices)},
+                hidden=(PASSWORD_ENV,),
+            )
+            for i, device in enumerate(devices)
         ]
         app = Child("dashboard", app_argv(host, port), env={**env, **app_env(host)})
         url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"

@@ -47,6 +47,9 @@ CHROMIUM_ARGS = [
 ]
 CHARTS = 'iframe[title="app.chart.live_plotly"]'  # the dashboard's Plotly charts, in page order
 
+# A worker imports torch and RQ before it registers: a second or two idle, a minute on a crowded machine.
+WORKER_START_S = 180
+
 # A digits run that takes about a second on one CPU core.
 TINY: dict[str, Any] = {
     "dataset": "digits",
@@ -213,7 +216,7 @@ class Workers:
             def registered(worker: WorkerProcess = worker) -> bool:
                 return worker.name in {info.name for info in api.workers(r)} or not worker.alive()
 
-            wait_for(registered, 60, f"worker {worker.name} to register")
+            wait_for(registered, WORKER_START_S, f"worker {worker.name} to register")
             assert worker.alive(), worker.output()
         r.close()
         return batch
@@ -430,6 +433,18 @@ def eager_rule(monkeypatch):
 # beyond a few steps say so with `pytest.mark.train` (or `science`, for a claim of the paper checked over
 # seeds).
 TIERS = ("browser", "faults", "workers", "redis", "train", "science")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist each test process, and the workers and servers it starts, gets its share of the
+    cores: two processes that each ran torch on every core would contend for all of them."""
+    processes = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if processes > 1 and "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // processes)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

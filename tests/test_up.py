@@ -135,6 +135,17 @@ def test_codash_up_runs_two_workers_per_gpu_by_default(monkeypatch):
     assert up_module.WORKERS_PER_GPU == 2
 
 
+def test_cpu_workers_split_the_cores_unless_omp_num_threads_is_set(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert up_module.worker_env(["cpu", "cpu"]) == {"OMP_NUM_THREADS": "4"}
+    assert up_module.worker_env(["cpu"] * 3) == {"OMP_NUM_THREADS": "2"}
+    assert up_module.worker_env(["cpu"] * 16) == {"OMP_NUM_THREADS": "1"}
+    assert up_module.worker_env(["cuda:0", "cuda:0"]) == {}  # GPU workers: torch's CPU threads barely work
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert up_module.worker_env(["cpu", "cpu"]) == {}  # the user's choice reaches the workers as it is
+
+
 def test_up_refuses_a_port_another_server_holds(env):
     """Someone else's server on the port would answer the health check: up must not say it is up."""
     port = free_port()

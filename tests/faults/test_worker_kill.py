@@ -10,7 +10,6 @@ from __future__ import annotations
 import signal
 import time
 
-import pytest
 from conftest import without_timing
 
 from jobs import api
@@ -25,8 +24,6 @@ from .conftest import (
     wait_for,
     wait_status,
 )
-
-pytestmark = pytest.mark.timeout(150)
 
 HEARTBEAT_S = 2.0
 QUEUE = "faults-kill"
