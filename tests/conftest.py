@@ -432,7 +432,7 @@ def eager_rule(monkeypatch):
 # `worker_pool` or an embedded Redis (`redis_home`, `r`) fixture needs those servers. Tests that train
 # beyond a few steps say so with `pytest.mark.train` (or `science`, for a claim of the paper checked over
 # seeds).
-TIERS = ("browser", "faults", "workers", "science", "redis", "train")  # heaviest first
+TIERS = ("browser", "faults", "workers", "redis", "train", "science")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -459,14 +459,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.workers)
         if "redis_home" in fixtures:
             item.add_marker(pytest.mark.redis)
-    # The heaviest files first (in TIERS order), each file's tests in their own order:
-    # under pytest-xdist (run with --no-loadscope-reorder) a long browser flow that started last would
-    # leave the other process idle for minutes at the end.
-    rank = {path: len(TIERS) for path in (item.path for item in items)}
-    for item in items:
-        tiers = [TIERS.index(mark.name) for mark in item.iter_markers() if mark.name in TIERS]
-        rank[item.path] = min([rank[item.path], *tiers])
-    items.sort(key=lambda item: rank[item.path])
 
 
 # The fault suite's figures (tests/faults/conftest.py): each test's row travels with its teardown report,
