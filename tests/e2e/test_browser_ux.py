@@ -130,9 +130,13 @@ def test_out_of_range_values_are_named_next_to_their_field_and_what_is_shown_is_
         wait_for(launch.is_disabled, 30, "Launch to be disabled")  # drawn after the messages above it
     page.get_by_text("Fix 3 problem(s) before launching.").wait_for()
 
-    for label, text in {"ε": "0.15", "epochs": "2", "batch size": "32"}.items():
+    # One field at a time, as a user would: each Enter reruns the form, and a box typed into while that
+    # rerun redraws the form can lose its text.
+    fixes = {"ε": "0.15", "epochs": "2", "batch size": "32"}
+    for left, (label, text) in zip((2, 1, 0), fixes.items(), strict=True):
         type_into(page, label, text)
-    page.get_by_text("Will run:").wait_for(timeout=TIMEOUT_MS)
+        says = f"Fix {left} problem(s) before launching." if left else "Will run:"
+        page.get_by_text(says).wait_for(timeout=TIMEOUT_MS)
     wait_for(launch.is_enabled, 30, "Launch to be enabled")
     launch.click()
     page.wait_for_url(re.compile(r"/live\?run=[0-9a-f]{12}$"), timeout=TIMEOUT_MS)
