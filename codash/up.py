@@ -201,13 +201,9 @@ def up(
         env = {"REDIS_URL": redis_url}
         worker_argv = [sys.executable, "-m", "jobs.worker", "--device"]
         devices = [] if no_worker else plan_workers(workers)
+        workers_env = {**env, **worker_env(devices)}
         children = [
-            Child(
-                f"worker {i} ({device})",
-                [*worker_argv, device],
-                env={**env, **worker_env(devices)},
-                hidden=(PASSWORD_ENV,),
-            )
+            Child(f"worker {i} ({device})", [*worker_argv, device], env=workers_env, hidden=(PASSWORD_ENV,))
             for i, device in enumerate(devices)
         ]
         app = Child("dashboard", app_argv(host, port), env={**env, **app_env(host)})

@@ -140,7 +140,6 @@ def screenshot(page, picture: str) -> None:
 def test_launch_the_fgsm_preset_watch_it_collapse_and_rescue_it(chromium, dashboard):
     from playwright.sync_api import sync_playwright
 
-    deadline = time.monotonic() + BUDGET_S
     left_ms = time_left(BUDGET_S)
     r = api.connect()
     with sync_playwright() as playwright:
@@ -196,7 +195,7 @@ def test_launch_the_fgsm_preset_watch_it_collapse_and_rescue_it(chromium, dashbo
                 lambda run_id=run_id: (
                     events_until(r, run_id, held) or api.get_run(r, run_id).status in api.TERMINAL
                 ),
-                max(1.0, deadline - time.monotonic()),
+                left_ms() / 1000,
                 f"the {name} run's evaluation at iteration {held}",
                 interval=0.5,
             )
@@ -205,7 +204,7 @@ def test_launch_the_fgsm_preset_watch_it_collapse_and_rescue_it(chromium, dashbo
         assert [event["type"] for event in streams["fork"]].count("co") == 0
         assert child_pgd >= parent_pgd + HOLDS_BY, (parent_pgd, child_pgd)
         print(f"fork at {at} (CO {co}), λ={lam:g}: PGD accuracy at {held}: parent {parent_pgd:.2f}, ", end="")
-        print(f"fork {child_pgd:.2f}; {BUDGET_S - (deadline - time.monotonic()):.0f} s")
+        print(f"fork {child_pgd:.2f}; {BUDGET_S - left_ms() / 1000:.0f} s")
 
         # what was to be seen is seen: both runs stop there (for the README's pictures, at their end)
         for run_id, name in ((parent, "parent"), (child, "fork")):
@@ -213,7 +212,7 @@ def test_launch_the_fgsm_preset_watch_it_collapse_and_rescue_it(chromium, dashbo
                 api.cancel(r, run_id)
             wait_for(
                 lambda run_id=run_id: api.get_run(r, run_id).status in api.TERMINAL,
-                max(1.0, deadline - time.monotonic()),
+                left_ms() / 1000,
                 f"the {name} run to {'finish' if UPDATE_SCREENSHOT else 'stop'}",
                 interval=0.5,
             )
