@@ -11,6 +11,7 @@ bench/app_bench.py reuses the builders: one definition of each.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -437,7 +438,14 @@ TIERS = ("browser", "faults", "workers", "redis", "train", "science")
 
 def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist each test process, and the workers and servers it starts, gets its share of the
-    cores: two processes that each ran torch on every core would contend for all of them."""
+    cores: two processes that each ran torch on every core would contend for all of them.
+
+    Every new AppTest scans the metadata of every installed package for Streamlit components (0.7 s here;
+    a served dashboard scans once at start-up). The packages do not change during a test run, so the
+    scan's answer is kept for the session."""
+    from streamlit.components.v2 import manifest_scanner
+
+    manifest_scanner.scan_component_manifests = functools.cache(manifest_scanner.scan_component_manifests)
     processes = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if processes > 1 and "OMP_NUM_THREADS" not in os.environ:
         import torch

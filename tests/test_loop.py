@@ -111,6 +111,27 @@ def test_resume_continues_exactly(tmp_path, stop_at):
     assert final["last"] == pytest.approx(reference[-1]["last"])
 
 
+def test_a_stop_during_the_final_evaluation_ends_the_run_there_and_a_resume_evaluates_again(tmp_path):
+    """A cancel while PGD-50-10 runs (minutes on CIFAR) takes effect at once, not when the attack ends."""
+    cfg = make_config({**TINY, "final_eval_points": 128, "final_pgd_restarts": 2})
+    reference, _ = run(cfg, run_dir=tmp_path / "a")
+    events = []
+    final = train(
+        cfg, events.append, tmp_path / "b", lambda: any(e["type"] == "final_progress" for e in events)
+    )
+    kinds = [e["type"] for e in events]
+    assert final is None and "final" not in kinds
+    assert kinds.count("final_progress") == 1  # the bar as the evaluation began: nothing attacked after it
+    assert events[kinds.index("final_progress") - 1] == {
+        "type": "checkpoint",
+        "iteration": 60,
+        "epoch": 60 / 23,
+    }
+    resumed, final = run(cfg, run_dir=tmp_path / "b", resume=True)
+    assert [e["type"] for e in resumed if e["type"] in ("metrics", "eval")] == []  # nothing trained again
+    assert without_timing(final) == without_timing(reference[-1])
+
+
 def test_after_step_sees_every_iteration_and_an_evaluation_there_changes_nothing():
     """experiments/onset_check attacks the live model after every step: the run must be the one without it."""
     cfg = make_config({**TINY, "max_iters": 25})

@@ -1,9 +1,12 @@
 """Scientific regression on digits: the paper's three-way contrast, reproduced on 2 CPU cores.
 
 Setting (documented in the README): single-layer CNN with 16 filters, eps = 0.175, Adam 3e-3, batch 64.
-FGSM training hits catastrophic overfitting within ~300 iterations for every seed tried; PGD training and
-FGSM + GradAlign (lambda = 4) at the same eps keep their robustness and their gradient alignment.
+FGSM training hits catastrophic overfitting within ~300 iterations for every seed tried; over the same 450
+iterations PGD training and FGSM + GradAlign (lambda = 4) at the same eps keep their robustness and their
+gradient alignment.
 """
+
+import functools
 
 import pytest
 
@@ -37,9 +40,15 @@ def run(**overrides):
     return [e for e in events if e["type"] == "eval"], final
 
 
+@functools.cache
+def fgsm_run(seed: int):
+    """Seed 0 is both a case of the FGSM test and the reference the other methods are set against."""
+    return run(**FGSM, seed=seed)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_fgsm_training_overfits_catastrophically(seed):
-    evals, final = run(**FGSM, seed=seed)
+    evals, final = fgsm_run(seed)
     assert final["co_detected"], [(e["iteration"], e["fgsm_acc"], e["pgd_acc"]) for e in evals]
     assert final["co_iteration"] <= 400
     peak = max(e["pgd_acc"] for e in evals)
@@ -50,16 +59,11 @@ def test_fgsm_training_overfits_catastrophically(seed):
     assert last["cos_fgsm_pgd"] < evals[0]["cos_fgsm_pgd"]
 
 
-@pytest.fixture(scope="module")
-def fgsm_reference():
-    return run(**{**FGSM, "max_iters": None}, seed=0)
-
-
 @pytest.mark.parametrize("method", ["pgd", "grad_align"])
-def test_pgd_and_grad_align_do_not_overfit(method, fgsm_reference):
-    evals, final = run(**(PGD if method == "pgd" else GRAD_ALIGN), seed=0)
+def test_pgd_and_grad_align_do_not_overfit(method):
+    evals, final = run(**(PGD if method == "pgd" else GRAD_ALIGN), max_iters=FGSM["max_iters"], seed=0)
     assert not final["co_detected"], [(e["iteration"], e["fgsm_acc"], e["pgd_acc"]) for e in evals]
     assert min(e["cos_grad_random"] for e in evals) > 0.8
-    _, fgsm_final = fgsm_reference
+    _, fgsm_final = fgsm_run(0)
     assert fgsm_final["co_detected"]
     assert final["last"]["pgd_acc"] >= 0.08 and fgsm_final["last"]["pgd_acc"] <= 0.05

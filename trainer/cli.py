@@ -163,11 +163,12 @@ def truncate_after_last_checkpoint(path: Path) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from trainer.loop import train  # torch import is slow; keep `codash --help` instant
-
     config = config_from_args(args)
     if args.resume and args.run_dir is None:
         raise ConfigError("--resume needs --run-dir (the directory holding the checkpoint)")
+    # torch's import takes seconds: `codash --help` and a mistyped flag answer before it
+    from trainer.loop import train
+
     if args.resume and args.out and args.out.exists():
         truncate_after_last_checkpoint(args.out)
     with ExitStack() as stack:

@@ -23,8 +23,20 @@ if TYPE_CHECKING:
 FINAL_PROGRESS_STEPS = 20  # final_progress events per model, at most, after the one as it begins
 
 
+class Stopped(Exception):
+    """The run was asked to stop (cancelled, or its worker shutting down) during its final evaluation."""
+
+
 def final_evaluation(
-    model, cfg, data: Dataset, state: RunState, run_dir: Path, emit: Sink, path: FastPath, started
+    model,
+    cfg,
+    data: Dataset,
+    state: RunState,
+    run_dir: Path,
+    emit: Sink,
+    path: FastPath,
+    started: float,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Event:
     """Clean accuracy and PGD-50-10 on the first final_eval_points test images (the authors' n_final_eval),
     last and best; clean accuracy on the whole test set too (`clean_acc_all`).
@@ -32,6 +44,10 @@ def final_evaluation(
     attack_points says how many test images the attacks saw (final_eval_points caps it at the test set).
 
     With `autoattack` on, AutoAttack (standard, L-inf) also runs on the same points (None when off).
+
+    `should_stop` is asked after each PGD restart of each batch (on CIFAR the evaluation takes minutes, and a
+    cancel should not wait for it): when true, Stopped is raised and no final event is emitted. The last
+    checkpoint is the run's end, so a resumed run evaluates again from the start.
     """
     points = min(cfg.final_eval_points, len(data.test_x))
     best_state = load_checkpoint(run_dir, "best", path.device)
@@ -45,6 +61,8 @@ def final_evaluation(
 
         def progress(done: int) -> None:
             nonlocal shown
+            if should_stop is not None and should_stop():
+                raise Stopped
             step = done * FINAL_PROGRESS_STEPS // points if points else FINAL_PROGRESS_STEPS
             if step > shown:
                 shown = step

@@ -48,7 +48,7 @@ from trainer.elle import AdaptiveLambda, elle_reg
 from trainer.evaluate import eval_metrics
 from trainer.events import Event, Sink, make_event
 from trainer.fast import Capture, FastPath, RunParts, fast_path, training_step
-from trainer.final import final_evaluation
+from trainer.final import Stopped, final_evaluation
 from trainer.free import FreeAT
 from trainer.gradalign import grad_align_reg
 from trainer.methods import METHODS
@@ -306,7 +306,10 @@ def train(
                 return None
             segment_start = _clock(device)
 
-    return final_evaluation(model, config, data, state, run_dir, emit, path, started)
+    try:
+        return final_evaluation(model, config, data, state, run_dir, emit, path, started, should_stop)
+    except Stopped:
+        return None
 
 
 def _restore(
