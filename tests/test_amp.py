@@ -62,11 +62,13 @@ def test_gradalign_under_bf16_autocast_trains_float32_weights_and_batch_norm():
 
 
 def test_fgsm_and_gradalign_under_bf16_autocast_give_finite_float32_updates():
-    cfg = make_config({**RESNET, "method": "fgsm", "grad_align_lambda": 0.2})
+    """The attack's own backward under autocast too; on the digits CNN (batch norm is checked above, and a
+    ResNet step in bf16 takes this CPU ~15 s)."""
+    cfg = make_config({"dataset": "digits", "method": "fgsm", "grad_align_lambda": 0.2, "device": "cpu"})
     torch.manual_seed(0)
     model = model_for(cfg)
     g = torch.Generator().manual_seed(1)
-    x, y = torch.rand(8, 3, SIDE, SIDE, generator=g), torch.randint(0, 10, (8,), generator=g)
+    x, y = torch.rand(64, 1, 16, 16, generator=g), torch.randint(0, 10, (64,), generator=g)
     loss, acc, reg = step(model, cfg, x, y, autocast=True)
     assert torch.isfinite(loss) and 0 < reg.item() <= 2 and 0 <= acc.item() <= 1
     assert all(p.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in model.parameters())

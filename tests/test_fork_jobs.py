@@ -132,7 +132,7 @@ def test_forks_on_workers_continue_exactly_survive_a_kill_and_their_parents_dele
     assert after_config(events) == after_config(parent_events[fork_point + 1 :])
 
     # kill -9 of a fork's worker: it resumes from its own checkpoints, with no gap, like an unbroken fork
-    changes = {"grad_align_lambda": 2.0, "max_iters": 300}
+    changes = {"grad_align_lambda": 2.0, "max_iters": 150}  # ~4 s of training: the kill lands mid-run
     unbroken = api.fork(r, parent, at=20, **changes)
     wait_status(r, unbroken, {"finished"}, 300)
     killed = api.fork(r, parent, at=20, **changes)
@@ -147,8 +147,8 @@ def test_forks_on_workers_continue_exactly_survive_a_kill_and_their_parents_dele
     done = wait_status(r, killed, {"finished"}, 300)
     events = api.all_events(r, killed)
     assert done.attempt == 2 and [e["iteration"] for e in events if e["type"] == "metrics"] == list(
-        range(21, 301)
+        range(21, 151)
     )
     assert after_config(events) == after_config(api.all_events(r, unbroken))
     assert load_model(api.run_dir(killed), "best") is not None
-    assert api.fork_points(killed)[-1] == 300 and eval_iterations(api.run_dir(killed))[0] == 30
+    assert api.fork_points(killed)[-1] == 150 and eval_iterations(api.run_dir(killed))[0] == 30
