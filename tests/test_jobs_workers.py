@@ -85,7 +85,7 @@ def test_a_submitted_run_streams_exactly_what_codash_train_writes(r, pool, tmp_p
 
 
 def test_two_workers_train_two_runs_at_once(r, pool):
-    configs = [{**TINY, "max_iters": 300, "seed": 1}, {**TINY, "max_iters": 300, "device": "auto"}]
+    configs = [{**TINY, "max_iters": 150, "seed": 1}, {**TINY, "max_iters": 150, "device": "auto"}]
     ids = [api.submit(r, make_config(config)) for config in configs]
     first, second = (wait_status(r, run_id, {"finished"}, 120) for run_id in ids)
     assert {first.worker, second.worker} == {"w1", "w2"}
