@@ -80,13 +80,26 @@ def dashboard(home: Path, tmp_path_factory) -> Iterator[str]:
             process.kill()
 
 
+class Tabs:
+    """New pages in one browser context, as a user's tabs: the dashboard's scripts (plotly.js alone is
+    4.6 MB) are fetched and compiled once for the module, not once per page."""
+
+    def __init__(self, context):
+        self.context = context
+
+    def new_page(self, viewport: dict[str, int]):
+        page = self.context.new_page()
+        page.set_viewport_size(viewport)
+        return page
+
+
 @pytest.fixture(scope="module")
 def browser(dashboard):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
+        yield Tabs(browser.new_context())
         browser.close()
 
 
