@@ -13,9 +13,10 @@ CODASH_RUNS_DIR on a shared volume, so a run interrupted on one host can be resu
 
 It is an rq.SimpleWorker: the job runs in the worker process rather than a forked child, because CUDA does
 not survive fork() and a warm CUDA context is worth keeping between runs; so a kill of the worker is a kill
-of its run. A CUDA worker initialises CUDA and cuDNN before it announces itself (trainer.fast.warm_up,
-logged), so its first run starts as quickly as later ones. A heartbeat thread beats for the worker and
-its run (TTL $CODASH_HEARTBEAT_TIMEOUT, default 10 s) and reaps runs whose worker stopped beating.
+of its run. A worker warms up before it announces itself (trainer.fast.warm_up, logged: torch.optim's
+first use, and CUDA and cuDNN on a GPU), so its first run starts as quickly as later ones. A heartbeat
+thread beats for the worker and its run (TTL $CODASH_HEARTBEAT_TIMEOUT, default 10 s) and reaps runs
+whose worker stopped beating.
 SIGTERM or Ctrl-C stops the current run at its next iteration with a checkpoint (status `interrupted`,
 resumable), then the worker exits.
 """
@@ -160,15 +161,15 @@ class CodashWorker(SimpleWorker):
     def register_birth(self) -> None:
         if self.connection.exists(keys.worker(self.name)):
             raise ConfigError(f"name: a live worker is called {self.name!r} already; choose another --name")
-        if self.device.startswith("cuda"):  # before the worker is announced: its first run starts warm
-            started = time.perf_counter()
-            warm_up(torch.device(self.device))
-            self.log.info(
-                "Worker %s: CUDA and cuDNN initialised on %s in %.1f s",
-                self.name,
-                self.device,
-                time.perf_counter() - started,
-            )
+        started = time.perf_counter()  # warmed before the worker is announced: its first run starts warm
+        warm_up(torch.device(self.device))
+        self.log.info(
+            "Worker %s: warmed up on %s in %.1f s%s",
+            self.name,
+            self.device,
+            time.perf_counter() - started,
+            " (CUDA and cuDNN initialised)" if self.device.startswith("cuda") else "",
+        )
         self.connection.delete(self.key)  # RQ's record of a killed worker of this name lingers for minutes
         super().register_birth()
         CodashWorker.active = self
