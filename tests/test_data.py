@@ -12,7 +12,7 @@ import torch
 import torchvision.datasets.cifar
 import torchvision.datasets.svhn
 
-from trainer.data import DATA_SHAPES, DATASETS, DatasetMissing, augment, data_dir, load_dataset
+from trainer.data import DATA_SHAPES, DATASETS, DatasetMissing, augment, data_dir, digits_arrays, load_dataset
 
 N_TRAIN, N_TEST = 6, 4
 
@@ -158,6 +158,21 @@ def test_digits_fixed_split_independent_of_global_seeds():
     assert set(a.train_y.tolist()) == set(a.test_y.tolist()) == set(range(10))
     for field in ("train_x", "train_y", "test_x", "test_y"):
         assert torch.equal(getattr(a, field), getattr(b, field))
+
+
+def test_digits_are_scikit_learns_to_the_last_bit(monkeypatch):
+    """Read from scikit-learn's CSV, and through load_digits where a scikit-learn keeps it elsewhere."""
+    from sklearn.datasets import load_digits
+
+    reference = load_digits()
+    for images, target in (digits_arrays(), fallback_digits(monkeypatch)):
+        assert np.array_equal(images, reference.images) and images.dtype == reference.images.dtype
+        assert np.array_equal(target, reference.target) and target.dtype == reference.target.dtype
+
+
+def fallback_digits(monkeypatch):
+    monkeypatch.setattr(Path, "exists", lambda self: False)
+    return digits_arrays()
 
 
 def test_digits_split_is_shuffled():
