@@ -69,9 +69,8 @@ def test_blank_or_text_in_any_number_box_disables_launch_and_queues_nothing(brow
         if boxes.nth(n).locator("input").get_attribute("placeholder") == "required"
     ]
     assert len(required) >= 10
-    enabled = [
-        n for n in required if not boxes.nth(n).locator("input").is_disabled()
-    ]  # fields the method reads
+    # the fields this method reads (the others are disabled)
+    enabled = [n for n in required if not boxes.nth(n).locator("input").is_disabled()]
     for count, n in enumerate(enabled):
         box = boxes.nth(n).locator("input")
         label = box.get_attribute("aria-label")
