@@ -21,8 +21,11 @@ from typing import Any
 
 import plotly
 import plotly.graph_objects as go
+import plotly.io as pio
 import streamlit as st
 import streamlit.components.v1 as components
+
+from app.spec import Figure
 
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 FRONTEND = """<!doctype html>
@@ -141,7 +144,11 @@ def plot_config(download_name: str) -> dict[str, Any]:
 
 
 def live_chart(
-    fig: go.Figure, key: str, download_name: str, revision: int = 0, narrow: go.Figure | None = None
+    fig: go.Figure | Figure,
+    key: str,
+    download_name: str,
+    revision: int = 0,
+    narrow: go.Figure | Figure | None = None,
 ) -> dict[str, Any]:
     """Show `fig`, updating the chart already on screen under `key`; returns the user's last action on it:
     {"customdata": [...]} for a click on a point, {"x_range": [a, b] or None} for a zoom or its reset, {}.
@@ -153,8 +160,8 @@ def live_chart(
     """
     config = plot_config(download_name)
     action = _component()(
-        spec=fig.to_json(),
-        narrow=narrow.to_json() if narrow is not None else None,
+        spec=pio.to_json(fig, validate=False),
+        narrow=pio.to_json(narrow, validate=False) if narrow is not None else None,
         config=config,
         revision=revision,
         key=key,

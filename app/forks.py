@@ -12,13 +12,13 @@ import html
 from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
-import plotly.graph_objects as go
 import redis
 import streamlit as st
 
 from app import nav
 from app.history import RunHistory
 from app.markers import vertical_marker
+from app.spec import Figure
 from app.text import md_escape
 from jobs import api
 from trainer.config import ConfigError
@@ -138,7 +138,7 @@ def lineage_caption(r: redis.Redis, run: api.Run) -> None:
 # --- Compare ---
 
 
-def mark_forks(fig: go.Figure, runs: Sequence[api.Run], labels: Sequence[str], compact: bool = False) -> None:
+def mark_forks(fig: Figure, runs: Sequence[api.Run], labels: Sequence[str], compact: bool = False) -> None:
     """A dotted line at each fork's starting iteration, on every panel, naming the fork and its parent.
 
     `compact` (the phone layout) labels each line only "fork @ k": the names would run off the chart, and

@@ -6,10 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
-from app.palette import template
+from app.spec import Figure, axis, colorscale, domains, template_spec
 
 CLASS_NAMES = {
     "cifar10": ("airplane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
@@ -56,7 +54,7 @@ def _rgb(signed: np.ndarray) -> np.ndarray:
 
 def filters_figure(
     snapshot: dict[str, Any], uirevision: str, narrow: bool = False, dark: bool = False
-) -> go.Figure:
+) -> Figure:
     """The first layer's filters as one tiled image (the paper's Fig. 4), each filter on its own scale.
 
     `narrow` (a phone): the title on two lines, below the toolbar's row.
@@ -66,44 +64,41 @@ def filters_figure(
     columns = filter_columns(n)
     mosaic = filter_mosaic(filters, columns)
     if channels == 3:
-        trace: go.BaseTraceType = go.Image(z=mosaic, hoverinfo="skip")
+        trace = {"type": "image", "z": mosaic, "hoverinfo": "skip"}
     else:
-        trace = go.Heatmap(
-            z=mosaic,
-            colorscale=SIGNED_SCALE,
-            zmin=-1,
-            zmax=1,
-            showscale=False,
-            hoverongaps=False,
-            hovertemplate="w / max|w| of its filter: %{z:.2f}<extra></extra>",
-        )
-    fig = go.Figure(trace)
+        trace = {
+            "type": "heatmap",
+            "z": mosaic,
+            "colorscale": colorscale(SIGNED_SCALE),
+            "zmin": -1,
+            "zmax": 1,
+            "showscale": False,
+            "hoverongaps": False,
+            "hovertemplate": "w / max|w| of its filter: %{z:.2f}<extra></extra>",
+        }
     rows = -(-n // columns)
     what = "RGB, 0 as grey" if channels == 3 else ("red > 0 > blue" if channels == 1 else "channel mean")
     gap = "<br>" if narrow else " "
     top = TOOLBAR_PX + 50 if narrow else 40
-    fig.update_layout(
-        template=template(dark),
-        height=top + 30 + rows * 110,
-        uirevision=uirevision,
-        title={
-            "text": f"First-layer filters: {n} × {k}×{k}{gap}({what}; each on its own scale)",
-            "x": 0,
-            **(
-                {"yref": "container", "y": 1 - TOOLBAR_PX / (top + 30 + rows * 110), "yanchor": "top"}
-                if narrow
-                else {}
-            ),
-        },
-        margin={"l": 10, "r": 10, "t": top, "b": 10},
-    )
-    _image_axes(fig)
-    return fig
+    height = top + 30 + rows * 110
+    title = {"text": f"First-layer filters: {n} × {k}×{k}{gap}({what}; each on its own scale)", "x": 0}
+    if narrow:
+        title.update(yref="container", y=1 - TOOLBAR_PX / height, yanchor="top")
+    layout = {
+        "template": template_spec(dark),
+        "height": height,
+        "uirevision": uirevision,
+        "title": title,
+        "margin": {"l": 10, "r": 10, "t": top, "b": 10},
+        "xaxis": {"visible": False, "constrain": "domain"},
+        "yaxis": _image_y_axis(1),
+    }
+    return {"data": [trace], "layout": layout}
 
 
 def inside_figure(
     snapshot: dict[str, Any], dataset: str, uirevision: str, narrow: bool = False, dark: bool = False
-) -> go.Figure:
+) -> Figure:
     """One eval image, its FGSM and PGD perturbations and the input gradients at x and x+η, side by side.
 
     Perturbations are drawn as δ/ε and gradients divided by their largest |entry|, all on one diverging
@@ -131,44 +126,68 @@ def inside_figure(
     )
     columns = 2 if narrow else len(panels)
     rows = -(-len(panels) // columns)
-    fig = make_subplots(
-        rows=rows,
-        cols=columns,
-        subplot_titles=[title for _, title in panels],
-        horizontal_spacing=0.08 if narrow else 0.03,
-        vertical_spacing=0.12,
-    )
-    for index, (key, _) in enumerate(panels):
-        row, column = divmod(index, columns)
-        fig.add_trace(_array_trace(snapshot[key], signed=key != "image"), row=row + 1, col=column + 1)
-    fig.update_layout(
-        template=template(dark),
-        height=330 if not narrow else 260 * rows + TOOLBAR_PX,
-        uirevision=uirevision,
-        margin={"l": 10, "r": 10, "t": 70 + (TOOLBAR_PX if narrow else 0), "b": 10},
-        coloraxis={"colorscale": SIGNED_SCALE, "cmin": -1, "cmax": 1, "colorbar": {"thickness": 12}},
-        coloraxis2={"colorscale": "gray", "cmin": 0, "cmax": 1, "showscale": False},
-    )
-    fig.update_annotations(font_size=13)
-    _image_axes(fig)
-    return fig
+    widths = domains(columns, 0.08 if narrow else 0.03)
+    heights = domains(rows, 0.12)[::-1]  # top row first
+    data, titles = [], []
+    layout: dict[str, Any] = {
+        "template": template_spec(dark),
+        "height": 330 if not narrow else 260 * rows + TOOLBAR_PX,
+        "uirevision": uirevision,
+        "margin": {"l": 10, "r": 10, "t": 70 + (TOOLBAR_PX if narrow else 0), "b": 10},
+        "coloraxis": {
+            "colorscale": colorscale(SIGNED_SCALE),
+            "cmin": -1,
+            "cmax": 1,
+            "colorbar": {"thickness": 12},
+        },
+        "coloraxis2": {"colorscale": colorscale("gray"), "cmin": 0, "cmax": 1, "showscale": False},
+    }
+    for index, (key, title) in enumerate(panels, start=1):
+        row, column = divmod(index - 1, columns)
+        x, y = f"x{'' if index == 1 else index}", f"y{'' if index == 1 else index}"
+        data.append({**_array_trace(snapshot[key], signed=key != "image"), "xaxis": x, "yaxis": y})
+        layout[axis("x", index)] = {
+            "anchor": y,
+            "domain": widths[column],
+            "visible": False,
+            "constrain": "domain",
+        }
+        layout[axis("y", index)] = {"anchor": x, "domain": heights[row], **_image_y_axis(index)}
+        titles.append(
+            {
+                "text": title,
+                "x": sum(widths[column]) / 2,
+                "xanchor": "center",
+                "xref": "paper",
+                "y": heights[row][1],
+                "yanchor": "bottom",
+                "yref": "paper",
+                "showarrow": False,
+                "font": {"size": 13},
+            }
+        )
+    layout["annotations"] = titles
+    return {"data": data, "layout": layout}
 
 
-def _array_trace(array: np.ndarray, signed: bool) -> go.BaseTraceType:
+def _array_trace(array: np.ndarray, signed: bool) -> dict[str, Any]:
     """[C][H][W] as a heatmap (one channel: signed on the diverging scale, else grey) or an RGB image."""
     if array.shape[0] == 3:
         rgb = _rgb(array) if signed else np.clip(np.rint(array * 255), 0, 255).astype(np.uint8)
-        return go.Image(z=rgb.transpose(1, 2, 0), hoverinfo="skip")
-    return go.Heatmap(
-        z=array.mean(axis=0),
-        coloraxis="coloraxis" if signed else "coloraxis2",
-        hovertemplate="%{z:.2f}<extra></extra>",
-    )
+        return {"type": "image", "z": rgb.transpose(1, 2, 0), "hoverinfo": "skip"}
+    return {
+        "type": "heatmap",
+        "z": array.mean(axis=0),
+        "coloraxis": "coloraxis" if signed else "coloraxis2",
+        "hovertemplate": "%{z:.2f}<extra></extra>",
+    }
 
 
-def _image_axes(fig: go.Figure) -> None:
-    """Square pixels, row 0 on top, no ticks."""
-    fig.update_xaxes(visible=False, constrain="domain")
-    fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x", constrain="domain")
-    for axis in range(2, len(fig.data) + 1):
-        fig.update_yaxes(scaleanchor=f"x{axis}", selector={"anchor": f"x{axis}"})
+def _image_y_axis(index: int) -> dict[str, Any]:
+    """Square pixels (scaled to the index-th x axis), row 0 on top, no ticks."""
+    return {
+        "visible": False,
+        "autorange": "reversed",
+        "scaleanchor": f"x{'' if index == 1 else index}",
+        "constrain": "domain",
+    }

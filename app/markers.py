@@ -6,13 +6,19 @@ from __future__ import annotations
 
 import html
 
-import plotly.graph_objects as go
-
 from app.history import RunHistory
+from app.spec import Figure
+
+ROWS = (1, 2, 3)  # the panels, top to bottom: accuracy, alignment, loss
+
+
+def y_axis(row: int) -> str:
+    """Panel `row`'s y axis, as traces, shapes and annotations name it ("y", "y2", "y3")."""
+    return "y" if row == 1 else f"y{row}"
 
 
 def co_marker(
-    fig: go.Figure,
+    fig: Figure,
     x: float,
     iteration: int,
     color: str,
@@ -34,21 +40,26 @@ def co_marker(
         text = short if compact else f"CO · {html.escape(label)} @ {iteration:,}"
     vertical_marker(fig, x, color, "dash", (text, short), "top right", stack, name="co")
     if band is not None:
-        for row in (1, 2, 3):
-            fig.add_vrect(
-                x0=band[0],
-                x1=band[1],
-                row=row,
-                col=1,
-                fillcolor=color,
-                opacity=0.12,
-                line_width=0,
-                layer="below",
-            )
+        fig["layout"]["shapes"] += [
+            {
+                "type": "rect",
+                "x0": band[0],
+                "x1": band[1],
+                "xref": "x",
+                "y0": 0,
+                "y1": 1,
+                "yref": f"{y_axis(row)} domain",
+                "fillcolor": color,
+                "opacity": 0.12,
+                "line": {"width": 0},
+                "layer": "below",
+            }
+            for row in ROWS
+        ]
 
 
 def warning_marker(
-    fig: go.Figure,
+    fig: Figure,
     x: float,
     history: RunHistory,
     color: str,
@@ -71,7 +82,7 @@ def warning_marker(
 
 
 def vertical_marker(
-    fig: go.Figure,
+    fig: Figure,
     x: float,
     color: str,
     dash: str,
@@ -83,33 +94,37 @@ def vertical_marker(
 ) -> None:
     """A vertical line at `x` on each of the three panels, the first text on the top one, the second below,
     `stack` text lines lower than the first such label; `position` is "top right", "top left" or "bottom
-    left" of the line. Drawn against the one x axis every panel shares (_one_x_axis). `name` names the
+    left" of the line. Drawn against the one x axis every panel shares. `name` names the
     lines and labels ("co", "co_warning", "fork"), for whoever reads the figure back."""
     top = position.startswith("top")
-    for row in (1, 2, 3):
-        panel = f"y{'' if row == 1 else row} domain"
-        fig.add_shape(
-            name=name,
-            type="line",
-            x0=x,
-            x1=x,
-            xref="x",
-            y0=0,
-            y1=1,
-            yref=panel,
-            line={"color": color, "dash": dash, "width": 2},
+    for row in ROWS:
+        panel = f"{y_axis(row)} domain"
+        fig["layout"]["shapes"].append(
+            {
+                "type": "line",
+                "x0": x,
+                "x1": x,
+                "xref": "x",
+                "y0": 0,
+                "y1": 1,
+                "yref": panel,
+                "line": {"color": color, "dash": dash, "width": 2},
+                "name": name,
+            }
         )
-        fig.add_annotation(
-            x=x,
-            xref="x",
-            y=1 if top else 0,
-            yref=panel,
-            text=texts[0] if row == 1 else texts[1],
-            showarrow=False,
-            xanchor="left" if position.endswith("right") else "right",
-            yanchor="top" if top else "bottom",
-            font={"color": color, "size": 12},
-            bgcolor="rgba(255,255,255,0.8)",
-            yshift=-16 * stack,
-            name=name,
+        fig["layout"]["annotations"].append(
+            {
+                "x": x,
+                "xref": "x",
+                "y": 1 if top else 0,
+                "yref": panel,
+                "text": texts[0] if row == 1 else texts[1],
+                "showarrow": False,
+                "xanchor": "left" if position.endswith("right") else "right",
+                "yanchor": "top" if top else "bottom",
+                "font": {"color": color, "size": 12},
+                "bgcolor": "rgba(255,255,255,0.8)",
+                "yshift": -16 * stack,
+                "name": name,
+            }
         )

@@ -10,14 +10,14 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
-import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from app.history import SMOOTHING, RunHistory
-from app.markers import co_marker, warning_marker
-from app.palette import CO_COLOR, RUN_PALETTE, WARNING_COLOR, legible, template
+from app.markers import ROWS, co_marker, warning_marker, y_axis
+from app.palette import CO_COLOR, RUN_PALETTE, WARNING_COLOR, legible
+from app.spec import Figure, axis, domains, template_spec
 
 # Each metric's colour on the live view, whichever series draws it (the eval, the dense probe, the replay).
 METRIC_COLORS = {
@@ -68,6 +68,7 @@ METRICS = (
     Metric("pgd_acc", "PGD (eval at every iteration, CO window)", 1, "window", overlay=False),
     Metric("fgsm_acc", "FGSM (eval at every iteration, CO window)", 1, "window", overlay=False),
 )
+PANEL_SPACING = 0.07  # between two panels, a fraction of the plot's height
 OVERLAY_ACCURACY_TITLE = "Accuracy: clean, FGSM and PGD on the eval subset"
 PANELS = (
     ("Accuracy: clean, FGSM and PGD on the eval subset; train on adversarial batches", "accuracy"),
@@ -104,7 +105,7 @@ def run_figure(
     compact: bool = False,
     axes: dict[str, list[float]] | None = None,
     view: View = View(),
-) -> go.Figure:
+) -> Figure:
     """Accuracy, alignment and loss panels on a shared iteration axis, with a CO marker on every panel.
 
     One run: a colour per metric, each panel with its own legend. Several runs: a colour per run and a
@@ -118,15 +119,7 @@ def run_figure(
     # keeps its one word: the long title runs off a phone)
     if overlay and not compact:
         titles[0] = OVERLAY_ACCURACY_TITLE
-    # the template given to the figure make_subplots starts from: set afterwards, plotly builds it twice
-    fig = make_subplots(
-        rows=3,
-        cols=1,
-        shared_xaxes=True,
-        vertical_spacing=0.07,
-        subplot_titles=titles,
-        figure=go.Figure(layout={"template": template(view.dark)}),
-    )
+    fig: Figure = {"data": [], "layout": _layout(titles, uirevision, height, overlay, compact, view.dark)}
     drawn: set[Metric] = set()
     clock = view.clock and not overlay and bool(series) and bool(series[0].history.clock)
     x = "seconds" if clock else "iteration"
@@ -146,20 +139,17 @@ def run_figure(
             frame = frames[metric.source]
             if not has_values(frame, metric):
                 continue
-            fig.add_trace(
-                metric_trace(
-                    frame,
-                    x,
-                    metric,
-                    run.label,
-                    color if overlay else None,
-                    not overlay or first,
-                    compact,
-                    view.dark,
-                ),
-                row=metric.row,
-                col=1,
+            trace = metric_trace(
+                frame,
+                x,
+                metric,
+                run.label,
+                color if overlay else None,
+                not overlay or first,
+                compact,
+                view.dark,
             )
+            fig["data"].append({**trace, "xaxis": "x", "yaxis": y_axis(metric.row)})
             first = False
             drawn.add(metric)
         if run.history.co_iteration is not None:
@@ -174,74 +164,128 @@ def run_figure(
             marker_color = color if overlay else legible(WARNING_COLOR, view.dark)
             warning_marker(fig, x_warned, run.history, marker_color, run.label, overlay, warnings, compact)
             warnings += 1
+    layout = fig["layout"]
     if overlay:
-        _style_key(fig, [metric for metric in METRICS if metric in drawn])
+        fig["data"] += _style_key([metric for metric in METRICS if metric in drawn])
     elif series and series[0].history.metrics and not series[0].history.evals:
-        _first_eval_note(fig, series[0].history)
+        layout["annotations"] += _first_eval_note(series[0].history)
     if not overlay and series and series[0].color:  # a small multiple wears its run's colour on top
-        fig.add_shape(
-            type="rect",
-            xref="paper",
-            yref="paper",
-            x0=0,
-            x1=1,
-            y0=1.045,
-            y1=1.06,
-            line_width=0,
-            fillcolor=series[0].color,
-            name="run colour",
+        layout["shapes"].append(
+            {
+                "type": "rect",
+                "xref": "paper",
+                "yref": "paper",
+                "x0": 0,
+                "x1": 1,
+                "y0": 1.045,
+                "y1": 1.06,
+                "line": {"width": 0},
+                "fillcolor": series[0].color,
+                "name": "run colour",
+            }
         )
-    _layout(fig, uirevision, height, overlay, compact, view.dark)
     for name, value in (axes or {}).items():
-        fig.update_layout({name: {"range": value}})
-    mark = at(series[0].history, view.mark) if view.mark is not None and series else None
-    _apply_view(fig, view, mark)
+        layout[name]["range"] = value
+    if view.log_loss:
+        layout["yaxis3"]["type"] = "log"
+    if view.x_range is not None:
+        layout["xaxis"].update(range=list(view.x_range), autorange=False)
+    if view.mark is not None and series:  # the evaluation shown under "Inside the model"
+        _mark(fig, at(series[0].history, view.mark), view.mark)
     if clock:
-        fig.update_xaxes(title_text="wall clock (s since the first iteration)", row=3, col=1)
-    _one_x_axis(fig)
+        layout["xaxis"]["title"]["text"] = "wall clock (s since the first iteration)"
     return fig
 
 
-def _one_x_axis(fig: go.Figure) -> None:
-    """Put the three panels on one x axis (the bottom one's), so that hovering an iteration shows every
+def _layout(
+    titles: list[str], uirevision: str, height: int, overlay: bool, compact: bool, dark: bool
+) -> dict:
+    """The three panels stacked on one x axis (the bottom one's), so that hovering an iteration shows every
     panel's values there, for every run: Plotly's unified hover spans the subplots that share an axis
-    (hoversubplots="axis"), and make_subplots gives each panel its own linked one."""
-    bottom = fig.layout.xaxis3.to_plotly_json()
-    refs = {"x2": "x", "x3": "x", "x2 domain": "x domain", "x3 domain": "x domain"}
-    for trace in fig.data:
-        trace.xaxis = "x"
-    for item in (*fig.layout.shapes, *fig.layout.annotations):
-        item.xref = refs.get(item.xref, item.xref)
-    fig.layout.xaxis2 = fig.layout.xaxis3 = None
-    fig.layout.xaxis = {**bottom, "anchor": "y3", "matches": None}
-    fig.update_layout(yaxis2_anchor="x", yaxis3_anchor="x", hoversubplots="axis", hovermode="x unified")
+    (hoversubplots="axis"). Each panel's title sits above its top left corner."""
+    heights = dict(zip(ROWS, reversed(domains(len(ROWS), PANEL_SPACING)), strict=True))
+    if compact:  # a small multiple or a phone: one horizontal legend at the foot, under the axis title
+        legend = {"orientation": "h", "x": 0, "y": 0, "yanchor": "bottom", "yref": "container"}
+    else:  # one legend beside the panels, in groups (runs, then the line-style key; or one per panel)
+        legend = {
+            "x": 1.01,
+            "xanchor": "left",
+            "y": 1,
+            "yanchor": "top",
+            "bgcolor": "rgba(0,0,0,0)",
+            "tracegroupgap": 14,
+            # with several runs a click hides a whole run; with one, a single metric
+            "groupclick": "togglegroup" if overlay else "toggleitem",
+            "title": {"text": "runs" if overlay else ""},
+        }
+    layout = {
+        "template": template_spec(dark),
+        "height": height,
+        "uirevision": uirevision,
+        "hovermode": "x unified",
+        "hoversubplots": "axis",
+        "margin": {"l": 60, "r": 10 if compact else 210, "t": 40, "b": COMPACT_LEGEND_PX if compact else 50},
+        "font": {"size": 12 if compact else 13},
+        "legend": legend,
+        "xaxis": {
+            "anchor": y_axis(ROWS[-1]),
+            "domain": [0.0, 1.0],
+            "title": {"text": "iteration"},
+            "showspikes": True,
+            "spikemode": "across",
+            "spikethickness": 1,
+        },
+        "annotations": [
+            {
+                "text": title,
+                "x": 0,
+                "xanchor": "left",
+                "xref": "paper",
+                "y": heights[row][1],
+                "yanchor": "bottom",
+                "yref": "paper",
+                "showarrow": False,
+                "font": {"size": 14},
+            }
+            for row, title in zip(ROWS, titles, strict=True)
+        ],
+        "shapes": [],
+    }
+    for row, (_, name) in zip(ROWS, PANELS, strict=True):
+        layout[axis("y", row)] = {"anchor": "x", "domain": heights[row], "title": {"text": name}}
+    layout["yaxis"]["range"] = [0, 1.02]
+    return layout
 
 
-def _apply_view(fig: go.Figure, view: View, mark: float | None) -> None:
-    if view.log_loss:
-        fig.update_yaxes(type="log", row=3, col=1)
-    if view.x_range is not None:
-        fig.update_xaxes(range=list(view.x_range), autorange=False)
-    if mark is not None:  # the evaluation shown under "Inside the model"
-        for row in (1, 2, 3):
-            fig.add_vline(
-                x=mark,
-                row=row,
-                col=1,
-                line={"color": "#757575", "width": 1.5, "dash": "dot"},
-                name="mark",
-            )
-        fig.add_annotation(
-            x=mark,
-            y=1,
-            xref="x",
-            yref="y domain",
-            text=f"inside the model: {view.mark:,}",
-            showarrow=False,
-            yanchor="bottom",
-            font={"size": 11, "color": "#757575"},
-            name="mark",
+def _mark(fig: Figure, x: float, iteration: int) -> None:
+    """A dotted line on every panel at the evaluation shown under "Inside the model", labelled on the top."""
+    for row in ROWS:
+        fig["layout"]["shapes"].append(
+            {
+                "type": "line",
+                "x0": x,
+                "x1": x,
+                "xref": "x",
+                "y0": 0,
+                "y1": 1,
+                "yref": f"{y_axis(row)} domain",
+                "line": {"color": "#757575", "width": 1.5, "dash": "dot"},
+                "name": "mark",
+            }
         )
+    fig["layout"]["annotations"].append(
+        {
+            "x": x,
+            "y": 1,
+            "xref": "x",
+            "yref": "y domain",
+            "text": f"inside the model: {iteration:,}",
+            "showarrow": False,
+            "yanchor": "bottom",
+            "font": {"size": 11, "color": "#757575"},
+            "name": "mark",
+        }
+    )
 
 
 def shared_axes(series: Sequence[Series]) -> dict[str, list[float]]:
@@ -253,7 +297,7 @@ def shared_axes(series: Sequence[Series]) -> dict[str, list[float]]:
     last = [
         max(one.history.total_iterations or 0, *one.history.metrics, *one.history.evals, 1) for one in series
     ]
-    axes = {"xaxis3": [0, max(last)]}
+    axes = {"xaxis": [0, max(last)]}
     drawn: dict[int, list[float]] = {2: [], 3: []}
     for one in series:
         frames = frames_of(one.history)
@@ -295,115 +339,88 @@ def metric_trace(
     show: bool,
     compact: bool,
     dark: bool = False,
-) -> go.Scatter:
+) -> dict[str, Any]:
+    """One metric of one run as a Plotly scatter trace (on the figure's first axes until given others)."""
     sparse, dense = metric.source == "evals", metric.source == "probes"
     opacity = (0.8 if dark else 0.45) if dense else 1.0  # faint, under the evals; on black, not too faint
     name = html.escape(label) if run_color else metric.name
     # one legend (Plotly draws no entries in a second legend here): a group per run with several runs,
     # else a group per panel, titled with the panel
     group = name if run_color or compact else PANELS[metric.row - 1][1]
-    return go.Scatter(
-        x=frame[x],
-        y=frame[metric.column],
-        name=name,
-        legendgroup=group,
-        legendgrouptitle_text=None if run_color or compact else group,
-        showlegend=show,
-        mode="lines+markers" if sparse else "lines",
-        marker={"size": 5 if run_color is None else 7, "symbol": metric.symbol if run_color else "circle"},
-        line={
+    trace = {
+        "type": "scatter",
+        "x": frame[x].to_numpy(),
+        "y": frame[metric.column].to_numpy(),
+        "name": name,
+        "legendgroup": group,
+        "showlegend": show,
+        "mode": "lines+markers" if sparse else "lines",
+        "marker": {"size": 5 if run_color is None else 7, "symbol": metric.symbol if run_color else "circle"},
+        "line": {
             "color": legible(run_color or metric.color, dark, opacity),
             "dash": metric.dash if run_color else "solid",
             "width": 2.2 if sparse else 0.8 if dense else 1.4,
         },
-        opacity=opacity,
-        zorder=-1 if dense else 0,  # under the evals' markers
-        meta={"metric": metric.column, "source": metric.source},  # what the trace is, for its readers
-        hovertemplate=(f"{html.escape(label)} · " if run_color else "")
+        "opacity": opacity,
+        "zorder": -1 if dense else 0,  # under the evals' markers
+        "meta": {"metric": metric.column, "source": metric.source},  # what the trace is, for its readers
+        "hovertemplate": (f"{html.escape(label)} · " if run_color else "")
         + f"{metric.name}: %{{y:.3f}}<extra></extra>",
-    )
+    }
+    if not (run_color or compact):
+        trace["legendgrouptitle"] = {"text": group}
+    return trace
 
 
-def _first_eval_note(fig: go.Figure, history: RunHistory) -> None:
+def _first_eval_note(history: RunHistory) -> list[dict[str, Any]]:
     """Until the first evaluation the accuracy and alignment panels are empty: each says what it will show,
     and the first says when."""
     first = history.first_eval
     when = f"at iteration {first:,}" if first is not None else "soon"
     texts = (f"robust accuracy: first evaluation {when}", "gradient alignment: measured at each evaluation")
-    for row, text in zip((1, 2), texts, strict=True):
-        fig.add_annotation(
-            text=text,
-            x=0.5,
-            y=0.5,
-            xref=f"x{'' if row == 1 else row} domain",
-            yref=f"y{'' if row == 1 else row}",  # add_vline spans the panel's domain
-            showarrow=False,
-            font={"size": 14, "color": "#757575"},
-            name="pending",
-        )
+    return [
+        {
+            "text": text,
+            "x": 0.5,
+            "y": 0.5,
+            "xref": "x domain",
+            "yref": y_axis(row),
+            "showarrow": False,
+            "font": {"size": 14, "color": "#757575"},
+            "name": "pending",
+        }
+        for row, text in zip((1, 2), texts, strict=True)
+    ]
 
 
-def _style_key(fig: go.Figure, metrics: list[Metric]) -> None:
+def _style_key(metrics: list[Metric]) -> list[dict[str, Any]]:
     """Grey legend-only entries that say which line style and marker is which of the metrics drawn.
 
     Beside each panel, apart from the runs' legend (under the panels), and named as metrics ("PGD acc"), so
     no entry reads like a run called "FGSM".
     """
-    for metric in metrics:
-        fig.add_trace(
-            go.Scatter(
-                x=[0],  # a point, never drawn (legend-only): a trace without one gets no entry
-                y=[0],
-                name=f"{metric.name} acc" if metric.row == 1 else metric.name,
-                mode="lines+markers" if metric.source == "evals" else "lines",
-                line={
-                    "color": "#616161",
-                    "dash": metric.dash,
-                    "width": 0.8 if metric.source == "probes" else 2,
-                },
-                marker={"symbol": metric.symbol, "size": 7},
-                legendgroup="key",
-                legendgrouptitle_text="line = metric",
-                hoverinfo="skip",
-                visible="legendonly",
-            ),
-            row=metric.row,
-            col=1,
-        )
+    return [
+        {
+            "type": "scatter",
+            "x": [0],  # a point, never drawn (legend-only): a trace without one gets no entry
+            "y": [0],
+            "xaxis": "x",
+            "yaxis": y_axis(metric.row),
+            "name": f"{metric.name} acc" if metric.row == 1 else metric.name,
+            "mode": "lines+markers" if metric.source == "evals" else "lines",
+            "line": {
+                "color": "#616161",
+                "dash": metric.dash,
+                "width": 0.8 if metric.source == "probes" else 2,
+            },
+            "marker": {"symbol": metric.symbol, "size": 7},
+            "legendgroup": "key",
+            "legendgrouptitle": {"text": "line = metric"},
+            "hoverinfo": "skip",
+            "visible": "legendonly",
+        }
+        for metric in metrics
+    ]
 
 
 COMPACT_LEGEND_PX = 150  # the foot of a compact chart: tick labels, the axis title, then the legend's rows
-
-
-def _layout(fig: go.Figure, uirevision: str, height: int, overlay: bool, compact: bool, dark: bool) -> None:
-    fig.update_layout(
-        height=height,
-        uirevision=uirevision,
-        hovermode="x unified",
-        margin={"l": 60, "r": 10 if compact else 210, "t": 40, "b": COMPACT_LEGEND_PX if compact else 50},
-        font={"size": 12 if compact else 13},
-    )
-    if compact:  # a small multiple or a phone: one horizontal legend at the foot, under the axis title
-        fig.update_layout(
-            legend={"orientation": "h", "x": 0, "y": 0, "yanchor": "bottom", "yref": "container"}
-        )
-    else:  # one legend beside the panels, in groups (runs, then the line-style key; or one per panel)
-        fig.update_layout(
-            legend={
-                "x": 1.01,
-                "xanchor": "left",
-                "y": 1,
-                "yanchor": "top",
-                "bgcolor": "rgba(0,0,0,0)",
-                "tracegroupgap": 14,
-                # with several runs a click hides a whole run; with one, a single metric
-                "groupclick": "togglegroup" if overlay else "toggleitem",
-                "title": {"text": "runs" if overlay else ""},
-            }
-        )
-    fig.update_yaxes(title_text="accuracy", range=[0, 1.02], row=1, col=1)
-    fig.update_yaxes(title_text="cosine", row=2, col=1)
-    fig.update_yaxes(title_text="loss", row=3, col=1)
-    fig.update_xaxes(title_text="iteration", row=3, col=1)
-    fig.update_xaxes(showspikes=True, spikemode="across", spikethickness=1)
-    fig.update_annotations(selector={"xref": "paper"}, x=0, xanchor="left", font_size=14)  # panel titles

@@ -1,6 +1,6 @@
 """Dashboard benchmark (not a test): page render time with 200 runs stored, and event-to-chart latency.
 
-    .venv/bin/python bench/app_bench.py [--runs 200] [--renders 20] [--events 20] [--no-browser]
+    python -m bench app [--runs 200] [--renders 20] [--events 20] [--no-browser]
 
 1. Render time: each page rendered by Streamlit's AppTest (the server-side script run that produces
    everything the browser is sent), against an embedded Redis holding `--runs` runs with full event streams

@@ -373,6 +373,22 @@ def snapshot_event(
     )
 
 
+def read_back(figure: dict[str, Any]):
+    """A figure the dashboard builds as plain dicts (app.spec), read back through plotly.py's object model,
+    which validates it: a misspelt property or a value out of range fails the test (the dashboard sends the
+    dicts to plotly.js unchecked)."""
+    import plotly.graph_objects as go
+
+    return go.Figure(figure)
+
+
+def run_figure(*args: Any, **kwargs: Any):
+    """app.panels.run_figure, read back (read_back)."""
+    from app import panels
+
+    return read_back(panels.run_figure(*args, **kwargs))
+
+
 def co_run_events(total: int = 100, co_at: int = 60) -> list[dict]:
     events = [config_event(total=total)]
     for it in range(1, total + 1):

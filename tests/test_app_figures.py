@@ -17,11 +17,12 @@ from conftest import (
     final_event,
     metrics_event,
     probe_event,
+    run_figure,
     snapshot_event,
 )
 
 from app.history import MAX_LINE_POINTS, RunHistory, downsample
-from app.panels import Series, View, run_figure, shared_axes
+from app.panels import Series, View, shared_axes
 from app.sweep_charts import SweepCurve, sweep_curves_figure, sweep_figure
 from app.tables import sweep_frame
 from app.text import distinguishing_labels, format_duration, md_escape, method_label
@@ -248,7 +249,7 @@ def test_small_multiples_share_one_scale_for_iterations_cosines_and_losses():
     early = [config_event(total=200), *(metrics_event(it) for it in range(1, 41)), eval_event(20, pgd=0.4)]
     series = [Series("FGSM", history_of(collapsed)), Series("PGD-10", history_of(early))]
     axes = shared_axes(series)
-    assert axes["xaxis3"] == [0, 200]  # where the longer run will end, not where it is
+    assert axes["xaxis"] == [0, 200]  # where the longer run will end, not where it is
     low, high = axes["yaxis2"]
     assert low < 0.2 < 0.9 < high < 1.0  # the collapse and the steady cosines on one scale
     figures = [run_figure([one], "u", compact=True, axes=axes).layout for one in series]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import co_run_events, config_event, snapshot_event
+from conftest import co_run_events, config_event, read_back, snapshot_event
 from test_app_figures import history_of
 
 from app.inside import filter_mosaic, filters_figure, inside_figure
@@ -50,13 +50,13 @@ def test_filter_mosaic_tiles_every_filter_on_its_own_scale(n_filters, channels, 
         assert len(tiles) == n_filters
         assert all(np.nanmax(np.abs(tile)) == pytest.approx(1) for tile in tiles)
         assert np.isnan(mosaic[kernel]).all()  # the gap under the first row of filters
-    fig = filters_figure(snap.snapshots[20], uirevision="r")
+    fig = read_back(filters_figure(snap.snapshots[20], uirevision="r"))
     assert len(fig.data) == 1 and f"{n_filters} × {kernel}×{kernel}" in fig.layout.title.text
 
 
 def test_inside_figure_shows_image_perturbations_and_gradients_with_predictions():
     snap = history_of([snapshot_event(40)]).snapshots[40]
-    fig = inside_figure(snap, "digits", uirevision="r")
+    fig = read_back(inside_figure(snap, "digits", uirevision="r"))
     assert [trace.type for trace in fig.data] == ["heatmap"] * 5
     assert all(np.shape(trace.z) == (16, 16) for trace in fig.data)
     assert [trace.coloraxis for trace in fig.data] == ["coloraxis2"] + ["coloraxis"] * 4  # grey, then signed
@@ -70,7 +70,7 @@ def test_inside_figure_shows_image_perturbations_and_gradients_with_predictions(
 
 def test_inside_figure_draws_colour_images_as_rgb_with_class_names():
     snap = history_of([snapshot_event(40, channels=3, size=32, n_filters=64)]).snapshots[40]
-    fig = inside_figure(snap, "cifar10", uirevision="r")
+    fig = read_back(inside_figure(snap, "cifar10", uirevision="r"))
     assert [trace.type for trace in fig.data] == ["image"] * 5
     assert np.shape(fig.data[0].z) == (32, 32, 3)
     np.testing.assert_array_equal(fig.data[0].z, np.rint(snap["image"].transpose(1, 2, 0) * 255))

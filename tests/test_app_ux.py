@@ -18,6 +18,7 @@ from conftest import (
     eval_event,
     final_event,
     metrics_event,
+    run_figure,
     running_events,
     snapshot_event,
     store_run,
@@ -28,7 +29,7 @@ from app import estimate
 from app.export import runs_zip
 from app.history import SMOOTHING, RunHistory
 from app.palette import CO_COLOR, RUN_PALETTE, run_colors, template
-from app.panels import METRICS, Series, View, run_figure
+from app.panels import METRICS, Series, View
 from app.text import md_escape
 from jobs import api
 from jobs.limits import cost

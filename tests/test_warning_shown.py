@@ -7,12 +7,12 @@ import io
 import json
 import zipfile
 
-from conftest import co_event, config_event, eval_event, final_event, metrics_event, warning_event
+from conftest import co_event, config_event, eval_event, final_event, metrics_event, run_figure, warning_event
 
 from app.export import runs_zip
 from app.history import RunHistory
 from app.palette import DARK_PLOT, MIN_CONTRAST, WARNING_COLOR, contrast
-from app.panels import Series, View, run_figure
+from app.panels import Series, View
 from app.sweep_charts import SweepCurve, sweep_curves_figure, sweep_figure
 from app.tables import runs_frame, sweep_frame
 from codash.cli import format_table

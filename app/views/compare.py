@@ -64,7 +64,7 @@ def _charts(run_ids: list[str]) -> bool:
     view = View(dark=dark_theme())
     axes = shared_axes(series)
     # the iterations fixed, not left to autorange: a fork's label, anchored left of its line, would widen it
-    iterations = {"xaxis3": axes["xaxis3"]}
+    iterations = {"xaxis": axes["xaxis"]}
     uirevision = "compare:" + ",".join(run_ids)
     overlay, narrow = (
         run_figure(series, uirevision=uirevision, view=view, axes=iterations, compact=compact, height=height)
