@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import plotly
-import plotly.graph_objects as go
 import plotly.io as pio
 import streamlit as st
 import streamlit.components.v1 as components
@@ -144,11 +143,7 @@ def plot_config(download_name: str) -> dict[str, Any]:
 
 
 def live_chart(
-    fig: go.Figure | Figure,
-    key: str,
-    download_name: str,
-    revision: int = 0,
-    narrow: go.Figure | Figure | None = None,
+    fig: Figure, key: str, download_name: str, revision: int = 0, narrow: Figure | None = None
 ) -> dict[str, Any]:
     """Show `fig`, updating the chart already on screen under `key`; returns the user's last action on it:
     {"customdata": [...]} for a click on a point, {"x_range": [a, b] or None} for a zoom or its reset, {}.

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import pandas as pd
-import plotly.graph_objects as go
 
-from app.palette import method_colors, template
+from app.palette import method_colors
+from app.spec import Figure, template_spec
 from app.text import differing_fields, method_family
 
 if TYPE_CHECKING:
@@ -56,51 +56,54 @@ def result_points(runs: Sequence[Run], table: pd.DataFrame, result: str, setting
     return points[points["y"].notna()].astype({"x": float, "y": float})
 
 
-def result_figure(points: pd.DataFrame, result: str, setting: str, dark: bool = False) -> go.Figure:
+def result_figure(points: pd.DataFrame, result: str, setting: str, dark: bool = False) -> Figure:
     """The runs' marks and, per method, the mean at each setting with the runs' standard deviation."""
-    fig = go.Figure()
+    data = []
     colors = method_colors(points["method"])
     for method, group in points.groupby("method", sort=True):
         color = colors[method]
         summary = group.groupby("x")["y"].agg(["mean", "std", "count"]).reset_index()
-        fig.add_trace(
-            go.Scatter(
-                x=summary["x"],
-                y=summary["mean"],
-                error_y={"type": "data", "array": summary["std"].fillna(0), "visible": True},
-                mode="lines",
-                line={"color": color, "width": 2},
-                name=f"{html.escape(method)}: mean over runs",
-                legendgroup=method,
-                customdata=summary["count"],
-                hovertemplate=f"{html.escape(method)} · {setting}=%{{x:g}}: mean %{{y:{RESULTS[result]}}} "
+        data.append(
+            {
+                "type": "scatter",
+                "x": summary["x"].to_numpy(),
+                "y": summary["mean"].to_numpy(),
+                "error_y": {"type": "data", "array": summary["std"].fillna(0).to_numpy(), "visible": True},
+                "mode": "lines",
+                "line": {"color": color, "width": 2},
+                "name": f"{html.escape(method)}: mean over runs",
+                "legendgroup": method,
+                "customdata": summary["count"].to_numpy(),
+                "hovertemplate": f"{html.escape(method)} · {setting}=%{{x:g}}: mean %{{y:{RESULTS[result]}}} "
                 "over %{customdata} run(s)<extra></extra>",
-            )
+            }
         )
-        fig.add_trace(
-            go.Scatter(
-                x=group["x"],
-                y=group["y"],
-                mode="markers",
-                marker={"color": color, "size": 9, "line": {"width": 1, "color": "white"}},
-                name=html.escape(method),
-                legendgroup=method,
-                customdata=group[["id", "seed"]].to_numpy(),
-                text=[html.escape(label) for label in group["label"]],
-                hovertemplate=f"%{{text}} · seed %{{customdata[1]}} · %{{customdata[0]}}<br>"
+        data.append(
+            {
+                "type": "scatter",
+                "x": group["x"].to_numpy(),
+                "y": group["y"].to_numpy(),
+                "mode": "markers",
+                "marker": {"color": color, "size": 9, "line": {"width": 1, "color": "white"}},
+                "name": html.escape(method),
+                "legendgroup": method,
+                "customdata": group[["id", "seed"]].to_numpy(),
+                "text": [html.escape(label) for label in group["label"]],
+                "hovertemplate": f"%{{text}} · seed %{{customdata[1]}} · %{{customdata[0]}}<br>"
                 f"{setting}=%{{x:g}}: %{{y:{RESULTS[result]}}}<extra></extra>",
-            )
+            }
         )
-    fig.update_layout(
-        template=template(dark),
-        paper_bgcolor="rgba(0,0,0,0)",
-        height=420,
-        margin={"l": 60, "r": 20, "t": 30, "b": 50},
-        xaxis_title=setting,
-        yaxis_title=f"final {result}" if result != "CO iteration" else result,
-        legend={"orientation": "h", "y": -0.2},
-        hovermode="closest",
-    )
+    y_axis = {"title": {"text": f"final {result}" if result != "CO iteration" else result}}
     if RESULTS[result].endswith("%"):
-        fig.update_yaxes(tickformat=".0%", rangemode="tozero")
-    return fig
+        y_axis.update(tickformat=".0%", rangemode="tozero")
+    layout = {
+        "template": template_spec(dark),
+        "paper_bgcolor": "rgba(0,0,0,0)",
+        "height": 420,
+        "margin": {"l": 60, "r": 20, "t": 30, "b": 50},
+        "xaxis": {"title": {"text": setting}},
+        "yaxis": y_axis,
+        "legend": {"orientation": "h", "y": -0.2},
+        "hovermode": "closest",
+    }
+    return {"data": data, "layout": layout}

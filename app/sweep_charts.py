@@ -6,15 +6,15 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from app.history import RunHistory
-from app.palette import WARNING_COLOR, legible, method_colors, template
+from app.palette import WARNING_COLOR, legible, method_colors
 from app.panels import METRICS, frames_of, has_values, metric_trace
+from app.spec import Figure, axis, domains, template_spec
 
 DODGE = 0.08  # how far apart methods are drawn at one ε, as a share of the ε grid's step
 SEED_SPREAD = 0.4  # how far apart one method's seeds are drawn at one ε, as a share of DODGE
@@ -23,7 +23,7 @@ SEED_SPREAD = 0.4  # how far apart one method's seeds are drawn at one ε, as a 
 SWEEP_ACCURACY_RANGE = [-0.04, 1.02]
 
 
-def sweep_figure(points: pd.DataFrame, natural_units: bool, uirevision: str, dark: bool = False) -> go.Figure:
+def sweep_figure(points: pd.DataFrame, natural_units: bool, uirevision: str, dark: bool = False) -> Figure:
     """Per method, a line through the mean PGD accuracy over seeds at each ε and a mark per run: ✕ for a run
     that hit CO, hollow for one still running, ringed in amber for one the CO early warning fired on.
 
@@ -32,7 +32,7 @@ def sweep_figure(points: pd.DataFrame, natural_units: bool, uirevision: str, dar
     side around it, so runs at the same point, all collapsed to 0, show one ✕ each; the hover names the
     true ε and the seed.
     """
-    fig = go.Figure()
+    data = []
     groups = list(points.groupby("method", sort=True))
     colors = method_colors(points["method"])
     grid = sorted(points["x"].unique())
@@ -42,18 +42,19 @@ def sweep_figure(points: pd.DataFrame, natural_units: bool, uirevision: str, dar
         color = colors[method]
         offset = (index - (len(groups) - 1) / 2) * DODGE * step
         mean = group.groupby("x")["pgd_acc"].mean()
-        fig.add_trace(
-            go.Scatter(
-                x=mean.index + offset,
-                y=mean.to_numpy(),
-                name=html.escape(method),
-                legendgroup=method,
-                mode="lines",
-                line={"color": color, "width": 2},
-                customdata=np.stack([mean.index, group.groupby("x")["run_id"].count()], axis=-1),
-                hovertemplate=f"{html.escape(method)}<br>ε %{{customdata[0]:g}}: mean PGD acc %{{y:.3f}}"
+        data.append(
+            {
+                "type": "scatter",
+                "x": (mean.index + offset).to_numpy(),
+                "y": mean.to_numpy(),
+                "name": html.escape(method),
+                "legendgroup": method,
+                "mode": "lines",
+                "line": {"color": color, "width": 2},
+                "customdata": np.stack([mean.index, group.groupby("x")["run_id"].count()], axis=-1),
+                "hovertemplate": f"{html.escape(method)}<br>ε %{{customdata[0]:g}}: mean PGD acc %{{y:.3f}}"
                 " over %{customdata[1]} seed(s)<extra></extra>",
-            )
+            }
         )
         spread = [
             (seeds.index(seed) - (len(seeds) - 1) / 2) * SEED_SPREAD * DODGE * step for seed in group["seed"]
@@ -62,16 +63,17 @@ def sweep_figure(points: pd.DataFrame, natural_units: bool, uirevision: str, dar
             ("x" if co else "circle") + ("" if done else "-open")
             for co, done in zip(group["co"], group["done"], strict=True)
         ]
-        fig.add_trace(
-            go.Scatter(
-                x=group["x"] + offset + spread,
-                y=group["pgd_acc"],
-                name=html.escape(method) + " (runs)",
-                legendgroup=method,
-                showlegend=False,
-                mode="markers",
-                cliponaxis=False,  # drawn whole on the edge of a zoomed range too
-                marker={
+        data.append(
+            {
+                "type": "scatter",
+                "x": (group["x"] + offset + spread).to_numpy(),
+                "y": group["pgd_acc"].to_numpy(),
+                "name": html.escape(method) + " (runs)",
+                "legendgroup": method,
+                "showlegend": False,
+                "mode": "markers",
+                "cliponaxis": False,  # drawn whole on the edge of a zoomed range too
+                "marker": {
                     "symbol": symbols,
                     "size": 11,
                     "color": color,
@@ -82,45 +84,47 @@ def sweep_figure(points: pd.DataFrame, natural_units: bool, uirevision: str, dar
                         ],
                     },
                 },
-                customdata=group[["run_id", "status", "lambda", "seed"]].to_numpy(),
-                text=[html.escape(label) for label in group["label"]],  # names the run's ε
-                hovertemplate="%{text}<br>seed %{customdata[3]}<br>PGD acc %{y:.3f}<br>λ=%{customdata[2]:g}"
-                "<br>%{customdata[1]}<extra></extra>",
-            )
+                "customdata": group[["run_id", "status", "lambda", "seed"]].to_numpy(),
+                "text": [html.escape(label) for label in group["label"]],  # names the run's ε
+                "hovertemplate": "%{text}<br>seed %{customdata[3]}<br>PGD acc %{y:.3f}"
+                "<br>λ=%{customdata[2]:g}<br>%{customdata[1]}<extra></extra>",
+            }
         )
     for name, symbol, line in (
         ("✕ catastrophic overfitting", "x", "#616161"),
         ("○ hollow: still running (latest eval)", "circle-open", "#616161"),
         ("amber ring: CO warning", "circle-open", legible(WARNING_COLOR, dark)),
     ):
-        fig.add_trace(
-            go.Scatter(
-                x=[None],
-                y=[None],
-                name=name,
-                mode="markers",
-                marker={
+        data.append(
+            {
+                "type": "scatter",
+                "x": [None],
+                "y": [None],
+                "name": name,
+                "mode": "markers",
+                "marker": {
                     "symbol": symbol,
                     "color": "#616161",
                     "size": 11,
                     "line": {"width": 2, "color": line},
                 },
-            )
+            }
         )
-    fig.update_layout(
-        template=template(dark),
-        height=480,
-        uirevision=uirevision,
-        title="Final PGD accuracy against ε: mean over seeds (line) and each run (marks)",
-        xaxis_title="ε (×1/255)" if natural_units else "ε",
-        xaxis_tickvals=grid if len(grid) <= 16 else None,  # ticks at the true ε, between the dodged marks
-        yaxis_title="PGD accuracy",
-        yaxis_range=SWEEP_ACCURACY_RANGE,
-        clickmode="event",
-        legend={"title": {"text": "method"}},
-        margin={"t": 60, "b": 50},
-    )
-    return fig
+    x_axis = {"title": {"text": "ε (×1/255)" if natural_units else "ε"}}
+    if len(grid) <= 16:
+        x_axis["tickvals"] = grid  # ticks at the true ε, between the dodged marks
+    layout = {
+        "template": template_spec(dark),
+        "height": 480,
+        "uirevision": uirevision,
+        "title": {"text": "Final PGD accuracy against ε: mean over seeds (line) and each run (marks)"},
+        "xaxis": x_axis,
+        "yaxis": {"title": {"text": "PGD accuracy"}, "range": SWEEP_ACCURACY_RANGE},
+        "clickmode": "event",
+        "legend": {"title": {"text": "method"}},
+        "margin": {"t": 60, "b": 50},
+    }
+    return {"data": data, "layout": layout}
 
 
 @dataclass(frozen=True)
@@ -135,51 +139,51 @@ class SweepCurve:
 
 
 FACET_COLUMNS = 3
+CURVES_TITLE = "PGD accuracy during training, per ε: dense probe (thin line) under the evaluations (marks)"
 PGD_EVAL = next(metric for metric in METRICS if metric.column == "pgd_acc" and metric.source == "evals")
 PGD_PROBE = next(metric for metric in METRICS if metric.column == "pgd_acc" and metric.source == "probes")
 
 
-def _warning_mark(curve: SweepCurve, iteration: int, color: str, dark: bool, legend: bool) -> go.Scatter:
+def _warning_mark(curve: SweepCurve, iteration: int, color: str, dark: bool, legend: bool) -> dict[str, Any]:
     """An amber triangle on a run's eval PGD accuracy where its CO early warning fired."""
-    return go.Scatter(
-        x=[iteration],
-        y=[curve.history.evals[iteration]["pgd_acc"]],
-        name="CO warning",
-        legendgroup="CO warning",
-        showlegend=legend,
-        mode="markers",
-        marker={
+    return {
+        "type": "scatter",
+        "x": [iteration],
+        "y": [curve.history.evals[iteration]["pgd_acc"]],
+        "name": "CO warning",
+        "legendgroup": "CO warning",
+        "showlegend": legend,
+        "mode": "markers",
+        "marker": {
             "symbol": "triangle-down",
             "size": 12,
             "color": legible(WARNING_COLOR, dark),
             "line": {"width": 1.5, "color": color},
         },
-        hovertemplate=f"{html.escape(curve.method)} · seed {curve.seed}: CO warning at iteration "
+        "hovertemplate": f"{html.escape(curve.method)} · seed {curve.seed}: CO warning at iteration "
         "%{x:,}<extra></extra>",
-    )
+    }
 
 
-def sweep_curves_figure(curves: Sequence[SweepCurve], uirevision: str, dark: bool = False) -> go.Figure:
+def sweep_curves_figure(curves: Sequence[SweepCurve], uirevision: str, dark: bool = False) -> Figure:
     """PGD accuracy against the iteration, a small panel per ε: each run's dense probe as a thin line under
     its evaluations' markers (the live view's traces), coloured by method, so where CO strikes at each ε
-    shows next to the final numbers of the PGD-vs-ε chart."""
+    shows next to the final numbers of the PGD-vs-ε chart.
+
+    The panels share their iteration axis down a column and their accuracy axis along a row; only the
+    bottom row labels iterations and only the first column accuracy.
+    """
     grid = sorted({(curve.eps, curve.eps_label) for curve in curves})
     columns = min(FACET_COLUMNS, max(1, len(grid)))
     rows = max(1, -(-len(grid) // columns))
-    fig = make_subplots(
-        rows=rows,
-        cols=columns,
-        shared_xaxes=True,
-        shared_yaxes=True,
-        horizontal_spacing=0.03,
-        vertical_spacing=0.12 / rows,
-        subplot_titles=[f"ε = {html.escape(label)}" for _, label in grid],
-    )
+    layout = _facets(rows, columns, [f"ε = {html.escape(label)}" for _, label in grid])
     colors = method_colors(curve.method for curve in curves)
+    data = []
     shown: set[str] = set()
     warning_legend = True  # the warnings' legend entry, once
     for curve in sorted(curves, key=lambda curve: (curve.method, curve.eps, curve.seed)):
-        index = grid.index((curve.eps, curve.eps_label))
+        cell = grid.index((curve.eps, curve.eps_label)) + 1
+        axes = {"xaxis": f"x{'' if cell == 1 else cell}", "yaxis": f"y{'' if cell == 1 else cell}"}
         frames = frames_of(curve.history)
         for metric in (PGD_EVAL, PGD_PROBE):  # the legend shows a method by its evaluations' line
             frame = frames[metric.source]
@@ -191,24 +195,61 @@ def sweep_curves_figure(curves: Sequence[SweepCurve], uirevision: str, dark: boo
                 name=html.escape(curve.method),
                 legendgroup=curve.method,
                 showlegend=curve.method not in shown,
+                **axes,
             )
             shown.add(curve.method)
-            fig.add_trace(trace, row=index // columns + 1, col=index % columns + 1)
+            data.append(trace)
         warning = curve.history.warning
         if warning is not None and warning["iteration"] in curve.history.evals:
             mark = _warning_mark(curve, warning["iteration"], colors[curve.method], dark, warning_legend)
-            fig.add_trace(mark, row=index // columns + 1, col=index % columns + 1)
+            data.append({**mark, **axes})
             warning_legend = False
-    fig.update_layout(
-        template=template(dark),
+    layout.update(
+        template=template_spec(dark),
         height=260 * rows + 110,
         uirevision=uirevision,
-        title="PGD accuracy during training, per ε: dense probe (thin line) under the evaluations (marks)",
+        title={"text": CURVES_TITLE},
         legend={"x": 1.01, "xanchor": "left", "y": 1, "yanchor": "top", "title": {"text": "method"}},
         margin={"l": 60, "r": 10, "t": 80, "b": 50},
         hovermode="closest",
     )
-    fig.update_yaxes(range=SWEEP_ACCURACY_RANGE)
-    fig.update_yaxes(title_text="PGD accuracy", col=1)
-    fig.update_xaxes(title_text="iteration", row=rows)
-    return fig
+    return {"data": data, "layout": layout}
+
+
+def _facets(rows: int, columns: int, titles: list[str]) -> dict[str, Any]:
+    """A rows × columns grid of panels, titled in reading order, laid out as make_subplots(shared_xaxes,
+    shared_yaxes) would: each x axis matches its column's bottom one, each y axis its row's first one."""
+    widths = domains(columns, 0.03)
+    heights = domains(rows, 0.12 / rows)[::-1]  # top row first
+    layout: dict[str, Any] = {"annotations": []}
+    for row in range(rows):
+        for column in range(columns):
+            cell = row * columns + column + 1
+            bottom, first = (rows - 1) * columns + column + 1, row * columns + 1
+            x_axis = {"anchor": f"y{'' if cell == 1 else cell}", "domain": widths[column]}
+            y_axis = {"anchor": f"x{'' if cell == 1 else cell}", "domain": heights[row]}
+            y_axis["range"] = SWEEP_ACCURACY_RANGE
+            if row < rows - 1:
+                x_axis.update(matches=f"x{'' if bottom == 1 else bottom}", showticklabels=False)
+            else:
+                x_axis["title"] = {"text": "iteration"}
+            if column > 0:
+                y_axis.update(matches=f"y{'' if first == 1 else first}", showticklabels=False)
+            else:
+                y_axis["title"] = {"text": "PGD accuracy"}
+            layout[axis("x", cell)], layout[axis("y", cell)] = x_axis, y_axis
+            if cell <= len(titles):
+                layout["annotations"].append(
+                    {
+                        "text": titles[cell - 1],
+                        "x": sum(widths[column]) / 2,
+                        "xanchor": "center",
+                        "xref": "paper",
+                        "y": heights[row][1],
+                        "yanchor": "bottom",
+                        "yref": "paper",
+                        "showarrow": False,
+                        "font": {"size": 16},
+                    }
+                )
+    return layout

@@ -17,6 +17,7 @@ from conftest import (
     final_event,
     metrics_event,
     probe_event,
+    read_back,
     run_figure,
     snapshot_event,
 )
@@ -394,8 +395,10 @@ def test_every_line_stands_out_on_the_dark_theme():
         run_figure(
             [Series("a", history, "#0b3d91"), Series("b", history, "#762a83")], "u", view=View(dark=True)
         ),
-        sweep_figure(sweep_frame(runs, {}), natural_units=False, uirevision="s", dark=True),
-        sweep_curves_figure([SweepCurve(m, 0.1, "0.1", 0, history) for m in methods], "u", dark=True),
+        read_back(sweep_figure(sweep_frame(runs, {}), natural_units=False, uirevision="s", dark=True)),
+        read_back(
+            sweep_curves_figure([SweepCurve(m, 0.1, "0.1", 0, history) for m in methods], "u", dark=True)
+        ),
     ]
     drawn = [color for fig in figures for color in drawn_colors(fig)]
     assert {"#8c564b", "#616161"} <= {color for _, color, _ in drawn}  # the sweep's darkest, checked too

@@ -7,7 +7,7 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import config_event, eval_event, final_event, probe_event
+from conftest import config_event, eval_event, final_event, probe_event, read_back
 from test_app_figures import FakeRun, history_of, source_of, traces_by_name
 
 from app.sweep_charts import SweepCurve, sweep_curves_figure, sweep_figure
@@ -68,7 +68,7 @@ def test_sweep_frame_uses_final_pgd_or_the_latest_eval_and_marks_co():
     assert row.loc["a", "x"] == pytest.approx(8) and row.loc["b", "x"] == pytest.approx(4)
     assert row.loc["d", "method"] == "FGSM+GradAlign" and row.loc["a", "method"] == "FGSM"
 
-    fig = sweep_figure(points, natural_units=True, uirevision="s")
+    fig = read_back(sweep_figure(points, natural_units=True, uirevision="s"))
     fgsm = next(trace for trace in fig.data if trace.name == "FGSM (runs)")
     assert list(fgsm.x) == pytest.approx([4 - 0.16, 8 - 0.16])  # dodged left of its ε: two methods drawn
     assert list(fig.layout.xaxis.tickvals) == [4, 8]
@@ -83,7 +83,7 @@ def test_sweep_figure_draws_the_mean_over_seeds_and_a_mark_per_seed_run():
         return FakeRun(run_id, "finished", config, final=final_event(co, pgd=pgd))
 
     runs = [run("a", 0.1, 0, 0.4), run("b", 0.1, 1, 0.2), run("c", 0.2, 0, 0.3), run("d", 0.2, 1, 0.0, co=60)]
-    fig = sweep_figure(sweep_frame(runs, {}), natural_units=False, uirevision="s")
+    fig = read_back(sweep_figure(sweep_frame(runs, {}), natural_units=False, uirevision="s"))
     traces = traces_by_name(fig)
     mean, marks = traces["FGSM"], traces["FGSM (runs)"]
     assert mean.mode == "lines" and list(mean.x) == pytest.approx([0.1, 0.2])
@@ -107,7 +107,7 @@ def test_sweep_curves_draw_each_runs_probe_under_its_evals_in_the_panel_of_its_e
         curve("FGSM", eps, seed, 50 if eps > 0.1 else 999) for eps in (0.05, 0.1, 0.2, 0.3) for seed in (0, 1)
     ]
     curves.append(curve("PGD-10", 0.3, 0, 999))
-    fig = sweep_curves_figure(curves, uirevision="u")
+    fig = read_back(sweep_curves_figure(curves, uirevision="u"))
     titles = [annotation.text for annotation in fig.layout.annotations]
     assert titles == ["ε = 0.05", "ε = 0.1", "ε = 0.2", "ε = 0.3"]  # a panel per ε, 3 a row
     dense = [trace for trace in fig.data if source_of(trace) == "probes"]
@@ -135,13 +135,15 @@ def below_zero_px(fig, axis) -> float:
 
 def test_a_run_at_pgd_accuracy_zero_is_drawn_whole_on_the_sweeps_charts():
     runs = [FakeRun("a", "finished", make_config({"eps": 0.2}), final=final_event(60, pgd=0.0))]
-    fig = sweep_figure(sweep_frame(runs, {}), natural_units=False, uirevision="s")
+    fig = read_back(sweep_figure(sweep_frame(runs, {}), natural_units=False, uirevision="s"))
     marks = traces_by_name(fig)["FGSM (runs)"]
     assert list(marks.y) == [0.0] and marks.cliponaxis is False
     half = marks.marker.size / 2 + marks.marker.line.width
     assert below_zero_px(fig, fig.layout.yaxis) >= half  # the ✕'s lower half, below the axis's 0
     events = [config_event(total=100, eps=0.2), *(eval_event(it, 0.0) for it in range(20, 101, 20))]
-    curves = sweep_curves_figure([SweepCurve("FGSM", 0.2, "0.2", 0, history_of(events))], uirevision="u")
+    curves = read_back(
+        sweep_curves_figure([SweepCurve("FGSM", 0.2, "0.2", 0, history_of(events))], uirevision="u")
+    )
     [evals] = [trace for trace in curves.data if trace.mode == "lines+markers"]
     assert set(evals.y) == {0.0}
     assert below_zero_px(curves, curves.layout.yaxis) >= evals.marker.size / 2 + evals.line.width

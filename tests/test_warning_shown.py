@@ -7,7 +7,16 @@ import io
 import json
 import zipfile
 
-from conftest import co_event, config_event, eval_event, final_event, metrics_event, run_figure, warning_event
+from conftest import (
+    co_event,
+    config_event,
+    eval_event,
+    final_event,
+    metrics_event,
+    read_back,
+    run_figure,
+    warning_event,
+)
 
 from app.export import runs_zip
 from app.history import RunHistory
@@ -121,11 +130,15 @@ def test_the_sweep_rings_warned_runs_in_amber_and_marks_where_each_was_warned():
         histories[run_id] = history
     points = sweep_frame(runs, histories)
     assert points.set_index("run_id")["warned"].to_dict() == {"r0": True, "r1": False}
-    marks = next(trace for trace in sweep_figure(points, False, "s").data if trace.name == "FGSM (runs)")
+    marks = next(
+        trace for trace in read_back(sweep_figure(points, False, "s")).data if trace.name == "FGSM (runs)"
+    )
     colors = dict(zip(marks.customdata[:, 0], marks.marker.line.color, strict=True))
     assert colors["r0"] == WARNING_COLOR and colors["r1"] != WARNING_COLOR
     curves = [SweepCurve("fgsm", 0.175, "0.175", index, histories[run.id]) for index, run in enumerate(runs)]
-    warned = [trace for trace in sweep_curves_figure(curves, "s").data if trace.name == "CO warning"]
+    warned = [
+        trace for trace in read_back(sweep_curves_figure(curves, "s")).data if trace.name == "CO warning"
+    ]
     assert len(warned) == 1 and list(warned[0].x) == [40] and list(warned[0].y) == [0.4]
 
 
