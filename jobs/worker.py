@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import shutil
 import socket
@@ -132,6 +131,39 @@ class StopFlag:
         return self.cancelled
 
 
+class OutageRetry(Retry):
+    """redis-py's retries, bounded by how long Redis has been away rather than by attempts per command.
+
+    Every command of the worker (its run's writes, the heartbeats, RQ's own bookkeeping on the way out)
+    reads one clock, so a worker whose Redis is gone gives up `limit` seconds after it went, not `limit`
+    seconds for each command it still tries (five or so between a failed write and the exit).
+    """
+
+    def __init__(self, limit: float):
+        super().__init__(ConstantBackoff(REDIS_RETRY_S), retries=-1)  # until the clock runs out
+        self.limit = limit
+        self.away_since: float | None = None  # when the first failure of the current outage came
+
+    def __deepcopy__(self, memo: dict) -> OutageRetry:
+        return self  # redis-py copies a connection's retry: each connection must read the same clock
+
+    def call_with_retry(self, do, fail, *args, **kwargs):
+        def attempt():
+            result = do()
+            self.away_since = None
+            return result
+
+        def failed(error: Exception, *count: int) -> None:
+            fail(error, *count)
+            now = time.monotonic()
+            if self.away_since is None:
+                self.away_since = now
+            if now - self.away_since >= self.limit:
+                raise error
+
+        return super().call_with_retry(attempt, failed, *args, **kwargs)
+
+
 class CodashWorker(SimpleWorker):
     active: ClassVar[CodashWorker | None] = None  # the worker of this process, for run_job
 
@@ -148,7 +180,7 @@ class CodashWorker(SimpleWorker):
         timeout = heartbeat_timeout()
         # Ride out a Redis restart for as long as the heartbeats would have kept the run alive; after that
         # the run is interrupted anyway, and the worker exits (status 2) for its supervisor to restart it.
-        connection.set_retry(Retry(ConstantBackoff(REDIS_RETRY_S), math.ceil(timeout / REDIS_RETRY_S)))
+        connection.set_retry(OutageRetry(timeout))
         self.timeout_ms = int(timeout * 1000)
         self.beat_s = min(1.0, timeout / 4)
         self.current_run: str | None = None

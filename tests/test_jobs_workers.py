@@ -259,6 +259,38 @@ def test_everything_survives_a_redis_restart(r, pool, home):
     assert wait_status(r, good, {"finished"}, 60).final is not None
 
 
+def test_a_worker_retries_redis_for_its_timeout_in_all_not_per_command():
+    """Once Redis has been away for the heartbeat timeout, every later command fails at its first try: the
+    worker exits then, not after a timeout's worth of retries for each command on its way out. A reply
+    starts the clock again, and every connection (redis-py copies a connection's retry) reads one clock."""
+    import copy
+
+    import redis
+
+    from jobs.worker import REDIS_RETRY_S, OutageRetry
+
+    retry = OutageRetry(limit=2.5 * REDIS_RETRY_S)
+    assert copy.deepcopy(retry) is retry
+    tries = []
+
+    def away():
+        tries.append(time.monotonic())
+        raise redis.ConnectionError("away")
+
+    def command() -> int:
+        """One command while Redis is away: how many times it was tried."""
+        tried = len(tries)
+        with pytest.raises(redis.ConnectionError):
+            retry.call_with_retry(away, lambda error: None)
+        return len(tries) - tried
+
+    assert command() >= 3 and tries[-1] - tries[0] >= retry.limit  # retried until away for the limit
+    assert command() == 1  # then one try, no wait
+    assert retry.call_with_retry(lambda: "reply", lambda error: None) == "reply"
+    tries.clear()
+    assert command() >= 3 and tries[-1] - tries[0] >= retry.limit  # a new outage: the whole limit again
+
+
 def test_a_forged_job_description_cannot_forge_worker_log_lines(r, pool):
     run_id = api.submit(r, make_config(TINY), queue="held")
     forged = "\x1b[2J\x1b[31mrun_job\nw9: Job OK (forged)\u202e"
