@@ -114,7 +114,7 @@ def run_figure(
     is how the user chose to look (smoothing, log-scale loss, a marked iteration, dark theme, zoom).
     """
     overlay = len(series) > 1
-    titles = [title for title, _ in PANELS] if not compact else [axis.capitalize() for _, axis in PANELS]
+    titles = [title for title, _ in PANELS] if not compact else [name.capitalize() for _, name in PANELS]
     # the training accuracy is left out of overlays: the title says only what is drawn (a compact overlay
     # keeps its one word: the long title runs off a phone)
     if overlay and not compact:
