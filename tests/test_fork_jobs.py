@@ -133,14 +133,13 @@ def test_forks_on_workers_continue_exactly_survive_a_kill_and_their_parents_dele
 
     # kill -9 of a fork's worker: it resumes from its own checkpoints, with no gap, like an unbroken fork
     changes = {"grad_align_lambda": 2.0, "max_iters": 150}  # ~4 s of training: the kill lands mid-run
-    unbroken = api.fork(r, parent, at=20, **changes)
-    wait_status(r, unbroken, {"finished"}, 300)
-    killed = api.fork(r, parent, at=20, **changes)
+    unbroken, killed = (api.fork(r, parent, at=20, **changes) for _ in range(2))  # one on each worker
     checkpointed = lambda: any(e["type"] == "checkpoint" for e in api.read_events(r, killed)[0])  # noqa: E731
     wait_for(checkpointed, 120, "the fork's first checkpoint")
     victim = next(w for w in worker_pool.started if w.name == api.get_run(r, killed).worker)
     victim.kill(signal.SIGKILL)
     wait_status(r, killed, {"interrupted"}, 10)
+    wait_status(r, unbroken, {"finished"}, 300)
 
     api.delete(r, parent)  # the fork lost its parent while interrupted: it still resumes and reads
     api.resume(r, killed)

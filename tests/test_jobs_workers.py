@@ -201,12 +201,14 @@ def test_a_second_worker_under_a_live_name_is_refused(pool):
     assert result.returncode == 2 and "codash: error: name: a live worker is called 'w1'" in result.stderr
 
 
-def test_a_killed_workers_run_is_interrupted_and_resumes_without_gaps(r, worker_pool, tmp_path):
-    """kill -9 mid-run: `interrupted` within the heartbeat timeout; resumed, it equals an unbroken run."""
+def test_a_killed_workers_run_is_interrupted_and_resumes_without_gaps(r, pool, worker_pool):
+    """kill -9 mid-run: `interrupted` within the heartbeat timeout; resumed, it equals an unbroken run (the
+    same config trained meanwhile by the module's two workers, on one torch thread each as these)."""
     timeout = 2.0
     worker_pool.spawn("k1", "k2", queue="kill", env={"CODASH_HEARTBEAT_TIMEOUT": str(timeout)})
     config = {**TINY, "max_iters": 200}  # ~2.5 s of training: the kill lands after its first checkpoint (23)
     run_id = api.submit(r, make_config(config), queue="kill")
+    unbroken = api.submit(r, make_config(config))
 
     def checkpointed():
         return any(event["type"] == "checkpoint" for event in api.read_events(r, run_id)[0])
@@ -227,7 +229,8 @@ def test_a_killed_workers_run_is_interrupted_and_resumes_without_gaps(r, worker_
     events = api.all_events(r, run_id)
     assert [e["iteration"] for e in events if e["type"] == "metrics"] == list(range(1, 201))
     assert [e["type"] for e in events].count("config") == 1
-    assert [without_timing(e) for e in events] == [without_timing(e) for e in codash_train(config, tmp_path)]
+    reference = api.all_events(r, wait_status(r, unbroken, {"finished"}, 120).id)
+    assert [without_timing(e) for e in events] == [without_timing(e) for e in reference]
 
     # SIGTERM is a graceful shutdown: the run stops on a checkpoint, `interrupted` and resumable
     survivor = next(worker for worker in worker_pool.started if worker.alive())
