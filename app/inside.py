@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from app.spec import Figure, axis, colorscale, domains, template_spec
+from app.spec import Figure, axis, colorscale, domains, ref, template_spec
 
 CLASS_NAMES = {
     "cifar10": ("airplane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
@@ -144,7 +144,7 @@ def inside_figure(
     }
     for index, (key, title) in enumerate(panels, start=1):
         row, column = divmod(index - 1, columns)
-        x, y = f"x{'' if index == 1 else index}", f"y{'' if index == 1 else index}"
+        x, y = ref("x", index), ref("y", index)
         data.append({**_array_trace(snapshot[key], signed=key != "image"), "xaxis": x, "yaxis": y})
         layout[axis("x", index)] = {
             "anchor": y,
@@ -188,6 +188,6 @@ def _image_y_axis(index: int) -> dict[str, Any]:
     return {
         "visible": False,
         "autorange": "reversed",
-        "scaleanchor": f"x{'' if index == 1 else index}",
+        "scaleanchor": ref("x", index),
         "constrain": "domain",
     }

@@ -7,14 +7,9 @@ from __future__ import annotations
 import html
 
 from app.history import RunHistory
-from app.spec import Figure
+from app.spec import Figure, ref
 
-ROWS = (1, 2, 3)  # the panels, top to bottom: accuracy, alignment, loss
-
-
-def y_axis(row: int) -> str:
-    """Panel `row`'s y axis, as traces, shapes and annotations name it ("y", "y2", "y3")."""
-    return "y" if row == 1 else f"y{row}"
+ROWS = (1, 2, 3)  # the panels, top to bottom: accuracy, alignment, loss, each with its y axis ref("y", row)
 
 
 def co_marker(
@@ -48,7 +43,7 @@ def co_marker(
                 "xref": "x",
                 "y0": 0,
                 "y1": 1,
-                "yref": f"{y_axis(row)} domain",
+                "yref": f"{ref('y', row)} domain",
                 "fillcolor": color,
                 "opacity": 0.12,
                 "line": {"width": 0},
@@ -98,7 +93,7 @@ def vertical_marker(
     lines and labels ("co", "co_warning", "fork"), for whoever reads the figure back."""
     top = position.startswith("top")
     for row in ROWS:
-        panel = f"{y_axis(row)} domain"
+        panel = f"{ref('y', row)} domain"
         fig["layout"]["shapes"].append(
             {
                 "type": "line",

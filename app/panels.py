@@ -15,9 +15,9 @@ from typing import Any
 import pandas as pd
 
 from app.history import SMOOTHING, RunHistory
-from app.markers import ROWS, co_marker, warning_marker, y_axis
+from app.markers import ROWS, co_marker, warning_marker
 from app.palette import CO_COLOR, RUN_PALETTE, WARNING_COLOR, legible
-from app.spec import Figure, axis, domains, template_spec
+from app.spec import Figure, axis, domains, ref, template_spec
 
 # Each metric's colour on the live view, whichever series draws it (the eval, the dense probe, the replay).
 METRIC_COLORS = {
@@ -149,7 +149,7 @@ def run_figure(
                 compact,
                 view.dark,
             )
-            fig["data"].append({**trace, "xaxis": "x", "yaxis": y_axis(metric.row)})
+            fig["data"].append({**trace, "xaxis": "x", "yaxis": ref("y", metric.row)})
             first = False
             drawn.add(metric)
         if run.history.co_iteration is not None:
@@ -228,7 +228,7 @@ def _layout(
         "font": {"size": 12 if compact else 13},
         "legend": legend,
         "xaxis": {
-            "anchor": y_axis(ROWS[-1]),
+            "anchor": ref("y", ROWS[-1]),
             "domain": [0.0, 1.0],
             "title": {"text": "iteration"},
             "showspikes": True,
@@ -268,7 +268,7 @@ def _mark(fig: Figure, x: float, iteration: int) -> None:
                 "xref": "x",
                 "y0": 0,
                 "y1": 1,
-                "yref": f"{y_axis(row)} domain",
+                "yref": f"{ref('y', row)} domain",
                 "line": {"color": "#757575", "width": 1.5, "dash": "dot"},
                 "name": "mark",
             }
@@ -384,7 +384,7 @@ def _first_eval_note(history: RunHistory) -> list[dict[str, Any]]:
             "x": 0.5,
             "y": 0.5,
             "xref": "x domain",
-            "yref": y_axis(row),
+            "yref": ref("y", row),
             "showarrow": False,
             "font": {"size": 14, "color": "#757575"},
             "name": "pending",
@@ -405,7 +405,7 @@ def _style_key(metrics: list[Metric]) -> list[dict[str, Any]]:
             "x": [0],  # a point, never drawn (legend-only): a trace without one gets no entry
             "y": [0],
             "xaxis": "x",
-            "yaxis": y_axis(metric.row),
+            "yaxis": ref("y", metric.row),
             "name": f"{metric.name} acc" if metric.row == 1 else metric.name,
             "mode": "lines+markers" if metric.source == "evals" else "lines",
             "line": {

@@ -23,9 +23,14 @@ def domains(count: int, spacing: float) -> list[list[float]]:
     return [[index * (size + spacing), min(1.0, index * (size + spacing) + size)] for index in range(count)]
 
 
+def ref(letter: str, index: int) -> str:
+    """The index-th (1-based) x or y axis as traces, shapes and annotations name it: "x", "y2", ..."""
+    return f"{letter}{'' if index == 1 else index}"
+
+
 def axis(letter: str, index: int) -> str:
-    """The name of the index-th (1-based) x or y axis as layout keys it: "xaxis", "yaxis2", ..."""
-    return f"{letter}axis{'' if index == 1 else index}"
+    """The index-th (1-based) x or y axis as the layout keys it: "xaxis", "yaxis2", ..."""
+    return ref(letter, index).replace(letter, f"{letter}axis", 1)
 
 
 @functools.cache

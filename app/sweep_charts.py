@@ -14,7 +14,7 @@ import pandas as pd
 from app.history import RunHistory
 from app.palette import WARNING_COLOR, legible, method_colors
 from app.panels import METRICS, frames_of, has_values, metric_trace
-from app.spec import Figure, axis, domains, template_spec
+from app.spec import Figure, axis, domains, ref, template_spec
 
 DODGE = 0.08  # how far apart methods are drawn at one ε, as a share of the ε grid's step
 SEED_SPREAD = 0.4  # how far apart one method's seeds are drawn at one ε, as a share of DODGE
@@ -183,7 +183,7 @@ def sweep_curves_figure(curves: Sequence[SweepCurve], uirevision: str, dark: boo
     warning_legend = True  # the warnings' legend entry, once
     for curve in sorted(curves, key=lambda curve: (curve.method, curve.eps, curve.seed)):
         cell = grid.index((curve.eps, curve.eps_label)) + 1
-        axes = {"xaxis": f"x{'' if cell == 1 else cell}", "yaxis": f"y{'' if cell == 1 else cell}"}
+        axes = {"xaxis": ref("x", cell), "yaxis": ref("y", cell)}
         frames = frames_of(curve.history)
         for metric in (PGD_EVAL, PGD_PROBE):  # the legend shows a method by its evaluations' line
             frame = frames[metric.source]
@@ -226,15 +226,15 @@ def _facets(rows: int, columns: int, titles: list[str]) -> dict[str, Any]:
         for column in range(columns):
             cell = row * columns + column + 1
             bottom, first = (rows - 1) * columns + column + 1, row * columns + 1
-            x_axis = {"anchor": f"y{'' if cell == 1 else cell}", "domain": widths[column]}
-            y_axis = {"anchor": f"x{'' if cell == 1 else cell}", "domain": heights[row]}
+            x_axis = {"anchor": ref("y", cell), "domain": widths[column]}
+            y_axis = {"anchor": ref("x", cell), "domain": heights[row]}
             y_axis["range"] = SWEEP_ACCURACY_RANGE
             if row < rows - 1:
-                x_axis.update(matches=f"x{'' if bottom == 1 else bottom}", showticklabels=False)
+                x_axis.update(matches=ref("x", bottom), showticklabels=False)
             else:
                 x_axis["title"] = {"text": "iteration"}
             if column > 0:
-                y_axis.update(matches=f"y{'' if first == 1 else first}", showticklabels=False)
+                y_axis.update(matches=ref("y", first), showticklabels=False)
             else:
                 y_axis["title"] = {"text": "PGD accuracy"}
             layout[axis("x", cell)], layout[axis("y", cell)] = x_axis, y_axis
