@@ -14,9 +14,8 @@ $(STAMP): pyproject.toml
 # so a second process keeps the cores busier. Each process has its own embedded Valkey (tests/conftest.py).
 # --dist loadfile runs a test file in one process, in order, so a module's shared fixture (a dashboard, a
 # pool of workers, a trained run) is built once and the tests that build on each other's runs see them.
-# pytest-xdist sends the files with the most tests out first; sending the slowest tiers first (browser,
-# faults, workers) was slower, 560 s against 540 s, as those tests then ran beside each other and took
-# 1,082 test-seconds against 973. A third process gained 14 s (526 s) and crowds the timing-bound tests.
+# pytest-xdist sends the files with the most tests out first. Slower, measured (docs/benchmarks.md): the
+# slowest tiers first, a third process, and the files that each keep both cores busy grouped in one process.
 # Bytecode is written (an environment may turn it off): pytest then rewrites each test module's asserts once,
 # not in each process of every run (~5 s of collection per process here).
 test test-fast: export PYTHONDONTWRITEBYTECODE :=
