@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from app import spec
 from app.spec import Figure, axis, colorscale, domains, ref, template_spec
 
 CLASS_NAMES = {
@@ -153,19 +154,7 @@ def inside_figure(
             "constrain": "domain",
         }
         layout[axis("y", index)] = {"anchor": x, "domain": heights[row], **_image_y_axis(index)}
-        titles.append(
-            {
-                "text": title,
-                "x": sum(widths[column]) / 2,
-                "xanchor": "center",
-                "xref": "paper",
-                "y": heights[row][1],
-                "yanchor": "bottom",
-                "yref": "paper",
-                "showarrow": False,
-                "font": {"size": 13},
-            }
-        )
+        titles.append(spec.title(title, sum(widths[column]) / 2, heights[row][1], "center", 13))
     layout["annotations"] = titles
     return {"data": data, "layout": layout}
 

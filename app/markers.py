@@ -76,6 +76,24 @@ def warning_marker(
     vertical_marker(fig, x, color, "dashdot", (text, short), "top left", stack, name="co_warning")
 
 
+def panel_lines(fig: Figure, x: float, line: dict, name: str) -> None:
+    """A vertical line at `x` across each of the three panels, in `line`'s style, named `name`."""
+    fig["layout"]["shapes"] += [
+        {
+            "type": "line",
+            "x0": x,
+            "x1": x,
+            "xref": "x",
+            "y0": 0,
+            "y1": 1,
+            "yref": f"{ref('y', row)} domain",
+            "line": line,
+            "name": name,
+        }
+        for row in ROWS
+    ]
+
+
 def vertical_marker(
     fig: Figure,
     x: float,
@@ -92,21 +110,9 @@ def vertical_marker(
     left" of the line. Drawn against the one x axis every panel shares. `name` names the
     lines and labels ("co", "co_warning", "fork"), for whoever reads the figure back."""
     top = position.startswith("top")
+    panel_lines(fig, x, {"color": color, "dash": dash, "width": 2}, name)
     for row in ROWS:
         panel = f"{ref('y', row)} domain"
-        fig["layout"]["shapes"].append(
-            {
-                "type": "line",
-                "x0": x,
-                "x1": x,
-                "xref": "x",
-                "y0": 0,
-                "y1": 1,
-                "yref": panel,
-                "line": {"color": color, "dash": dash, "width": 2},
-                "name": name,
-            }
-        )
         fig["layout"]["annotations"].append(
             {
                 "x": x,

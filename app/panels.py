@@ -15,9 +15,9 @@ from typing import Any
 import pandas as pd
 
 from app.history import SMOOTHING, RunHistory
-from app.markers import ROWS, co_marker, warning_marker
+from app.markers import ROWS, co_marker, panel_lines, warning_marker
 from app.palette import CO_COLOR, RUN_PALETTE, WARNING_COLOR, legible
-from app.spec import Figure, axis, domains, ref, template_spec
+from app.spec import Figure, axis, domains, ref, template_spec, title
 
 # Each metric's colour on the live view, whichever series draws it (the eval, the dense probe, the replay).
 METRIC_COLORS = {
@@ -236,18 +236,7 @@ def _layout(
             "spikethickness": 1,
         },
         "annotations": [
-            {
-                "text": title,
-                "x": 0,
-                "xanchor": "left",
-                "xref": "paper",
-                "y": heights[row][1],
-                "yanchor": "bottom",
-                "yref": "paper",
-                "showarrow": False,
-                "font": {"size": 14},
-            }
-            for row, title in zip(ROWS, titles, strict=True)
+            title(text, 0, heights[row][1], "left", 14) for row, text in zip(ROWS, titles, strict=True)
         ],
         "shapes": [],
     }
@@ -259,20 +248,7 @@ def _layout(
 
 def _mark(fig: Figure, x: float, iteration: int) -> None:
     """A dotted line on every panel at the evaluation shown under "Inside the model", labelled on the top."""
-    for row in ROWS:
-        fig["layout"]["shapes"].append(
-            {
-                "type": "line",
-                "x0": x,
-                "x1": x,
-                "xref": "x",
-                "y0": 0,
-                "y1": 1,
-                "yref": f"{ref('y', row)} domain",
-                "line": {"color": "#757575", "width": 1.5, "dash": "dot"},
-                "name": "mark",
-            }
-        )
+    panel_lines(fig, x, {"color": "#757575", "width": 1.5, "dash": "dot"}, "mark")
     fig["layout"]["annotations"].append(
         {
             "x": x,

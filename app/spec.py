@@ -33,6 +33,21 @@ def axis(letter: str, index: int) -> str:
     return ref(letter, index).replace(letter, f"{letter}axis", 1)
 
 
+def title(text: str, x: float, y: float, xanchor: str, size: int) -> dict[str, Any]:
+    """A subplot's title: an annotation whose bottom sits at `y` (its subplot's top), in paper coordinates."""
+    return {
+        "text": text,
+        "x": x,
+        "xanchor": xanchor,
+        "xref": "paper",
+        "y": y,
+        "yanchor": "bottom",
+        "yref": "paper",
+        "showarrow": False,
+        "font": {"size": size},
+    }
+
+
 @functools.cache
 def template_spec(dark: bool) -> dict[str, Any]:
     """palette.template(dark) as plotly.js reads it: made once, read only."""

@@ -14,7 +14,7 @@ import pandas as pd
 from app.history import RunHistory
 from app.palette import WARNING_COLOR, legible, method_colors
 from app.panels import METRICS, frames_of, has_values, metric_trace
-from app.spec import Figure, axis, domains, ref, template_spec
+from app.spec import Figure, axis, domains, ref, template_spec, title
 
 DODGE = 0.08  # how far apart methods are drawn at one ε, as a share of the ε grid's step
 SEED_SPREAD = 0.4  # how far apart one method's seeds are drawn at one ε, as a share of DODGE
@@ -239,17 +239,6 @@ def _facets(rows: int, columns: int, titles: list[str]) -> dict[str, Any]:
                 y_axis["title"] = {"text": "PGD accuracy"}
             layout[axis("x", cell)], layout[axis("y", cell)] = x_axis, y_axis
             if cell <= len(titles):
-                layout["annotations"].append(
-                    {
-                        "text": titles[cell - 1],
-                        "x": sum(widths[column]) / 2,
-                        "xanchor": "center",
-                        "xref": "paper",
-                        "y": heights[row][1],
-                        "yanchor": "bottom",
-                        "yref": "paper",
-                        "showarrow": False,
-                        "font": {"size": 16},
-                    }
-                )
+                center = sum(widths[column]) / 2
+                layout["annotations"].append(title(titles[cell - 1], center, heights[row][1], "center", 16))
     return layout
