@@ -1,7 +1,7 @@
 """Offline check of the CO onset: the run's onset against a full PGD-10 eval of every live iteration.
 
     python -m experiments.onset_check [--seeds 0 1 2 3 4] [--iters 450] [--preset NAME] [--set KEY=VALUE ...]
-                                [--out FILE]
+                                [--no-repeatability] [--out FILE]
 
 Per seed, a preset (default: the digits FGSM one; --set's RunConfig fields on top, `device=cuda` among
 them) runs for --iters iterations, and after every step (trainer.loop.train's `after_step`) the live
@@ -14,7 +14,8 @@ for the probe's own onset (the same rule on the co event's probe rows). How well
 defined is measured alongside, on the window's weights
 (kept for its length only, so a PreAct ResNet-18 on a GPU holds ~150 copies, not one per iteration): the
 same eval with another PGD random start, on the first 256 *training* images (what a probe on training
-images could give at best), and the probe itself at every iteration. How sudden the collapse is:
+images could give at best; --no-repeatability leaves these two out, a third of the time), and the probe
+itself at every iteration. How sudden the collapse is:
 `collapse_width`, the iterations the per-iteration PGD accuracy takes to fall from 80 % to 20 % of its
 peak; an onset can only be placed to a few iterations where that width is a few iterations. And how far
 image sampling alone moves the onset (`sampling_spread`): the reference re-placed on bootstrap resamples
@@ -119,7 +120,7 @@ def _quantile(values: list[int], q: float) -> int:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def check_seed(seed: int, iters: int, preset: str, overrides: dict) -> dict:
+def check_seed(seed: int, iters: int, preset: str, overrides: dict, repeatability: bool = True) -> dict:
     config = make_config(
         {**PRESETS[preset], "seed": seed, "max_iters": iters, "final_eval_points": 0, **overrides}
     )
@@ -182,7 +183,7 @@ def check_seed(seed: int, iters: int, preset: str, overrides: dict) -> dict:
             if iteration < first:
                 continue
             model.load_state_dict(weights)
-            evaluate(model.eval(), iteration, ["other_start", "train_images"])
+            evaluate(model.eval(), iteration, ["other_start", "train_images"] if repeatability else [])
             fgsm_acc, pgd_acc = probe(iteration)[:2].tolist()
             probe_series.append([iteration, pgd_acc, fgsm_acc])
         recent.clear()
@@ -220,8 +221,8 @@ def check_seed(seed: int, iters: int, preset: str, overrides: dict) -> dict:
         "difference": None if reference is None else co["onset_iteration"] - reference,
         "collapse_width": None if reference is None else collapse_width(rows["eval"], reference),
         "offline_probe_onsets": at_cadence,
-        "other_start_onset": dense_onset(rows["other_start"], confirmed_at),
-        "train_images_onset": dense_onset(rows["train_images"], confirmed_at),
+        "other_start_onset": dense_onset(rows["other_start"], confirmed_at) if repeatability else None,
+        "train_images_onset": dense_onset(rows["train_images"], confirmed_at) if repeatability else None,
         "sampling": sampling_spread(
             [Row(*row, images) for row, images in zip(window, robust[first - 1 : confirmed_at], strict=True)],
             confirmed_at,
@@ -246,13 +247,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iters", type=int, default=450, help="iterations per run (digits: CO at 200-300)")
     parser.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS), metavar="NAME")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="RunConfig fields")
-    parser.add_argument("--out", type=Path, default=Path("/tmp/16-onset.json"))
+    parser.add_argument(
+        "--no-repeatability",
+        action="store_true",
+        help="leave out the reference's other PGD start and training images (a third of the time)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("/tmp/onset-check.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     overrides = dict(setting(item) for item in args.set)
     results = []
     for seed in args.seeds:
-        result = check_seed(seed, args.iters, args.preset, overrides)
+        result = check_seed(seed, args.iters, args.preset, overrides, not args.no_repeatability)
         results.append(result)
         args.out.write_text(json.dumps(results))
         co = result["co"]

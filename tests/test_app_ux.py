@@ -69,6 +69,32 @@ def test_resnet_presets_disable_the_conv_fields_and_say_why(r):
         assert widget.disabled and "preact_resnet18 has a fixed architecture" in widget.help
 
 
+def test_every_required_number_box_left_blank_disables_launch_with_a_message_beside_it(r):
+    """Each box the form's method reads, cleared (what the browser sends for blank or typed text: the
+    browser half is tests/e2e/test_browser_refresh.py): its own message in its column, Launch disabled,
+    no "Will run:", and the restored value enables Launch again. Nothing is queued."""
+    at = app().run()
+    boxes = [box.key for box in at.number_input if box.proto.placeholder == "required" and not box.disabled]
+    assert {"launch.eps", "launch.seed", "launch.eval_pgd_steps", "launch.final_pgd_restarts"} <= set(boxes)
+    for key in boxes:
+        before = at.number_input(key=key).value
+        at.number_input(key=key).set_value(None).run()
+        beside = {
+            column.get("number_input")[0].key: [e.value for e in column.get("error")]
+            for column in at.columns
+            if column.get("number_input")
+        }
+        assert [message for errors in beside.values() for message in errors] == beside[key], key
+        [message] = beside[key]
+        assert message.startswith("blank or not a number"), (key, message)
+        assert at.button(key="launch.submit").disabled, key
+        assert not [m for m in at.markdown if "Will run:" in m.value], key
+        at.number_input(key=key).set_value(before).run()
+        assert not at.button(key="launch.submit").disabled, key
+        assert [m for m in at.markdown if "Will run:" in m.value], key
+    assert api.list_runs(r) == []
+
+
 def test_cifar_without_its_files_and_resnet_on_cpu_warn_before_launch(r, tmp_path, monkeypatch):
     monkeypatch.setenv("CODASH_DATA_DIR", str(tmp_path / "data"))
     at = app().run()

@@ -255,7 +255,7 @@ def test_onset_check_replays_the_detectors_window_with_the_runs_own_weights(monk
     monkeypatch.setattr(onset_check, "DRAWS", 40)
     overrides = {"eps": 0.19, "eval_every": 25, "eval_points": 64, "probe_points": 32, "probe_every": 5}
     overrides["onset_replay"] = "on"
-    result = onset_check.check_seed(1, 180, onset_check.DEFAULT_PRESET, overrides)
+    result = onset_check.check_seed(1, 180, onset_check.DEFAULT_PRESET, overrides, repeatability=False)
     co = result["co"]
     assert co is not None and (co["iteration"], co["confirmed_at"]) == (150, 175)
     window = [row[0] for row in result["probe_series"]]
@@ -270,6 +270,7 @@ def test_onset_check_replays_the_detectors_window_with_the_runs_own_weights(monk
     assert low <= co["onset_iteration"] <= high and result["probe_onset"] is not None
     assert result["eval_onset"] is not None and result["sampling"]["bootstrap_sd"] is not None
     assert set(result["offline_probe_onsets"]) == set(onset_check.CADENCES)
+    assert result["other_start_onset"] is None and result["train_images_onset"] is None  # not asked for
 
 
 def test_probe_cost_times_a_cifar_preset_on_cifar_shaped_data(tmp_path):

@@ -1,7 +1,7 @@
 """Scientific regression on digits: the paper's three-way contrast, reproduced on 2 CPU cores.
 
 Setting (documented in the README): single-layer CNN with 16 filters, eps = 0.175, Adam 3e-3, batch 64.
-FGSM training hits catastrophic overfitting within ~300 iterations for every seed tried; over the same 450
+FGSM training hits catastrophic overfitting within ~300 iterations for every seed tried; over the same 400
 iterations PGD training and FGSM + GradAlign (lambda = 4) at the same eps keep their robustness and their
 gradient alignment.
 """
@@ -27,7 +27,7 @@ BASE = {
     "final_eval_points": 0,  # the final evaluation's own tests are elsewhere (test_loop, test_autoattack)
     "device": "cpu",
 }
-FGSM = {"method": "fgsm", "max_iters": 450}
+FGSM = {"method": "fgsm", "max_iters": 400}
 PGD = {"method": "pgd", "pgd_steps": 5, "pgd_alpha": 0.5}
 GRAD_ALIGN = {"method": "fgsm", "grad_align_lambda": 4.0}
 
@@ -48,7 +48,7 @@ def fgsm_run(seed: int):
 def test_fgsm_training_overfits_catastrophically(seed):
     evals, final = fgsm_run(seed)
     assert final["co_detected"], [(e["iteration"], e["fgsm_acc"], e["pgd_acc"]) for e in evals]
-    assert final["co_iteration"] <= 400
+    assert final["co_iteration"] <= 300
     peak = max(e["pgd_acc"] for e in evals)
     last = evals[-1]
     assert peak >= 0.18 and last["pgd_acc"] <= 0.05  # robustness was there, then it is gone

@@ -45,7 +45,7 @@ from .conftest import (
 pytestmark = pytest.mark.own_redis  # each test restarts its server
 
 HEARTBEAT_S = 2.0
-TOTAL = 300
+TOTAL = 150
 
 
 def stored_runs(r) -> dict[str, str]:

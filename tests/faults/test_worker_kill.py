@@ -27,7 +27,7 @@ from .conftest import (
 
 HEARTBEAT_S = 2.0
 QUEUE = "faults-kill"
-TOTAL = 300
+TOTAL = 150
 
 
 def checkpoints(r, run_id: str) -> list[int]:
