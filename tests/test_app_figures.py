@@ -411,3 +411,34 @@ def test_every_line_stands_out_on_the_dark_theme():
         assert (max(line, plot) + 0.05) / (min(line, plot) + 0.05) >= 3.0, (name, color, opacity)
     light = run_figure([Series("a", history)], uirevision="u")
     assert {trace.line.color for trace in light.data} >= {"#37474f"}  # the light theme keeps its colours
+
+
+def test_the_served_plotly_js_is_the_plotly_packages_version_in_its_cartesian_bundle():
+    """The dashboard serves plotly.js's cartesian bundle (app/vendor), not the plotly package's full one: the
+    same plotly.js release line, so the JSON plotly.py writes (its templates among it) is what it reads."""
+    import re
+    from pathlib import Path
+
+    import plotly
+
+    from app.chart import PLOTLY_JS
+
+    def version(path: Path) -> tuple[str, str]:
+        header = path.read_text(errors="replace")[:200]
+        found = re.search(r"plotly\.js (?:\((\w+) - minified\) )?v(\d+)\.\d+\.\d+", header)
+        assert found, header
+        return found.group(1) or "full", found.group(2)
+
+    full = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    assert version(PLOTLY_JS) == ("cartesian", version(full)[1])
+    assert PLOTLY_JS.stat().st_size < full.stat().st_size / 2
+    assert (PLOTLY_JS.parent / "LICENSE-plotly.js").read_text().startswith("MIT License")
+
+
+def test_a_figure_with_a_trace_the_bundle_lacks_is_refused_not_drawn_blank():
+    from app.chart import live_chart
+
+    with pytest.raises(ValueError, match=r"\['scatter3d'\] are not in the dashboard's plotly.js bundle"):
+        live_chart({"data": [{"type": "scatter"}, {"type": "scatter3d"}], "layout": {}}, "k", "name")
+    with pytest.raises(ValueError, match="surface"):
+        live_chart({"data": []}, "k", "name", narrow={"data": [{"type": "surface"}]})

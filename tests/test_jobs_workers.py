@@ -63,12 +63,22 @@ def wait_status(r, run_id: str, statuses: set[str], timeout: float) -> api.Run:
 
 
 def codash_train(config: dict, tmp_path: Path) -> list[dict]:
-    """The same config run by `codash train --out F --run-dir D`, with the workers' one torch thread (on CPU,
-    the thread count changes the order of float reductions, and so the last bits of every loss)."""
+    """The same config run by `codash train --out F --run-dir D` (the command's main, in this process, with
+    the workers' one torch thread: on CPU, the thread count changes the order of float reductions, and so
+    the last bits of every loss)."""
+    import torch
+
+    from codash import cli
+
     out = tmp_path / "train.jsonl"
-    command = [sys.executable, "-m", "codash", "train", "--quiet", "--out", out, "--run-dir", tmp_path]
-    command += [part for key, value in config.items() for part in ("--" + key.replace("_", "-"), str(value))]
-    subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True, timeout=300)
+    argv = ["train", "--quiet", "--out", str(out), "--run-dir", str(tmp_path)]
+    argv += [part for key, value in config.items() for part in ("--" + key.replace("_", "-"), str(value))]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert cli.main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
     with open(out) as file:
         return read_jsonl(file)
 

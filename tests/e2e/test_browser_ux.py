@@ -82,7 +82,7 @@ def dashboard(home: Path, tmp_path_factory) -> Iterator[str]:
 
 class Tabs:
     """New pages in one browser context, as a user's tabs: the dashboard's scripts (plotly.js alone is
-    4.6 MB) are fetched and compiled once for the module, not once per page."""
+    1.5 MB) are fetched and compiled once for the module, not once per page."""
 
     def __init__(self, context):
         self.context = context
