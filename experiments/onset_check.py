@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from trainer.checkpoint import model_for
-from trainer.co import Row, dense_onset, onset_on_images, resampled_onsets, smoothed, window_steps
+from trainer.co import Row, dense_onset, onsets_on_images, resampled_onsets, smoothed, window_steps
 from trainer.config import make_config
 from trainer.data import load_dataset
 from trainer.evaluate import per_image_results
@@ -91,16 +91,16 @@ def sampling_spread(rows: list[Row], confirmed_at: int, seed: int) -> dict:
     }
     for size in PROBE_SIZES:
         if size < n and reference is not None:
-            onsets = [onset_on_images(rows, rng.sample(range(n), size), confirmed_at) for _ in range(DRAWS)]
+            subsets = [rng.sample(range(n), size) for _ in range(DRAWS)]
+            onsets = onsets_on_images(rows, subsets, confirmed_at)
             result["subsets"][size] = _agreement([None if o is None else abs(o - reference) for o in onsets])
-    halves = []
-    for _ in range(DRAWS):
-        order = rng.sample(range(n), n)
-        one, other = (
-            onset_on_images(rows, half, confirmed_at) for half in (order[: n // 2], order[n // 2 :])
-        )
-        halves.append(None if one is None or other is None else abs(one - other))
-    result["halves"] = {"size": n // 2, **_agreement(halves)}
+    orders = [rng.sample(range(n), n) for _ in range(DRAWS)]
+    halves = onsets_on_images(
+        rows, [half for o in orders for half in (o[: n // 2], o[n // 2 :])], confirmed_at
+    )
+    pairs = zip(halves[::2], halves[1::2], strict=True)
+    distances = [None if one is None or other is None else abs(one - other) for one, other in pairs]
+    result["halves"] = {"size": n // 2, **_agreement(distances)}
     return result
 
 

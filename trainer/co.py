@@ -28,10 +28,11 @@ a hundred iterations that is 10-40 iterations for the 256-image eval and more fo
 from __future__ import annotations
 
 import random
-import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
+
+import numpy as np
 
 MIN_PEAK = 0.15
 DROP = 0.5
@@ -71,11 +72,19 @@ class Row(NamedTuple):
 def smoothed(points: Sequence[Sequence[float]]) -> list[tuple[int, float]]:
     """Rows (a Row, or [iteration, pgd_acc, ...] as an event carries it) -> (iteration, pgd_acc averaged over
     the rows within SMOOTH_ITERS)."""
-    rows = [(int(row[0]), row[1]) for row in points]
-    return [
-        (iteration, statistics.fmean(v for it, v in rows if abs(it - iteration) <= SMOOTH_ITERS))
-        for iteration, _ in rows
-    ]
+    iterations = np.array([int(row[0]) for row in points], dtype=np.int64)
+    means = _smoothed(iterations, np.array([[row[1]] for row in points], dtype=np.float64).reshape(-1, 1))
+    return list(zip(iterations.tolist(), means[:, 0].tolist(), strict=True))
+
+
+def _smoothed(iterations: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Each column of `values` (rows x series) averaged, at each row, over the rows within SMOOTH_ITERS.
+
+    The sums are taken in extended precision and rounded once, as math.fsum would: a mean that lies exactly
+    on a threshold (a linear decline's 20 % point, say) is not pushed across it by rounding."""
+    near = np.abs(iterations[:, None] - iterations[None, :]) <= SMOOTH_ITERS
+    sums = near.astype(np.longdouble) @ values.astype(np.longdouble)
+    return sums.astype(np.float64) / near.sum(axis=1, keepdims=True)
 
 
 def dense_onset(points: Sequence[Sequence[float]], confirmed_at: int) -> int | None:
@@ -88,28 +97,46 @@ def dense_onset(points: Sequence[Sequence[float]], confirmed_at: int) -> int | N
     point is not collapsed). The same function places the onset on the probe (the detector) and on a
     per-iteration evaluation (experiments/onset_check.py), so the two can be compared.
     """
-    means = smoothed([row for row in points if row[0] <= confirmed_at])
-    if not means:
-        return None
-    threshold = DROP * max(mean for _, mean in means)
-    onset = None
-    for iteration, mean in means:
-        onset = (iteration if onset is None else onset) if mean < threshold else None
-    return onset
+    iterations = np.array([int(row[0]) for row in points], dtype=np.int64)
+    values = np.array([row[1] for row in points], dtype=np.float64).reshape(-1, 1)
+    return dense_onsets(iterations, values, confirmed_at)[0]
+
+
+def dense_onsets(iterations: np.ndarray, values: np.ndarray, confirmed_at: int) -> list[int | None]:
+    """dense_onset of each column of `values` (rows x series) at once, the rows at `iterations`: a
+    resampled interval places hundreds of onsets on one window."""
+    kept = iterations <= confirmed_at
+    iterations, values = iterations[kept], values[kept]
+    if not len(iterations):
+        return [None] * values.shape[1]
+    means = _smoothed(iterations, values)
+    up = ~(means < DROP * means.max(axis=0))  # not collapsed (a NaN is not collapsed either)
+    rows = len(iterations)
+    last_up = np.where(up.any(axis=0), rows - 1 - np.argmax(up[::-1], axis=0), -1)
+    return [int(iterations[first]) if first < rows else None for first in (last_up + 1).tolist()]
 
 
 def onset_on_images(rows: Sequence[Row], images: list[int], confirmed_at: int) -> int | None:
     """dense_onset of the PGD accuracy that only `images` would give: `images` index into each row's
     per-image results (repeats allowed)."""
-    series = [[row.iteration, statistics.fmean(row.robust[i] for i in images)] for row in rows]
-    return dense_onset(series, confirmed_at)
+    return onsets_on_images(rows, [images], confirmed_at)[0]
+
+
+def onsets_on_images(rows: Sequence[Row], draws: list[list[int]], confirmed_at: int) -> list[int | None]:
+    """onset_on_images for each list of images in `draws`, at once."""
+    robust = np.array([row.robust for row in rows], dtype=np.float64)  # rows x images
+    counts = np.zeros((robust.shape[1], len(draws)))  # how often each draw took each image
+    for column, images in enumerate(draws):
+        np.add.at(counts[:, column], images, 1.0)
+    accuracy = (robust @ counts) / np.array([len(images) for images in draws], dtype=np.float64)
+    return dense_onsets(np.array([row.iteration for row in rows], dtype=np.int64), accuracy, confirmed_at)
 
 
 def resampled_onsets(rows: Sequence[Row], confirmed_at: int, draws: int, seed: int) -> list[int | None]:
     """The onset on `draws` bootstrap resamples of the images behind `rows` (see onset_on_images)."""
     rng = random.Random(seed)
     n = len(rows[0].robust)
-    return [onset_on_images(rows, [rng.randrange(n) for _ in range(n)], confirmed_at) for _ in range(draws)]
+    return onsets_on_images(rows, [[rng.randrange(n) for _ in range(n)] for _ in range(draws)], confirmed_at)
 
 
 def onset_interval(rows: Sequence[Row], confirmed_at: int) -> list[int] | None:
