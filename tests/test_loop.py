@@ -91,10 +91,18 @@ def stop_after(n):
     return lambda: next(calls) >= n
 
 
+RESUMED = {**TINY, "method": "fgsm_rs", "grad_align_lambda": 0.2}
+
+
+@pytest.fixture(scope="module")
+def unbroken(tmp_path_factory):
+    """The run of RESUMED without a stop, which each resumed run must continue exactly."""
+    return run(make_config(RESUMED), run_dir=tmp_path_factory.mktemp("unbroken"))[0]
+
+
 @pytest.mark.parametrize("stop_at", [23, 30])  # at an epoch boundary, and mid-epoch
-def test_resume_continues_exactly(tmp_path, stop_at):
-    cfg = make_config({**TINY, "method": "fgsm_rs", "grad_align_lambda": 0.2})
-    reference, _ = run(cfg, run_dir=tmp_path / "a")
+def test_resume_continues_exactly(tmp_path, stop_at, unbroken):
+    cfg, reference = make_config(RESUMED), unbroken
     partial, final = run(cfg, run_dir=tmp_path / "b", should_stop=stop_after(stop_at))
     assert final is None
     assert partial[-1] == {"type": "checkpoint", "iteration": stop_at, "epoch": stop_at / 23}
