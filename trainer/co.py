@@ -72,9 +72,14 @@ class Row(NamedTuple):
 def smoothed(points: Sequence[Sequence[float]]) -> list[tuple[int, float]]:
     """Rows (a Row, or [iteration, pgd_acc, ...] as an event carries it) -> (iteration, pgd_acc averaged over
     the rows within SMOOTH_ITERS)."""
+    iterations, values = _series(points)
+    return list(zip(iterations.tolist(), _smoothed(iterations, values)[:, 0].tolist(), strict=True))
+
+
+def _series(points: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows as `smoothed` reads them -> their iterations and their PGD accuracies as one column."""
     iterations = np.array([int(row[0]) for row in points], dtype=np.int64)
-    means = _smoothed(iterations, np.array([[row[1]] for row in points], dtype=np.float64).reshape(-1, 1))
-    return list(zip(iterations.tolist(), means[:, 0].tolist(), strict=True))
+    return iterations, np.array([row[1] for row in points], dtype=np.float64).reshape(-1, 1)
 
 
 def _smoothed(iterations: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -97,9 +102,7 @@ def dense_onset(points: Sequence[Sequence[float]], confirmed_at: int) -> int | N
     point is not collapsed). The same function places the onset on the probe (the detector) and on a
     per-iteration evaluation (experiments/onset_check.py), so the two can be compared.
     """
-    iterations = np.array([int(row[0]) for row in points], dtype=np.int64)
-    values = np.array([row[1] for row in points], dtype=np.float64).reshape(-1, 1)
-    return dense_onsets(iterations, values, confirmed_at)[0]
+    return dense_onsets(*_series(points), confirmed_at)[0]
 
 
 def dense_onsets(iterations: np.ndarray, values: np.ndarray, confirmed_at: int) -> list[int | None]:
