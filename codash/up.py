@@ -253,6 +253,11 @@ def stop_children(children: list[Child]) -> None:
         try:
             child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
+            print(
+                f"codash up: {child.name} did not stop within {STOP_TIMEOUT_S:g} s; killing it",
+                file=sys.stderr,
+                flush=True,
+            )
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.process.pid, signal.SIGKILL)
             child.process.wait()

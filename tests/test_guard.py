@@ -12,6 +12,8 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,32 +24,57 @@ from websockets.sync.client import connect
 
 from app.guard import Guard, allowed_hosts, host_name
 from codash.up import app_argv, app_env, dashboard_healthy
-from jobs.server import free_port, stored_url
+from jobs.server import ensure_server, free_port
 
 PASSWORD = "correct horse battery"
 
 
-@pytest.fixture
-def served(redis_home: Path, tmp_path: Path) -> Iterator[int]:
-    """The dashboard as `codash up` starts it, on a free port, with a password and one extra host name."""
+@dataclass
+class Served:
+    port: int
+    log: Path
+
+
+@pytest.fixture(scope="module")
+def dashboard(shared_redis_home: Path, tmp_path_factory) -> Iterator[Served]:
+    """The dashboard as `codash up` starts it, on a free port, with a password and one extra host name: one
+    for the module (its tests make one failed sign-in in all, which costs no wait)."""
     port = free_port()
+    log = tmp_path_factory.mktemp("guard") / "streamlit.log"
     env = {
         **os.environ,
-        "REDIS_URL": stored_url(redis_home),
+        "REDIS_URL": ensure_server(shared_redis_home),
         "CODASH_PASSWORD": PASSWORD,
         "CODASH_ALLOWED_HOSTS": "dash.example.org",
         **app_env("127.0.0.1"),
     }
-    with open(tmp_path / "streamlit.log", "w") as log:
-        process = subprocess.Popen(app_argv("127.0.0.1", port), cwd=ROOT, env=env, stdout=log, stderr=log)
+    with open(log, "w") as out:
+        process = subprocess.Popen(app_argv("127.0.0.1", port), cwd=ROOT, env=env, stdout=out, stderr=out)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_for(lambda: dashboard_healthy(url) or process.poll() is not None, 90, "the dashboard to answer")
-        assert process.poll() is None, (tmp_path / "streamlit.log").read_text()
-        yield port
+        assert process.poll() is None, log.read_text()
+        yield Served(port, log)
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture
+def served(dashboard: Served) -> int:
+    return dashboard.port
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One Chromium for the module's browser tests; each test opens its own context (cookies, headers)."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.exists():
+        pytest.skip(f"Debian Chromium not found at {CHROMIUM}")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
 
 
 def get(port: int, path: str, host: str, method: str = "GET") -> http.client.HTTPResponse:
@@ -127,10 +154,7 @@ def test_a_page_from_another_origin_cannot_open_the_websocket(served):
             websocket(port, f"127.0.0.1:{port}", origin=origin)
 
 
-def test_chromium_on_a_second_local_origin_cannot_reach_the_dashboard(served, tmp_path):
-    playwright = pytest.importorskip("playwright.sync_api")
-    if not CHROMIUM.exists():
-        pytest.skip(f"Debian Chromium not found at {CHROMIUM}")
+def test_chromium_on_a_second_local_origin_cannot_reach_the_dashboard(served, tmp_path, browser):
     page_port = free_port()
     (tmp_path / "index.html").write_text(
         "<script>const ws = new WebSocket('ws://127.0.0.1:PORT/_stcore/stream', 'streamlit');"
@@ -146,13 +170,11 @@ def test_chromium_on_a_second_local_origin_cannot_reach_the_dashboard(served, tm
     )
     try:
         wait_for(lambda: dashboard_reachable(page_port), 30, "the second origin's server")
-        with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-            page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{page_port}/index.html")
-            wait_for(lambda: page.title() in ("opened", "refused"), 30, "the websocket to open or fail")
-            assert page.title() == "refused"
-            browser.close()
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{page_port}/index.html")
+        wait_for(lambda: page.title() in ("opened", "refused"), 30, "the websocket to open or fail")
+        assert page.title() == "refused"
+        page.close()
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -191,37 +213,28 @@ def test_clear_cache_and_git_info_from_a_browser_never_reach_streamlit():
         raise AssertionError(message)
 
     scope = {"type": "websocket", "path": "/_stcore/stream", "headers": [(b"host", b"localhost:8501")]}
-    asyncio.run(Guard(streamlit)(scope, receive, send))
+    with ThreadPoolExecutor(1) as thread:  # a loop of its own: the module's Playwright runs one here
+        thread.submit(asyncio.run, Guard(streamlit)(scope, receive, send)).result()
     assert seen == ["rerun_script"]
 
 
-def test_a_forwarded_address_from_loopback_is_not_believed(served, tmp_path):
+def test_a_forwarded_address_from_loopback_is_not_believed(served, dashboard, browser):
     """Each guess under a fresh X-Forwarded-For would get a fresh budget, and forge the logged address."""
-    playwright = pytest.importorskip("playwright.sync_api")
-    if not CHROMIUM.exists():
-        pytest.skip(f"Debian Chromium not found at {CHROMIUM}")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(extra_http_headers={"X-Forwarded-For": "6.6.6.6", "X-Real-IP": "6.6.6.6"})
-        page.goto(f"http://127.0.0.1:{served}/", timeout=60_000)
-        page.get_by_label("Dashboard password").fill("not the password")
-        page.get_by_role("button", name="Sign in").click()
-        page.get_by_text("Wrong password").wait_for(timeout=60_000)
-        browser.close()
-    log = (tmp_path / "streamlit.log").read_text()
+    page = browser.new_page(extra_http_headers={"X-Forwarded-For": "6.6.6.6", "X-Real-IP": "6.6.6.6"})
+    page.goto(f"http://127.0.0.1:{served}/", timeout=60_000)
+    page.get_by_label("Dashboard password").fill("not the password")
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_text("Wrong password").wait_for(timeout=60_000)
+    page.close()
+    log = dashboard.log.read_text()
     assert "failed sign-in from" in log and "6.6.6.6" not in log  # loopback itself logs as "unknown"
 
 
-def test_signing_in_on_a_page_lands_on_that_page_in_a_browser(served):
-    playwright = pytest.importorskip("playwright.sync_api")
-    if not CHROMIUM.exists():
-        pytest.skip(f"Debian Chromium not found at {CHROMIUM}")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page()
-        page.goto(f"http://127.0.0.1:{served}/runs", timeout=60_000)
-        page.get_by_label("Dashboard password").fill(PASSWORD)
-        page.get_by_role("button", name="Sign in").click()
-        page.get_by_role("heading", name="Runs").wait_for(timeout=60_000)
-        assert page.url.endswith("/runs")
-        browser.close()
+def test_signing_in_on_a_page_lands_on_that_page_in_a_browser(served, browser):
+    page = browser.new_page()  # a context of its own: not signed in
+    page.goto(f"http://127.0.0.1:{served}/runs", timeout=60_000)
+    page.get_by_label("Dashboard password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("heading", name="Runs").wait_for(timeout=60_000)
+    assert page.url.endswith("/runs")
+    page.close()

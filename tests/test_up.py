@@ -17,8 +17,6 @@ from codash import up as up_module
 from codash.up import dashboard_healthy
 from jobs.server import free_port
 
-pytestmark = pytest.mark.workers  # starts worker processes
-
 pytestmark = pytest.mark.timeout(180)
 
 
@@ -63,6 +61,7 @@ def environ(pid: int) -> dict[str, str]:
     return dict(pair.decode(errors="replace").split("=", 1) for pair in pairs if b"=" in pair)
 
 
+@pytest.mark.workers  # the whole stack: Redis, a worker, the dashboard
 def test_up_serves_the_dashboard_runs_jobs_and_stops_everything(env, tmp_path):
     env = {**env, "CODASH_PASSWORD": "correct horse battery"}
     port = free_port()
@@ -102,6 +101,18 @@ def test_up_serves_the_dashboard_runs_jobs_and_stops_everything(env, tmp_path):
         if up.poll() is None:
             up.kill()
         log.close()
+
+
+def test_a_child_that_ignores_sigterm_is_killed_and_named(monkeypatch, capsys):
+    monkeypatch.setattr(up_module, "STOP_TIMEOUT_S", 0.5)
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True)"
+    argv = [sys.executable, "-c", code + "; time.sleep(60)"]
+    stubborn = up_module.Child("worker 0 (cpu)", argv)
+    stubborn.process = subprocess.Popen(argv, stdout=subprocess.PIPE, start_new_session=True)
+    assert stubborn.process.stdout.readline() == b"ready\n"  # its handler is set
+    up_module.stop_children([stubborn])
+    assert stubborn.process.returncode == -signal.SIGKILL
+    assert "codash up: worker 0 (cpu) did not stop within 0.5 s; killing it" in capsys.readouterr().err
 
 
 def test_up_refuses_to_expose_the_dashboard_without_a_password_and_offers_one(env):
