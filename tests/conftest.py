@@ -2,7 +2,8 @@
 
 The server is codash's own embedded one (jobs.server), with a generated password: one per test process,
 emptied before each test, which has a temporary CODASH_HOME of its own (`redis_home`). Workers are
-`python -m jobs.worker` subprocesses, killed at teardown. Runs are built from events as the trainer writes
+worker processes (forked from one that has imported the worker: tests/worker_zygote.py), killed at
+teardown. Runs are built from events as the trainer writes
 them (trainer.events.make_event) and stored through the worker's own writers (registry.transition,
 stream.StreamSink), so what a page or a test reads is what production reads.
 bench/app_bench.py reuses the builders: one definition of each.
@@ -167,9 +168,69 @@ def r(redis_home: Path):
 
 
 @dataclass
+class Forked:
+    """A worker forked by the zygote (tests/worker_zygote.py), read as the tests read a Popen: pid, poll(),
+    wait(), send_signal(), returncode (the zygote, its parent, writes the exit status to `exit_file`)."""
+
+    pid: int
+    exit_file: Path
+
+    @property
+    def returncode(self) -> int | None:
+        return int(self.exit_file.read_text()) if self.exit_file.exists() else None
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while (code := self.returncode) is None:
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout)
+            time.sleep(0.02)
+        return code
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, sig)
+
+
+class Zygote:
+    """One interpreter per test process that has imported and warmed jobs.worker, and forks workers from it
+    (tests/worker_zygote.py says why and how): a worker then starts in milliseconds instead of ~6 s of CPU.
+    What the workers run is `jobs.worker.main`, as `python -m jobs.worker` does; the command line itself
+    is what `codash up` starts in the tests of `codash up` and the browser flow."""
+
+    def __init__(self) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        script = [sys.executable, str(ROOT / "tests" / "worker_zygote.py")]
+        self.process = subprocess.Popen(
+            script, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        assert self.process.stdout.readline() == b"ready\n", "the worker zygote did not start"
+
+    def fork(self, argv: list[str], env: dict[str, str], log: Path) -> Forked:
+        request = {"argv": argv, "env": env, "cwd": str(ROOT), "log": str(log)}
+        self.process.stdin.write(json.dumps(request).encode() + b"\n")
+        self.process.stdin.flush()
+        return Forked(int(self.process.stdout.readline()), Path(f"{log}.exit"))
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def zygote() -> Iterator[Zygote]:
+    forks = Zygote()
+    yield forks
+    forks.close()
+
+
+@dataclass
 class WorkerProcess:
     name: str
-    process: subprocess.Popen
+    process: Forked
     log: Path
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
@@ -183,18 +244,20 @@ class WorkerProcess:
         return self.process.poll() is None
 
     def output(self) -> str:
-        return self.log.read_text(errors="replace")
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
 @dataclass
 class Workers:
-    """Starts `python -m jobs.worker` processes against the current CODASH_HOME; kills them at close()."""
+    """Starts worker processes (`jobs.worker --device cpu --name N`, forked by the zygote) against the
+    current CODASH_HOME; kills them at close()."""
 
     logs: Path
+    zygote: Zygote
     started: list[WorkerProcess] = field(default_factory=list)
 
     def spawn(self, *names: str, queue: str | None = None, env: dict | None = None) -> list[WorkerProcess]:
-        """Start one worker per name (in parallel) and return once all of them have registered.
+        """Start one worker per name and return once all of them have registered.
 
         One torch thread each (two workers share two cores) and a 3 s heartbeat timeout unless `env` says.
         """
@@ -205,11 +268,8 @@ class Workers:
         batch = []
         for name in names:
             log = self.logs / f"{name}.log"
-            command = [sys.executable, "-m", "jobs.worker", "--device", "cpu", "--name", name]
-            command += ["--queue", queue] if queue else []
-            with open(log, "w") as out:
-                process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=out, stderr=out)
-            batch.append(WorkerProcess(name, process, log))
+            argv = ["--device", "cpu", "--name", name, *(["--queue", queue] if queue else [])]
+            batch.append(WorkerProcess(name, self.zygote.fork(argv, environment, log), log))
         self.started += batch
         r = api.connect()
         for worker in batch:
@@ -231,9 +291,9 @@ class Workers:
 
 
 @pytest.fixture
-def worker_pool(tmp_path: Path) -> Iterator[Workers]:
+def worker_pool(tmp_path: Path, zygote: Zygote) -> Iterator[Workers]:
     """Workers for one test, against whichever server the test's CODASH_HOME points to."""
-    pool = Workers(tmp_path / "worker-logs")
+    pool = Workers(tmp_path / "worker-logs", zygote)
     yield pool
     pool.close()
 

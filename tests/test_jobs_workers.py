@@ -37,11 +37,11 @@ def home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pool(home: Path) -> Workers:
+def pool(home: Path, zygote) -> Workers:
     """Two workers; an empty CODASH_DATA_DIR makes a run on mnist fail as a missing data set."""
     empty = home.parent / "no-data"
     empty.mkdir()
-    workers = Workers(home.parent / "logs")
+    workers = Workers(home.parent / "logs", zygote)
     workers.spawn("w1", "w2", env={"CODASH_DATA_DIR": str(empty)})
     yield workers
     workers.close()
