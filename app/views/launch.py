@@ -128,12 +128,13 @@ def _workers(r) -> None:
     workers = api.workers(r)
     queued = api.queued_count(r)
     if not workers:
+        # the command inline, not in st.code: that loads a 1.5 MB syntax highlighter into the page, ~2 s of
+        # a browser's CPU on each load on a 2-core machine (docs/benchmarks.md)
         st.warning(
             "**No worker is running**, so a launched run will wait in the queue. "
-            "Start one in a terminal (add `--device cuda` on a GPU machine):",
+            "Start one in a terminal: `codash worker` (add `--device cuda` on a GPU machine).",
             icon=":material/warning:",
         )
-        st.code("codash worker", language="bash")
         return
     described = ", ".join(  # every field from Redis, as text
         f"{md_escape(w.name)} ({md_escape(w.device)}, {md_escape(w.state)})" for w in workers
