@@ -31,6 +31,7 @@ import random
 import statistics
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -120,7 +121,16 @@ def _quantile(values: list[int], q: float) -> int:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def check_seed(seed: int, iters: int, preset: str, overrides: dict, repeatability: bool = True) -> dict:
+def check_seed(
+    seed: int,
+    iters: int,
+    preset: str,
+    overrides: dict,
+    repeatability: bool = True,
+    on_event: Callable[[dict], None] | None = None,
+) -> dict:
+    """The check of one seed (the module's docstring says what it measures); `on_event` also receives every
+    event of the run, for a caller that wants its stream."""
     config = make_config(
         {**PRESETS[preset], "seed": seed, "max_iters": iters, "final_eval_points": 0, **overrides}
     )
@@ -174,6 +184,8 @@ def check_seed(seed: int, iters: int, preset: str, overrides: dict, repeatabilit
         """At the co event, the other references and the probe at every iteration of the window."""
         nonlocal eval_s, first
         events.append(event)
+        if on_event is not None:
+            on_event(event)
         if event["type"] != "co":
             return
         first, started = max(1, event["iteration"] - 2 * config.eval_every + 1), time.perf_counter()

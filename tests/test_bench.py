@@ -236,43 +236,6 @@ def test_onset_check_evaluates_every_iteration_as_the_live_eval_does():
     assert {it: tuple(result["eval_series"][it - 1][1:]) for it in evals} == evals
 
 
-@pytest.fixture
-def one_thread():
-    """The bench's setting (its main sets one thread): the same numbers, so the same run, as its command."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.mark.train
-def test_onset_check_replays_the_detectors_window_with_the_runs_own_weights(monkeypatch, one_thread):
-    """A run that collapses (digits, eps 0.19, seed 1: confirmed at 175): the window's offline probe, run
-    on the kept weights, equals the live probe at every probe iteration, so the weights replayed are the
-    run's; the window spans the detector's (after the eval two before the onset eval, to the confirming
-    one) and every figure of the check is there. With onset_replay on, the run's onset, placed on the
-    weights it kept, is the reference's, placed on the live model after each step."""
-    monkeypatch.setattr(onset_check, "DRAWS", 40)
-    overrides = {"eps": 0.19, "eval_every": 25, "eval_points": 64, "probe_points": 32, "probe_every": 5}
-    overrides["onset_replay"] = "on"
-    result = onset_check.check_seed(1, 180, onset_check.DEFAULT_PRESET, overrides, repeatability=False)
-    co = result["co"]
-    assert co is not None and (co["iteration"], co["confirmed_at"]) == (150, 175)
-    window = [row[0] for row in result["probe_series"]]
-    assert window == list(range(co["iteration"] - 2 * 25 + 1, co["confirmed_at"] + 1))
-    offline = {row[0]: row[1:] for row in result["probe_series"]}
-    live = [row for row in result["probes"] if row[0] in offline]
-    assert len(live) == len(window) // 5
-    for iteration, pgd_acc, fgsm_acc in live:
-        assert offline[iteration] == pytest.approx([pgd_acc, fgsm_acc], abs=1e-6)
-    assert result["run_onset"] == co["onset_iteration"] == result["eval_onset"] and result["difference"] == 0
-    low, high = co["onset_interval"]  # over resamples of the eval's 64 images
-    assert low <= co["onset_iteration"] <= high and result["probe_onset"] is not None
-    assert result["eval_onset"] is not None and result["sampling"]["bootstrap_sd"] is not None
-    assert set(result["offline_probe_onsets"]) == set(onset_check.CADENCES)
-    assert result["other_start_onset"] is None and result["train_images_onset"] is None  # not asked for
-
-
 def test_probe_cost_times_a_cifar_preset_on_cifar_shaped_data(tmp_path):
     """--synthetic: a CIFAR-10 preset's probe overhead without CIFAR-10 on disk (the GPU check's case)."""
     preset = next(name for name in PRESETS if name.startswith("CIFAR-10 single-layer CNN"))

@@ -1,4 +1,13 @@
-"""The detector's window kept as weights (trainer.window): the onset placed on the eval at every iteration."""
+"""The detector's window kept as weights (trainer.window): the onset placed on the eval at every iteration.
+
+The collapsing run below is trained once for the module, by the onset check (experiments/onset_check.py),
+which also evaluates the live model after every step: its stream is the run's own (the run without the
+replay, trained here too, equals it event for event), and its figures check the replay against that
+reference.
+"""
+
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,20 +24,18 @@ from trainer.fast import FastPath
 from trainer.loop import train
 from trainer.presets import DEFAULT_PRESET, PRESETS
 
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from experiments import onset_check  # noqa: E402
+
 pytestmark = pytest.mark.train  # trains models beyond a few steps
 
 # digits FGSM at eps 0.19, seed 1: the eval rule fires at 150 and is confirmed at 175
-COLLAPSING = {
-    **PRESETS[DEFAULT_PRESET],
-    "eps": 0.19,
-    "seed": 1,
-    "max_iters": 180,
-    "eval_every": 25,
-    "eval_points": 64,
-    "probe_every": 5,
-    "final_eval_points": 0,
-    "device": "cpu",
-}
+SEED, ITERS = 1, 180
+CHANGES = {"eps": 0.19, "eval_every": 25, "eval_points": 64, "probe_every": 5, "device": "cpu"}
+COLLAPSING = {**PRESETS[DEFAULT_PRESET], **CHANGES, "seed": SEED, "max_iters": ITERS, "final_eval_points": 0}
 
 
 def run(**fields) -> list[dict]:
@@ -43,11 +50,23 @@ def co_of(events: list[dict]) -> dict:
 
 
 @pytest.fixture(scope="module")
-def replayed() -> list[dict]:
+def checked() -> tuple[list[dict], dict]:
+    """The run with onset_replay on (its events) and the onset check's result on it, on one torch thread
+    (the same numbers in every test of the module)."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same numbers in every test of the module
-    yield run(onset_replay="on")
+    torch.set_num_threads(1)
+    events = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(onset_check, "DRAWS", 40)
+        changes = {**CHANGES, "onset_replay": "on"}
+        result = onset_check.check_seed(SEED, ITERS, DEFAULT_PRESET, changes, False, on_event=events.append)
+    yield events, result
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def replayed(checked) -> list[dict]:
+    return checked[0]
 
 
 def test_the_kept_weights_are_the_runs_own_their_eval_equals_the_live_one_at_every_eval(replayed):
@@ -82,6 +101,31 @@ def test_without_the_replay_the_probe_places_the_onset_and_the_run_is_the_same(r
         without_timing(e) for e in replayed if e["type"] in dense
     ]
     assert make_config({}).replays_onset("cuda") and not make_config({}).replays_onset("cpu")
+
+
+def test_the_onset_check_replays_the_detectors_window_with_the_runs_own_weights(checked):
+    """The window's offline probe, run on the kept weights, equals the live probe at every probe iteration,
+    so the weights replayed are the run's; the window spans the detector's (after the eval two before the
+    onset eval, to the confirming one) and every figure of the check is there. With onset_replay on, the
+    run's onset, placed on the weights it kept, is the reference's, placed on the live model after each
+    step."""
+    events, result = checked
+    co = result["co"]
+    assert co is not None and (co["iteration"], co["confirmed_at"]) == (150, 175)
+    assert co == {key: value for key, value in co_of(events).items() if key != "onset_probes"}
+    window = [row[0] for row in result["probe_series"]]
+    assert window == list(range(co["iteration"] - 2 * 25 + 1, co["confirmed_at"] + 1))
+    offline = {row[0]: row[1:] for row in result["probe_series"]}
+    live = [row for row in result["probes"] if row[0] in offline]
+    assert len(live) == len(window) // 5
+    for iteration, pgd_acc, fgsm_acc in live:
+        assert offline[iteration] == pytest.approx([pgd_acc, fgsm_acc], abs=1e-6)
+    assert result["run_onset"] == co["onset_iteration"] == result["eval_onset"] and result["difference"] == 0
+    low, high = co["onset_interval"]  # over resamples of the eval's 64 images
+    assert low <= co["onset_iteration"] <= high and result["probe_onset"] is not None
+    assert result["eval_onset"] is not None and result["sampling"]["bootstrap_sd"] is not None
+    assert set(result["offline_probe_onsets"]) == set(onset_check.CADENCES)
+    assert result["other_start_onset"] is None and result["train_images_onset"] is None  # not asked for
 
 
 def test_a_model_too_large_for_the_budget_keeps_every_few_steps(monkeypatch, replayed):
