@@ -541,7 +541,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.faults)
         if "worker_pool" in fixtures:
             item.add_marker(pytest.mark.workers)
-        if "redis_home" in fixtures:
+        if fixtures & {"redis_home", "shared_redis_home"}:
             item.add_marker(pytest.mark.redis)
 
 
