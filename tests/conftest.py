@@ -1,10 +1,10 @@
 """Shared fixtures and builders: a real redis-server, real worker processes, realistic event streams.
 
 The server is codash's own embedded one (jobs.server), with a generated password: one per test process,
-emptied before each test, which has a temporary CODASH_HOME of its own (`redis_home`). Workers are
-worker processes (forked from one that has imported the worker: tests/worker_zygote.py), killed at
-teardown. Runs are built from events as the trainer writes
-them (trainer.events.make_event) and stored through the worker's own writers (registry.transition,
+emptied before each test, which has a temporary CODASH_HOME of its own (`redis_home`). Workers are real
+processes running `jobs.worker.main`, forked from one that has already imported the worker
+(tests/worker_zygote.py), killed at teardown. Runs are built from events as the trainer writes them
+(trainer.events.make_event) and stored through the worker's own writers (registry.transition,
 stream.StreamSink), so what a page or a test reads is what production reads.
 bench/app_bench.py reuses the builders: one definition of each.
 """
@@ -539,7 +539,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.browser)
         if "/tests/faults/" in path:
             item.add_marker(pytest.mark.faults)
-        if "worker_pool" in fixtures:
+        if fixtures & {"worker_pool", "zygote"}:
             item.add_marker(pytest.mark.workers)
         if fixtures & {"redis_home", "shared_redis_home"}:
             item.add_marker(pytest.mark.redis)
