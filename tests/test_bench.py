@@ -15,22 +15,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY
+from conftest import ROOT, TINY
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from bench import __main__ as bench_main  # noqa: E402
-from bench import plain_loop, probe_cost  # noqa: E402
-from bench.time_to_co import measure  # noqa: E402
-from experiments import digits_lambda, onset_check  # noqa: E402
-from trainer.co import Row  # noqa: E402
-from trainer.config import make_config  # noqa: E402
-from trainer.gradalign import grad_align_reg  # noqa: E402
-from trainer.loop import ADVERSARY, train  # noqa: E402
-from trainer.models import build_model  # noqa: E402
-from trainer.presets import PRESETS  # noqa: E402
+from bench import __main__ as bench_main
+from bench import plain_loop, probe_cost
+from bench.time_to_co import measure
+from experiments import digits_lambda, onset_check
+from trainer.co import Row
+from trainer.config import make_config
+from trainer.gradalign import grad_align_reg
+from trainer.loop import ADVERSARY, train
+from trainer.models import build_model
+from trainer.presets import PRESETS
 
 pytestmark = pytest.mark.train  # trains models beyond a few steps
 

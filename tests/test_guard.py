@@ -36,7 +36,7 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def dashboard(shared_redis_home: Path, tmp_path_factory) -> Iterator[Served]:
+def served(shared_redis_home: Path, tmp_path_factory) -> Iterator[Served]:
     """The dashboard as `codash up` starts it, on a free port, with a password and one extra host name: one
     for the module (its tests make one failed sign-in in all, which costs no wait)."""
     port = free_port()
@@ -58,11 +58,6 @@ def dashboard(shared_redis_home: Path, tmp_path_factory) -> Iterator[Served]:
     finally:
         process.terminate()
         process.wait(timeout=30)
-
-
-@pytest.fixture
-def served(dashboard: Served) -> int:
-    return dashboard.port
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +97,7 @@ def websocket(port: int, host: str, origin: str | None = None) -> None:
 
 
 def test_a_foreign_host_is_refused_over_http_and_websocket(served):
-    port = served
+    port = served.port
     for host in (f"127.0.0.1:{port}", f"localhost:{port}", "dash.example.org"):
         assert get(port, "/", host).status == 200, host
         websocket(port, host)
@@ -114,7 +109,7 @@ def test_a_foreign_host_is_refused_over_http_and_websocket(served):
 
 
 def test_unused_endpoints_are_closed_and_framing_is_forbidden(served):
-    port, host = served, f"127.0.0.1:{served}"
+    port, host = served.port, f"127.0.0.1:{served.port}"
     assert get(port, "/_stcore/health", host).status == 200
     assert get(port, "/_stcore/metrics", host).status == 404
     assert get(port, "/_stcore/upload_file/session/file", host, "PUT").status == 404
@@ -146,7 +141,7 @@ def test_allowed_hosts():
 
 def test_a_page_from_another_origin_cannot_open_the_websocket(served):
     """Another port on the same host is another origin: a dev server's page must not drive the dashboard."""
-    port = served
+    port = served.port
     websocket(port, f"127.0.0.1:{port}", origin=f"http://127.0.0.1:{port}")  # the dashboard's own page
     websocket(port, f"127.0.0.1:{port}")  # no Origin: not a browser
     for origin in (f"http://127.0.0.1:{port + 1}", f"http://localhost:{port}", "null", "http://evil.example"):
@@ -160,7 +155,7 @@ def test_chromium_on_a_second_local_origin_cannot_reach_the_dashboard(served, tm
         "<script>const ws = new WebSocket('ws://127.0.0.1:PORT/_stcore/stream', 'streamlit');"
         "ws.onopen = () => { document.title = 'opened'; };"
         "ws.onerror = ws.onclose = () => { if (document.title !== 'opened') document.title = 'refused'; };"
-        "</script>".replace("PORT", str(served))
+        "</script>".replace("PORT", str(served.port))
     )
     server = subprocess.Popen(
         [sys.executable, "-m", "http.server", str(page_port), "--bind", "127.0.0.1"],
@@ -218,21 +213,21 @@ def test_clear_cache_and_git_info_from_a_browser_never_reach_streamlit():
     assert seen == ["rerun_script"]
 
 
-def test_a_forwarded_address_from_loopback_is_not_believed(served, dashboard, browser):
+def test_a_forwarded_address_from_loopback_is_not_believed(served, browser):
     """Each guess under a fresh X-Forwarded-For would get a fresh budget, and forge the logged address."""
     page = browser.new_page(extra_http_headers={"X-Forwarded-For": "6.6.6.6", "X-Real-IP": "6.6.6.6"})
-    page.goto(f"http://127.0.0.1:{served}/", timeout=60_000)
+    page.goto(f"http://127.0.0.1:{served.port}/", timeout=60_000)
     page.get_by_label("Dashboard password").fill("not the password")
     page.get_by_role("button", name="Sign in").click()
     page.get_by_text("Wrong password").wait_for(timeout=60_000)
     page.close()
-    log = dashboard.log.read_text()
+    log = served.log.read_text()
     assert "failed sign-in from" in log and "6.6.6.6" not in log  # loopback itself logs as "unknown"
 
 
 def test_signing_in_on_a_page_lands_on_that_page_in_a_browser(served, browser):
     page = browser.new_page()  # a context of its own: not signed in
-    page.goto(f"http://127.0.0.1:{served}/runs", timeout=60_000)
+    page.goto(f"http://127.0.0.1:{served.port}/runs", timeout=60_000)
     page.get_by_label("Dashboard password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
     page.get_by_role("heading", name="Runs").wait_for(timeout=60_000)

@@ -6,14 +6,12 @@ replay, trained here too, equals it event for event), and its figures check the 
 reference.
 """
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import without_timing
 
+from experiments import onset_check
 from trainer import window
 from trainer.checkpoint import model_for
 from trainer.co import Row, dense_onset
@@ -23,12 +21,6 @@ from trainer.evaluate import per_image_results
 from trainer.fast import FastPath
 from trainer.loop import train
 from trainer.presets import DEFAULT_PRESET, PRESETS
-
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from experiments import onset_check  # noqa: E402
 
 pytestmark = pytest.mark.train  # trains models beyond a few steps
 

@@ -1,8 +1,8 @@
 """Forks worker processes for the tests from one interpreter that has imported the worker once.
 
 `python -m jobs.worker` spends ~6 s of CPU before it registers (torch, RQ, and torch.optim's first use);
-the suite starts about twenty workers. This process pays that once: started by the tests with a clean
-environment, it imports and warms jobs.worker, then reads one request per line on stdin
+the suite starts about twenty workers. This process pays that once: started by the tests (tests/conftest.py,
+`Zygote`), it imports and warms jobs.worker, then reads one request per line on stdin
 (`{"argv", "env", "cwd", "log"}`), forks, and answers the child's pid on stdout. The child is a worker
 process as `python -m jobs.worker ARGV` would be from there on: its own environment, working directory,
 stdout and stderr (the log), and `jobs.worker.main(ARGV)`'s exit status. Each child's exit status (as
