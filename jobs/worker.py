@@ -220,6 +220,16 @@ class CodashWorker(SimpleWorker):
         super().register_death()
         CodashWorker.active = None
 
+    def unsubscribe(self) -> None:
+        """RQ unsubscribes from its command channel, then stops the thread that listens on it, whose reads
+        wait up to 60 s, and redis-py's stop() waits for the read in progress. When the thread reads the
+        unsubscribe's reply before the stop (a loaded machine), it starts a new read, and the worker took up
+        to a minute to exit (`codash up` kills it after 20 s). Stopping the thread first lets that reply end
+        its last read."""
+        if self.pubsub_thread:
+            self.pubsub_thread.stop(timeout=0)  # only marks the thread stopping: no wait
+        super().unsubscribe()
+
     def request_stop(self, signum, frame) -> None:
         self.shutting_down.set()  # the current run checkpoints at its next iteration and ends interrupted
         super().request_stop(signum, frame)

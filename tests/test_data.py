@@ -7,10 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.io
 import torch
-import torchvision.datasets.cifar
-import torchvision.datasets.svhn
 
 from trainer.data import DATA_SHAPES, DATASETS, DatasetMissing, augment, data_dir, digits_arrays, load_dataset
 
@@ -36,6 +33,8 @@ def write_mnist(root, images: dict, labels: dict) -> None:
 
 
 def write_svhn(root, images: dict, labels: dict) -> None:
+    import scipy.io  # here, not at the top: only these tests need scipy and torchvision (~3 s to import)
+
     for split in ("train", "test"):
         y = np.where(labels[split] == 0, 10, labels[split])  # SVHN stores digit 0 as label 10
         x = images[split].transpose(2, 3, 1, 0)  # N×C×H×W -> H×W×C×N, as in the .mat files
@@ -70,6 +69,9 @@ def skip_md5(monkeypatch):
     Both data sets call the module-level `check_integrity` (CIFAR10 also for batches.meta, outside
     `CIFAR10._check_integrity`), so that function is what is replaced, in each module that imported it.
     """
+
+    import torchvision.datasets.cifar
+    import torchvision.datasets.svhn
 
     def exists(fpath, md5=None) -> bool:
         return os.path.isfile(fpath)

@@ -272,6 +272,26 @@ def test_everything_survives_a_redis_restart(r, pool, home):
     assert wait_status(r, good, {"finished"}, 60).final is not None
 
 
+def test_a_worker_stops_listening_for_commands_at_once_when_the_reply_comes_first(r, monkeypatch):
+    """The listener thread must not start another 60 s read after the unsubscribe's reply: a worker that
+    waited for it could not stop within `codash up`'s 20 s."""
+    from jobs.worker import CodashWorker
+
+    worker = CodashWorker(["listener"], connection=r, device="cpu", name="listener")
+    worker.subscribe()
+    time.sleep(0.2)  # the thread is reading
+    unsubscribe = worker.pubsub.unsubscribe
+
+    def reply_read_first(*args, **kwargs):
+        unsubscribe(*args, **kwargs)
+        time.sleep(0.3)  # the thread reads the reply before RQ stops it, as on a loaded machine
+
+    monkeypatch.setattr(worker.pubsub, "unsubscribe", reply_read_first)
+    started = time.monotonic()
+    worker.unsubscribe()
+    assert time.monotonic() - started < 5 and not worker.pubsub_thread.is_alive()
+
+
 def test_a_worker_retries_redis_for_its_timeout_in_all_not_per_command():
     """Once Redis has been away for the heartbeat timeout, every later command fails at its first try: the
     worker exits then, not after a timeout's worth of retries for each command on its way out. A reply

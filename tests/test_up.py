@@ -146,6 +146,19 @@ def test_codash_up_runs_two_workers_per_gpu_by_default(monkeypatch):
     assert up_module.WORKERS_PER_GPU == 2
 
 
+def test_a_host_without_gpu_device_nodes_is_counted_without_importing_torch(monkeypatch):
+    if not any(Path(node).exists() for node in up_module.GPU_DEVICE_NODES):  # this host, as `codash up` runs
+        probe = "import sys; from codash import up; print(up.visible_gpus(), 'torch' in sys.modules)"
+        result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True)
+        assert result.stdout.split() == ["0", "False"], result.stderr
+    monkeypatch.setattr(up_module, "GPU_DEVICE_NODES", ("/nonexistent/nvidiactl",))
+    assert up_module.visible_gpus() == 0
+    monkeypatch.setattr(up_module, "GPU_DEVICE_NODES", (os.devnull,))  # a node there: torch is asked
+    import torch
+
+    assert up_module.visible_gpus() == torch.cuda.device_count()
+
+
 def test_cpu_workers_split_the_cores_unless_omp_num_threads_is_set(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 8)

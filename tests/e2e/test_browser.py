@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CHARTS, CHROMIUM, CHROMIUM_ARGS, ROOT, wait_for
+from conftest import CHARTS, CHROMIUM, ROOT, chromium_profile, wait_for
 
 from codash.up import dashboard_healthy
 from jobs import api
@@ -99,10 +99,10 @@ def time_left(budget_s: float) -> Callable[[], float]:
     return lambda: max(1.0, deadline - time.monotonic()) * 1000
 
 
-def open_page(playwright, chromium: Path):
+def open_page(playwright, profile: Path):
     """Debian's Chromium, headless, with one page at the size of the README's screenshots."""
-    browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
-    return browser, browser.new_page(viewport={"width": 1400, "height": 1250})
+    browser = chromium_profile(playwright, profile, viewport={"width": 1400, "height": 1250})
+    return browser, browser.pages[0]
 
 
 def shown(locator, what: str, timeout_ms: float):
@@ -137,13 +137,13 @@ def screenshot(page, picture: str) -> None:
         page.screenshot(path=str(readme))
 
 
-def test_launch_the_fgsm_preset_watch_it_collapse_and_rescue_it(chromium, dashboard):
+def test_launch_the_fgsm_preset_watch_it_collapse_and_rescue_it(chromium, dashboard, tmp_path):
     from playwright.sync_api import sync_playwright
 
     left_ms = time_left(BUDGET_S)
     r = api.connect()
     with sync_playwright() as playwright:
-        browser, page = open_page(playwright, chromium)
+        browser, page = open_page(playwright, tmp_path / "chromium")
         page.goto(dashboard)
         preset = page.get_by_test_id("stSelectbox").filter(has_text="Preset")
         preset.click(timeout=left_ms())

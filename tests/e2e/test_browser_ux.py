@@ -21,9 +21,9 @@ import pytest
 from conftest import (
     CHARTS,
     CHROMIUM,
-    CHROMIUM_ARGS,
     ROOT,
     append,
+    chromium_profile,
     co_run_events,
     config_event,
     embedded_redis,
@@ -81,7 +81,7 @@ def dashboard(home: Path, tmp_path_factory) -> Iterator[str]:
 
 
 class Tabs:
-    """New pages in one browser context, as a user's tabs: the dashboard's scripts (plotly.js alone is
+    """New pages in one browser profile, as a user's tabs: the dashboard's scripts (plotly.js alone is
     1.5 MB) are fetched and compiled once for the module, not once per page."""
 
     def __init__(self, context):
@@ -94,13 +94,13 @@ class Tabs:
 
 
 @pytest.fixture(scope="module")
-def browser(dashboard):
+def browser(dashboard, tmp_path_factory):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield Tabs(browser.new_context())
-        browser.close()
+        context = chromium_profile(playwright, tmp_path_factory.mktemp("chromium"))
+        yield Tabs(context)
+        context.close()
 
 
 @pytest.fixture
