@@ -90,18 +90,22 @@ def batch():
     return x, torch.randint(0, 10, (32,), generator=g)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def page_scripts_compiled_once() -> Iterator[None]:
+def compile_page_scripts_once(patch: pytest.MonkeyPatch) -> None:
     """AppTest compiles the app's page scripts on every run, into a new ScriptCache each time, where the
-    server keeps one cache for its life. One cache per test process gives AppTest the server's behaviour and
+    server keeps one cache for its life. One cache for the process gives AppTest the server's behaviour and
     saves about a third of each render (the compile, with Streamlit's magic, of several hundred lines)."""
     from streamlit.runtime.scriptrunner.script_cache import ScriptCache
     from streamlit.testing.v1 import app_test, local_script_runner
 
     scripts = ScriptCache()
+    for module in (app_test, local_script_runner):
+        patch.setattr(module, "ScriptCache", lambda: scripts)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def page_scripts_compiled_once() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
-        for module in (app_test, local_script_runner):
-            patch.setattr(module, "ScriptCache", lambda: scripts)
+        compile_page_scripts_once(patch)
         yield
 
 
