@@ -29,8 +29,6 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from streamlit.proto.BackMsg_pb2 import BackMsg
-
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -101,6 +99,8 @@ def same_origin(origin: str, host: str, allowed: frozenset[str]) -> bool:
 
 def dropped(data: bytes | None) -> str | None:
     """The type of a browser message codash drops (DROPPED), else None."""
+    from streamlit.proto.BackMsg_pb2 import BackMsg  # here: `codash up` reads this module without Streamlit
+
     if not data:
         return None
     message = BackMsg()

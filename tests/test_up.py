@@ -147,10 +147,12 @@ def test_codash_up_runs_two_workers_per_gpu_by_default(monkeypatch):
 
 
 def test_a_host_without_gpu_device_nodes_is_counted_without_importing_torch(monkeypatch):
+    """Nor does the supervisor import Streamlit: each costs a `codash up` about a second before it starts."""
     if not any(Path(node).exists() for node in up_module.GPU_DEVICE_NODES):  # this host, as `codash up` runs
-        probe = "import sys; from codash import up; print(up.visible_gpus(), 'torch' in sys.modules)"
+        probe = "import sys; from codash import up; print(up.plan_workers(None), 'torch' in sys.modules, "
+        probe += "'streamlit' in sys.modules)"
         result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True)
-        assert result.stdout.split() == ["0", "False"], result.stderr
+        assert result.stdout.split() == ["['cpu']", "False", "False"], result.stderr
     monkeypatch.setattr(up_module, "GPU_DEVICE_NODES", ("/nonexistent/nvidiactl",))
     assert up_module.visible_gpus() == 0
     monkeypatch.setattr(up_module, "GPU_DEVICE_NODES", (os.devnull,))  # a node there: torch is asked
