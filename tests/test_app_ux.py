@@ -71,7 +71,7 @@ def test_resnet_presets_disable_the_conv_fields_and_say_why(r):
 
 def test_every_required_number_box_left_blank_disables_launch_with_a_message_beside_it(r):
     """Each box the form's method reads, cleared (what the browser sends for blank or typed text: the
-    browser half is tests/e2e/test_browser_refresh.py): its own message in its column, Launch disabled,
+    browser half is tests/e2e/test_browser_ux.py): its own message in its column, Launch disabled,
     no "Will run:", and the restored value enables Launch again. Nothing is queued."""
     at = app().run()
     boxes = [box.key for box in at.number_input if box.proto.placeholder == "required" and not box.disabled]
