@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import os
 import shutil
 import socket
@@ -227,7 +228,11 @@ class CodashWorker(SimpleWorker):
         to a minute to exit (`codash up` kills it after 20 s). Stopping the thread first lets that reply end
         its last read."""
         if self.pubsub_thread:
-            self.pubsub_thread.stop(timeout=0)  # only marks the thread stopping: no wait
+            stop = self.pubsub_thread.stop
+            if "timeout" in inspect.signature(stop).parameters:
+                stop(timeout=0)  # marks the thread stopping, no wait
+            else:
+                stop()  # a redis-py whose stop() only marks the thread stopping (5.x)
         super().unsubscribe()
 
     def request_stop(self, signum, frame) -> None:
