@@ -581,10 +581,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.workers)
         if fixtures & {"redis_home", "shared_redis_home"}:
             item.add_marker(pytest.mark.redis)
-    rank: dict[Path, int] = {}
+    rank: dict[Path, int] = {}  # a file's slowest tier (len(SLOWEST_FIRST): none)
     for item in items:
         tiers = [SLOWEST_FIRST.index(mark.name) for mark in item.iter_markers() if mark.name in SLOWEST_FIRST]
-        rank[item.path] = min(rank.get(item.path, len(SLOWEST_FIRST)), *tiers, len(SLOWEST_FIRST))
+        rank[item.path] = min([rank.get(item.path, len(SLOWEST_FIRST)), *tiers])
     items.sort(key=lambda item: rank[item.path])  # stable: a file's tests stay together and in order
 
 
